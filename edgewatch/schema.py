@@ -1,0 +1,294 @@
+"""Message schemas: parse and validate telemetry, serialize labeled events.
+
+Every byte string that reaches edgewatch ends as exactly one of two things: a
+:class:`Reading` (valid telemetry) or a :class:`DeadLetter` (the original bytes and the
+reason they were refused). Nothing raises out of :func:`parse_message`.
+
+Accepted telemetry bodies (JSON objects, UTF-8):
+
+* SimulatedTemperatureSensor (Azure IoT Edge sample module)::
+
+    {"machine": {"temperature": 21.3, "pressure": 1.02},
+     "ambient": {"temperature": 20.8, "humidity": 25},
+     "timeCreated": "2026-11-23T01:05:00.1234567Z"}
+
+* CMAPSS turbofan rows: ``{"CycleTime": 1, "OperationalSetting1": ..3, "Sensor1": ..21}``
+* generic: ``{"deviceId": "pump-7", "timestamp": "ISO-8601" | epoch_seconds, "values": {"name": number}}``
+
+The device id is the Kafka key, else the body's ``deviceId`` field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+#: Readings beyond this magnitude are refused: no industrial sensor reports them, and
+#: they would poison every running statistic they touch.
+MAX_ABS_VALUE = 1e9
+MAX_DEVICE_ID_LENGTH = 256
+MAX_FEATURES = 64
+
+SIMULATED_SENSOR_FEATURES = (
+    ("machine.temperature", "machine", "temperature"),
+    ("machine.pressure", "machine", "pressure"),
+    ("ambient.temperature", "ambient", "temperature"),
+    ("ambient.humidity", "ambient", "humidity"),
+)
+CMAPSS_FEATURES = tuple(f"OperationalSetting{i}" for i in range(1, 4)) + tuple(f"Sensor{i}" for i in range(1, 22))
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a message came from: enough to find it again in Kafka or in a file."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+@dataclass(slots=True)
+class RawMessage:
+    """A message as it left Kafka (or a replay file), before any parsing."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    source: SourceRef
+
+
+@dataclass(slots=True)
+class Reading:
+    """One valid telemetry message (and the raw message it came from)."""
+
+    device_id: str
+    timestamp: float  # source time, seconds since the Unix epoch (UTC)
+    features: dict[str, float]
+    raw: RawMessage
+
+    @property
+    def source(self) -> SourceRef:
+        return self.raw.source
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message edgewatch could not use, with the reason."""
+
+    raw: RawMessage
+    reason: str
+    stage: str = "parse"
+
+
+@dataclass(slots=True)
+class LabeledEvent:
+    """A reading with the detector's verdict."""
+
+    reading: Reading
+    score: float
+    is_anomaly: bool
+    model_name: str
+    model_version: str
+
+
+class InvalidMessage(ValueError):
+    """Raised inside the parser; always turned into a :class:`DeadLetter`."""
+
+
+def parse_message(raw: RawMessage) -> Reading | DeadLetter:
+    """Parse one message into a :class:`Reading`, or say why it cannot be used.
+
+    >>> src = SourceRef("telemetry", 0, 7, 1_700_000_000_000)
+    >>> ok = parse_message(RawMessage(b"pump-1", b'{"values": {"rpm": 1450}}', [], src))
+    >>> ok.device_id, ok.features
+    ('pump-1', {'rpm': 1450.0})
+    >>> parse_message(RawMessage(b"pump-1", b'{"values": {"rpm": NaN}}', [], src)).reason
+    'not JSON: NaN is not a number JSON allows'
+    """
+    try:
+        return _parse(raw)
+    except InvalidMessage as exc:
+        return DeadLetter(raw, str(exc))
+
+
+def parse_batch(raws: list[RawMessage]) -> tuple[list[Reading], list[DeadLetter]]:
+    """Parse a batch, keeping the order of the good and of the bad messages."""
+    readings: list[Reading] = []
+    dead: list[DeadLetter] = []
+    for raw in raws:
+        parsed = parse_message(raw)
+        (readings if isinstance(parsed, Reading) else dead).append(parsed)
+    return readings, dead
+
+
+def _parse(raw: RawMessage) -> Reading:
+    body = _decode_json(raw.value)
+    if not isinstance(body, dict):
+        raise InvalidMessage(f"not a JSON object: got {type(body).__name__}")
+    device_id = _device_id(raw.key, body)
+    if "machine" in body or "ambient" in body:
+        try:  # the common, well-formed case, without the per-field walk
+            machine, ambient = body["machine"], body["ambient"]
+            values = (machine["temperature"], machine["pressure"], ambient["temperature"], ambient["humidity"])
+        except (KeyError, TypeError):
+            values = tuple(_field(body, group, leaf) for _, group, leaf in SIMULATED_SENSOR_FEATURES)
+        features = {
+            spec[0]: _number(value, spec[0]) for spec, value in zip(SIMULATED_SENSOR_FEATURES, values, strict=True)
+        }
+        timestamp = _timestamp(body.get("timeCreated"), "timeCreated", raw.source)
+    elif "CycleTime" in body:
+        _number(body["CycleTime"], "CycleTime")
+        features = {name: _number(_field(body, name), name) for name in CMAPSS_FEATURES}
+        timestamp = _timestamp(body.get("timestamp"), "timestamp", raw.source)
+    elif "values" in body:
+        values = body["values"]
+        if not isinstance(values, dict) or not values:
+            raise InvalidMessage("values must be a non-empty object of name: number")
+        if len(values) > MAX_FEATURES:
+            raise InvalidMessage(f"too many values: {len(values)} (limit {MAX_FEATURES})")
+        features = {str(name): _number(value, f"values.{name}") for name, value in values.items()}
+        timestamp = _timestamp(body.get("timestamp", body.get("ts")), "timestamp", raw.source)
+    else:
+        raise InvalidMessage(
+            "unrecognized message shape: expected SimulatedTemperatureSensor "
+            "(machine/ambient), CMAPSS (CycleTime) or generic (values)"
+        )
+    return Reading(device_id, timestamp, features, raw)
+
+
+def _decode_json(value: bytes | None) -> object:
+    if not value:
+        raise InvalidMessage("empty message")
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(_explain_json_error(value, exc)) from None
+
+
+def _explain_json_error(value: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as uexc:
+        return f"not UTF-8: invalid byte at position {uexc.start}"
+    if "infinity" in str(exc):
+        return "not JSON: a number overflows to infinity"
+
+    def refuse_constant(name: str) -> None:
+        raise InvalidMessage(f"not JSON: {name} is not a number JSON allows")
+
+    try:
+        json.loads(text, parse_constant=refuse_constant)
+    except InvalidMessage:
+        raise
+    except ValueError:
+        pass
+    return f"not JSON: {exc}"
+
+
+def _device_id(key: bytes | None, body: dict) -> str:
+    if key:
+        try:
+            device_id = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidMessage("Kafka key is not UTF-8") from None
+    else:
+        device_id = body.get("deviceId")
+        if not isinstance(device_id, str):
+            raise InvalidMessage("no device id: set the Kafka key or a string deviceId field")
+    if not device_id or len(device_id) > MAX_DEVICE_ID_LENGTH or not device_id.isprintable():
+        raise InvalidMessage(f"device id must be 1..{MAX_DEVICE_ID_LENGTH} printable characters")
+    return device_id
+
+
+def _field(body: dict, *path: str) -> object:
+    node: object = body
+    for depth, name in enumerate(path):
+        if not isinstance(node, dict):
+            raise InvalidMessage(f"{'.'.join(path[:depth])} must be an object")
+        if name not in node:
+            raise InvalidMessage(f"missing field {'.'.join(path[: depth + 1])}")
+        node = node[name]
+    return node
+
+
+def _number(value: object, name: str) -> float:
+    if type(value) is float and -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:  # fast path; NaN fails the range
+        return value
+    # bool is an int in Python, never a reading
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidMessage(f"{name} must be a number, got {_json_type(value)}")
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > MAX_ABS_VALUE:
+        raise InvalidMessage(f"{name} out of range: {value!r} (limit ±{MAX_ABS_VALUE:g})")
+    return number
+
+
+def _json_type(value: object) -> str:
+    return {str: "string", bool: "boolean", type(None): "null", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _timestamp(value: object, name: str, source: SourceRef) -> float:
+    """Source time in epoch seconds; the Kafka timestamp when the body has none."""
+    if value is None:
+        if source.timestamp_ms is None:
+            raise InvalidMessage(f"missing field {name} and no Kafka timestamp")
+        return source.timestamp_ms / 1000.0
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidMessage(f"{name} is not an ISO-8601 time: {value[:40]!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
+        raise InvalidMessage(f"{name} must be an ISO-8601 string or epoch seconds, got {value!r:.40}")
+    return float(value)
+
+
+def format_timestamp(seconds: float) -> str:
+    """ISO-8601 UTC with microseconds and a ``Z``, as Azure services write it."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def labeled_event_json(event: LabeledEvent) -> bytes:
+    """The labeled-event JSON written to the out topic (schema in the README)."""
+    reading = event.reading
+    return orjson.dumps(
+        {
+            "device_id": reading.device_id,
+            "timestamp": datetime.fromtimestamp(reading.timestamp, UTC),
+            "features": reading.features,
+            "score": event.score,
+            "is_anomaly": event.is_anomaly,
+            "model": {"name": event.model_name, "version": event.model_version},
+            "source": {
+                "topic": reading.source.topic,
+                "partition": reading.source.partition,
+                "offset": reading.source.offset,
+            },
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+
+
+def dead_letter_headers(dead: DeadLetter) -> Headers:
+    """The original headers plus the reason and where the message came from."""
+    src = dead.raw.source
+    return [
+        *dead.raw.headers,
+        ("edgewatch.error.reason", dead.reason.encode()),
+        ("edgewatch.error.stage", dead.stage.encode()),
+        ("edgewatch.error.topic", src.topic.encode()),
+        ("edgewatch.error.partition", str(src.partition).encode()),
+        ("edgewatch.error.offset", str(src.offset).encode()),
+    ]
