@@ -1,0 +1,58 @@
+"""Test session fixtures: one real Kafka broker for the whole session.
+
+``EDGEWATCH_TEST_BROKER`` chooses it: ``kafka`` (default, Apache Kafka 4.x KRaft on the
+JVM, jars from Maven Central) or ``tansu`` (the embedded broker).
+``EDGEWATCH_TEST_BOOTSTRAP=host:port`` uses a broker that is already running instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from edgewatch.config import data_dir
+
+
+@pytest.fixture(scope="session")
+def broker_kind() -> str:
+    if os.environ.get("EDGEWATCH_TEST_BOOTSTRAP"):
+        return "external"
+    kind = os.environ.get("EDGEWATCH_TEST_BROKER", "kafka")
+    if kind not in ("kafka", "tansu"):
+        raise pytest.UsageError(f"EDGEWATCH_TEST_BROKER must be kafka or tansu, not {kind!r}")
+    return kind
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker_kind, tmp_path_factory) -> str:
+    """HOST:PORT of the session's broker; the broker stops when the session ends."""
+    if broker_kind == "external":
+        yield os.environ["EDGEWATCH_TEST_BOOTSTRAP"]
+    elif broker_kind == "tansu":
+        from edgewatch.connectors.broker import EmbeddedBroker
+
+        with EmbeddedBroker(log_file=tmp_path_factory.mktemp("tansu") / "tansu.log") as broker:
+            yield broker.bootstrap
+    else:
+        from tests.kafka.apache_kafka import ApacheKafka
+
+        with ApacheKafka(tmp_path_factory.mktemp("kafka")) as broker:
+            yield broker.bootstrap
+
+
+@pytest.fixture
+def topic_names():
+    """Fresh topic names for one test: ``names("in")`` → ``in-<random>``."""
+    suffix = uuid.uuid4().hex[:10]
+    return lambda name: f"{name}-{suffix}"
+
+
+@pytest.fixture(scope="session")
+def nab_root() -> Path:
+    root = data_dir() / "nab"
+    if not (root / "labels" / "combined_windows.json").exists():
+        pytest.skip(f"NAB data not found at {root} (set EDGEWATCH_DATA_DIR or run `edgewatch data fetch nab`)")
+    return root
