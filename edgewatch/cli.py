@@ -1,0 +1,235 @@
+"""The ``edgewatch`` command.
+
+Options that are settings (``--bootstrap``, ``--in-topic`` …) fall back to the
+``EDGEWATCH_*`` environment variables, then to the defaults in :mod:`edgewatch.config`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgewatch.config import FlowSettings, KafkaSettings
+
+app = typer.Typer(
+    help="Streaming anomaly detection for industrial device fleets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+Bootstrap = Annotated[str | None, typer.Option(help="Kafka HOST:PORT (env EDGEWATCH_BOOTSTRAP)", show_default=False)]
+Partitions = Annotated[int, typer.Option(help="partitions of topics edgewatch creates")]
+
+
+def _settings(cls, **options):
+    """Settings from the given options, the environment and the defaults, in that order."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**{name: value for name, value in options.items() if value is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise typer.BadParameter(problems) from None
+
+
+def _stop_event_on_signals() -> threading.Event:
+    """An event set by SIGTERM (Kubernetes, `kill`) or Ctrl-C instead of an exception
+    raised wherever the flow happens to be: the flow drains and ends cleanly."""
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="port to listen on; 0 = a free one")] = 0,
+) -> None:
+    """Run the embedded Tansu Kafka broker (memory storage) on 127.0.0.1 until Ctrl-C."""
+    from edgewatch.connectors.broker import EmbeddedBroker
+
+    stop = _stop_event_on_signals()
+    with EmbeddedBroker(port or None) as running:
+        typer.echo(f"broker: bootstrap={running.bootstrap} (Ctrl-C to stop)")
+        while running.running and not stop.wait(0.5):
+            pass
+    typer.echo("broker: stopped")
+
+
+@app.command()
+def simulate(
+    devices: Annotated[int, typer.Option(help="machines in the fleet")] = 200,
+    rate: Annotated[float, typer.Option(help="events per second over the fleet")] = 1000.0,
+    duration: Annotated[float, typer.Option(help="seconds of telemetry")] = 30.0,
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same stream")] = 0,
+    fault_rate: Annotated[float, typer.Option(help="chance per machine and tick that a fault starts")] = 0.002,
+    malformed_rate: Annotated[float, typer.Option(help="chance that a message is a broken payload")] = 0.0,
+    start_time: Annotated[
+        datetime | None, typer.Option(help="source time of the first reading (default: now)", show_default=False)
+    ] = None,
+    bootstrap: Bootstrap = None,
+    topic: Annotated[str, typer.Option(help="topic to send to")] = "telemetry",
+    partitions: Partitions = 4,
+    out: Annotated[
+        Path | None, typer.Option(help="record to this JSONL file instead of sending", show_default=False)
+    ] = None,
+) -> None:
+    """Stream a simulated fleet (SimulatedTemperatureSensor messages with labeled faults)."""
+    from edgewatch.simulator import Fleet
+    from edgewatch.simulator.publish import paced, publish_kafka, write_jsonl
+
+    begin = start_time or datetime.now(UTC)
+    if begin.tzinfo is None:
+        begin = begin.replace(tzinfo=UTC)
+    fleet = Fleet(
+        devices=devices,
+        seed=seed,
+        fault_rate=fault_rate,
+        malformed_rate=malformed_rate,
+        start_time=begin.timestamp(),
+        tick_seconds=devices / rate,
+    )
+    total = round(rate * duration)
+    if out is not None:
+        stats = write_jsonl(fleet.records(total), out)
+        where = str(out)
+    else:
+        kafka = _settings(KafkaSettings, bootstrap=bootstrap)
+        from edgewatch.connectors.kafka import ensure_topics
+
+        ensure_topics(kafka.client_config(), [topic], partitions)
+        stats = publish_kafka(paced(fleet.records(total), rate), kafka.client_config(), topic)
+        where = f"{topic}@{kafka.bootstrap}"
+    typer.echo(
+        f"simulate: sent={stats.messages} faults={fleet.faults_started} fault_messages={stats.fault_messages} "
+        f"malformed={stats.malformed} to={where} seconds={stats.seconds:.1f}"
+    )
+
+
+@app.command()
+def run(
+    bootstrap: Bootstrap = None,
+    in_topic: Annotated[str | None, typer.Option(help="telemetry topic [telemetry]", show_default=False)] = None,
+    out_topic: Annotated[str | None, typer.Option(help="labeled events topic [labeled]", show_default=False)] = None,
+    dlq_topic: Annotated[str | None, typer.Option(help="dead-letter topic [deadletter]", show_default=False)] = None,
+    recovery_dir: Annotated[
+        Path | None, typer.Option(help="Bytewax recovery directory: resume after a crash", show_default=False)
+    ] = None,
+    snapshot_seconds: Annotated[
+        float | None, typer.Option(help="seconds between state snapshots [5]", show_default=False)
+    ] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(help="robust-zscore | half-space-trees | package.module:factory", show_default=False),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="label threshold (default: the detector's)", show_default=False)
+    ] = None,
+    shards: Annotated[int | None, typer.Option(help="device shards [16]", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="messages per Kafka poll [2000]", show_default=False)] = None,
+    workers: Annotated[int, typer.Option(help="Bytewax workers in this process")] = 1,
+    partitions: Partitions = 4,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus metrics on this port", show_default=False)
+    ] = None,
+) -> None:
+    """Run the anomaly flow: telemetry topic → labeled topic (+ dead-letter topic)."""
+    from bytewax._bytewax import cli_main
+    from bytewax.recovery import RecoveryConfig
+
+    from edgewatch.connectors.kafka import ensure_topics
+    from edgewatch.flows.anomaly import build_flow, init_recovery_dir
+
+    settings = _settings(
+        FlowSettings,
+        bootstrap=bootstrap,
+        in_topic=in_topic,
+        out_topic=out_topic,
+        dlq_topic=dlq_topic,
+        recovery_dir=recovery_dir,
+        snapshot_seconds=snapshot_seconds,
+        detector=detector,
+        threshold=threshold,
+        shards=shards,
+        batch_size=batch_size,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_topics(settings.client_config(), [settings.in_topic, settings.out_topic, settings.dlq_topic], partitions)
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    recovery = None
+    if settings.recovery_dir is not None:
+        init_recovery_dir(settings.recovery_dir)
+        recovery = RecoveryConfig(str(settings.recovery_dir))
+    stop = _stop_event_on_signals()
+    flow = build_flow(settings, stop=stop)
+    typer.echo(
+        f"run: {settings.in_topic} → {settings.out_topic} (dead letters → {settings.dlq_topic}) "
+        f"detector={settings.detector} bootstrap={settings.bootstrap}",
+        err=True,
+    )
+    cli_main(
+        flow,
+        workers_per_process=workers,
+        epoch_interval=timedelta(seconds=settings.snapshot_seconds),
+        recovery_config=recovery,
+    )
+    typer.echo("run: stopped", err=True)
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(envvar="DEMO_SECONDS", help="how long the fleet streams")] = 30.0,
+    devices: Annotated[int, typer.Option(help="machines in the fleet")] = 200,
+    rate: Annotated[float, typer.Option(help="events per second over the fleet")] = 2000.0,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this Kafka instead of the embedded broker", show_default=False)
+    ] = None,
+) -> None:
+    """Broker + simulated fleet + flow + live console; ends with a `demo:` summary line."""
+    from edgewatch.demo import run_demo
+
+    summary = run_demo(seconds=seconds, devices=devices, rate=rate, seed=seed, bootstrap=bootstrap)
+    typer.echo(summary.line())
+
+
+@app.command()
+def bench(
+    messages: Annotated[int, typer.Option(help="messages pre-produced for every flow")] = 100_000,
+    devices: Annotated[int, typer.Option(help="devices the messages come from")] = 50,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka to measure on (default: a fresh Apache Kafka or Tansu)")
+    ] = None,
+    broker_kind: Annotated[str, typer.Option("--broker", help="kafka (Apache Kafka, JVM) | tansu")] = "kafka",
+) -> None:
+    """Throughput of a null flow, the naive River flow and edgewatch, in one run (source checkout)."""
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "bench" / "throughput.py").exists():
+        raise typer.BadParameter("edgewatch bench runs from a source checkout (bench/throughput.py)")
+    sys.path.insert(0, str(checkout))
+    from bench.throughput import main as bench_main
+
+    bench_main(messages=messages, devices=devices, bootstrap=bootstrap, broker_kind=broker_kind)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation of detectors: NAB scoring (``edgewatch.evaluation.nab``)."""

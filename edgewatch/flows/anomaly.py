@@ -1,0 +1,156 @@
+"""The anomaly flow: Kafka telemetry in, labeled events and dead letters out.
+
+Read top to bottom, this is the whole data path::
+
+    kafka-in      batches of raw messages, one item per poll of a Kafka partition
+    parse         each batch → valid readings grouped by device shard, and dead letters
+    detect        per shard, a ModelBank: score, label, learn (state snapshotted per epoch)
+    serialize     labeled events and dead letters → Kafka records
+    kafka-out     labeled topic (key = device id) and dead-letter topic
+
+Run it with ``edgewatch run`` or ``python -m bytewax.run edgewatch.flows.anomaly:flow``
+(settings from ``EDGEWATCH_*`` variables).
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from edgewatch.config import FlowSettings
+from edgewatch.connectors.kafka import KafkaBatchSink, KafkaBatchSource, OutRecord
+from edgewatch.online_models.bank import ModelBank
+from edgewatch.online_models.registry import resolve_detector
+from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading, parse_batch
+from edgewatch.telemetry import FLOW_METRICS
+
+DEAD = "dead-letters"
+
+
+def shard_of(device_id: str, shards: int) -> str:
+    """The shard key of a device: a stable hash, the same in every process and run."""
+    return f"shard-{zlib.crc32(device_id.encode()) % shards:04d}"
+
+
+def split_batch(raws: list[RawMessage], shards: int) -> Iterable[tuple[str, list]]:
+    """Parse a batch; emit ``(shard, readings)`` per shard and ``(DEAD, dead letters)``."""
+    readings, dead = parse_batch(raws)
+    FLOW_METRICS.received.inc(len(raws))
+    by_shard: dict[str, list[Reading]] = defaultdict(list)
+    for reading in readings:
+        by_shard[shard_of(reading.device_id, shards)].append(reading)
+    yield from by_shard.items()
+    if dead:
+        yield DEAD, dead
+
+
+class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
+    """Bytewax glue for one shard's :class:`ModelBank`: never discarded, snapshotted as bytes."""
+
+    def __init__(self, bank: ModelBank):
+        self.bank = bank
+
+    def on_batch(self, values: list[list[Reading]]) -> tuple[list[list], bool]:
+        out = []
+        for readings in values:
+            events, dead = self.bank.label(readings)
+            out.append(events)
+            if dead:
+                out.append(dead)
+        return out, op.StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return self.bank.snapshot()
+
+
+def to_records(items: list[LabeledEvent] | list[DeadLetter], settings: FlowSettings) -> list[OutRecord]:
+    """Kafka records for a list of labeled events or of dead letters."""
+    from edgewatch.schema import dead_letter_headers, labeled_event_json
+
+    if items and isinstance(items[0], DeadLetter):
+        FLOW_METRICS.dead_letters.inc(len(items))
+        return [
+            OutRecord(settings.dlq_topic, dead.raw.key, dead.raw.value, dead_letter_headers(dead)) for dead in items
+        ]
+    FLOW_METRICS.labeled.inc(len(items))
+    FLOW_METRICS.anomalies.inc(sum(event.is_anomaly for event in items))
+    return [
+        OutRecord(
+            settings.out_topic,
+            event.reading.device_id.encode(),
+            labeled_event_json(event),
+            event.reading.raw.headers,
+        )
+        for event in items
+    ]
+
+
+def bank_builder(settings: FlowSettings):
+    """A function Bytewax calls to create (``state is None``) or resume a shard's bank."""
+    spec = resolve_detector(settings.detector)
+    template, version = None, None
+    if settings.model_dir is not None:
+        from edgewatch.online_models.artifact import load_artifact
+
+        artifact = load_artifact(Path(settings.model_dir))
+        spec, template, version = artifact.spec, artifact.model, artifact.version
+
+    def build(state: bytes | None) -> ModelBankLogic:
+        bank = ModelBank(spec, settings.threshold, template, version)
+        if state is not None:
+            bank.restore(state)
+        return ModelBankLogic(bank)
+
+    return build
+
+
+def build_flow(
+    settings: FlowSettings,
+    source: Source | None = None,
+    sink: Sink | None = None,
+    stop: threading.Event | None = None,
+) -> Dataflow:
+    """The anomaly dataflow. ``source``/``sink`` replace Kafka (replay files, tests);
+    setting ``stop`` ends the Kafka input so the flow drains and returns."""
+    kafka = settings.client_config()
+    flow = Dataflow("edgewatch-anomaly")
+    batches = op.input(
+        "kafka-in",
+        flow,
+        source or KafkaBatchSource(kafka, [settings.in_topic], settings.batch_size, settings.from_beginning, stop=stop),
+    )
+    parsed = op.flat_map("parse", batches, lambda raws: split_batch(raws, settings.shards))
+    routed = op.branch("route", parsed, lambda item: item[0] == DEAD)
+    dead = op.map("dead-letters", routed.trues, lambda item: item[1])
+    detected = op.stateful_batch("detect", routed.falses, bank_builder(settings))
+    results = op.merge("results", dead, op.key_rm("unshard", detected))
+    records = op.map("serialize", results, lambda items: to_records(items, settings))
+    op.output("kafka-out", records, sink or KafkaBatchSink(kafka))
+    return flow
+
+
+def init_recovery_dir(path: Path, partitions: int = 1) -> None:
+    """Create Bytewax's recovery partitions in ``path`` unless they are already there."""
+    from bytewax.recovery import init_db_dir
+
+    path.mkdir(parents=True, exist_ok=True)
+    if not any(path.glob("part-*.sqlite3")):
+        init_db_dir(path, partitions)
+
+
+def __getattr__(name: str) -> Dataflow:
+    # `python -m bytewax.run edgewatch.flows.anomaly:flow` builds the flow from EDGEWATCH_* only when asked
+    if name == "flow":
+        settings = FlowSettings()
+        if settings.recovery_dir is not None:  # pass the same directory to bytewax.run's -r
+            init_recovery_dir(settings.recovery_dir)
+        return build_flow(settings)
+    raise AttributeError(name)

@@ -1,0 +1,57 @@
+"""Detectors by name: what ``--detector`` accepts.
+
+A detector is any River anomaly detector (``learn_one`` / ``score_one`` on a dict of
+features). Besides the built-in names, ``--detector package.module:factory`` plugs in
+any callable that returns one, e.g. ``river.anomaly:HalfSpaceTrees``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from river import anomaly, compose, preprocessing
+from river.base import AnomalyDetector
+
+from edgewatch import __version__
+from edgewatch.online_models.robust_zscore import RobustZScore
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """How to build a detector, and the threshold its scores are labeled with."""
+
+    name: str
+    factory: Callable[[], AnomalyDetector]
+    threshold: float
+    version: str
+
+
+def naive_half_space_trees() -> compose.Pipeline:
+    """The River documentation's streaming detector: min-max scaling, then Half-Space Trees."""
+    return preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(n_trees=25, height=8, window_size=250, seed=42)
+
+
+BUILTIN = {
+    "robust-zscore": DetectorSpec("robust-zscore", RobustZScore, 0.5, __version__),
+    "half-space-trees": DetectorSpec("half-space-trees", naive_half_space_trees, 0.7, __version__),
+}
+
+
+def resolve_detector(name: str) -> DetectorSpec:
+    """The spec for a built-in name or a ``package.module:factory`` import path."""
+    if name in BUILTIN:
+        return BUILTIN[name]
+    module_name, _, attribute = name.partition(":")
+    if not attribute:
+        raise ValueError(f"unknown detector {name!r}: use one of {sorted(BUILTIN)} or package.module:factory")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import detector {name!r}: {exc}") from exc
+    if not isinstance(factory(), AnomalyDetector):
+        raise ValueError(f"{name!r} does not build a river AnomalyDetector")
+    return DetectorSpec(
+        name, factory, 0.5, getattr(importlib.import_module(module_name.split(".")[0]), "__version__", "0")
+    )

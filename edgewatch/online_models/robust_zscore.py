@@ -1,0 +1,165 @@
+"""Robust forecast-residual z-scores with a stuck-sensor check, per feature."""
+
+from __future__ import annotations
+
+import math
+
+from river.base import AnomalyDetector
+
+LOG10_FLOOR = 1e-300
+UNLIKELY_RUN_DECADES = 2.0
+
+
+def tail_surprise(z: float) -> float:
+    """``-log10`` of the two-sided Gaussian tail probability of ``z``."""
+    return -math.log10(max(math.erfc(z / math.sqrt(2.0)), LOG10_FLOOR))
+
+
+class _Channel:
+    __slots__ = ("confirmations", "last", "level", "n", "p_repeat", "pending", "run", "scale", "trend")
+
+    def __init__(self, x: float):
+        self.n = 1
+        self.level = x
+        self.trend = 0.0
+        self.scale = 0.0  # running mean |forecast error|
+        self.pending = math.nan  # a candidate new level after an outlier
+        self.confirmations = 0  # readings that agreed with the candidate so far
+        self.last = x
+        self.run = 0
+        self.p_repeat = 0.0
+
+
+class RobustZScore(AnomalyDetector):
+    """Per-feature forecast residuals, robust to outliers, plus a stuck-sensor check.
+
+    Every feature gets a Holt (level + trend) forecaster whose level is not pulled by
+    outliers: an outlier becomes a *candidate* level, adopted once the next
+    ``confirm_shift`` readings agree with it (a level shift) and discarded as soon as one
+    does not (a spike); meanwhile each reading is scored against the closer of the two. The forecast error,
+    divided by a running mean absolute error, is a z-score; a run of exactly repeated
+    values is scored against how often that feature repeats normally. Each check gives
+    a surprise in decades (``-log10`` of its tail probability); the score is the largest
+    surprise over features and checks divided by ``surprise_scale``, capped at 1.
+
+    Args:
+        level_alpha: Holt level smoothing.
+        trend_beta: Holt trend smoothing (fraction of the level correction).
+        scale_alpha: smoothing of the mean absolute forecast error.
+        outlier_z: beyond this z the reading does not move the level.
+        confirm_shift: readings that must agree with a candidate level before it is adopted.
+        min_samples: readings before the first non-zero score.
+        repeat_alpha: smoothing of the repeat probability.
+        repeat_floor: smallest repeat probability assumed.
+        surprise_scale: surprise (decades) that maps to score 1.
+
+    Examples:
+        >>> from edgewatch.online_models.robust_zscore import RobustZScore
+        >>> detector = RobustZScore(min_samples=5)
+        >>> for t in range(50):
+        ...     x = {"temp": 20.0 + 0.5 * t + 0.1 * (-1) ** t}
+        ...     _ = detector.score_one(x)
+        ...     detector.learn_one(x)
+        >>> detector.score_one({"temp": 45.0}) < 0.2
+        True
+        >>> detector.score_one({"temp": 60.0})
+        1.0
+    """
+
+    def __init__(
+        self,
+        level_alpha: float = 0.5,
+        trend_beta: float = 0.1,
+        scale_alpha: float = 0.05,
+        outlier_z: float = 4.0,
+        confirm_shift: int = 2,
+        min_samples: int = 20,
+        repeat_alpha: float = 0.02,
+        repeat_floor: float = 0.001,
+        surprise_scale: float = 10.0,
+    ):
+        self.level_alpha = level_alpha
+        self.trend_beta = trend_beta
+        self.scale_alpha = scale_alpha
+        self.outlier_z = outlier_z
+        self.confirm_shift = confirm_shift
+        self.min_samples = min_samples
+        self.repeat_alpha = repeat_alpha
+        self.repeat_floor = repeat_floor
+        self.surprise_scale = surprise_scale
+        self._channels: dict[str, _Channel] = {}
+
+    def _forecast_error(self, ch: _Channel, x: float) -> float:
+        """Forecast error of ``x`` under the better of the level and the candidate level."""
+        error = x - (ch.level + ch.trend)
+        if ch.pending == ch.pending:  # not NaN
+            error_new = x - (ch.pending + ch.trend)
+            if abs(error_new) < abs(error):
+                return error_new
+        return error
+
+    def _sigma(self, ch: _Channel) -> float:
+        # mean |error| of a Gaussian is sigma * sqrt(2/pi); floor keeps flat signals finite
+        return max(ch.scale * 1.2533141373155, 1e-9 * max(1.0, abs(ch.level)))
+
+    def _repeat_surprise(self, ch: _Channel, repeats: int) -> float:
+        return -repeats * math.log10(max(ch.p_repeat, self.repeat_floor))
+
+    def learn_one(self, x: dict) -> None:
+        for name, value in x.items():
+            ch = self._channels.get(name)
+            if ch is None:
+                self._channels[name] = _Channel(value)
+                continue
+            self._learn_value(ch, value)
+            repeated = value == ch.last
+            ch.run = ch.run + 1 if repeated else 0
+            # like outliers for the level, a run that was already unlikely (< 1 %) does not teach
+            # that runs are normal: a stuck sensor must not make itself look healthy
+            unlikely = ch.n > self.min_samples and self._repeat_surprise(ch, ch.run) > UNLIKELY_RUN_DECADES
+            if not (repeated and unlikely):
+                ch.p_repeat += max(self.repeat_alpha, 1.0 / ch.n) * (repeated - ch.p_repeat)
+            ch.last = value
+            ch.n += 1
+
+    def _learn_value(self, ch: _Channel, value: float) -> None:
+        error = value - (ch.level + ch.trend)
+        if ch.pending == ch.pending:  # a candidate level is waiting for confirmation
+            error_new = value - (ch.pending + ch.trend)
+            if abs(error_new) >= abs(error):
+                ch.pending = math.nan  # it was a spike: back to the old level
+            elif ch.confirmations + 1 >= self.confirm_shift:
+                ch.level, ch.pending, error = ch.pending, math.nan, error_new  # a level shift
+            else:
+                ch.confirmations += 1
+                ch.level += ch.trend
+                ch.pending = value
+                return
+        predicted = ch.level + ch.trend
+        abs_error = abs(error)
+        warm = ch.n > self.min_samples
+        if warm and abs_error > self.outlier_z * self._sigma(ch):
+            ch.level = predicted
+            ch.pending = value
+            ch.confirmations = 0
+            abs_error = self.outlier_z * self._sigma(ch)
+        else:
+            ch.level = predicted + self.level_alpha * error
+            ch.trend += self.trend_beta * self.level_alpha * error
+        rate = self.scale_alpha if warm else 1.0 / ch.n
+        ch.scale += rate * (abs_error - ch.scale)
+
+    def score_one(self, x: dict) -> float:
+        largest_z = 0.0
+        surprise = 0.0
+        for name, value in x.items():
+            ch = self._channels.get(name)
+            if ch is None or ch.n <= self.min_samples:
+                continue
+            z = abs(self._forecast_error(ch, value)) / self._sigma(ch)
+            if z > largest_z:
+                largest_z = z
+            if value == ch.last:
+                surprise = max(surprise, self._repeat_surprise(ch, ch.run + 1))
+        # the tail probability is monotonic in z: one erfc for the largest is enough
+        return min(1.0, max(surprise, tail_surprise(largest_z)) / self.surprise_scale)

@@ -1,0 +1,185 @@
+"""The anomaly flow end to end on the session's real broker (``edgewatch run`` as a process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import orjson
+import pytest
+
+from edgewatch.connectors.kafka import ensure_topics
+from edgewatch.evaluation.faults import FaultScore
+from edgewatch.online_models.bank import ModelBank
+from edgewatch.online_models.registry import BUILTIN
+from edgewatch.schema import RawMessage, Reading, SourceRef, parse_message
+from edgewatch.simulator import Fleet
+from edgewatch.simulator.publish import paced
+from tests.kafkautil import FlowProcess, consume, produce
+from tests.malformed_cases import MALFORMED
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+def topics(kafka_bootstrap, topic_names):
+    names = {"in": topic_names("telemetry"), "out": topic_names("labeled"), "dlq": topic_names("deadletter")}
+    ensure_topics({"bootstrap.servers": kafka_bootstrap}, names.values(), PARTITIONS)
+    return names
+
+
+def flow_args(bootstrap, topics, *extra):
+    return ["--bootstrap", bootstrap, "--in-topic", topics["in"], "--out-topic", topics["out"],
+            "--dlq-topic", topics["dlq"], *extra]  # fmt: skip
+
+
+def fleet_records(fleet: Fleet, count: int):
+    return [(r.key, r.value, r.headers) for r in fleet.records(count)]
+
+
+def position_of(message) -> tuple[int, int]:
+    """The input (partition, offset) an output message answers."""
+    if "edgewatch.error.offset" in message.headers:
+        return int(message.headers["edgewatch.error.partition"]), int(message.headers["edgewatch.error.offset"])
+    source = orjson.loads(message.value)["source"]
+    return source["partition"], source["offset"]
+
+
+def test_every_message_comes_out_exactly_once(kafka_bootstrap, topics, tmp_path):
+    records = fleet_records(Fleet(devices=20, seed=5, fault_rate=0.004, malformed_rate=0.03), 4000)
+    records += [(key, value, []) for _, key, value, _ in MALFORMED]
+    positions = produce(kafka_bootstrap, topics["in"], records)
+
+    with FlowProcess(flow_args(kafka_bootstrap, topics), tmp_path / "flow.log"):
+        out = consume(kafka_bootstrap, [topics["out"], topics["dlq"]], len(records), settle=2.0)
+
+    answered = Counter(position_of(m) for m in out)
+    assert len(out) == len(records)
+    assert set(answered) == set(positions)
+    assert max(answered.values()) == 1
+    labeled = [m for m in out if m.topic == topics["out"]]
+    assert all(m.key == orjson.loads(m.value)["device_id"].encode() for m in labeled)
+    assert len(out) - len(labeled) >= len(MALFORMED)
+
+
+def test_malformed_messages_reach_the_dead_letter_topic_with_reason(kafka_bootstrap, topics, tmp_path):
+    valid = fleet_records(Fleet(devices=3, seed=1, fault_rate=0.0), 30)
+    records = valid + [(key, value, [("case", name.encode())]) for name, key, value, _ in MALFORMED]
+    positions = produce(kafka_bootstrap, topics["in"], records)
+
+    with FlowProcess(flow_args(kafka_bootstrap, topics), tmp_path / "flow.log"):
+        dead = consume(kafka_bootstrap, [topics["dlq"]], len(MALFORMED), settle=1.0)
+
+    by_case = {m.headers["case"].decode(): m for m in dead}
+    assert len(dead) == len(MALFORMED)
+    for index, (name, key, value, reason) in enumerate(MALFORMED):
+        message = by_case[name]
+        partition, offset = positions[len(valid) + index]
+        assert reason in message.headers["edgewatch.error.reason"].decode(), name
+        assert message.value == value and message.key == key, name
+        assert message.headers["edgewatch.error.topic"] == topics["in"].encode()
+        assert (int(message.headers["edgewatch.error.partition"]), int(message.headers["edgewatch.error.offset"])) == (
+            partition,
+            offset,
+        )
+
+
+def test_flow_finds_the_simulated_faults(kafka_bootstrap, topics, tmp_path):
+    fleet = Fleet(devices=20, seed=11, fault_rate=0.005)
+    sim = list(fleet.records(20 * 400))
+    truth = FaultScore()
+    for record in sim:
+        truth.sent(record.key.decode(), int(record.headers[0][1]), record.fault)
+    produce(kafka_bootstrap, topics["in"], [(r.key, r.value, r.headers) for r in sim])
+
+    with FlowProcess(flow_args(kafka_bootstrap, topics), tmp_path / "flow.log"):
+        out = consume(kafka_bootstrap, [topics["out"]], len(sim))
+
+    assert len(out) == len(sim)
+    for message in out:
+        event = orjson.loads(message.value)
+        truth.labeled(event["device_id"], int(message.headers["sequenceNumber"]), event["is_anomaly"])
+    assert truth.faults >= 20
+    assert truth.recall >= 0.9, (truth.detected, truth.faults)
+    assert truth.precision >= 0.8, (truth.true_positives, truth.flagged)
+
+
+def expected_scores(records, positions) -> dict[tuple[int, int], float]:
+    """Scores of an uninterrupted run: each device's messages in offset order through one bank."""
+    bank = ModelBank(BUILTIN["robust-zscore"])
+    ordered = sorted(zip(positions, records, strict=True))
+    readings = [
+        parse_message(RawMessage(key, value, headers, SourceRef("t", p, o)))
+        for (p, o), (key, value, headers) in ordered
+    ]
+    events, dead = bank.label([r for r in readings if isinstance(r, Reading)])
+    assert not dead
+    return {(e.reading.source.partition, e.reading.source.offset): e.score for e in events}
+
+
+def test_flow_resumes_after_sigkill_without_losing_or_relearning_state(kafka_bootstrap, topics, tmp_path):
+    fleet = Fleet(devices=30, seed=21, fault_rate=0.004)
+    sim = list(fleet.records(18_000))
+    records = [(r.key, r.value, r.headers) for r in sim]
+    positions: list = []
+
+    def send() -> None:  # the stream keeps flowing while the flow dies and comes back
+        paced_records = ((r.key, r.value, r.headers) for r in paced(sim, rate=3000))
+        positions.extend(produce(kafka_bootstrap, topics["in"], paced_records))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    recovery = ["--recovery-dir", str(tmp_path / "recovery"), "--snapshot-seconds", "0.5"]
+    first = FlowProcess(flow_args(kafka_bootstrap, topics, *recovery), tmp_path / "flow1.log").start()
+    try:
+        # well past the first snapshot (the flow's start-up takes a couple of seconds)
+        before = consume(kafka_bootstrap, [topics["out"]], 7000, timeout=60, settle=0.0)
+        assert len(before) >= 7000
+    finally:
+        first.kill()
+    time.sleep(1.0)
+    with FlowProcess(flow_args(kafka_bootstrap, topics, *recovery), tmp_path / "flow2.log"):
+        sender.join(30)
+        assert not sender.is_alive()
+        wanted = set(positions)
+        out = consume(
+            kafka_bootstrap, [topics["out"]], until=lambda found: {position_of(m) for m in found} >= wanted, settle=2.0
+        )
+
+    assert {position_of(m) for m in out} == wanted, "every input offset is labeled after the restart"
+    replayed = len(out) - len(wanted)
+    assert replayed < len(before), "the restart resumes from its last snapshot, not from the start"
+    expected = expected_scores(records, positions)
+    wrong = [(position_of(m), orjson.loads(m.value)["score"]) for m in out
+             if orjson.loads(m.value)["score"] != expected[position_of(m)]]  # fmt: skip
+    assert not wrong[:5], "a restarted device must continue from its snapshot, not from scratch"
+
+
+def test_bytewax_run_entrypoint_reads_settings_from_environment(kafka_bootstrap, topics, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from edgewatch.connectors.broker import _die_with_parent
+
+    records = fleet_records(Fleet(devices=5, seed=2, fault_rate=0.0), 200)
+    produce(kafka_bootstrap, topics["in"], records)
+    env = {
+        **os.environ,
+        "EDGEWATCH_BOOTSTRAP": kafka_bootstrap,
+        "EDGEWATCH_IN_TOPIC": topics["in"],
+        "EDGEWATCH_OUT_TOPIC": topics["out"],
+        "EDGEWATCH_DLQ_TOPIC": topics["dlq"],
+    }
+    with open(tmp_path / "bytewax.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", "edgewatch.flows.anomaly:flow"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    try:
+        out = consume(kafka_bootstrap, [topics["out"]], len(records))
+    finally:
+        process.kill()
+        process.wait()
+    assert len(out) == len(records)
