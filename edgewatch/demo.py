@@ -1,0 +1,240 @@
+"""``edgewatch demo``: a fleet streams through Kafka into the flow, watched live.
+
+It starts the embedded broker (or uses ``--bootstrap``), the anomaly flow as its own
+process, the simulator in a thread, and reads the labeled and dead-letter topics back
+to show them and to score the labels against the simulator's ground truth. Everything
+it started is stopped when it returns, also on Ctrl-C or error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from edgewatch.connectors.broker import EmbeddedBroker, _die_with_parent
+from edgewatch.connectors.kafka import ensure_topics
+from edgewatch.evaluation.faults import FaultScore
+from edgewatch.simulator import FAULT_HEADER, Fleet
+from edgewatch.simulator.publish import paced, publish_kafka
+
+PARTITIONS = 4
+DRAIN_TIMEOUT = 60.0
+
+
+@dataclass
+class DemoSummary:
+    events: int
+    labeled: int
+    deadletter: int
+    faults: int
+    detected: int
+    precision: float
+    recall: float
+
+    def line(self) -> str:
+        return (
+            f"demo: events={self.events} labeled={self.labeled} deadletter={self.deadletter} "
+            f"faults={self.faults} detected={self.detected} "
+            f"precision={self.precision:.3f} recall={self.recall:.3f}"
+        )
+
+
+class _Watch:
+    """Reads the flow's output topics and keeps the numbers the console shows."""
+
+    def __init__(self, bootstrap: str, labeled_topic: str, dead_topic: str, truth: FaultScore):
+        self.truth = truth
+        self.labeled = 0
+        self.deadletter = 0
+        self.anomalies_by_device: Counter[str] = Counter()
+        self.latest: deque[tuple] = deque(maxlen=8)
+        self._labeled_topic = labeled_topic
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "edgewatch-demo", "enable.auto.commit": "false"}
+        )
+        self._consumer.assign([TopicPartition(t, p, 0) for t in (labeled_topic, dead_topic) for p in range(PARTITIONS)])
+        self.lock = threading.Lock()
+
+    def poll(self, seconds: float) -> None:
+        for msg in self._consumer.consume(5000, seconds):
+            if msg.error() is not None:
+                continue
+            headers = dict(msg.headers() or [])
+            if msg.topic() != self._labeled_topic:
+                self.deadletter += 1
+                continue
+            self.labeled += 1
+            event = orjson.loads(msg.value())
+            if not event["is_anomaly"]:
+                continue
+            device = event["device_id"]
+            fault = headers.get(FAULT_HEADER, b"").decode()
+            with self.lock:
+                self.truth.labeled(device, int(headers["sequenceNumber"]), True)
+            self.anomalies_by_device[device] += 1
+            self.latest.appendleft(
+                (event["timestamp"][11:23], device, event["score"], event["features"]["machine.temperature"], fault)
+            )
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _view(watch: _Watch, sent: int, elapsed: float, seconds: float, devices: int, rate: float) -> Group:
+    truth = watch.truth
+    stats = Table.grid(padding=(0, 2))
+    stats.add_row(
+        f"[b]edgewatch demo[/b]  {devices} machines · {rate:.0f} events/s · {elapsed:4.1f}/{seconds:.0f} s",
+    )
+    stats.add_row(
+        f"sent [b]{sent}[/b]  labeled [b]{watch.labeled}[/b]  dead letters [b]{watch.deadletter}[/b]  "
+        f"faults [b]{truth.faults}[/b]  detected [b]{truth.detected}[/b]  "
+        f"precision [b]{truth.precision:.3f}[/b]  recall [b]{truth.recall:.3f}[/b]"
+    )
+    latest = Table(title="latest anomalies", expand=False)
+    for column in ("time", "device", "score", "machine °C", "injected fault"):
+        latest.add_column(column)
+    for time_of_day, device, score, temperature, fault in watch.latest:
+        latest.add_row(time_of_day, device, f"{score:.2f}", f"{temperature:.1f}", fault or "[red]none[/red]")
+    top = Table(title="anomalies per device (top 8)")
+    top.add_column("device")
+    top.add_column("anomalies", justify="right")
+    for device, count in watch.anomalies_by_device.most_common(8):
+        top.add_row(device, str(count))
+    grid = Table.grid(padding=(0, 4))
+    grid.add_row(latest, top)
+    return Group(stats, grid)
+
+
+def _start_flow(bootstrap: str, topics: dict[str, str], log_path: Path) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "edgewatch",
+        "run",
+        "--bootstrap",
+        bootstrap,
+        "--in-topic",
+        topics["in"],
+        "--out-topic",
+        topics["out"],
+        "--dlq-topic",
+        topics["dlq"],
+        "--partitions",
+        str(PARTITIONS),
+    ]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+
+
+def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_demo(
+    seconds: float = 30.0,
+    devices: int = 200,
+    rate: float = 2000.0,
+    seed: int = 0,
+    bootstrap: str | None = None,
+    console: Console | None = None,
+) -> DemoSummary:
+    """Run the demo for ``seconds`` of streaming and return its summary."""
+    console = console or Console(stderr=True)
+    workdir = Path(tempfile.mkdtemp(prefix="edgewatch-demo-"))
+    suffix = "" if bootstrap is None else f"-{os.getpid()}-{int(time.time())}"
+    topics = {"in": f"telemetry{suffix}", "out": f"labeled{suffix}", "dlq": f"deadletter{suffix}"}
+    with contextlib.ExitStack() as cleanup:
+        if bootstrap is None:
+            bootstrap = cleanup.enter_context(EmbeddedBroker(log_file=workdir / "broker.log")).bootstrap
+        ensure_topics({"bootstrap.servers": bootstrap}, topics.values(), PARTITIONS)
+        flow = _start_flow(bootstrap, topics, workdir / "flow.log")
+        cleanup.callback(_stop, flow)
+
+        truth = FaultScore()
+        watch = _Watch(bootstrap, topics["out"], topics["dlq"], truth)
+        cleanup.callback(watch.close)
+        fleet = Fleet(
+            devices=devices,
+            seed=seed,
+            fault_rate=0.003,
+            malformed_rate=0.002,
+            start_time=time.time(),
+            tick_seconds=devices / rate,
+        )
+        stop_sending = threading.Event()
+        sent = Counter()
+
+        def on_record(record) -> None:
+            with watch.lock:
+                truth.sent(record.key.decode(), int(record.headers[0][1]), record.fault)
+            sent["events"] += 1
+
+        send_errors: list[BaseException] = []
+
+        def send() -> None:
+            records = paced(fleet.records(round(rate * seconds)), rate, stop_sending.is_set)
+            try:
+                publish_kafka(records, {"bootstrap.servers": bootstrap}, topics["in"], on_record)
+            except BaseException as exc:
+                send_errors.append(exc)
+
+        sender = threading.Thread(target=send, name="simulator", daemon=True)
+        cleanup.callback(stop_sending.set)
+        started = time.monotonic()
+        sender.start()
+        live_view = Live(console=console, refresh_per_second=4) if console.is_terminal else contextlib.nullcontext()
+        with live_view as live:
+            next_report = 0.0
+            while True:
+                elapsed = time.monotonic() - started
+                watch.poll(0.2)
+                done = not sender.is_alive() and watch.labeled + watch.deadletter >= sent["events"]
+                if live is not None:
+                    live.update(_view(watch, sent["events"], min(elapsed, seconds), seconds, devices, rate))
+                elif elapsed >= next_report or done:
+                    console.print(
+                        f"{elapsed:5.1f}s sent={sent['events']} labeled={watch.labeled} dead={watch.deadletter} "
+                        f"faults={truth.faults} detected={truth.detected}"
+                    )
+                    next_report = elapsed + 5.0
+                if send_errors:
+                    raise RuntimeError(f"the simulator failed: {send_errors[0]}") from send_errors[0]
+                if done:
+                    break
+                if flow.poll() is not None:
+                    raise RuntimeError(f"the flow exited with {flow.returncode}; see {workdir / 'flow.log'}")
+                if elapsed > seconds + DRAIN_TIMEOUT:
+                    console.print(f"[red]demo: flow still behind after {DRAIN_TIMEOUT:.0f} s; see {workdir}")
+                    break
+        return DemoSummary(
+            events=sent["events"],
+            labeled=watch.labeled,
+            deadletter=watch.deadletter,
+            faults=truth.faults,
+            detected=truth.detected,
+            precision=truth.precision,
+            recall=truth.recall,
+        )

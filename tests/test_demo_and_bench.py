@@ -1,0 +1,34 @@
+"""`make demo` and `edgewatch bench`, shortened: they must keep working end to end."""
+
+import re
+import subprocess
+import sys
+
+from bench.throughput import main as bench_main
+
+DEMO_LINE = re.compile(
+    r"^demo: events=(\d+) labeled=(\d+) deadletter=(\d+) faults=(\d+) detected=(\d+) "
+    r"precision=([01]\.\d{3}) recall=([01]\.\d{3})$"
+)
+
+
+def test_demo_runs_and_accounts_for_every_event():
+    result = subprocess.run(
+        [sys.executable, "-m", "edgewatch", "demo", "--seconds", "10", "--devices", "40", "--rate", "800"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    match = DEMO_LINE.match(result.stdout.strip().splitlines()[-1])
+    assert match, result.stdout
+    events, labeled, dead, faults, detected = map(int, match.groups()[:5])
+    precision, recall = map(float, match.groups()[5:])
+    assert events == 8000 and labeled + dead == events
+    assert faults > 0 and detected <= faults
+    assert precision >= 0.8 and recall >= 0.8
+
+
+def test_bench_prints_its_summary_line(kafka_bootstrap, capsys):
+    rates = bench_main(messages=1500, devices=5, bootstrap=kafka_bootstrap)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"bench: null=\d+ naive=\d+ edgewatch=\d+ ratio_vs_naive=[\d.]+ ratio_vs_null=[\d.]+", last)
+    assert all(rate > 0 for rate in rates.values())
