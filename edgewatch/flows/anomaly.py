@@ -29,6 +29,7 @@ from edgewatch.config import FlowSettings
 from edgewatch.connectors.kafka import KafkaBatchSink, KafkaBatchSource, OutRecord
 from edgewatch.online_models.bank import ModelBank
 from edgewatch.online_models.registry import resolve_detector
+from edgewatch.online_models.vector_bank import VectorBank
 from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading, parse_batch
 from edgewatch.telemetry import FLOW_METRICS
 
@@ -104,7 +105,10 @@ def bank_builder(settings: FlowSettings):
         spec, template, version = artifact.spec, artifact.model, artifact.version
 
     def build(state: bytes | None) -> ModelBankLogic:
-        bank = ModelBank(spec, settings.threshold, template, version)
+        if spec.vectorized and template is None:
+            bank = VectorBank(spec, settings.threshold, version)
+        else:
+            bank = ModelBank(spec, settings.threshold, template, version)
         if state is not None:
             bank.restore(state)
         return ModelBankLogic(bank)

@@ -27,6 +27,11 @@ class DetectorSpec:
     threshold: float
     version: str
 
+    @property
+    def vectorized(self) -> bool:
+        """Whether the detector also runs as arrays over a whole bank (``score_learn_arrays``)."""
+        return hasattr(self.factory(), "score_learn_arrays")
+
 
 def naive_half_space_trees() -> compose.Pipeline:
     """The River documentation's streaming detector: min-max scaling, then Half-Space Trees."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
+import numpy as np
 from river.base import AnomalyDetector
 
 LOG10_FLOOR = 1e-300
@@ -12,6 +14,8 @@ UNLIKELY_RUN_DECADES = 2.0
 
 def tail_surprise(z: float) -> float:
     """``-log10`` of the two-sided Gaussian tail probability of ``z``."""
+    if z <= 0.0:
+        return 0.0
     return -math.log10(max(math.erfc(z / math.sqrt(2.0)), LOG10_FLOOR))
 
 
@@ -163,3 +167,80 @@ class RobustZScore(AnomalyDetector):
                 surprise = max(surprise, self._repeat_surprise(ch, ch.run + 1))
         # the tail probability is monotonic in z: one erfc for the largest is enough
         return min(1.0, max(surprise, tail_surprise(largest_z)) / self.surprise_scale)
+
+    # The same detector over arrays: one row per device, one column per feature. A VectorBank
+    # gathers the rows of the devices that have a reading in a step, calls score_learn_arrays,
+    # and scatters the rows back. Every operation mirrors learn_one/score_one above, in the same
+    # order, so both paths give the same scores.
+    ARRAY_STATE: ClassVar[dict[str, tuple[type, float]]] = {
+        "n": (np.int64, 0),
+        "level": (np.float64, 0.0),
+        "trend": (np.float64, 0.0),
+        "scale": (np.float64, 0.0),
+        "pending": (np.float64, math.nan),
+        "confirmations": (np.int64, 0),
+        "last": (np.float64, 0.0),
+        "run": (np.int64, 0),
+        "p_repeat": (np.float64, 0.0),
+    }
+
+    def score_learn_arrays(self, s: dict[str, np.ndarray], x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        """Score then learn one reading per row of ``x`` (devices × features); updates ``s`` in place."""
+        n = s["n"]
+        level, trend, pending = s["level"], s["trend"], s["pending"]
+        warm = n > self.min_samples
+        has_pending = pending == pending
+        error_old = x - (level + trend)
+        error_new = x - (pending + trend)
+        closer = has_pending & (np.abs(error_new) < np.abs(error_old))
+
+        # score_one
+        z = np.where(warm, np.abs(np.where(closer, error_new, error_old)) / self._sigma_arrays(s), 0.0)
+        repeated = x == s["last"]
+        repeat_surprise = np.where(warm & repeated, self._repeat_surprise_arrays(s, s["run"] + 1), 0.0)
+        largest_z = z.max(axis=1)
+        tail = np.fromiter((tail_surprise(v) for v in largest_z.tolist()), np.float64, len(largest_z))
+        scores = np.minimum(1.0, np.maximum(repeat_surprise.max(axis=1), tail) / self.surprise_scale)
+
+        # learn_one: new channels take the value as their level and learn nothing else
+        new = n == 0
+        # a candidate level: rejected (a spike), adopted (a level shift) or still waiting
+        rejected = has_pending & ~closer
+        adopted = closer & (s["confirmations"] + 1 >= self.confirm_shift)
+        waiting = closer & ~adopted
+        level = np.where(adopted, pending, level)
+        error = np.where(adopted, error_new, error_old)
+        pending = np.where(rejected | adopted, math.nan, pending)
+        predicted = level + trend
+        abs_error = np.abs(error)
+        sigma = self._sigma_arrays({"scale": s["scale"], "level": level})
+        outlier = warm & (abs_error > self.outlier_z * sigma) & ~waiting
+        normal = ~outlier & ~waiting & ~new
+        updated_level = np.where(outlier, predicted, predicted + self.level_alpha * error)
+        s["level"] = np.where(new, x, np.where(waiting, s["level"] + trend, updated_level))
+        s["trend"] = np.where(normal, trend + self.trend_beta * self.level_alpha * error, np.where(new, 0.0, trend))
+        s["pending"] = np.where(outlier | waiting, x, np.where(new, math.nan, pending))
+        s["confirmations"] = np.where(waiting, s["confirmations"] + 1, np.where(outlier, 0, s["confirmations"]))
+        clipped = self.outlier_z * self._sigma_arrays({"scale": s["scale"], "level": predicted})
+        abs_error = np.where(outlier, clipped, abs_error)
+        n_safe = np.maximum(n, 1)
+        rate = np.where(warm, self.scale_alpha, 1.0 / n_safe)
+        learned_scale = s["scale"] + rate * (abs_error - s["scale"])
+        s["scale"] = np.where(new, 0.0, np.where(waiting, s["scale"], learned_scale))
+
+        run = np.where(repeated, s["run"] + 1, 0)
+        unlikely = warm & (self._repeat_surprise_arrays(s, run) > UNLIKELY_RUN_DECADES)
+        learn_repeat = ~(repeated & unlikely) & ~new
+        p_repeat = s["p_repeat"]
+        step = np.maximum(self.repeat_alpha, 1.0 / n_safe) * (repeated - p_repeat)
+        s["p_repeat"] = np.where(new, 0.0, np.where(learn_repeat, p_repeat + step, p_repeat))
+        s["run"] = np.where(new, 0, run)
+        s["last"] = x
+        s["n"] = n + 1
+        return scores
+
+    def _sigma_arrays(self, s) -> np.ndarray:
+        return np.maximum(s["scale"] * 1.2533141373155, 1e-9 * np.maximum(1.0, np.abs(s["level"])))
+
+    def _repeat_surprise_arrays(self, s, repeats) -> np.ndarray:
+        return -repeats * np.log10(np.maximum(s["p_repeat"], self.repeat_floor))
