@@ -137,7 +137,7 @@ def run(
     threshold: Annotated[
         float | None, typer.Option(help="label threshold (default: the detector's)", show_default=False)
     ] = None,
-    shards: Annotated[int | None, typer.Option(help="device shards [16]", show_default=False)] = None,
+    shards: Annotated[int | None, typer.Option(help="device shards [4]", show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(help="messages per Kafka poll [2000]", show_default=False)] = None,
     workers: Annotated[int, typer.Option(help="Bytewax workers in this process")] = 1,
     partitions: Partitions = 4,

@@ -24,6 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import orjson
 
@@ -44,8 +45,7 @@ CMAPSS_FEATURES = tuple(f"OperationalSetting{i}" for i in range(1, 4)) + tuple(f
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRef:
+class SourceRef(NamedTuple):
     """Where a message came from: enough to find it again in Kafka or in a file."""
 
     topic: str
@@ -219,10 +219,13 @@ def _field(body: dict, *path: str) -> object:
 
 
 def _number(value: object, name: str) -> float:
-    if type(value) is float and -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:  # fast path; NaN fails the range
+    kind = type(value)
+    if kind is float and -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:  # fast path; NaN fails the range
         return value
+    if kind is int and -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+        return float(value)
     # bool is an int in Python, never a reading
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidMessage(f"{name} must be a number, got {_json_type(value)}")
     number = float(value)
     if not math.isfinite(number) or abs(number) > MAX_ABS_VALUE:

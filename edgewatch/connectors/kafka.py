@@ -199,7 +199,9 @@ class OutRecord:
 class _KafkaBatchSinkPartition(StatelessSinkPartition[list[OutRecord]]):
     def __init__(self, config: dict[str, str]):
         self._errors: list[str] = []
-        self._producer = Producer({**config, "linger.ms": "2", "error_cb": self._on_error})
+        self._producer = Producer(
+            {**config, "linger.ms": "2", "error_cb": self._on_error, "on_delivery": self._on_delivery}
+        )
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -215,13 +217,7 @@ class _KafkaBatchSinkPartition(StatelessSinkPartition[list[OutRecord]]):
             for record in records:
                 while True:
                     try:
-                        produce(
-                            record.topic,
-                            record.value,
-                            record.key,
-                            headers=record.headers,
-                            on_delivery=self._on_delivery,
-                        )
+                        produce(record.topic, record.value, record.key, headers=record.headers)
                         break
                     except BufferError:  # local queue full: let deliveries drain
                         poll(0.05)
