@@ -52,7 +52,9 @@ def produce_messages(bootstrap: str, topic: str, messages: int, devices: int) ->
         key = (msg.topic(), msg.partition())
         ends[key] = max(ends.get(key, 0), msg.offset() + 1)
 
-    fleet = Fleet(devices=devices, seed=42, fault_rate=0.003, start_time=1.7e9, tick_seconds=1.0)
+    # source times are recent: Kafka deletes messages older than its retention (7 days by default)
+    start = time.time() - messages / devices
+    fleet = Fleet(devices=devices, seed=42, fault_rate=0.003, start_time=start, tick_seconds=1.0)
     for record in fleet.records(messages):
         while True:
             try:

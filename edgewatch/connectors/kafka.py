@@ -179,6 +179,8 @@ class KafkaBatchSource(FixedPartitionedSource[list[RawMessage], int]):
             "group.id": "edgewatch-unused",  # required by librdkafka; partitions are assigned, not grouped
             "enable.auto.commit": "false",
             "enable.partition.eof": "false",
+            # an offset that retention already deleted: continue at the oldest message kept, not the end
+            "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": "10",
         }
         stop = None if self._stop_offsets is None else self._stop_offsets.get((topic, int(index)), 0)

@@ -102,6 +102,7 @@ class ApacheKafka:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            "log.retention.ms": "-1",  # replayed streams carry old timestamps: keep them
             **self.extra_properties,
         }
         return "".join(f"{key}={value}\n" for key, value in props.items())
