@@ -137,7 +137,9 @@ def run(
     threshold: Annotated[
         float | None, typer.Option(help="label threshold (default: the detector's)", show_default=False)
     ] = None,
-    shards: Annotated[int | None, typer.Option(help="device shards [4]", show_default=False)] = None,
+    shards: Annotated[
+        int | None, typer.Option(help="device shards [1; 4 per worker with --workers]", show_default=False)
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="messages per Kafka poll [2000]", show_default=False)] = None,
     workers: Annotated[int, typer.Option(help="Bytewax workers in this process")] = 1,
     partitions: Partitions = 4,
@@ -162,19 +164,22 @@ def run(
         snapshot_seconds=snapshot_seconds,
         detector=detector,
         threshold=threshold,
-        shards=shards,
+        shards=shards if shards is not None or workers == 1 else 4 * workers,
         batch_size=batch_size,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    recovery = None
+    if settings.recovery_dir is not None:
+        try:
+            init_recovery_dir(settings.recovery_dir, settings)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        recovery = RecoveryConfig(str(settings.recovery_dir))
     ensure_topics(settings.client_config(), [settings.in_topic, settings.out_topic, settings.dlq_topic], partitions)
     if metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    recovery = None
-    if settings.recovery_dir is not None:
-        init_recovery_dir(settings.recovery_dir)
-        recovery = RecoveryConfig(str(settings.recovery_dir))
     stop = _stop_event_on_signals()
     flow = build_flow(settings, stop=stop)
     typer.echo(

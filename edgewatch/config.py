@@ -61,7 +61,9 @@ class FlowSettings(KafkaSettings):
     model_dir: Path | None = Field(None, description="warm-start artifact written by `edgewatch train`")
     detector: str = Field("robust-zscore", description="detector name (see `edgewatch run --help`)")
     threshold: float | None = Field(None, ge=0, le=1, description="label threshold; default: the detector's")
-    shards: int = Field(4, ge=1, le=4096, description="device shards; one model bank per shard")
+    shards: int = Field(
+        1, ge=1, le=4096, description="device shards, one model bank each: at least the number of Bytewax workers"
+    )
     batch_size: int = Field(2000, ge=1, description="most messages taken from Kafka per poll")
     from_beginning: bool = Field(True, description="without recovery state, start at the earliest offset")
 

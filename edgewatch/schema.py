@@ -56,12 +56,23 @@ class SourceRef(NamedTuple):
 
 @dataclass(slots=True)
 class RawMessage:
-    """A message as it left Kafka (or a replay file), before any parsing."""
+    """A message as it left Kafka (or a replay file), before any parsing.
+
+    The position is kept flat (no :class:`SourceRef` per message on the hot path):
+    ``RawMessage(key, value, headers, *source_ref)`` builds one from a SourceRef.
+    """
 
     key: bytes | None
     value: bytes | None
     headers: Headers
-    source: SourceRef
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+    @property
+    def source(self) -> SourceRef:
+        return SourceRef(self.topic, self.partition, self.offset, self.timestamp_ms)
 
 
 @dataclass(slots=True)
@@ -106,10 +117,10 @@ def parse_message(raw: RawMessage) -> Reading | DeadLetter:
     """Parse one message into a :class:`Reading`, or say why it cannot be used.
 
     >>> src = SourceRef("telemetry", 0, 7, 1_700_000_000_000)
-    >>> ok = parse_message(RawMessage(b"pump-1", b'{"values": {"rpm": 1450}}', [], src))
+    >>> ok = parse_message(RawMessage(b"pump-1", b'{"values": {"rpm": 1450}}', [], *src))
     >>> ok.device_id, ok.features
     ('pump-1', {'rpm': 1450.0})
-    >>> parse_message(RawMessage(b"pump-1", b'{"values": {"rpm": NaN}}', [], src)).reason
+    >>> parse_message(RawMessage(b"pump-1", b'{"values": {"rpm": NaN}}', [], *src)).reason
     'not JSON: NaN is not a number JSON allows'
     """
     try:
@@ -142,11 +153,11 @@ def _parse(raw: RawMessage) -> Reading:
         features = {
             spec[0]: _number(value, spec[0]) for spec, value in zip(SIMULATED_SENSOR_FEATURES, values, strict=True)
         }
-        timestamp = _timestamp(body.get("timeCreated"), "timeCreated", raw.source)
+        timestamp = _timestamp(body.get("timeCreated"), "timeCreated", raw.timestamp_ms)
     elif "CycleTime" in body:
         _number(body["CycleTime"], "CycleTime")
         features = {name: _number(_field(body, name), name) for name in CMAPSS_FEATURES}
-        timestamp = _timestamp(body.get("timestamp"), "timestamp", raw.source)
+        timestamp = _timestamp(body.get("timestamp"), "timestamp", raw.timestamp_ms)
     elif "values" in body:
         values = body["values"]
         if not isinstance(values, dict) or not values:
@@ -154,7 +165,7 @@ def _parse(raw: RawMessage) -> Reading:
         if len(values) > MAX_FEATURES:
             raise InvalidMessage(f"too many values: {len(values)} (limit {MAX_FEATURES})")
         features = {str(name): _number(value, f"values.{name}") for name, value in values.items()}
-        timestamp = _timestamp(body.get("timestamp", body.get("ts")), "timestamp", raw.source)
+        timestamp = _timestamp(body.get("timestamp", body.get("ts")), "timestamp", raw.timestamp_ms)
     else:
         raise InvalidMessage(
             "unrecognized message shape: expected SimulatedTemperatureSensor "
@@ -239,12 +250,12 @@ def _json_type(value: object) -> str:
     )
 
 
-def _timestamp(value: object, name: str, source: SourceRef) -> float:
+def _timestamp(value: object, name: str, kafka_timestamp_ms: int | None) -> float:
     """Source time in epoch seconds; the Kafka timestamp when the body has none."""
     if value is None:
-        if source.timestamp_ms is None:
+        if kafka_timestamp_ms is None:
             raise InvalidMessage(f"missing field {name} and no Kafka timestamp")
-        return source.timestamp_ms / 1000.0
+        return kafka_timestamp_ms / 1000.0
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -275,9 +286,9 @@ def labeled_event_json(event: LabeledEvent) -> bytes:
             "is_anomaly": event.is_anomaly,
             "model": {"name": event.model_name, "version": event.model_version},
             "source": {
-                "topic": reading.source.topic,
-                "partition": reading.source.partition,
-                "offset": reading.source.offset,
+                "topic": reading.raw.topic,
+                "partition": reading.raw.partition,
+                "offset": reading.raw.offset,
             },
         },
         option=orjson.OPT_UTC_Z,
@@ -286,7 +297,7 @@ def labeled_event_json(event: LabeledEvent) -> bytes:
 
 def dead_letter_headers(dead: DeadLetter) -> Headers:
     """The original headers plus the reason and where the message came from."""
-    src = dead.raw.source
+    src = dead.raw
     return [
         *dead.raw.headers,
         ("edgewatch.error.reason", dead.reason.encode()),

@@ -47,3 +47,13 @@ def test_simulate_records_a_deterministic_stream(tmp_path):
     assert records[0]["timestamp_ms"] == 1767225600000
     assert orjson.loads(records[0]["value"])["timeCreated"] == "2026-01-01T00:00:00.000000Z"
     assert any(record["headers"]["edgewatch-fault"] for record in records)
+
+
+def test_run_refuses_a_recovery_directory_of_another_shard_count(tmp_path):
+    from edgewatch.config import FlowSettings
+    from edgewatch.flows.anomaly import init_recovery_dir
+
+    init_recovery_dir(tmp_path, FlowSettings(shards=1))
+    result = runner.invoke(app, ["run", "--recovery-dir", str(tmp_path), "--shards", "2"])
+    assert result.exit_code == 2
+    assert "1 shards, not 2" in result.output

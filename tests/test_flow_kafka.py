@@ -110,7 +110,7 @@ def expected_scores(records, positions) -> dict[tuple[int, int], float]:
     bank = ModelBank(BUILTIN["robust-zscore"])
     ordered = sorted(zip(positions, records, strict=True))
     readings = [
-        parse_message(RawMessage(key, value, headers, SourceRef("t", p, o)))
+        parse_message(RawMessage(key, value, headers, *SourceRef("t", p, o)))
         for (p, o), (key, value, headers) in ordered
     ]
     events, dead = bank.label([r for r in readings if isinstance(r, Reading)])

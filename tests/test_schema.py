@@ -21,7 +21,7 @@ SOURCE = SourceRef("telemetry", 2, 41, 1_763_860_000_000)
 
 
 def raw(key, value, headers=()):
-    return RawMessage(key, value, list(headers), SOURCE)
+    return RawMessage(key, value, list(headers), *SOURCE)
 
 
 def test_simulated_temperature_sensor_message():

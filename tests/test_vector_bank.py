@@ -13,7 +13,7 @@ from edgewatch.simulator import Fleet
 def readings(devices=30, count=30_000, seed=3):
     fleet = Fleet(devices=devices, seed=seed, fault_rate=0.005)
     return [
-        parse_message(RawMessage(r.key, r.value, r.headers, SourceRef("t", 0, i, r.timestamp_ms)))
+        parse_message(RawMessage(r.key, r.value, r.headers, *SourceRef("t", 0, i, r.timestamp_ms)))
         for i, r in enumerate(fleet.records(count))
     ]
 
@@ -39,7 +39,7 @@ def test_vector_bank_equals_per_device_river_objects(batch):
 
 
 def test_devices_with_different_features_and_new_devices_mid_stream():
-    raw = RawMessage(b"", b"", [], SourceRef("t", 0, 0))
+    raw = RawMessage(b"", b"", [], *SourceRef("t", 0, 0))
     rng = np.random.default_rng(0)
     stream = []
     for i in range(3000):

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from edgewatch.schema import Headers, RawMessage, SourceRef
+from edgewatch.schema import Headers, RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,7 @@ def to_raw_message(msg) -> RawMessage:
     """A confluent-kafka message as an edgewatch :class:`RawMessage`."""
     kind, ts = msg.timestamp()
     return RawMessage(
-        msg.key(),
-        msg.value(),
-        msg.headers() or [],
-        SourceRef(msg.topic(), msg.partition(), msg.offset(), ts if kind else None),
+        msg.key(), msg.value(), msg.headers() or [], msg.topic(), msg.partition(), msg.offset(), ts if kind else None
     )
 
 
@@ -122,7 +119,7 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
             batch.append(to_raw_message(msg))
         if not batch:
             return []  # Bytewax polls an idle partition again after 1 ms
-        self._offset = batch[-1].source.offset + 1
+        self._offset = batch[-1].offset + 1
         return [batch]
 
     def snapshot(self) -> int:

@@ -60,13 +60,11 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
         self.bank = bank
 
     def on_batch(self, values: list[list[Reading]]) -> tuple[list[list], bool]:
-        out = []
-        for readings in values:
-            events, dead = self.bank.label(readings)
-            out.append(events)
-            if dead:
-                out.append(dead)
-        return out, op.StatefulBatchLogic.RETAIN
+        # one call for everything that arrived (polls of several partitions): a vectorized
+        # bank then works on more devices per step; each device's order is kept
+        readings = values[0] if len(values) == 1 else [reading for batch in values for reading in batch]
+        events, dead = self.bank.label(readings)
+        return ([events, dead] if dead else [events]), op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         return self.bank.snapshot()
@@ -141,13 +139,24 @@ def build_flow(
     return flow
 
 
-def init_recovery_dir(path: Path, partitions: int = 1) -> None:
-    """Create Bytewax's recovery partitions in ``path`` unless they are already there."""
+def init_recovery_dir(path: Path, settings: FlowSettings, partitions: int = 1) -> None:
+    """Create Bytewax's recovery partitions in ``path`` unless they are already there.
+
+    The shard count is recorded there: device state is stored per shard, so resuming
+    with another count would silently start devices from scratch; refuse instead.
+    """
     from bytewax.recovery import init_db_dir
 
     path.mkdir(parents=True, exist_ok=True)
     if not any(path.glob("part-*.sqlite3")):
         init_db_dir(path, partitions)
+    recorded = path / "edgewatch-shards"
+    if recorded.exists() and int(recorded.read_text()) != settings.shards:
+        raise ValueError(
+            f"{path} holds state for {recorded.read_text().strip()} shards, not {settings.shards}: "
+            f"run with --shards {recorded.read_text().strip()} or a new recovery directory"
+        )
+    recorded.write_text(str(settings.shards))
 
 
 def __getattr__(name: str) -> Dataflow:
@@ -155,6 +164,6 @@ def __getattr__(name: str) -> Dataflow:
     if name == "flow":
         settings = FlowSettings()
         if settings.recovery_dir is not None:  # pass the same directory to bytewax.run's -r
-            init_recovery_dir(settings.recovery_dir)
+            init_recovery_dir(settings.recovery_dir, settings)
         return build_flow(settings)
     raise AttributeError(name)

@@ -24,7 +24,7 @@ class ModelBank:
     >>> from edgewatch.online_models.registry import BUILTIN
     >>> from edgewatch.schema import RawMessage, Reading, SourceRef
     >>> bank = ModelBank(BUILTIN["robust-zscore"])
-    >>> raw = RawMessage(b"pump-1", b"", [], SourceRef("telemetry", 0, 0))
+    >>> raw = RawMessage(b"pump-1", b"", [], *SourceRef("telemetry", 0, 0))
     >>> events, dead = bank.label([Reading("pump-1", 0.0, {"rpm": 1450.0}, raw)])
     >>> events[0].score, events[0].is_anomaly, len(bank)
     (0.0, False, 1)

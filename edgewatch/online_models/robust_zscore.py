@@ -172,15 +172,16 @@ class RobustZScore(AnomalyDetector):
     # gathers the rows of the devices that have a reading in a step, calls score_learn_arrays,
     # and scatters the rows back. Every operation mirrors learn_one/score_one above, in the same
     # order, so both paths give the same scores.
-    ARRAY_STATE: ClassVar[dict[str, tuple[type, float]]] = {
-        "n": (np.int64, 0),
+    # (counts are float64 too: exact integers, and one block to gather per step)
+    ARRAY_STATE: ClassVar[dict[str, tuple]] = {
+        "n": (np.float64, 0.0),
         "level": (np.float64, 0.0),
         "trend": (np.float64, 0.0),
         "scale": (np.float64, 0.0),
         "pending": (np.float64, math.nan),
-        "confirmations": (np.int64, 0),
+        "confirmations": (np.float64, 0.0),
         "last": (np.float64, 0.0),
-        "run": (np.int64, 0),
+        "run": (np.float64, 0.0),
         "p_repeat": (np.float64, 0.0),
     }
 

@@ -19,25 +19,59 @@ from edgewatch.online_models.registry import DetectorSpec
 from edgewatch.schema import DeadLetter, LabeledEvent, Reading
 
 
+class StateLayout:
+    """Where a detector's per-feature state fields live: fields of one dtype and shape share
+    a block ``(devices, fields, features, *shape)``, so a step gathers and scatters each block
+    with one numpy call instead of one per field.
+
+    ``fields`` maps a name to ``(dtype, initial value)`` or ``(dtype, initial value, shape)``.
+    """
+
+    def __init__(self, fields: dict[str, tuple]):
+        self.blocks: dict[tuple, list[tuple[str, float]]] = {}
+        for name, (dtype, initial, *shape) in fields.items():
+            key = (np.dtype(dtype).str, tuple(shape[0]) if shape else ())
+            self.blocks.setdefault(key, []).append((name, initial))
+
+    def allocate(self, devices: int, features: int) -> list[np.ndarray]:
+        arrays = []
+        for (dtype, shape), fields in self.blocks.items():
+            block = np.empty((devices, len(fields), features, *shape), dtype=dtype)
+            for index, (_, initial) in enumerate(fields):
+                block[:, index] = initial
+            arrays.append(block)
+        return arrays
+
+    def gather(self, blocks: list[np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The fields of ``rows`` as a dict of ``(len(rows), features, *shape)`` arrays."""
+        fields = {}
+        for block, names in zip(blocks, self.blocks.values(), strict=True):
+            taken = block[rows]
+            for index, (name, _) in enumerate(names):
+                fields[name] = taken[:, index]
+        return fields
+
+    def scatter(self, blocks: list[np.ndarray], rows: np.ndarray, fields: dict[str, np.ndarray]) -> None:
+        for block, names in zip(blocks, self.blocks.values(), strict=True):
+            block[rows] = np.stack([fields[name] for name, _ in names], axis=1)
+
+
 @dataclass
 class _Group:
-    """Devices that send the same features: their state arrays and row numbers."""
+    """Devices that send the same features: their state blocks and row numbers."""
 
     features: tuple[str, ...]
     rows: dict[str, int]
-    state: dict[str, np.ndarray]
+    blocks: list[np.ndarray]
 
-    def grow(self, fields: dict, needed: int) -> None:
-        capacity = len(next(iter(self.state.values()))) if self.state else 0
+    def grow(self, layout: StateLayout, needed: int) -> None:
+        capacity = len(self.blocks[0]) if self.blocks else 0
         if needed <= capacity:
             return
-        new_capacity = max(needed, 2 * capacity, 8)
-        width = len(self.features)
-        for name, (dtype, initial) in fields.items():
-            grown = np.full((new_capacity, width), initial, dtype=dtype)
-            if name in self.state:
-                grown[:capacity] = self.state[name]
-            self.state[name] = grown
+        grown = layout.allocate(max(needed, 2 * capacity, 8), len(self.features))
+        for old, new in zip(self.blocks, grown, strict=False):
+            new[:capacity] = old
+        self.blocks = grown
 
 
 def step_order(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +99,7 @@ class VectorBank:
     >>> from edgewatch.online_models.registry import BUILTIN
     >>> from edgewatch.schema import RawMessage, Reading, SourceRef
     >>> bank = VectorBank(BUILTIN["robust-zscore"])
-    >>> raw = RawMessage(b"pump-1", b"", [], SourceRef("telemetry", 0, 0))
+    >>> raw = RawMessage(b"pump-1", b"", [], *SourceRef("telemetry", 0, 0))
     >>> events, dead = bank.label([Reading("pump-1", 0.0, {"rpm": 1450.0}, raw)])
     >>> events[0].score, events[0].is_anomaly, len(bank)
     (0.0, False, 1)
@@ -76,7 +110,7 @@ class VectorBank:
         self.threshold = spec.threshold if threshold is None else threshold
         self.version = version or spec.version
         self.detector = spec.factory()
-        self.fields = self.detector.ARRAY_STATE
+        self.layout = StateLayout(self.detector.ARRAY_STATE)
         self.groups: dict[tuple[str, ...], _Group] = {}
 
     def __len__(self) -> int:
@@ -99,10 +133,10 @@ class VectorBank:
     def _label_group(self, features: tuple[str, ...], readings: list[Reading]) -> np.ndarray:
         group = self.groups.get(features)
         if group is None:
-            group = self.groups[features] = _Group(features, {}, {})
+            group = self.groups[features] = _Group(features, {}, [])
         rows_of = group.rows
         rows = np.fromiter((rows_of.setdefault(r.device_id, len(rows_of)) for r in readings), np.int64, len(readings))
-        group.grow(self.fields, len(rows_of))
+        group.grow(self.layout, len(rows_of))
         pick = operator.itemgetter(*features)
         if len(features) == 1:
             values = np.fromiter((pick(r.features) for r in readings), np.float64, len(readings))[:, None]
@@ -112,25 +146,24 @@ class VectorBank:
         order, sizes = step_order(rows)
         scores = np.empty(len(readings))
         start = 0
-        state = group.state
+        layout, blocks = self.layout, group.blocks
         for size in sizes.tolist():
             step = order[start : start + size]
             start += size
             step_rows = rows[step]
-            gathered = {name: array[step_rows] for name, array in state.items()}
-            scores[step] = self.detector.score_learn_arrays(gathered, values[step], times[step])
-            for name, array in state.items():
-                array[step_rows] = gathered[name]
+            fields = layout.gather(blocks, step_rows)
+            scores[step] = self.detector.score_learn_arrays(fields, values[step], times[step])
+            layout.scatter(blocks, step_rows, fields)
         return scores
 
     def snapshot(self) -> bytes:
         """Rows and arrays of every group: compact bytes (numpy buffers), cheap every epoch."""
         return pickle.dumps(
-            {features: (group.rows, group.state) for features, group in self.groups.items()},
+            {features: (group.rows, group.blocks) for features, group in self.groups.items()},
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     def restore(self, state: bytes) -> None:
         self.groups = {
-            features: _Group(features, rows, arrays) for features, (rows, arrays) in pickle.loads(state).items()
+            features: _Group(features, rows, blocks) for features, (rows, blocks) in pickle.loads(state).items()
         }
