@@ -27,9 +27,9 @@ from bytewax.outputs import Sink
 
 from edgewatch.config import FlowSettings
 from edgewatch.connectors.kafka import KafkaBatchSink, KafkaBatchSource, OutRecord
-from edgewatch.online_models.bank import ModelBank
+from edgewatch.online_models import artifact as artifact_module
+from edgewatch.online_models.bank import ModelBank, new_bank
 from edgewatch.online_models.registry import resolve_detector
-from edgewatch.online_models.vector_bank import VectorBank
 from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading, parse_batch
 from edgewatch.telemetry import FLOW_METRICS
 
@@ -94,19 +94,13 @@ def to_records(items: list[LabeledEvent] | list[DeadLetter], settings: FlowSetti
 
 def bank_builder(settings: FlowSettings):
     """A function Bytewax calls to create (``state is None``) or resume a shard's bank."""
-    spec = resolve_detector(settings.detector)
-    template, version = None, None
+    spec, artifact = resolve_detector(settings.detector), None
     if settings.model_dir is not None:
-        from edgewatch.online_models.artifact import load_artifact
-
-        artifact = load_artifact(Path(settings.model_dir))
-        spec, template, version = artifact.spec, artifact.model, artifact.version
+        artifact = artifact_module.load(Path(settings.model_dir))
+        spec = artifact.spec
 
     def build(state: bytes | None) -> ModelBankLogic:
-        if spec.vectorized and template is None:
-            bank = VectorBank(spec, settings.threshold, version)
-        else:
-            bank = ModelBank(spec, settings.threshold, template, version)
+        bank = new_bank(spec, settings.threshold, artifact)
         if state is not None:
             bank.restore(state)
         return ModelBankLogic(bank)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import pickle
 
 from river.base import AnomalyDetector
 
+from edgewatch.online_models.artifact import ModelArtifact
 from edgewatch.online_models.registry import DetectorSpec
 from edgewatch.schema import DeadLetter, LabeledEvent, Reading
 
@@ -17,9 +17,10 @@ log = logging.getLogger(__name__)
 class ModelBank:
     """One online detector per device; score, label with the threshold, then learn.
 
-    Every device starts as a copy of ``template`` (a warm-started detector) or, without
-    one, as a fresh detector from ``spec``. A reading the detector cannot handle becomes
-    a dead letter instead of stopping the flow.
+    Every device starts from its fitted model in ``artifact`` (a warm start, see
+    :mod:`~edgewatch.online_models.artifact`) or, without one, as a fresh detector from
+    ``spec``. Detectors that take the source time get it (``score_one(x, t)``). A reading
+    the detector cannot handle becomes a dead letter instead of stopping the flow.
 
     >>> from edgewatch.online_models.registry import BUILTIN
     >>> from edgewatch.schema import RawMessage, Reading, SourceRef
@@ -30,24 +31,19 @@ class ModelBank:
     (0.0, False, 1)
     """
 
-    def __init__(
-        self,
-        spec: DetectorSpec,
-        threshold: float | None = None,
-        template: AnomalyDetector | None = None,
-        version: str | None = None,
-    ):
+    def __init__(self, spec: DetectorSpec, threshold: float | None = None, artifact: ModelArtifact | None = None):
         self.spec = spec
         self.threshold = spec.threshold if threshold is None else threshold
-        self.version = version or spec.version
-        self._template = template
+        self.version = artifact.version if artifact is not None else spec.version
+        self._artifact = artifact
+        self._uses_time = spec.uses_time
         self.models: dict[str, AnomalyDetector] = {}
 
     def __len__(self) -> int:
         return len(self.models)
 
-    def _new_model(self) -> AnomalyDetector:
-        return copy.deepcopy(self._template) if self._template is not None else self.spec.factory()
+    def _new_model(self, device_id: str) -> AnomalyDetector:
+        return self._artifact.model_for(device_id) if self._artifact is not None else self.spec.factory()
 
     def label(self, readings: list[Reading]) -> tuple[list[LabeledEvent], list[DeadLetter]]:
         events: list[LabeledEvent] = []
@@ -56,10 +52,14 @@ class ModelBank:
         for reading in readings:
             model = models.get(reading.device_id)
             if model is None:
-                model = models[reading.device_id] = self._new_model()
+                model = models[reading.device_id] = self._new_model(reading.device_id)
             try:
-                score = float(model.score_one(reading.features))
-                model.learn_one(reading.features)
+                if self._uses_time:
+                    score = float(model.score_one(reading.features, reading.timestamp))
+                    model.learn_one(reading.features, reading.timestamp)
+                else:
+                    score = float(model.score_one(reading.features))
+                    model.learn_one(reading.features)
             except Exception as exc:  # a plugged-in detector must not stop the fleet
                 log.warning("detector failed on %s: %s", reading.device_id, exc)
                 dead.append(DeadLetter(reading.raw, f"detector error: {type(exc).__name__}: {exc}", "detect"))
@@ -73,3 +73,12 @@ class ModelBank:
 
     def restore(self, state: bytes) -> None:
         self.models = pickle.loads(state)
+
+
+def new_bank(spec: DetectorSpec, threshold: float | None = None, artifact: ModelArtifact | None = None):
+    """The bank the flow uses: arrays for detectors that have them, River objects otherwise."""
+    from edgewatch.online_models.vector_bank import VectorBank
+
+    if spec.vectorized and artifact is None:
+        return VectorBank(spec, threshold)
+    return ModelBank(spec, threshold, artifact)

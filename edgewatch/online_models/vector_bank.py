@@ -105,10 +105,10 @@ class VectorBank:
     (0.0, False, 1)
     """
 
-    def __init__(self, spec: DetectorSpec, threshold: float | None = None, version: str | None = None):
+    def __init__(self, spec: DetectorSpec, threshold: float | None = None):
         self.spec = spec
         self.threshold = spec.threshold if threshold is None else threshold
-        self.version = version or spec.version
+        self.version = spec.version
         self.detector = spec.factory()
         self.layout = StateLayout(self.detector.ARRAY_STATE)
         self.groups: dict[tuple[str, ...], _Group] = {}
