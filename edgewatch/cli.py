@@ -132,7 +132,12 @@ def run(
     ] = None,
     detector: Annotated[
         str | None,
-        typer.Option(help="robust-zscore | half-space-trees | package.module:factory", show_default=False),
+        typer.Option(
+            help="compact-novelty | robust-zscore | half-space-trees | package.module:factory", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="warm-start every device from `edgewatch train` output", show_default=False)
     ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="label threshold (default: the detector's)", show_default=False)
@@ -163,11 +168,22 @@ def run(
         recovery_dir=recovery_dir,
         snapshot_seconds=snapshot_seconds,
         detector=detector,
+        model_dir=model,
         threshold=threshold,
         shards=shards if shards is not None or workers == 1 else 4 * workers,
         batch_size=batch_size,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.model_dir is not None:
+        from edgewatch.online_models import artifact
+
+        try:  # refuse a bad artifact before anything starts
+            warm_start = artifact.load(settings.model_dir)
+        except artifact.ArtifactError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if detector is not None and detector != warm_start.spec.name:
+            raise typer.BadParameter(f"--model holds a {warm_start.spec.name} detector, not {detector}")
+        settings.detector = warm_start.spec.name
     recovery = None
     if settings.recovery_dir is not None:
         try:
@@ -230,6 +246,115 @@ def bench(
     from bench.throughput import main as bench_main
 
     bench_main(messages=messages, devices=devices, bootstrap=bootstrap, broker_kind=broker_kind)
+
+
+@app.command()
+def train(
+    input_path: Annotated[
+        Path, typer.Option("--input", help="history: .jsonl (edgewatch simulate --out) or .csv (timestamp + columns)")
+    ],
+    out: Annotated[Path, typer.Option(help="model directory to write (model.pkl + model.json)")],
+    detector: Annotated[str, typer.Option(help="detector to fit")] = "compact-novelty",
+) -> None:
+    """Batch-fit the detector on history, one model per device; `run --model` warm-starts from it."""
+    from edgewatch.connectors.files import read_history
+    from edgewatch.online_models import artifact
+    from edgewatch.online_models.registry import resolve_detector
+
+    try:
+        spec = resolve_detector(detector)
+        readings, dead = read_history(input_path)
+        saved = artifact.save(artifact.train(spec, readings, source=str(input_path)), out)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if dead:
+        typer.echo(
+            f"train: skipped {len(dead)} unusable rows, e.g. row {dead[0].raw.offset}: {dead[0].reason}", err=True
+        )
+    training = saved.metadata["training"]
+    typer.echo(
+        f"train: version={saved.version} rows={training['rows']} devices={training['devices']} "
+        f"from={training['first_timestamp']} to={training['last_timestamp']} out={out}"
+    )
+
+
+evaluate_app = typer.Typer(help="Score edgewatch's detector on public benchmarks.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.command("nab")
+def evaluate_nab(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="a NAB root (data/, labels/, config/) [EDGEWATCH_DATA_DIR/nab]", show_default=False),
+    ] = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(help="comma-separated data groups, e.g. realKnownCause,realTraffic", show_default=False),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="results directory: OUT/<group>/edgewatch_<file>.csv")] = Path(
+        "nab-results"
+    ),
+    report: Annotated[bool, typer.Option("--report", help="also a PNG per file and OUT/report/index.html")] = False,
+    detector: Annotated[str, typer.Option(help="detector to evaluate")] = "compact-novelty",
+) -> None:
+    """Replay every NAB file as one device through the flow's detector and score it the NAB way."""
+    from rich.progress import Progress
+
+    from edgewatch.config import data_dir as default_data_dir
+    from edgewatch.evaluation import nab_replay
+    from edgewatch.online_models.registry import resolve_detector
+
+    root = data_dir or default_data_dir() / "nab"
+    if not (root / "labels" / "combined_windows.json").exists():
+        raise typer.BadParameter(f"{root} is not a NAB root (try `edgewatch data fetch nab`)")
+    try:
+        spec = resolve_detector(detector)
+        corpus = nab_replay.load(root, groups.split(",") if groups else None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with Progress(transient=True) as bar:
+        task = bar.add_task("replaying NAB", total=sum(f.n_rows for f in corpus.files.values()))
+        run = nab_replay.evaluate(corpus, spec, lambda rows: bar.advance(task, rows))
+    nab_replay.write_results(run, out)
+    if report:
+        typer.echo(f"report: {nab_replay.write_report(run, out)}", err=True)
+    typer.echo(run.line())
+
+
+data_app = typer.Typer(help="Public datasets: fetched on demand, never shipped.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: Annotated[str, typer.Argument(help="nab | cmapss")],
+    dest: Annotated[
+        Path | None, typer.Option(help="data directory [EDGEWATCH_DATA_DIR or ../shared/data]", show_default=False)
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="download from a mirror instead", show_default=False)] = None,
+) -> None:
+    """Download NAB (github.com/numenta/NAB) or NASA's CMAPSS into the data directory."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from edgewatch.config import data_dir
+    from edgewatch.evaluation import datasets
+
+    fetchers = {"nab": (datasets.fetch_nab, datasets.NAB_URL), "cmapss": (datasets.fetch_cmapss, datasets.CMAPSS_URL)}
+    if dataset not in fetchers:
+        raise typer.BadParameter(f"unknown dataset {dataset!r}: nab or cmapss")
+    fetch, default_url = fetchers[dataset]
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task(f"fetching {dataset}", total=None)
+        try:
+            root = fetch(
+                dest or data_dir(),
+                url or default_url,
+                lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except (OSError, datasets.DatasetError) as exc:
+            raise typer.BadParameter(f"could not fetch {dataset}: {exc}") from None
+    typer.echo(f"data: {dataset} in {root}")
 
 
 def main() -> None:

@@ -465,9 +465,7 @@ class _Sweep:
             raise KeyError(f"not in corpus: {unknown}")
         layout = corpus._layout(self.keys)
         self.layout = layout
-        parts = [
-            _check_scores(corpus.files[k], anomaly_scores[k])[corpus.files[k].probation :] for k in self.keys
-        ]
+        parts = [_check_scores(corpus.files[k], anomaly_scores[k])[corpus.files[k].probation :] for k in self.keys]
         s = np.concatenate(parts) if parts else np.zeros(0)
         n = len(s)
         # Stable sort on -s: decreasing scores, ties kept in corpus order (NAB's sort).

@@ -1,0 +1,92 @@
+"""`edgewatch evaluate nab`: the flow's detector replayed on NAB and scored the NAB way."""
+
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgewatch.cli import app
+from edgewatch.evaluation import nab, nab_replay
+from edgewatch.online_models.registry import BUILTIN
+
+runner = CliRunner()
+LINE = re.compile(
+    r"^nab: standard=(-?\d+\.\d\d) reward_low_FP_rate=(-?\d+\.\d\d) reward_low_FN_rate=(-?\d+\.\d\d) "
+    r"files=(\d+) windows=(\d+)$"
+)
+
+
+@pytest.fixture(scope="module")
+def evaluated(nab_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("nab-results")
+    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(nab_root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, result.output.strip().splitlines()[-1]
+
+
+def test_prints_the_nab_line_and_beats_numenta_htm(evaluated):
+    _, line = evaluated
+    match = LINE.match(line)
+    assert match, line
+    standard, low_fp, low_fn = map(float, match.groups()[:3])
+    assert (int(match[4]), int(match[5])) == (31, 53)
+    assert standard >= 70.0, line  # Numenta HTM scores 69.5 on these 31 files
+    assert low_fp > 60.0 and low_fn > 70.0, line
+
+
+def test_results_are_in_nab_layout_and_rescore_the_same(evaluated, nab_root):
+    out, line = evaluated
+    corpus = nab.load_corpus(nab_root)
+    scores = {}
+    for key in corpus.keys:
+        group, name = key.split("/")
+        results = nab.read_results_csv(out / group / f"edgewatch_{name}")
+        assert results.timestamps == list(corpus.files[key].timestamps)
+        np.testing.assert_array_equal(results.labels, corpus.files[key].labels)
+        scores[key] = results.anomaly_scores
+    rescored = nab.evaluate(corpus, scores)
+    assert f"standard={rescored['standard'].normalized_score:.2f}" in line
+
+
+def test_default_threshold_is_the_one_that_scores_best_on_nab_standard(nab_root):
+    spec = BUILTIN["compact-novelty"]
+    run = nab_replay.evaluate(nab_replay.load(nab_root), spec)
+    assert spec.threshold == pytest.approx(run.results["standard"].threshold, abs=1e-4)
+
+
+def test_groups_and_report(nab_root, tmp_path):
+    args = ["--data-dir", str(nab_root), "--groups", "realKnownCause", "--out", str(tmp_path), "--report"]
+    result = runner.invoke(app, ["evaluate", "nab", *args])
+    assert result.exit_code == 0, result.output
+    assert "files=7 " in result.output
+    pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert len(pngs) == 8 and "summary.png" in pngs
+    assert "realKnownCause/nyc_taxi.csv" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_unknown_group_and_missing_data_are_clear_errors(nab_root, tmp_path):
+    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(nab_root), "--groups", "nope"])
+    assert result.exit_code == 2 and "no such NAB group" in result.output
+    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "not a NAB root" in result.output
+
+
+def synthetic_corpus(values):
+    start = np.datetime64("2024-01-01T00:00")
+    stamps = [str(start + np.timedelta64(5 * i, "m")).replace("T", " ") + ":00" for i in range(len(values))]
+    window = [stamps[700], stamps[760]]
+    files = {"synthetic/a.csv": nab.build_file("synthetic/a.csv", stamps, np.asarray(values, float), [window])}
+    return nab.NabCorpus(files, {})
+
+
+def test_replay_never_looks_ahead():
+    rng = np.random.default_rng(0)
+    base = np.sin(np.arange(1200) / 20.0) + 0.1 * rng.normal(size=1200)
+    altered = base.copy()
+    altered[900:] += 50.0
+    spec = BUILTIN["compact-novelty"]
+    first = nab_replay.replay(synthetic_corpus(base), spec)["synthetic/a.csv"]
+    second = nab_replay.replay(synthetic_corpus(altered), spec)["synthetic/a.csv"]
+    np.testing.assert_array_equal(first[:900], second[:900])
+    assert second[900] > first[900]
