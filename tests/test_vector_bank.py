@@ -27,10 +27,11 @@ def label_all(bank, stream, batch=1000):
     return events
 
 
+@pytest.mark.parametrize("detector", ["robust-zscore", "compact-novelty"])
 @pytest.mark.parametrize("batch", [1, 7, 1000])
-def test_vector_bank_equals_per_device_river_objects(batch):
+def test_vector_bank_equals_per_device_river_objects(batch, detector):
     stream = readings(count=6000 if batch == 1 else 30_000)
-    spec = BUILTIN["robust-zscore"]
+    spec = BUILTIN[detector]
     expected = label_all(ModelBank(spec), stream, batch)
     actual = label_all(VectorBank(spec), stream, batch)
     assert [e.is_anomaly for e in actual] == [e.is_anomaly for e in expected]
@@ -38,7 +39,8 @@ def test_vector_bank_equals_per_device_river_objects(batch):
     assert sum(e.is_anomaly for e in expected) > 20
 
 
-def test_devices_with_different_features_and_new_devices_mid_stream():
+@pytest.mark.parametrize("detector", ["robust-zscore", "compact-novelty"])
+def test_devices_with_different_features_and_new_devices_mid_stream(detector):
     raw = RawMessage(b"", b"", [], *SourceRef("t", 0, 0))
     rng = np.random.default_rng(0)
     stream = []
@@ -47,17 +49,18 @@ def test_devices_with_different_features_and_new_devices_mid_stream():
         features = {"a": float(rng.normal())} if device in ("d1", "d8") else {"a": float(rng.normal()), "b": 3.0}
         if i == 2000:
             features["a"] = 40.0
-        stream.append(Reading(device, float(i), features, raw))
-    spec = BUILTIN["robust-zscore"]
+        stream.append(Reading(device, 60.0 * i, features, raw))
+    spec = BUILTIN[detector]
     expected = label_all(ModelBank(spec), stream, 64)
     actual = label_all(VectorBank(spec), stream, 64)
     np.testing.assert_allclose([e.score for e in actual], [e.score for e in expected], rtol=0, atol=1e-9)
     assert actual[2000].is_anomaly
 
 
-def test_snapshot_restores_every_device():
+@pytest.mark.parametrize("detector", ["robust-zscore", "compact-novelty"])
+def test_snapshot_restores_every_device(detector):
     stream = readings(count=10_000)
-    spec = BUILTIN["robust-zscore"]
+    spec = BUILTIN[detector]
     straight = VectorBank(spec)
     expected = label_all(straight, stream)
     resumed = VectorBank(spec)
@@ -73,3 +76,18 @@ def test_snapshot_is_compact():
     label_all(bank, readings(devices=1000, count=5000))
     # 1000 devices x 4 features x 9 numbers x 8 bytes = 288 kB of state, plus device ids
     assert len(bank.snapshot()) < 400_000
+
+
+def test_warm_started_vector_bank_equals_warm_started_river_objects():
+    from edgewatch.online_models import artifact
+
+    stream = readings(devices=12, count=12 * 900, seed=8)
+    history, live = stream[: 12 * 400], stream[12 * 400 :]
+    spec = BUILTIN["compact-novelty"]
+    fitted = artifact.train(spec, history)
+    expected = label_all(ModelBank(spec, artifact=fitted), live)
+    actual = label_all(VectorBank(spec, artifact=fitted), live)
+    np.testing.assert_allclose([e.score for e in actual], [e.score for e in expected], rtol=0, atol=1e-9)
+    assert [e.is_anomaly for e in actual] == [e.is_anomaly for e in expected]
+    # warm started: no device begins with the zeros of a cold start
+    assert min(e.score for e in actual[:12]) >= 0.0 and any(e.score > 0 for e in actual[:200])

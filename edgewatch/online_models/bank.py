@@ -79,6 +79,6 @@ def new_bank(spec: DetectorSpec, threshold: float | None = None, artifact: Model
     """The bank the flow uses: arrays for detectors that have them, River objects otherwise."""
     from edgewatch.online_models.vector_bank import VectorBank
 
-    if spec.vectorized and artifact is None:
-        return VectorBank(spec, threshold)
+    if spec.vectorized and (artifact is None or hasattr(spec.factory(), "export_arrays")):
+        return VectorBank(spec, threshold, artifact)
     return ModelBank(spec, threshold, artifact)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 import numpy as np
 from river.base import AnomalyDetector
@@ -16,6 +17,17 @@ _ERFC_COEFFS = (
     0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
 )  # fmt: skip
 _PROFILE_CLIP = 1.0e4  # normalized values kept in the float16 profile
+
+
+def gaussian_surprise_array(z: np.ndarray) -> np.ndarray:
+    """:func:`gaussian_surprise` of every element (the same arithmetic, in numpy)."""
+    positive = z > 0.0
+    x = np.where(positive, z, 1.0) / _SQRT2
+    t = 1.0 / (1.0 + 0.5 * x)
+    poly = np.full_like(t, _ERFC_COEFFS[9])
+    for c in _ERFC_COEFFS[8::-1]:
+        poly = c + t * poly
+    return np.where(positive, -(np.log(t) - x * x + poly) / _LN10, 0.0)
 
 
 def gaussian_surprise(z: float) -> float:
@@ -153,7 +165,9 @@ class CompactNovelty(AnomalyDetector):
       worth ``run * -log10(p_repeat)``.
 
     The score is ``u / (u + surprise_scale)`` for the largest surprise ``u`` over the
-    features and channels, in [0, 1). Alarms are debounced per detector: a score must
+    features and channels, in [0, 1); with several features, the calibrated channels'
+    surprise is lowered by ``log10(features)`` (Bonferroni: more features, more chances
+    of a high by chance). Alarms are debounced per detector: a score must
     exceed ``refractory_factor`` times the largest earlier reported score, decayed with a
     half-life of ``refractory`` readings, otherwise 0 is reported.
 
@@ -344,7 +358,8 @@ class CompactNovelty(AnomalyDetector):
                     zmax = max(zmax, f.gauss.zscore(abs(resid), self.min_profile))
             surprise = max(surprise, self._checks(f, value))
             plans.append((name, value, (z, steps, b, resid)))
-        return max(surprise, gaussian_surprise(zmax)), plans
+        # every feature is one more chance of a high by chance: Bonferroni over the features
+        return max(surprise, gaussian_surprise(zmax) - math.log10(max(1, len(x)))), plans
 
     # ------------------------------------------------------------------ learning
 
@@ -469,3 +484,215 @@ class CompactNovelty(AnomalyDetector):
             self.learn_one(row, t)
         self._populating = self._history = False
         self._level = 0.0  # alarms on history are not alarms
+
+    # ------------------------------------------------------------------ arrays
+    #
+    # The same detector over arrays, for VectorBank: one row per device, one column per
+    # feature (fields shaped (devices, features, *shape)), plus the per-device debouncing
+    # level. score_learn_arrays scores and learns one reading of each row, mirroring
+    # _evaluate, _score and _learn_plans above operation for operation (streaming only:
+    # fit_history runs on the objects, and export_arrays hands its result to a bank).
+
+    def _array_fields(self) -> dict[str, tuple]:
+        w, memory = self.window, self.memory
+        fields = {
+            name: (np.float64, initial)
+            for name, initial in (
+                ("n", 0.0), ("lo", 0.0), ("hi", 0.0), ("fixed", 0.0), ("seen_min", 0.0), ("seen_max", 0.0),
+                ("last", 0.0), ("run", 0.0), ("max_run", 0.0), ("p_repeat", 0.0), ("max_step", 0.0),
+                ("records", 0.0), ("record_n", 0.0), ("resid", 0.0), ("has_resid", 0.0),
+                ("profile_n", 0.0), ("profile_mu", 0.0), ("profile_var", 0.0),
+            )
+        }  # fmt: skip
+        fields["profile"] = (np.float16, math.nan, (self._bins,))
+        for k in range(len(self.scales)):
+            for name, initial in (
+                ("acc_sum", 0.0), ("acc_max", -math.inf), ("acc_min", math.inf), ("acc_n", 0.0), ("blocks", 0.0),
+                ("mem_n", 0.0), ("g_n", 0.0), ("g_mu", 0.0), ("g_var", 0.0),
+            ):  # fmt: skip
+                fields[f"s{k}_{name}"] = (np.float64, initial)
+            fields[f"s{k}_ring"] = (np.float64, 0.0, (2 * w,))
+            fields[f"s{k}_mem"] = (np.float32, 0.0, (memory, w))
+            fields[f"s{k}_used"] = (np.int32, 0, (memory,))
+        return fields
+
+    @property
+    def ARRAY_STATE(self) -> dict[str, tuple]:
+        return self._array_fields()
+
+    ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {"level": (np.float64, 0.0)}
+
+    @staticmethod
+    def _gauss_z(d, n, mu, var, min_n) -> np.ndarray:
+        ok = (n >= min_n) & (var > 0.0)
+        return np.where(ok, (d - mu) / np.sqrt(np.where(ok, var, 1.0)), -np.inf)
+
+    @staticmethod
+    def _gauss_update(s, prefix: str, d, mask) -> None:
+        n = s[prefix + "n"] + 1.0
+        a = 1.0 / n
+        delta = np.where(mask, d, s[prefix + "mu"]) - s[prefix + "mu"]  # 0 where not learning (d may be NaN)
+        s[prefix + "mu"] = np.where(mask, s[prefix + "mu"] + a * delta, s[prefix + "mu"])
+        s[prefix + "var"] = np.where(mask, (1.0 - a) * (s[prefix + "var"] + a * delta * delta), s[prefix + "var"])
+        s[prefix + "n"] = np.where(mask, n, s[prefix + "n"])
+
+    def score_learn_arrays(self, s: dict[str, np.ndarray], x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        """Score then learn one reading per row of ``x`` (devices × features); updates ``s`` in place."""
+        w = self.window
+        rows = np.arange(x.shape[0])[:, None]
+        cols = np.arange(x.shape[1])[None, :]
+        new = s["n"] == 0.0
+        for name in ("lo", "hi", "seen_min", "seen_max", "last"):  # a feature's first reading
+            s[name] = np.where(new, x, s[name])
+        n = s["n"]
+        span = s["hi"] - s["lo"]
+        z = np.where(span > 0, (x - s["lo"]) / np.where(span > 0, span, 1.0), x - s["lo"])
+        zmax = np.full(x.shape, -np.inf)
+
+        steps = []
+        for k, (size, summary) in enumerate(zip(self.scales, self.summaries, strict=True)):
+            p = f"s{k}_"
+            completes = s[p + "acc_n"] + 1 >= size
+            mean = (s[p + "acc_sum"] + z) / size
+            hi, lo = np.maximum(s[p + "acc_max"], z), np.minimum(s[p + "acc_min"], z)
+            y = np.where(hi - mean >= mean - lo, hi, lo) if summary == "extreme" else mean
+            mem_n = s[p + "mem_n"]
+            valid = completes & (mem_n > 0) & (s[p + "blocks"] + 1 >= w)
+            query = np.concatenate([s[p + "ring"][..., w + 1 :], y[..., None]], axis=-1)
+            diff = s[p + "mem"] - query[..., None, :]
+            d2 = np.einsum("...ij,...ij->...i", diff, diff)
+            d2 = np.where(np.arange(self.memory) < mem_n[..., None], d2, np.inf)
+            j = np.argmin(d2, axis=-1)
+            d = np.sqrt(np.take_along_axis(d2, j[..., None], axis=-1)[..., 0] / w)
+            j = np.where(valid, j, -1)
+            zk = self._gauss_z(d, s[p + "g_n"], s[p + "g_mu"], s[p + "g_var"], self.min_blocks)
+            zmax = np.where(valid & (n >= self.warmup), np.maximum(zmax, zk), zmax)
+            steps.append((completes, y, d, j))
+
+        if t is not None:
+            bins = ((t % self.period) // self.bin_width).astype(np.int64)
+            profile_mean = s["profile"][rows, cols, bins[:, None]].astype(np.float64)
+            visited = profile_mean == profile_mean
+            r = z - profile_mean
+            resid = np.where(s["has_resid"] > 0, (1.0 - self.residual_rate) * s["resid"] + self.residual_rate * r, r)
+            zp = self._gauss_z(np.abs(resid), s["profile_n"], s["profile_mu"], s["profile_var"], self.min_profile)
+            zmax = np.where(visited, np.maximum(zmax, zp), zmax)
+
+        # checks
+        u = np.zeros(x.shape)
+        seen_span = s["seen_max"] - s["seen_min"]
+        excess = np.maximum(x - s["seen_max"], s["seen_min"] - x)
+        rare = s["records"] <= self.record_rate * s["record_n"]
+        extreme = (n >= self.extreme_warmup) & (seen_span > 0) & (excess > self.extreme_tolerance * seen_span) & rare
+        u = np.where(extreme, self.extreme_surprise, u)
+        warm = n >= self.warmup
+        jump = warm & (np.abs(x - s["last"]) > self.jump_factor * s["max_step"])
+        u = np.where(jump, self.extreme_surprise, u)
+        repeated = x == s["last"]
+        record_run = warm & repeated & (s["run"] + 1 > s["max_run"])
+        run_surprise = -(s["run"] + 1) * np.log10(np.maximum(s["p_repeat"], self.repeat_floor))
+        u = np.where(record_run, np.maximum(u, run_surprise), u)
+
+        surprise = np.maximum(u.max(axis=1), gaussian_surprise_array(zmax.max(axis=1)) - math.log10(x.shape[1]))
+        scores = surprise / (surprise + self.surprise_scale)
+        scores = np.where(scores <= self.refractory_factor * s["level"] * self._decay, 0.0, scores)
+
+        # learn: shingle memories
+        for k, (completes, y, d, j) in enumerate(steps):
+            self._learn_scale_arrays(s, f"s{k}_", z, completes, y, d, j)
+        # learn: weekly profile
+        if t is not None:
+            clipped = np.clip(z, -_PROFILE_CLIP, _PROFILE_CLIP)
+            learned = np.where(visited, profile_mean + self.profile_rate * (clipped - profile_mean), clipped)
+            s["profile"][rows, cols, bins[:, None]] = learned
+            s["resid"] = np.where(visited, resid, s["resid"])
+            s["has_resid"] = np.where(visited, 1.0, s["has_resid"])
+            self._gauss_update(s, "profile_", np.abs(resid), visited)
+        # learn: records, repeats, steps, range
+        s["records"] = s["records"] + (warm & (seen_span > 0) & (excess > self.extreme_tolerance * seen_span))
+        s["record_n"] = s["record_n"] + warm
+        old = n > 0
+        s["max_run"] = np.where(old & ~repeated, np.maximum(s["max_run"], s["run"]), s["max_run"])
+        s["run"] = np.where(old, np.where(repeated, s["run"] + 1, 0.0), s["run"])
+        rate = np.maximum(self.repeat_alpha, 1.0 / np.where(old, n, 1.0))
+        s["p_repeat"] = np.where(old, s["p_repeat"] + rate * (repeated - s["p_repeat"]), s["p_repeat"])
+        step = np.abs(x - s["last"])
+        step = np.where(warm, np.minimum(step, (1.0 + self.step_growth) * s["max_step"]), step)
+        s["max_step"] = np.where(old, np.maximum(s["max_step"], step), s["max_step"])
+        s["last"] = x
+        s["seen_max"] = np.maximum(s["seen_max"], x)
+        s["seen_min"] = np.minimum(s["seen_min"], x)
+        s["n"] = n + 1
+        ranging = (s["n"] <= self.warmup) & (s["fixed"] == 0)
+        s["lo"] = np.where(ranging, s["seen_min"], s["lo"])
+        s["hi"] = np.where(ranging, s["seen_max"], s["hi"])
+        s["level"] = np.maximum(s["level"] * self._decay, scores)
+        return scores
+
+    def _learn_scale_arrays(self, s, p: str, z, completes, y, d, j) -> None:
+        w, memory = self.window, self.memory
+        s[p + "acc_sum"] = np.where(completes, 0.0, s[p + "acc_sum"] + z)
+        s[p + "acc_max"] = np.where(completes, -np.inf, np.maximum(s[p + "acc_max"], z))
+        s[p + "acc_min"] = np.where(completes, np.inf, np.minimum(s[p + "acc_min"], z))
+        s[p + "acc_n"] = np.where(completes, 0.0, s[p + "acc_n"] + 1)
+        if not completes.any():
+            return
+        ring = s[p + "ring"]
+        s[p + "ring"] = np.where(completes[..., None], np.concatenate([ring[..., 1:], y[..., None]], axis=-1), ring)
+        blocks = np.where(completes, s[p + "blocks"] + 1, s[p + "blocks"])
+        s[p + "blocks"] = blocks
+        matched = completes & (j >= 0)
+        used = s[p + "used"]
+        lane, feat = np.nonzero(matched)
+        used[lane, feat, j[lane, feat]] = blocks[lane, feat]
+        self._gauss_update(s, p + "g_", d, matched & (blocks >= 2 * w + self.min_blocks))
+        # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
+        storing = completes & (blocks >= 2 * w)
+        if not storing.any():
+            return
+        mem, mem_n = s[p + "mem"], s[p + "mem_n"]
+        old = s[p + "ring"][..., :w].astype(np.float32)
+        diff = mem - old[..., None, :]
+        d2 = np.einsum("...ij,...ij->...i", diff, diff)
+        d2 = np.where(np.arange(memory) < mem_n[..., None], d2, np.inf)
+        nearest = np.argmin(d2, axis=-1)
+        copy_of = (mem_n > 0) & np.all(np.take_along_axis(mem, nearest[..., None, None], axis=-2)[..., 0, :] == old, -1)
+        refresh = storing & copy_of
+        lane, feat = np.nonzero(refresh)
+        used[lane, feat, nearest[lane, feat]] = blocks[lane, feat]
+        store = storing & ~copy_of
+        slot = np.where(mem_n < memory, mem_n, np.argmin(used, axis=-1)).astype(np.int64)
+        lane, feat = np.nonzero(store)
+        mem[lane, feat, slot[lane, feat]] = old[lane, feat]
+        used[lane, feat, slot[lane, feat]] = blocks[lane, feat]
+        s[p + "mem_n"] = np.where(store, np.maximum(mem_n, slot + 1), mem_n)
+
+    def export_arrays(self, features: Sequence[str]) -> dict[str, np.ndarray]:
+        """This detector's state as one bank row (``features`` in the bank's column order):
+        how a warm-started device enters a VectorBank."""
+        fields = self._array_fields()
+        out = {}
+        for name, (dtype, initial, *shape) in fields.items():
+            out[name] = np.full((len(features), *(shape[0] if shape else ())), initial, dtype=dtype)
+        for column, name in enumerate(features):
+            f = self._features.get(name)
+            if f is None:
+                continue
+            for field in ("n", "lo", "hi", "seen_min", "seen_max", "last", "run", "max_run", "p_repeat", "max_step",
+                          "records", "record_n", "resid"):  # fmt: skip
+                out[field][column] = getattr(f, field)
+            out["fixed"][column] = float(f.fixed)
+            out["has_resid"][column] = float(f.has_resid)
+            out["profile_n"][column], out["profile_mu"][column], out["profile_var"][column] = (
+                f.gauss.n, f.gauss.mu, f.gauss.var,
+            )  # fmt: skip
+            out["profile"][column] = f.profile
+            for k, sc in enumerate(f.scales):
+                p = f"s{k}_"
+                for field in ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "ring", "mem", "used"):
+                    out[p + field][column] = getattr(sc, field)
+                out[p + "g_n"][column], out[p + "g_mu"][column], out[p + "g_var"][column] = (
+                    sc.gauss.n, sc.gauss.mu, sc.gauss.var,
+                )  # fmt: skip
+        out["level"] = np.float64(self._level)
+        return out

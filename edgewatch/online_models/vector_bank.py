@@ -15,32 +15,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgewatch.online_models.artifact import ModelArtifact
 from edgewatch.online_models.registry import DetectorSpec
 from edgewatch.schema import DeadLetter, LabeledEvent, Reading
 
 
 class StateLayout:
-    """Where a detector's per-feature state fields live: fields of one dtype and shape share
-    a block ``(devices, fields, features, *shape)``, so a step gathers and scatters each block
-    with one numpy call instead of one per field.
+    """Where a detector's state fields live: fields of one dtype and shape share a block
+    ``(devices, fields, features, *shape)`` (per-device fields: ``(devices, fields, *shape)``),
+    so a step gathers and scatters each block with one numpy call instead of one per field.
 
-    ``fields`` maps a name to ``(dtype, initial value)`` or ``(dtype, initial value, shape)``.
+    ``fields`` and ``device_fields`` map a name to ``(dtype, initial value)`` or
+    ``(dtype, initial value, shape)``.
     """
 
-    def __init__(self, fields: dict[str, tuple]):
+    def __init__(self, fields: dict[str, tuple], device_fields: dict[str, tuple] | None = None):
         self.blocks: dict[tuple, list[tuple[str, float]]] = {}
-        for name, (dtype, initial, *shape) in fields.items():
-            key = (np.dtype(dtype).str, tuple(shape[0]) if shape else ())
-            self.blocks.setdefault(key, []).append((name, initial))
+        for per_feature, table in ((True, fields), (False, device_fields or {})):
+            for name, (dtype, initial, *shape) in table.items():
+                key = (np.dtype(dtype).str, tuple(shape[0]) if shape else (), per_feature)
+                self.blocks.setdefault(key, []).append((name, initial))
 
     def allocate(self, devices: int, features: int) -> list[np.ndarray]:
         arrays = []
-        for (dtype, shape), fields in self.blocks.items():
-            block = np.empty((devices, len(fields), features, *shape), dtype=dtype)
+        for (dtype, shape, per_feature), fields in self.blocks.items():
+            block = np.empty((devices, len(fields), *((features,) if per_feature else ()), *shape), dtype=dtype)
             for index, (_, initial) in enumerate(fields):
                 block[:, index] = initial
             arrays.append(block)
         return arrays
+
+    def write_row(self, blocks: list[np.ndarray], row: int, fields: dict[str, np.ndarray]) -> None:
+        """Set one device's state (a warm start) from ``fields`` shaped ``(features, *shape)``."""
+        for block, names in zip(blocks, self.blocks.values(), strict=True):
+            for index, (name, _) in enumerate(names):
+                block[row, index] = fields[name]
 
     def gather(self, blocks: list[np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         """The fields of ``rows`` as a dict of ``(len(rows), features, *shape)`` arrays."""
@@ -105,13 +114,14 @@ class VectorBank:
     (0.0, False, 1)
     """
 
-    def __init__(self, spec: DetectorSpec, threshold: float | None = None):
+    def __init__(self, spec: DetectorSpec, threshold: float | None = None, artifact: ModelArtifact | None = None):
         self.spec = spec
         self.threshold = spec.threshold if threshold is None else threshold
-        self.version = spec.version
+        self.version = artifact.version if artifact is not None else spec.version
         self.detector = spec.factory()
-        self.layout = StateLayout(self.detector.ARRAY_STATE)
+        self.layout = StateLayout(self.detector.ARRAY_STATE, getattr(self.detector, "ARRAY_DEVICE_STATE", None))
         self.groups: dict[tuple[str, ...], _Group] = {}
+        self._artifact = artifact
 
     def __len__(self) -> int:
         return sum(len(group.rows) for group in self.groups.values())
@@ -135,8 +145,13 @@ class VectorBank:
         if group is None:
             group = self.groups[features] = _Group(features, {}, [])
         rows_of = group.rows
+        known = len(rows_of)
         rows = np.fromiter((rows_of.setdefault(r.device_id, len(rows_of)) for r in readings), np.int64, len(readings))
         group.grow(self.layout, len(rows_of))
+        if self._artifact is not None and len(rows_of) > known:  # new devices start from their fitted models
+            for device, row in list(rows_of.items())[known:]:
+                model = self._artifact.model_for(device)
+                self.layout.write_row(group.blocks, row, model.export_arrays(features))
         pick = operator.itemgetter(*features)
         if len(features) == 1:
             values = np.fromiter((pick(r.features) for r in readings), np.float64, len(readings))[:, None]
