@@ -59,7 +59,7 @@ class FlowSettings(KafkaSettings):
     recovery_dir: Path | None = Field(None, description="Bytewax recovery database; enables resume")
     snapshot_seconds: float = Field(5.0, gt=0, description="epoch length: how often state is snapshotted")
     model_dir: Path | None = Field(None, description="warm-start artifact written by `edgewatch train`")
-    detector: str = Field("robust-zscore", description="detector name (see `edgewatch run --help`)")
+    detector: str = Field("compact-novelty", description="detector name (see `edgewatch run --help`)")
     threshold: float | None = Field(None, ge=0, le=1, description="label threshold; default: the detector's")
     shards: int = Field(
         1, ge=1, le=4096, description="device shards, one model bank each: at least the number of Bytewax workers"

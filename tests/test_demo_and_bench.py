@@ -14,7 +14,7 @@ DEMO_LINE = re.compile(
 
 def test_demo_runs_and_accounts_for_every_event():
     result = subprocess.run(
-        [sys.executable, "-m", "edgewatch", "demo", "--seconds", "10", "--devices", "40", "--rate", "800"],
+        [sys.executable, "-m", "edgewatch", "demo", "--seconds", "12", "--devices", "60", "--rate", "1200"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -22,8 +22,8 @@ def test_demo_runs_and_accounts_for_every_event():
     assert match, result.stdout
     events, labeled, dead, faults, detected = map(int, match.groups()[:5])
     precision, recall = map(float, match.groups()[5:])
-    assert events == 8000 and labeled + dead == events
-    assert faults > 0 and detected <= faults
+    assert events == 14400 and labeled + dead == events
+    assert faults > 20 and detected <= faults
     assert precision >= 0.8 and recall >= 0.8
 
 

@@ -9,10 +9,11 @@ from collections import Counter
 import orjson
 import pytest
 
+from edgewatch.config import FlowSettings
 from edgewatch.connectors.kafka import ensure_topics
 from edgewatch.evaluation.faults import FaultScore
 from edgewatch.online_models.bank import ModelBank
-from edgewatch.online_models.registry import BUILTIN
+from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import RawMessage, Reading, SourceRef, parse_message
 from edgewatch.simulator import Fleet
 from edgewatch.simulator.publish import paced
@@ -107,7 +108,7 @@ def test_flow_finds_the_simulated_faults(kafka_bootstrap, topics, tmp_path):
 
 def expected_scores(records, positions) -> dict[tuple[int, int], float]:
     """Scores of an uninterrupted run: each device's messages in offset order through one bank."""
-    bank = ModelBank(BUILTIN["robust-zscore"])
+    bank = ModelBank(resolve_detector(FlowSettings().detector))  # the flow's default detector, per device
     ordered = sorted(zip(positions, records, strict=True))
     readings = [
         parse_message(RawMessage(key, value, headers, *SourceRef("t", p, o)))
