@@ -184,3 +184,29 @@ def test_bytewax_run_entrypoint_reads_settings_from_environment(kafka_bootstrap,
         process.kill()
         process.wait()
     assert len(out) == len(records)
+
+
+def test_flow_warm_starts_every_device_from_a_trained_artifact(kafka_bootstrap, topics, tmp_path):
+    from edgewatch.online_models import artifact
+    from edgewatch.schema import RawMessage as Raw
+
+    fleet = Fleet(devices=10, seed=4, fault_rate=0.005, warmup_ticks=320, tick_seconds=60.0, start_time=1.79e9)
+    sim = list(fleet.records(10 * 600))
+    history = [parse_message(Raw(r.key, r.value, r.headers, "history", 0, i, r.timestamp_ms)) for i, r in enumerate(sim)]
+    saved = artifact.save(artifact.train(resolve_detector("compact-novelty"), history[: 10 * 300]), tmp_path / "model")
+    live = sim[10 * 300 :]
+    produce(kafka_bootstrap, topics["in"], [(r.key, r.value, r.headers) for r in live])
+
+    with FlowProcess(flow_args(kafka_bootstrap, topics, "--model", str(tmp_path / "model")), tmp_path / "flow.log"):
+        out = consume(kafka_bootstrap, [topics["out"]], len(live))
+
+    events = [orjson.loads(m.value) for m in out]
+    assert len(events) == len(live)
+    assert {e["model"]["version"] for e in events} == {saved.version}
+    # warm: a device's first readings are scored against its history (a cold detector scores 0 while it learns)
+    early = Counter()
+    for event in sorted(events, key=lambda e: e["timestamp"]):
+        if early[event["device_id"], "n"] < 20:
+            early[event["device_id"], "n"] += 1
+            early[event["device_id"], "scored"] += event["score"] > 0
+    assert sum(early[device, "scored"] > 0 for device in {e["device_id"] for e in events}) >= 8
