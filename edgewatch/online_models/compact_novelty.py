@@ -9,6 +9,8 @@ from typing import ClassVar
 import numpy as np
 from river.base import AnomalyDetector
 
+from edgewatch.online_models import compact_novelty_kernel as kernel
+
 _LN10 = math.log(10.0)
 _SQRT2 = math.sqrt(2.0)
 # Numerical Recipes' erfc: erfc(x) = t exp(-x^2 + P(t)), t = 1 / (1 + x / 2), relative error < 1.2e-7
@@ -17,17 +19,6 @@ _ERFC_COEFFS = (
     0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
 )  # fmt: skip
 _PROFILE_CLIP = 1.0e4  # normalized values kept in the float16 profile
-
-
-def gaussian_surprise_array(z: np.ndarray) -> np.ndarray:
-    """:func:`gaussian_surprise` of every element (the same arithmetic, in numpy)."""
-    positive = z > 0.0
-    x = np.where(positive, z, 1.0) / _SQRT2
-    t = 1.0 / (1.0 + 0.5 * x)
-    poly = np.full_like(t, _ERFC_COEFFS[9])
-    for c in _ERFC_COEFFS[8::-1]:
-        poly = c + t * poly
-    return np.where(positive, -(np.log(t) - x * x + poly) / _LN10, 0.0)
 
 
 def gaussian_surprise(z: float) -> float:
@@ -45,6 +36,14 @@ def gaussian_surprise(z: float) -> float:
     for c in _ERFC_COEFFS[8::-1]:
         poly = c + t * poly
     return -(math.log(t) - x * x + poly) / _LN10
+
+
+def _row_sums_of_squares(diff: np.ndarray) -> np.ndarray:
+    """Sum of squares of each row, column after column: the order the compiled bank adds in."""
+    total = diff[:, 0] * diff[:, 0]
+    for q in range(1, diff.shape[1]):
+        total = total + diff[:, q] * diff[:, q]
+    return total
 
 
 class _Gauss:
@@ -105,7 +104,7 @@ class _Scale:
         query[: w - 1] = self.ring[w + 1 :]
         query[w - 1] = y
         diff = self.mem[: self.mem_n] - query  # float32 exemplars, float64 arithmetic
-        d2 = np.einsum("ij,ij->i", diff, diff)
+        d2 = _row_sums_of_squares(diff)
         j = int(np.argmin(d2))
         return math.sqrt(float(d2[j]) / w), j
 
@@ -385,8 +384,7 @@ class CompactNovelty(AnomalyDetector):
             # an exact copy of an exemplar only refreshes that exemplar
             old = sc.ring[:w].astype(np.float32)
             if sc.mem_n:
-                diff = sc.mem[: sc.mem_n] - old
-                k = int(np.argmin(np.einsum("ij,ij->i", diff, diff)))
+                k = int(np.argmin(_row_sums_of_squares(sc.mem[: sc.mem_n] - old)))
                 if np.array_equal(sc.mem[k], old):
                     sc.used[k] = sc.blocks
                     return
@@ -487,212 +485,87 @@ class CompactNovelty(AnomalyDetector):
 
     # ------------------------------------------------------------------ arrays
     #
-    # The same detector over arrays, for VectorBank: one row per device, one column per
-    # feature (fields shaped (devices, features, *shape)), plus the per-device debouncing
-    # level. score_learn_arrays scores and learns one reading of each row, mirroring
-    # _evaluate, _score and _learn_plans above operation for operation (streaming only:
-    # fit_history runs on the objects, and export_arrays hands its result to a bank).
+    # The same detector for a whole bank of devices (VectorBank): the state of every device
+    # lives in arrays shaped (devices, ..., features, ...), and a compiled kernel
+    # (compact_novelty_kernel.score_learn) scores and learns readings in arrival order, with
+    # the arithmetic of _evaluate, _score and _learn_plans above. fit_history runs on the
+    # objects; export_arrays hands a fitted detector's state to a bank row.
 
     def _array_fields(self) -> dict[str, tuple]:
         w, memory = self.window, self.memory
-        fields = {
-            name: (np.float64, initial)
-            for name, initial in (
-                ("n", 0.0), ("lo", 0.0), ("hi", 0.0), ("fixed", 0.0), ("seen_min", 0.0), ("seen_max", 0.0),
-                ("last", 0.0), ("run", 0.0), ("max_run", 0.0), ("p_repeat", 0.0), ("max_step", 0.0),
-                ("records", 0.0), ("record_n", 0.0), ("resid", 0.0), ("has_resid", 0.0),
-                ("profile_n", 0.0), ("profile_mu", 0.0), ("profile_var", 0.0),
-            )
-        }  # fmt: skip
+        fields = {name: (np.float64, 0.0) for name in kernel.FEATURE_FIELDS}
+        for k in range(len(self.scales)):
+            for name in kernel.SCALE_FIELDS:
+                initial = {"acc_max": -math.inf, "acc_min": math.inf}.get(name, 0.0)
+                fields[f"s{k}_{name}"] = (np.float64, initial)
         fields["profile"] = (np.float16, math.nan, (self._bins,))
         for k in range(len(self.scales)):
-            for name, initial in (
-                ("acc_sum", 0.0), ("acc_max", -math.inf), ("acc_min", math.inf), ("acc_n", 0.0), ("blocks", 0.0),
-                ("mem_n", 0.0), ("g_n", 0.0), ("g_mu", 0.0), ("g_var", 0.0),
-            ):  # fmt: skip
-                fields[f"s{k}_{name}"] = (np.float64, initial)
             fields[f"s{k}_ring"] = (np.float64, 0.0, (2 * w,))
             fields[f"s{k}_mem"] = (np.float32, 0.0, (memory, w))
             fields[f"s{k}_used"] = (np.int32, 0, (memory,))
         return fields
 
     @property
-    def ARRAY_STATE(self) -> dict[str, tuple]:
+    def ARRAY_STATE(self) -> dict[str, tuple]:  # the bank's field table, as for the other detectors
         return self._array_fields()
 
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {"level": (np.float64, 0.0)}
 
-    @staticmethod
-    def _gauss_z(d, n, mu, var, min_n) -> np.ndarray:
-        ok = (n >= min_n) & (var > 0.0)
-        return np.where(ok, (d - mu) / np.sqrt(np.where(ok, var, 1.0)), -np.inf)
+    def score_learn_rows(self, blocks: dict[str, np.ndarray], rows: np.ndarray, x: np.ndarray, t: np.ndarray):
+        """Score then learn ``x[i]`` (features in the bank's column order) in state row ``rows[i]``.
 
-    @staticmethod
-    def _gauss_update(s, prefix: str, d, mask) -> None:
-        n = s[prefix + "n"] + 1.0
-        a = 1.0 / n
-        delta = np.where(mask, d, s[prefix + "mu"]) - s[prefix + "mu"]  # 0 where not learning (d may be NaN)
-        s[prefix + "mu"] = np.where(mask, s[prefix + "mu"] + a * delta, s[prefix + "mu"])
-        s[prefix + "var"] = np.where(mask, (1.0 - a) * (s[prefix + "var"] + a * delta * delta), s[prefix + "var"])
-        s[prefix + "n"] = np.where(mask, n, s[prefix + "n"])
+        ``blocks`` holds the bank's arrays by field: the float64 scalars block (devices, fields,
+        features) under ``"n"``, and ``"profile"``, ``"s0_ring"``, ``"s0_mem"``, ``"s0_used"``,
+        ``"level"`` (their blocks)."""
+        return kernel.score_learn(
+            blocks["n"],
+            blocks["profile"][:, 0].view(np.uint16),
+            blocks["s0_ring"],
+            blocks["s0_mem"],
+            blocks["s0_used"],
+            blocks["level"][:, 0],
+            rows,
+            x,
+            t,
+            True,
+            np.array(self.scales, dtype=np.int64),
+            np.array([summary == "extreme" for summary in self.summaries]),
+            np.array(
+                [self.window, self.memory, self.warmup, self.min_blocks, self.min_profile, self.extreme_warmup],
+                dtype=np.int64,
+            ),
+            self._float_params(),
+        )
 
-    def score_learn_arrays(self, s: dict[str, np.ndarray], x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
-        """Score then learn one reading per row of ``x`` (devices × features); updates ``s`` in place."""
-        w = self.window
-        rows = np.arange(x.shape[0])[:, None]
-        cols = np.arange(x.shape[1])[None, :]
-        new = s["n"] == 0.0
-        for name in ("lo", "hi", "seen_min", "seen_max", "last"):  # a feature's first reading
-            s[name] = np.where(new, x, s[name])
-        n = s["n"]
-        span = s["hi"] - s["lo"]
-        z = np.where(span > 0, (x - s["lo"]) / np.where(span > 0, span, 1.0), x - s["lo"])
-        zmax = np.full(x.shape, -np.inf)
-
-        steps = []
-        for k, (size, summary) in enumerate(zip(self.scales, self.summaries, strict=True)):
-            p = f"s{k}_"
-            completes = s[p + "acc_n"] + 1 >= size
-            mean = (s[p + "acc_sum"] + z) / size
-            hi, lo = np.maximum(s[p + "acc_max"], z), np.minimum(s[p + "acc_min"], z)
-            y = np.where(hi - mean >= mean - lo, hi, lo) if summary == "extreme" else mean
-            mem_n = s[p + "mem_n"]
-            valid = completes & (mem_n > 0) & (s[p + "blocks"] + 1 >= w)
-            query = np.concatenate([s[p + "ring"][..., w + 1 :], y[..., None]], axis=-1)
-            diff = s[p + "mem"] - query[..., None, :]
-            d2 = np.einsum("...ij,...ij->...i", diff, diff)
-            d2 = np.where(np.arange(self.memory) < mem_n[..., None], d2, np.inf)
-            j = np.argmin(d2, axis=-1)
-            d = np.sqrt(np.take_along_axis(d2, j[..., None], axis=-1)[..., 0] / w)
-            j = np.where(valid, j, -1)
-            zk = self._gauss_z(d, s[p + "g_n"], s[p + "g_mu"], s[p + "g_var"], self.min_blocks)
-            zmax = np.where(valid & (n >= self.warmup), np.maximum(zmax, zk), zmax)
-            steps.append((completes, y, d, j))
-
-        if t is not None:
-            bins = ((t % self.period) // self.bin_width).astype(np.int64)
-            profile_mean = s["profile"][rows, cols, bins[:, None]].astype(np.float64)
-            visited = profile_mean == profile_mean
-            r = z - profile_mean
-            resid = np.where(s["has_resid"] > 0, (1.0 - self.residual_rate) * s["resid"] + self.residual_rate * r, r)
-            zp = self._gauss_z(np.abs(resid), s["profile_n"], s["profile_mu"], s["profile_var"], self.min_profile)
-            zmax = np.where(visited, np.maximum(zmax, zp), zmax)
-
-        # checks
-        u = np.zeros(x.shape)
-        seen_span = s["seen_max"] - s["seen_min"]
-        excess = np.maximum(x - s["seen_max"], s["seen_min"] - x)
-        rare = s["records"] <= self.record_rate * s["record_n"]
-        extreme = (n >= self.extreme_warmup) & (seen_span > 0) & (excess > self.extreme_tolerance * seen_span) & rare
-        u = np.where(extreme, self.extreme_surprise, u)
-        warm = n >= self.warmup
-        jump = warm & (np.abs(x - s["last"]) > self.jump_factor * s["max_step"])
-        u = np.where(jump, self.extreme_surprise, u)
-        repeated = x == s["last"]
-        record_run = warm & repeated & (s["run"] + 1 > s["max_run"])
-        run_surprise = -(s["run"] + 1) * np.log10(np.maximum(s["p_repeat"], self.repeat_floor))
-        u = np.where(record_run, np.maximum(u, run_surprise), u)
-
-        surprise = np.maximum(u.max(axis=1), gaussian_surprise_array(zmax.max(axis=1)) - math.log10(x.shape[1]))
-        scores = surprise / (surprise + self.surprise_scale)
-        scores = np.where(scores <= self.refractory_factor * s["level"] * self._decay, 0.0, scores)
-
-        # learn: shingle memories
-        for k, (completes, y, d, j) in enumerate(steps):
-            self._learn_scale_arrays(s, f"s{k}_", z, completes, y, d, j)
-        # learn: weekly profile
-        if t is not None:
-            clipped = np.clip(z, -_PROFILE_CLIP, _PROFILE_CLIP)
-            learned = np.where(visited, profile_mean + self.profile_rate * (clipped - profile_mean), clipped)
-            s["profile"][rows, cols, bins[:, None]] = learned
-            s["resid"] = np.where(visited, resid, s["resid"])
-            s["has_resid"] = np.where(visited, 1.0, s["has_resid"])
-            self._gauss_update(s, "profile_", np.abs(resid), visited)
-        # learn: records, repeats, steps, range
-        s["records"] = s["records"] + (warm & (seen_span > 0) & (excess > self.extreme_tolerance * seen_span))
-        s["record_n"] = s["record_n"] + warm
-        old = n > 0
-        s["max_run"] = np.where(old & ~repeated, np.maximum(s["max_run"], s["run"]), s["max_run"])
-        s["run"] = np.where(old, np.where(repeated, s["run"] + 1, 0.0), s["run"])
-        rate = np.maximum(self.repeat_alpha, 1.0 / np.where(old, n, 1.0))
-        s["p_repeat"] = np.where(old, s["p_repeat"] + rate * (repeated - s["p_repeat"]), s["p_repeat"])
-        step = np.abs(x - s["last"])
-        step = np.where(warm, np.minimum(step, (1.0 + self.step_growth) * s["max_step"]), step)
-        s["max_step"] = np.where(old, np.maximum(s["max_step"], step), s["max_step"])
-        s["last"] = x
-        s["seen_max"] = np.maximum(s["seen_max"], x)
-        s["seen_min"] = np.minimum(s["seen_min"], x)
-        s["n"] = n + 1
-        ranging = (s["n"] <= self.warmup) & (s["fixed"] == 0)
-        s["lo"] = np.where(ranging, s["seen_min"], s["lo"])
-        s["hi"] = np.where(ranging, s["seen_max"], s["hi"])
-        s["level"] = np.maximum(s["level"] * self._decay, scores)
-        return scores
-
-    def _learn_scale_arrays(self, s, p: str, z, completes, y, d, j) -> None:
-        w, memory = self.window, self.memory
-        s[p + "acc_sum"] = np.where(completes, 0.0, s[p + "acc_sum"] + z)
-        s[p + "acc_max"] = np.where(completes, -np.inf, np.maximum(s[p + "acc_max"], z))
-        s[p + "acc_min"] = np.where(completes, np.inf, np.minimum(s[p + "acc_min"], z))
-        s[p + "acc_n"] = np.where(completes, 0.0, s[p + "acc_n"] + 1)
-        if not completes.any():
-            return
-        ring = s[p + "ring"]
-        s[p + "ring"] = np.where(completes[..., None], np.concatenate([ring[..., 1:], y[..., None]], axis=-1), ring)
-        blocks = np.where(completes, s[p + "blocks"] + 1, s[p + "blocks"])
-        s[p + "blocks"] = blocks
-        matched = completes & (j >= 0)
-        used = s[p + "used"]
-        lane, feat = np.nonzero(matched)
-        used[lane, feat, j[lane, feat]] = blocks[lane, feat]
-        self._gauss_update(s, p + "g_", d, matched & (blocks >= 2 * w + self.min_blocks))
-        # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
-        storing = completes & (blocks >= 2 * w)
-        if not storing.any():
-            return
-        mem, mem_n = s[p + "mem"], s[p + "mem_n"]
-        old = s[p + "ring"][..., :w].astype(np.float32)
-        diff = mem - old[..., None, :]
-        d2 = np.einsum("...ij,...ij->...i", diff, diff)
-        d2 = np.where(np.arange(memory) < mem_n[..., None], d2, np.inf)
-        nearest = np.argmin(d2, axis=-1)
-        copy_of = (mem_n > 0) & np.all(np.take_along_axis(mem, nearest[..., None, None], axis=-2)[..., 0, :] == old, -1)
-        refresh = storing & copy_of
-        lane, feat = np.nonzero(refresh)
-        used[lane, feat, nearest[lane, feat]] = blocks[lane, feat]
-        store = storing & ~copy_of
-        slot = np.where(mem_n < memory, mem_n, np.argmin(used, axis=-1)).astype(np.int64)
-        lane, feat = np.nonzero(store)
-        mem[lane, feat, slot[lane, feat]] = old[lane, feat]
-        used[lane, feat, slot[lane, feat]] = blocks[lane, feat]
-        s[p + "mem_n"] = np.where(store, np.maximum(mem_n, slot + 1), mem_n)
+    def _float_params(self) -> np.ndarray:
+        return np.array(
+            [self.period, self.bin_width, self.profile_rate, self.residual_rate, self.extreme_tolerance,
+             self.record_rate, self.jump_factor, self.step_growth, self.extreme_surprise, self.repeat_alpha,
+             self.repeat_floor, self.surprise_scale, self.refractory_factor, self._decay, _PROFILE_CLIP],
+            dtype=np.float64,
+        )  # fmt: skip
 
     def export_arrays(self, features: Sequence[str]) -> dict[str, np.ndarray]:
         """This detector's state as one bank row (``features`` in the bank's column order):
         how a warm-started device enters a VectorBank."""
-        fields = self._array_fields()
         out = {}
-        for name, (dtype, initial, *shape) in fields.items():
+        for name, (dtype, initial, *shape) in self._array_fields().items():
             out[name] = np.full((len(features), *(shape[0] if shape else ())), initial, dtype=dtype)
         for column, name in enumerate(features):
             f = self._features.get(name)
             if f is None:
                 continue
-            for field in ("n", "lo", "hi", "seen_min", "seen_max", "last", "run", "max_run", "p_repeat", "max_step",
-                          "records", "record_n", "resid"):  # fmt: skip
-                out[field][column] = getattr(f, field)
-            out["fixed"][column] = float(f.fixed)
-            out["has_resid"][column] = float(f.has_resid)
-            out["profile_n"][column], out["profile_mu"][column], out["profile_var"][column] = (
-                f.gauss.n, f.gauss.mu, f.gauss.var,
-            )  # fmt: skip
+            for field in kernel.FEATURE_FIELDS:
+                if field.startswith("profile_"):
+                    out[field][column] = getattr(f.gauss, field.removeprefix("profile_"))
+                else:
+                    out[field][column] = float(getattr(f, field))
             out["profile"][column] = f.profile
             for k, sc in enumerate(f.scales):
-                p = f"s{k}_"
-                for field in ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "ring", "mem", "used"):
-                    out[p + field][column] = getattr(sc, field)
-                out[p + "g_n"][column], out[p + "g_mu"][column], out[p + "g_var"][column] = (
-                    sc.gauss.n, sc.gauss.mu, sc.gauss.var,
-                )  # fmt: skip
+                for field in kernel.SCALE_FIELDS:
+                    source = sc.gauss if field.startswith("g_") else sc
+                    out[f"s{k}_{field}"][column] = float(getattr(source, field.removeprefix("g_")))
+                for field in ("ring", "mem", "used"):
+                    out[f"s{k}_{field}"][column] = getattr(sc, field)
         out["level"] = np.float64(self._level)
         return out

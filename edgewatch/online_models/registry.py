@@ -31,8 +31,8 @@ class DetectorSpec:
 
     @property
     def vectorized(self) -> bool:
-        """Whether the detector also runs as arrays over a whole bank (``score_learn_arrays``)."""
-        return hasattr(self.factory(), "score_learn_arrays")
+        """Whether the detector also runs as arrays over a whole bank (``score_learn_rows``)."""
+        return hasattr(self.factory(), "score_learn_rows")
 
     @property
     def uses_time(self) -> bool:

@@ -6,10 +6,14 @@ import math
 from typing import ClassVar
 
 import numpy as np
+from numba import njit
 from river.base import AnomalyDetector
 
 LOG10_FLOOR = 1e-300
 UNLIKELY_RUN_DECADES = 2.0
+# the kernel's state columns (VectorBank fields)
+_FIELDS = ("n", "level", "trend", "scale", "pending", "confirmations", "last", "run", "p_repeat")
+N, LEVEL, TREND, SCALE, PENDING, CONFIRMATIONS, LAST, RUN, P_REPEAT = range(len(_FIELDS))
 
 
 def tail_surprise(z: float) -> float:
@@ -168,80 +172,117 @@ class RobustZScore(AnomalyDetector):
         # the tail probability is monotonic in z: one erfc for the largest is enough
         return min(1.0, max(surprise, tail_surprise(largest_z)) / self.surprise_scale)
 
-    # The same detector over arrays: one row per device, one column per feature. A VectorBank
-    # gathers the rows of the devices that have a reading in a step, calls score_learn_arrays,
-    # and scatters the rows back. Every operation mirrors learn_one/score_one above, in the same
-    # order, so both paths give the same scores.
-    # (counts are float64 too: exact integers, and one block to gather per step)
+    # The same detector for a whole bank of devices (VectorBank): one row per device, one
+    # column per feature, and a compiled kernel that mirrors learn_one/score_one above
+    # operation for operation, reading after reading (counts are float64: exact integers).
     ARRAY_STATE: ClassVar[dict[str, tuple]] = {
-        "n": (np.float64, 0.0),
-        "level": (np.float64, 0.0),
-        "trend": (np.float64, 0.0),
-        "scale": (np.float64, 0.0),
-        "pending": (np.float64, math.nan),
-        "confirmations": (np.float64, 0.0),
-        "last": (np.float64, 0.0),
-        "run": (np.float64, 0.0),
-        "p_repeat": (np.float64, 0.0),
+        name: (np.float64, math.nan if name == "pending" else 0.0) for name in _FIELDS
     }
 
-    def score_learn_arrays(self, s: dict[str, np.ndarray], x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
-        """Score then learn one reading per row of ``x`` (devices × features); updates ``s`` in place."""
-        n = s["n"]
-        level, trend, pending = s["level"], s["trend"], s["pending"]
-        warm = n > self.min_samples
-        has_pending = pending == pending
-        error_old = x - (level + trend)
-        error_new = x - (pending + trend)
-        closer = has_pending & (np.abs(error_new) < np.abs(error_old))
+    def score_learn_rows(self, blocks: dict[str, np.ndarray], rows: np.ndarray, x: np.ndarray, t=None) -> np.ndarray:
+        """Score then learn ``x[i]`` in state row ``rows[i]`` of the bank's ``(devices, fields, features)`` block."""
+        return _score_learn(
+            blocks["n"],
+            rows,
+            x,
+            np.array(
+                [self.level_alpha, self.trend_beta, self.scale_alpha, self.outlier_z, self.confirm_shift,
+                 self.min_samples, self.repeat_alpha, self.repeat_floor, self.surprise_scale],
+                dtype=np.float64,
+            ),
+        )  # fmt: skip
 
+
+@njit(cache=True)
+def _tail_surprise(z: float) -> float:
+    if z <= 0.0:
+        return 0.0
+    return -math.log10(max(math.erfc(z / math.sqrt(2.0)), LOG10_FLOOR))
+
+
+@njit(cache=True, inline="always")
+def _sigma(s, r: int, f: int) -> float:
+    return max(s[r, SCALE, f] * 1.2533141373155, 1e-9 * max(1.0, abs(s[r, LEVEL, f])))
+
+
+@njit(cache=True)
+def _score_learn(s, rows, x, params):  # pragma: no cover - compiled
+    level_alpha, trend_beta, scale_alpha, outlier_z = params[0], params[1], params[2], params[3]
+    confirm_shift, min_samples, repeat_alpha = params[4], params[5], params[6]
+    repeat_floor, surprise_scale = params[7], params[8]
+    readings, features = x.shape
+    scores = np.empty(readings)
+    for i in range(readings):
+        r = rows[i]
         # score_one
-        z = np.where(warm, np.abs(np.where(closer, error_new, error_old)) / self._sigma_arrays(s), 0.0)
-        repeated = x == s["last"]
-        repeat_surprise = np.where(warm & repeated, self._repeat_surprise_arrays(s, s["run"] + 1), 0.0)
-        largest_z = z.max(axis=1)
-        tail = np.fromiter((tail_surprise(v) for v in largest_z.tolist()), np.float64, len(largest_z))
-        scores = np.minimum(1.0, np.maximum(repeat_surprise.max(axis=1), tail) / self.surprise_scale)
+        largest_z = 0.0
+        surprise = 0.0
+        for f in range(features):
+            value = x[i, f]
+            if s[r, N, f] == 0.0 or s[r, N, f] <= min_samples:
+                continue
+            error = value - (s[r, LEVEL, f] + s[r, TREND, f])
+            pending = s[r, PENDING, f]
+            if pending == pending:
+                error_new = value - (pending + s[r, TREND, f])
+                if abs(error_new) < abs(error):
+                    error = error_new
+            z = abs(error) / _sigma(s, r, f)
+            if z > largest_z:
+                largest_z = z
+            if value == s[r, LAST, f]:
+                repeats = -(s[r, RUN, f] + 1) * math.log10(max(s[r, P_REPEAT, f], repeat_floor))
+                surprise = max(surprise, repeats)
+        scores[i] = min(1.0, max(surprise, _tail_surprise(largest_z)) / surprise_scale)
+        # learn_one
+        for f in range(features):
+            value = x[i, f]
+            n = s[r, N, f]
+            if n == 0.0:
+                s[r, LEVEL, f], s[r, TREND, f], s[r, SCALE, f] = value, 0.0, 0.0
+                s[r, PENDING, f], s[r, CONFIRMATIONS, f] = np.nan, 0.0
+                s[r, LAST, f], s[r, RUN, f], s[r, P_REPEAT, f], s[r, N, f] = value, 0.0, 0.0, 1.0
+                continue
+            _learn_value(s, r, f, value, level_alpha, trend_beta, scale_alpha, outlier_z, confirm_shift, min_samples)
+            repeated = value == s[r, LAST, f]
+            s[r, RUN, f] = s[r, RUN, f] + 1 if repeated else 0.0
+            unlikely = n > min_samples and (
+                -s[r, RUN, f] * math.log10(max(s[r, P_REPEAT, f], repeat_floor)) > UNLIKELY_RUN_DECADES
+            )
+            if not (repeated and unlikely):
+                rate = max(repeat_alpha, 1.0 / n)
+                s[r, P_REPEAT, f] += rate * ((1.0 if repeated else 0.0) - s[r, P_REPEAT, f])
+            s[r, LAST, f] = value
+            s[r, N, f] = n + 1
+    return scores
 
-        # learn_one: new channels take the value as their level and learn nothing else
-        new = n == 0
-        # a candidate level: rejected (a spike), adopted (a level shift) or still waiting
-        rejected = has_pending & ~closer
-        adopted = closer & (s["confirmations"] + 1 >= self.confirm_shift)
-        waiting = closer & ~adopted
-        level = np.where(adopted, pending, level)
-        error = np.where(adopted, error_new, error_old)
-        pending = np.where(rejected | adopted, math.nan, pending)
-        predicted = level + trend
-        abs_error = np.abs(error)
-        sigma = self._sigma_arrays({"scale": s["scale"], "level": level})
-        outlier = warm & (abs_error > self.outlier_z * sigma) & ~waiting
-        normal = ~outlier & ~waiting & ~new
-        updated_level = np.where(outlier, predicted, predicted + self.level_alpha * error)
-        s["level"] = np.where(new, x, np.where(waiting, s["level"] + trend, updated_level))
-        s["trend"] = np.where(normal, trend + self.trend_beta * self.level_alpha * error, np.where(new, 0.0, trend))
-        s["pending"] = np.where(outlier | waiting, x, np.where(new, math.nan, pending))
-        s["confirmations"] = np.where(waiting, s["confirmations"] + 1, np.where(outlier, 0, s["confirmations"]))
-        clipped = self.outlier_z * self._sigma_arrays({"scale": s["scale"], "level": predicted})
-        abs_error = np.where(outlier, clipped, abs_error)
-        n_safe = np.maximum(n, 1)
-        rate = np.where(warm, self.scale_alpha, 1.0 / n_safe)
-        learned_scale = s["scale"] + rate * (abs_error - s["scale"])
-        s["scale"] = np.where(new, 0.0, np.where(waiting, s["scale"], learned_scale))
 
-        run = np.where(repeated, s["run"] + 1, 0)
-        unlikely = warm & (self._repeat_surprise_arrays(s, run) > UNLIKELY_RUN_DECADES)
-        learn_repeat = ~(repeated & unlikely) & ~new
-        p_repeat = s["p_repeat"]
-        step = np.maximum(self.repeat_alpha, 1.0 / n_safe) * (repeated - p_repeat)
-        s["p_repeat"] = np.where(new, 0.0, np.where(learn_repeat, p_repeat + step, p_repeat))
-        s["run"] = np.where(new, 0, run)
-        s["last"] = x
-        s["n"] = n + 1
-        return scores
-
-    def _sigma_arrays(self, s) -> np.ndarray:
-        return np.maximum(s["scale"] * 1.2533141373155, 1e-9 * np.maximum(1.0, np.abs(s["level"])))
-
-    def _repeat_surprise_arrays(self, s, repeats) -> np.ndarray:
-        return -repeats * np.log10(np.maximum(s["p_repeat"], self.repeat_floor))
+@njit(cache=True, inline="always")
+def _learn_value(s, r, f, value, level_alpha, trend_beta, scale_alpha, outlier_z, confirm_shift, min_samples):
+    error = value - (s[r, LEVEL, f] + s[r, TREND, f])
+    pending = s[r, PENDING, f]
+    if pending == pending:  # a candidate level is waiting for confirmation
+        error_new = value - (pending + s[r, TREND, f])
+        if abs(error_new) >= abs(error):
+            s[r, PENDING, f] = np.nan
+        elif s[r, CONFIRMATIONS, f] + 1 >= confirm_shift:
+            s[r, LEVEL, f], s[r, PENDING, f], error = pending, np.nan, error_new
+        else:
+            s[r, CONFIRMATIONS, f] += 1
+            s[r, LEVEL, f] += s[r, TREND, f]
+            s[r, PENDING, f] = value
+            return
+    predicted = s[r, LEVEL, f] + s[r, TREND, f]
+    abs_error = abs(error)
+    n = s[r, N, f]
+    warm = n > min_samples
+    if warm and abs_error > outlier_z * _sigma(s, r, f):
+        s[r, LEVEL, f] = predicted
+        s[r, PENDING, f] = value
+        s[r, CONFIRMATIONS, f] = 0.0
+        abs_error = outlier_z * _sigma(s, r, f)
+    else:
+        s[r, LEVEL, f] = predicted + level_alpha * error
+        s[r, TREND, f] += trend_beta * level_alpha * error
+    rate = scale_alpha if warm else 1.0 / n
+    s[r, SCALE, f] += rate * (abs_error - s[r, SCALE, f])

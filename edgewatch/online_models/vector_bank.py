@@ -1,10 +1,11 @@
-"""A shard's detectors as arrays: one row per device, scored and learned a step at a time.
+"""A shard's detectors as arrays: one row per device, a compiled kernel for the batch.
 
-For detectors that offer ``score_learn_arrays`` (the built-ins), the state of every device
-of a shard lives in a few numpy arrays (rows = devices, columns = features). A batch is cut
-into *steps*: step k holds the k-th reading of every device in the batch, so one numpy call
-scores and learns a reading for many devices at once, and each device still sees its readings
-in order. The results equal those of one River object per device (:class:`ModelBank`).
+For detectors that offer ``score_learn_rows`` (the built-ins), the state of every device of
+a shard lives in a few numpy arrays (rows = devices, columns = features, fields of one dtype
+and shape stacked in one block). A batch of readings goes to the detector's compiled kernel
+in one call, which scores and learns them in arrival order, each in its device's row: no
+Python per reading, no object per device, and snapshots are the arrays' bytes. The results
+equal those of one River object per device (:class:`ModelBank`; the tests compare them).
 """
 
 from __future__ import annotations
@@ -51,18 +52,9 @@ class StateLayout:
             for index, (name, _) in enumerate(names):
                 block[row, index] = fields[name]
 
-    def gather(self, blocks: list[np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The fields of ``rows`` as a dict of ``(len(rows), features, *shape)`` arrays."""
-        fields = {}
-        for block, names in zip(blocks, self.blocks.values(), strict=True):
-            taken = block[rows]
-            for index, (name, _) in enumerate(names):
-                fields[name] = taken[:, index]
-        return fields
-
-    def scatter(self, blocks: list[np.ndarray], rows: np.ndarray, fields: dict[str, np.ndarray]) -> None:
-        for block, names in zip(blocks, self.blocks.values(), strict=True):
-            block[rows] = np.stack([fields[name] for name, _ in names], axis=1)
+    def by_field(self, blocks: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Each field's name mapped to the block that holds it (what a detector's kernel takes)."""
+        return {name: block for block, names in zip(blocks, self.blocks.values(), strict=True) for name, _ in names}
 
 
 @dataclass
@@ -81,25 +73,6 @@ class _Group:
         for old, new in zip(self.blocks, grown, strict=False):
             new[:capacity] = old
         self.blocks = grown
-
-
-def step_order(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order readings into steps: the k-th reading of every device goes to step k.
-
-    Returns the reading indices sorted by (step, arrival) and the size of each step.
-
-    >>> order, sizes = step_order(np.array([5, 5, 7, 5, 7]))
-    >>> order.tolist(), sizes.tolist()
-    ([0, 2, 1, 4, 3], [2, 2, 1])
-    """
-    by_row = np.argsort(rows, kind="stable")
-    sorted_rows = rows[by_row]
-    first = np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]
-    positions = np.arange(len(rows))
-    start_of_run = np.maximum.accumulate(np.where(first, positions, 0))
-    occurrence = np.empty(len(rows), dtype=np.int64)
-    occurrence[by_row] = positions - start_of_run
-    return np.argsort(occurrence, kind="stable"), np.bincount(occurrence)
 
 
 class VectorBank:
@@ -158,18 +131,7 @@ class VectorBank:
         else:
             values = np.array([pick(r.features) for r in readings], dtype=np.float64)
         times = np.fromiter((r.timestamp for r in readings), np.float64, len(readings))
-        order, sizes = step_order(rows)
-        scores = np.empty(len(readings))
-        start = 0
-        layout, blocks = self.layout, group.blocks
-        for size in sizes.tolist():
-            step = order[start : start + size]
-            start += size
-            step_rows = rows[step]
-            fields = layout.gather(blocks, step_rows)
-            scores[step] = self.detector.score_learn_arrays(fields, values[step], times[step])
-            layout.scatter(blocks, step_rows, fields)
-        return scores
+        return self.detector.score_learn_rows(self.layout.by_field(group.blocks), rows, values, times)
 
     def snapshot(self) -> bytes:
         """Rows and arrays of every group: compact bytes (numpy buffers), cheap every epoch."""
