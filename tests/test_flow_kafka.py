@@ -192,7 +192,9 @@ def test_flow_warm_starts_every_device_from_a_trained_artifact(kafka_bootstrap, 
 
     fleet = Fleet(devices=10, seed=4, fault_rate=0.005, warmup_ticks=320, tick_seconds=60.0, start_time=1.79e9)
     sim = list(fleet.records(10 * 600))
-    history = [parse_message(Raw(r.key, r.value, r.headers, "history", 0, i, r.timestamp_ms)) for i, r in enumerate(sim)]
+    history = [
+        parse_message(Raw(r.key, r.value, r.headers, "history", 0, i, r.timestamp_ms)) for i, r in enumerate(sim)
+    ]
     saved = artifact.save(artifact.train(resolve_detector("compact-novelty"), history[: 10 * 300]), tmp_path / "model")
     live = sim[10 * 300 :]
     produce(kafka_bootstrap, topics["in"], [(r.key, r.value, r.headers) for r in live])
