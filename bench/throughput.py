@@ -1,17 +1,25 @@
-"""Throughput of three Bytewax flows on the same broker and the same messages, in one run.
+"""Throughput, latency, memory and scaling of edgewatch, against references measured in the same run.
 
     python bench/throughput.py [--messages 100000] [--devices 50] [--broker kafka|tansu] [--bootstrap HOST:PORT]
+                               [--quick]
     edgewatch bench            (same thing)
 
-1. ``null``: Bytewax's own KafkaSource → parse JSON → serialize → KafkaSink, per message.
-2. ``naive``: the same, plus one River ``MinMaxScaler | HalfSpaceTrees(n_trees=25, height=8,
-   window_size=250)`` per device in ``op.stateful_map`` (what the River and Bytewax docs suggest).
-3. ``edgewatch``: the product's flow with its default detector.
+On one broker (Apache Kafka 4.x KRaft by default, started for the run), the same messages
+(simulated machines with faults, 4 partitions) are produced once; then, each in its own
+process, reading the topic from the start up to the offsets produced:
 
-The messages (simulated machines with faults) are produced once; each flow then runs in
-its own process, reads the topic from the start to the offsets produced and writes to its
-own output topic. events/s = messages / (end of flow - first message read). Prints one
-line per flow and ends with exactly:
+1. ``null``: Bytewax's own KafkaSource → parse JSON → serialize → KafkaSink, per message.
+2. ``naive``: the same plus one River ``MinMaxScaler | HalfSpaceTrees(n_trees=25, height=8,
+   window_size=250)`` per device in ``op.stateful_map`` (what the River and Bytewax docs show).
+3. ``edgewatch``: the product's flow with its default detector (compact-novelty).
+4. ``ceiling``: plain confluent-kafka, consume every message and produce it again, no Bytewax,
+   no parsing: the most a Python process gets through this broker on this machine.
+5. edgewatch with 1, 2 and 4 Bytewax workers in one process.
+6. latency: edgewatch running (``edgewatch run``) while 10,000 events/s arrive for 20 s:
+   p50/p99 from the producer's send to the labeled event read back.
+7. memory: edgewatch over 10,000 devices: the bytes of model state and the process's peak RSS.
+
+events/s = messages / (end of flow - first message read). It ends with exactly:
 
     bench: null=N naive=N edgewatch=N ratio_vs_naive=X ratio_vs_null=Y
 """
@@ -20,9 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -31,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 from edgewatch.connectors.kafka import ensure_topics  # noqa: E402
 from edgewatch.simulator import Fleet  # noqa: E402
@@ -53,8 +65,8 @@ def produce_messages(bootstrap: str, topic: str, messages: int, devices: int) ->
         ends[key] = max(ends.get(key, 0), msg.offset() + 1)
 
     # source times are recent: Kafka deletes messages older than its retention (7 days by default)
-    start = time.time() - messages / devices
-    fleet = Fleet(devices=devices, seed=42, fault_rate=0.003, start_time=start, tick_seconds=1.0)
+    ticks = max(1, messages // devices)
+    fleet = Fleet(devices=devices, seed=42, fault_rate=0.003, start_time=time.time() - ticks, tick_seconds=1.0)
     for record in fleet.records(messages):
         while True:
             try:
@@ -113,7 +125,7 @@ class _FirstBatchClock:
         self.source = Source()
 
 
-def _reference_flow(kind: str, bootstrap: str, topic: str, out_topic: str, clock: _FirstBatchClock):
+def _reference_flow(kind: str, bootstrap: str, out_topic: str, clock: _FirstBatchClock):
     """The null and naive flows, written the way the Bytewax and River docs show."""
     import bytewax.operators as op
     import orjson
@@ -159,43 +171,196 @@ def _reference_flow(kind: str, bootstrap: str, topic: str, out_topic: str, clock
     return flow
 
 
-def run_one(kind: str, bootstrap: str, topic: str, stop_offsets: dict[tuple[str, int], int]) -> dict:
-    """Run one flow to the end in this process and time it."""
-    from bytewax.connectors.kafka import KafkaSource
-    from bytewax.testing import run_main
-
+def _edgewatch_flow(bootstrap: str, topic: str, out_topic: str, stop_offsets: dict, workers: int = 1):
     from edgewatch.config import FlowSettings
     from edgewatch.connectors.kafka import KafkaBatchSource
     from edgewatch.flows.anomaly import build_flow
 
-    out_topic = f"{topic}-out-{kind}"
     config = {"bootstrap.servers": bootstrap}
-    ensure_topics(config, [out_topic, f"{topic}-dlq"], PARTITIONS)
-    messages = sum(stop_offsets.values())
+    shards = 1 if workers == 1 else 4 * workers  # what `edgewatch run --workers` does
+    settings = FlowSettings(
+        bootstrap=bootstrap, in_topic=topic, out_topic=out_topic, dlq_topic=f"{out_topic}-dlq", shards=shards
+    )
+    ensure_topics(config, [out_topic, settings.dlq_topic], PARTITIONS)
+    clock = _FirstBatchClock(KafkaBatchSource(config, [topic], settings.batch_size, stop_offsets=stop_offsets))
+    return build_flow(settings, source=clock.source), clock
+
+
+def run_flow(kind: str, bootstrap: str, topic: str, stop_offsets: dict, workers: int = 1) -> dict:
+    """Run one flow to the end in this process and time it."""
+    from bytewax._bytewax import cli_main
+    from bytewax.connectors.kafka import KafkaSource
+
+    out_topic = f"{topic}-out-{kind}-{workers}"
     if kind == "edgewatch":
-        settings = FlowSettings(bootstrap=bootstrap, in_topic=topic, out_topic=out_topic, dlq_topic=f"{topic}-dlq")
-        clock = _FirstBatchClock(KafkaBatchSource(config, [topic], settings.batch_size, stop_offsets=stop_offsets))
-        flow = build_flow(settings, source=clock.source)
+        flow, clock = _edgewatch_flow(bootstrap, topic, out_topic, stop_offsets, workers)
     else:
+        ensure_topics({"bootstrap.servers": bootstrap}, [out_topic], PARTITIONS)
         clock = _FirstBatchClock(KafkaSource([bootstrap], [topic], tail=False))
-        flow = _reference_flow(kind, bootstrap, topic, out_topic, clock)
-    run_main(flow)
+        flow = _reference_flow(kind, bootstrap, out_topic, clock)
+    cli_main(flow, workers_per_process=workers)
     seconds = time.perf_counter() - clock.first
-    return {"flow": kind, "messages": messages, "seconds": seconds, "events_per_s": messages / seconds}
+    messages = sum(stop_offsets.values())
+    return {"messages": messages, "seconds": seconds, "events_per_s": messages / seconds}
 
 
-def _run_in_subprocess(kind: str, bootstrap: str, topic: str, stop_offsets: dict) -> dict:
-    encoded = json.dumps([[t, p, o] for (t, p), o in stop_offsets.items()])
+def run_ceiling(bootstrap: str, topic: str, stop_offsets: dict) -> dict:
+    """Plain confluent-kafka: consume every message and produce it to another topic."""
+    out_topic = f"{topic}-out-ceiling"
+    ensure_topics({"bootstrap.servers": bootstrap}, [out_topic], PARTITIONS)
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench-ceiling", "enable.auto.commit": "false",
+         "fetch.wait.max.ms": "10"}
+    )  # fmt: skip
+    consumer.assign([TopicPartition(t, p, 0) for (t, p) in stop_offsets])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "2"})
+    remaining = sum(stop_offsets.values())
+    first = None
+    while remaining:
+        messages = consumer.consume(2000, 0.1)
+        if messages and first is None:
+            first = time.perf_counter()
+        for msg in messages:
+            if msg.error() is None:
+                producer.produce(out_topic, msg.value(), msg.key(), headers=msg.headers())
+                remaining -= 1
+        producer.poll(0)
+    producer.flush(60)
+    seconds = time.perf_counter() - first
+    consumer.close()
+    messages = sum(stop_offsets.values())
+    return {"messages": messages, "seconds": seconds, "events_per_s": messages / seconds}
+
+
+def run_memory(bootstrap: str, topic: str, stop_offsets: dict) -> dict:
+    """edgewatch over many devices: bytes of model state (the banks' arrays) and peak RSS."""
+    import edgewatch.flows.anomaly as anomaly
+
+    banks = []
+    original = anomaly.ModelBankLogic.__init__
+
+    def remember(self, bank):
+        original(self, bank)
+        banks.append(bank)
+
+    anomaly.ModelBankLogic.__init__ = remember
+    result = run_flow("edgewatch", bootstrap, topic, stop_offsets)
+    groups = [group for bank in banks for group in bank.groups.values()]
+    devices = sum(len(group.rows) for group in groups)
+    allocated = sum(block.nbytes for group in groups for block in group.blocks)
+    per_device = allocated / max(1, sum(len(group.blocks[0]) for group in groups))
+    result.update(
+        devices=devices,
+        state_bytes=per_device * devices,  # the rows in use (the arrays grow by doubling)
+        allocated_bytes=allocated,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
+    return result
+
+
+def run_latency(bootstrap: str, rate: float = 10_000.0, seconds: float = 20.0, devices: int = 200) -> dict:
+    """p50/p99 from send to labeled event, with `edgewatch run` receiving a steady ``rate``."""
+    suffix = f"{os.getpid()}"
+    topics = {"in": f"lat-in-{suffix}", "out": f"lat-out-{suffix}", "dlq": f"lat-dlq-{suffix}"}
+    ensure_topics({"bootstrap.servers": bootstrap}, topics.values(), PARTITIONS)
+    log = tempfile.NamedTemporaryFile(prefix="bench-latency-", suffix=".log", delete=False)  # noqa: SIM115
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "edgewatch", "run", "--bootstrap", bootstrap, "--in-topic", topics["in"],
+         "--out-topic", topics["out"], "--dlq-topic", topics["dlq"]],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    latencies: list[float] = []
+    received = threading.Event()
+    done = threading.Event()
+
+    def read() -> None:
+        consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "bench-latency", "enable.auto.commit": "false",
+             "fetch.wait.max.ms": "5", "fetch.min.bytes": "1"}
+        )  # fmt: skip
+        consumer.assign([TopicPartition(topics["out"], p, 0) for p in range(PARTITIONS)])
+        while not done.is_set():
+            for msg in consumer.consume(1000, 0.05):
+                if msg.error() is None:
+                    now = time.time()
+                    sent = dict(msg.headers() or []).get("sent")
+                    if sent is not None:
+                        latencies.append(now - float(sent))
+                        received.set()
+        consumer.close()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "1"})
+    fleet = Fleet(devices=devices, seed=7, fault_rate=0.003, start_time=time.time(), tick_seconds=devices / rate)
+    try:
+        # wait until the flow answers, then measure
+        warmup = fleet.records(devices * 5)
+        deadline = time.monotonic() + 60
+        for record in warmup:
+            producer.produce(topics["in"], record.value, record.key, headers=[("sent", str(time.time()).encode())])
+        producer.flush(10)
+        while not received.wait(0.5):
+            if time.monotonic() > deadline or flow.poll() is not None:
+                raise RuntimeError(f"edgewatch run did not answer; see {log.name}")
+        time.sleep(1.0)
+        latencies.clear()
+        start = time.perf_counter()
+        for sent, record in enumerate(fleet.records(int(rate * seconds))):
+            ahead = start + sent / rate - time.perf_counter()
+            if ahead > 0.001:
+                time.sleep(ahead)
+            headers = [*record.headers, ("sent", repr(time.time()).encode())]
+            while True:
+                try:
+                    producer.produce(topics["in"], record.value, record.key, headers=headers)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            producer.poll(0)
+        producer.flush(30)
+        achieved = rate * seconds / (time.perf_counter() - start)
+        time.sleep(2.0)
+    finally:
+        done.set()
+        reader.join(10)
+        flow.send_signal(signal.SIGTERM)
+        try:
+            flow.wait(30)
+        except subprocess.TimeoutExpired:
+            flow.kill()
+        log.close()
+    ordered = sorted(latencies)
+    if not ordered:
+        raise RuntimeError("no labeled events came back")
+    return {
+        "events": len(ordered),
+        "rate": achieved,
+        "p50_ms": 1000 * ordered[len(ordered) // 2],
+        "p99_ms": 1000 * ordered[int(len(ordered) * 0.99)],
+        "max_ms": 1000 * ordered[-1],
+    }
+
+
+def _child(kind: str, *args: str) -> dict:
     result = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--bootstrap", bootstrap, "--topic", topic, "--offsets", encoded],
-        check=True,
-        capture_output=True,
-        text=True,
+        [sys.executable, __file__, "--child", kind, *args], check=True, capture_output=True, text=True
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main(messages: int = 100_000, devices: int = 50, bootstrap: str | None = None, broker_kind: str = "kafka") -> dict:
+def _offsets_arg(stop_offsets: dict) -> str:
+    return json.dumps([[t, p, o] for (t, p), o in stop_offsets.items()])
+
+
+def main(
+    messages: int = 100_000,
+    devices: int = 50,
+    bootstrap: str | None = None,
+    broker_kind: str = "kafka",
+    quick: bool = False,
+) -> dict:
+    """Every measurement in one run; ``quick`` skips latency, memory and scaling (smoke tests)."""
     with ExitStack() as stack:
         if bootstrap is None:
             if broker_kind == "tansu":
@@ -208,22 +373,57 @@ def main(messages: int = 100_000, devices: int = 50, bootstrap: str | None = Non
                 bootstrap = stack.enter_context(ApacheKafka(Path(tempfile.mkdtemp(prefix="bench-kafka-")))).bootstrap
         topic = f"bench-{int(time.time())}"
         stop_offsets = produce_messages(bootstrap, topic, messages, devices)
+        offsets = _offsets_arg(stop_offsets)
         print(f"bench: {messages} messages from {devices} devices on {bootstrap} ({broker_kind})", flush=True)
         results = {}
         for kind in FLOWS:
-            results[kind] = _run_in_subprocess(kind, bootstrap, topic, stop_offsets)
+            results[kind] = _child(kind, "--bootstrap", bootstrap, "--topic", topic, "--offsets", offsets)
             r = results[kind]
             print(
                 f"  {kind:10s} {r['events_per_s']:10.0f} events/s  ({r['messages']} in {r['seconds']:.2f} s)",
                 flush=True,
             )
-    null, naive, edgewatch = (results[kind]["events_per_s"] for kind in FLOWS)
+        ceiling = _child("ceiling", "--bootstrap", bootstrap, "--topic", topic, "--offsets", offsets)
+        edgewatch = results["edgewatch"]["events_per_s"]
+        print(
+            f"  {'ceiling':10s} {ceiling['events_per_s']:10.0f} events/s  (confluent-kafka consume + produce only; "
+            f"edgewatch reaches {edgewatch / ceiling['events_per_s']:.0%} of it)",
+            flush=True,
+        )
+        if not quick:
+            scaling = {}
+            for workers in (1, 2, 4):
+                scaling[workers] = _child(
+                    "edgewatch", "--bootstrap", bootstrap, "--topic", topic, "--offsets", offsets,
+                    "--workers", str(workers),
+                )["events_per_s"]  # fmt: skip
+            print(
+                "  workers    " + "  ".join(f"{w}: {rate:.0f} events/s" for w, rate in scaling.items()),
+                flush=True,
+            )
+            latency = _child("latency", "--bootstrap", bootstrap)
+            print(
+                f"  latency    p50={latency['p50_ms']:.1f} ms p99={latency['p99_ms']:.1f} ms "
+                f"max={latency['max_ms']:.1f} ms at {latency['rate']:.0f} events/s ({latency['events']} events)",
+                flush=True,
+            )
+            memory_topic = f"{topic}-devices"
+            memory_offsets = produce_messages(bootstrap, memory_topic, 200_000, 10_000)
+            memory = _child(
+                "memory", "--bootstrap", bootstrap, "--topic", memory_topic, "--offsets", _offsets_arg(memory_offsets)
+            )
+            print(
+                f"  memory     {memory['devices']} devices: model state {memory['state_bytes'] / 1e6:.1f} MB "
+                f"({memory['state_bytes'] / memory['devices']:.0f} B per device), "
+                f"peak RSS {memory['peak_rss_bytes'] / 1e6:.0f} MB",
+                flush=True,
+            )
+    null, naive = results["null"]["events_per_s"], results["naive"]["events_per_s"]
     print(
         f"bench: null={null:.0f} naive={naive:.0f} edgewatch={edgewatch:.0f} "
         f"ratio_vs_naive={edgewatch / naive:.1f} ratio_vs_null={edgewatch / null:.2f}"
     )
-    rates = {"null": null, "naive": naive, "edgewatch": edgewatch}
-    return rates
+    return {"null": null, "naive": naive, "edgewatch": edgewatch, "ceiling": ceiling["events_per_s"]}
 
 
 if __name__ == "__main__":
@@ -232,12 +432,22 @@ if __name__ == "__main__":
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--bootstrap")
     parser.add_argument("--broker", default="kafka", choices=("kafka", "tansu"))
-    parser.add_argument("--child", choices=FLOWS, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="throughput only (no latency, memory, scaling)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--offsets", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        offsets = {(t, p): o for t, p, o in json.loads(args.offsets)}
-        print(json.dumps(run_one(args.child, args.bootstrap, args.topic, offsets)))
+        offsets = {(t, p): o for t, p, o in json.loads(args.offsets)} if args.offsets else {}
+        if args.child in FLOWS:
+            outcome = run_flow(args.child, args.bootstrap, args.topic, offsets, args.workers)
+        elif args.child == "ceiling":
+            outcome = run_ceiling(args.bootstrap, args.topic, offsets)
+        elif args.child == "memory":
+            outcome = run_memory(args.bootstrap, args.topic, offsets)
+        else:
+            outcome = run_latency(args.bootstrap)
+        print(json.dumps(outcome))
     else:
-        main(args.messages, args.devices, args.bootstrap, args.broker)
+        main(args.messages, args.devices, args.bootstrap, args.broker, args.quick)

@@ -237,6 +237,7 @@ def bench(
         str | None, typer.Option(help="Kafka to measure on (default: a fresh Apache Kafka or Tansu)")
     ] = None,
     broker_kind: Annotated[str, typer.Option("--broker", help="kafka (Apache Kafka, JVM) | tansu")] = "kafka",
+    quick: Annotated[bool, typer.Option("--quick", help="throughput only: no latency, memory or scaling")] = False,
 ) -> None:
     """Throughput of a null flow, the naive River flow and edgewatch, in one run (source checkout)."""
     checkout = Path(__file__).resolve().parents[1]
@@ -245,7 +246,7 @@ def bench(
     sys.path.insert(0, str(checkout))
     from bench.throughput import main as bench_main
 
-    bench_main(messages=messages, devices=devices, bootstrap=bootstrap, broker_kind=broker_kind)
+    bench_main(messages=messages, devices=devices, bootstrap=bootstrap, broker_kind=broker_kind, quick=quick)
 
 
 @app.command()
@@ -320,6 +321,21 @@ def evaluate_nab(
     if report:
         typer.echo(f"report: {nab_replay.write_report(run, out)}", err=True)
     typer.echo(run.line())
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        Path | None, typer.Option(help="edgewatch train output (or a folder holding one)", show_default=False)
+    ] = None,
+    port: Annotated[int, typer.Option(help="port")] = 5001,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(help="worker processes; each keeps its own device models")] = 1,
+) -> None:
+    """Serve POST /score and GET / as an Azure ML online endpoint does (azureml-inference-server-http)."""
+    from edgewatch.serving import serve as run_server
+
+    run_server(model, host=host, port=port, workers=workers)
 
 
 data_app = typer.Typer(help="Public datasets: fetched on demand, never shipped.", no_args_is_help=True)

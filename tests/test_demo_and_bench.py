@@ -28,7 +28,7 @@ def test_demo_runs_and_accounts_for_every_event():
 
 
 def test_bench_prints_its_summary_line(kafka_bootstrap, capsys):
-    rates = bench_main(messages=1500, devices=5, bootstrap=kafka_bootstrap)
+    rates = bench_main(messages=1500, devices=5, bootstrap=kafka_bootstrap, quick=True)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"bench: null=\d+ naive=\d+ edgewatch=\d+ ratio_vs_naive=[\d.]+ ratio_vs_null=[\d.]+", last)
     assert all(rate > 0 for rate in rates.values())
