@@ -5,7 +5,19 @@ from typer.testing import CliRunner
 from edgewatch.cli import app
 
 runner = CliRunner()
-COMMANDS = ["broker", "simulate", "run", "demo", "bench", "train", "evaluate", "evaluate nab", "data", "data fetch"]
+COMMANDS = [
+    "broker",
+    "simulate",
+    "run",
+    "demo",
+    "bench",
+    "train",
+    "evaluate",
+    "evaluate nab",
+    "data",
+    "data fetch",
+    "serve",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

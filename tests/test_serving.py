@@ -1,0 +1,285 @@
+"""The Azure ML entry script, served by the real Azure ML inference server (azureml-inference-server-http).
+
+Most tests drive the server's own Flask app in-process (the app gunicorn runs in Azure ML,
+``azureml_inference_server_http.server.entry:app``, built by ``create_app.create()``); one
+starts :func:`edgewatch.serving.serve` as a process on loopback, as ``edgewatch serve`` does.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.util
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("azureml_inference_server_http", reason="needs azureml-inference-server-http (dev extra)")
+
+from edgewatch.online_models import artifact as artifact_module
+from edgewatch.online_models.bank import new_bank
+from edgewatch.online_models.registry import resolve_detector
+from edgewatch.schema import RawMessage, Reading
+from edgewatch.serving import SCORE_SCRIPT, server_environment
+
+DETECTOR = "robust-zscore"
+START = 1_780_000_000.0  # 2026-05-28, epoch seconds
+
+
+def pump_body(device: str, step: int, rpm: float | None = None) -> dict:
+    """A generic reading of a pump whose rpm follows a slow wave."""
+    value = 1450.0 + 20.0 * math.sin(step / 10.0) if rpm is None else rpm
+    return {"deviceId": device, "timestamp": START + step, "values": {"rpm": value, "temp": 60.0 + (step % 7) * 0.1}}
+
+
+def as_reading(body: dict, index: int = 0) -> Reading:
+    raw = RawMessage(None, json.dumps(body).encode(), [], "history", 0, index)
+    return Reading(body["deviceId"], float(body["timestamp"]), {k: float(v) for k, v in body["values"].items()}, raw)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A trained artifact of three pumps (what `edgewatch train` writes)."""
+    history = [as_reading(pump_body(f"pump-{d}", step), step) for step in range(300) for d in range(3)]
+    path = tmp_path_factory.mktemp("registered") / "model"
+    saved = artifact_module.save(artifact_module.train(resolve_detector(DETECTOR), history, source="test"), path)
+    assert saved.version.startswith(DETECTOR)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server_module():
+    """The inference server's app factory, imported once with our entry script configured.
+
+    The server configures itself at import (entry script, logging) and redirects ``print``
+    to its logger whenever it builds an app: the fixture gives both back afterwards.
+    """
+    saved_env = {name: os.environ.get(name) for name in server_environment()}
+    os.environ.update(server_environment())
+    loggers = {
+        name: lg.disabled for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)
+    }
+    saved_print = builtins.print
+    from azureml_inference_server_http.server import create_app
+
+    yield create_app
+    builtins.print = saved_print
+    for name, disabled in loggers.items():
+        logging.getLogger(name).disabled = disabled
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def make_client(server_module, monkeypatch):
+    """Build the server's Flask app (runs the entry script's init()) for a model dir; return its test client."""
+    saved_print = builtins.print
+
+    def make(model_root: Path | None):
+        monkeypatch.delenv("EDGEWATCH_MODEL_DIR", raising=False)
+        monkeypatch.delenv("EDGEWATCH_THRESHOLD", raising=False)
+        if model_root is None:
+            monkeypatch.delenv("AZUREML_MODEL_DIR", raising=False)
+        else:
+            monkeypatch.setenv("AZUREML_MODEL_DIR", str(model_root))
+        try:
+            app = server_module.create()
+        finally:
+            builtins.print = saved_print
+        return app.test_client()
+
+    return make
+
+
+def post(client, body, raw: bytes | None = None):
+    data = raw if raw is not None else json.dumps(body)
+    return client.post("/score", data=data, headers={"Content-Type": "application/json"})
+
+
+def test_health_probe_answers(make_client, model_dir):
+    response = make_client(model_dir).get("/")
+    assert response.status_code == 200 and response.get_data(as_text=True) == "Healthy"
+
+
+def test_scores_equal_the_flow_banks_and_state_is_kept_between_calls(make_client, model_dir):
+    client = make_client(model_dir)
+    bodies = [pump_body(f"pump-{d}", 300 + step) for step in range(40) for d in (0, 1, 7)]  # pump-7 is new
+    bodies.append(pump_body("pump-0", 340, rpm=2900.0))  # a spike on a known pump
+    first, second = post(client, bodies[:50]), post(client, bodies[50:])  # split across two requests
+    assert first.status_code == second.status_code == 200
+    results = first.get_json()["results"] + second.get_json()["results"]
+
+    loaded = artifact_module.load(model_dir)
+    expected, dead = new_bank(loaded.spec, None, loaded).label([as_reading(b, i) for i, b in enumerate(bodies)])
+    assert not dead
+    assert [r["score"] for r in results] == pytest.approx([e.score for e in expected], abs=1e-12)
+    assert [r["is_anomaly"] for r in results] == [e.is_anomaly for e in expected]
+    assert [r["device_id"] for r in results] == [b["deviceId"] for b in bodies]
+    assert results[-1]["is_anomaly"] and results[-1]["score"] > max(r["score"] for r in results[:-1])
+    model = first.get_json()["model"]
+    assert model == {"name": DETECTOR, "version": loaded.version, "threshold": loaded.spec.threshold}
+
+
+def test_model_one_folder_down_as_azure_ml_mounts_it(make_client, model_dir):
+    client = make_client(model_dir.parent)  # AZUREML_MODEL_DIR/<registered folder>/model.json
+    response = post(client, pump_body("pump-1", 301))
+    assert response.status_code == 200
+    assert response.get_json()["model"]["version"] == artifact_module.load(model_dir).version
+
+
+def test_simulated_temperature_sensor_body_with_device_id(make_client, model_dir):
+    body = {
+        "deviceId": "machine-9",
+        "machine": {"temperature": 21.3, "pressure": 1.02},
+        "ambient": {"temperature": 20.8, "humidity": 25},
+        "timeCreated": "2026-11-23T01:05:00.1234567Z",
+    }
+    response = post(make_client(None), body)  # no model: fresh detectors
+    assert response.status_code == 200, response.get_data(as_text=True)
+    (result,) = response.get_json()["results"]
+    assert result["device_id"] == "machine-9" and result["timestamp"] == "2026-11-23T01:05:00.123456Z"
+    assert 0.0 <= result["score"] <= 1.0 and result["is_anomaly"] in (True, False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"deviceId": "p", "values": {"rpm": 1}', "body is not JSON"),
+        (b"[]", "empty list"),
+        (b'"hello"', "1 of 1 readings cannot be scored"),
+        (b'{"values": {"rpm": 1}}', "1 of 1 readings cannot be scored"),
+        (b"\xff\xfe", "Input cannot be decoded as UTF-8"),  # refused by the server before run()
+    ],
+)
+def test_bad_bodies_are_400_with_a_reason(make_client, model_dir, raw, message):
+    response = post(make_client(model_dir), None, raw=raw)
+    assert response.status_code == 400
+    body = response.get_json()
+    text = body["error"]["message"] if "error" in body else body["message"]
+    assert message in text
+
+
+def test_a_bad_reading_refuses_the_whole_request_and_teaches_nothing(make_client, model_dir):
+    client = make_client(model_dir)
+    good = [pump_body("pump-2", 300 + step) for step in range(5)]
+    bad = [*good[:2], {"deviceId": "pump-2", "timestamp": START, "values": {"rpm": "fast"}}, *good[2:]]
+    response = post(client, bad)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["readings"] == [
+        {"index": 2, "error": "values.rpm must be a number, got string"}
+    ]
+
+    after = post(client, good).get_json()["results"]  # as if the bad request never came
+    fresh = post(make_client(model_dir), good).get_json()["results"]
+    assert [r["score"] for r in after] == [r["score"] for r in fresh]
+
+
+def test_tampered_model_stops_the_server_at_init(make_client, model_dir, tmp_path):
+    tampered = tmp_path / "model"
+    tampered.mkdir()
+    (tampered / "model.json").write_bytes((model_dir / "model.json").read_bytes())
+    blob = (model_dir / "model.pkl").read_bytes()
+    (tampered / "model.pkl").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(SystemExit) as stopped:
+        make_client(tampered)
+    assert stopped.value.code == 3  # what gunicorn treats as a boot error
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    raise AssertionError(f"{url} not healthy after {seconds} s")
+
+
+def test_serve_runs_the_inference_server_on_loopback(model_dir, tmp_path):
+    port = free_port()
+    code = (
+        f"from pathlib import Path; from edgewatch.serving import serve; serve(Path({str(model_dir)!r}), port={port})"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZUREML_", "AML_", "EDGEWATCH_"))}
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/", process, seconds=60)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/score",
+            data=json.dumps([pump_body("pump-0", 300), pump_body("pump-0", 301)]).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = json.load(response)
+        assert [r["device_id"] for r in body["results"]] == ["pump-0", "pump-0"]
+        assert body["model"]["version"] == artifact_module.load(model_dir).version
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert SCORE_SCRIPT.name in (tmp_path / "serve.log").read_text()
+
+
+AZUREML_DIR = Path(__file__).resolve().parents[1] / "k8s" / "azureml"
+
+
+def conda_pins() -> dict[str, str]:
+    import yaml
+
+    conda = yaml.safe_load((AZUREML_DIR / "conda.yaml").read_text())
+    (pip,) = [item["pip"] for item in conda["dependencies"] if isinstance(item, dict)]
+    assert "python=3.11" in conda["dependencies"]
+    return dict(requirement.split("==") for requirement in pip)
+
+
+def test_azure_ml_environment_pins_edgewatch_and_the_server_consistently():
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    spec = importlib.util.spec_from_file_location("render_conda", AZUREML_DIR / "render_conda.py")
+    render_conda = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_conda)
+    committed = (AZUREML_DIR / "conda.yaml").read_text()
+    assert committed == render_conda.conda_text(), "conda.yaml is stale: run `python k8s/azureml/render_conda.py`"
+
+    pins = conda_pins()
+    assert pins.pop("azureml-inference-server-http") == version("azureml-inference-server-http")
+    for text in requires("azureml-inference-server-http"):  # the server's own requirements hold
+        requirement = Requirement(text)
+        if requirement.marker is None and requirement.name in pins:
+            assert pins[requirement.name] in requirement.specifier, f"{requirement} vs {pins[requirement.name]}"
+
+
+def test_azure_ml_deployment_points_at_this_entry_script():
+    import yaml
+
+    deployment = yaml.safe_load((AZUREML_DIR / "deployment.yml").read_text())
+    code = (AZUREML_DIR / deployment["code_configuration"]["code"]).resolve()
+    assert (code / deployment["code_configuration"]["scoring_script"]).resolve() == SCORE_SCRIPT
+    assert (AZUREML_DIR / deployment["environment"]["conda_file"]).is_file()
+    assert deployment["environment_variables"]["WORKER_COUNT"] == "1"  # one model bank per endpoint instance
+    endpoint = yaml.safe_load((AZUREML_DIR / "endpoint.yml").read_text())
+    assert deployment["endpoint_name"] == endpoint["name"]
