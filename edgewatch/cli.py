@@ -151,8 +151,29 @@ def run(
     metrics_port: Annotated[
         int | None, typer.Option(help="serve Prometheus metrics on this port", show_default=False)
     ] = None,
+    eventhubs_connection_string: Annotated[
+        str | None,
+        typer.Option(
+            help="read/write Event Hubs' Kafka endpoint (SASL_SSL, PLAIN, $ConnectionString)", show_default=False
+        ),
+    ] = None,
+    iothub: Annotated[
+        bool | None, typer.Option("--iothub/--no-iothub", help="also send to IoT Hub as this IoT Edge module")
+    ] = None,
+    iothub_connection_string: Annotated[
+        str | None, typer.Option(help="also send to IoT Hub as this device (GatewayHostName= allowed)")
+    ] = None,
+    iothub_send: Annotated[str | None, typer.Option(help="anomalies | all [anomalies]", show_default=False)] = None,
+    iothub_output: Annotated[str | None, typer.Option(help="module output [labeled]", show_default=False)] = None,
+    iothub_ca_cert: Annotated[Path | None, typer.Option(help="CA to trust (gateway)", show_default=False)] = None,
+    eventhubs_sink_hub: Annotated[
+        str | None, typer.Option(help="also send to this event hub over AMQP", show_default=False)
+    ] = None,
+    buffer_dir: Annotated[
+        Path | None, typer.Option(help="store-and-forward files for IoT Hub/Event Hubs", show_default=False)
+    ] = None,
 ) -> None:
-    """Run the anomaly flow: telemetry topic → labeled topic (+ dead-letter topic)."""
+    """Run the anomaly flow: telemetry topic → labeled topic (+ dead-letter topic, IoT Hub, Event Hubs)."""
     from bytewax._bytewax import cli_main
     from bytewax.recovery import RecoveryConfig
 
@@ -172,8 +193,17 @@ def run(
         threshold=threshold,
         shards=shards if shards is not None or workers == 1 else 4 * workers,
         batch_size=batch_size,
+        eventhubs_connection_string=eventhubs_connection_string,
+        iothub=iothub,
+        iothub_connection_string=iothub_connection_string,
+        iothub_send=iothub_send,
+        iothub_output=iothub_output,
+        iothub_ca_cert=iothub_ca_cert,
+        eventhubs_sink_hub=eventhubs_sink_hub,
+        buffer_dir=buffer_dir,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)  # the IoT SDK logs every message it sends
     if settings.model_dir is not None:
         from edgewatch.online_models import artifact
 

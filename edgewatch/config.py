@@ -66,6 +66,20 @@ class FlowSettings(KafkaSettings):
     )
     batch_size: int = Field(2000, ge=1, description="most messages taken from Kafka per poll")
     from_beginning: bool = Field(True, description="without recovery state, start at the earliest offset")
+    # Azure: labeled events to IoT Hub and/or Event Hubs (AMQP), through an on-disk store-and-forward buffer
+    iothub: bool = Field(False, description="send to IoT Hub as this IoT Edge module (edge environment)")
+    iothub_connection_string: str | None = Field(None, description="send to IoT Hub as this device (or module)")
+    iothub_send: Literal["anomalies", "all"] = "anomalies"
+    iothub_output: str = Field("labeled", description="module output name (IoT Edge routes)")
+    iothub_ca_cert: Path | None = Field(None, description="CA to trust, e.g. a transparent gateway's")
+    eventhubs_sink_hub: str | None = Field(None, description="send to this event hub over AMQP")
+    eventhubs_sink_connection_string: str | None = Field(
+        None, description="namespace connection string of the AMQP sink [eventhubs_connection_string]"
+    )
+    eventhubs_sink_send: Literal["anomalies", "all"] = "all"
+    buffer_dir: Path = Field(Path("edgewatch-buffer"), description="store-and-forward files (a persistent volume)")
+    buffer_max_mb: float = Field(256.0, gt=0, description="buffer size limit; the oldest are dropped beyond it")
+    buffer_max_age_hours: float = Field(24.0, gt=0, description="buffered events older than this are dropped")
 
 
 class SimulatorSettings(KafkaSettings):

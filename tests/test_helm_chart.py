@@ -251,6 +251,10 @@ def test_values_mirror_every_flow_setting():
         "sasl_password",
         "eventhubs_connection_string",
         "ssl_ca_location",
+        "iothub_connection_string",
+        "eventhubs_sink_connection_string",
+        "iothub_ca_cert",
+        "buffer_dir",
     }
     assert chart_values | chart_managed == set(FlowSettings.model_fields)
     assert not chart_values & chart_managed

@@ -35,24 +35,20 @@ def client_config(settings) -> dict[str, str]:
     An Event Hubs connection string sets everything its Kafka endpoint needs: SASL_SSL,
     PLAIN, user ``$ConnectionString`` and the connection string as the password.
     """
-    config = {"bootstrap.servers": settings.bootstrap, "security.protocol": settings.security_protocol}
     if settings.eventhubs_connection_string:
-        config.update(
-            {
-                "security.protocol": "SASL_SSL",
-                "sasl.mechanism": "PLAIN",
-                "sasl.username": "$ConnectionString",
-                "sasl.password": settings.eventhubs_connection_string,
-            }
-        )
-    else:
-        for option, value in (
-            ("sasl.mechanism", settings.sasl_mechanism),
-            ("sasl.username", settings.sasl_username),
-            ("sasl.password", settings.sasl_password),
-        ):
-            if value:
-                config[option] = value
+        from edgewatch.connectors.eventhubs import eventhubs_kafka_config
+
+        # the namespace's Kafka endpoint, unless a bootstrap was given explicitly
+        bootstrap = settings.bootstrap if "bootstrap" in settings.model_fields_set else None
+        return eventhubs_kafka_config(settings.eventhubs_connection_string, settings.ssl_ca_location, bootstrap)
+    config = {"bootstrap.servers": settings.bootstrap, "security.protocol": settings.security_protocol}
+    for option, value in (
+        ("sasl.mechanism", settings.sasl_mechanism),
+        ("sasl.username", settings.sasl_username),
+        ("sasl.password", settings.sasl_password),
+    ):
+        if value:
+            config[option] = value
     if settings.ssl_ca_location:
         config["ssl.ca.location"] = settings.ssl_ca_location
     return config

@@ -130,7 +130,54 @@ def build_flow(
     results = op.merge("results", dead, op.key_rm("unshard", detected))
     records = op.map("serialize", results, lambda items: to_records(items, settings))
     op.output("kafka-out", records, sink or KafkaBatchSink(kafka))
+    for name, cloud_sink in cloud_sinks(settings):  # each skips dead letters itself
+        op.output(name, results, cloud_sink)
     return flow
+
+
+def cloud_sinks(settings: FlowSettings) -> list[tuple[str, Sink]]:
+    """IoT Hub and Event Hubs (AMQP) sinks the settings ask for, behind store-and-forward buffers."""
+    from edgewatch.connectors.store_forward import BufferPolicy
+
+    policy = BufferPolicy(
+        max_bytes=int(settings.buffer_max_mb * 2**20), max_age_seconds=settings.buffer_max_age_hours * 3600
+    )
+    sinks: list[tuple[str, Sink]] = []
+    if settings.iothub or settings.iothub_connection_string:
+        from edgewatch.connectors.iothub import IoTHubSink
+
+        sinks.append(
+            (
+                "iothub-out",
+                IoTHubSink(
+                    settings.buffer_dir,
+                    settings.iothub_connection_string,
+                    settings.iothub_output,
+                    settings.iothub_send,
+                    settings.iothub_ca_cert,
+                    policy=policy,
+                ),
+            )
+        )
+    if settings.eventhubs_sink_hub:
+        from edgewatch.connectors.eventhubs import EventHubsSink
+
+        connection_string = settings.eventhubs_sink_connection_string or settings.eventhubs_connection_string
+        if not connection_string:
+            raise ValueError("eventhubs_sink_hub needs eventhubs_sink_connection_string or eventhubs_connection_string")
+        sinks.append(
+            (
+                "eventhubs-out",
+                EventHubsSink(
+                    settings.buffer_dir,
+                    connection_string,
+                    settings.eventhubs_sink_hub,
+                    settings.eventhubs_sink_send,
+                    policy=policy,
+                ),
+            )
+        )
+    return sinks
 
 
 def init_recovery_dir(path: Path, settings: FlowSettings, partitions: int = 1) -> None:

@@ -90,6 +90,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - name: EDGEWATCH_SSL_CA_LOCATION
   value: {{ printf "/etc/edgewatch/kafka-ca/%s" .Values.kafkaCa.key | quote }}
 {{- end }}
+{{- with .Values.cloudSecret }}
+{{- if and .name .iothubConnectionStringKey }}
+- name: EDGEWATCH_IOTHUB_CONNECTION_STRING
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .iothubConnectionStringKey }}
+{{- end }}
+{{- if and .name .eventhubsSinkConnectionStringKey }}
+- name: EDGEWATCH_EVENTHUBS_SINK_CONNECTION_STRING
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .eventhubsSinkConnectionStringKey }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Pod-level security shared by the flow and the simulator. */}}
