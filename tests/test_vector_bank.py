@@ -91,3 +91,24 @@ def test_warm_started_vector_bank_equals_warm_started_river_objects():
     assert [e.is_anomaly for e in actual] == [e.is_anomaly for e in expected]
     # warm started: no device begins with the zeros of a cold start
     assert min(e.score for e in actual[:12]) >= 0.0 and any(e.score > 0 for e in actual[:200])
+
+
+def test_live_controls_change_threshold_and_roll_out_a_new_model():
+    from edgewatch.flows.anomaly import LiveControls, ModelBankLogic
+    from edgewatch.online_models import artifact
+    from edgewatch.online_models.bank import new_bank
+
+    stream = readings(devices=5, count=5 * 400, seed=2)
+    spec = BUILTIN["compact-novelty"]
+    controls = LiveControls()
+    logic = ModelBankLogic(new_bank(spec), controls, lambda fitted: new_bank(spec, artifact=fitted))
+    (first,), _ = logic.on_batch([stream[:1000]])
+    assert {e.is_anomaly for e in first} == {e.score >= spec.threshold for e in first}
+    controls.threshold = 0.0
+    (second,), _ = logic.on_batch([stream[1000:1500]])
+    assert all(e.is_anomaly for e in second)
+    fitted = artifact.train(spec, stream[:1000])
+    fitted.version = "rolled-out"
+    controls.use_artifact(fitted)
+    (third,), _ = logic.on_batch([stream[1500:]])
+    assert {e.model_version for e in third} == {"rolled-out"}

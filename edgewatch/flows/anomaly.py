@@ -18,6 +18,7 @@ import threading
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import bytewax.operators as op
@@ -53,15 +54,41 @@ def split_batch(raws: list[RawMessage], shards: int) -> Iterable[tuple[str, list
         yield DEAD, dead
 
 
-class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
-    """Bytewax glue for one shard's :class:`ModelBank`: never discarded, snapshotted as bytes."""
+@dataclass
+class LiveControls:
+    """What an operator changes while the flow runs (e.g. an IoT Edge module twin's desired properties).
 
-    def __init__(self, bank: ModelBank):
+    ``threshold`` replaces the label threshold from the next batch on; :meth:`use_artifact` makes
+    every shard start its devices over from a new warm-start artifact (a model rollout).
+    """
+
+    threshold: float | None = None
+    artifact: artifact_module.ModelArtifact | None = None
+    generation: int = 0
+
+    def use_artifact(self, fitted: artifact_module.ModelArtifact) -> None:
+        self.artifact = fitted
+        self.generation += 1
+
+
+class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
+    """Bytewax glue for one shard's bank: never discarded, snapshotted as bytes."""
+
+    def __init__(self, bank: ModelBank, controls: LiveControls | None = None, rebuild=None):
         self.bank = bank
+        self._controls = controls
+        self._rebuild = rebuild
+        self._generation = controls.generation if controls is not None else 0
 
     def on_batch(self, values: list[list[Reading]]) -> tuple[list[list], bool]:
-        # one call for everything that arrived (polls of several partitions): a vectorized
-        # bank then works on more devices per step; each device's order is kept
+        controls = self._controls
+        if controls is not None:
+            if controls.generation != self._generation:
+                self.bank, self._generation = self._rebuild(controls.artifact), controls.generation
+            if controls.threshold is not None:
+                self.bank.threshold = controls.threshold
+        # one call for everything that arrived (polls of several partitions): the bank's kernel
+        # then runs once per activation; each device's order is kept
         readings = values[0] if len(values) == 1 else [reading for batch in values for reading in batch]
         events, dead = self.bank.label(readings)
         return ([events, dead] if dead else [events]), op.StatefulBatchLogic.RETAIN
@@ -92,18 +119,21 @@ def to_records(items: list[LabeledEvent] | list[DeadLetter], settings: FlowSetti
     ]
 
 
-def bank_builder(settings: FlowSettings):
+def bank_builder(settings: FlowSettings, controls: LiveControls | None = None):
     """A function Bytewax calls to create (``state is None``) or resume a shard's bank."""
     spec, artifact = resolve_detector(settings.detector), None
     if settings.model_dir is not None:
         artifact = artifact_module.load(Path(settings.model_dir))
         spec = artifact.spec
 
+    def rebuild(new_artifact):
+        return new_bank(new_artifact.spec if new_artifact else spec, settings.threshold, new_artifact)
+
     def build(state: bytes | None) -> ModelBankLogic:
         bank = new_bank(spec, settings.threshold, artifact)
         if state is not None:
             bank.restore(state)
-        return ModelBankLogic(bank)
+        return ModelBankLogic(bank, controls, rebuild)
 
     return build
 
@@ -113,9 +143,11 @@ def build_flow(
     source: Source | None = None,
     sink: Sink | None = None,
     stop: threading.Event | None = None,
+    controls: LiveControls | None = None,
 ) -> Dataflow:
-    """The anomaly dataflow. ``source``/``sink`` replace Kafka (replay files, tests);
-    setting ``stop`` ends the Kafka input so the flow drains and returns."""
+    """The anomaly dataflow. ``source``/``sink`` replace Kafka (replay files, edgeHub, tests);
+    setting ``stop`` ends the Kafka input so the flow drains and returns; ``controls`` changes
+    the threshold or the warm-start model while it runs."""
     kafka = settings.client_config()
     flow = Dataflow("edgewatch-anomaly")
     batches = op.input(
@@ -126,7 +158,7 @@ def build_flow(
     parsed = op.flat_map("parse", batches, lambda raws: split_batch(raws, settings.shards))
     routed = op.branch("route", parsed, lambda item: item[0] == DEAD)
     dead = op.map("dead-letters", routed.trues, lambda item: item[1])
-    detected = op.stateful_batch("detect", routed.falses, bank_builder(settings))
+    detected = op.stateful_batch("detect", routed.falses, bank_builder(settings, controls))
     results = op.merge("results", dead, op.key_rm("unshard", detected))
     records = op.map("serialize", results, lambda items: to_records(items, settings))
     op.output("kafka-out", records, sink or KafkaBatchSink(kafka))
