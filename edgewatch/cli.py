@@ -87,8 +87,9 @@ def simulate(
     ] = None,
 ) -> None:
     """Stream a simulated fleet (SimulatedTemperatureSensor messages with labeled faults)."""
+    from edgewatch.connectors.kafka import publish
     from edgewatch.simulator import Fleet
-    from edgewatch.simulator.publish import paced, publish_kafka, write_jsonl
+    from edgewatch.simulator.publish import paced, write_jsonl
 
     begin = start_time or datetime.now(UTC)
     if begin.tzinfo is None:
@@ -110,7 +111,7 @@ def simulate(
         from edgewatch.connectors.kafka import ensure_topics
 
         ensure_topics(kafka.client_config(), [topic], partitions)
-        stats = publish_kafka(paced(fleet.records(total), rate), kafka.client_config(), topic)
+        stats = publish(paced(fleet.records(total), rate), kafka.client_config(), topic)
         where = f"{topic}@{kafka.bootstrap}"
     typer.echo(
         f"simulate: sent={stats.messages} faults={fleet.faults_started} fault_messages={stats.fault_messages} "
@@ -172,6 +173,13 @@ def run(
     buffer_dir: Annotated[
         Path | None, typer.Option(help="store-and-forward files for IoT Hub/Event Hubs", show_default=False)
     ] = None,
+    replay: Annotated[
+        Path | None,
+        typer.Option(help="run on a recorded file (.jsonl/.csv/CMAPSS .txt) instead of Kafka", show_default=False),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="with --replay: labeled events JSONL [labeled.jsonl]", show_default=False)
+    ] = None,
 ) -> None:
     """Run the anomaly flow: telemetry topic → labeled topic (+ dead-letter topic, IoT Hub, Event Hubs)."""
     from bytewax._bytewax import cli_main
@@ -221,18 +229,24 @@ def run(
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         recovery = RecoveryConfig(str(settings.recovery_dir))
-    ensure_topics(settings.client_config(), [settings.in_topic, settings.out_topic, settings.dlq_topic], partitions)
     if metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
     stop = _stop_event_on_signals()
-    flow = build_flow(settings, stop=stop)
-    typer.echo(
-        f"run: {settings.in_topic} → {settings.out_topic} (dead letters → {settings.dlq_topic}) "
-        f"detector={settings.detector} bootstrap={settings.bootstrap}",
-        err=True,
-    )
+    if replay is not None:  # the embedded mode: a file in, JSONL out, no broker
+        from edgewatch.connectors.files import FileSource, JsonlSink
+
+        if not replay.exists():
+            raise typer.BadParameter(f"{replay} does not exist")
+        sink = JsonlSink(out or Path("labeled.jsonl"), settings.dlq_topic)
+        flow = build_flow(settings, source=FileSource(replay, settings.batch_size), sink=sink)
+        where = f"{replay} → {sink.labeled} (dead letters → {sink.dead})"
+    else:
+        ensure_topics(settings.client_config(), [settings.in_topic, settings.out_topic, settings.dlq_topic], partitions)
+        flow = build_flow(settings, stop=stop)
+        where = f"{settings.in_topic}@{settings.bootstrap} → {settings.out_topic} (dead letters → {settings.dlq_topic})"
+    typer.echo(f"run: {where} detector={settings.detector}", err=True)
     cli_main(
         flow,
         workers_per_process=workers,
@@ -240,6 +254,35 @@ def run(
         recovery_config=recovery,
     )
     typer.echo("run: stopped", err=True)
+
+
+@app.command()
+def replay(
+    path: Annotated[Path, typer.Argument(help="recorded stream: .jsonl (simulate --out), .csv, CMAPSS .txt")],
+    speed: Annotated[str, typer.Option(help="X (original inter-arrival times / X) or max")] = "1",
+    bootstrap: Bootstrap = None,
+    topic: Annotated[str, typer.Option(help="topic to publish to")] = "telemetry",
+    partitions: Partitions = 4,
+    cycle_seconds: Annotated[float, typer.Option(help="CMAPSS: seconds per engine cycle")] = 1.0,
+) -> None:
+    """Publish a recorded stream to Kafka at its recorded pace (or faster)."""
+    from edgewatch.connectors.files import paced, read_messages
+    from edgewatch.connectors.kafka import ensure_topics, publish
+
+    try:
+        factor = None if speed == "max" else float(speed)
+        if factor is not None and factor <= 0:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"--speed must be a positive number or max, not {speed!r}") from None
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist")
+    kafka = _settings(KafkaSettings, bootstrap=bootstrap)
+    ensure_topics(kafka.client_config(), [topic], partitions)
+    stats = publish(
+        paced(read_messages(path, cycle_seconds), factor), kafka.client_config(), topic, keep_timestamps=False
+    )
+    typer.echo(f"replay: sent={stats.messages} from={path} to={topic}@{kafka.bootstrap} seconds={stats.seconds:.1f}")
 
 
 @app.command()

@@ -26,10 +26,10 @@ from rich.live import Live
 from rich.table import Table
 
 from edgewatch.connectors.broker import EmbeddedBroker, _die_with_parent
-from edgewatch.connectors.kafka import ensure_topics
+from edgewatch.connectors.kafka import ensure_topics, publish
 from edgewatch.evaluation.faults import FaultScore
 from edgewatch.simulator import FAULT_HEADER, Fleet
-from edgewatch.simulator.publish import paced, publish_kafka
+from edgewatch.simulator.publish import paced
 
 PARTITIONS = 4
 DRAIN_TIMEOUT = 60.0
@@ -197,7 +197,7 @@ def run_demo(
         def send() -> None:
             records = paced(fleet.records(round(rate * seconds)), rate, stop_sending.is_set)
             try:
-                publish_kafka(records, {"bootstrap.servers": bootstrap}, topics["in"], on_record)
+                publish(records, {"bootstrap.servers": bootstrap}, topics["in"], on_record)
             except BaseException as exc:
                 send_errors.append(exc)
 

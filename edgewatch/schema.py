@@ -143,7 +143,7 @@ def _parse(raw: RawMessage) -> Reading:
     body = _decode_json(raw.value)
     if not isinstance(body, dict):
         raise InvalidMessage(f"not a JSON object: got {type(body).__name__}")
-    device_id = _device_id(raw.key, body)
+    device_id = _device_id(raw.key, body, raw.headers)
     if "machine" in body or "ambient" in body:
         try:  # the common, well-formed case, without the per-field walk
             machine, ambient = body["machine"], body["ambient"]
@@ -203,19 +203,30 @@ def _explain_json_error(value: bytes, exc: orjson.JSONDecodeError) -> str:
     return f"not JSON: {exc}"
 
 
-def _device_id(key: bytes | None, body: dict) -> str:
+def _device_id(key: bytes | None, body: dict, headers: Headers) -> str:
     if key:
         try:
             device_id = key.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidMessage("Kafka key is not UTF-8") from None
     else:
-        device_id = body.get("deviceId")
+        device_id = body.get("deviceId") or _iothub_sender(headers)
         if not isinstance(device_id, str):
             raise InvalidMessage("no device id: set the Kafka key or a string deviceId field")
     if not device_id or len(device_id) > MAX_DEVICE_ID_LENGTH or not device_id.isprintable():
         raise InvalidMessage(f"device id must be 1..{MAX_DEVICE_ID_LENGTH} printable characters")
     return device_id
+
+
+def _iothub_sender(headers: Headers) -> str | None:
+    """The device (and module) IoT Hub names as a message's sender, when the message came
+    through IoT Hub's Event Hubs-compatible endpoint (its system properties become headers)."""
+    found = {name: value for name, value in headers if name.startswith("iothub-connection-")}
+    device = found.get("iothub-connection-device-id")
+    if device is None:
+        return None
+    module = found.get("iothub-connection-module-id")
+    return (device + b"/" + module if module else device).decode("utf-8", "replace")
 
 
 def _field(body: dict, *path: str) -> object:

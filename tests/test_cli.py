@@ -17,6 +17,7 @@ COMMANDS = [
     "data",
     "data fetch",
     "serve",
+    "replay",
 ]
 
 

@@ -1,27 +1,36 @@
-"""Recorded streams and history files as edgewatch messages.
+"""Recorded streams and history files: read them, replay them to Kafka, or run the flow on them.
 
 * ``.jsonl`` — what ``edgewatch simulate --out`` writes: one object per line with ``key``,
   ``value`` (or ``value_b64`` when it is not UTF-8), ``headers`` and ``timestamp_ms``.
 * ``.csv`` — a header row; a ``timestamp`` column (ISO-8601, naive = UTC, or epoch
   seconds), an optional ``device_id`` (or ``deviceId``) column, and numeric columns that
-  become the features. NAB data files (``timestamp,value``) are this shape.
+  become the features: generic-shape messages. NAB data files (``timestamp,value``) are this.
+* ``.txt`` — NASA CMAPSS rows (``unit cycle setting1..3 sensor1..21``): CMAPSS-shape messages
+  keyed ``engine-<unit>``, the engines running side by side, one cycle every
+  ``cycle_seconds``.
 
-Every row becomes a :class:`~edgewatch.schema.RawMessage`, so files go through the same
-parsing and validation as Kafka messages; offsets are line numbers.
+Every row becomes a :class:`~edgewatch.schema.RawMessage` whose ``timestamp_ms`` is its
+source time, so files go through the same parsing and validation as Kafka messages.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from edgewatch.schema import DeadLetter, RawMessage, Reading, parse_message
+from edgewatch.schema import CMAPSS_FEATURES, DeadLetter, RawMessage, Reading, parse_message
 
 DEVICE_COLUMNS = ("device_id", "deviceId")
+#: start of a replayed CMAPSS fleet's clock (CMAPSS counts cycles, not time)
+CMAPSS_EPOCH = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
 
 
 def read_jsonl(path: Path) -> Iterator[RawMessage]:
@@ -51,22 +60,47 @@ def read_csv(path: Path, default_device: str | None = None) -> Iterator[RawMessa
             raise ValueError(f"{path}: a CSV history needs a header row with a 'timestamp' column")
         device_column = next((c for c in DEVICE_COLUMNS if c in rows.fieldnames), None)
         for number, row in enumerate(rows):
+            stamp = _csv_time(row.pop("timestamp"))
             body = {
                 "deviceId": row.pop(device_column) if device_column else device,
-                "timestamp": _csv_time(row.pop("timestamp")),
+                "timestamp": stamp,
                 "values": {name: _csv_number(value) for name, value in row.items()},
             }
-            yield RawMessage(None, orjson.dumps(body), [], topic, 0, number, None)
+            yield RawMessage(None, orjson.dumps(body), [], topic, 0, number, _epoch_ms(stamp))
 
 
-def read_messages(path: Path) -> Iterator[RawMessage]:
-    """The messages of a ``.jsonl`` or ``.csv`` file."""
+def read_cmapss(path: Path, cycle_seconds: float = 1.0) -> Iterator[RawMessage]:
+    """A CMAPSS file as its engines would stream it: cycle 1 of every engine, then cycle 2, ..."""
+    path = Path(path)
+    rows = []
+    with open(path) as lines:
+        for number, line in enumerate(lines):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 + len(CMAPSS_FEATURES):
+                raise ValueError(f"{path}:{number + 1}: expected {2 + len(CMAPSS_FEATURES)} columns, got {len(fields)}")
+            unit, cycle = int(fields[0]), int(fields[1])
+            rows.append((cycle, unit, number, [float(v) for v in fields[2:]]))
+    rows.sort()
+    for cycle, unit, number, values in rows:
+        source_time = CMAPSS_EPOCH + cycle * cycle_seconds
+        body = {"CycleTime": cycle, **dict(zip(CMAPSS_FEATURES, values, strict=True))}
+        yield RawMessage(
+            f"engine-{unit:03d}".encode(), orjson.dumps(body), [], path.name, 0, number, round(source_time * 1000)
+        )
+
+
+def read_messages(path: Path, cycle_seconds: float = 1.0) -> Iterator[RawMessage]:
+    """The messages of a ``.jsonl``, ``.csv`` or CMAPSS ``.txt`` file."""
     suffix = Path(path).suffix.lower()
     if suffix == ".jsonl":
         return read_jsonl(path)
     if suffix == ".csv":
         return read_csv(path)
-    raise ValueError(f"{path}: expected a .jsonl or .csv file")
+    if suffix == ".txt":
+        return read_cmapss(path, cycle_seconds)
+    raise ValueError(f"{path}: expected a .jsonl, .csv or CMAPSS .txt file")
 
 
 def read_history(path: Path) -> tuple[list[Reading], list[DeadLetter]]:
@@ -78,11 +112,108 @@ def read_history(path: Path) -> tuple[list[Reading], list[DeadLetter]]:
     return readings, dead
 
 
+def paced(messages: Iterable[RawMessage], speed: float | None) -> Iterator[RawMessage]:
+    """Yield messages at their recorded pace divided by ``speed`` (``None``: as fast as possible).
+
+    The clock follows the source times (``timestamp_ms``); a message without one goes
+    out right after the previous one.
+    """
+    start = first = None
+    for message in messages:
+        if speed is not None and message.timestamp_ms is not None:
+            if first is None:
+                first, start = message.timestamp_ms, time.monotonic()
+            ahead = start + (message.timestamp_ms - first) / 1000.0 / speed - time.monotonic()
+            if ahead > 0.0005:
+                time.sleep(ahead)
+        yield message
+
+
+class _FilePartition(StatefulSourcePartition[list[RawMessage], int]):
+    def __init__(self, messages: Iterator[RawMessage], skip: int, batch_size: int):
+        self._messages = messages
+        self._position = skip
+        self._batch_size = batch_size
+        for _ in range(skip):  # resume after the messages a snapshot already covered
+            next(self._messages, None)
+
+    def next_batch(self) -> list[list[RawMessage]]:
+        batch = [m for _, m in zip(range(self._batch_size), self._messages, strict=False)]
+        if not batch:
+            raise StopIteration
+        self._position += len(batch)
+        return [batch]
+
+    def snapshot(self) -> int:
+        return self._position
+
+
+class FileSource(FixedPartitionedSource[list[RawMessage], int]):
+    """A recorded file as a Bytewax source: batches of messages, then the end of the flow."""
+
+    def __init__(self, path: Path, batch_size: int = 2000, speed: float | None = None):
+        self._path = Path(path)
+        self._batch_size = batch_size
+        self._speed = speed
+
+    def list_parts(self) -> list[str]:
+        return [self._path.name]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _FilePartition:
+        return _FilePartition(paced(read_messages(self._path), self._speed), resume_state or 0, self._batch_size)
+
+
+class _JsonlPartition(StatelessSinkPartition[list]):
+    def __init__(self, labeled: Path, dead: Path, dead_topic: str):
+        self._labeled = open(labeled, "ab")  # noqa: SIM115 (closed by close())
+        self._dead = open(dead, "ab")  # noqa: SIM115
+        self._dead_topic = dead_topic
+
+    def write_batch(self, items: list[list]) -> None:
+        for records in items:
+            for record in records:
+                if record.topic == self._dead_topic:
+                    headers = {name: value.decode("utf-8", "replace") for name, value in record.headers}
+                    line = {"value_b64": base64.b64encode(record.value or b"").decode(), "headers": headers}
+                    self._dead.write(orjson.dumps(line) + b"\n")
+                else:
+                    self._labeled.write(record.value + b"\n")
+        self._labeled.flush()
+        self._dead.flush()
+
+    def close(self) -> None:
+        self._labeled.close()
+        self._dead.close()
+
+
+class JsonlSink(DynamicSink[list]):
+    """Labeled events to ``path`` (one JSON object per line, the Kafka schema) and dead letters
+    to ``path``'s ``.deadletter.jsonl`` sibling (original bytes in base64 and the error headers)."""
+
+    def __init__(self, path: Path, dead_topic: str = "deadletter"):
+        self.labeled = Path(path)
+        self.dead = self.labeled.with_suffix(".deadletter.jsonl")
+        self._dead_topic = dead_topic
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlPartition:
+        return _JsonlPartition(self.labeled, self.dead, self._dead_topic)
+
+
 def _csv_time(text: str) -> float | str:
     try:
         return float(text)
     except ValueError:
         return text.strip()  # ISO-8601 (naive = UTC) is checked by the schema like any message
+
+
+def _epoch_ms(stamp: float | str) -> int | None:
+    if isinstance(stamp, float):
+        return round(stamp * 1000)
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return round((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def _csv_number(text: str) -> float | str:
