@@ -174,7 +174,7 @@ def _reference_flow(kind: str, bootstrap: str, out_topic: str, clock: _FirstBatc
 def _edgewatch_flow(bootstrap: str, topic: str, out_topic: str, stop_offsets: dict, workers: int = 1):
     from edgewatch.config import FlowSettings
     from edgewatch.connectors.kafka import KafkaBatchSource
-    from edgewatch.flows.anomaly import build_flow
+    from edgewatch.flows.anomaly import build_flow, tune_gc_for_streaming
 
     config = {"bootstrap.servers": bootstrap}
     shards = 1 if workers == 1 else 4 * workers  # what `edgewatch run --workers` does
@@ -183,6 +183,7 @@ def _edgewatch_flow(bootstrap: str, topic: str, out_topic: str, stop_offsets: di
     )
     ensure_topics(config, [out_topic, settings.dlq_topic], PARTITIONS)
     clock = _FirstBatchClock(KafkaBatchSource(config, [topic], settings.batch_size, stop_offsets=stop_offsets))
+    tune_gc_for_streaming()  # as `edgewatch run` does before it starts the flow
     return build_flow(settings, source=clock.source), clock
 
 

@@ -85,6 +85,16 @@ def simulate(
     out: Annotated[
         Path | None, typer.Option(help="record to this JSONL file instead of sending", show_default=False)
     ] = None,
+    iothub_connection_string: Annotated[
+        str | None,
+        typer.Option(
+            help="send to IoT Hub as this device, like the SimulatedTemperatureSensor module", show_default=False
+        ),
+    ] = None,
+    iothub_module: Annotated[
+        bool, typer.Option("--iothub-module", help="send as this IoT Edge module (output temperatureOutput)")
+    ] = False,
+    iothub_ca_cert: Annotated[Path | None, typer.Option(help="CA to trust (gateway)", show_default=False)] = None,
 ) -> None:
     """Stream a simulated fleet (SimulatedTemperatureSensor messages with labeled faults)."""
     from edgewatch.connectors.kafka import publish
@@ -106,6 +116,14 @@ def simulate(
     if out is not None:
         stats = write_jsonl(fleet.records(total), out)
         where = str(out)
+    elif iothub_connection_string or iothub_module:
+        from edgewatch.simulator.publish import publish_iothub
+
+        try:
+            stats = publish_iothub(paced(fleet.records(total), rate), iothub_connection_string, ca_cert=iothub_ca_cert)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        where = "IoT Hub"
     else:
         kafka = _settings(KafkaSettings, bootstrap=bootstrap)
         from edgewatch.connectors.kafka import ensure_topics
@@ -186,7 +204,7 @@ def run(
     from bytewax.recovery import RecoveryConfig
 
     from edgewatch.connectors.kafka import ensure_topics
-    from edgewatch.flows.anomaly import build_flow, init_recovery_dir
+    from edgewatch.flows.anomaly import build_flow, init_recovery_dir, tune_gc_for_streaming
 
     settings = _settings(
         FlowSettings,
@@ -247,6 +265,7 @@ def run(
         flow = build_flow(settings, stop=stop)
         where = f"{settings.in_topic}@{settings.bootstrap} → {settings.out_topic} (dead letters → {settings.dlq_topic})"
     typer.echo(f"run: {where} detector={settings.detector}", err=True)
+    tune_gc_for_streaming()
     cli_main(
         flow,
         workers_per_process=workers,

@@ -219,9 +219,12 @@ def _device_id(key: bytes | None, body: dict, headers: Headers) -> str:
 
 
 def _iothub_sender(headers: Headers) -> str | None:
-    """The device (and module) IoT Hub names as a message's sender, when the message came
-    through IoT Hub's Event Hubs-compatible endpoint (its system properties become headers)."""
-    found = {name: value for name, value in headers if name.startswith("iothub-connection-")}
+    """The device a message names in its properties (``deviceId``), else its IoT Hub sender
+    (device, and module), when it came through IoT Hub's Event Hubs-compatible endpoint (its
+    system properties become headers)."""
+    found = {name: value for name, value in headers if name == "deviceId" or name.startswith("iothub-connection-")}
+    if "deviceId" in found:
+        return found["deviceId"].decode("utf-8", "replace")
     device = found.get("iothub-connection-device-id")
     if device is None:
         return None

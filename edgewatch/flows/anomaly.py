@@ -14,6 +14,7 @@ Run it with ``edgewatch run`` or ``python -m bytewax.run edgewatch.flows.anomaly
 
 from __future__ import annotations
 
+import gc
 import threading
 import zlib
 from collections import defaultdict
@@ -212,6 +213,20 @@ def cloud_sinks(settings: FlowSettings) -> list[tuple[str, Sink]]:
     return sinks
 
 
+def tune_gc_for_streaming() -> None:
+    """Make Python's cyclic garbage collector run rarely in the flow's process.
+
+    The flow allocates a few short-lived objects per message (parsed JSON, readings, output
+    bytes); reference counting frees them all, yet every 700 allocations the default
+    collector walks the young objects looking for cycles: up to a third of the parse time.
+    Objects alive at start-up are frozen out of its way, and it runs every 100,000
+    allocations instead.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
 def init_recovery_dir(path: Path, settings: FlowSettings, partitions: int = 1) -> None:
     """Create Bytewax's recovery partitions in ``path`` unless they are already there.
 
@@ -235,6 +250,7 @@ def init_recovery_dir(path: Path, settings: FlowSettings, partitions: int = 1) -
 def __getattr__(name: str) -> Dataflow:
     # `python -m bytewax.run edgewatch.flows.anomaly:flow` builds the flow from EDGEWATCH_* only when asked
     if name == "flow":
+        tune_gc_for_streaming()
         settings = FlowSettings()
         if settings.recovery_dir is not None:  # pass the same directory to bytewax.run's -r
             init_recovery_dir(settings.recovery_dir, settings)

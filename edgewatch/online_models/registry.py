@@ -12,7 +12,6 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from river import anomaly, compose, preprocessing
 from river.base import AnomalyDetector
 
 from edgewatch import __version__
@@ -40,8 +39,10 @@ class DetectorSpec:
         return "t" in inspect.signature(self.factory().score_one).parameters
 
 
-def naive_half_space_trees() -> compose.Pipeline:
+def naive_half_space_trees() -> AnomalyDetector:
     """The River documentation's streaming detector: min-max scaling, then Half-Space Trees."""
+    from river import anomaly, preprocessing  # imported on use: river's full import pulls in scipy (seconds)
+
     return preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(n_trees=25, height=8, window_size=250, seed=42)
 
 

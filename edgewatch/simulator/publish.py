@@ -34,3 +34,40 @@ def write_jsonl(records: Iterable[SimRecord], path: Path) -> PublishStats:
             stats.count(record)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def publish_iothub(
+    records: Iterable[SimRecord],
+    connection_string: str | None,
+    output: str = "temperatureOutput",
+    ca_cert: Path | None = None,
+) -> PublishStats:
+    """Send the records as Azure's SimulatedTemperatureSensor module does: its JSON body, content
+    type ``application/json`` and encoding ``utf-8``, properties ``sequenceNumber`` and
+    ``batchId`` (plus the ground truth and, for a fleet behind one identity, ``deviceId``).
+
+    With a device (or module) connection string it is a device sending telemetry; without
+    one, inside IoT Edge, the module itself, on ``output``."""
+    from azure.iot.device import Message
+
+    from edgewatch.connectors.iothub import IoTHubTarget
+
+    target = IoTHubTarget(connection_string, output, ca_cert)
+    client = target.create_client()
+    stats = PublishStats()
+    started = time.monotonic()
+    try:
+        client.connect()
+        for record in records:
+            message = Message(record.value, content_encoding="utf-8", content_type="application/json")
+            message.custom_properties.update({name: value.decode() for name, value in record.headers})
+            message.custom_properties["deviceId"] = record.key.decode()
+            if target.mode == "device":
+                client.send_message(message)
+            else:
+                client.send_message_to_output(message, output)
+            stats.count(record)
+    finally:
+        client.shutdown()
+    stats.seconds = time.monotonic() - started
+    return stats
