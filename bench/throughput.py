@@ -281,7 +281,7 @@ def run_latency(bootstrap: str, rate: float = 10_000.0, seconds: float = 20.0, d
         )  # fmt: skip
         consumer.assign([TopicPartition(topics["out"], p, 0) for p in range(PARTITIONS)])
         while not done.is_set():
-            for msg in consumer.consume(1000, 0.05):
+            for msg in consumer.consume(1000, 0.001):  # consume() waits for all 1000 or the timeout
                 if msg.error() is None:
                     now = time.time()
                     sent = dict(msg.headers() or []).get("sent")

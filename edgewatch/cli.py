@@ -6,6 +6,7 @@ Options that are settings (``--bootstrap``, ``--in-topic`` …) fall back to the
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
@@ -204,7 +205,7 @@ def run(
     from bytewax.recovery import RecoveryConfig
 
     from edgewatch.connectors.kafka import ensure_topics
-    from edgewatch.flows.anomaly import build_flow, init_recovery_dir, tune_gc_for_streaming
+    from edgewatch.flows.anomaly import build_flow, init_recovery_dir, records, tune_gc_for_streaming
 
     settings = _settings(
         FlowSettings,
@@ -257,7 +258,8 @@ def run(
 
         if not replay.exists():
             raise typer.BadParameter(f"{replay} does not exist")
-        sink = JsonlSink(out or Path("labeled.jsonl"), settings.dlq_topic)
+        serialize = functools.partial(records, settings=settings)
+        sink = JsonlSink(out or Path("labeled.jsonl"), serialize, settings.dlq_topic)
         flow = build_flow(settings, source=FileSource(replay, settings.batch_size), sink=sink)
         where = f"{replay} → {sink.labeled} (dead letters → {sink.dead})"
     else:

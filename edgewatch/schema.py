@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import msgspec
 import orjson
 
 #: Readings beyond this magnitude are refused: no industrial sensor reports them, and
@@ -40,6 +41,7 @@ SIMULATED_SENSOR_FEATURES = (
     ("ambient.temperature", "ambient", "temperature"),
     ("ambient.humidity", "ambient", "humidity"),
 )
+SIMULATED_SENSOR_NAMES = tuple(name for name, _, _ in SIMULATED_SENSOR_FEATURES)
 CMAPSS_FEATURES = tuple(f"OperationalSetting{i}" for i in range(1, 4)) + tuple(f"Sensor{i}" for i in range(1, 22))
 
 Headers = list[tuple[str, bytes]]
@@ -139,7 +141,61 @@ def parse_batch(raws: list[RawMessage]) -> tuple[list[Reading], list[DeadLetter]
     return readings, dead
 
 
+class _Machine(msgspec.Struct):
+    temperature: float
+    pressure: float
+
+
+class _Ambient(msgspec.Struct):
+    temperature: float
+    humidity: float
+
+
+class _SimulatedSensorBody(msgspec.Struct):
+    machine: _Machine
+    ambient: _Ambient
+    timeCreated: datetime | None = None  # the module's field names
+    deviceId: str | None = None
+
+
+_SIMULATED_SENSOR = msgspec.json.Decoder(_SimulatedSensorBody)
+
+
+def _parse_simulated_sensor(raw: RawMessage) -> Reading | None:
+    """The common case in one typed decode (C): a well-formed SimulatedTemperatureSensor body.
+    ``None`` for anything else, which the general parser then explains or handles."""
+    try:
+        body = _SIMULATED_SENSOR.decode(raw.value)
+    except (msgspec.DecodeError, TypeError):
+        return None
+    machine, ambient = body.machine, body.ambient
+    values = (machine.temperature, machine.pressure, ambient.temperature, ambient.humidity)
+    if not all(-MAX_ABS_VALUE <= value <= MAX_ABS_VALUE for value in values):
+        return None
+    if raw.key:
+        try:
+            device_id = raw.key.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    else:
+        device_id = body.deviceId or _iothub_sender(raw.headers)
+    if not device_id or len(device_id) > MAX_DEVICE_ID_LENGTH or not device_id.isprintable():
+        return None
+    created = body.timeCreated
+    if created is None:
+        if raw.timestamp_ms is None:
+            return None
+        timestamp = raw.timestamp_ms / 1000.0
+    else:
+        timestamp = (created if created.tzinfo else created.replace(tzinfo=UTC)).timestamp()
+    features = dict(zip(SIMULATED_SENSOR_NAMES, values, strict=True))
+    return Reading(device_id, timestamp, features, raw)
+
+
 def _parse(raw: RawMessage) -> Reading:
+    fast = _parse_simulated_sensor(raw)
+    if fast is not None:
+        return fast
     body = _decode_json(raw.value)
     if not isinstance(body, dict):
         raise InvalidMessage(f"not a JSON object: got {type(body).__name__}")

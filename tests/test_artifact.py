@@ -11,6 +11,7 @@ from edgewatch.connectors.files import read_history
 from edgewatch.online_models import artifact
 from edgewatch.online_models.bank import ModelBank
 from edgewatch.online_models.registry import BUILTIN
+from tests.cliutil import said
 
 runner = CliRunner()
 
@@ -52,7 +53,7 @@ def test_tampered_artifact_is_refused(history, tmp_path):
     with pytest.raises(artifact.ArtifactError, match="sha256"):
         artifact.load(tmp_path / "model")
     result = runner.invoke(app, ["run", "--model", str(tmp_path / "model")])
-    assert result.exit_code == 2 and "sha256" in result.output
+    assert result.exit_code == 2 and "sha256" in said(result)
 
 
 def test_missing_artifact_is_a_clear_error(tmp_path):

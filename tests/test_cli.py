@@ -3,6 +3,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgewatch.cli import app
+from tests.cliutil import said
 
 runner = CliRunner()
 COMMANDS = [
@@ -69,4 +70,4 @@ def test_run_refuses_a_recovery_directory_of_another_shard_count(tmp_path):
     init_recovery_dir(tmp_path, FlowSettings(shards=1))
     result = runner.invoke(app, ["run", "--recovery-dir", str(tmp_path), "--shards", "2"])
     assert result.exit_code == 2
-    assert "1 shards, not 2" in result.output
+    assert "1 shards, not 2" in said(result)

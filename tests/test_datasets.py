@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from edgewatch.cli import app
 from edgewatch.evaluation import datasets
+from tests.cliutil import said
 
 runner = CliRunner()
 
@@ -66,6 +67,6 @@ def test_wrong_archive_and_unreachable_server_are_clear_errors(server, tmp_path)
     with pytest.raises(datasets.DatasetError, match="not a NAB archive"):
         datasets.fetch_nab(tmp_path, f"{server}/other.zip")
     result = runner.invoke(app, ["data", "fetch", "nab", "--dest", str(tmp_path), "--url", f"{server}/missing.zip"])
-    assert result.exit_code == 2 and "could not fetch nab" in result.output
+    assert result.exit_code == 2 and "could not fetch nab" in said(result)
     result = runner.invoke(app, ["data", "fetch", "weather"])
-    assert result.exit_code == 2 and "unknown dataset" in result.output
+    assert result.exit_code == 2 and "unknown dataset" in said(result)

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from edgewatch.cli import app
 from edgewatch.evaluation import nab, nab_replay
 from edgewatch.online_models.registry import BUILTIN
+from tests.cliutil import said
 
 runner = CliRunner()
 LINE = re.compile(
@@ -67,9 +68,9 @@ def test_groups_and_report(nab_root, tmp_path):
 
 def test_unknown_group_and_missing_data_are_clear_errors(nab_root, tmp_path):
     result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(nab_root), "--groups", "nope"])
-    assert result.exit_code == 2 and "no such NAB group" in result.output
+    assert result.exit_code == 2 and "no such NAB group" in said(result)
     result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "not a NAB root" in result.output
+    assert result.exit_code == 2 and "not a NAB root" in said(result)
 
 
 def synthetic_corpus(values):

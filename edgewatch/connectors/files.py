@@ -164,20 +164,21 @@ class FileSource(FixedPartitionedSource[list[RawMessage], int]):
 
 
 class _JsonlPartition(StatelessSinkPartition[list]):
-    def __init__(self, labeled: Path, dead: Path, dead_topic: str):
+    def __init__(self, labeled: Path, dead: Path, dead_topic: str, records):
         self._labeled = open(labeled, "ab")  # noqa: SIM115 (closed by close())
         self._dead = open(dead, "ab")  # noqa: SIM115
         self._dead_topic = dead_topic
+        self._records = records
 
     def write_batch(self, items: list[list]) -> None:
-        for records in items:
-            for record in records:
-                if record.topic == self._dead_topic:
-                    headers = {name: value.decode("utf-8", "replace") for name, value in record.headers}
-                    line = {"value_b64": base64.b64encode(record.value or b"").decode(), "headers": headers}
+        for item in items:
+            for topic, _key, value, headers in self._records(item):
+                if topic == self._dead_topic:
+                    text = {name: header.decode("utf-8", "replace") for name, header in headers}
+                    line = {"value_b64": base64.b64encode(value or b"").decode(), "headers": text}
                     self._dead.write(orjson.dumps(line) + b"\n")
                 else:
-                    self._labeled.write(record.value + b"\n")
+                    self._labeled.write(value + b"\n")
         self._labeled.flush()
         self._dead.flush()
 
@@ -188,15 +189,19 @@ class _JsonlPartition(StatelessSinkPartition[list]):
 
 class JsonlSink(DynamicSink[list]):
     """Labeled events to ``path`` (one JSON object per line, the Kafka schema) and dead letters
-    to ``path``'s ``.deadletter.jsonl`` sibling (original bytes in base64 and the error headers)."""
+    to ``path``'s ``.deadletter.jsonl`` sibling (original bytes in base64 and the error headers).
 
-    def __init__(self, path: Path, dead_topic: str = "deadletter"):
+    ``records`` turns a flow item into the records a Kafka sink would produce
+    (:func:`edgewatch.flows.anomaly.records`); those for ``dead_topic`` are the dead letters."""
+
+    def __init__(self, path: Path, records, dead_topic: str = "deadletter"):
         self.labeled = Path(path)
         self.dead = self.labeled.with_suffix(".deadletter.jsonl")
+        self._records = records
         self._dead_topic = dead_topic
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlPartition:
-        return _JsonlPartition(self.labeled, self.dead, self._dead_topic)
+        return _JsonlPartition(self.labeled, self.dead, self._dead_topic, self._records)
 
 
 def _csv_time(text: str) -> float | str:

@@ -6,7 +6,7 @@ message. Offsets are the recovery state, so a restarted flow resumes where the l
 snapshot left off (Bytewax assigns partitions itself; no consumer group, which also
 suits brokers with slow group rebalances such as Tansu).
 
-:class:`KafkaBatchSink` takes lists of :class:`OutRecord` and flushes each batch, so
+:class:`KafkaBatchSink` produces the records of each item (made as it goes) and flushes each batch, so
 everything written in an epoch is acknowledged before Bytewax snapshots it.
 """
 
@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -181,8 +182,7 @@ class KafkaBatchSource(FixedPartitionedSource[list[RawMessage], int]):
         return _KafkaBatchPartition(config, topic, int(index), offset, self._batch_size, stop, self._stop)
 
 
-@dataclass(slots=True)
-class OutRecord:
+class OutRecord(NamedTuple):
     """One message to produce."""
 
     topic: str
@@ -191,8 +191,9 @@ class OutRecord:
     headers: Headers
 
 
-class _KafkaBatchSinkPartition(StatelessSinkPartition[list[OutRecord]]):
-    def __init__(self, config: dict[str, str]):
+class _KafkaBatchSinkPartition(StatelessSinkPartition[list]):
+    def __init__(self, config: dict[str, str], records: Callable[[object], Iterable[OutRecord]] | None):
+        self._records = records
         self._errors: list[str] = []
         self._producer = Producer(
             {**config, "linger.ms": "2", "error_cb": self._on_error, "on_delivery": self._on_delivery}
@@ -206,13 +207,13 @@ class _KafkaBatchSinkPartition(StatelessSinkPartition[list[OutRecord]]):
         if error is not None:
             self._errors.append(str(error))
 
-    def write_batch(self, items: list[list[OutRecord]]) -> None:
-        produce, poll = self._producer.produce, self._producer.poll
-        for records in items:
-            for record in records:
+    def write_batch(self, items: list) -> None:
+        produce, poll, to_records = self._producer.produce, self._producer.poll, self._records
+        for item in items:
+            for topic, key, value, headers in to_records(item) if to_records else item:
                 while True:
                     try:
-                        produce(record.topic, record.value, record.key, headers=record.headers)
+                        produce(topic, value, key, headers=headers)
                         break
                     except BufferError:  # local queue full: let deliveries drain
                         poll(0.05)
@@ -230,14 +231,16 @@ class _KafkaBatchSinkPartition(StatelessSinkPartition[list[OutRecord]]):
         self._flush()
 
 
-class KafkaBatchSink(DynamicSink[list[OutRecord]]):
-    """Produce lists of :class:`OutRecord`; every batch is acknowledged before the next one."""
+class KafkaBatchSink(DynamicSink[list]):
+    """Produce the :class:`OutRecord` of every item (``records(item)``, or the item itself when it
+    is a list of them); every batch is acknowledged before the next one."""
 
-    def __init__(self, config: dict[str, str]):
+    def __init__(self, config: dict[str, str], records: Callable[[object], Iterable[OutRecord]] | None = None):
         self._config = dict(config)
+        self._records = records
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaBatchSinkPartition:
-        return _KafkaBatchSinkPartition(self._config)
+        return _KafkaBatchSinkPartition(self._config, self._records)
 
 
 @dataclass

@@ -4,9 +4,9 @@ Read top to bottom, this is the whole data path::
 
     kafka-in      batches of raw messages, one item per poll of a Kafka partition
     parse         each batch → valid readings grouped by device shard, and dead letters
-    detect        per shard, a ModelBank: score, label, learn (state snapshotted per epoch)
-    serialize     labeled events and dead letters → Kafka records
-    kafka-out     labeled topic (key = device id) and dead-letter topic
+    detect        per shard, a bank of device models: score, label, learn (snapshotted per epoch)
+    kafka-out     labeled events → labeled topic (key = device id), dead letters → dead-letter topic
+    iothub-out    (optional) labeled events → IoT Hub, eventhubs-out → Event Hubs, store-and-forward
 
 Run it with ``edgewatch run`` or ``python -m bytewax.run edgewatch.flows.anomaly:flow``
 (settings from ``EDGEWATCH_*`` variables).
@@ -14,11 +14,12 @@ Run it with ``edgewatch run`` or ``python -m bytewax.run edgewatch.flows.anomaly
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,15 @@ from edgewatch.connectors.kafka import KafkaBatchSink, KafkaBatchSource, OutReco
 from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.bank import ModelBank, new_bank
 from edgewatch.online_models.registry import resolve_detector
-from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading, parse_batch
+from edgewatch.schema import (
+    DeadLetter,
+    LabeledEvent,
+    RawMessage,
+    Reading,
+    dead_letter_headers,
+    labeled_event_json,
+    parse_batch,
+)
 from edgewatch.telemetry import FLOW_METRICS
 
 DEAD = "dead-letters"
@@ -98,26 +107,20 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
         return self.bank.snapshot()
 
 
-def to_records(items: list[LabeledEvent] | list[DeadLetter], settings: FlowSettings) -> list[OutRecord]:
-    """Kafka records for a list of labeled events or of dead letters."""
-    from edgewatch.schema import dead_letter_headers, labeled_event_json
-
+def records(items: list[LabeledEvent] | list[DeadLetter], settings: FlowSettings) -> Iterator[OutRecord]:
+    """Kafka records for a list of labeled events or of dead letters, made one at a time as the
+    sink produces them (the Kafka and JSONL sinks call it; no intermediate list per batch)."""
     if items and isinstance(items[0], DeadLetter):
         FLOW_METRICS.dead_letters.inc(len(items))
-        return [
-            OutRecord(settings.dlq_topic, dead.raw.key, dead.raw.value, dead_letter_headers(dead)) for dead in items
-        ]
+        for dead in items:
+            yield OutRecord(settings.dlq_topic, dead.raw.key, dead.raw.value, dead_letter_headers(dead))
+        return
     FLOW_METRICS.labeled.inc(len(items))
     FLOW_METRICS.anomalies.inc(sum(event.is_anomaly for event in items))
-    return [
-        OutRecord(
-            settings.out_topic,
-            event.reading.device_id.encode(),
-            labeled_event_json(event),
-            event.reading.raw.headers,
-        )
-        for event in items
-    ]
+    topic = settings.out_topic
+    for event in items:
+        raw = event.reading.raw
+        yield OutRecord(topic, raw.key or event.reading.device_id.encode(), labeled_event_json(event), raw.headers)
 
 
 def bank_builder(settings: FlowSettings, controls: LiveControls | None = None):
@@ -161,8 +164,8 @@ def build_flow(
     dead = op.map("dead-letters", routed.trues, lambda item: item[1])
     detected = op.stateful_batch("detect", routed.falses, bank_builder(settings, controls))
     results = op.merge("results", dead, op.key_rm("unshard", detected))
-    records = op.map("serialize", results, lambda items: to_records(items, settings))
-    op.output("kafka-out", records, sink or KafkaBatchSink(kafka))
+    serialize = functools.partial(records, settings=settings)
+    op.output("kafka-out", results, sink or KafkaBatchSink(kafka, serialize))
     for name, cloud_sink in cloud_sinks(settings):  # each skips dead letters itself
         op.output(name, results, cloud_sink)
     return flow
