@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
-from edgewatch.connectors.kafka import ensure_topics  # noqa: E402
+from edgewatch.connectors.kafka import ensure_topics, publish  # noqa: E402
 from edgewatch.simulator import Fleet  # noqa: E402
 
 FLOWS = ("null", "naive", "edgewatch")
@@ -55,36 +55,10 @@ PARTITIONS = 4
 def produce_messages(bootstrap: str, topic: str, messages: int, devices: int) -> dict[tuple[str, int], int]:
     """Produce the bench messages once; returns the end offset of every partition."""
     ensure_topics({"bootstrap.servers": bootstrap}, [topic], PARTITIONS)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "20", "batch.num.messages": "10000"})
-    ends: dict[tuple[str, int], int] = {}
-
-    def delivered(error, msg) -> None:
-        if error is not None:
-            raise RuntimeError(error)
-        key = (msg.topic(), msg.partition())
-        ends[key] = max(ends.get(key, 0), msg.offset() + 1)
-
     # source times are recent: Kafka deletes messages older than its retention (7 days by default)
     ticks = max(1, messages // devices)
     fleet = Fleet(devices=devices, seed=42, fault_rate=0.003, start_time=time.time() - ticks, tick_seconds=1.0)
-    for record in fleet.records(messages):
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    record.value,
-                    record.key,
-                    headers=record.headers,
-                    timestamp=record.timestamp_ms,
-                    on_delivery=delivered,
-                )
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    if producer.flush(120):
-        raise RuntimeError("bench messages not delivered")
-    return ends
+    return publish(fleet.records(messages), {"bootstrap.servers": bootstrap}, topic).end_offsets
 
 
 class _FirstBatchClock:

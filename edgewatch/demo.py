@@ -25,7 +25,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from edgewatch.connectors.broker import EmbeddedBroker, _die_with_parent
+from edgewatch.connectors.broker import EmbeddedBroker, _die_with_parent, stop_process
 from edgewatch.connectors.kafka import ensure_topics, publish
 from edgewatch.evaluation.faults import FaultScore
 from edgewatch.simulator import FAULT_HEADER, Fleet
@@ -143,16 +143,6 @@ def _start_flow(bootstrap: str, topics: dict[str, str], log_path: Path) -> subpr
         )
 
 
-def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def run_demo(
     seconds: float = 30.0,
     devices: int = 200,
@@ -171,7 +161,7 @@ def run_demo(
             bootstrap = cleanup.enter_context(EmbeddedBroker(log_file=workdir / "broker.log")).bootstrap
         ensure_topics({"bootstrap.servers": bootstrap}, topics.values(), PARTITIONS)
         flow = _start_flow(bootstrap, topics, workdir / "flow.log")
-        cleanup.callback(_stop, flow)
+        cleanup.callback(stop_process, flow, 20.0)
 
         truth = FaultScore()
         watch = _Watch(bootstrap, topics["out"], topics["dlq"], truth)

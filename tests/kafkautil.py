@@ -12,7 +12,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from edgewatch.connectors.broker import _die_with_parent
+from edgewatch.connectors.broker import _die_with_parent, stop_process
 
 
 @dataclass
@@ -116,14 +116,7 @@ class FlowProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, as Kubernetes does; the flow drains and exits."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def __enter__(self) -> FlowProcess:
         return self.start()

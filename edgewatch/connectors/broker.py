@@ -48,6 +48,20 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def stop_process(process: subprocess.Popen | None, timeout: float = 5.0) -> int | None:
+    """Stop a child: SIGTERM, then SIGKILL if it lingers past ``timeout``; its exit code."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def wait_for_kafka(bootstrap: str, timeout: float = 30.0) -> None:
     """Block until a metadata request to ``bootstrap`` succeeds."""
     from confluent_kafka.admin import AdminClient
@@ -123,14 +137,7 @@ class EmbeddedBroker:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the broker: SIGTERM, then SIGKILL if it lingers."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -245,12 +245,13 @@ class KafkaBatchSink(DynamicSink[list]):
 
 @dataclass
 class PublishStats:
-    """What a publisher sent: messages, fault episodes and malformed payloads."""
+    """What a publisher sent: messages, fault episodes, malformed payloads, and where they ended."""
 
     messages: int = 0
     fault_messages: int = 0
     malformed: int = 0
     seconds: float = 0.0
+    end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per partition
 
     def count(self, record) -> None:
         self.messages += 1
@@ -273,12 +274,16 @@ def publish(
     replayed file's old source times would fall out of the topic's retention at once)."""
     errors: list[str] = []
 
-    def delivered(error, _msg) -> None:
+    stats = PublishStats()
+
+    def delivered(error, msg) -> None:
         if error is not None:
             errors.append(str(error))
+            return
+        where = (msg.topic(), msg.partition())
+        stats.end_offsets[where] = max(stats.end_offsets.get(where, 0), msg.offset() + 1)
 
     producer = Producer({**config, "linger.ms": "5", "acks": "all"})
-    stats = PublishStats()
     started = time.monotonic()
     for record in records:
         while True:

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edgewatch.connectors.broker import _die_with_parent, free_port, wait_for_kafka
+from edgewatch.connectors.broker import _die_with_parent, free_port, stop_process, wait_for_kafka
 
 KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).with_name("pom.xml")
@@ -164,14 +164,7 @@ class ApacheKafka:
 
     def stop(self, timeout: float = 20.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout)
 
     def __enter__(self) -> ApacheKafka:
         return self.start()
