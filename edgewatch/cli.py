@@ -41,6 +41,40 @@ def _settings(cls, **options):
         raise typer.BadParameter(problems) from None
 
 
+def _prepare_flow_process(settings: FlowSettings, detector: str | None, metrics_port: int | None):
+    """What `run` and `iotedge` do before a flow starts: logging, a checked warm-start model,
+    the recovery directory (its Bytewax config, or None), metrics, and GC tuned for streaming."""
+    from bytewax.recovery import RecoveryConfig
+
+    from edgewatch.flows.anomaly import init_recovery_dir, tune_gc_for_streaming
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)  # the IoT SDK logs every message it sends
+    if settings.model_dir is not None:
+        from edgewatch.online_models import artifact
+
+        try:  # refuse a bad artifact before anything starts
+            warm_start = artifact.load(settings.model_dir)
+        except artifact.ArtifactError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if detector is not None and detector != warm_start.spec.name:
+            raise typer.BadParameter(f"--model holds a {warm_start.spec.name} detector, not {detector}")
+        settings.detector = warm_start.spec.name
+    recovery = None
+    if settings.recovery_dir is not None:
+        try:
+            init_recovery_dir(settings.recovery_dir, settings)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        recovery = RecoveryConfig(str(settings.recovery_dir))
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    tune_gc_for_streaming()
+    return recovery
+
+
 def _stop_event_on_signals() -> threading.Event:
     """An event set by SIGTERM (Kubernetes, `kill`) or Ctrl-C instead of an exception
     raised wherever the flow happens to be: the flow drains and ends cleanly."""
@@ -141,14 +175,20 @@ def simulate(
 @app.command()
 def run(
     bootstrap: Bootstrap = None,
-    in_topic: Annotated[str | None, typer.Option(help="telemetry topic [telemetry]", show_default=False)] = None,
-    out_topic: Annotated[str | None, typer.Option(help="labeled events topic [labeled]", show_default=False)] = None,
-    dlq_topic: Annotated[str | None, typer.Option(help="dead-letter topic [deadletter]", show_default=False)] = None,
+    in_topic: Annotated[
+        str | None, typer.Option(help="telemetry topic (default telemetry)", show_default=False)
+    ] = None,
+    out_topic: Annotated[
+        str | None, typer.Option(help="labeled events topic (default labeled)", show_default=False)
+    ] = None,
+    dlq_topic: Annotated[
+        str | None, typer.Option(help="dead-letter topic (default deadletter)", show_default=False)
+    ] = None,
     recovery_dir: Annotated[
         Path | None, typer.Option(help="Bytewax recovery directory: resume after a crash", show_default=False)
     ] = None,
     snapshot_seconds: Annotated[
-        float | None, typer.Option(help="seconds between state snapshots [5]", show_default=False)
+        float | None, typer.Option(help="seconds between state snapshots (default 5)", show_default=False)
     ] = None,
     detector: Annotated[
         str | None,
@@ -163,9 +203,11 @@ def run(
         float | None, typer.Option(help="label threshold (default: the detector's)", show_default=False)
     ] = None,
     shards: Annotated[
-        int | None, typer.Option(help="device shards [1; 4 per worker with --workers]", show_default=False)
+        int | None, typer.Option(help="device shards (default 1; 4 per worker with --workers)", show_default=False)
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="messages per Kafka poll [2000]", show_default=False)] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="messages per Kafka poll (default 2000)", show_default=False)
+    ] = None,
     workers: Annotated[int, typer.Option(help="Bytewax workers in this process")] = 1,
     partitions: Partitions = 4,
     metrics_port: Annotated[
@@ -183,8 +225,12 @@ def run(
     iothub_connection_string: Annotated[
         str | None, typer.Option(help="also send to IoT Hub as this device (GatewayHostName= allowed)")
     ] = None,
-    iothub_send: Annotated[str | None, typer.Option(help="anomalies | all [anomalies]", show_default=False)] = None,
-    iothub_output: Annotated[str | None, typer.Option(help="module output [labeled]", show_default=False)] = None,
+    iothub_send: Annotated[
+        str | None, typer.Option(help="anomalies | all (default anomalies)", show_default=False)
+    ] = None,
+    iothub_output: Annotated[
+        str | None, typer.Option(help="module output (default labeled)", show_default=False)
+    ] = None,
     iothub_ca_cert: Annotated[Path | None, typer.Option(help="CA to trust (gateway)", show_default=False)] = None,
     eventhubs_sink_hub: Annotated[
         str | None, typer.Option(help="also send to this event hub over AMQP", show_default=False)
@@ -197,15 +243,15 @@ def run(
         typer.Option(help="run on a recorded file (.jsonl/.csv/CMAPSS .txt) instead of Kafka", show_default=False),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="with --replay: labeled events JSONL [labeled.jsonl]", show_default=False)
+        Path | None,
+        typer.Option(help="with --replay: labeled events JSONL (default labeled.jsonl)", show_default=False),
     ] = None,
 ) -> None:
     """Run the anomaly flow: telemetry topic → labeled topic (+ dead-letter topic, IoT Hub, Event Hubs)."""
     from bytewax._bytewax import cli_main
-    from bytewax.recovery import RecoveryConfig
 
     from edgewatch.connectors.kafka import ensure_topics
-    from edgewatch.flows.anomaly import build_flow, init_recovery_dir, records, tune_gc_for_streaming
+    from edgewatch.flows.anomaly import build_flow, records
 
     settings = _settings(
         FlowSettings,
@@ -229,29 +275,7 @@ def run(
         eventhubs_sink_hub=eventhubs_sink_hub,
         buffer_dir=buffer_dir,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)  # the IoT SDK logs every message it sends
-    if settings.model_dir is not None:
-        from edgewatch.online_models import artifact
-
-        try:  # refuse a bad artifact before anything starts
-            warm_start = artifact.load(settings.model_dir)
-        except artifact.ArtifactError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        if detector is not None and detector != warm_start.spec.name:
-            raise typer.BadParameter(f"--model holds a {warm_start.spec.name} detector, not {detector}")
-        settings.detector = warm_start.spec.name
-    recovery = None
-    if settings.recovery_dir is not None:
-        try:
-            init_recovery_dir(settings.recovery_dir, settings)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        recovery = RecoveryConfig(str(settings.recovery_dir))
-    if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port)
+    recovery = _prepare_flow_process(settings, detector, metrics_port)
     stop = _stop_event_on_signals()
     if replay is not None:  # the embedded mode: a file in, JSONL out, no broker
         from edgewatch.connectors.files import FileSource, JsonlSink
@@ -267,7 +291,6 @@ def run(
         flow = build_flow(settings, stop=stop)
         where = f"{settings.in_topic}@{settings.bootstrap} → {settings.out_topic} (dead letters → {settings.dlq_topic})"
     typer.echo(f"run: {where} detector={settings.detector}", err=True)
-    tune_gc_for_streaming()
     cli_main(
         flow,
         workers_per_process=workers,
@@ -275,6 +298,98 @@ def run(
         recovery_config=recovery,
     )
     typer.echo("run: stopped", err=True)
+
+
+@app.command()
+def iotedge(
+    input_name: Annotated[str, typer.Option("--input", help="module input to read")] = "telemetry",
+    iothub_output: Annotated[
+        str | None, typer.Option(help="module output of labeled events (default labeled)", show_default=False)
+    ] = None,
+    deadletter_output: Annotated[str, typer.Option(help="module output of dead letters")] = "deadletter",
+    iothub_send: Annotated[
+        str | None,
+        typer.Option(help="anomalies | all, until the twin's sendMode says (default anomalies)", show_default=False),
+    ] = None,
+    recovery_dir: Annotated[
+        Path | None, typer.Option(help="Bytewax recovery directory: resume after a crash", show_default=False)
+    ] = None,
+    snapshot_seconds: Annotated[
+        float | None, typer.Option(help="seconds between state snapshots (default 5)", show_default=False)
+    ] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            help="compact-novelty | robust-zscore | half-space-trees | package.module:factory", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="warm-start model; the twin's modelVersion rolls out what is here", show_default=False),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="label threshold until the twin sets one (default: the detector's)", show_default=False),
+    ] = None,
+    shards: Annotated[
+        int | None, typer.Option(help="device shards (default 1; 4 per worker with --workers)", show_default=False)
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="most messages per flow item (default 2000)", show_default=False)
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Bytewax workers in this process")] = 1,
+    queue_capacity: Annotated[int, typer.Option(help="input messages held for the flow")] = 10_000,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve Prometheus metrics on this port", show_default=False)
+    ] = None,
+    iothub_connection_string: Annotated[
+        str | None,
+        typer.Option(help="development: a module connection string (ModuleId=, GatewayHostName=)", show_default=False),
+    ] = None,
+    iothub_ca_cert: Annotated[Path | None, typer.Option(help="CA to trust (gateway)", show_default=False)] = None,
+    buffer_dir: Annotated[
+        Path | None, typer.Option(help="store-and-forward files of the outputs", show_default=False)
+    ] = None,
+) -> None:
+    """Run as an Azure IoT Edge module: edgeHub input → outputs 'labeled' and 'deadletter'; twin controls."""
+    from edgewatch.flows.iotedge import run_iotedge
+
+    settings = _settings(
+        FlowSettings,
+        recovery_dir=recovery_dir,
+        snapshot_seconds=snapshot_seconds,
+        detector=detector,
+        model_dir=model,
+        threshold=threshold,
+        shards=shards if shards is not None or workers == 1 else 4 * workers,
+        batch_size=batch_size,
+        iothub=True,
+        iothub_connection_string=iothub_connection_string,
+        iothub_send=iothub_send,
+        iothub_output=iothub_output,
+        iothub_ca_cert=iothub_ca_cert,
+        buffer_dir=buffer_dir,
+    )
+    _prepare_flow_process(settings, detector, metrics_port)  # run_iotedge sets up recovery itself
+    stop = _stop_event_on_signals()
+    typer.echo(
+        f"iotedge: input {input_name} → output {settings.iothub_output} (dead letters → output {deadletter_output}) "
+        f"detector={settings.detector}",
+        err=True,
+    )
+    try:
+        run_iotedge(
+            settings,
+            stop,
+            workers=workers,
+            input_name=input_name,
+            deadletter_output=deadletter_output,
+            queue_capacity=queue_capacity,
+        )
+    except ConnectionError as exc:  # edgeHub unreachable: exit non-zero, the edge runtime restarts the module
+        typer.echo(f"iotedge: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("iotedge: stopped", err=True)
 
 
 @app.command()
@@ -381,7 +496,7 @@ app.add_typer(evaluate_app, name="evaluate")
 def evaluate_nab(
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="a NAB root (data/, labels/, config/) [EDGEWATCH_DATA_DIR/nab]", show_default=False),
+        typer.Option(help="a NAB root (data/, labels/, config/) (default EDGEWATCH_DATA_DIR/nab)", show_default=False),
     ] = None,
     groups: Annotated[
         str | None,
@@ -440,7 +555,8 @@ app.add_typer(data_app, name="data")
 def data_fetch(
     dataset: Annotated[str, typer.Argument(help="nab | cmapss")],
     dest: Annotated[
-        Path | None, typer.Option(help="data directory [EDGEWATCH_DATA_DIR or ../shared/data]", show_default=False)
+        Path | None,
+        typer.Option(help="data directory (default EDGEWATCH_DATA_DIR or ../shared/data)", show_default=False),
     ] = None,
     url: Annotated[str | None, typer.Option(help="download from a mirror instead", show_default=False)] = None,
 ) -> None:

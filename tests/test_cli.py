@@ -19,6 +19,7 @@ COMMANDS = [
     "data fetch",
     "serve",
     "replay",
+    "iotedge",
 ]
 
 

@@ -257,8 +257,9 @@ class MqttBroker:
         self._process.send_signal(signal.SIGCONT)
 
     def records(self, event: str) -> list[dict]:
-        lines = self.record.read_text().splitlines()
-        return [record for record in map(json.loads, lines) if record["event"] == event]
+        # the broker may be writing the last line right now: only complete lines count
+        complete = self.record.read_text().rpartition("\n")[0]
+        return [record for record in map(json.loads, complete.splitlines()) if record["event"] == event]
 
     def publishes(self, client_id: str | None = None) -> list[dict]:
         return [p for p in self.records("publish") if client_id is None or p["client_id"] == client_id]

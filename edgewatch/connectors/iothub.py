@@ -163,6 +163,10 @@ class IoTHubSender:
         target: where to send.
         send_timeout: longest wait for one acknowledgement before the client is replaced.
         client_factory: builds SDK clients (default: ``target.create_client``).
+        owns_client: False when the factory hands out a client that others use too (an IoT
+            Edge module's one connection, shared with its input and its twin): such a client is
+            never shut down here, and after a timeout the next attempt uses it again (the SDK
+            reconnects it itself) instead of replacing it.
     """
 
     batch_size = 100
@@ -172,9 +176,11 @@ class IoTHubSender:
         target: IoTHubTarget,
         send_timeout: float = 30.0,
         client_factory: Callable[[], IoTHubClient] | None = None,
+        owns_client: bool = True,
     ):
         self.target = target
         self.send_timeout = send_timeout
+        self.owns_client = owns_client
         self._client_factory = client_factory or target.create_client
         self._client: IoTHubClient | None = None
 
@@ -210,7 +216,9 @@ class IoTHubSender:
 
     def _replace_client(self, reason: BaseException) -> None:
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and not self.owns_client:
+            log.info("iothub: %s: %s; trying again on the shared client", type(reason).__name__, reason)
+        elif client is not None:
             log.info("iothub: replacing the client after %s: %s", type(reason).__name__, reason)
             threading.Thread(
                 target=_shutdown_quietly, args=(client,), name="edgewatch-iothub-shutdown", daemon=True
@@ -218,7 +226,7 @@ class IoTHubSender:
 
     def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
+        if client is not None and self.owns_client:
             _shutdown_quietly(client)
 
 
@@ -257,8 +265,23 @@ class IoTHubSink(ForwardingSink):
         target = IoTHubTarget(connection_string, output, Path(ca_cert) if ca_cert else None)
         options = dict(client_options or {})
         self.target = target
+        self.send_timeout = send_timeout
 
         def sender() -> IoTHubSender:
             return IoTHubSender(target, send_timeout, lambda: target.create_client(**options))
 
         super().__init__("iothub", buffer_dir, sender, send, policy)
+
+    def use_client(self, client: IoTHubClient) -> None:
+        """Send through ``client`` instead of a client of this sink's own.
+
+        An IoT Edge module identity holds one MQTT connection (edgeHub drops the older of two),
+        so a module that also reads inputs and its twin shares one client between them; this
+        sink then neither replaces nor shuts it down. Call before the flow starts.
+        """
+        target, send_timeout = self.target, self.send_timeout
+
+        def shared_sender() -> IoTHubSender:
+            return IoTHubSender(target, send_timeout, lambda: client, owns_client=False)
+
+        self._sender_factory = shared_sender

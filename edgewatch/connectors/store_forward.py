@@ -615,13 +615,14 @@ def select_envelopes(items: Iterable[object], send: SendMode) -> list[Envelope]:
 
 
 class _ForwardingSinkPartition(StatelessSinkPartition[list]):
-    def __init__(self, path: Path, link: _Link, send: SendMode):
+    def __init__(self, path: Path, link: _Link, sink: ForwardingSink):
         self._path = path
         self._link = link
-        self._send = send
+        self._sink = sink
 
     def write_batch(self, items: list[list]) -> None:
-        envelopes = [envelope for batch in items for envelope in select_envelopes(batch, self._send)]
+        send = self._sink.send  # read per batch: an operator may switch it while the flow runs
+        envelopes = [envelope for batch in items for envelope in select_envelopes(batch, send)]
         try:
             self._link.buffer.put(envelopes)
         except sqlite3.OperationalError as exc:
@@ -640,6 +641,9 @@ class ForwardingSink(DynamicSink[list]):
     buffer (so a device identity holds one connection); the file is locked against other
     processes.
 
+    ``send`` may be changed while the flow runs (e.g. from an IoT Edge module twin): every
+    batch written after the change uses the new mode.
+
     Args:
         name: buffer name (file stem, metrics label, log prefix).
         buffer_dir: where the buffer file lives; keep it on a persistent volume.
@@ -656,14 +660,23 @@ class ForwardingSink(DynamicSink[list]):
         send: SendMode = "anomalies",
         policy: BufferPolicy | None = None,
     ):
-        if send not in SEND_MODES:
-            raise ValueError(f"send must be one of {SEND_MODES}, got {send!r}")
         self.name = name
         self.path = (Path(buffer_dir) / f"{name}.sqlite3").resolve()
         self.send = send
         self.policy = policy or BufferPolicy()
         self._sender_factory = sender_factory
 
+    @property
+    def send(self) -> SendMode:
+        """``anomalies`` or ``all``; settable while the flow runs."""
+        return self._send
+
+    @send.setter
+    def send(self, mode: SendMode) -> None:
+        if mode not in SEND_MODES:
+            raise ValueError(f"send must be one of {SEND_MODES}, got {mode!r}")
+        self._send = mode
+
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ForwardingSinkPartition:
         link = _acquire_link(self.path, self.name, self.policy, self._sender_factory)
-        return _ForwardingSinkPartition(self.path, link, self.send)
+        return _ForwardingSinkPartition(self.path, link, self)

@@ -1,0 +1,709 @@
+"""edgewatch as an IoT Edge module (``run_iotedge``) against a real MQTT broker, with the real SDK.
+
+The broker is test_iothub's amqtt with TLS on 127.0.0.1:8883 and its recording plugin, plus what
+edgeHub does for a module twin: it answers ``$iothub/twin/GET`` with the twin document and
+``$iothub/twin/PATCH/properties/reported`` with 204, and turns a test's control message into a
+``$iothub/twin/PATCH/properties/desired/?$version=N``. (Plain amqtt closes any client that
+publishes to a ``$`` topic, so the broker subclass answers those requests itself.) The module
+runs as a subprocess whose identity comes from test_iothub's fake IoT Edge workload API; the
+test publishes to its input topic what edgeHub routes from SimulatedTemperatureSensor,
+``devices/{device}/modules/{module}/inputs/telemetry/<properties>``, and reads what the module
+publishes on its outputs from the broker's record.
+
+Run as a script, this module is that broker (``broker``) or the module process (``module``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote, unquote, urlencode
+
+import pytest
+from azure.iot.device import Message
+
+from edgewatch.config import FlowSettings
+from edgewatch.connectors.broker import _die_with_parent
+from edgewatch.connectors.edgehub import (
+    EdgeHubInput,
+    EdgeHubSource,
+    dead_letter_envelope,
+    raw_message,
+)
+from edgewatch.connectors.kafka import OutRecord
+from edgewatch.connectors.store_forward import ForwardingSink
+from edgewatch.flows.anomaly import LiveControls
+from edgewatch.flows.iotedge import TwinControls
+from edgewatch.online_models import artifact
+from edgewatch.online_models.registry import resolve_detector
+from edgewatch.schema import RawMessage, Reading, parse_message
+from tests.test_iothub import (
+    BROKER_PORT,
+    EDGE_DEVICE,
+    KEY,
+    MODULE,
+    REPO,
+    FakeWorkloadApi,
+    MqttBroker,
+    PublishRecorder,
+    make_test_pki,
+    port_is_free,
+)
+
+SENSOR = "SimulatedTemperatureSensor"
+SENSOR_ID = f"{EDGE_DEVICE}/{SENSOR}"
+MODULE_CLIENT = f"{EDGE_DEVICE}/{MODULE}"
+TWIN_CONTROL_TOPIC = "edgewatch-test/twin/desired"
+INPUT_TOPIC = f"devices/{EDGE_DEVICE}/modules/{MODULE}/inputs"
+EVENTS_TOPIC = f"devices/{EDGE_DEVICE}/modules/{MODULE}/messages/events/"
+REPORTED_TOPIC = "$iothub/twin/PATCH/properties/reported/"
+
+
+# -- what edgeHub does for a module twin ----------------------------------------------------------
+
+
+def merge_patch(document: dict, patch: dict) -> None:
+    """JSON merge patch, as the twin service applies one: ``null`` removes a property."""
+    for name, value in patch.items():
+        if name == "$version":
+            continue
+        if value is None:
+            document.pop(name, None)
+        elif isinstance(value, dict) and isinstance(document.get(name), dict):
+            merge_patch(document[name], value)
+        else:
+            document[name] = value
+
+
+def twin_service(twin: dict, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
+    """The replies to one twin request (or to the test's desired-properties control message)."""
+    request_id = unquote(topic.rpartition("$rid=")[2])
+    if topic.startswith("$iothub/twin/GET/"):
+        return [(f"$iothub/twin/res/200/?$rid={request_id}", json.dumps(twin).encode())]
+    if topic.startswith(REPORTED_TOPIC):
+        merge_patch(twin["reported"], json.loads(payload))
+        twin["reported"]["$version"] += 1
+        return [(f"$iothub/twin/res/204/?$rid={request_id}&$version={twin['reported']['$version']}", b"")]
+    if topic == TWIN_CONTROL_TOPIC:
+        patch = json.loads(payload)
+        merge_patch(twin["desired"], patch)
+        twin["desired"]["$version"] += 1
+        version = twin["desired"]["$version"]
+        return [
+            (
+                f"$iothub/twin/PATCH/properties/desired/?$version={version}",
+                json.dumps({**patch, "$version": version}).encode(),
+            )
+        ]
+    return []
+
+
+class TwinRecorder(PublishRecorder):
+    """test_iothub's recorder, plus every SUBSCRIBE (so the test knows when the module listens)."""
+
+    async def on_broker_client_subscribed(self, *, client_id, topic, qos) -> None:
+        self._append({"event": "subscribe", "client_id": client_id, "topic": topic})
+
+
+def run_twin_broker(cert: str, key: str, record: str, twin_file: str) -> None:
+    """The broker process: test_iothub's TLS broker, answering twin requests as edgeHub does."""
+    from amqtt.broker import Broker
+    from amqtt.events import BrokerEvents
+
+    class TwinServiceBroker(Broker):
+        def __init__(self, config: dict, twin: dict):
+            super().__init__(config)
+            self.twin = twin
+
+        async def _handle_message_delivery(self, client_session, handler, wait_deliver) -> bool:
+            message = wait_deliver.result()
+            topic = message.topic if message is not None else ""
+            if not (topic.startswith("$iothub/twin/") or topic == TWIN_CONTROL_TOPIC):
+                return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+            await self.plugins_manager.fire_event(
+                BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=message
+            )
+            for reply_topic, reply in twin_service(self.twin, topic, bytes(message.data)):
+                await self.internal_message_broadcast(reply_topic, reply, 1)
+            return True
+
+    config = {
+        "listeners": {
+            "default": {
+                "type": "tcp",
+                "bind": f"127.0.0.1:{BROKER_PORT}",
+                "ssl": True,
+                "certfile": cert,
+                "keyfile": key,
+            }
+        },
+        "plugins": {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            "tests.test_iotedge_module.TwinRecorder": {"path": record},
+        },
+    }
+
+    async def serve() -> None:
+        broker = TwinServiceBroker(config, json.loads(Path(twin_file).read_text()))
+        await broker.start()
+        stopping = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+        print("ready", flush=True)
+        await stopping.wait()
+        await broker.shutdown()
+
+    asyncio.run(serve())
+
+
+class TwinBroker(MqttBroker):
+    """test_iothub's broker process, started with the twin service and an initial twin."""
+
+    def __init__(self, pki, workdir: Path, desired: dict):
+        super().__init__(pki, workdir)
+        self.twin_file = workdir / "twin.json"
+        self.twin_file.write_text(json.dumps({"desired": {**desired, "$version": 1}, "reported": {"$version": 1}}))
+
+    def start(self, timeout: float = 30.0) -> TwinBroker:
+        command = [sys.executable, "-m", "tests.test_iotedge_module", "broker"]
+        command += [str(self.pki.cert), str(self.pki.key), str(self.record), str(self.twin_file)]
+        with open(self.log, "ab") as log:
+            self._process = subprocess.Popen(
+                command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=_die_with_parent
+            )
+        ready = threading.Event()
+        threading.Thread(target=lambda: self._process.stdout.readline() == "ready\n" and ready.set()).start()
+        if not ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"the MQTT broker did not start; see {self.log}")
+        return self
+
+    def records(self, event: str) -> list[dict]:
+        """Recorded events, complete lines only: the broker may be writing the last one right now."""
+        complete_lines = self.record.read_text().split("\n")[:-1]
+        return [record for record in map(json.loads, complete_lines) if record["event"] == event]
+
+    def subscribed(self, client_id: str, topic: str) -> bool:
+        return any(r["client_id"] == client_id and r["topic"] == topic for r in self.records("subscribe"))
+
+    def reported(self) -> list[dict]:
+        """Every reported-properties patch the module sent, in order."""
+        return [
+            json.loads(p["payload"]) for p in self.publishes(MODULE_CLIENT) if p["topic"].startswith(REPORTED_TOPIC)
+        ]
+
+    def outputs(self, output: str) -> list[Output]:
+        """What the module sent on a module output, in order."""
+        found = []
+        for publish in self.publishes(MODULE_CLIENT):
+            if publish["topic"].startswith(EVENTS_TOPIC):
+                properties = dict(
+                    tuple(unquote(part) for part in pair.split("=", 1))
+                    for pair in publish["topic"][len(EVENTS_TOPIC) :].split("&")
+                )
+                if properties.get("$.on") == output:
+                    found.append(Output(properties, publish["payload"]))
+        return found
+
+
+@dataclass(frozen=True)
+class Output:
+    properties: dict[str, str]
+    payload: str
+
+    @property
+    def body(self) -> dict:
+        return json.loads(self.payload)
+
+    @property
+    def offset(self) -> int:
+        return int(self.properties["$.mid"].rsplit(":", 1)[1])
+
+
+def wait_until(condition, timeout: float, what: str):
+    """Poll ``condition()`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+    return result
+
+
+# -- what edgeHub routes to the module ------------------------------------------------------------
+
+
+class EdgeHubStub:
+    """An MQTT client that publishes what edgeHub would: routed input messages and twin changes."""
+
+    def __init__(self, ca: Path):
+        import paho.mqtt.client as mqtt
+
+        self._connected = threading.Event()
+        self._client = mqtt.Client(client_id="test-edgehub", clean_session=True)
+        self._client.tls_set(ca_certs=str(ca))
+        self._client.on_connect = lambda *_: self._connected.set()
+        self._sequence = 0
+
+    def start(self, timeout: float = 15.0) -> EdgeHubStub:
+        self._client.connect("localhost", BROKER_PORT)
+        self._client.loop_start()
+        if not self._connected.wait(timeout):
+            raise RuntimeError("the edgeHub stub did not connect")
+        return self
+
+    def route(self, body: bytes, properties: dict[str, str] | None = None, input_name: str = "telemetry") -> None:
+        """One message to the module's input, with the system properties edgeHub stamps on a message
+        from SimulatedTemperatureSensor (unless ``properties`` replaces them)."""
+        self._sequence += 1
+        if properties is None:
+            properties = {
+                "$.cdid": EDGE_DEVICE,
+                "$.cmid": SENSOR,
+                "$.ct": "application/json",
+                "$.ce": "utf-8",
+                "sequenceNumber": str(self._sequence),
+                "batchId": "b-1",
+            }
+        topic = f"{INPUT_TOPIC}/{input_name}/{urlencode(list(properties.items()), quote_via=quote)}"
+        self._client.publish(topic, body, qos=1).wait_for_publish(5)
+
+    def patch_desired(self, patch: dict) -> None:
+        self._client.publish(TWIN_CONTROL_TOPIC, json.dumps(patch), qos=1).wait_for_publish(5)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def sensor_body(n: int, temperature: float = 21.0) -> bytes:
+    """A SimulatedTemperatureSensor message body."""
+    created = datetime(2026, 11, 23, 1, 0, tzinfo=UTC) + timedelta(seconds=n)
+    body = {
+        "machine": {"temperature": temperature + 0.01 * n, "pressure": 1.02},
+        "ambient": {"temperature": 20.8, "humidity": 25},
+        "timeCreated": created.strftime("%Y-%m-%dT%H:%M:%S.%f0Z"),
+    }
+    return json.dumps(body).encode()
+
+
+def train_model(model_dir: Path, drift: float = 0.0) -> str:
+    """A warm-start artifact for the sensor in ``model_dir``; returns its version."""
+    readings = []
+    for n in range(48):
+        raw = RawMessage(SENSOR_ID.encode(), b"{}", [], "history", 0, n)
+        features = {"machine.temperature": 21.0 + drift + 0.05 * (n % 5), "machine.pressure": 1.02}
+        features |= {"ambient.temperature": 20.8, "ambient.humidity": 25.0}
+        readings.append(Reading(SENSOR_ID, 1_795_000_000.0 + n, features, raw))
+    return artifact.save(artifact.train(resolve_detector("compact-novelty"), readings), model_dir).version
+
+
+# -- unit tests: no broker ------------------------------------------------------------------------
+
+
+def sdk_message(body: bytes, properties: dict[str, str], input_name: str = "telemetry") -> Message:
+    """A message as azure-iot-device hands it to ``on_message_received`` (system properties it does
+    not know, such as ``$.cdid``, land among the custom properties)."""
+    message = Message(body, content_type="application/json", content_encoding="utf-8")
+    message.custom_properties.update(properties)
+    message.input_name = input_name
+    return message
+
+
+def test_an_input_message_becomes_a_raw_message_from_its_sender():
+    properties = {"$.cdid": EDGE_DEVICE, "$.cmid": SENSOR, "$.ctime": "2026-11-23T01:05:00.1234567Z"}
+    message = sdk_message(sensor_body(0), properties | {"sequenceNumber": "7"})
+    raw = raw_message(message, "telemetry", 42, 1_000)
+    assert (raw.key, raw.value, raw.topic, raw.partition, raw.offset) == (
+        SENSOR_ID.encode(),
+        sensor_body(0),
+        "telemetry",
+        0,
+        42,
+    )
+    assert raw.headers == [
+        ("sequenceNumber", b"7"),
+        ("content-type", b"application/json"),
+        ("content-encoding", b"utf-8"),
+    ]
+    assert raw.timestamp_ms == int(datetime(2026, 11, 23, 1, 5, 0, 123456, tzinfo=UTC).timestamp() * 1000)
+    assert parse_message(raw).device_id == SENSOR_ID
+    # a device (not a module) is named alone; without a creation time, the receive time counts
+    device_message = raw_message(sdk_message(sensor_body(0), {"$.cdid": "pump-3"}), "telemetry", 43, 1_000)
+    assert (device_message.key, device_message.timestamp_ms) == (b"pump-3", 1_000)
+
+
+def test_a_body_that_names_its_device_wins_over_the_sender():
+    body = b'{"deviceId": "pump-7", "values": {"rpm": 1450}}'
+    raw = raw_message(sdk_message(body, {"$.cdid": EDGE_DEVICE, "$.cmid": SENSOR}), "telemetry", 1, 1_000)
+    assert raw.key is None
+    assert parse_message(raw).device_id == "pump-7"
+
+
+def test_a_full_queue_makes_the_handler_wait_then_hands_the_message_back():
+    rejected = []
+    queue = EdgeHubInput("telemetry", capacity=2, wait_seconds=10.0, on_reject=lambda *args: rejected.append(args))
+    for n in range(2):
+        queue.handle(sdk_message(sensor_body(n), {"$.cdid": "d"}))
+    # the third waits for room: the flow takes a batch 0.2 s later and it gets in
+    taken: list[RawMessage] = []
+    threading.Timer(0.2, lambda: taken.extend(queue.take(10, 1.0))).start()
+    started = time.monotonic()
+    queue.handle(sdk_message(sensor_body(2), {"$.cdid": "d"}))
+    assert time.monotonic() - started > 0.15
+    assert len(taken) == 2 and len(queue) == 1 and rejected == []
+    # now nobody takes: after wait_seconds the message goes to on_reject with the reason
+    queue.wait_seconds = 0.2
+    queue.handle(sdk_message(sensor_body(3), {"$.cdid": "d"}))
+    queue.handle(sdk_message(sensor_body(4), {"$.cdid": "d"}))
+    (raw, reason, why), *_ = rejected
+    assert (reason, raw.value) == ("queue-full", sensor_body(4)) and "stayed full" in why
+    offsets = [r.offset for r in taken] + [r.offset for r in queue.take(10, 0)] + [raw.offset]
+    assert offsets == list(range(offsets[0], offsets[0] + 5)), "one sequence over queued and rejected messages"
+    # other inputs are refused at once; after close, the queue drains and then reports finished
+    queue.handle(sdk_message(b"{}", {}, input_name="other"))
+    assert rejected[-1][1] == "unknown-input"
+    queue.close()
+    queue.handle(sdk_message(sensor_body(5), {"$.cdid": "d"}))
+    assert rejected[-1][1] == "stopping" and queue.finished
+
+
+def test_the_source_is_one_partition_that_ends_when_the_input_is_closed_and_drained():
+    queue = EdgeHubInput("telemetry")
+    source = EdgeHubSource(queue, batch_size=2, poll_seconds=0.01)
+    assert source.list_parts() == ["edgehub-telemetry"]
+    partition = source.build_part("in", "edgehub-telemetry", None)
+    for n in range(3):
+        queue.handle(sdk_message(sensor_body(n), {"$.cdid": "d"}))
+    assert [len(batch) for batch in partition.next_batch()] == [2]
+    assert partition.next_batch() != [] and partition.next_batch() == []
+    queue.close()
+    with pytest.raises(StopIteration):
+        partition.next_batch()
+    assert partition.snapshot() is None
+
+
+def test_a_dead_letter_record_becomes_an_output_message():
+    headers = [("sequenceNumber", b"3"), ("edgewatch.error.reason", b"not JSON")]
+    headers += [("edgewatch.error.topic", b"telemetry"), ("edgewatch.error.partition", b"0")]
+    headers += [("edgewatch.error.offset", b"17")]
+    envelope = dead_letter_envelope(OutRecord("deadletter", SENSOR_ID.encode(), b"\xff not json", headers))
+    assert envelope.body == b"\xff not json" and envelope.message_id == "telemetry:0:17"
+    assert envelope.properties["deviceId"] == SENSOR_ID and envelope.properties["edgewatch.error.reason"] == "not JSON"
+
+
+def test_the_main_sink_sends_dead_letters_and_only_counts_labeled_events():
+    from edgewatch.connectors.edgehub import _DeadLetterPartition
+    from edgewatch.schema import DeadLetter, LabeledEvent
+    from edgewatch.telemetry import FLOW_METRICS
+
+    class Recording:
+        def __init__(self):
+            self.batches = []
+
+        def write_batch(self, items):
+            self.batches.extend(items)
+
+    raw = RawMessage(SENSOR_ID.encode(), b"bad", [("sequenceNumber", b"5")], "telemetry", 0, 9, 1_000)
+    good = RawMessage(SENSOR_ID.encode(), b"{}", [], "telemetry", 0, 10, 1_000)
+    event = LabeledEvent(Reading(SENSOR_ID, 1.0, {"x": 1.0}, good), 0.9, True, "compact-novelty", "v")
+    legacy = OutRecord("deadletter", b"pump-1", b"old", [("edgewatch.error.topic", b"telemetry")])
+    inner = Recording()
+    labeled_before = FLOW_METRICS.labeled._value.get()
+    _DeadLetterPartition(inner, "deadletter").write_batch([[DeadLetter(raw, "not JSON")], [event], [legacy], []])
+    (dead,), labeled, (old,), empty = inner.batches
+    assert (dead.body, dead.message_id) == (b"bad", "telemetry:0:9")
+    assert dead.properties["edgewatch.error.reason"] == "not JSON"
+    assert dead.properties["sequenceNumber"] == "5" and dead.properties["deviceId"] == SENSOR_ID
+    assert (labeled, empty, old.body) == ([], [], b"old")
+    assert FLOW_METRICS.labeled._value.get() == labeled_before + 1
+
+
+@pytest.fixture
+def twin_controls(tmp_path):
+    """TwinControls over a model directory, with the flow's controls and a real sink."""
+    version = train_model(tmp_path / "model")
+    settings = FlowSettings(model_dir=tmp_path / "model", iothub_send="anomalies")
+    controls = LiveControls()
+    sink = ForwardingSink("test", tmp_path, lambda: None)
+    return TwinControls(settings, controls, sink), controls, sink, version
+
+
+def test_desired_properties_change_the_flow_and_bad_values_are_reported(twin_controls, tmp_path):
+    twin, controls, sink, version = twin_controls
+    assert (twin.threshold, controls.threshold, twin.model_version) == (0.3426, 0.3426, version)
+
+    reported = twin.apply({"threshold": 0.9, "sendMode": "all", "modelVersion": version, "$version": 2}, True)
+    assert reported == {
+        "threshold": 0.9,
+        "sendMode": "all",
+        "modelVersion": version,
+        "detector": "compact-novelty",
+        "status": "ok",
+        "error": None,
+        "desiredVersion": 2,
+    }
+    assert (controls.threshold, sink.send, controls.generation) == (0.9, "all", 0), "same model: no restart"
+
+    for bad in ("high", 1.5, -0.1, True, float("nan"), [0.5]):
+        reported = twin.apply({"threshold": bad}, False)
+        assert reported["status"] == "error" and reported["error"].startswith("threshold: must"), bad
+        assert controls.threshold == 0.9, f"{bad!r} must not change the threshold"
+    reported = twin.apply({"sendMode": "some", "$version": 4}, False)
+    assert "sendMode: must be one of anomalies, all" in reported["error"] and sink.send == "all"
+    assert "threshold" in reported["error"], "errors stay until the property is set right"
+
+    assert twin.apply({"sendMode": "all", "$version": 3}, False) is None, "an older patch is ignored"
+    assert twin.apply({"sendMode": "all", "$version": 3}, True) is None, "and so is an older whole twin"
+    reported = twin.apply({"threshold": None, "sendMode": None, "$version": 5}, False)
+    assert (reported["status"], reported["threshold"], reported["sendMode"]) == ("ok", 0.3426, "anomalies")
+    assert math.isclose(controls.threshold, 0.3426)
+
+
+def test_a_model_version_rolls_out_only_when_the_model_directory_holds_it(twin_controls, tmp_path):
+    twin, controls, _sink, version = twin_controls
+    reported = twin.apply({"modelVersion": "compact-novelty-nope", "$version": 2}, False)
+    assert reported["modelVersion"] == version and controls.generation == 0
+    assert f"holds {version!r}" in reported["error"] and "deploy that model first" in reported["error"]
+
+    new_version = train_model(tmp_path / "model", drift=5.0)
+    assert new_version != version
+    reported = twin.apply({"modelVersion": new_version, "$version": 3}, False)
+    assert (reported["status"], reported["modelVersion"]) == ("ok", new_version)
+    assert controls.generation == 1 and controls.artifact.version == new_version
+
+    (tmp_path / "model" / "model.pkl").write_bytes(b"tampered")
+    reported = twin.apply({"modelVersion": "compact-novelty-other", "$version": 4}, False)
+    assert "does not match its sha256" in reported["error"] and controls.generation == 1
+
+
+# -- the module against the broker ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> tuple[Path, str]:
+    return tmp_path / "model", train_model(tmp_path / "model")
+
+
+@pytest.fixture
+def broker(pki, tmp_path, model_dir):
+    if not port_is_free(BROKER_PORT):
+        pytest.skip(f"127.0.0.1:{BROKER_PORT} is in use; the IoT Hub SDK cannot use another port")
+    desired = {"threshold": 1.0, "sendMode": "all", "modelVersion": model_dir[1]}
+    mqtt = TwinBroker(pki, tmp_path, desired).start()
+    yield mqtt
+    mqtt.stop()
+
+
+@pytest.fixture
+def edgehub(broker, pki):
+    stub = EdgeHubStub(pki.ca).start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def module(broker, pki, tmp_path, model_dir):
+    """The edgewatch module process, with its identity from the fake workload API."""
+    with FakeWorkloadApi(pki.ca.read_text(), KEY) as workload:
+        environment = {
+            **os.environ,
+            **workload.environment(),
+            "EDGEWATCH_MODEL_DIR": str(model_dir[0]),
+            "EDGEWATCH_BUFFER_DIR": str(tmp_path / "buffer"),
+            "EDGEWATCH_RECOVERY_DIR": str(tmp_path / "recovery"),
+            "EDGEWATCH_SHARDS": "2",
+            "EDGEWATCH_SNAPSHOT_SECONDS": "1",
+        }
+        log_path = tmp_path / "module.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tests.test_iotedge_module", "module"],
+                cwd=REPO,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        process.log_path = log_path
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+def test_the_module_labels_edgehub_input_and_follows_its_twin(broker, edgehub, module, model_dir):
+    """SimulatedTemperatureSensor messages in on 'telemetry', labeled events out on 'labeled' and
+    dead letters on 'deadletter'; the twin's threshold, sendMode and modelVersion apply live, bad
+    values are refused and reported; SIGTERM drains and stops the module."""
+    model_path, first_version = model_dir
+
+    def log_tail() -> str:
+        return module.log_path.read_text()[-3000:]
+
+    def reported_with(**expected):
+        def matching():
+            assert module.poll() is None, log_tail()
+            return [r for r in broker.reported() if all(r.get(k) == v for k, v in expected.items())]
+
+        return wait_until(matching, 30, f"reported properties {expected}\n{log_tail()}")[-1]
+
+    def labeled_after(count: int, seen: int) -> list[Output]:
+        wait_until(lambda: len(broker.outputs("labeled")) >= seen + count, 20, f"{count} labeled events")
+        time.sleep(0.3)  # nothing more should come
+        found = broker.outputs("labeled")
+        assert len(found) == seen + count
+        return found[seen:]
+
+    # start: the whole twin is read and what is in effect reported before any input is read
+    first = reported_with(desiredVersion=1)
+    assert first == {
+        "threshold": 1.0,
+        "sendMode": "all",
+        "modelVersion": first_version,
+        "detector": "compact-novelty",
+        "status": "ok",
+        "error": None,
+        "desiredVersion": 1,
+    }
+    wait_until(lambda: broker.subscribed(MODULE_CLIENT, f"{INPUT_TOPIC}/#"), 20, "the input subscription")
+
+    # threshold 1.0: nothing is anomalous; sendMode all: every event leaves on 'labeled'
+    for n in range(4):
+        edgehub.route(sensor_body(n))
+    edgehub.route(b'{"deviceId": "pump-7", "values": {"rpm": 1450}}')
+    edgehub.route(b"not json {", {"$.cdid": EDGE_DEVICE, "$.cmid": SENSOR, "sequenceNumber": "99"})
+    # (the SDK runs the input handler on a pool of threads, so a burst may be sequenced in another
+    # order than it was sent; the flow keeps each device's order, not a global one)
+    events = labeled_after(5, 0)
+    assert [e.properties["anomaly"] for e in events] == ["false"] * 5
+    by_device = {device: [e for e in events if e.properties["deviceId"] == device] for device in (SENSOR_ID, "pump-7")}
+    assert [len(found) for found in by_device.values()] == [4, 1], "the body's deviceId names the device"
+    sensor_events = by_device[SENSOR_ID]
+    assert [e.offset for e in sensor_events] == sorted(e.offset for e in sensor_events), "a device's order is kept"
+    assert sorted(e.body["features"]["machine.temperature"] for e in sensor_events) == [21.0, 21.01, 21.02, 21.03]
+    (sensor_event,) = [e for e in sensor_events if e.body["features"]["machine.temperature"] == 21.0]
+    assert sensor_event.properties["$.ct"] == "application/json" and sensor_event.properties["$.ce"] == "utf-8"
+    assert sensor_event.properties["model"] == "compact-novelty"
+    assert sensor_event.properties["$.mid"] == f"telemetry:0:{sensor_event.offset}"
+    assert sensor_event.body["device_id"] == SENSOR_ID
+    assert sensor_event.body["timestamp"] == "2026-11-23T01:00:00Z"
+    assert sensor_event.body["model"]["version"] == first_version
+    assert sensor_event.body["source"] == {"topic": "telemetry", "partition": 0, "offset": sensor_event.offset}
+    (dead,) = wait_until(lambda: broker.outputs("deadletter"), 20, "the dead letter")
+    assert dead.payload == "not json {" and dead.properties["sequenceNumber"] == "99"
+    assert dead.properties["edgewatch.error.stage"] == "parse"
+    assert dead.properties["edgewatch.error.reason"].startswith("not JSON")
+    offsets = sorted([e.offset for e in events] + [dead.offset])
+    assert offsets == list(range(offsets[0], offsets[0] + 6)), "each message one offset, in one sequence"
+    seen = 5
+
+    # a message on an input edgewatch does not read goes back to edgeHub on 'deadletter' at once
+    edgehub.route(sensor_body(0), {"$.cdid": EDGE_DEVICE, "$.cmid": "other-module"}, input_name="other")
+    _, returned = wait_until(lambda: broker.outputs("deadletter")[1:] and broker.outputs("deadletter"), 20, "it")
+    assert returned.payload == sensor_body(0).decode() and returned.properties["edgewatch.error.stage"] == "input"
+    assert returned.properties["edgewatch.error.reason"].startswith("input 'other' is not read by edgewatch")
+    assert returned.properties["deviceId"] == f"{EDGE_DEVICE}/other-module"
+
+    # threshold 0.0, live: every event is an anomaly
+    edgehub.patch_desired({"threshold": 0.0})
+    reported_with(desiredVersion=2, threshold=0.0, status="ok")
+    for n in range(4, 7):
+        edgehub.route(sensor_body(n))
+    assert [e.properties["anomaly"] for e in labeled_after(3, seen)] == ["true"] * 3
+    seen += 3
+
+    # sendMode anomalies with threshold 1.0: labeled, but nothing sent; back to 0.0: sent again
+    edgehub.patch_desired({"sendMode": "anomalies", "threshold": 1.0})
+    reported_with(desiredVersion=3, sendMode="anomalies", threshold=1.0)
+    for n in range(7, 10):
+        edgehub.route(sensor_body(n))
+    time.sleep(1.0)
+    assert len(broker.outputs("labeled")) == seen, "normal events stay home in anomalies mode"
+    last_offset = max(e.offset for e in broker.outputs("labeled"))
+    edgehub.patch_desired({"threshold": 0.0})
+    reported_with(desiredVersion=4, threshold=0.0)
+    for n in range(10, 12):
+        edgehub.route(sensor_body(n))
+    sent = labeled_after(2, seen)
+    assert sorted(e.offset for e in sent) == [last_offset + 4, last_offset + 5], "the three normal ones were labeled"
+    seen += 2
+
+    # bad values: refused, reported, and what was in effect stays
+    edgehub.patch_desired({"threshold": "high"})
+    refused = reported_with(desiredVersion=5, status="error")
+    assert refused["threshold"] == 0.0 and refused["error"].startswith("threshold: must be a number in [0, 1]")
+    edgehub.patch_desired({"modelVersion": "compact-novelty-unknown"})
+    refused = reported_with(desiredVersion=6, status="error")
+    assert "threshold: " in refused["error"] and "modelVersion: 'compact-novelty-unknown' asked for" in refused["error"]
+    assert refused["modelVersion"] == first_version
+    edgehub.route(sensor_body(12))
+    assert [e.properties["anomaly"] for e in labeled_after(1, seen)] == ["true"]
+    seen += 1
+
+    # a new model in the model directory, then its version in the twin: every device restarts from it
+    second_version = train_model(model_path, drift=3.0)
+    edgehub.patch_desired({"modelVersion": second_version, "threshold": 1.0, "sendMode": "all"})
+    rolled = reported_with(desiredVersion=7, status="ok")
+    assert (rolled["modelVersion"], rolled["threshold"], rolled["error"]) == (second_version, 1.0, None)
+    edgehub.route(sensor_body(13))
+    (event,) = labeled_after(1, seen)
+    assert event.body["model"]["version"] == second_version and event.properties["anomaly"] == "false"
+
+    # SIGTERM: the input is closed, what was taken is labeled, the module ends cleanly
+    module.send_signal(signal.SIGTERM)
+    assert module.wait(30) == 0, log_tail()
+    assert "input closed" in module.log_path.read_text()
+
+
+# -- the subprocesses ---------------------------------------------------------------------------------
+
+
+def run_module() -> int:
+    """The module process: ``run_iotedge`` with settings from EDGEWATCH_*, until SIGTERM."""
+    import logging
+
+    from edgewatch.flows.iotedge import run_iotedge
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    run_iotedge(FlowSettings(), stop, connect_timeout=30.0, twin_timeout=10.0)
+    print("module stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.test_iotedge_module")
+    commands = parser.add_subparsers(dest="command", required=True)
+    broker_cmd = commands.add_parser("broker")
+    for name in ("cert", "key", "record", "twin"):
+        broker_cmd.add_argument(name)
+    commands.add_parser("module")
+    args = parser.parse_args(argv)
+    if args.command == "broker":
+        run_twin_broker(args.cert, args.key, args.record, args.twin)
+        return 0
+    return run_module()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
