@@ -488,6 +488,30 @@ def test_device_mode_through_a_transparent_gateway(broker, subscriber, pki, tmp_
     check_sas(connect, f"{HUB}/devices/{GATEWAY_DEVICE}")
 
 
+def test_simulator_sends_as_the_simulated_temperature_sensor_module_does(broker, subscriber, pki):
+    """`edgewatch simulate --iothub-connection-string`: the module's body, content type and encoding,
+    sequenceNumber/batchId properties (plus the ground truth and the machine as deviceId)."""
+    from urllib.parse import quote
+
+    from edgewatch.simulator import Fleet
+    from edgewatch.simulator.publish import publish_iothub
+
+    records = list(Fleet(devices=2, seed=1, fault_rate=0.0, start_time=1_767_225_600.0).records(4))
+    stats = publish_iothub(records, DEVICE_CONNECTION_STRING, ca_cert=pki.ca)
+    assert stats.messages == 4
+    received = subscriber.wait_for(4)
+    expected = []
+    for record in records:
+        properties = {**{name: value.decode() for name, value in record.headers}, "deviceId": record.key.decode()}
+        custom = "&".join(
+            f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in sorted(properties.items())
+        )
+        expected.append(f"devices/{GATEWAY_DEVICE}/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&{custom}")
+    assert [topic for topic, _ in received] == expected
+    assert [payload for _, payload in received] == [record.value for record in records]
+    assert b'"timeCreated":"2026-01-01T00:00:00.000000Z"' in received[0][1]
+
+
 def test_an_untrusted_broker_gets_nothing(broker, subscriber, tmp_path):
     """Without the gateway's CA the TLS check fails: nothing is published, everything stays buffered."""
     events = [labeled(offset, device_of(offset), anomaly=True) for offset in range(3)]
