@@ -154,7 +154,7 @@ class _Ambient(msgspec.Struct):
 class _SimulatedSensorBody(msgspec.Struct):
     machine: _Machine
     ambient: _Ambient
-    timeCreated: datetime | None = None  # the module's field names
+    timeCreated: str | None = None  # the module's field names; parsed as the general path does
     deviceId: str | None = None
 
 
@@ -181,12 +181,15 @@ def _parse_simulated_sensor(raw: RawMessage) -> Reading | None:
         device_id = body.deviceId or _iothub_sender(raw.headers)
     if not device_id or len(device_id) > MAX_DEVICE_ID_LENGTH or not device_id.isprintable():
         return None
-    created = body.timeCreated
-    if created is None:
+    if body.timeCreated is None:
         if raw.timestamp_ms is None:
             return None
         timestamp = raw.timestamp_ms / 1000.0
     else:
+        try:
+            created = datetime.fromisoformat(body.timeCreated)
+        except ValueError:
+            return None
         timestamp = (created if created.tzinfo else created.replace(tzinfo=UTC)).timestamp()
     features = dict(zip(SIMULATED_SENSOR_NAMES, values, strict=True))
     return Reading(device_id, timestamp, features, raw)
