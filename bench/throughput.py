@@ -214,8 +214,8 @@ def run_memory(bootstrap: str, topic: str, stop_offsets: dict) -> dict:
     banks = []
     original = anomaly.ModelBankLogic.__init__
 
-    def remember(self, bank):
-        original(self, bank)
+    def remember(self, bank, *args, **kwargs):
+        original(self, bank, *args, **kwargs)
         banks.append(bank)
 
     anomaly.ModelBankLogic.__init__ = remember
