@@ -226,8 +226,8 @@ def run_memory(bootstrap: str, topic: str, stop_offsets: dict) -> dict:
     per_device = allocated / max(1, sum(len(group.blocks[0]) for group in groups))
     result.update(
         devices=devices,
-        state_bytes=per_device * devices,  # the rows in use (the arrays grow by doubling)
-        allocated_bytes=allocated,
+        state_bytes=per_device * devices,  # the rows in use
+        allocated_bytes=allocated,  # with the growth slack
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
     return result
@@ -382,15 +382,25 @@ def main(
                 f"max={latency['max_ms']:.1f} ms at {latency['rate']:.0f} events/s ({latency['events']} events)",
                 flush=True,
             )
-            memory_topic = f"{topic}-devices"
-            memory_offsets = produce_messages(bootstrap, memory_topic, 200_000, 10_000)
-            memory = _child(
-                "memory", "--bootstrap", bootstrap, "--topic", memory_topic, "--offsets", _offsets_arg(memory_offsets)
-            )
+            rss = {}
+            for fleet in (10, 10_000):  # the same 200,000 messages from 10 devices, then 10,000
+                memory_topic = f"{topic}-devices-{fleet}"
+                memory_offsets = produce_messages(bootstrap, memory_topic, 200_000, fleet)
+                memory = _child(
+                    "memory",
+                    "--bootstrap",
+                    bootstrap,
+                    "--topic",
+                    memory_topic,
+                    "--offsets",
+                    _offsets_arg(memory_offsets),
+                )
+                rss[fleet] = memory["peak_rss_bytes"]
+            state, allocated = memory["state_bytes"], memory["allocated_bytes"]
             print(
-                f"  memory     {memory['devices']} devices: model state {memory['state_bytes'] / 1e6:.1f} MB "
-                f"({memory['state_bytes'] / memory['devices']:.0f} B per device), "
-                f"peak RSS {memory['peak_rss_bytes'] / 1e6:.0f} MB",
+                f"  memory     {memory['devices']} devices: model state {state / 1e6:.1f} MB "
+                f"({state / memory['devices']:.0f} B per device; {allocated / 1e6:.1f} MB allocated), "
+                f"peak RSS {rss[10_000] / 1e6:.0f} MB (10 devices: {rss[10] / 1e6:.0f} MB)",
                 flush=True,
             )
     null, naive = results["null"]["events_per_s"], results["naive"]["events_per_s"]

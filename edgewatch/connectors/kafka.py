@@ -176,6 +176,8 @@ class KafkaBatchSource(FixedPartitionedSource[list[RawMessage], int]):
             # an offset that retention already deleted: continue at the oldest message kept, not the end
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": "10",
+            # librdkafka prefetches up to 64 MB per partition by default: too much for an edge node
+            "queued.max.messages.kbytes": "8192",
         }
         stop = None if self._stop_offsets is None else self._stop_offsets.get((topic, int(index)), 0)
         offset = self._start if resume_state is None else resume_state

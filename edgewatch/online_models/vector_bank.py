@@ -20,6 +20,8 @@ from edgewatch.online_models.artifact import ModelArtifact
 from edgewatch.online_models.registry import DetectorSpec
 from edgewatch.schema import DeadLetter, LabeledEvent, Reading
 
+GROWTH_STEP = 256  # rows
+
 
 class StateLayout:
     """Where a detector's state fields live: fields of one dtype and shape share a block
@@ -69,7 +71,10 @@ class _Group:
         capacity = len(self.blocks[0]) if self.blocks else 0
         if needed <= capacity:
             return
-        grown = layout.allocate(max(needed, 2 * capacity, 8), len(self.features))
+        # grow by an eighth, in whole pages of rows: the slack stays small for a big fleet
+        # (model state is what an edge node runs out of) and copies stay rare
+        target = max(needed, capacity + capacity // 8)
+        grown = layout.allocate(-(-target // GROWTH_STEP) * GROWTH_STEP, len(self.features))
         for old, new in zip(self.blocks, grown, strict=False):
             new[:capacity] = old
         self.blocks = grown
