@@ -143,7 +143,10 @@ class ApacheKafka:
                     java(),
                     "-Xms256m",
                     "-Xmx512m",
-                    "-XX:+UseSerialGC",
+                    # the collector kafka-server-start.sh runs the broker with: short pauses
+                    "-XX:+UseG1GC",
+                    "-XX:MaxGCPauseMillis=20",
+                    "-XX:InitiatingHeapOccupancyPercent=35",
                     "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
                     "-cp",
                     classpath,
