@@ -133,6 +133,10 @@ def bank_builder(settings: FlowSettings, controls: LiveControls | None = None):
     def rebuild(new_artifact):
         return new_bank(new_artifact.spec if new_artifact else spec, settings.threshold, new_artifact)
 
+    warm_up = getattr(new_bank(spec), "warm_up", None)
+    if warm_up is not None:  # compile the bank's kernel before the first message, not on it
+        warm_up()
+
     def build(state: bytes | None) -> ModelBankLogic:
         bank = new_bank(spec, settings.threshold, artifact)
         if state is not None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgewatch.online_models.artifact import ModelArtifact
 from edgewatch.online_models.registry import DetectorSpec
-from edgewatch.schema import DeadLetter, LabeledEvent, Reading
+from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading
 
 GROWTH_STEP = 256  # rows
 
@@ -103,6 +103,12 @@ class VectorBank:
 
     def __len__(self) -> int:
         return sum(len(group.rows) for group in self.groups.values())
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) the detector's kernel now, on a throwaway bank,
+        instead of on the flow's first message."""
+        raw = RawMessage(None, None, [], "warm-up", 0, 0, None)
+        VectorBank(self.spec).label([Reading("warm-up", 0.0, {"x": 0.0}, raw)])
 
     def label(self, readings: list[Reading]) -> tuple[list[LabeledEvent], list[DeadLetter]]:
         scores = np.empty(len(readings))
