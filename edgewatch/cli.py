@@ -28,6 +28,25 @@ app = typer.Typer(
 
 Bootstrap = Annotated[str | None, typer.Option(help="Kafka HOST:PORT (env EDGEWATCH_BOOTSTRAP)", show_default=False)]
 Partitions = Annotated[int, typer.Option(help="partitions of topics edgewatch creates")]
+# Options `run` and `iotedge` share.
+RecoveryDir = Annotated[
+    Path | None, typer.Option(help="Bytewax recovery directory: resume after a crash", show_default=False)
+]
+SnapshotSeconds = Annotated[
+    float | None, typer.Option(help="seconds between state snapshots (default 5)", show_default=False)
+]
+Detector = Annotated[
+    str | None,
+    typer.Option(
+        help="compact-novelty | robust-zscore | half-space-trees | package.module:factory", show_default=False
+    ),
+]
+Shards = Annotated[
+    int | None, typer.Option(help="device shards (default 1; 4 per worker with --workers)", show_default=False)
+]
+Workers = Annotated[int, typer.Option(help="Bytewax workers in this process")]
+MetricsPort = Annotated[int | None, typer.Option(help="serve Prometheus metrics on this port", show_default=False)]
+CaCert = Annotated[Path | None, typer.Option(help="CA to trust (gateway)", show_default=False)]
 
 
 def _settings(cls, **options):
@@ -39,6 +58,11 @@ def _settings(cls, **options):
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise typer.BadParameter(problems) from None
+
+
+def _flow_settings(*, workers: int, shards: int | None, **options) -> FlowSettings:
+    """Flow settings of `run` and `iotedge`; with several workers, 4 device shards each by default."""
+    return _settings(FlowSettings, shards=shards if shards is not None or workers == 1 else 4 * workers, **options)
 
 
 def _prepare_flow_process(settings: FlowSettings, detector: str | None, metrics_port: int | None):
@@ -129,7 +153,7 @@ def simulate(
     iothub_module: Annotated[
         bool, typer.Option("--iothub-module", help="send as this IoT Edge module (output temperatureOutput)")
     ] = False,
-    iothub_ca_cert: Annotated[Path | None, typer.Option(help="CA to trust (gateway)", show_default=False)] = None,
+    iothub_ca_cert: CaCert = None,
 ) -> None:
     """Stream a simulated fleet (SimulatedTemperatureSensor messages with labeled faults)."""
     from edgewatch.connectors.kafka import publish
@@ -184,35 +208,22 @@ def run(
     dlq_topic: Annotated[
         str | None, typer.Option(help="dead-letter topic (default deadletter)", show_default=False)
     ] = None,
-    recovery_dir: Annotated[
-        Path | None, typer.Option(help="Bytewax recovery directory: resume after a crash", show_default=False)
-    ] = None,
-    snapshot_seconds: Annotated[
-        float | None, typer.Option(help="seconds between state snapshots (default 5)", show_default=False)
-    ] = None,
-    detector: Annotated[
-        str | None,
-        typer.Option(
-            help="compact-novelty | robust-zscore | half-space-trees | package.module:factory", show_default=False
-        ),
-    ] = None,
+    recovery_dir: RecoveryDir = None,
+    snapshot_seconds: SnapshotSeconds = None,
+    detector: Detector = None,
     model: Annotated[
         Path | None, typer.Option(help="warm-start every device from `edgewatch train` output", show_default=False)
     ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="label threshold (default: the detector's)", show_default=False)
     ] = None,
-    shards: Annotated[
-        int | None, typer.Option(help="device shards (default 1; 4 per worker with --workers)", show_default=False)
-    ] = None,
+    shards: Shards = None,
     batch_size: Annotated[
         int | None, typer.Option(help="messages per Kafka poll (default 2000)", show_default=False)
     ] = None,
-    workers: Annotated[int, typer.Option(help="Bytewax workers in this process")] = 1,
+    workers: Workers = 1,
     partitions: Partitions = 4,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="serve Prometheus metrics on this port", show_default=False)
-    ] = None,
+    metrics_port: MetricsPort = None,
     eventhubs_connection_string: Annotated[
         str | None,
         typer.Option(
@@ -231,7 +242,7 @@ def run(
     iothub_output: Annotated[
         str | None, typer.Option(help="module output (default labeled)", show_default=False)
     ] = None,
-    iothub_ca_cert: Annotated[Path | None, typer.Option(help="CA to trust (gateway)", show_default=False)] = None,
+    iothub_ca_cert: CaCert = None,
     eventhubs_sink_hub: Annotated[
         str | None, typer.Option(help="also send to this event hub over AMQP", show_default=False)
     ] = None,
@@ -253,8 +264,9 @@ def run(
     from edgewatch.connectors.kafka import ensure_topics
     from edgewatch.flows.anomaly import build_flow, records
 
-    settings = _settings(
-        FlowSettings,
+    settings = _flow_settings(
+        workers=workers,
+        shards=shards,
         bootstrap=bootstrap,
         in_topic=in_topic,
         out_topic=out_topic,
@@ -264,7 +276,6 @@ def run(
         detector=detector,
         model_dir=model,
         threshold=threshold,
-        shards=shards if shards is not None or workers == 1 else 4 * workers,
         batch_size=batch_size,
         eventhubs_connection_string=eventhubs_connection_string,
         iothub=iothub,
@@ -311,18 +322,9 @@ def iotedge(
         str | None,
         typer.Option(help="anomalies | all, until the twin's sendMode says (default anomalies)", show_default=False),
     ] = None,
-    recovery_dir: Annotated[
-        Path | None, typer.Option(help="Bytewax recovery directory: resume after a crash", show_default=False)
-    ] = None,
-    snapshot_seconds: Annotated[
-        float | None, typer.Option(help="seconds between state snapshots (default 5)", show_default=False)
-    ] = None,
-    detector: Annotated[
-        str | None,
-        typer.Option(
-            help="compact-novelty | robust-zscore | half-space-trees | package.module:factory", show_default=False
-        ),
-    ] = None,
+    recovery_dir: RecoveryDir = None,
+    snapshot_seconds: SnapshotSeconds = None,
+    detector: Detector = None,
     model: Annotated[
         Path | None,
         typer.Option(help="warm-start model; the twin's modelVersion rolls out what is here", show_default=False),
@@ -331,22 +333,18 @@ def iotedge(
         float | None,
         typer.Option(help="label threshold until the twin sets one (default: the detector's)", show_default=False),
     ] = None,
-    shards: Annotated[
-        int | None, typer.Option(help="device shards (default 1; 4 per worker with --workers)", show_default=False)
-    ] = None,
+    shards: Shards = None,
     batch_size: Annotated[
         int | None, typer.Option(help="most messages per flow item (default 2000)", show_default=False)
     ] = None,
-    workers: Annotated[int, typer.Option(help="Bytewax workers in this process")] = 1,
+    workers: Workers = 1,
     queue_capacity: Annotated[int, typer.Option(help="input messages held for the flow")] = 10_000,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="serve Prometheus metrics on this port", show_default=False)
-    ] = None,
+    metrics_port: MetricsPort = None,
     iothub_connection_string: Annotated[
         str | None,
         typer.Option(help="development: a module connection string (ModuleId=, GatewayHostName=)", show_default=False),
     ] = None,
-    iothub_ca_cert: Annotated[Path | None, typer.Option(help="CA to trust (gateway)", show_default=False)] = None,
+    iothub_ca_cert: CaCert = None,
     buffer_dir: Annotated[
         Path | None, typer.Option(help="store-and-forward files of the outputs", show_default=False)
     ] = None,
@@ -354,14 +352,14 @@ def iotedge(
     """Run as an Azure IoT Edge module: edgeHub input → outputs 'labeled' and 'deadletter'; twin controls."""
     from edgewatch.flows.iotedge import run_iotedge
 
-    settings = _settings(
-        FlowSettings,
+    settings = _flow_settings(
+        workers=workers,
+        shards=shards,
         recovery_dir=recovery_dir,
         snapshot_seconds=snapshot_seconds,
         detector=detector,
         model_dir=model,
         threshold=threshold,
-        shards=shards if shards is not None or workers == 1 else 4 * workers,
         batch_size=batch_size,
         iothub=True,
         iothub_connection_string=iothub_connection_string,

@@ -16,7 +16,6 @@ Run as a script, this module is that broker (``broker``) or the module process (
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -57,8 +56,10 @@ from tests.test_iothub import (
     FakeWorkloadApi,
     MqttBroker,
     PublishRecorder,
+    broker_config,
     make_test_pki,
     port_is_free,
+    serve_until_sigterm,
 )
 
 SENSOR = "SimulatedTemperatureSensor"
@@ -138,32 +139,8 @@ def run_twin_broker(cert: str, key: str, record: str, twin_file: str) -> None:
                 await self.internal_message_broadcast(reply_topic, reply, 1)
             return True
 
-    config = {
-        "listeners": {
-            "default": {
-                "type": "tcp",
-                "bind": f"127.0.0.1:{BROKER_PORT}",
-                "ssl": True,
-                "certfile": cert,
-                "keyfile": key,
-            }
-        },
-        "plugins": {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            "tests.test_iotedge_module.TwinRecorder": {"path": record},
-        },
-    }
-
-    async def serve() -> None:
-        broker = TwinServiceBroker(config, json.loads(Path(twin_file).read_text()))
-        await broker.start()
-        stopping = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-        print("ready", flush=True)
-        await stopping.wait()
-        await broker.shutdown()
-
-    asyncio.run(serve())
+    config = broker_config(cert, key, record, recorder="tests.test_iotedge_module.TwinRecorder")
+    serve_until_sigterm(lambda: TwinServiceBroker(config, json.loads(Path(twin_file).read_text())))
 
 
 class TwinBroker(MqttBroker):
@@ -174,24 +151,9 @@ class TwinBroker(MqttBroker):
         self.twin_file = workdir / "twin.json"
         self.twin_file.write_text(json.dumps({"desired": {**desired, "$version": 1}, "reported": {"$version": 1}}))
 
-    def start(self, timeout: float = 30.0) -> TwinBroker:
-        command = [sys.executable, "-m", "tests.test_iotedge_module", "broker"]
-        command += [str(self.pki.cert), str(self.pki.key), str(self.record), str(self.twin_file)]
-        with open(self.log, "ab") as log:
-            self._process = subprocess.Popen(
-                command, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=_die_with_parent
-            )
-        ready = threading.Event()
-        threading.Thread(target=lambda: self._process.stdout.readline() == "ready\n" and ready.set()).start()
-        if not ready.wait(timeout):
-            self.stop()
-            raise RuntimeError(f"the MQTT broker did not start; see {self.log}")
-        return self
-
-    def records(self, event: str) -> list[dict]:
-        """Recorded events, complete lines only: the broker may be writing the last one right now."""
-        complete_lines = self.record.read_text().split("\n")[:-1]
-        return [record for record in map(json.loads, complete_lines) if record["event"] == event]
+    def command(self) -> list[str]:
+        files = [self.pki.cert, self.pki.key, self.record, self.twin_file]
+        return [sys.executable, "-m", "tests.test_iotedge_module", "broker", *map(str, files)]
 
     def subscribed(self, client_id: str, topic: str) -> bool:
         return any(r["client_id"] == client_id and r["topic"] == topic for r in self.records("subscribe"))
