@@ -164,11 +164,9 @@ class PublishRecorder(BasePlugin):
         )
 
 
-def run_broker(cert: str, key: str, record: str) -> None:
-    """The broker process: TLS on 127.0.0.1:8883, anonymous, recording; SIGTERM stops it."""
-    from amqtt.broker import Broker
-
-    config = {
+def broker_config(cert: str, key: str, record: str, recorder: str = "tests.test_iothub.PublishRecorder") -> dict:
+    """amqtt settings: TLS on 127.0.0.1:8883, anonymous, every event recorded by `recorder` to `record`."""
+    return {
         "listeners": {
             "default": {
                 "type": "tcp",
@@ -180,12 +178,17 @@ def run_broker(cert: str, key: str, record: str) -> None:
         },
         "plugins": {
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            "tests.test_iothub.PublishRecorder": {"path": record},
+            recorder: {"path": record},
         },
     }
 
+
+def serve_until_sigterm(make_broker) -> None:
+    """Run the amqtt broker `make_broker()` builds (inside the event loop, as amqtt requires),
+    print "ready" once it listens, shut it down on SIGTERM."""
+
     async def serve() -> None:
-        broker = Broker(config)
+        broker = make_broker()
         await broker.start()
         stopping = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
@@ -194,6 +197,13 @@ def run_broker(cert: str, key: str, record: str) -> None:
         await broker.shutdown()
 
     asyncio.run(serve())
+
+
+def run_broker(cert: str, key: str, record: str) -> None:
+    """The broker process: TLS on 127.0.0.1:8883, anonymous, recording; SIGTERM stops it."""
+    from amqtt.broker import Broker
+
+    serve_until_sigterm(lambda: Broker(broker_config(cert, key, record)))
 
 
 def port_is_free(port: int) -> bool:
@@ -217,14 +227,17 @@ class MqttBroker:
         self.record.touch()
         self._process: subprocess.Popen | None = None
 
+    def command(self) -> list[str]:
+        """The broker process to start (`run_broker` through this module's `main`)."""
+        files = [self.pki.cert, self.pki.key, self.record]
+        return [sys.executable, "-m", "tests.test_iothub", "broker", *map(str, files)]
+
     def start(self, timeout: float = 30.0) -> MqttBroker:
         if not port_is_free(BROKER_PORT):
             raise RuntimeError(f"127.0.0.1:{BROKER_PORT} is taken; the IoT Hub SDK can only use that port")
-        command = [sys.executable, "-m", "tests.test_iothub", "broker"]
-        command += [str(self.pki.cert), str(self.pki.key), str(self.record)]
         with open(self.log, "ab") as log:
             self._process = subprocess.Popen(
-                command,
+                self.command(),
                 cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -528,8 +541,10 @@ def test_a_stalled_broker_does_not_wedge_the_sender(broker, pki, tmp_path, caplo
     replaces the client, and everything arrives once the broker runs again.
 
     Duplicates are possible here, and only here: the replaced client had already written the
-    PUBLISH into the stalled broker's socket, and the broker processes it when it resumes. They
-    carry the same message id, so a consumer drops them; order is checked on first arrivals.
+    PUBLISH into the stalled broker's socket (and its MQTT layer may have re-sent it, DUP-flagged,
+    on a reconnect the stopped broker's kernel accepted); the broker processes them when it resumes.
+    Only the one message each replaced client had in flight can repeat. Copies carry the same
+    message id, so a consumer drops them; order is checked on first arrivals.
     """
     target = IoTHubTarget(DEVICE_CONNECTION_STRING, ca_cert=pki.ca)
     sender = IoTHubSender(target, send_timeout=1.5)
@@ -562,7 +577,7 @@ def test_a_stalled_broker_does_not_wedge_the_sender(broker, pki, tmp_path, caplo
     replaced = sum("replacing the client after SendTimeout" in r.getMessage() for r in caplog.records)
     assert replaced >= 1, "the stall should have hit the send timeout"
     duplicates = {n: c for n, c in Counter(arrived).items() if c > 1}
-    assert sum(c - 1 for c in duplicates.values()) <= replaced, (duplicates, replaced)
+    assert len(duplicates) <= replaced, (duplicates, replaced)
 
 
 def test_broker_down_for_a_minute_and_edgewatch_restarted_meanwhile(broker, pki, tmp_path):
