@@ -102,13 +102,70 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class LabeledEvent:
-    """A reading with the detector's verdict."""
+    """A reading with the detector's verdict.
+
+    ``is_anomaly`` is the device's alarm state at this reading; ``explanation`` names the
+    features that drove the score, with their shares (summing to 1), when the reading is abnormal.
+    """
 
     reading: Reading
     score: float
     is_anomaly: bool
     model_name: str
     model_version: str
+    explanation: dict[str, float] | None = None
+
+
+@dataclass(slots=True)
+class AlarmEvent:
+    """A device's alarm was raised or cleared (the alarms output).
+
+    ``start`` is the source time of the reading that raised it; ``end`` that of the reading
+    that cleared it (``None`` while raised); ``peak_score`` the highest score in between.
+    """
+
+    kind: str  # "raised" | "cleared"
+    device_id: str
+    start: float
+    end: float | None
+    peak_score: float
+    features: dict[str, float]
+    explanation: dict[str, float]
+    model_name: str
+    model_version: str
+    raw: RawMessage  # the reading that raised or cleared it
+
+    @property
+    def duration_seconds(self) -> float:
+        return 0.0 if self.end is None else self.end - self.start
+
+
+@dataclass(slots=True)
+class DriftEvent:
+    """A device's new normal was accepted (the drift output).
+
+    ``reason``: ``consistent-shift`` (the change kept the device's sensor relations),
+    ``timeout`` (abnormal for longer than ``accept_after``) or ``operator``.
+    """
+
+    device_id: str
+    timestamp: float
+    features: list[str]
+    level_before: dict[str, float]
+    level_after: dict[str, float]
+    reason: str
+    model_name: str
+    model_version: str
+    raw: RawMessage | None = None
+
+
+class BankResult(NamedTuple):
+    """What a model bank returns for a batch of readings, one list per output of the flow."""
+
+    events: list[LabeledEvent]
+    dead_letters: list[DeadLetter]
+    alarms: list[AlarmEvent]
+    drift: list[DriftEvent]
 
 
 class InvalidMessage(ValueError):

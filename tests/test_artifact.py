@@ -68,8 +68,8 @@ def test_warm_start_continues_each_device_from_its_history(history, tmp_path):
     spec = BUILTIN["compact-novelty"]
     live = readings[-200:]
     bank = ModelBank(spec, artifact=saved)
-    warm = [e.score for e in bank.label(live)[0]]
-    assert {e.model_version for e in bank.label(live[:1])[0]} == {saved.version}
+    warm = [e.score for e in bank.label(live).events]
+    assert {e.model_version for e in bank.label(live[:1]).events} == {saved.version}
     # the same as fitting each device by hand and streaming
     expected = []
     fitted = {d: artifact.fit_detector(spec, [r for r in readings if r.device_id == d]) for d in saved.models}
@@ -80,7 +80,7 @@ def test_warm_start_continues_each_device_from_its_history(history, tmp_path):
     np.testing.assert_allclose(warm, expected)
     # an unknown device starts from the default device's model, not from scratch
     cold = ModelBank(spec)
-    assert cold.label(live[:1])[0][0].score == 0.0
+    assert cold.label(live[:1]).events[0].score == 0.0
     assert saved.model_for("machine-9999") is not saved.models[saved.default_device]
 
 

@@ -114,7 +114,7 @@ def expected_scores(records, positions) -> dict[tuple[int, int], float]:
         parse_message(RawMessage(key, value, headers, *SourceRef("t", p, o)))
         for (p, o), (key, value, headers) in ordered
     ]
-    events, dead = bank.label([r for r in readings if isinstance(r, Reading)])
+    events, dead, _, _ = bank.label([r for r in readings if isinstance(r, Reading)])
     assert not dead
     return {(e.reading.source.partition, e.reading.source.offset): e.score for e in events}
 

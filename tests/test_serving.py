@@ -122,7 +122,7 @@ def test_scores_equal_the_flow_banks_and_state_is_kept_between_calls(make_client
     results = first.get_json()["results"] + second.get_json()["results"]
 
     loaded = artifact_module.load(model_dir)
-    expected, dead = new_bank(loaded.spec, None, loaded).label([as_reading(b, i) for i, b in enumerate(bodies)])
+    expected, dead, _, _ = new_bank(loaded.spec, None, loaded).label([as_reading(b, i) for i, b in enumerate(bodies)])
     assert not dead
     assert [r["score"] for r in results] == pytest.approx([e.score for e in expected], abs=1e-12)
     assert [r["is_anomaly"] for r in results] == [e.is_anomaly for e in expected]

@@ -21,7 +21,7 @@ def readings(devices=30, count=30_000, seed=3):
 def label_all(bank, stream, batch=1000):
     events = []
     for start in range(0, len(stream), batch):
-        labeled, dead = bank.label(stream[start : start + batch])
+        labeled, dead, _, _ = bank.label(stream[start : start + batch])
         assert not dead
         events.extend(labeled)
     return events

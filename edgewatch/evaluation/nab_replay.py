@@ -73,7 +73,7 @@ def replay(
     interleaved = [r for step in _round_robin(pending) for r in step]
     scores = {key: np.zeros(f.n_rows) for key, f in corpus.files.items()}
     for start in range(0, len(interleaved), BATCH):
-        events, dead = bank.label(interleaved[start : start + BATCH])
+        events, dead, _, _ = bank.label(interleaved[start : start + BATCH])
         if dead:
             raise RuntimeError(f"the detector refused NAB rows: {dead[0].reason}")
         for event in events:

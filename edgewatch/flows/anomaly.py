@@ -100,7 +100,7 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
         # one call for everything that arrived (polls of several partitions): the bank's kernel
         # then runs once per activation; each device's order is kept
         readings = values[0] if len(values) == 1 else [reading for batch in values for reading in batch]
-        events, dead = self.bank.label(readings)
+        events, dead, _, _ = self.bank.label(readings)
         return ([events, dead] if dead else [events]), op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:

@@ -9,7 +9,7 @@ from river.base import AnomalyDetector
 
 from edgewatch.online_models.artifact import ModelArtifact
 from edgewatch.online_models.registry import DetectorSpec
-from edgewatch.schema import DeadLetter, LabeledEvent, Reading
+from edgewatch.schema import BankResult, DeadLetter, LabeledEvent, Reading
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class ModelBank:
     >>> from edgewatch.schema import RawMessage, Reading, SourceRef
     >>> bank = ModelBank(BUILTIN["robust-zscore"])
     >>> raw = RawMessage(b"pump-1", b"", [], *SourceRef("telemetry", 0, 0))
-    >>> events, dead = bank.label([Reading("pump-1", 0.0, {"rpm": 1450.0}, raw)])
+    >>> events = bank.label([Reading("pump-1", 0.0, {"rpm": 1450.0}, raw)]).events
     >>> events[0].score, events[0].is_anomaly, len(bank)
     (0.0, False, 1)
     """
@@ -45,7 +45,7 @@ class ModelBank:
     def _new_model(self, device_id: str) -> AnomalyDetector:
         return self._artifact.model_for(device_id) if self._artifact is not None else self.spec.factory()
 
-    def label(self, readings: list[Reading]) -> tuple[list[LabeledEvent], list[DeadLetter]]:
+    def label(self, readings: list[Reading]) -> BankResult:
         events: list[LabeledEvent] = []
         dead: list[DeadLetter] = []
         models, name, version, threshold = self.models, self.spec.name, self.version, self.threshold
@@ -65,7 +65,7 @@ class ModelBank:
                 dead.append(DeadLetter(reading.raw, f"detector error: {type(exc).__name__}: {exc}", "detect"))
                 continue
             events.append(LabeledEvent(reading, score, score >= threshold, name, version))
-        return events, dead
+        return BankResult(events, dead, [], [])
 
     def snapshot(self) -> bytes:
         """The per-device models as bytes (Bytewax stores them at every epoch)."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgewatch.online_models.artifact import ModelArtifact
 from edgewatch.online_models.registry import DetectorSpec
-from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading
+from edgewatch.schema import BankResult, LabeledEvent, RawMessage, Reading
 
 GROWTH_STEP = 256  # rows
 
@@ -87,7 +87,7 @@ class VectorBank:
     >>> from edgewatch.schema import RawMessage, Reading, SourceRef
     >>> bank = VectorBank(BUILTIN["robust-zscore"])
     >>> raw = RawMessage(b"pump-1", b"", [], *SourceRef("telemetry", 0, 0))
-    >>> events, dead = bank.label([Reading("pump-1", 0.0, {"rpm": 1450.0}, raw)])
+    >>> events = bank.label([Reading("pump-1", 0.0, {"rpm": 1450.0}, raw)]).events
     >>> events[0].score, events[0].is_anomaly, len(bank)
     (0.0, False, 1)
     """
@@ -110,7 +110,7 @@ class VectorBank:
         raw = RawMessage(None, None, [], "warm-up", 0, 0, None)
         VectorBank(self.spec).label([Reading("warm-up", 0.0, {"x": 0.0}, raw)])
 
-    def label(self, readings: list[Reading]) -> tuple[list[LabeledEvent], list[DeadLetter]]:
+    def label(self, readings: list[Reading]) -> BankResult:
         scores = np.empty(len(readings))
         by_features: dict[tuple[str, ...], list[int]] = {}
         for index, reading in enumerate(readings):
@@ -119,10 +119,11 @@ class VectorBank:
             scores[indices] = self._label_group(features, [readings[i] for i in indices])
         name, version, threshold = self.spec.name, self.version, self.threshold
         flags = (scores >= threshold).tolist()
-        return [
+        events = [
             LabeledEvent(reading, score, flag, name, version)
             for reading, score, flag in zip(readings, scores.tolist(), flags, strict=True)
-        ], []
+        ]
+        return BankResult(events, [], [], [])
 
     def _label_group(self, features: tuple[str, ...], readings: list[Reading]) -> np.ndarray:
         group = self.groups.get(features)

@@ -185,7 +185,7 @@ def event_result(event: LabeledEvent) -> dict:
 def score(scorer: Scorer, readings: list[Reading]) -> dict:
     """Score, label and learn ``readings`` in order; the response body."""
     with scorer.lock:
-        events, dead = scorer.bank.label(readings)
+        events, dead, _, _ = scorer.bank.label(readings)
     response = {"model": scorer.describe(), "results": [event_result(event) for event in events]}
     if dead:  # a plugged-in detector raised on these readings: reported, the others stand
         response["errors"] = [{"index": letter.raw.offset, "error": letter.reason} for letter in dead]
