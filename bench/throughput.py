@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
-from edgewatch.connectors.kafka import ensure_topics, publish  # noqa: E402
+from edgewatch.connectors.kafka import ensure_topics, produce, publish  # noqa: E402
 from edgewatch.simulator import Fleet  # noqa: E402
 
 FLOWS = ("null", "naive", "edgewatch")
@@ -145,35 +145,40 @@ def _reference_flow(kind: str, bootstrap: str, out_topic: str, clock: _FirstBatc
     return flow
 
 
-def _edgewatch_flow(bootstrap: str, topic: str, out_topic: str, stop_offsets: dict, workers: int = 1):
+def _edgewatch_app(bootstrap: str, topic: str, out_topic: str, stop_offsets: dict, workers: int = 1):
+    """The flow as `edgewatch run` builds it (Application, Kafka outputs), reading a known amount."""
+    from edgewatch.app import Application
     from edgewatch.config import FlowSettings
     from edgewatch.connectors.kafka import KafkaBatchSource
-    from edgewatch.flows.anomaly import build_flow, tune_gc_for_streaming
+    from edgewatch.flows.anomaly import build_flow
+    from edgewatch.flows.wiring import to_kafka
 
-    config = {"bootstrap.servers": bootstrap}
-    shards = 1 if workers == 1 else 4 * workers  # what `edgewatch run --workers` does
     settings = FlowSettings(
-        bootstrap=bootstrap, in_topic=topic, out_topic=out_topic, dlq_topic=f"{out_topic}-dlq", shards=shards
+        bootstrap=bootstrap, in_topic=topic, out_topic=out_topic, dlq_topic=f"{out_topic}-dlq", workers=workers
     )
+    config = settings.client_config()
     ensure_topics(config, [out_topic, settings.dlq_topic], PARTITIONS)
+    app = Application(settings, handle_signals=False).start()
     clock = _FirstBatchClock(KafkaBatchSource(config, [topic], settings.batch_size, stop_offsets=stop_offsets))
-    tune_gc_for_streaming()  # as `edgewatch run` does before it starts the flow
-    return build_flow(settings, source=clock.source), clock
+    flow, streams = build_flow(settings, clock.source)
+    to_kafka(streams, settings)
+    return app, flow, clock
 
 
 def run_flow(kind: str, bootstrap: str, topic: str, stop_offsets: dict, workers: int = 1) -> dict:
     """Run one flow to the end in this process and time it."""
-    from bytewax._bytewax import cli_main
     from bytewax.connectors.kafka import KafkaSource
+    from bytewax.run import cli_main
 
     out_topic = f"{topic}-out-{kind}-{workers}"
     if kind == "edgewatch":
-        flow, clock = _edgewatch_flow(bootstrap, topic, out_topic, stop_offsets, workers)
+        app, flow, clock = _edgewatch_app(bootstrap, topic, out_topic, stop_offsets, workers)
+        app.run(flow)
     else:
         ensure_topics({"bootstrap.servers": bootstrap}, [out_topic], PARTITIONS)
         clock = _FirstBatchClock(KafkaSource([bootstrap], [topic], tail=False))
         flow = _reference_flow(kind, bootstrap, out_topic, clock)
-    cli_main(flow, workers_per_process=workers)
+        cli_main(flow, workers_per_process=workers)
     seconds = time.perf_counter() - clock.first
     messages = sum(stop_offsets.values())
     return {"messages": messages, "seconds": seconds, "events_per_s": messages / seconds}
@@ -291,12 +296,7 @@ def run_latency(bootstrap: str, rate: float = 10_000.0, seconds: float = 20.0, d
                 latencies.clear()
                 measuring, measure_start = True, time.perf_counter()
             headers = [*record.headers, ("sent", repr(time.time()).encode())]
-            while True:
-                try:
-                    producer.produce(topics["in"], record.value, record.key, headers=headers)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            produce(producer, topics["in"], record.value, record.key, headers=headers)
             producer.poll(0)
         producer.flush(30)
         achieved = rate * seconds / (time.perf_counter() - measure_start)

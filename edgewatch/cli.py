@@ -1,23 +1,23 @@
 """The ``edgewatch`` command.
 
-Options that are settings (``--bootstrap``, ``--in-topic`` …) fall back to the
-``EDGEWATCH_*`` environment variables, then to the defaults in :mod:`edgewatch.config`.
+Options that are settings (``--bootstrap``, ``--in-topic`` …) are generated from the settings
+models of :mod:`edgewatch.config` (:mod:`edgewatch.cli_options`): an option left out falls back
+to its ``EDGEWATCH_*`` environment variable, then to the model's default. Secrets are never
+options: set them in the environment or a file in ``EDGEWATCH_SECRETS_DIR``.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import signal
 import sys
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edgewatch.config import FlowSettings, KafkaSettings
+from edgewatch.cli_options import settings_command
+from edgewatch.config import FlowSettings, KafkaSettings, SimulatorSettings
 
 app = typer.Typer(
     help="Streaming anomaly detection for industrial device fleets.",
@@ -26,90 +26,21 @@ app = typer.Typer(
     add_completion=False,
 )
 
-Bootstrap = Annotated[str | None, typer.Option(help="Kafka HOST:PORT (env EDGEWATCH_BOOTSTRAP)", show_default=False)]
-Partitions = Annotated[int, typer.Option(help="partitions of topics edgewatch creates")]
-# Options `run` and `iotedge` share.
-RecoveryDir = Annotated[
-    Path | None, typer.Option(help="Bytewax recovery directory: resume after a crash", show_default=False)
-]
-SnapshotSeconds = Annotated[
-    float | None, typer.Option(help="seconds between state snapshots (default 5)", show_default=False)
-]
-Detector = Annotated[
-    str | None,
-    typer.Option(
-        help="compact-novelty | robust-zscore | half-space-trees | package.module:factory", show_default=False
-    ),
-]
-Shards = Annotated[
-    int | None, typer.Option(help="device shards (default 1; 4 per worker with --workers)", show_default=False)
-]
-Workers = Annotated[int, typer.Option(help="Bytewax workers in this process")]
-MetricsPort = Annotated[int | None, typer.Option(help="serve Prometheus metrics on this port", show_default=False)]
-CaCert = Annotated[Path | None, typer.Option(help="CA to trust (gateway)", show_default=False)]
+
+def _fail(message: str) -> typer.BadParameter:
+    """A one-line error for the user (exit code 2)."""
+    return typer.BadParameter(message)
 
 
-def _settings(cls, **options):
-    """Settings from the given options, the environment and the defaults, in that order."""
-    from pydantic import ValidationError
+def _application(settings: FlowSettings):
+    """The process owner for a flow command; a setup problem becomes a one-line error."""
+    from edgewatch.app import Application, SetupError
 
+    app_ = Application(settings)
     try:
-        return cls(**{name: value for name, value in options.items() if value is not None})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise typer.BadParameter(problems) from None
-
-
-def _flow_settings(*, workers: int, shards: int | None, **options) -> FlowSettings:
-    """Flow settings of `run` and `iotedge`; with several workers, 4 device shards each by default."""
-    return _settings(FlowSettings, shards=shards if shards is not None or workers == 1 else 4 * workers, **options)
-
-
-def _prepare_flow_process(settings: FlowSettings, detector: str | None, metrics_port: int | None):
-    """What `run` and `iotedge` do before a flow starts: logging, a checked warm-start model,
-    the recovery directory (its Bytewax config, or None), metrics, and GC tuned for streaming."""
-    from bytewax.recovery import RecoveryConfig
-
-    from edgewatch.flows.anomaly import init_recovery_dir, tune_gc_for_streaming
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)  # the IoT SDK logs every message it sends
-    if settings.model_dir is not None:
-        from edgewatch.online_models import artifact
-
-        try:  # refuse a bad artifact before anything starts
-            warm_start = artifact.load(settings.model_dir)
-        except artifact.ArtifactError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        if detector is not None and detector != warm_start.spec.name:
-            raise typer.BadParameter(f"--model holds a {warm_start.spec.name} detector, not {detector}")
-        settings.detector = warm_start.spec.name
-    recovery = None
-    if settings.recovery_dir is not None:
-        try:
-            init_recovery_dir(settings.recovery_dir, settings)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        recovery = RecoveryConfig(str(settings.recovery_dir))
-    if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port)
-    tune_gc_for_streaming()
-    return recovery
-
-
-def _stop_event_on_signals() -> threading.Event:
-    """An event set by SIGTERM (Kubernetes, `kill`) or Ctrl-C instead of an exception
-    raised wherever the flow happens to be: the flow drains and ends cleanly."""
-    stop = threading.Event()
-
-    def request_stop(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return stop
+        return app_.start()
+    except SetupError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -117,9 +48,13 @@ def broker(
     port: Annotated[int, typer.Option(help="port to listen on; 0 = a free one")] = 0,
 ) -> None:
     """Run the embedded Tansu Kafka broker (memory storage) on 127.0.0.1 until Ctrl-C."""
+    import signal
+
     from edgewatch.connectors.broker import EmbeddedBroker
 
-    stop = _stop_event_on_signals()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     with EmbeddedBroker(port or None) as running:
         typer.echo(f"broker: bootstrap={running.bootstrap} (Ctrl-C to stop)")
         while running.running and not stop.wait(0.5):
@@ -128,127 +63,73 @@ def broker(
 
 
 @app.command()
+@settings_command(
+    SimulatorSettings, exclude=["security_protocol", "sasl_mechanism", "sasl_username", "ssl_ca_location"]
+)
 def simulate(
-    devices: Annotated[int, typer.Option(help="machines in the fleet")] = 200,
-    rate: Annotated[float, typer.Option(help="events per second over the fleet")] = 1000.0,
-    duration: Annotated[float, typer.Option(help="seconds of telemetry")] = 30.0,
-    seed: Annotated[int, typer.Option(help="random seed; same seed, same stream")] = 0,
-    fault_rate: Annotated[float, typer.Option(help="chance per machine and tick that a fault starts")] = 0.002,
-    malformed_rate: Annotated[float, typer.Option(help="chance that a message is a broken payload")] = 0.0,
+    settings: SimulatorSettings,
     start_time: Annotated[
         datetime | None, typer.Option(help="source time of the first reading (default: now)", show_default=False)
     ] = None,
-    bootstrap: Bootstrap = None,
-    topic: Annotated[str, typer.Option(help="topic to send to")] = "telemetry",
-    partitions: Partitions = 4,
     out: Annotated[
         Path | None, typer.Option(help="record to this JSONL file instead of sending", show_default=False)
-    ] = None,
-    iothub_connection_string: Annotated[
-        str | None,
-        typer.Option(
-            help="send to IoT Hub as this device, like the SimulatedTemperatureSensor module", show_default=False
-        ),
     ] = None,
     iothub_module: Annotated[
         bool, typer.Option("--iothub-module", help="send as this IoT Edge module (output temperatureOutput)")
     ] = False,
-    iothub_ca_cert: CaCert = None,
 ) -> None:
-    """Stream a simulated fleet (SimulatedTemperatureSensor messages with labeled faults)."""
-    from edgewatch.connectors.kafka import publish
+    """Stream a simulated fleet (SimulatedTemperatureSensor messages with labeled faults).
+
+    To IoT Hub as a device: set EDGEWATCH_IOTHUB_CONNECTION_STRING."""
+    from edgewatch.connectors.files import paced
+    from edgewatch.connectors.kafka import ensure_topics, publish
+    from edgewatch.flows.wiring import secret
     from edgewatch.simulator import Fleet
-    from edgewatch.simulator.publish import paced, write_jsonl
+    from edgewatch.simulator.publish import FaultTally, publish_iothub, write_jsonl
 
     begin = start_time or datetime.now(UTC)
     if begin.tzinfo is None:
         begin = begin.replace(tzinfo=UTC)
     fleet = Fleet(
-        devices=devices,
-        seed=seed,
-        fault_rate=fault_rate,
-        malformed_rate=malformed_rate,
+        devices=settings.devices,
+        seed=settings.seed,
+        fault_rate=settings.fault_rate,
+        malformed_rate=settings.malformed_rate,
         start_time=begin.timestamp(),
-        tick_seconds=devices / rate,
+        tick_seconds=settings.devices / settings.rate,
     )
-    total = round(rate * duration)
+    total = round(settings.rate * settings.duration)
+    tally = FaultTally()
+    connection_string = secret(settings.iothub_connection_string)
     if out is not None:
-        stats = write_jsonl(fleet.records(total), out)
+        stats = write_jsonl(fleet.records(total), out, tally.count)
         where = str(out)
-    elif iothub_connection_string or iothub_module:
-        from edgewatch.simulator.publish import publish_iothub
-
+    elif connection_string or iothub_module:
         try:
-            stats = publish_iothub(paced(fleet.records(total), rate), iothub_connection_string, ca_cert=iothub_ca_cert)
+            stats = publish_iothub(
+                paced(fleet.records(total), rate=settings.rate),
+                connection_string,
+                ca_cert=settings.iothub_ca_cert,
+                on_record=tally.count,
+            )
         except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
+            raise _fail(str(exc)) from None
         where = "IoT Hub"
     else:
-        kafka = _settings(KafkaSettings, bootstrap=bootstrap)
-        from edgewatch.connectors.kafka import ensure_topics
-
-        ensure_topics(kafka.client_config(), [topic], partitions)
-        stats = publish(paced(fleet.records(total), rate), kafka.client_config(), topic)
-        where = f"{topic}@{kafka.bootstrap}"
+        config = settings.client_config()
+        ensure_topics(config, [settings.topic], settings.partitions)
+        stats = publish(paced(fleet.records(total), rate=settings.rate), config, settings.topic, tally.count)
+        where = f"{settings.topic}@{settings.bootstrap}"
     typer.echo(
-        f"simulate: sent={stats.messages} faults={fleet.faults_started} fault_messages={stats.fault_messages} "
-        f"malformed={stats.malformed} to={where} seconds={stats.seconds:.1f}"
+        f"simulate: sent={stats.messages} faults={fleet.faults_started} fault_messages={tally.fault_messages} "
+        f"malformed={tally.malformed} to={where} seconds={stats.seconds:.1f}"
     )
 
 
 @app.command()
+@settings_command(FlowSettings)
 def run(
-    bootstrap: Bootstrap = None,
-    in_topic: Annotated[
-        str | None, typer.Option(help="telemetry topic (default telemetry)", show_default=False)
-    ] = None,
-    out_topic: Annotated[
-        str | None, typer.Option(help="labeled events topic (default labeled)", show_default=False)
-    ] = None,
-    dlq_topic: Annotated[
-        str | None, typer.Option(help="dead-letter topic (default deadletter)", show_default=False)
-    ] = None,
-    recovery_dir: RecoveryDir = None,
-    snapshot_seconds: SnapshotSeconds = None,
-    detector: Detector = None,
-    model: Annotated[
-        Path | None, typer.Option(help="warm-start every device from `edgewatch train` output", show_default=False)
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="label threshold (default: the detector's)", show_default=False)
-    ] = None,
-    shards: Shards = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="messages per Kafka poll (default 2000)", show_default=False)
-    ] = None,
-    workers: Workers = 1,
-    partitions: Partitions = 4,
-    metrics_port: MetricsPort = None,
-    eventhubs_connection_string: Annotated[
-        str | None,
-        typer.Option(
-            help="read/write Event Hubs' Kafka endpoint (SASL_SSL, PLAIN, $ConnectionString)", show_default=False
-        ),
-    ] = None,
-    iothub: Annotated[
-        bool | None, typer.Option("--iothub/--no-iothub", help="also send to IoT Hub as this IoT Edge module")
-    ] = None,
-    iothub_connection_string: Annotated[
-        str | None, typer.Option(help="also send to IoT Hub as this device (GatewayHostName= allowed)")
-    ] = None,
-    iothub_send: Annotated[
-        str | None, typer.Option(help="anomalies | all (default anomalies)", show_default=False)
-    ] = None,
-    iothub_output: Annotated[
-        str | None, typer.Option(help="module output (default labeled)", show_default=False)
-    ] = None,
-    iothub_ca_cert: CaCert = None,
-    eventhubs_sink_hub: Annotated[
-        str | None, typer.Option(help="also send to this event hub over AMQP", show_default=False)
-    ] = None,
-    buffer_dir: Annotated[
-        Path | None, typer.Option(help="store-and-forward files for IoT Hub/Event Hubs", show_default=False)
-    ] = None,
+    settings: FlowSettings,
     replay: Annotated[
         Path | None,
         typer.Option(help="run on a recorded file (.jsonl/.csv/CMAPSS .txt) instead of Kafka", show_default=False),
@@ -258,118 +139,48 @@ def run(
         typer.Option(help="with --replay: labeled events JSONL (default labeled.jsonl)", show_default=False),
     ] = None,
 ) -> None:
-    """Run the anomaly flow: telemetry topic → labeled topic (+ dead-letter topic, IoT Hub, Event Hubs)."""
-    from bytewax._bytewax import cli_main
+    """Run the anomaly flow: telemetry topic → labeled topic (+ dead-letter topic, IoT Hub, Event Hubs).
 
+    IoT Hub as a device: EDGEWATCH_IOTHUB_CONNECTION_STRING; Event Hubs: EDGEWATCH_EVENTHUBS_CONNECTION_STRING."""
     from edgewatch.connectors.kafka import ensure_topics
-    from edgewatch.flows.anomaly import build_flow, records
+    from edgewatch.flows.wiring import dead_letters_path, kafka_flow, replay_flow
 
-    settings = _flow_settings(
-        workers=workers,
-        shards=shards,
-        bootstrap=bootstrap,
-        in_topic=in_topic,
-        out_topic=out_topic,
-        dlq_topic=dlq_topic,
-        recovery_dir=recovery_dir,
-        snapshot_seconds=snapshot_seconds,
-        detector=detector,
-        model_dir=model,
-        threshold=threshold,
-        batch_size=batch_size,
-        eventhubs_connection_string=eventhubs_connection_string,
-        iothub=iothub,
-        iothub_connection_string=iothub_connection_string,
-        iothub_send=iothub_send,
-        iothub_output=iothub_output,
-        iothub_ca_cert=iothub_ca_cert,
-        eventhubs_sink_hub=eventhubs_sink_hub,
-        buffer_dir=buffer_dir,
-    )
-    recovery = _prepare_flow_process(settings, detector, metrics_port)
-    stop = _stop_event_on_signals()
+    if replay is not None and not replay.exists():
+        raise _fail(f"{replay} does not exist")
+    application = _application(settings)
     if replay is not None:  # the embedded mode: a file in, JSONL out, no broker
-        from edgewatch.connectors.files import FileSource, JsonlSink
-
-        if not replay.exists():
-            raise typer.BadParameter(f"{replay} does not exist")
-        serialize = functools.partial(records, settings=settings)
-        sink = JsonlSink(out or Path("labeled.jsonl"), serialize, settings.dlq_topic)
-        flow = build_flow(settings, source=FileSource(replay, settings.batch_size), sink=sink)
-        where = f"{replay} → {sink.labeled} (dead letters → {sink.dead})"
+        labeled = out or Path("labeled.jsonl")
+        flow = replay_flow(application, replay, labeled)
+        where = f"{replay} → {labeled} (dead letters → {dead_letters_path(labeled)})"
     else:
-        ensure_topics(settings.client_config(), [settings.in_topic, settings.out_topic, settings.dlq_topic], partitions)
-        flow = build_flow(settings, stop=stop)
+        topics = [settings.in_topic, settings.out_topic, settings.dlq_topic]
+        ensure_topics(settings.client_config(), topics, settings.partitions)
+        flow = kafka_flow(application)
         where = f"{settings.in_topic}@{settings.bootstrap} → {settings.out_topic} (dead letters → {settings.dlq_topic})"
     typer.echo(f"run: {where} detector={settings.detector}", err=True)
-    cli_main(
-        flow,
-        workers_per_process=workers,
-        epoch_interval=timedelta(seconds=settings.snapshot_seconds),
-        recovery_config=recovery,
-    )
+    application.run(flow)
     typer.echo("run: stopped", err=True)
 
 
 @app.command()
+@settings_command(
+    FlowSettings,
+    exclude=["bootstrap", "security_protocol", "sasl_mechanism", "sasl_username", "ssl_ca_location", "in_topic",
+             "out_topic", "partitions", "from_beginning", "eventhubs_sink_hub", "eventhubs_sink_send"],
+    iothub=True,
+)  # fmt: skip
 def iotedge(
+    settings: FlowSettings,
     input_name: Annotated[str, typer.Option("--input", help="module input to read")] = "telemetry",
-    iothub_output: Annotated[
-        str | None, typer.Option(help="module output of labeled events (default labeled)", show_default=False)
-    ] = None,
     deadletter_output: Annotated[str, typer.Option(help="module output of dead letters")] = "deadletter",
-    iothub_send: Annotated[
-        str | None,
-        typer.Option(help="anomalies | all, until the twin's sendMode says (default anomalies)", show_default=False),
-    ] = None,
-    recovery_dir: RecoveryDir = None,
-    snapshot_seconds: SnapshotSeconds = None,
-    detector: Detector = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(help="warm-start model; the twin's modelVersion rolls out what is here", show_default=False),
-    ] = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(help="label threshold until the twin sets one (default: the detector's)", show_default=False),
-    ] = None,
-    shards: Shards = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="most messages per flow item (default 2000)", show_default=False)
-    ] = None,
-    workers: Workers = 1,
     queue_capacity: Annotated[int, typer.Option(help="input messages held for the flow")] = 10_000,
-    metrics_port: MetricsPort = None,
-    iothub_connection_string: Annotated[
-        str | None,
-        typer.Option(help="development: a module connection string (ModuleId=, GatewayHostName=)", show_default=False),
-    ] = None,
-    iothub_ca_cert: CaCert = None,
-    buffer_dir: Annotated[
-        Path | None, typer.Option(help="store-and-forward files of the outputs", show_default=False)
-    ] = None,
 ) -> None:
-    """Run as an Azure IoT Edge module: edgeHub input → outputs 'labeled' and 'deadletter'; twin controls."""
-    from edgewatch.flows.iotedge import run_iotedge
+    """Run as an Azure IoT Edge module: edgeHub input → outputs 'labeled' and 'deadletter'; twin controls.
 
-    settings = _flow_settings(
-        workers=workers,
-        shards=shards,
-        recovery_dir=recovery_dir,
-        snapshot_seconds=snapshot_seconds,
-        detector=detector,
-        model_dir=model,
-        threshold=threshold,
-        batch_size=batch_size,
-        iothub=True,
-        iothub_connection_string=iothub_connection_string,
-        iothub_send=iothub_send,
-        iothub_output=iothub_output,
-        iothub_ca_cert=iothub_ca_cert,
-        buffer_dir=buffer_dir,
-    )
-    _prepare_flow_process(settings, detector, metrics_port)  # run_iotedge sets up recovery itself
-    stop = _stop_event_on_signals()
+    Outside IoT Edge (development): EDGEWATCH_IOTHUB_CONNECTION_STRING with ModuleId=."""
+    from edgewatch.azure.module import run_iotedge
+
+    application = _application(settings)
     typer.echo(
         f"iotedge: input {input_name} → output {settings.iothub_output} (dead letters → output {deadletter_output}) "
         f"detector={settings.detector}",
@@ -377,13 +188,10 @@ def iotedge(
     )
     try:
         run_iotedge(
-            settings,
-            stop,
-            workers=workers,
-            input_name=input_name,
-            deadletter_output=deadletter_output,
-            queue_capacity=queue_capacity,
+            application, input_name=input_name, deadletter_output=deadletter_output, queue_capacity=queue_capacity
         )
+    except ValueError as exc:  # not inside IoT Edge and no module connection string
+        raise _fail(str(exc)) from None
     except ConnectionError as exc:  # edgeHub unreachable: exit non-zero, the edge runtime restarts the module
         typer.echo(f"iotedge: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -391,12 +199,13 @@ def iotedge(
 
 
 @app.command()
+@settings_command(KafkaSettings, only=["bootstrap"])
 def replay(
+    settings: KafkaSettings,
     path: Annotated[Path, typer.Argument(help="recorded stream: .jsonl (simulate --out), .csv, CMAPSS .txt")],
     speed: Annotated[str, typer.Option(help="X (original inter-arrival times / X) or max")] = "1",
-    bootstrap: Bootstrap = None,
     topic: Annotated[str, typer.Option(help="topic to publish to")] = "telemetry",
-    partitions: Partitions = 4,
+    partitions: Annotated[int, typer.Option(help="partitions of the topic if edgewatch creates it")] = 4,
     cycle_seconds: Annotated[float, typer.Option(help="CMAPSS: seconds per engine cycle")] = 1.0,
 ) -> None:
     """Publish a recorded stream to Kafka at its recorded pace (or faster)."""
@@ -408,15 +217,13 @@ def replay(
         if factor is not None and factor <= 0:
             raise ValueError
     except ValueError:
-        raise typer.BadParameter(f"--speed must be a positive number or max, not {speed!r}") from None
+        raise _fail(f"--speed must be a positive number or max, not {speed!r}") from None
     if not path.exists():
-        raise typer.BadParameter(f"{path} does not exist")
-    kafka = _settings(KafkaSettings, bootstrap=bootstrap)
-    ensure_topics(kafka.client_config(), [topic], partitions)
-    stats = publish(
-        paced(read_messages(path, cycle_seconds), factor), kafka.client_config(), topic, keep_timestamps=False
-    )
-    typer.echo(f"replay: sent={stats.messages} from={path} to={topic}@{kafka.bootstrap} seconds={stats.seconds:.1f}")
+        raise _fail(f"{path} does not exist")
+    config = settings.client_config()
+    ensure_topics(config, [topic], partitions)
+    stats = publish(paced(read_messages(path, cycle_seconds), factor), config, topic, keep_timestamps=False)
+    typer.echo(f"replay: sent={stats.messages} from={path} to={topic}@{settings.bootstrap} seconds={stats.seconds:.1f}")
 
 
 @app.command()

@@ -1,36 +1,54 @@
-"""All edgewatch settings in one place.
+"""All edgewatch settings, each declared once.
 
-Every setting can come from an ``EDGEWATCH_<NAME>`` environment variable, from the
-CLI option of the same name (``--in-topic`` for ``in_topic``) or from the Helm chart's
-value of the same name. ``python -m bytewax.run edgewatch.flows.anomaly:flow`` reads
-only the environment.
+Every setting comes from the CLI option of the same name (``--in-topic`` for ``in_topic``,
+generated from these models by :mod:`edgewatch.cli_options`), else an ``EDGEWATCH_<NAME>``
+environment variable, else a file named ``<name>`` in ``EDGEWATCH_SECRETS_DIR`` (how
+Kubernetes mounts Secrets), else the default here; the Helm chart's values use the same names.
+``python -m bytewax.run edgewatch.flows.anomaly:flow`` reads only the environment.
+
+Secrets (``SecretStr``) are never CLI options: a command line is readable by every local user
+in ``ps``. They come from the environment or a secrets file, and print as ``**********``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Where the NAB and CMAPSS data live unless ``EDGEWATCH_DATA_DIR`` says otherwise: the
+#: Where the NAB, SKAB and CMAPSS data live unless ``EDGEWATCH_DATA_DIR`` says otherwise: the
 #: ``shared/data`` folder next to the checkout.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+SendMode = Literal["anomalies", "all"]
+
+
+def _settings_config() -> SettingsConfigDict:
+    secrets_dir = os.environ.get("EDGEWATCH_SECRETS_DIR")
+    return SettingsConfigDict(
+        env_prefix="EDGEWATCH_",
+        extra="ignore",
+        secrets_dir=secrets_dir if secrets_dir and Path(secrets_dir).is_dir() else None,
+    )
 
 
 class KafkaSettings(BaseSettings):
     """How to reach the Kafka cluster (Apache Kafka, Redpanda, Tansu or Event Hubs)."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGEWATCH_", extra="ignore")
+    model_config = _settings_config()
 
-    bootstrap: str = Field("127.0.0.1:9092", description="HOST:PORT[,HOST:PORT...] of the brokers")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_ca_location: str | None = None
-    eventhubs_connection_string: str | None = Field(
+    bootstrap: str = Field("127.0.0.1:9092", description="Kafka brokers, HOST:PORT[,HOST:PORT...]")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol"
+    )
+    sasl_mechanism: str | None = Field(None, description="SASL mechanism, e.g. PLAIN, SCRAM-SHA-512")
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(None, description="SASL password")
+    ssl_ca_location: str | None = Field(None, description="PEM file of the CAs to trust for Kafka TLS")
+    eventhubs_connection_string: SecretStr | None = Field(
         None, description="Event Hubs namespace connection string: sets SASL_SSL/PLAIN for its Kafka endpoint"
     )
 
@@ -44,57 +62,101 @@ class KafkaSettings(BaseSettings):
         return value
 
     def client_config(self) -> dict[str, str]:
-        """The librdkafka settings shared by consumers, producers and admin clients."""
-        from edgewatch.connectors.kafka import client_config
+        """The librdkafka settings shared by consumers, producers and admin clients.
 
-        return client_config(self)
+        An Event Hubs connection string sets everything its Kafka endpoint needs: SASL_SSL,
+        PLAIN, user ``$ConnectionString`` and the connection string as the password.
+
+        >>> KafkaSettings(bootstrap="k:9092", security_protocol="SASL_SSL", sasl_mechanism="PLAIN",
+        ...               sasl_username="u", sasl_password="p").client_config()["sasl.password"]
+        'p'
+        """
+        if self.eventhubs_connection_string is not None:
+            from edgewatch.azure.connection_string import eventhubs_kafka_config
+
+            # the namespace's Kafka endpoint, unless a bootstrap was given explicitly
+            bootstrap = self.bootstrap if "bootstrap" in self.model_fields_set else None
+            return eventhubs_kafka_config(
+                self.eventhubs_connection_string.get_secret_value(), self.ssl_ca_location, bootstrap
+            )
+        config = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol}
+        for option, value in (
+            ("sasl.mechanism", self.sasl_mechanism),
+            ("sasl.username", self.sasl_username),
+            ("sasl.password", self.sasl_password.get_secret_value() if self.sasl_password else None),
+            ("ssl.ca.location", self.ssl_ca_location),
+        ):
+            if value:
+                config[option] = value
+        return config
 
 
 class FlowSettings(KafkaSettings):
-    """Settings of the anomaly flow (``edgewatch run``)."""
+    """Settings of the anomaly flow (``edgewatch run``, ``edgewatch iotedge``)."""
 
-    in_topic: str = "telemetry"
-    out_topic: str = "labeled"
-    dlq_topic: str = "deadletter"
-    recovery_dir: Path | None = Field(None, description="Bytewax recovery database; enables resume")
+    in_topic: str = Field("telemetry", description="telemetry topic")
+    out_topic: str = Field("labeled", description="labeled events topic")
+    dlq_topic: str = Field("deadletter", description="dead-letter topic")
+    partitions: int = Field(4, ge=1, description="partitions of the topics edgewatch creates")
+    workers: int = Field(1, ge=1, le=64, description="Bytewax workers in this process")
+    recovery_dir: Path | None = Field(None, description="Bytewax recovery database; enables resume after a crash")
     snapshot_seconds: float = Field(5.0, gt=0, description="epoch length: how often state is snapshotted")
-    model_dir: Path | None = Field(None, description="warm-start artifact written by `edgewatch train`")
-    detector: str = Field("compact-novelty", description="detector name (see `edgewatch run --help`)")
-    threshold: float | None = Field(None, ge=0, le=1, description="label threshold; default: the detector's")
-    shards: int = Field(
-        1, ge=1, le=4096, description="device shards, one model bank each: at least the number of Bytewax workers"
+    model_dir: Path | None = Field(
+        None, description="warm-start artifact written by `edgewatch train`", json_schema_extra={"cli": "--model"}
+    )
+    detector: str = Field(
+        "compact-novelty", description="compact-novelty | robust-zscore | half-space-trees | package.module:factory"
+    )
+    threshold: float | None = Field(None, ge=0, le=1, description="label threshold (default: the detector's)")
+    shards: int | None = Field(
+        None, ge=1, le=4096, description="device shards, one model bank each (default: 1, or 4 per worker)"
     )
     batch_size: int = Field(2000, ge=1, description="most messages taken from Kafka per poll")
     from_beginning: bool = Field(True, description="without recovery state, start at the earliest offset")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
+    metrics_host: str = Field("127.0.0.1", description="interface the metrics server binds (0.0.0.0: all)")
     # Azure: labeled events to IoT Hub and/or Event Hubs (AMQP), through an on-disk store-and-forward buffer
-    iothub: bool = Field(False, description="send to IoT Hub as this IoT Edge module (edge environment)")
-    iothub_connection_string: str | None = Field(None, description="send to IoT Hub as this device (or module)")
-    iothub_send: Literal["anomalies", "all"] = "anomalies"
-    iothub_output: str = Field("labeled", description="module output name (IoT Edge routes)")
-    iothub_ca_cert: Path | None = Field(None, description="CA to trust, e.g. a transparent gateway's")
-    eventhubs_sink_hub: str | None = Field(None, description="send to this event hub over AMQP")
-    eventhubs_sink_connection_string: str | None = Field(
-        None, description="namespace connection string of the AMQP sink [eventhubs_connection_string]"
+    iothub: bool = Field(False, description="also send to IoT Hub as this IoT Edge module (edge environment)")
+    iothub_connection_string: SecretStr | None = Field(
+        None, description="send to IoT Hub as this device or module (GatewayHostName= allowed)"
     )
-    eventhubs_sink_send: Literal["anomalies", "all"] = "all"
+    iothub_send: SendMode = Field("anomalies", description="which labeled events go to IoT Hub: anomalies | all")
+    iothub_output: str = Field("labeled", description="module output of labeled events (IoT Edge routes)")
+    iothub_ca_cert: Path | None = Field(None, description="CA to trust, e.g. a transparent gateway's")
+    eventhubs_sink_hub: str | None = Field(None, description="also send labeled events to this event hub over AMQP")
+    eventhubs_sink_connection_string: SecretStr | None = Field(
+        None, description="namespace connection string of the AMQP sink (default: eventhubs_connection_string)"
+    )
+    eventhubs_sink_send: SendMode = Field("all", description="which labeled events go to the event hub")
     buffer_dir: Path = Field(Path("edgewatch-buffer"), description="store-and-forward files (a persistent volume)")
     buffer_max_mb: float = Field(256.0, gt=0, description="buffer size limit; the oldest are dropped beyond it")
     buffer_max_age_hours: float = Field(24.0, gt=0, description="buffered events older than this are dropped")
+
+    @property
+    def shard_count(self) -> int:
+        """Device shards: as set, else one, or four per worker (each worker then gets some)."""
+        if self.shards is not None:
+            return self.shards
+        return 1 if self.workers == 1 else 4 * self.workers
 
 
 class SimulatorSettings(KafkaSettings):
     """Settings of ``edgewatch simulate``."""
 
-    topic: str = "telemetry"
-    devices: int = Field(200, ge=1)
+    topic: str = Field("telemetry", description="topic to send to")
+    partitions: int = Field(4, ge=1, description="partitions of the topic if edgewatch creates it")
+    devices: int = Field(200, ge=1, description="machines in the fleet")
     rate: float = Field(1000.0, gt=0, description="events per second over the whole fleet")
     duration: float = Field(30.0, gt=0, description="seconds of simulated telemetry")
-    seed: int = 0
-    fault_rate: float = Field(0.002, ge=0, le=1, description="chance per device and tick that a fault starts")
+    seed: int = Field(0, description="random seed; same seed, same stream")
+    fault_rate: float = Field(0.002, ge=0, le=1, description="chance per machine and tick that a fault starts")
+    malformed_rate: float = Field(0.0, ge=0, le=1, description="chance that a message is a broken payload")
+    iothub_connection_string: SecretStr | None = Field(
+        None, description="send to IoT Hub as this device, like the SimulatedTemperatureSensor module"
+    )
+    iothub_ca_cert: Path | None = Field(None, description="CA to trust (gateway)")
 
 
 def data_dir() -> Path:
     """The data folder: ``EDGEWATCH_DATA_DIR`` or ``../shared/data`` next to the checkout."""
-    import os
-
     return Path(os.environ.get("EDGEWATCH_DATA_DIR", DEFAULT_DATA_DIR))

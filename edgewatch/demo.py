@@ -26,10 +26,10 @@ from rich.live import Live
 from rich.table import Table
 
 from edgewatch.connectors.broker import EmbeddedBroker, _die_with_parent, stop_process
+from edgewatch.connectors.files import paced
 from edgewatch.connectors.kafka import ensure_topics, publish
 from edgewatch.evaluation.faults import FaultScore
 from edgewatch.simulator import FAULT_HEADER, Fleet
-from edgewatch.simulator.publish import paced
 
 PARTITIONS = 4
 DRAIN_TIMEOUT = 60.0
@@ -185,7 +185,7 @@ def run_demo(
         send_errors: list[BaseException] = []
 
         def send() -> None:
-            records = paced(fleet.records(round(rate * seconds)), rate, stop_sending.is_set)
+            records = paced(fleet.records(round(rate * seconds)), stop=stop_sending.is_set, rate=rate)
             try:
                 publish(records, {"bootstrap.servers": bootstrap}, topics["in"], on_record)
             except BaseException as exc:

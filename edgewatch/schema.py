@@ -244,10 +244,9 @@ def _parse_simulated_sensor(raw: RawMessage) -> Reading | None:
         timestamp = raw.timestamp_ms / 1000.0
     else:
         try:
-            created = datetime.fromisoformat(body.timeCreated)
+            timestamp = parse_iso_utc(body.timeCreated).timestamp()
         except ValueError:
             return None
-        timestamp = (created if created.tzinfo else created.replace(tzinfo=UTC)).timestamp()
     features = dict(zip(SIMULATED_SENSOR_NAMES, values, strict=True))
     return Reading(device_id, timestamp, features, raw)
 
@@ -388,15 +387,24 @@ def _timestamp(value: object, name: str, kafka_timestamp_ms: int | None) -> floa
         return kafka_timestamp_ms / 1000.0
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value)
+            return parse_iso_utc(value).timestamp()
         except ValueError:
             raise InvalidMessage(f"{name} is not an ISO-8601 time: {value[:40]!r}") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
         raise InvalidMessage(f"{name} must be an ISO-8601 string or epoch seconds, got {value!r:.40}")
     return float(value)
+
+
+def parse_iso_utc(text: str) -> datetime:
+    """An ISO-8601 time; one without a zone is UTC (as Azure services and most devices mean it).
+
+    >>> parse_iso_utc("2026-11-23T01:05:00.1234567Z").isoformat()
+    '2026-11-23T01:05:00.123456+00:00'
+    >>> parse_iso_utc("2026-11-23 01:05").tzinfo
+    datetime.timezone.utc
+    """
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def format_timestamp(seconds: float) -> str:

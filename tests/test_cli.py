@@ -65,10 +65,9 @@ def test_simulate_records_a_deterministic_stream(tmp_path):
 
 
 def test_run_refuses_a_recovery_directory_of_another_shard_count(tmp_path):
-    from edgewatch.config import FlowSettings
-    from edgewatch.flows.anomaly import init_recovery_dir
+    from edgewatch.app import init_recovery_dir
 
-    init_recovery_dir(tmp_path, FlowSettings(shards=1))
+    init_recovery_dir(tmp_path, shards=1)
     result = runner.invoke(app, ["run", "--recovery-dir", str(tmp_path), "--shards", "2"])
     assert result.exit_code == 2
     assert "1 shards, not 2" in said(result)

@@ -29,19 +29,14 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from confluent_kafka.admin import AdminClient
 
+from edgewatch.azure.connection_string import EventHubsConnectionString, eventhubs_bootstrap, eventhubs_kafka_config
+from edgewatch.azure.eventhubs import EventHubsSender, EventHubsSink, to_event_data
+from edgewatch.azure.messages import labeled_envelope
 from edgewatch.config import KafkaSettings
 from edgewatch.connectors.broker import free_port
-from edgewatch.connectors.eventhubs import (
-    EventHubsConnectionString,
-    EventHubsSender,
-    EventHubsSink,
-    eventhubs_bootstrap,
-    eventhubs_kafka_config,
-    to_event_data,
-)
-from edgewatch.connectors.kafka import KafkaBatchSink, KafkaBatchSource, OutRecord, ensure_topics
-from edgewatch.connectors.store_forward import BufferPolicy, Envelope, StoreAndForward
+from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord, ensure_topics
 from edgewatch.schema import LabeledEvent, RawMessage, Reading, labeled_event_json
+from edgewatch.store_forward import BufferPolicy, Envelope, StoreAndForward
 from tests.test_iothub import make_test_pki
 
 KEY = base64.b64encode(b"event hubs test key 0123456789ab").decode()
@@ -138,7 +133,7 @@ def eventhubs_kafka(tmp_path_factory):
 
 
 def test_produce_and_consume_through_the_eventhubs_endpoint(eventhubs_kafka, topic_names):
-    """ensure_topics, KafkaBatchSink and KafkaBatchSource with the connection string's settings."""
+    """ensure_topics, KafkaSink and KafkaBatchSource with the connection string's settings."""
     config = eventhubs_kafka_config(eventhubs_kafka.connection_string, ssl_ca_location=str(eventhubs_kafka.ca))
     topic = topic_names("eh-labeled")
     ensure_topics(config, [topic], partitions=2)
@@ -147,7 +142,11 @@ def test_produce_and_consume_through_the_eventhubs_endpoint(eventhubs_kafka, top
         for n in range(30)
     ]
     produce = Dataflow("eh-produce")
-    op.output("out", op.input("in", produce, TestingSource([records[:10], records[10:]])), KafkaBatchSink(config))
+    op.output(
+        "out",
+        op.input("in", produce, TestingSource([records[:10], records[10:]])),
+        KafkaSink(config, lambda record: record),
+    )
     run_main(produce)
 
     # read back with the settings edgewatch builds today from KafkaSettings (same security part)
@@ -255,7 +254,7 @@ def sent_offsets(producers: list[FakeProducer]) -> list[tuple[str, int]]:
 
 def test_event_data_carries_the_envelope():
     event = labeled(12, "pump-3", anomaly=True)
-    data = to_event_data(Envelope.from_labeled_event(event))
+    data = to_event_data(labeled_envelope(event))
     assert data.body_as_str() == labeled_event_json(event).decode()
     assert data.content_type == "application/json"
     assert data.message_id == "telemetry:0:12"
@@ -265,7 +264,7 @@ def test_event_data_carries_the_envelope():
 def test_one_batch_per_device_in_order(tmp_path):
     producer = FakeProducer()
     with StoreAndForward(tmp_path / "b.sqlite3", "eh-order") as buffer:
-        buffer.put(Envelope.from_labeled_event(labeled(n, f"pump-{n % 3}")) for n in range(12))
+        buffer.put(labeled_envelope(labeled(n, f"pump-{n % 3}")) for n in range(12))
         EventHubsSender(lambda: producer).deliver(buffer.peek(100), buffer)
         assert len(buffer) == 0
     assert [key for key, _ in producer.sent] == ["pump-0", "pump-1", "pump-2"]
@@ -277,7 +276,7 @@ def test_a_full_batch_is_sent_and_a_new_one_started(tmp_path):
     one = len(labeled_event_json(labeled(10, "pump-0")))
     producer = FakeProducer(max_size_in_bytes=3 * one + 200)  # room for two or three events, not ten
     with StoreAndForward(tmp_path / "b.sqlite3", "eh-full") as buffer:
-        buffer.put(Envelope.from_labeled_event(labeled(n, "pump-0")) for n in range(10, 20))
+        buffer.put(labeled_envelope(labeled(n, "pump-0")) for n in range(10, 20))
         EventHubsSender(lambda: producer).deliver(buffer.peek(100), buffer)
         assert len(buffer) == 0
     sizes = [len(events) for _, events in producer.sent]
@@ -288,7 +287,7 @@ def test_a_full_batch_is_sent_and_a_new_one_started(tmp_path):
 def test_an_event_too_large_for_any_batch_is_dropped_and_logged(tmp_path, caplog):
     producer = FakeProducer(max_size_in_bytes=1200)
     big = Envelope("pump-0", b"x" * 5000, {"anomaly": "true"}, "telemetry:0:1")
-    small = [Envelope.from_labeled_event(labeled(n, "pump-0")) for n in (0, 2)]
+    small = [labeled_envelope(labeled(n, "pump-0")) for n in (0, 2)]
     with StoreAndForward(tmp_path / "b.sqlite3", "eh-big") as buffer, caplog.at_level(logging.WARNING):
         buffer.put([small[0], big, small[1]])
         EventHubsSender(lambda: producer).deliver(buffer.peek(100), buffer)
@@ -310,7 +309,7 @@ def test_unreachable_namespace_buffers_then_drains_in_order(tmp_path, caplog):
     producer = FakeProducer(failures=5)
     events = [labeled(n, f"pump-{n % 4}", anomaly=n % 2 == 0) for n in range(40)]
     policy = BufferPolicy(retry_max_seconds=0.2, drain_seconds=30)
-    with caplog.at_level(logging.INFO, logger="edgewatch.connectors"):
+    with caplog.at_level(logging.INFO, logger="edgewatch"):
         run_sink(
             EventHubsSink(tmp_path, CS, policy=policy, producer_factory=lambda: producer), [events[:20], events[20:]]
         )
@@ -347,7 +346,7 @@ def test_the_real_client_against_a_silent_namespace_loses_nothing(tmp_path, capl
         )
 
     policy = BufferPolicy(retry_max_seconds=0.5, drain_seconds=2.0)
-    with caplog.at_level(logging.WARNING, logger="edgewatch.connectors"):
+    with caplog.at_level(logging.WARNING, logger="edgewatch"):
         run_sink(
             EventHubsSink(tmp_path, cs, policy=policy, producer_factory=producer),
             [[labeled(n, "pump-1") for n in range(7)]],

@@ -10,13 +10,13 @@ import orjson
 import pytest
 
 from edgewatch.config import FlowSettings
+from edgewatch.connectors.files import paced
 from edgewatch.connectors.kafka import ensure_topics
 from edgewatch.evaluation.faults import FaultScore
 from edgewatch.online_models.bank import ModelBank
 from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import RawMessage, Reading, SourceRef, parse_message
 from edgewatch.simulator import Fleet
-from edgewatch.simulator.publish import paced
 from tests.kafkautil import FlowProcess, consume, produce
 from tests.malformed_cases import MALFORMED
 

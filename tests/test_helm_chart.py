@@ -205,8 +205,8 @@ def run_prepare_script(objects: dict, pod_name: str, recovery_dir: Path) -> subp
 
 
 def test_init_container_gives_each_process_its_own_partition_that_the_flow_accepts(tmp_path):
+    from edgewatch.app import init_recovery_dir
     from edgewatch.config import FlowSettings
-    from edgewatch.flows.anomaly import init_recovery_dir
 
     objects = render({"cluster": {"processes": 3, "workersPerProcess": 2}, "settings": {"shards": 6}})
     for ordinal in range(3):
@@ -216,7 +216,9 @@ def test_init_container_gives_each_process_its_own_partition_that_the_flow_accep
             result = run_prepare_script(objects, f"edgewatch-{ordinal}", volume)
             assert result.returncode == 0, result.stderr
         assert sorted(p.name for p in volume.iterdir()) == [f"part-{ordinal}.sqlite3"]
-        init_recovery_dir(volume, FlowSettings(shards=6))  # what the flow does at start: no second partition
+        init_recovery_dir(
+            volume, FlowSettings(shards=6).shard_count
+        )  # what the flow does at start: no second partition
         assert sorted(p.name for p in volume.glob("part-*")) == [f"part-{ordinal}.sqlite3"]
 
 
@@ -255,6 +257,12 @@ def test_values_mirror_every_flow_setting():
         "eventhubs_sink_connection_string",
         "iothub_ca_cert",
         "buffer_dir",
+        # the pod runs `python -m bytewax.run`: workers come from cluster.workersPerProcess,
+        # metrics from Bytewax's dataflow API (metrics.port), topics from the Kafka side
+        "workers",
+        "metrics_port",
+        "metrics_host",
+        "partitions",
     }
     assert chart_values | chart_managed == set(FlowSettings.model_fields)
     assert not chart_values & chart_managed

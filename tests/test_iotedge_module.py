@@ -32,21 +32,15 @@ from urllib.parse import quote, unquote, urlencode
 import pytest
 from azure.iot.device import Message
 
+from edgewatch.azure.edgehub import EdgeHubInput, EdgeHubSource, raw_message
+from edgewatch.azure.messages import LabeledEventSink, dead_letter_envelope
+from edgewatch.azure.twin import TwinControls
 from edgewatch.config import FlowSettings
 from edgewatch.connectors.broker import _die_with_parent
-from edgewatch.connectors.edgehub import (
-    EdgeHubInput,
-    EdgeHubSource,
-    dead_letter_envelope,
-    raw_message,
-)
-from edgewatch.connectors.kafka import OutRecord
-from edgewatch.connectors.store_forward import ForwardingSink
 from edgewatch.flows.anomaly import LiveControls
-from edgewatch.flows.iotedge import TwinControls
 from edgewatch.online_models import artifact
 from edgewatch.online_models.registry import resolve_detector
-from edgewatch.schema import RawMessage, Reading, parse_message
+from edgewatch.schema import DeadLetter, RawMessage, Reading, parse_message
 from tests.test_iothub import (
     BROKER_PORT,
     EDGE_DEVICE,
@@ -355,40 +349,12 @@ def test_the_source_is_one_partition_that_ends_when_the_input_is_closed_and_drai
     assert partition.snapshot() is None
 
 
-def test_a_dead_letter_record_becomes_an_output_message():
-    headers = [("sequenceNumber", b"3"), ("edgewatch.error.reason", b"not JSON")]
-    headers += [("edgewatch.error.topic", b"telemetry"), ("edgewatch.error.partition", b"0")]
-    headers += [("edgewatch.error.offset", b"17")]
-    envelope = dead_letter_envelope(OutRecord("deadletter", SENSOR_ID.encode(), b"\xff not json", headers))
+def test_a_dead_letter_becomes_an_output_message():
+    raw = RawMessage(SENSOR_ID.encode(), b"\xff not json", [("sequenceNumber", b"3")], "telemetry", 0, 17)
+    envelope = dead_letter_envelope(DeadLetter(raw, "not JSON"))
     assert envelope.body == b"\xff not json" and envelope.message_id == "telemetry:0:17"
     assert envelope.properties["deviceId"] == SENSOR_ID and envelope.properties["edgewatch.error.reason"] == "not JSON"
-
-
-def test_the_main_sink_sends_dead_letters_and_only_counts_labeled_events():
-    from edgewatch.connectors.edgehub import _DeadLetterPartition
-    from edgewatch.schema import DeadLetter, LabeledEvent
-    from edgewatch.telemetry import FLOW_METRICS
-
-    class Recording:
-        def __init__(self):
-            self.batches = []
-
-        def write_batch(self, items):
-            self.batches.extend(items)
-
-    raw = RawMessage(SENSOR_ID.encode(), b"bad", [("sequenceNumber", b"5")], "telemetry", 0, 9, 1_000)
-    good = RawMessage(SENSOR_ID.encode(), b"{}", [], "telemetry", 0, 10, 1_000)
-    event = LabeledEvent(Reading(SENSOR_ID, 1.0, {"x": 1.0}, good), 0.9, True, "compact-novelty", "v")
-    legacy = OutRecord("deadletter", b"pump-1", b"old", [("edgewatch.error.topic", b"telemetry")])
-    inner = Recording()
-    labeled_before = FLOW_METRICS.labeled._value.get()
-    _DeadLetterPartition(inner, "deadletter").write_batch([[DeadLetter(raw, "not JSON")], [event], [legacy], []])
-    (dead,), labeled, (old,), empty = inner.batches
-    assert (dead.body, dead.message_id) == (b"bad", "telemetry:0:9")
-    assert dead.properties["edgewatch.error.reason"] == "not JSON"
-    assert dead.properties["sequenceNumber"] == "5" and dead.properties["deviceId"] == SENSOR_ID
-    assert (labeled, empty, old.body) == ([], [], b"old")
-    assert FLOW_METRICS.labeled._value.get() == labeled_before + 1
+    assert envelope.properties["sequenceNumber"] == "3" and envelope.properties["edgewatch.error.stage"] == "parse"
 
 
 @pytest.fixture
@@ -397,7 +363,7 @@ def twin_controls(tmp_path):
     version = train_model(tmp_path / "model")
     settings = FlowSettings(model_dir=tmp_path / "model", iothub_send="anomalies")
     controls = LiveControls()
-    sink = ForwardingSink("test", tmp_path, lambda: None)
+    sink = LabeledEventSink("test", tmp_path, lambda: None)
     return TwinControls(settings, controls, sink), controls, sink, version
 
 
@@ -640,15 +606,11 @@ def test_the_module_labels_edgehub_input_and_follows_its_twin(broker, edgehub, m
 
 def run_module() -> int:
     """The module process: ``run_iotedge`` with settings from EDGEWATCH_*, until SIGTERM."""
-    import logging
 
-    from edgewatch.flows.iotedge import run_iotedge
+    from edgewatch.app import Application
+    from edgewatch.azure.module import run_iotedge
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    run_iotedge(FlowSettings(), stop, connect_timeout=30.0, twin_timeout=10.0)
+    run_iotedge(Application(FlowSettings(iothub=True)), connect_timeout=30.0, twin_timeout=10.0)
     print("module stopped", flush=True)
     return 0
 

@@ -48,10 +48,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.testing import TestingSource, run_main
 
+from edgewatch.azure.iothub import IoTHubSender, IoTHubSink, IoTHubTarget
+from edgewatch.azure.messages import labeled_envelope
 from edgewatch.connectors.broker import _die_with_parent
-from edgewatch.connectors.iothub import IoTHubSender, IoTHubSink, IoTHubTarget
-from edgewatch.connectors.store_forward import BufferPolicy, Envelope, Forwarder, StoreAndForward
 from edgewatch.schema import LabeledEvent, RawMessage, Reading, labeled_event_json
+from edgewatch.store_forward import BufferPolicy, Forwarder, StoreAndForward
 
 REPO = Path(__file__).resolve().parents[1]
 BROKER_PORT = 8883  # fixed by azure-iot-device: MQTT over TLS always goes to 8883
@@ -550,9 +551,9 @@ def test_a_stalled_broker_does_not_wedge_the_sender(broker, pki, tmp_path, caplo
     sender = IoTHubSender(target, send_timeout=1.5)
     buffer = StoreAndForward(tmp_path / "stall.sqlite3", "stall")
     forwarder = Forwarder(buffer, sender, retry_max_seconds=0.5).start()
-    events = [Envelope.from_labeled_event(labeled(n, device_of(n), anomaly=True)) for n in range(60)]
+    events = [labeled_envelope(labeled(n, device_of(n), anomaly=True)) for n in range(60)]
     try:
-        with caplog.at_level(logging.INFO, logger="edgewatch.connectors"):
+        with caplog.at_level(logging.INFO, logger="edgewatch"):
             for n, envelope in enumerate(events):
                 buffer.put([envelope])
                 if n == 20:

@@ -18,19 +18,18 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from prometheus_client import REGISTRY
 
-from edgewatch.connectors.store_forward import (
+from edgewatch.azure.messages import DeadLetterSink, LabeledEventSink, labeled_envelope
+from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading
+from edgewatch.store_forward import (
     BufferInUse,
     BufferPolicy,
     Envelope,
     Forwarder,
-    ForwardingSink,
     SendTimeout,
     StoreAndForward,
     Stored,
     call_with_timeout,
-    select_envelopes,
 )
-from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading
 
 
 def envelope(n: int, device: str | None = None, size: int = 10) -> Envelope:
@@ -97,7 +96,7 @@ def test_messages_survive_a_killed_process(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from edgewatch.connectors.store_forward import Envelope, StoreAndForward
+        from edgewatch.store_forward import Envelope, StoreAndForward
         buffer = StoreAndForward({str(path)!r}, "killed")
         for n in range(50):
             buffer.put([Envelope("d", b"body", {{}}, f"t:0:{{n}}")])
@@ -126,7 +125,7 @@ def test_size_limit_drops_the_oldest_with_one_log_line(tmp_path, caplog):
     with StoreAndForward(tmp_path / "b.sqlite3", "full-test", max_bytes=10 * one) as buffer:
         buffer.put(envelope(n, size=100) for n in range(10, 20))
         assert len(buffer) == 10 and not caplog.records
-        with caplog.at_level(logging.WARNING, logger="edgewatch.connectors.store_forward"):
+        with caplog.at_level(logging.WARNING, logger="edgewatch"):
             buffer.put(envelope(n, size=100) for n in range(20, 25))
         assert numbers(buffer.peek(100)) == list(range(15, 25))
         assert buffer.size_bytes <= buffer.max_bytes
@@ -144,7 +143,7 @@ def test_age_limit_drops_what_the_link_did_not_take_in_time(tmp_path, caplog):
         clock.now += 1800
         buffer.put(envelope(n) for n in range(3, 5))
         clock.now += 1801  # the first three are now older than an hour
-        with caplog.at_level(logging.WARNING, logger="edgewatch.connectors.store_forward"):
+        with caplog.at_level(logging.WARNING, logger="edgewatch"):
             assert numbers(buffer.peek(10)) == [3, 4]
     assert [r.getMessage() for r in caplog.records] == [
         "store-and-forward age: dropped 3 message(s): older than the 1 h age limit: the link did not take them in time"
@@ -154,7 +153,7 @@ def test_age_limit_drops_what_the_link_did_not_take_in_time(tmp_path, caplog):
 def test_repeated_drops_are_summed_into_few_lines(tmp_path, caplog):
     """During a long outage every batch overflows; the log gets one line per 10 s, not one per batch."""
     with (
-        caplog.at_level(logging.WARNING, logger="edgewatch.connectors.store_forward"),
+        caplog.at_level(logging.WARNING, logger="edgewatch"),
         StoreAndForward(tmp_path / "b.sqlite3", "spam", max_bytes=1000) as buffer,
     ):
         for n in range(200):
@@ -213,7 +212,7 @@ def test_forwarder_retries_until_everything_is_sent_in_order(tmp_path, caplog):
         buffer.put(envelope(n) for n in range(20))
         sender = FlakySender(failures=4)
         sent_before = metric("edgewatch_forward_sent_total", buffer="retry")
-        with caplog.at_level(logging.INFO, logger="edgewatch.connectors.store_forward"):
+        with caplog.at_level(logging.INFO, logger="edgewatch"):
             forwarder = Forwarder(buffer, sender, retry_max_seconds=0.2).start()
             buffer.put(envelope(n) for n in range(20, 30))
             assert forwarder.stop(drain_seconds=30) is True
@@ -239,29 +238,38 @@ def test_stopping_during_an_outage_keeps_the_messages(tmp_path):
         assert numbers(buffer.peek(10)) == [0, 1, 2, 3, 4]
 
 
-def test_select_envelopes_by_send_mode():
+def test_labeled_event_sink_filters_by_send_mode(tmp_path):
     events = [labeled(0, "a", False), labeled(1, "a", True), labeled(2, "b", False)]
-    dead = DeadLetter(RawMessage(None, b"?", [], "telemetry", 0, 3), "not JSON")
-    assert [e.message_id for e in select_envelopes([*events, dead], "anomalies")] == ["telemetry:0:1"]
-    assert [e.message_id for e in select_envelopes(events, "all")] == [f"telemetry:0:{n}" for n in range(3)]
-    ready = Envelope.from_labeled_event(events[1])
-    assert select_envelopes([ready], "anomalies") == [ready]
-    with pytest.raises(TypeError, match="LabeledEvent or Envelope"):
-        select_envelopes([b"raw bytes"], "all")
+    sink = LabeledEventSink("modes", tmp_path, lambda: FlakySender(failures=0), "anomalies")
+    assert [sink.to_envelope(e) is not None for e in events] == [False, True, False]
+    sink.send = "all"  # an operator switches while the flow runs: the next events use it
+    assert [sink.to_envelope(e).message_id for e in events] == [f"telemetry:0:{n}" for n in range(3)]
+    assert sink.to_envelope(events[1]) == labeled_envelope(events[1])
+    with pytest.raises(ValueError, match="send must be one of"):
+        sink.send = "some"
+
+
+def test_dead_letter_sink_keeps_the_original_bytes_and_the_reason(tmp_path):
+    sink = DeadLetterSink("dead", tmp_path, lambda: FlakySender(failures=0))
+    dead = DeadLetter(RawMessage(b"pump-1", b"{bad", [("h", b"v")], "telemetry", 0, 3), "not JSON")
+    envelope = sink.to_envelope(dead)
+    assert envelope.body == b"{bad"
+    assert envelope.properties["h"] == "v"
+    assert envelope.properties["edgewatch.error.reason"] == "not JSON"
+    assert envelope.message_id == "telemetry:0:3"
 
 
 def test_sink_in_a_bytewax_flow(tmp_path):
-    """Lists of labeled events (and dead letters) in, anomalies out, in order; nothing left behind."""
+    """Lists of labeled events in, anomalies out, in order; nothing left behind."""
     sender = FlakySender(failures=2)
     batches = [
         [labeled(offset, f"dev-{offset % 4}", anomaly=offset % 3 == 0) for offset in range(start, start + 10)]
         for start in range(0, 100, 10)
     ]
-    batches.insert(3, [DeadLetter(RawMessage(None, b"?", [], "telemetry", 0, 999), "not JSON")])
     flow = Dataflow("forwarding-sink")
     stream = op.input("in", flow, TestingSource(batches))
     policy = BufferPolicy(retry_max_seconds=0.1, drain_seconds=30)
-    op.output("out", stream, ForwardingSink("sinktest", tmp_path, lambda: sender, "anomalies", policy))
+    op.output("out", stream, LabeledEventSink("sinktest", tmp_path, lambda: sender, "anomalies", policy))
     run_main(flow)
     expected = [offset for offset in range(100) if offset % 3 == 0]
     with StoreAndForward(tmp_path / "sinktest.sqlite3", "sinktest") as buffer:
@@ -284,7 +292,7 @@ def test_sink_envelopes_carry_the_labeled_event(tmp_path):
 
     flow = Dataflow("forwarding-sink-all")
     stream = op.input("in", flow, TestingSource([[labeled(n, "pump-1", n == 2) for n in range(5)]]))
-    op.output("out", stream, ForwardingSink("recorder", tmp_path, Recorder, "all", BufferPolicy(drain_seconds=30)))
+    op.output("out", stream, LabeledEventSink("recorder", tmp_path, Recorder, "all", BufferPolicy(drain_seconds=30)))
     run_main(flow)
     assert [e.message_id for e in received] == [f"telemetry:0:{n}" for n in range(5)]
     assert received[2].properties == {"anomaly": "true", "deviceId": "pump-1", "model": "robust-zscore"}
@@ -295,14 +303,14 @@ def test_sink_envelopes_carry_the_labeled_event(tmp_path):
 def test_a_full_disk_loses_the_cloud_copy_not_the_flow(tmp_path, caplog):
     """When the buffer cannot be written (here: SQLite's page limit stands in for a full disk),
     the sink logs and counts the loss and returns: labeling and the Kafka output go on."""
-    sink = ForwardingSink(
+    sink = LabeledEventSink(
         "diskfull", tmp_path, lambda: FlakySender(failures=10**9), "all", BufferPolicy(drain_seconds=0)
     )
     partition = sink.build("cloud-out", 0, 1)
     buffer = partition._link.buffer
     try:
         buffer._db.execute("PRAGMA max_page_count = 12")  # a few dozen events fit, not 200
-        with caplog.at_level(logging.WARNING, logger="edgewatch.connectors.store_forward"):
+        with caplog.at_level(logging.WARNING, logger="edgewatch"):
             for start in range(0, 200, 10):
                 partition.write_batch([[labeled(n, "pump-1", anomaly=True) for n in range(start, start + 10)]])
         kept = len(buffer)

@@ -102,13 +102,16 @@ def test_live_controls_change_threshold_and_roll_out_a_new_model():
     spec = BUILTIN["compact-novelty"]
     controls = LiveControls()
     logic = ModelBankLogic(new_bank(spec), controls, lambda fitted: new_bank(spec, artifact=fitted))
-    (first,), _ = logic.on_batch([stream[:1000]])
+    (result,), _ = logic.on_batch([stream[:1000]])
+    first = result.events
     assert {e.is_anomaly for e in first} == {e.score >= spec.threshold for e in first}
     controls.threshold = 0.0
-    (second,), _ = logic.on_batch([stream[1000:1500]])
+    (result,), _ = logic.on_batch([stream[1000:1500]])
+    second = result.events
     assert all(e.is_anomaly for e in second)
     fitted = artifact.train(spec, stream[:1000])
     fitted.version = "rolled-out"
     controls.use_artifact(fitted)
-    (third,), _ = logic.on_batch([stream[1500:]])
+    (result,), _ = logic.on_batch([stream[1500:]])
+    third = result.events
     assert {e.model_version for e in third} == {"rolled-out"}

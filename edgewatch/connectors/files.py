@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import csv
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +26,15 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from edgewatch.schema import CMAPSS_FEATURES, DeadLetter, RawMessage, Reading, parse_message
+from edgewatch.schema import (
+    CMAPSS_FEATURES,
+    DeadLetter,
+    RawMessage,
+    Reading,
+    dead_letter_headers,
+    parse_iso_utc,
+    parse_message,
+)
 
 DEVICE_COLUMNS = ("device_id", "deviceId")
 #: start of a replayed CMAPSS fleet's clock (CMAPSS counts cycles, not time)
@@ -112,21 +120,37 @@ def read_history(path: Path) -> tuple[list[Reading], list[DeadLetter]]:
     return readings, dead
 
 
-def paced(messages: Iterable[RawMessage], speed: float | None) -> Iterator[RawMessage]:
-    """Yield messages at their recorded pace divided by ``speed`` (``None``: as fast as possible).
+def paced(
+    records: Iterable[RawMessage],
+    speed: float | None = 1.0,
+    stop: Callable[[], bool] | None = None,
+    *,
+    rate: float | None = None,
+) -> Iterator[RawMessage]:
+    """Yield records at their recorded pace divided by ``speed`` (``None``: as fast as possible),
+    or evenly at ``rate`` records per second when given, until ``stop()`` says so.
 
-    The clock follows the source times (``timestamp_ms``); a message without one goes
-    out right after the previous one.
+    The recorded pace follows the records' source times (``timestamp_ms``); one without a time
+    goes out right after the previous one. A simulated fleet, whose machines all read at the
+    same instant, is sent evenly with ``rate`` instead of in bursts.
     """
     start = first = None
-    for message in messages:
-        if speed is not None and message.timestamp_ms is not None:
-            if first is None:
-                first, start = message.timestamp_ms, time.monotonic()
-            ahead = start + (message.timestamp_ms - first) / 1000.0 / speed - time.monotonic()
-            if ahead > 0.0005:
-                time.sleep(ahead)
-        yield message
+    for sent, record in enumerate(records):
+        if stop is not None and stop():
+            return
+        if start is None:
+            start = time.monotonic()
+        if rate is not None:
+            due = sent / rate
+        elif speed is not None and record.timestamp_ms is not None:
+            first = record.timestamp_ms if first is None else first
+            due = (record.timestamp_ms - first) / 1000.0 / speed
+        else:
+            due = 0.0
+        ahead = start + due - time.monotonic()
+        if ahead > 0.0005:
+            time.sleep(ahead)
+        yield record
 
 
 class _FilePartition(StatefulSourcePartition[list[RawMessage], int]):
@@ -164,44 +188,48 @@ class FileSource(FixedPartitionedSource[list[RawMessage], int]):
 
 
 class _JsonlPartition(StatelessSinkPartition[list]):
-    def __init__(self, labeled: Path, dead: Path, dead_topic: str, records):
-        self._labeled = open(labeled, "ab")  # noqa: SIM115 (closed by close())
-        self._dead = open(dead, "ab")  # noqa: SIM115
-        self._dead_topic = dead_topic
-        self._records = records
+    def __init__(self, path: Path, to_line: Callable[[object], bytes]):
+        self._file = open(path, "ab")  # noqa: SIM115 (closed by close())
+        self._to_line = to_line
 
     def write_batch(self, items: list[list]) -> None:
-        for item in items:
-            for topic, _key, value, headers in self._records(item):
-                if topic == self._dead_topic:
-                    text = {name: header.decode("utf-8", "replace") for name, header in headers}
-                    line = {"value_b64": base64.b64encode(value or b"").decode(), "headers": text}
-                    self._dead.write(orjson.dumps(line) + b"\n")
-                else:
-                    self._labeled.write(value + b"\n")
-        self._labeled.flush()
-        self._dead.flush()
+        to_line, write = self._to_line, self._file.write
+        for batch in items:
+            for item in batch:
+                write(to_line(item) + b"\n")
+        self._file.flush()
 
     def close(self) -> None:
-        self._labeled.close()
-        self._dead.close()
+        self._file.close()
 
 
 class JsonlSink(DynamicSink[list]):
-    """Labeled events to ``path`` (one JSON object per line, the Kafka schema) and dead letters
-    to ``path``'s ``.deadletter.jsonl`` sibling (original bytes in base64 and the error headers).
+    """Lists of items to ``path``, one JSON object per line (``to_line(item)``), appended.
 
-    ``records`` turns a flow item into the records a Kafka sink would produce
-    (:func:`edgewatch.flows.anomaly.records`); those for ``dead_topic`` are the dead letters."""
+    >>> import tempfile, orjson
+    >>> from bytewax.testing import TestingSource, run_main
+    >>> import bytewax.operators as op
+    >>> from bytewax.dataflow import Dataflow
+    >>> path = Path(tempfile.mkdtemp()) / "out.jsonl"
+    >>> flow = Dataflow("jsonl")
+    >>> op.output("out", op.input("in", flow, TestingSource([[{"a": 1}, {"a": 2}]])), JsonlSink(path, orjson.dumps))
+    >>> run_main(flow)
+    >>> path.read_text().splitlines()
+    ['{"a":1}', '{"a":2}']
+    """
 
-    def __init__(self, path: Path, records, dead_topic: str = "deadletter"):
-        self.labeled = Path(path)
-        self.dead = self.labeled.with_suffix(".deadletter.jsonl")
-        self._records = records
-        self._dead_topic = dead_topic
+    def __init__(self, path: Path, to_line: Callable[[object], bytes]):
+        self.path = Path(path)
+        self._to_line = to_line
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlPartition:
-        return _JsonlPartition(self.labeled, self.dead, self._dead_topic, self._records)
+        return _JsonlPartition(self.path, self._to_line)
+
+
+def dead_letter_line(dead: DeadLetter) -> bytes:
+    """A dead letter as one JSONL object: the original bytes in base64 and the error headers."""
+    headers = {name: value.decode("utf-8", "replace") for name, value in dead_letter_headers(dead)}
+    return orjson.dumps({"value_b64": base64.b64encode(dead.raw.value or b"").decode(), "headers": headers})
 
 
 def _csv_time(text: str) -> float | str:
@@ -215,10 +243,9 @@ def _epoch_ms(stamp: float | str) -> int | None:
     if isinstance(stamp, float):
         return round(stamp * 1000)
     try:
-        parsed = datetime.fromisoformat(stamp)
+        return round(parse_iso_utc(stamp).timestamp() * 1000)
     except ValueError:
         return None
-    return round((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def _csv_number(text: str) -> float | str:

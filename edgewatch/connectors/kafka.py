@@ -6,8 +6,8 @@ message. Offsets are the recovery state, so a restarted flow resumes where the l
 snapshot left off (Bytewax assigns partitions itself; no consumer group, which also
 suits brokers with slow group rebalances such as Tansu).
 
-:class:`KafkaBatchSink` produces the records of each item (made as it goes) and flushes each batch, so
-everything written in an epoch is acknowledged before Bytewax snapshots it.
+:class:`KafkaSink` produces the record of each item of one typed stream (made as it goes) and
+flushes each batch, so everything written in an epoch is acknowledged before Bytewax snapshots it.
 """
 
 from __future__ import annotations
@@ -24,35 +24,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import Gauge
 
 from edgewatch.schema import Headers, RawMessage
 
 log = logging.getLogger(__name__)
-
-
-def client_config(settings) -> dict[str, str]:
-    """librdkafka settings for a :class:`~edgewatch.config.KafkaSettings`.
-
-    An Event Hubs connection string sets everything its Kafka endpoint needs: SASL_SSL,
-    PLAIN, user ``$ConnectionString`` and the connection string as the password.
-    """
-    if settings.eventhubs_connection_string:
-        from edgewatch.connectors.eventhubs import eventhubs_kafka_config
-
-        # the namespace's Kafka endpoint, unless a bootstrap was given explicitly
-        bootstrap = settings.bootstrap if "bootstrap" in settings.model_fields_set else None
-        return eventhubs_kafka_config(settings.eventhubs_connection_string, settings.ssl_ca_location, bootstrap)
-    config = {"bootstrap.servers": settings.bootstrap, "security.protocol": settings.security_protocol}
-    for option, value in (
-        ("sasl.mechanism", settings.sasl_mechanism),
-        ("sasl.username", settings.sasl_username),
-        ("sasl.password", settings.sasl_password),
-    ):
-        if value:
-            config[option] = value
-    if settings.ssl_ca_location:
-        config["ssl.ca.location"] = settings.ssl_ca_location
-    return config
 
 
 def ensure_topics(config: dict[str, str], topics: Iterable[str], partitions: int, timeout: float = 15.0) -> None:
@@ -108,9 +84,12 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         for msg in messages:
             error = msg.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise RuntimeError(f"Kafka error on {msg.topic()}[{msg.partition()}]: {error}")
+                if error.fatal():
+                    raise RuntimeError(f"Kafka error on {msg.topic()}[{msg.partition()}]: {error}")
+                # transient (the broker is down or moving): librdkafka retries by itself
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.debug("Kafka %s[%s]: %s", msg.topic(), msg.partition(), error)
+                continue
             if self._stop_offset is not None and msg.offset() >= self._stop_offset:
                 break
             batch.append(to_raw_message(msg))
@@ -193,13 +172,32 @@ class OutRecord(NamedTuple):
     headers: Headers
 
 
-class _KafkaBatchSinkPartition(StatelessSinkPartition[list]):
-    def __init__(self, config: dict[str, str], records: Callable[[object], Iterable[OutRecord]] | None):
-        self._records = records
+def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None, **options) -> None:
+    """``producer.produce``, waiting for room while librdkafka's local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **options)
+            return
+        except BufferError:  # local queue full: let deliveries drain
+            producer.poll(0.05)
+
+
+#: a sink's producer: idempotent (its retries never write a message twice) and patient (no
+#: message times out: while the broker is down the flow waits and resumes when it is back)
+SINK_PRODUCER_CONFIG = {"linger.ms": "2", "enable.idempotence": "true", "message.timeout.ms": "0"}
+
+#: seconds between the log lines of one outage
+OUTAGE_LOG_SECONDS = 30.0
+
+KAFKA_DOWN = Gauge("edgewatch_kafka_unreachable_seconds", "Seconds the Kafka sink has been waiting for the broker")
+
+
+class _KafkaSinkPartition(StatelessSinkPartition[list]):
+    def __init__(self, config: dict[str, str], to_record: Callable[[object], OutRecord]):
+        self._to_record = to_record
+        self._bootstrap = config.get("bootstrap.servers", "?")
         self._errors: list[str] = []
-        self._producer = Producer(
-            {**config, "linger.ms": "2", "error_cb": self._on_error, "on_delivery": self._on_delivery}
-        )
+        self._producer = Producer({**config, **SINK_PRODUCER_CONFIG, "error_cb": self._on_error})
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -209,23 +207,37 @@ class _KafkaBatchSinkPartition(StatelessSinkPartition[list]):
         if error is not None:
             self._errors.append(str(error))
 
-    def write_batch(self, items: list) -> None:
-        produce, poll, to_records = self._producer.produce, self._producer.poll, self._records
-        for item in items:
-            for topic, key, value, headers in to_records(item) if to_records else item:
-                while True:
-                    try:
-                        produce(topic, value, key, headers=headers)
-                        break
-                    except BufferError:  # local queue full: let deliveries drain
-                        poll(0.05)
+    def write_batch(self, items: list[list]) -> None:
+        producer, to_record, delivered = self._producer, self._to_record, self._on_delivery
+        for batch in items:
+            for item in batch:
+                topic, key, value, headers = to_record(item)
+                produce(producer, topic, value, key, headers=headers, on_delivery=delivered)
         self._flush()
 
     def _flush(self) -> None:
-        deadline = time.monotonic() + 60
-        while self._producer.flush(1.0) > 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError("Kafka producer could not deliver within 60 s")
+        """Wait until everything is acknowledged: an epoch ends only after its output is written.
+
+        A broker outage of any length only makes this wait (one log line per
+        ``OUTAGE_LOG_SECONDS`` and the ``edgewatch_kafka_unreachable_seconds`` gauge); a fatal
+        error or a failed delivery stops the flow, which then resumes from its last snapshot.
+        """
+        started = time.monotonic()
+        logged = started
+        while self._producer.flush(1.0) > 0 and not self._errors:
+            waited = time.monotonic() - started
+            KAFKA_DOWN.set(waited)
+            if time.monotonic() - logged >= OUTAGE_LOG_SECONDS:
+                logged = time.monotonic()
+                log.warning(
+                    "Kafka at %s unreachable, retrying since %.0f s (%d message(s) waiting)",
+                    self._bootstrap,
+                    waited,
+                    len(self._producer),
+                )
+        if time.monotonic() - started >= OUTAGE_LOG_SECONDS:
+            log.info("Kafka at %s reachable again after %.0f s", self._bootstrap, time.monotonic() - started)
+        KAFKA_DOWN.set(0)
         if self._errors:
             raise RuntimeError(f"Kafka delivery failed: {self._errors[:3]}")
 
@@ -233,35 +245,29 @@ class _KafkaBatchSinkPartition(StatelessSinkPartition[list]):
         self._flush()
 
 
-class KafkaBatchSink(DynamicSink[list]):
-    """Produce the :class:`OutRecord` of every item (``records(item)``, or the item itself when it
-    is a list of them); every batch is acknowledged before the next one."""
+class KafkaSink(DynamicSink[list]):
+    """Produce lists of items, ``to_record(item)`` each; every batch is acknowledged before the next.
 
-    def __init__(self, config: dict[str, str], records: Callable[[object], Iterable[OutRecord]] | None = None):
+    Args:
+        config: librdkafka settings (:meth:`~edgewatch.config.KafkaSettings.client_config`).
+        to_record: the :class:`OutRecord` for one item (its topic, key, value and headers).
+    """
+
+    def __init__(self, config: dict[str, str], to_record: Callable[[object], OutRecord]):
         self._config = dict(config)
-        self._records = records
+        self._to_record = to_record
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaBatchSinkPartition:
-        return _KafkaBatchSinkPartition(self._config, self._records)
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaSinkPartition:
+        return _KafkaSinkPartition(self._config, self._to_record)
 
 
 @dataclass
 class PublishStats:
-    """What a publisher sent: messages, fault episodes, malformed payloads, and where they ended."""
+    """What a publisher sent and where it ended."""
 
     messages: int = 0
-    fault_messages: int = 0
-    malformed: int = 0
     seconds: float = 0.0
     end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset per partition
-
-    def count(self, record) -> None:
-        self.messages += 1
-        fault = getattr(record, "fault", "")  # simulated records carry their ground truth
-        if fault == "malformed":
-            self.malformed += 1
-        elif fault:
-            self.fault_messages += 1
 
 
 def publish(
@@ -275,7 +281,6 @@ def publish(
     acknowledged. Without ``keep_timestamps`` Kafka stamps them with the time they are sent (a
     replayed file's old source times would fall out of the topic's retention at once)."""
     errors: list[str] = []
-
     stats = PublishStats()
 
     def delivered(error, msg) -> None:
@@ -285,24 +290,21 @@ def publish(
         where = (msg.topic(), msg.partition())
         stats.end_offsets[where] = max(stats.end_offsets.get(where, 0), msg.offset() + 1)
 
-    producer = Producer({**config, "linger.ms": "5", "acks": "all"})
+    producer = Producer({**config, "linger.ms": "5", "acks": "all", "enable.idempotence": "true"})
     started = time.monotonic()
     for record in records:
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    record.value,
-                    record.key,
-                    headers=record.headers,
-                    timestamp=(record.timestamp_ms or 0) if keep_timestamps else 0,
-                    on_delivery=delivered,
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
+        timestamp = (record.timestamp_ms or 0) if keep_timestamps else 0
+        produce(
+            producer,
+            topic,
+            record.value,
+            record.key,
+            headers=record.headers,
+            timestamp=timestamp,
+            on_delivery=delivered,
+        )
         producer.poll(0)
-        stats.count(record)
+        stats.messages += 1
         if on_record is not None:
             on_record(record)
     remaining = producer.flush(60)

@@ -1,12 +1,16 @@
-"""The anomaly flow: Kafka telemetry in, labeled events and dead letters out.
+"""The anomaly flow: telemetry in; labeled events, dead letters, alarms and drift events out.
 
 Read top to bottom, this is the whole data path::
 
-    kafka-in      batches of raw messages, one item per poll of a Kafka partition
-    parse         each batch → valid readings grouped by device shard, and dead letters
+    in            batches of raw messages: one poll of a Kafka partition, a file, edgeHub
+    parse         each batch → valid readings, and dead letters (with the reason)
+    shard         readings grouped by device shard (a stable hash of the device id)
     detect        per shard, a bank of device models: score, label, learn (snapshotted per epoch)
-    kafka-out     labeled events → labeled topic (key = device id), dead letters → dead-letter topic
-    iothub-out    (optional) labeled events → IoT Hub, eventhubs-out → Event Hubs, store-and-forward
+    outputs       typed streams — labeled, dead_letters, alarms, drift — each a list per item
+
+:func:`build_flow` returns the dataflow and its :class:`AnomalyStreams`; the caller attaches one
+``op.output`` per destination (:mod:`edgewatch.flows.outputs`: Kafka, JSONL files, IoT Hub,
+Event Hubs, edgeHub outputs), so no sink ever looks at item types. Flow metrics are counted here.
 
 Run it with ``edgewatch run`` or ``python -m bytewax.run edgewatch.flows.anomaly:flow``
 (settings from ``EDGEWATCH_*`` variables).
@@ -14,37 +18,68 @@ Run it with ``edgewatch run`` or ``python -m bytewax.run edgewatch.flows.anomaly
 
 from __future__ import annotations
 
-import functools
-import gc
-import threading
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
 
 from edgewatch.config import FlowSettings
-from edgewatch.connectors.kafka import KafkaBatchSink, KafkaBatchSource, OutRecord
 from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.bank import ModelBank, new_bank
 from edgewatch.online_models.registry import resolve_detector
-from edgewatch.schema import (
-    DeadLetter,
-    LabeledEvent,
-    RawMessage,
-    Reading,
-    dead_letter_headers,
-    labeled_event_json,
-    parse_batch,
-)
+from edgewatch.schema import AlarmEvent, BankResult, DeadLetter, DriftEvent, LabeledEvent, RawMessage, Reading
+from edgewatch.schema import parse_batch as parse_messages
 from edgewatch.telemetry import FLOW_METRICS
 
-DEAD = "dead-letters"
+
+@dataclass(frozen=True)
+class AnomalyStreams:
+    """The flow's outputs, one typed stream each; every item is a non-empty list."""
+
+    labeled: Stream[list[LabeledEvent]]
+    dead_letters: Stream[list[DeadLetter]]
+    alarms: Stream[list[AlarmEvent]]
+    drift: Stream[list[DriftEvent]]
+
+
+def build_flow(
+    settings: FlowSettings,
+    source: Source,
+    controls: LiveControls | None = None,
+    artifact: artifact_module.ModelArtifact | None = None,
+) -> tuple[Dataflow, AnomalyStreams]:
+    """The anomaly dataflow reading ``source``. Devices warm-start from ``artifact`` (default:
+    ``settings.model_dir``); ``controls`` change the threshold or the model while it runs."""
+    flow = Dataflow("edgewatch-anomaly")
+    batches = op.input("in", flow, source)
+    parsed = op.map("parse", batches, parse)
+    bad_input = op.filter_map("bad-input", parsed, lambda batch: batch[1] or None)
+    by_shard = op.flat_map("shard", parsed, lambda batch: shard_readings(batch[0], settings.shard_count))
+    detected = op.stateful_batch("detect", by_shard, bank_builder(settings, controls, artifact))
+    results = op.key_rm("unshard", detected)
+    op.inspect("count", results, lambda _step, result: FLOW_METRICS.count_results(result))
+    streams = AnomalyStreams(
+        labeled=op.filter_map("labeled", results, lambda result: result.events or None),
+        dead_letters=op.merge(
+            "dead-letters",
+            bad_input,
+            op.filter_map("detect-errors", results, lambda result: result.dead_letters or None),
+        ),
+        alarms=op.filter_map("alarms", results, lambda result: result.alarms or None),
+        drift=op.filter_map("drift", results, lambda result: result.drift or None),
+    )
+    return flow, streams
+
+
+def parse(raws: list[RawMessage]) -> tuple[list[Reading], list[DeadLetter]]:
+    """A batch of raw messages → valid readings and dead letters, each in arrival order."""
+    readings, dead = parse_messages(raws)
+    FLOW_METRICS.count_parsed(len(raws), dead)
+    return readings, dead
 
 
 def shard_of(device_id: str, shards: int) -> str:
@@ -52,16 +87,12 @@ def shard_of(device_id: str, shards: int) -> str:
     return f"shard-{zlib.crc32(device_id.encode()) % shards:04d}"
 
 
-def split_batch(raws: list[RawMessage], shards: int) -> Iterable[tuple[str, list]]:
-    """Parse a batch; emit ``(shard, readings)`` per shard and ``(DEAD, dead letters)``."""
-    readings, dead = parse_batch(raws)
-    FLOW_METRICS.received.inc(len(raws))
+def shard_readings(readings: list[Reading], shards: int) -> Iterable[tuple[str, list[Reading]]]:
+    """``(shard, readings)`` for every shard that has readings, each device's order kept."""
     by_shard: dict[str, list[Reading]] = defaultdict(list)
     for reading in readings:
         by_shard[shard_of(reading.device_id, shards)].append(reading)
-    yield from by_shard.items()
-    if dead:
-        yield DEAD, dead
+    return by_shard.items()
 
 
 @dataclass
@@ -81,7 +112,7 @@ class LiveControls:
         self.generation += 1
 
 
-class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
+class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult, bytes]):
     """Bytewax glue for one shard's bank: never discarded, snapshotted as bytes."""
 
     def __init__(self, bank: ModelBank, controls: LiveControls | None = None, rebuild=None):
@@ -90,7 +121,7 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
         self._rebuild = rebuild
         self._generation = controls.generation if controls is not None else 0
 
-    def on_batch(self, values: list[list[Reading]]) -> tuple[list[list], bool]:
+    def on_batch(self, values: list[list[Reading]]) -> tuple[list[BankResult], bool]:
         controls = self._controls
         if controls is not None:
             if controls.generation != self._generation:
@@ -100,34 +131,18 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
         # one call for everything that arrived (polls of several partitions): the bank's kernel
         # then runs once per activation; each device's order is kept
         readings = values[0] if len(values) == 1 else [reading for batch in values for reading in batch]
-        events, dead, _, _ = self.bank.label(readings)
-        return ([events, dead] if dead else [events]), op.StatefulBatchLogic.RETAIN
+        return [self.bank.label(readings)], op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         return self.bank.snapshot()
 
 
-def records(items: list[LabeledEvent] | list[DeadLetter], settings: FlowSettings) -> Iterator[OutRecord]:
-    """Kafka records for a list of labeled events or of dead letters, made one at a time as the
-    sink produces them (the Kafka and JSONL sinks call it; no intermediate list per batch)."""
-    if items and isinstance(items[0], DeadLetter):
-        FLOW_METRICS.dead_letters.inc(len(items))
-        for dead in items:
-            yield OutRecord(settings.dlq_topic, dead.raw.key, dead.raw.value, dead_letter_headers(dead))
-        return
-    FLOW_METRICS.labeled.inc(len(items))
-    FLOW_METRICS.anomalies.inc(sum(event.is_anomaly for event in items))
-    topic = settings.out_topic
-    for event in items:
-        raw = event.reading.raw
-        yield OutRecord(topic, raw.key or event.reading.device_id.encode(), labeled_event_json(event), raw.headers)
-
-
-def bank_builder(settings: FlowSettings, controls: LiveControls | None = None):
+def bank_builder(settings: FlowSettings, controls: LiveControls | None = None, artifact=None):
     """A function Bytewax calls to create (``state is None``) or resume a shard's bank."""
-    spec, artifact = resolve_detector(settings.detector), None
-    if settings.model_dir is not None:
-        artifact = artifact_module.load(Path(settings.model_dir))
+    spec = resolve_detector(settings.detector)
+    if artifact is None and settings.model_dir is not None:
+        artifact = artifact_module.load(settings.model_dir)
+    if artifact is not None:
         spec = artifact.spec
 
     def rebuild(new_artifact):
@@ -146,120 +161,12 @@ def bank_builder(settings: FlowSettings, controls: LiveControls | None = None):
     return build
 
 
-def build_flow(
-    settings: FlowSettings,
-    source: Source | None = None,
-    sink: Sink | None = None,
-    stop: threading.Event | None = None,
-    controls: LiveControls | None = None,
-) -> Dataflow:
-    """The anomaly dataflow. ``source``/``sink`` replace Kafka (replay files, edgeHub, tests);
-    setting ``stop`` ends the Kafka input so the flow drains and returns; ``controls`` changes
-    the threshold or the warm-start model while it runs."""
-    kafka = settings.client_config()
-    flow = Dataflow("edgewatch-anomaly")
-    batches = op.input(
-        "kafka-in",
-        flow,
-        source or KafkaBatchSource(kafka, [settings.in_topic], settings.batch_size, settings.from_beginning, stop=stop),
-    )
-    parsed = op.flat_map("parse", batches, lambda raws: split_batch(raws, settings.shards))
-    routed = op.branch("route", parsed, lambda item: item[0] == DEAD)
-    dead = op.map("dead-letters", routed.trues, lambda item: item[1])
-    detected = op.stateful_batch("detect", routed.falses, bank_builder(settings, controls))
-    results = op.merge("results", dead, op.key_rm("unshard", detected))
-    serialize = functools.partial(records, settings=settings)
-    op.output("kafka-out", results, sink or KafkaBatchSink(kafka, serialize))
-    for name, cloud_sink in cloud_sinks(settings):  # each skips dead letters itself
-        op.output(name, results, cloud_sink)
-    return flow
-
-
-def cloud_sinks(settings: FlowSettings) -> list[tuple[str, Sink]]:
-    """IoT Hub and Event Hubs (AMQP) sinks the settings ask for, behind store-and-forward buffers."""
-    from edgewatch.connectors.store_forward import BufferPolicy
-
-    policy = BufferPolicy(
-        max_bytes=int(settings.buffer_max_mb * 2**20), max_age_seconds=settings.buffer_max_age_hours * 3600
-    )
-    sinks: list[tuple[str, Sink]] = []
-    if settings.iothub or settings.iothub_connection_string:
-        from edgewatch.connectors.iothub import IoTHubSink
-
-        sinks.append(
-            (
-                "iothub-out",
-                IoTHubSink(
-                    settings.buffer_dir,
-                    settings.iothub_connection_string,
-                    settings.iothub_output,
-                    settings.iothub_send,
-                    settings.iothub_ca_cert,
-                    policy=policy,
-                ),
-            )
-        )
-    if settings.eventhubs_sink_hub:
-        from edgewatch.connectors.eventhubs import EventHubsSink
-
-        connection_string = settings.eventhubs_sink_connection_string or settings.eventhubs_connection_string
-        if not connection_string:
-            raise ValueError("eventhubs_sink_hub needs eventhubs_sink_connection_string or eventhubs_connection_string")
-        sinks.append(
-            (
-                "eventhubs-out",
-                EventHubsSink(
-                    settings.buffer_dir,
-                    connection_string,
-                    settings.eventhubs_sink_hub,
-                    settings.eventhubs_sink_send,
-                    policy=policy,
-                ),
-            )
-        )
-    return sinks
-
-
-def tune_gc_for_streaming() -> None:
-    """Make Python's cyclic garbage collector run rarely in the flow's process.
-
-    The flow allocates a few short-lived objects per message (parsed JSON, readings, output
-    bytes); reference counting frees them all, yet every 700 allocations the default
-    collector walks the young objects looking for cycles: up to a third of the parse time.
-    Objects alive at start-up are frozen out of its way, and it runs every 100,000
-    allocations instead.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-
-
-def init_recovery_dir(path: Path, settings: FlowSettings, partitions: int = 1) -> None:
-    """Create Bytewax's recovery partitions in ``path`` unless they are already there.
-
-    The shard count is recorded there: device state is stored per shard, so resuming
-    with another count would silently start devices from scratch; refuse instead.
-    """
-    from bytewax.recovery import init_db_dir
-
-    path.mkdir(parents=True, exist_ok=True)
-    if not any(path.glob("part-*.sqlite3")):
-        init_db_dir(path, partitions)
-    recorded = path / "edgewatch-shards"
-    if recorded.exists() and int(recorded.read_text()) != settings.shards:
-        raise ValueError(
-            f"{path} holds state for {recorded.read_text().strip()} shards, not {settings.shards}: "
-            f"run with --shards {recorded.read_text().strip()} or a new recovery directory"
-        )
-    recorded.write_text(str(settings.shards))
-
-
 def __getattr__(name: str) -> Dataflow:
     # `python -m bytewax.run edgewatch.flows.anomaly:flow` builds the flow from EDGEWATCH_* only when asked
     if name == "flow":
-        tune_gc_for_streaming()
-        settings = FlowSettings()
-        if settings.recovery_dir is not None:  # pass the same directory to bytewax.run's -r
-            init_recovery_dir(settings.recovery_dir, settings)
-        return build_flow(settings)
+        from edgewatch.app import Application
+        from edgewatch.flows.wiring import kafka_flow
+
+        app = Application(FlowSettings(), handle_signals=False).start()  # bytewax.run handles signals
+        return kafka_flow(app)
     raise AttributeError(name)

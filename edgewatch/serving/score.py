@@ -38,14 +38,13 @@ try:
 except ImportError:  # Azure ML mounts the code folder (this checkout) without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from edgewatch.online_models.artifact import METADATA_FILE  # marks a model directory
 from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading, format_timestamp, parse_message
 
 log = logging.getLogger(__name__)
 
 #: Most readings one request may carry: bounds the time and memory of one call.
 MAX_READINGS_PER_REQUEST = 10_000
-#: Where ``edgewatch train`` writes the artifact's metadata; marks a model directory.
-METADATA_FILE = "model.json"
 #: The pseudo topic named in parse errors, as the flow names its Kafka topic.
 SOURCE_NAME = "azureml"
 

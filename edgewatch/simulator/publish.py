@@ -1,37 +1,44 @@
-"""Pace a simulated fleet, or record it to a JSONL file (Kafka: :func:`edgewatch.connectors.kafka.publish`)."""
+"""Send a simulated fleet to a JSONL file or IoT Hub (Kafka: :func:`edgewatch.connectors.kafka.publish`;
+pacing: :func:`edgewatch.connectors.files.paced`), and tally its ground truth."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from edgewatch.connectors.kafka import PublishStats
-from edgewatch.simulator.fleet import SimRecord
+from edgewatch.simulator.fleet import MALFORMED, SimRecord
 
 
-def paced(records: Iterable[SimRecord], rate: float, stop: Callable[[], bool] = lambda: False):
-    """Yield records no faster than ``rate`` per second (sleeping in ~5 ms steps)."""
-    start = time.monotonic()
-    for sent, record in enumerate(records):
-        if stop():
-            return
-        ahead = start + sent / rate - time.monotonic()
-        if ahead > 0.005:
-            time.sleep(ahead)
-        yield record
+@dataclass
+class FaultTally:
+    """The ground truth of what a simulated fleet sent: messages inside fault episodes, and
+    deliberately malformed payloads (the records carry their label in ``fault``)."""
+
+    fault_messages: int = 0
+    malformed: int = 0
+
+    def count(self, record: SimRecord) -> None:
+        if record.fault == MALFORMED:
+            self.malformed += 1
+        elif record.fault:
+            self.fault_messages += 1
 
 
-def write_jsonl(records: Iterable[SimRecord], path: Path) -> PublishStats:
+def write_jsonl(records: Iterable[SimRecord], path: Path, on_record: Callable | None = None) -> PublishStats:
     """Record the stream: one JSON object per line with key, value, headers and timestamp."""
     stats = PublishStats()
     started = time.monotonic()
     with open(path, "wb") as out:
         for record in records:
             out.write(orjson.dumps(record.to_json()) + b"\n")
-            stats.count(record)
+            stats.messages += 1
+            if on_record is not None:
+                on_record(record)
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -41,6 +48,7 @@ def publish_iothub(
     connection_string: str | None,
     output: str = "temperatureOutput",
     ca_cert: Path | None = None,
+    on_record: Callable | None = None,
 ) -> PublishStats:
     """Send the records as Azure's SimulatedTemperatureSensor module does: its JSON body, content
     type ``application/json`` and encoding ``utf-8``, properties ``sequenceNumber`` and
@@ -50,7 +58,7 @@ def publish_iothub(
     one, inside IoT Edge, the module itself, on ``output``."""
     from azure.iot.device import Message
 
-    from edgewatch.connectors.iothub import IoTHubTarget
+    from edgewatch.azure.iothub import IoTHubTarget
 
     target = IoTHubTarget(connection_string, output, ca_cert)
     client = target.create_client()
@@ -66,7 +74,9 @@ def publish_iothub(
                 client.send_message(message)
             else:
                 client.send_message_to_output(message, output)
-            stats.count(record)
+            stats.messages += 1
+            if on_record is not None:
+                on_record(record)
     finally:
         client.shutdown()
     stats.seconds = time.monotonic() - started

@@ -1,8 +1,9 @@
-"""Store-and-forward: labeled events wait on disk until a cloud link takes them.
+"""The store-and-forward queue: a bounded SQLite FIFO of messages waiting for a cloud link.
 
 The anomaly flow must never wait for the network. Cloud sinks (IoT Hub, Event Hubs) therefore
 only append to a :class:`StoreAndForward` buffer — a SQLite FIFO on local disk — and a
-:class:`Forwarder` thread drains it through a :class:`Sender` whenever the link is up::
+forwarder thread (:mod:`edgewatch.store_forward.forwarder`) drains it through a sender
+whenever the link is up::
 
     Bytewax worker ──put──► SQLite FIFO (bounded: bytes, age) ──peek/ack──► Forwarder thread ──► Sender ──► cloud
 
@@ -34,19 +35,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
 
 import orjson
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Gauge
-from tenacity import RetryError, Retrying, retry_if_exception_type, wait_exponential_jitter
-
-from edgewatch.schema import DeadLetter, LabeledEvent, labeled_event_json
 
 log = logging.getLogger(__name__)
-
-SendMode = Literal["anomalies", "all"]
-SEND_MODES: tuple[SendMode, ...] = ("anomalies", "all")
 
 #: most ``?`` parameters per statement (SQLite's historical limit is 999)
 _SQL_CHUNK = 500
@@ -73,30 +66,6 @@ class Envelope:
     body: bytes
     properties: dict[str, str]
     message_id: str | None = None
-
-    @classmethod
-    def from_labeled_event(cls, event: LabeledEvent) -> Envelope:
-        """The labeled-event JSON with ``anomaly``/``deviceId``/``model`` properties.
-
-        >>> from edgewatch.schema import RawMessage, Reading
-        >>> raw = RawMessage(b"pump-1", b"{}", [], "telemetry", 2, 41)
-        >>> event = LabeledEvent(Reading("pump-1", 0.0, {"rpm": 1.0}, raw), 0.9, True, "robust-zscore", "0.1.0")
-        >>> envelope = Envelope.from_labeled_event(event)
-        >>> envelope.properties, envelope.message_id
-        ({'anomaly': 'true', 'deviceId': 'pump-1', 'model': 'robust-zscore'}, 'telemetry:2:41')
-        """
-        reading = event.reading
-        raw = reading.raw
-        return cls(
-            device_id=reading.device_id,
-            body=labeled_event_json(event),
-            properties={
-                "anomaly": "true" if event.is_anomaly else "false",
-                "deviceId": reading.device_id,
-                "model": event.model_name,
-            },
-            message_id=source_message_id(raw.topic, raw.partition, raw.offset),
-        )
 
     @property
     def is_anomaly(self) -> bool:
@@ -286,6 +255,13 @@ class StoreAndForward:
     def __len__(self) -> int:
         return self._count
 
+    def count_stored(self) -> int:
+        """Messages the file holds, counted in the file (the shutdown report; ``len`` is the cache)."""
+        with self._changed:
+            self._check_open()
+            (count,) = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()
+            return count
+
     @property
     def size_bytes(self) -> int:
         """Bytes of the messages held (what ``max_bytes`` limits)."""
@@ -332,42 +308,35 @@ class StoreAndForward:
         return removed
 
     def _drop_expired(self, now: float) -> None:
-        cutoff = now - self.max_age_seconds
-        count, size = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE enqueued_at < ?", (cutoff,)
-        ).fetchone()
-        if count:
-            self._db.execute("DELETE FROM messages WHERE enqueued_at < ?", (cutoff,))
-            self._count -= count
-            self._bytes -= size
-            self._drops.record(
-                "expired",
-                count,
-                f"older than the {_duration(self.max_age_seconds)} age limit: the link did not take them in time",
-            )
+        why = f"older than the {_duration(self.max_age_seconds)} age limit: the link did not take them in time"
+        self._drop("enqueued_at < ?", now - self.max_age_seconds, "expired", why)
 
     def _drop_oldest_over_limit(self) -> None:
         excess = self._bytes - self.max_bytes
         if excess <= 0:
             return
-        count = size = 0
-        last_seq = None
+        size = last_seq = 0
         oldest_first = self._db.execute("SELECT seq, size FROM messages ORDER BY seq")
         try:
             for seq, row_size in oldest_first:
-                count, size, last_seq = count + 1, size + row_size, seq
+                size, last_seq = size + row_size, seq
                 if size >= excess:
                     break
         finally:
             oldest_first.close()
-        self._db.execute("DELETE FROM messages WHERE seq <= ?", (last_seq,))
-        self._count -= count
-        self._bytes -= size
-        self._drops.record(
-            "full",
-            count,
-            f"the oldest, to stay within the {_megabytes(self.max_bytes)} limit while the link is down or slow",
-        )
+        why = f"the oldest, to stay within the {_megabytes(self.max_bytes)} limit while the link is down or slow"
+        self._drop("seq <= ?", last_seq, "full", why)
+
+    def _drop(self, where: str, bound: float, reason: str, why: str) -> None:
+        """Delete the messages ``where`` selects (inside the caller's transaction), count and log them."""
+        count, size = self._db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE {where}", (bound,)
+        ).fetchone()
+        if count:
+            self._db.execute(f"DELETE FROM messages WHERE {where}", (bound,))
+            self._count -= count
+            self._bytes -= size
+            self._drops.record(reason, count, why)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -375,6 +344,9 @@ class StoreAndForward:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            # inside the guard: a COMMIT that fails (e.g. SQLITE_FULL while writing the WAL) leaves
+            # nothing stored, and the in-memory count must say so
+            self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:  # SQLite already rolled back after e.g. SQLITE_FULL
                 self._db.execute("ROLLBACK")
@@ -382,7 +354,6 @@ class StoreAndForward:
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages"
             ).fetchone()
             raise
-        self._db.execute("COMMIT")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -406,277 +377,3 @@ def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.4g} h"
     return f"{seconds:.4g} s"
-
-
-# -- sending -------------------------------------------------------------------------------
-
-
-class SendTimeout(TimeoutError):
-    """A send did not finish in time; the client may be wedged and is replaced."""
-
-
-def call_with_timeout(function: Callable, timeout: float, *args):
-    """``function(*args)`` on a daemon thread; raise :class:`SendTimeout` after ``timeout`` s.
-
-    SDK calls that wait forever on a stalled broker cannot be cancelled; the caller
-    abandons the thread (it ends when the SDK gives up or the client is shut down).
-    """
-    outcome: dict[str, object] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            outcome["value"] = function(*args)
-        except BaseException as exc:
-            outcome["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name=f"edgewatch-call-{getattr(function, '__name__', 'send')}", daemon=True).start()
-    if not done.wait(timeout):
-        raise SendTimeout(f"{getattr(function, '__name__', 'call')} did not finish within {timeout:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
-class Sender(Protocol):
-    """Delivers buffered messages to one cloud endpoint.
-
-    ``deliver`` acknowledges what was delivered (``buffer.ack``) as it goes, discards what can
-    never be delivered (``buffer.discard``), and raises on anything that may work later: the
-    forwarder then waits and tries again from the oldest message still in the buffer.
-    """
-
-    batch_size: int
-
-    def deliver(self, batch: list[Stored], buffer: StoreAndForward) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Forwarder:
-    """Drains a :class:`StoreAndForward` through a :class:`Sender` on a background thread.
-
-    Failed deliveries are retried forever (tenacity, exponential backoff with jitter up to
-    ``retry_max_seconds``); the first failure of an outage is logged as a warning, the recovery
-    as info. :meth:`stop` may first give the sender ``drain_seconds`` to empty the buffer.
-    """
-
-    def __init__(self, buffer: StoreAndForward, sender: Sender, retry_max_seconds: float = 30.0):
-        self.buffer = buffer
-        self.sender = sender
-        self._stopping = threading.Event()
-        self._down_since: float | None = None
-        self._retrying = Retrying(
-            retry=retry_if_exception_type(Exception),
-            wait=wait_exponential_jitter(multiplier=0.5, max=retry_max_seconds, jitter=0.5),
-            stop=lambda _state: self._stopping.is_set(),
-            sleep=self._stopping.wait,
-            before_sleep=self._on_failure,
-        )
-        self._thread = threading.Thread(target=self._run, name=f"edgewatch-forward-{buffer.name}", daemon=True)
-
-    def start(self) -> Forwarder:
-        self._thread.start()
-        return self
-
-    def stop(self, drain_seconds: float = 0.0, join_seconds: float = 10.0) -> bool:
-        """Stop sending (after up to ``drain_seconds`` of draining); True if the buffer is empty.
-
-        What is left stays in the file for the next run.
-        """
-        deadline = time.monotonic() + drain_seconds
-        while len(self.buffer) and time.monotonic() < deadline and self._thread.is_alive():
-            time.sleep(0.05)
-        self._stopping.set()
-        self._thread.join(join_seconds)
-        if self._thread.is_alive():
-            log.warning("store-and-forward %s: sender still busy after stop; abandoning it", self.buffer.name)
-        try:
-            call_with_timeout(self.sender.close, join_seconds)
-        except Exception as exc:  # the process is stopping: report, do not raise
-            log.warning("store-and-forward %s: closing the sender failed: %s", self.buffer.name, exc)
-        return len(self.buffer) == 0
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sent = self._retrying(self._forward_once)
-            except RetryError:  # stopped while retrying
-                return
-            if self._down_since is not None:
-                log.info(
-                    "store-and-forward %s: link back after %.0f s; %d message(s) left to send",
-                    self.buffer.name,
-                    time.monotonic() - self._down_since,
-                    len(self.buffer),
-                )
-                self._down_since = None
-            if not sent:
-                self.buffer.wait_for_messages(timeout=0.5)
-
-    def _forward_once(self) -> int:
-        batch = self.buffer.peek(self.sender.batch_size)
-        if batch:
-            self.sender.deliver(batch, self.buffer)
-        return len(batch)
-
-    def _on_failure(self, state) -> None:
-        error = state.outcome.exception()
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            log.warning(
-                "store-and-forward %s: link down (%s: %s); buffering, %d message(s) waiting",
-                self.buffer.name,
-                type(error).__name__,
-                error,
-                len(self.buffer),
-            )
-        else:
-            log.debug("store-and-forward %s: still down (%s: %s)", self.buffer.name, type(error).__name__, error)
-
-
-# -- the Bytewax sink -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BufferPolicy:
-    """Limits and timings of a store-and-forward link."""
-
-    max_bytes: int = 256 * 2**20
-    max_age_seconds: float = 24 * 3600.0
-    retry_max_seconds: float = 30.0
-    drain_seconds: float = 10.0  # at shutdown: how long to keep sending what is buffered
-
-
-class _Link:
-    """One buffer file and its forwarder, shared by every worker of this process."""
-
-    def __init__(self, buffer: StoreAndForward, forwarder: Forwarder, drain_seconds: float):
-        self.buffer = buffer
-        self.forwarder = forwarder
-        self.drain_seconds = drain_seconds
-        self.users = 0
-
-
-_LINKS: dict[Path, _Link] = {}
-_LINKS_LOCK = threading.Lock()
-
-
-def _acquire_link(path: Path, name: str, policy: BufferPolicy, sender_factory: Callable[[], Sender]) -> _Link:
-    with _LINKS_LOCK:
-        link = _LINKS.get(path)
-        if link is None:
-            buffer = StoreAndForward(path, name, policy.max_bytes, policy.max_age_seconds)
-            try:
-                sender = sender_factory()
-            except BaseException:
-                buffer.close()
-                raise
-            link = _Link(buffer, Forwarder(buffer, sender, policy.retry_max_seconds).start(), policy.drain_seconds)
-            _LINKS[path] = link
-        link.users += 1
-        return link
-
-
-def _release_link(path: Path, link: _Link) -> None:
-    with _LINKS_LOCK:
-        link.users -= 1
-        if link.users:
-            return
-        del _LINKS[path]
-    drained = link.forwarder.stop(link.drain_seconds)
-    if not drained:
-        log.info(
-            "store-and-forward %s: %d message(s) kept in %s for the next run",
-            link.buffer.name,
-            len(link.buffer),
-            link.buffer.path,
-        )
-    link.buffer.close()
-
-
-def select_envelopes(items: Iterable[object], send: SendMode) -> list[Envelope]:
-    """Envelopes for the items a sink was given: LabeledEvent and Envelope are sent
-    (only anomalies in ``anomalies`` mode), DeadLetter is skipped (it has the dead-letter
-    topic), anything else is a wiring mistake."""
-    envelopes = []
-    for item in items:
-        if isinstance(item, LabeledEvent):
-            if send == "all" or item.is_anomaly:
-                envelopes.append(Envelope.from_labeled_event(item))
-        elif isinstance(item, Envelope):
-            if send == "all" or item.is_anomaly:
-                envelopes.append(item)
-        elif not isinstance(item, DeadLetter):
-            raise TypeError(f"a cloud sink takes lists of LabeledEvent or Envelope, got {type(item).__name__}")
-    return envelopes
-
-
-class _ForwardingSinkPartition(StatelessSinkPartition[list]):
-    def __init__(self, path: Path, link: _Link, sink: ForwardingSink):
-        self._path = path
-        self._link = link
-        self._sink = sink
-
-    def write_batch(self, items: list[list]) -> None:
-        send = self._sink.send  # read per batch: an operator may switch it while the flow runs
-        envelopes = [envelope for batch in items for envelope in select_envelopes(batch, send)]
-        try:
-            self._link.buffer.put(envelopes)
-        except sqlite3.OperationalError as exc:
-            # e.g. the disk is full: the cloud copy is lost, but labeling and the Kafka output go on
-            self._link.buffer.record_drop("store-error", len(envelopes), f"could not be stored: {exc}")
-
-    def close(self) -> None:
-        _release_link(self._path, self._link)
-
-
-class ForwardingSink(DynamicSink[list]):
-    """A Bytewax sink that stores lists of LabeledEvent (or Envelope) for a cloud link.
-
-    ``write_batch`` only appends to the buffer file ``<buffer_dir>/<name>.sqlite3``; one
-    forwarder thread per process and file sends from it. Workers of one process share the
-    buffer (so a device identity holds one connection); the file is locked against other
-    processes.
-
-    ``send`` may be changed while the flow runs (e.g. from an IoT Edge module twin): every
-    batch written after the change uses the new mode.
-
-    Args:
-        name: buffer name (file stem, metrics label, log prefix).
-        buffer_dir: where the buffer file lives; keep it on a persistent volume.
-        sender_factory: builds the :class:`Sender` when the first worker starts.
-        send: ``anomalies`` (only events labeled anomalous) or ``all``.
-        policy: buffer limits and retry/drain timings.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        buffer_dir: Path | str,
-        sender_factory: Callable[[], Sender],
-        send: SendMode = "anomalies",
-        policy: BufferPolicy | None = None,
-    ):
-        self.name = name
-        self.path = (Path(buffer_dir) / f"{name}.sqlite3").resolve()
-        self.send = send
-        self.policy = policy or BufferPolicy()
-        self._sender_factory = sender_factory
-
-    @property
-    def send(self) -> SendMode:
-        """``anomalies`` or ``all``; settable while the flow runs."""
-        return self._send
-
-    @send.setter
-    def send(self, mode: SendMode) -> None:
-        if mode not in SEND_MODES:
-            raise ValueError(f"send must be one of {SEND_MODES}, got {mode!r}")
-        self._send = mode
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ForwardingSinkPartition:
-        link = _acquire_link(self.path, self.name, self.policy, self._sender_factory)
-        return _ForwardingSinkPartition(self.path, link, self)

@@ -37,26 +37,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import StatelessSinkPartition
 from prometheus_client import Counter, Gauge
 
-from edgewatch.connectors.iothub import IoTHubClient, IoTHubSender, IoTHubTarget, to_message
-from edgewatch.connectors.kafka import OutRecord
-from edgewatch.connectors.store_forward import (
-    BufferPolicy,
-    Envelope,
-    ForwardingSink,
-    call_with_timeout,
-    source_message_id,
-)
-from edgewatch.schema import DeadLetter, Headers, LabeledEvent, RawMessage, dead_letter_headers
-from edgewatch.telemetry import FLOW_METRICS
+from edgewatch.azure.iothub import IoTHubClient, IoTHubTarget, iothub_sender_factory, to_message
+from edgewatch.azure.messages import DeadLetterSink, dead_letter_envelope
+from edgewatch.schema import DeadLetter, Headers, RawMessage, parse_iso_utc
+from edgewatch.store_forward import BufferPolicy, call_with_timeout
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +111,9 @@ def creation_time_ms(message) -> int | None:
     if not text:
         return None
     try:  # Python 3.11 also reads the 7 fractional digits .NET writes
-        parsed = datetime.fromisoformat(text)
+        return int(parse_iso_utc(text).timestamp() * 1000)
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
 
 
 def message_headers(message) -> Headers:
@@ -306,31 +294,6 @@ class _EdgeHubPartition(StatefulSourcePartition[list[RawMessage], None]):
 # -- dead letters to a module output -------------------------------------------------------------
 
 
-def dead_letter_envelope(record: OutRecord) -> Envelope:
-    """A dead-letter record (original bytes, original and ``edgewatch.error.*`` headers) as a message
-    for a module output: the body unchanged, the headers as properties, the input position as id."""
-    properties = {name: value.decode("utf-8", "replace") for name, value in record.headers}
-    device_id = record.key.decode("utf-8", "replace") if record.key else ""
-    if device_id:
-        properties.setdefault("deviceId", device_id)
-    position = [properties.get(f"edgewatch.error.{part}") for part in ("topic", "partition", "offset")]
-    message_id = source_message_id(position[0], int(position[1]), int(position[2])) if all(position) else None
-    return Envelope(device_id, record.value or b"", properties, message_id)
-
-
-def rejected_envelope(raw: RawMessage, reason: str, why: str) -> Envelope:
-    """An input message edgewatch did not queue, as a dead letter (stage ``input``)."""
-    headers = [
-        *raw.headers,
-        ("edgewatch.error.reason", why.encode()),
-        ("edgewatch.error.stage", b"input"),
-        ("edgewatch.error.topic", raw.topic.encode()),
-        ("edgewatch.error.partition", str(raw.partition).encode()),
-        ("edgewatch.error.offset", str(raw.offset).encode()),
-    ]
-    return dead_letter_envelope(OutRecord("", raw.key, raw.value, headers))
-
-
 class OutputRejecter:
     """``on_reject`` for :class:`EdgeHubInput`: sends the message back to edgeHub on a module output
     (the dead-letter output), so edgeHub's store-and-forward keeps it for that output's route.
@@ -344,27 +307,20 @@ class OutputRejecter:
         self._timeout = timeout
 
     def __call__(self, raw: RawMessage, reason: str, why: str) -> None:
-        message = to_message(rejected_envelope(raw, reason, why))
+        message = to_message(dead_letter_envelope(DeadLetter(raw, why, "input")))
         call_with_timeout(self._client.send_message_to_output, self._timeout, message, self._output)
         log.warning("edgehub: input message %s:%d sent to output %r: %s", raw.topic, raw.offset, self._output, why)
 
 
-class DeadLetterOutputSink(ForwardingSink):
-    """The flow's main sink inside IoT Edge: dead letters to a module output, through a store-and-forward
-    file (``<buffer_dir>/edgehub-deadletter.sqlite3``) and the module's one shared client.
-
-    It takes what the flow's main sink gets: lists of :class:`~edgewatch.schema.DeadLetter`
-    (sent) and of :class:`~edgewatch.schema.LabeledEvent` (only counted: labeled events reach
-    edgeHub through the IoT Hub sink, which filters them by send mode); lists of
-    :class:`~edgewatch.connectors.kafka.OutRecord` work too (records of ``dlq_topic`` are sent).
-    It counts the flow's labeled/anomaly/dead-letter metrics, as the Kafka sink does.
+class DeadLetterOutputSink(DeadLetterSink):
+    """Dead letters to a module output, through a store-and-forward file
+    (``<buffer_dir>/edgehub-deadletter.sqlite3``) and the module's one shared client.
 
     Args:
         buffer_dir: folder of the buffer file (a persistent volume).
         client: the module client (never shut down here).
         output: the module output (``deadletter``); route it, e.g. ``FROM
             /messages/modules/edgewatch/outputs/deadletter INTO $upstream``.
-        dlq_topic: the topic name the flow gives dead-letter records.
         connection_string: the module connection string when not inside IoT Edge (development).
         send_timeout: longest wait for edgeHub's acknowledgement of one message.
         policy: buffer limits and retry/drain timings.
@@ -375,49 +331,9 @@ class DeadLetterOutputSink(ForwardingSink):
         buffer_dir: Path | str,
         client: IoTHubClient,
         output: str = DEFAULT_DEADLETTER_OUTPUT,
-        dlq_topic: str = "deadletter",
         connection_string: str | None = None,
         send_timeout: float = 30.0,
         policy: BufferPolicy | None = None,
     ):
         target = IoTHubTarget(connection_string, output)
-        self.dlq_topic = dlq_topic
-
-        def sender() -> IoTHubSender:
-            return IoTHubSender(target, send_timeout, lambda: client, owns_client=False)
-
-        super().__init__("edgehub-deadletter", buffer_dir, sender, "all", policy)
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
-        return _DeadLetterPartition(super().build(step_id, worker_index, worker_count), self.dlq_topic)
-
-
-class _DeadLetterPartition(StatelessSinkPartition[list]):
-    def __init__(self, inner: StatelessSinkPartition, dlq_topic: str):
-        self._inner = inner
-        self._dlq_topic = dlq_topic
-
-    def write_batch(self, items: list[list]) -> None:
-        self._inner.write_batch([self._dead_letters(batch) for batch in items])
-
-    def _dead_letters(self, batch: list) -> list[Envelope]:
-        if not batch:
-            return []
-        if isinstance(batch[0], LabeledEvent):
-            FLOW_METRICS.labeled.inc(len(batch))
-            FLOW_METRICS.anomalies.inc(sum(event.is_anomaly for event in batch))
-            return []
-        envelopes = list(_dead_letter_envelopes(batch, self._dlq_topic))
-        FLOW_METRICS.dead_letters.inc(len(envelopes))
-        return envelopes
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-def _dead_letter_envelopes(batch: Iterable[DeadLetter | OutRecord], dlq_topic: str) -> Iterable[Envelope]:
-    for item in batch:
-        if isinstance(item, DeadLetter):
-            yield dead_letter_envelope(OutRecord(dlq_topic, item.raw.key, item.raw.value, dead_letter_headers(item)))
-        elif isinstance(item, OutRecord) and item.topic == dlq_topic:
-            yield dead_letter_envelope(item)
+        super().__init__("edgehub-deadletter", buffer_dir, iothub_sender_factory(target, send_timeout, client), policy)

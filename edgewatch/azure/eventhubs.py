@@ -3,7 +3,8 @@
 * **Kafka endpoint** (input and output of the flow): one namespace connection string gives
   everything librdkafka needs — bootstrap ``<namespace>.servicebus.windows.net:9093``,
   ``SASL_SSL``, ``PLAIN``, user ``$ConnectionString``, the connection string as password —
-  plus the client settings Microsoft recommends for Event Hubs. See :func:`eventhubs_kafka_config`.
+  plus the client settings Microsoft recommends for Event Hubs
+  (:func:`edgewatch.azure.connection_string.eventhubs_kafka_config`; the settings use it).
 * **AMQP** (output only, azure-eventhub): :class:`EventHubsSink` stores labeled events in the
   store-and-forward buffer like the IoT Hub sink, and :class:`EventHubsSender` sends them with
   ``EventHubProducerClient``: one ``EventDataBatch`` per device (``partition_key`` = device id,
@@ -14,118 +15,18 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.eventhub.exceptions import EventHubError
 
-from edgewatch.connectors.store_forward import (
-    BufferPolicy,
-    Envelope,
-    ForwardingSink,
-    SendMode,
-    StoreAndForward,
-    Stored,
-    call_with_timeout,
-)
+from edgewatch.azure.connection_string import EventHubsConnectionString
+from edgewatch.azure.messages import LabeledEventSink, SendMode
+from edgewatch.store_forward import BufferPolicy, Envelope, StoreAndForward, Stored, call_with_timeout
+from edgewatch.store_forward.forwarder import close_in_background, close_quietly
 
 log = logging.getLogger(__name__)
-
-#: Event Hubs serves the Kafka protocol on this port of the namespace host.
-KAFKA_PORT = 9093
-
-#: librdkafka settings Microsoft recommends for Event Hubs: the service closes idle
-#: connections after 240 s, so refresh metadata and recycle connections before that.
-RECOMMENDED_KAFKA_SETTINGS = {
-    "socket.keepalive.enable": "true",
-    "metadata.max.age.ms": "180000",
-    "connections.max.idle.ms": "180000",
-}
-
-
-@dataclass(frozen=True)
-class EventHubsConnectionString:
-    """The parts of an Event Hubs connection string edgewatch uses.
-
-    ``Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName=<rule>;
-    SharedAccessKey=<key>[;EntityPath=<event hub>]`` (keys are case-insensitive, as in the SDK).
-    An explicit port in the endpoint (``sb://host:port/``) is kept: private endpoints behind a
-    port forward, and tests.
-    """
-
-    raw: str
-    host: str
-    port: int | None
-    entity_path: str | None
-
-    @classmethod
-    def parse(cls, connection_string: str) -> EventHubsConnectionString:
-        """
-        >>> cs = EventHubsConnectionString.parse(
-        ...     "Endpoint=sb://factory.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=a2V5;EntityPath=t"
-        ... )
-        >>> cs.kafka_bootstrap, cs.entity_path
-        ('factory.servicebus.windows.net:9093', 't')
-        """
-        fields = {}
-        for part in connection_string.strip().split(";"):
-            if part.strip():
-                key, sep, value = part.partition("=")
-                if not sep:
-                    raise ValueError(f"Event Hubs connection string part {key.strip()!r} is not Key=value")
-                fields[key.strip().lower()] = value.strip()
-        endpoint = urlsplit(fields.get("endpoint", ""))
-        if endpoint.scheme != "sb" or not endpoint.hostname:
-            raise ValueError("Event Hubs connection string needs Endpoint=sb://<namespace>.servicebus.windows.net/")
-        has_key = fields.get("sharedaccesskeyname") and fields.get("sharedaccesskey")
-        if not has_key and not fields.get("sharedaccesssignature"):
-            raise ValueError(
-                "Event Hubs connection string needs SharedAccessKeyName and SharedAccessKey (or SharedAccessSignature)"
-            )
-        return cls(connection_string.strip(), endpoint.hostname, endpoint.port, fields.get("entitypath") or None)
-
-    @property
-    def kafka_bootstrap(self) -> str:
-        """``host:9093`` (or the endpoint's explicit port)."""
-        return f"{self.host}:{self.port or KAFKA_PORT}"
-
-
-def eventhubs_bootstrap(connection_string: str) -> str:
-    """The Kafka bootstrap server of the namespace in a connection string."""
-    return EventHubsConnectionString.parse(connection_string).kafka_bootstrap
-
-
-def eventhubs_kafka_config(
-    connection_string: str, ssl_ca_location: str | None = None, bootstrap: str | None = None
-) -> dict[str, str]:
-    """librdkafka settings for Event Hubs' Kafka endpoint, for consumers, producers and admin clients.
-
-    Args:
-        connection_string: namespace (or event hub) connection string.
-        ssl_ca_location: PEM file of CAs to trust instead of the system store (tests, proxies).
-        bootstrap: override the bootstrap derived from the endpoint.
-
-    >>> config = eventhubs_kafka_config("Endpoint=sb://f.servicebus.windows.net/;SharedAccessKeyName=r;SharedAccessKey=k")
-    >>> config["bootstrap.servers"], config["security.protocol"], config["sasl.username"]
-    ('f.servicebus.windows.net:9093', 'SASL_SSL', '$ConnectionString')
-    """
-    parsed = EventHubsConnectionString.parse(connection_string)
-    config = {
-        "bootstrap.servers": bootstrap or parsed.kafka_bootstrap,
-        "security.protocol": "SASL_SSL",
-        "sasl.mechanism": "PLAIN",
-        "sasl.username": "$ConnectionString",
-        "sasl.password": parsed.raw,
-        **RECOMMENDED_KAFKA_SETTINGS,
-    }
-    if ssl_ca_location:
-        config["ssl.ca.location"] = ssl_ca_location
-    return config
-
 
 # -- AMQP --------------------------------------------------------------------------------------------
 
@@ -215,14 +116,12 @@ class EventHubsSender:
         producer, self._producer = self._producer, None
         if producer is not None:
             log.info("eventhubs: replacing the producer after %s: %s", type(reason).__name__, reason)
-            threading.Thread(
-                target=_close_quietly, args=(producer,), name="edgewatch-eventhubs-close", daemon=True
-            ).start()
+            close_in_background(producer.close, "edgewatch-eventhubs-close")
 
     def close(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            _close_quietly(producer)
+            close_quietly(producer.close, "edgewatch-eventhubs-close")
 
 
 def _fits(event_batch: EventDataBatch, event: EventData) -> bool:
@@ -233,15 +132,8 @@ def _fits(event_batch: EventDataBatch, event: EventData) -> bool:
     return True
 
 
-def _close_quietly(producer: EventHubProducerClient) -> None:
-    try:
-        producer.close()
-    except Exception as exc:  # a producer being thrown away: nothing left to do with it
-        log.debug("eventhubs: producer close failed: %s", exc)
-
-
-class EventHubsSink(ForwardingSink):
-    """Bytewax sink: lists of LabeledEvent (or Envelope) to an event hub over AMQP, through
+class EventHubsSink(LabeledEventSink):
+    """Bytewax sink: lists of LabeledEvent to an event hub over AMQP, through
     ``<buffer_dir>/eventhubs.sqlite3``.
 
     Args:

@@ -18,7 +18,7 @@ body), ``message_id`` = the input's ``topic:partition:offset``, and the properti
 events, ``"all"`` sends every one.
 
 The flow never waits for IoT Hub: :class:`IoTHubSink` stores events in a
-:class:`~edgewatch.connectors.store_forward.StoreAndForward` file and one sender thread
+:class:`~edgewatch.store_forward.StoreAndForward` file and one sender thread
 publishes them, one at a time (QoS 1, in order). A send that does not finish within
 ``send_timeout`` replaces the client (the SDK waits forever for a broker that stalls); a
 broker that is down fails fast with ``ConnectionFailedError``; both are retried with backoff
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +38,10 @@ from pathlib import Path
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message
 from azure.iot.device.exceptions import ConnectionDroppedError, ConnectionFailedError, NoConnectionError
 
-from edgewatch.connectors.store_forward import (
-    BufferPolicy,
-    Envelope,
-    ForwardingSink,
-    SendMode,
-    StoreAndForward,
-    Stored,
-    call_with_timeout,
-)
+from edgewatch.azure.connection_string import parse_connection_string
+from edgewatch.azure.messages import LabeledEventSink, SendMode
+from edgewatch.store_forward import BufferPolicy, Envelope, StoreAndForward, Stored, call_with_timeout
+from edgewatch.store_forward.forwarder import close_in_background, close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +64,6 @@ EDGE_DEBUG_VARIABLES = ("EdgeHubConnectionString", "EdgeModuleCACertificateFile"
 RECONNECTABLE = (ConnectionFailedError, ConnectionDroppedError, NoConnectionError)
 
 IoTHubClient = IoTHubDeviceClient | IoTHubModuleClient
-
-
-def parse_connection_string(connection_string: str) -> dict[str, str]:
-    """``Key=value;Key=value`` as a dict (values may contain ``=``, as base64 keys do).
-
-    >>> parse_connection_string("HostName=h.azure-devices.net;DeviceId=d1;SharedAccessKey=YWJj=")["SharedAccessKey"]
-    'YWJj='
-    """
-    fields = {}
-    for part in connection_string.strip().split(";"):
-        if part.strip():
-            key, sep, value = part.partition("=")
-            if not sep:
-                raise ValueError(f"connection string part {key!r} is not Key=value")
-            fields[key.strip()] = value.strip()
-    return fields
 
 
 def in_iot_edge(environ: Mapping[str, str] = os.environ) -> bool:
@@ -118,7 +96,7 @@ class IoTHubTarget:
                     f"(none of {', '.join(EDGE_VARIABLES[:3])}… set): pass a device or module connection string"
                 )
             return
-        fields = parse_connection_string(self.connection_string)
+        fields = parse_connection_string(self.connection_string, what="IoT Hub connection string")
         missing = [key for key in ("HostName", "DeviceId", "SharedAccessKey") if not fields.get(key)]
         if missing:
             raise ValueError(f"IoT Hub connection string lacks {', '.join(missing)} (x509 is not supported)")
@@ -130,7 +108,11 @@ class IoTHubTarget:
         """``edge-module``, ``module`` or ``device``."""
         if self.connection_string is None:
             return "edge-module"
-        return "module" if parse_connection_string(self.connection_string).get("ModuleId") else "device"
+        return (
+            "module"
+            if parse_connection_string(self.connection_string, what="IoT Hub connection string").get("ModuleId")
+            else "device"
+        )
 
     def create_client(self, **options) -> IoTHubClient:
         """A new SDK client (it connects on its first send). ``options`` go to the SDK
@@ -220,25 +202,16 @@ class IoTHubSender:
             log.info("iothub: %s: %s; trying again on the shared client", type(reason).__name__, reason)
         elif client is not None:
             log.info("iothub: replacing the client after %s: %s", type(reason).__name__, reason)
-            threading.Thread(
-                target=_shutdown_quietly, args=(client,), name="edgewatch-iothub-shutdown", daemon=True
-            ).start()
+            close_in_background(client.shutdown, "edgewatch-iothub-shutdown")
 
     def close(self) -> None:
         client, self._client = self._client, None
         if client is not None and self.owns_client:
-            _shutdown_quietly(client)
+            close_quietly(client.shutdown, "edgewatch-iothub-shutdown")
 
 
-def _shutdown_quietly(client: IoTHubClient) -> None:
-    try:
-        client.shutdown()
-    except Exception as exc:  # a client being thrown away: nothing left to do with it
-        log.debug("iothub: client shutdown failed: %s", exc)
-
-
-class IoTHubSink(ForwardingSink):
-    """Bytewax sink: lists of LabeledEvent (or Envelope) to IoT Hub, through ``<buffer_dir>/iothub.sqlite3``.
+class IoTHubSink(LabeledEventSink):
+    """Bytewax sink: lists of LabeledEvent to IoT Hub, through ``<buffer_dir>/<name>.sqlite3``.
 
     Args:
         buffer_dir: folder of the store-and-forward file (a persistent volume on IoT Edge).
@@ -249,6 +222,11 @@ class IoTHubSink(ForwardingSink):
         send_timeout: longest wait for one acknowledgement.
         policy: buffer limits and retry timings.
         client_options: passed to the SDK client factory.
+        client: send through this client instead of one of the sink's own. An IoT Edge module
+            identity holds one MQTT connection (edgeHub drops the older of two), so a module that
+            also reads inputs and its twin shares one client; the sink then neither replaces nor
+            shuts it down.
+        name: buffer name (file stem, metrics label).
     """
 
     def __init__(
@@ -261,27 +239,25 @@ class IoTHubSink(ForwardingSink):
         send_timeout: float = 30.0,
         policy: BufferPolicy | None = None,
         client_options: dict | None = None,
+        client: IoTHubClient | None = None,
+        name: str = "iothub",
     ):
         target = IoTHubTarget(connection_string, output, Path(ca_cert) if ca_cert else None)
-        options = dict(client_options or {})
         self.target = target
-        self.send_timeout = send_timeout
+        super().__init__(
+            name, buffer_dir, iothub_sender_factory(target, send_timeout, client, client_options), send, policy
+        )
 
-        def sender() -> IoTHubSender:
-            return IoTHubSender(target, send_timeout, lambda: target.create_client(**options))
 
-        super().__init__("iothub", buffer_dir, sender, send, policy)
-
-    def use_client(self, client: IoTHubClient) -> None:
-        """Send through ``client`` instead of a client of this sink's own.
-
-        An IoT Edge module identity holds one MQTT connection (edgeHub drops the older of two),
-        so a module that also reads inputs and its twin shares one client between them; this
-        sink then neither replaces nor shuts it down. Call before the flow starts.
-        """
-        target, send_timeout = self.target, self.send_timeout
-
-        def shared_sender() -> IoTHubSender:
-            return IoTHubSender(target, send_timeout, lambda: client, owns_client=False)
-
-        self._sender_factory = shared_sender
+def iothub_sender_factory(
+    target: IoTHubTarget,
+    send_timeout: float = 30.0,
+    client: IoTHubClient | None = None,
+    client_options: dict | None = None,
+) -> Callable[[], IoTHubSender]:
+    """What a store-and-forward sink calls to build its IoT Hub sender: with ``client``, one that
+    shares that client (never replaced or shut down); else one with clients of its own."""
+    if client is not None:
+        return lambda: IoTHubSender(target, send_timeout, lambda: client, owns_client=False)
+    options = dict(client_options or {})
+    return lambda: IoTHubSender(target, send_timeout, lambda: target.create_client(**options))

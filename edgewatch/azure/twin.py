@@ -1,12 +1,4 @@
-"""edgewatch as an Azure IoT Edge module: edgeHub input in, module outputs out, twin-controlled.
-
-``edgewatch iotedge`` (the module's ``Cmd``) runs the anomaly flow of :mod:`edgewatch.flows.anomaly`
-with edgeHub in place of Kafka::
-
-    input "telemetry" ─► EdgeHubSource ─► parse ─► detect ─┬─► IoT Hub sink ─► output "labeled"   (sendMode)
-                                                           └─► dead letters ─► output "deadletter"
-
-and applies the module twin's desired properties while it runs:
+"""The module twin: desired properties applied to the running flow, what is in effect reported back.
 
 =============== ==============================================================================
 ``threshold``   label threshold, a number in [0, 1]; ``null`` restores the default
@@ -19,12 +11,6 @@ and applies the module twin's desired properties while it runs:
 What is in effect is reported back (``threshold``, ``sendMode``, ``modelVersion``, ``detector``,
 ``status`` ``ok``/``error``, ``error``, ``desiredVersion``). A value that does not validate is
 ignored (the previous one stays), logged, and reported in ``error``; it never stops the module.
-
-**One connection.** A module identity holds one MQTT connection to edgeHub (a second one
-with the same identity disconnects the first), so a single module client carries the input,
-the twin, the ``labeled`` output (the IoT Hub sink, via :meth:`IoTHubSink.use_client
-<edgewatch.connectors.iothub.IoTHubSink.use_client>`) and the ``deadletter`` output. None of the
-sinks shuts it down or replaces it; :func:`run_iotedge` does, after the flow has drained.
 """
 
 from __future__ import annotations
@@ -33,32 +19,18 @@ import json
 import logging
 import math
 import threading
-import time
-from collections.abc import Callable, Iterator
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
-from bytewax.dataflow import Dataflow
-
+from edgewatch.azure.iothub import IoTHubClient
+from edgewatch.azure.messages import SEND_MODES, LabeledEventSink
 from edgewatch.config import FlowSettings
-from edgewatch.connectors.edgehub import (
-    DEFAULT_DEADLETTER_OUTPUT,
-    DEFAULT_INPUT,
-    DeadLetterOutputSink,
-    EdgeHubInput,
-    EdgeHubSource,
-    OutputRejecter,
-)
-from edgewatch.connectors.iothub import IoTHubClient, IoTHubSink, IoTHubTarget
-from edgewatch.connectors.store_forward import SEND_MODES, BufferPolicy, ForwardingSink, call_with_timeout
-from edgewatch.flows.anomaly import LiveControls, build_flow, init_recovery_dir, tune_gc_for_streaming
+from edgewatch.flows.anomaly import LiveControls
 from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.registry import resolve_detector
+from edgewatch.store_forward import call_with_timeout
 
 log = logging.getLogger(__name__)
-
-
-# -- desired properties → the running flow ----------------------------------------------------------
 
 
 class TwinControls:
@@ -77,7 +49,7 @@ class TwinControls:
         self,
         settings: FlowSettings,
         controls: LiveControls,
-        labeled_sink: ForwardingSink | None,
+        labeled_sink: LabeledEventSink | None,
         load_artifact: Callable[[Path], artifact_module.ModelArtifact] = artifact_module.load,
     ):
         self._settings = settings
@@ -269,157 +241,3 @@ class ModuleTwin:
 def set_handler(client: IoTHubClient, name: str, handler: Callable | None, timeout: float) -> None:
     """Set (or with ``None`` remove) an SDK handler; setting one subscribes, so it is bounded."""
     call_with_timeout(setattr, timeout, client, name, handler)
-
-
-# -- the module --------------------------------------------------------------------------------------
-
-
-def create_module_client(settings: FlowSettings) -> IoTHubClient:
-    """The module's one client: from the edge environment, or from a module connection string
-    (``EDGEWATCH_IOTHUB_CONNECTION_STRING`` with ``ModuleId`` and ``GatewayHostName``) for development."""
-    target = IoTHubTarget(settings.iothub_connection_string, settings.iothub_output, settings.iothub_ca_cert)
-    if target.mode == "device":
-        raise ValueError("edgewatch iotedge runs as a module: the connection string needs a ModuleId")
-    return target.create_client()
-
-
-def connect(client: IoTHubClient, timeout: float, stop: threading.Event) -> None:
-    """Connect within ``timeout`` s, retrying refused connections; raise ``ConnectionError`` after
-    (the IoT Edge runtime then restarts the module)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.5
-    while True:
-        try:
-            call_with_timeout(client.connect, max(1.0, deadline - time.monotonic()))
-            return
-        except Exception as exc:
-            if stop.is_set() or time.monotonic() + delay >= deadline:
-                raise ConnectionError(f"could not connect to edgeHub within {timeout:g} s: {exc}") from exc
-            log.info("iotedge: edgeHub not reachable yet (%s: %s); retrying", type(exc).__name__, exc)
-            stop.wait(delay)
-            delay = min(delay * 2, 10.0)
-
-
-def sinks_of(flow: Dataflow, kind: type) -> Iterator:
-    """The sinks of a given type in a built dataflow (its steps are plain dataclasses)."""
-    steps = list(flow.substeps)
-    while steps:
-        step = steps.pop()
-        if isinstance(getattr(step, "sink", None), kind):
-            yield step.sink
-        steps.extend(getattr(step, "substeps", ()))
-
-
-def buffer_policy(settings: FlowSettings) -> BufferPolicy:
-    return BufferPolicy(
-        max_bytes=int(settings.buffer_max_mb * 2**20), max_age_seconds=settings.buffer_max_age_hours * 3600
-    )
-
-
-def build_module_flow(
-    settings: FlowSettings,
-    client: IoTHubClient,
-    queue: EdgeHubInput,
-    controls: LiveControls,
-    deadletter_output: str = DEFAULT_DEADLETTER_OUTPUT,
-) -> tuple[Dataflow, IoTHubSink]:
-    """The anomaly flow reading ``queue``, with its IoT Hub sink and dead letters on ``client``."""
-    dead_letters = DeadLetterOutputSink(
-        settings.buffer_dir,
-        client,
-        deadletter_output,
-        settings.dlq_topic,
-        settings.iothub_connection_string,
-        policy=buffer_policy(settings),
-    )
-    source = EdgeHubSource(queue, settings.batch_size)
-    flow = build_flow(settings, source=source, sink=dead_letters, controls=controls)
-    (labeled_sink,) = sinks_of(flow, IoTHubSink)
-    labeled_sink.use_client(client)
-    return flow, labeled_sink
-
-
-def run_iotedge(
-    settings: FlowSettings,
-    stop: threading.Event,
-    *,
-    workers: int = 1,
-    input_name: str = DEFAULT_INPUT,
-    deadletter_output: str = DEFAULT_DEADLETTER_OUTPUT,
-    queue_capacity: int = 10_000,
-    queue_wait_seconds: float = 30.0,
-    connect_timeout: float = 120.0,
-    twin_timeout: float = 30.0,
-    client_factory: Callable[[FlowSettings], IoTHubClient] = create_module_client,
-) -> None:
-    """Run edgewatch as an IoT Edge module until ``stop`` is set (SIGTERM), then drain and return.
-
-    Reads ``input_name`` through edgeHub, labels, sends labeled events on ``settings.iothub_output``
-    (``labeled``, filtered by the twin's ``sendMode``) and dead letters on ``deadletter_output``,
-    both through store-and-forward files in ``settings.buffer_dir``; recovery and epochs as in
-    ``edgewatch run`` (``settings.recovery_dir``, ``settings.snapshot_seconds``).
-    """
-    from bytewax._bytewax import cli_main
-    from bytewax.recovery import RecoveryConfig
-
-    settings = settings.model_copy(update={"iothub": True})
-    recovery = None
-    if settings.recovery_dir is not None:
-        init_recovery_dir(settings.recovery_dir, settings)
-        recovery = RecoveryConfig(str(settings.recovery_dir))
-    client = client_factory(settings)
-    try:
-        connect(client, connect_timeout, stop)
-        queue = EdgeHubInput(
-            input_name, queue_capacity, queue_wait_seconds, OutputRejecter(client, deadletter_output, twin_timeout)
-        )
-        controls = LiveControls(threshold=settings.threshold)
-        flow, labeled_sink = build_module_flow(settings, client, queue, controls, deadletter_output)
-        ModuleTwin(client, TwinControls(settings, controls, labeled_sink), twin_timeout).start()
-        set_handler(client, "on_message_received", queue.handle, twin_timeout)
-        closer = threading.Thread(
-            target=_close_input_on_stop,
-            args=(stop, client, queue, twin_timeout),
-            name="edgewatch-input-closer",
-            daemon=True,  # joined below; never keeps a failing process alive
-        )
-        closer.start()
-        log.info(
-            "iotedge: input %r → output %r (sendMode %s), dead letters → output %r",
-            input_name,
-            settings.iothub_output,
-            labeled_sink.send,
-            deadletter_output,
-        )
-        tune_gc_for_streaming()
-        try:
-            cli_main(
-                flow,
-                workers_per_process=workers,
-                epoch_interval=timedelta(seconds=settings.snapshot_seconds),
-                recovery_config=recovery,
-            )
-        finally:
-            stop.set()
-            closer.join(twin_timeout + 5)
-    finally:
-        _shutdown(client, twin_timeout)
-
-
-def _close_input_on_stop(stop: threading.Event, client: IoTHubClient, queue: EdgeHubInput, timeout: float) -> None:
-    """On stop: unsubscribe from the inputs (edgeHub keeps what comes next), then let the source
-    drain what was already taken and end, which ends the flow."""
-    stop.wait()
-    try:
-        set_handler(client, "on_message_received", None, timeout)
-    except Exception as exc:
-        log.warning("iotedge: could not unsubscribe from the inputs (%s: %s)", type(exc).__name__, exc)
-    queue.close()
-    log.info("iotedge: input closed; draining %d queued message(s)", len(queue))
-
-
-def _shutdown(client: IoTHubClient, timeout: float) -> None:
-    try:
-        call_with_timeout(client.shutdown, timeout)
-    except Exception as exc:  # the process is ending: say so, do not raise
-        log.warning("iotedge: client shutdown failed (%s: %s)", type(exc).__name__, exc)

@@ -1,0 +1,137 @@
+"""The anomaly flow wired for each way it runs: one input, and one ``op.output`` per destination.
+
+:func:`~edgewatch.flows.anomaly.build_flow` returns typed streams; here each stream gets its
+destinations::
+
+    kafka_flow    Kafka in → labeled / dead-letter topics (+ IoT Hub, Event Hubs)     edgewatch run
+    replay_flow   a recorded file in → labeled.jsonl / labeled.deadletter.jsonl      edgewatch run --replay
+
+(the IoT Edge module wires edgeHub in and module outputs out: :mod:`edgewatch.azure.module`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from edgewatch.app import Application
+from edgewatch.config import FlowSettings
+from edgewatch.connectors.files import FileSource, JsonlSink, dead_letter_line
+from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord
+from edgewatch.flows.anomaly import AnomalyStreams, build_flow
+from edgewatch.schema import DeadLetter, LabeledEvent, dead_letter_headers, labeled_event_json
+from edgewatch.store_forward import BufferPolicy
+
+
+def kafka_flow(app: Application) -> Dataflow:
+    """Kafka in, Kafka out (and the cloud sinks the settings ask for); ends when a stop is requested."""
+    settings = app.settings
+    source = KafkaBatchSource(
+        settings.client_config(),
+        [settings.in_topic],
+        settings.batch_size,
+        settings.from_beginning,
+        stop=app.stop_requested,
+    )
+    flow, streams = build_flow(settings, source, artifact=app.artifact)
+    to_kafka(streams, settings)
+    to_cloud(streams, settings)
+    return flow
+
+
+def replay_flow(app: Application, path: Path, labeled_path: Path) -> Dataflow:
+    """A recorded file in; labeled events to ``labeled_path``, dead letters beside it; no broker."""
+    flow, streams = build_flow(app.settings, FileSource(path, app.settings.batch_size), artifact=app.artifact)
+    to_files(streams, labeled_path)
+    return flow
+
+
+# -- destinations ---------------------------------------------------------------------------------
+
+
+def to_kafka(streams: AnomalyStreams, settings: FlowSettings) -> None:
+    """Labeled events and dead letters to their topics."""
+    config = settings.client_config()
+    op.output("labeled-kafka", streams.labeled, KafkaSink(config, labeled_record(settings.out_topic)))
+    op.output("dead-letters-kafka", streams.dead_letters, KafkaSink(config, dead_letter_record(settings.dlq_topic)))
+
+
+def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
+    """Labeled events to ``labeled_path`` (the topic's JSON, a line each) and dead letters to its
+    ``.deadletter.jsonl`` sibling."""
+    labeled_path = Path(labeled_path)
+    op.output("labeled-file", streams.labeled, JsonlSink(labeled_path, labeled_event_json))
+    op.output("dead-letters-file", streams.dead_letters, JsonlSink(dead_letters_path(labeled_path), dead_letter_line))
+
+
+def dead_letters_path(labeled_path: Path) -> Path:
+    return Path(labeled_path).with_suffix(".deadletter.jsonl")
+
+
+def to_cloud(streams: AnomalyStreams, settings: FlowSettings) -> None:
+    """Labeled events to IoT Hub and Event Hubs (AMQP) as the settings ask, each behind a
+    store-and-forward buffer in ``settings.buffer_dir``."""
+    policy = buffer_policy(settings)
+    if settings.iothub or settings.iothub_connection_string:
+        from edgewatch.azure.iothub import IoTHubSink
+
+        sink = IoTHubSink(
+            settings.buffer_dir,
+            secret(settings.iothub_connection_string),
+            settings.iothub_output,
+            settings.iothub_send,
+            settings.iothub_ca_cert,
+            policy=policy,
+        )
+        op.output("labeled-iothub", streams.labeled, sink)
+    if settings.eventhubs_sink_hub:
+        from edgewatch.azure.eventhubs import EventHubsSink
+
+        connection_string = secret(settings.eventhubs_sink_connection_string or settings.eventhubs_connection_string)
+        if not connection_string:
+            raise ValueError("eventhubs_sink_hub needs eventhubs_sink_connection_string or eventhubs_connection_string")
+        sink = EventHubsSink(
+            settings.buffer_dir,
+            connection_string,
+            settings.eventhubs_sink_hub,
+            settings.eventhubs_sink_send,
+            policy=policy,
+        )
+        op.output("labeled-eventhubs", streams.labeled, sink)
+
+
+def buffer_policy(settings: FlowSettings) -> BufferPolicy:
+    """The store-and-forward limits the settings give."""
+    return BufferPolicy(
+        max_bytes=int(settings.buffer_max_mb * 2**20), max_age_seconds=settings.buffer_max_age_hours * 3600
+    )
+
+
+def secret(value) -> str | None:
+    """A ``SecretStr`` setting's value (or ``None``)."""
+    return value.get_secret_value() if value is not None else None
+
+
+# -- Kafka records --------------------------------------------------------------------------------
+
+
+def labeled_record(topic: str) -> Callable[[LabeledEvent], OutRecord]:
+    """A labeled event as a record: keyed by device, the input's headers carried over."""
+
+    def record(event: LabeledEvent) -> OutRecord:
+        raw = event.reading.raw
+        return OutRecord(topic, raw.key or event.reading.device_id.encode(), labeled_event_json(event), raw.headers)
+
+    return record
+
+
+def dead_letter_record(topic: str) -> Callable[[DeadLetter], OutRecord]:
+    """A dead letter as a record: the original key, value and headers, plus the error headers."""
+
+    def record(dead: DeadLetter) -> OutRecord:
+        return OutRecord(topic, dead.raw.key, dead.raw.value, dead_letter_headers(dead))
+
+    return record
