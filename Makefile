@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_SECONDS ?= 30
 
-.PHONY: demo test lint bench nab clean
+.PHONY: demo test faults lint bench nab clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# long fault-injection tests (a 120 s broker freeze, scale); figures in RELIABILITY.md
+faults: $(STAMP)
+	$(BIN)/python -m pytest -m faults -p no:cacheprovider tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
