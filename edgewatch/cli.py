@@ -153,8 +153,11 @@ def run(
         flow = replay_flow(application, replay, labeled)
         where = f"{replay} → {labeled} (dead letters → {dead_letters_path(labeled)})"
     else:
-        topics = [settings.in_topic, settings.out_topic, settings.dlq_topic]
-        ensure_topics(settings.client_config(), topics, settings.partitions)
+        outputs = [settings.out_topic, settings.dlq_topic]
+        must_exist = [] if settings.create_topics else [settings.in_topic]
+        ensure_topics(
+            settings.client_config(), [settings.in_topic, *outputs], settings.partitions, must_exist=must_exist
+        )
         flow = kafka_flow(application)
         where = f"{settings.in_topic}@{settings.bootstrap} → {settings.out_topic} (dead letters → {settings.dlq_topic})"
     typer.echo(f"run: {where} detector={settings.detector}", err=True)
@@ -389,7 +392,13 @@ def data_fetch(
 
 
 def main() -> None:
-    app()
+    from edgewatch.connectors.kafka import KafkaUnavailable
+
+    try:
+        app()
+    except KafkaUnavailable as exc:  # one line a person can act on, not librdkafka's trace
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ class FlowSettings(KafkaSettings):
     out_topic: str = Field("labeled", description="labeled events topic")
     dlq_topic: str = Field("deadletter", description="dead-letter topic")
     partitions: int = Field(4, ge=1, description="partitions of the topics edgewatch creates")
+    create_topics: bool = Field(False, description="create the input topic if it is missing (else: an error)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax workers in this process")
     recovery_dir: Path | None = Field(None, description="Bytewax recovery database; enables resume after a crash")
     snapshot_seconds: float = Field(5.0, gt=0, description="epoch length: how often state is snapshotted")

@@ -354,3 +354,13 @@ def test_the_real_client_against_a_silent_namespace_loses_nothing(tmp_path, capl
     with StoreAndForward(tmp_path / "eventhubs.sqlite3", "check") as buffer:
         assert [s.envelope.message_id for s in buffer.peek(100)] == [f"telemetry:0:{n}" for n in range(7)]
     assert any("link down (ConnectError" in r.getMessage() for r in caplog.records)
+
+
+def test_a_wrong_password_is_named_as_such(eventhubs_kafka):
+    """Not librdkafka's "Broker transport failure": the credentials were refused."""
+    from edgewatch.connectors.kafka import KafkaUnavailable, cluster_metadata
+
+    wrong = eventhubs_kafka.connection_string.replace("SharedAccessKey=", "SharedAccessKey=x")
+    config = eventhubs_kafka_config(wrong, ssl_ca_location=str(eventhubs_kafka.ca))
+    with pytest.raises(KafkaUnavailable, match="refused the credentials"):
+        cluster_metadata(config, timeout=10)

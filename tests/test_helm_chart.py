@@ -263,6 +263,7 @@ def test_values_mirror_every_flow_setting():
         "metrics_port",
         "metrics_host",
         "partitions",
+        "create_topics",
     }
     assert chart_values | chart_managed == set(FlowSettings.model_fields)
     assert not chart_values & chart_managed

@@ -31,20 +31,102 @@ from edgewatch.schema import Headers, RawMessage
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(config: dict[str, str], topics: Iterable[str], partitions: int, timeout: float = 15.0) -> None:
-    """Create the topics that do not exist yet; leave existing ones as they are."""
-    admin = AdminClient(config)
-    existing = admin.list_topics(timeout=timeout).topics
+class KafkaUnavailable(RuntimeError):
+    """Kafka cannot be used with these settings; the message says why and what to check."""
+
+
+def cluster_metadata(config: dict[str, str], timeout: float = 15.0):
+    """The cluster's metadata (brokers, topics), or :class:`KafkaUnavailable` saying why not:
+    unreachable, credentials refused, or TLS failing, instead of librdkafka's "transport failure"."""
+    errors: list[KafkaError] = []
+    admin = AdminClient({**config, "error_cb": errors.append, "logger": _QUIET})
+    try:
+        return admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        admin.poll(0.5)  # serves the error callbacks that say why (authentication, TLS)
+        raise KafkaUnavailable(explain_kafka_failure(config, errors, exc.args[0])) from None
+
+
+def explain_kafka_failure(config: dict[str, str], errors: list[KafkaError], failure: KafkaError) -> str:
+    """One line: what failed, where, and what to check.
+
+    >>> explain_kafka_failure({"bootstrap.servers": "127.0.0.1:9999"}, [], KafkaError(KafkaError._TRANSPORT))
+    'cannot reach Kafka at 127.0.0.1:9999: is the broker running, and is --bootstrap (EDGEWATCH_BOOTSTRAP) right?'
+    """
+    where = config.get("bootstrap.servers", "?")
+    codes = {error.code() for error in errors}
+    if KafkaError._AUTHENTICATION in codes or failure.code() == KafkaError._AUTHENTICATION:
+        return (
+            f"Kafka at {where} refused the credentials (SASL authentication failed): check sasl_username and "
+            "EDGEWATCH_SASL_PASSWORD, or the Event Hubs connection string"
+        )
+    if KafkaError._SSL in codes:
+        detail = next(error.str() for error in errors if error.code() == KafkaError._SSL)
+        return f"TLS with Kafka at {where} failed ({detail}): check ssl_ca_location and security_protocol"
+    return f"cannot reach Kafka at {where}: is the broker running, and is --bootstrap (EDGEWATCH_BOOTSTRAP) right?"
+
+
+def ensure_topics(
+    config: dict[str, str],
+    topics: Iterable[str],
+    partitions: int,
+    timeout: float = 15.0,
+    must_exist: Iterable[str] = (),
+) -> list[str]:
+    """Create the topics that do not exist yet (a log line each) and return them; leave existing ones as
+    they are. A topic in ``must_exist`` that is missing is an error (a typo must not create a topic
+    that nothing writes to)."""
+    existing = cluster_metadata(config, timeout).topics
+    missing_inputs = [topic for topic in must_exist if topic not in existing]
+    if missing_inputs:
+        known = ", ".join(sorted(t for t in existing if not t.startswith("_"))[:10]) or "none"
+        raise KafkaUnavailable(
+            f"topic {missing_inputs[0]!r} does not exist on {config.get('bootstrap.servers')} (topics there: {known}): "
+            "check the name, or pass --create-topics"
+        )
     missing = [NewTopic(topic, partitions, 1) for topic in dict.fromkeys(topics) if topic not in existing]
     if not missing:
-        return
+        return []
+    admin = AdminClient({**config, "logger": KAFKA_LOG})
     for topic, future in admin.create_topics(missing, operation_timeout=timeout).items():
         try:
             future.result(timeout)
             log.info("created topic %s with %d partitions", topic, partitions)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+                raise KafkaUnavailable(f"cannot create topic {topic!r}: {exc.args[0].str()}") from None
+    return [new.topic for new in missing]
+
+
+class _RateLimited(logging.Filter):
+    """librdkafka repeats a failing connection's message many times a second: let one line of each
+    kind through per ``interval`` seconds, saying how many were held back."""
+
+    def __init__(self, interval: float = 30.0):
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = str(record.args[0]) if isinstance(record.args, tuple) and record.args else record.getMessage()[:40]
+        now = time.monotonic()
+        last, held = self._last.get(kind, (0.0, 0))
+        if now - last < self.interval:
+            self._last[kind] = (last, held + 1)
+            return False
+        self._last[kind] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self.interval:.0f} s)"
+        return True
+
+
+#: librdkafka's own log lines, through Python logging and rate-limited (not raw lines on stderr)
+KAFKA_LOG = logging.getLogger("edgewatch.kafka.client")
+KAFKA_LOG.addFilter(_RateLimited())
+#: for a connection check, whose failure is explained in one line instead
+_QUIET = logging.getLogger("edgewatch.kafka.check")
+_QUIET.propagate = False
+_QUIET.addHandler(logging.NullHandler())
 
 
 def to_raw_message(msg) -> RawMessage:
@@ -66,7 +148,7 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         stop_offset: int | None,
         stop: threading.Event | None,
     ):
-        self._consumer = Consumer(config)
+        self._consumer = Consumer({**config, "logger": KAFKA_LOG})
         self._consumer.assign([KafkaTopicPartition(topic, partition, offset)])
         self._offset = offset
         self._batch_size = batch_size
@@ -137,7 +219,7 @@ class KafkaBatchSource(FixedPartitionedSource[list[RawMessage], int]):
         self._stop_offsets = stop_offsets
 
     def list_parts(self) -> list[str]:
-        metadata = AdminClient(self._config).list_topics(timeout=15)
+        metadata = cluster_metadata(self._config)
         parts = []
         for topic in self._topics:
             if topic not in metadata.topics or metadata.topics[topic].error is not None:
@@ -197,7 +279,7 @@ class _KafkaSinkPartition(StatelessSinkPartition[list]):
         self._to_record = to_record
         self._bootstrap = config.get("bootstrap.servers", "?")
         self._errors: list[str] = []
-        self._producer = Producer({**config, **SINK_PRODUCER_CONFIG, "error_cb": self._on_error})
+        self._producer = Producer({**config, **SINK_PRODUCER_CONFIG, "error_cb": self._on_error, "logger": KAFKA_LOG})
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -290,7 +372,7 @@ def publish(
         where = (msg.topic(), msg.partition())
         stats.end_offsets[where] = max(stats.end_offsets.get(where, 0), msg.offset() + 1)
 
-    producer = Producer({**config, "linger.ms": "5", "acks": "all", "enable.idempotence": "true"})
+    producer = Producer({**config, "linger.ms": "5", "acks": "all", "enable.idempotence": "true", "logger": KAFKA_LOG})
     started = time.monotonic()
     for record in records:
         timestamp = (record.timestamp_ms or 0) if keep_timestamps else 0
@@ -309,6 +391,8 @@ def publish(
             on_record(record)
     remaining = producer.flush(60)
     if remaining or errors:
-        raise RuntimeError(f"{remaining} messages not delivered; errors: {errors[:3]}")
+        where = config.get("bootstrap.servers", "?")
+        why = f"; first error: {errors[0]}" if errors else ": is the broker still running?"
+        raise KafkaUnavailable(f"{remaining or len(errors)} message(s) not delivered to Kafka at {where}{why}")
     stats.seconds = time.monotonic() - started
     return stats
