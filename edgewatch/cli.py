@@ -169,7 +169,7 @@ def run(
 @settings_command(
     FlowSettings,
     exclude=["bootstrap", "security_protocol", "sasl_mechanism", "sasl_username", "ssl_ca_location", "in_topic",
-             "out_topic", "partitions", "from_beginning", "eventhubs_sink_hub", "eventhubs_sink_send"],
+             "out_topic", "partitions", "start_from", "consumer_group", "eventhubs_sink_hub", "eventhubs_sink_send"],
     iothub=True,
 )  # fmt: skip
 def iotedge(

@@ -113,7 +113,13 @@ class FlowSettings(KafkaSettings):
         None, ge=1, le=4096, description="device shards, one model bank each (default: 1, or 4 per worker)"
     )
     batch_size: int = Field(2000, ge=1, description="most messages taken from Kafka per poll")
-    from_beginning: bool = Field(True, description="without recovery state, start at the earliest offset")
+    start_from: Literal["earliest", "latest", "committed"] = Field(
+        "committed",
+        description="without recovery state, where to start reading: the consumer group's committed offsets "
+        "(else the earliest: a restarted run resumes instead of re-reading), earliest or latest",
+        json_schema_extra={"cli": "--from"},
+    )
+    consumer_group: str = Field("edgewatch", description="consumer group whose offsets `--from committed` uses")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
     metrics_host: str = Field("127.0.0.1", description="interface the metrics server binds (0.0.0.0: all)")
     # Azure: labeled events to IoT Hub and/or Event Hubs (AMQP), through an on-disk store-and-forward buffer

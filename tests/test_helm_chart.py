@@ -55,7 +55,7 @@ VALUE_SETS = {
             "shards": 12,
             "threshold": 0.45,
             "batch_size": 1000000,
-            "from_beginning": False,
+            "start_from": "latest",
             "detector": "robust-zscore",
         },
         "kafkaSecret": {"name": "kafka-credentials"},

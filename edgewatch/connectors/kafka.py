@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Gauge
@@ -147,13 +147,17 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         batch_size: int,
         stop_offset: int | None,
         stop: threading.Event | None,
+        commit: bool,
     ):
         self._consumer = Consumer({**config, "logger": KAFKA_LOG})
         self._consumer.assign([KafkaTopicPartition(topic, partition, offset)])
+        self._topic, self._partition = topic, partition
         self._offset = offset
         self._batch_size = batch_size
         self._stop_offset = stop_offset
         self._stop = stop
+        self._commit = commit
+        self._snapshots: list[int] = []
 
     def next_batch(self) -> list[list[RawMessage]]:
         # max(): before the first message the offset is a logical one (earliest = -2)
@@ -181,10 +185,36 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         return [batch]
 
     def snapshot(self) -> int:
+        if self._commit:
+            self._commit_previous_epoch()
         return self._offset
 
+    def _commit_previous_epoch(self) -> None:
+        """Commit the offset of the epoch before this one to the consumer group: by the time an epoch
+        ends, the one before it has left the sinks, so a restart without recovery state resumes
+        there (repeating at most about two epochs of messages, never skipping one)."""
+        self._snapshots = [*self._snapshots[-1:], self._offset]
+        previous = self._snapshots[0]
+        if len(self._snapshots) < 2 or previous < 0:
+            return
+        try:
+            done = KafkaTopicPartition(self._topic, self._partition, previous)
+            self._consumer.commit(offsets=[done], asynchronous=True)
+        except KafkaException as exc:  # a missed commit only means more repeats after a restart
+            log.debug("commit %s[%d]@%d failed: %s", self._topic, self._partition, previous, exc)
+
     def close(self) -> None:
+        # the dataflow has finished: everything read was written, so this position is done
+        if self._commit and self._offset >= 0:
+            try:
+                self._consumer.commit(offsets=[KafkaTopicPartition(self._topic, self._partition, self._offset)])
+            except KafkaException as exc:
+                log.warning("could not commit %s[%d]@%d: %s", self._topic, self._partition, self._offset, exc)
         self._consumer.close()
+
+
+#: where a partition starts without recovery state
+START_OFFSETS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END, "committed": OFFSET_STORED}
 
 
 class KafkaBatchSource(FixedPartitionedSource[list[RawMessage], int]):
@@ -194,7 +224,11 @@ class KafkaBatchSource(FixedPartitionedSource[list[RawMessage], int]):
         config: librdkafka settings (see :func:`client_config`).
         topics: topics to read.
         batch_size: most messages emitted per poll.
-        from_beginning: where to start without recovery state: earliest or latest offset.
+        start_from: where a partition starts without recovery state: ``earliest``, ``latest``, or
+            ``committed`` (the consumer group's committed offset, else the earliest); with
+            ``committed`` the source also commits what the flow has written (a restart without
+            recovery resumes instead of re-reading the topic).
+        group: the consumer group offsets are committed to and read from.
         stop_offsets: ``{(topic, partition): offset}``; a partition ends once it reaches its
             offset (benchmarks and tests that read a known amount). Without it, partitions
             follow the topic forever.
@@ -207,15 +241,20 @@ class KafkaBatchSource(FixedPartitionedSource[list[RawMessage], int]):
         config: dict[str, str],
         topics: Iterable[str],
         batch_size: int = 2000,
-        from_beginning: bool = True,
+        start_from: str = "earliest",
         stop_offsets: dict[tuple[str, int], int] | None = None,
         stop: threading.Event | None = None,
+        group: str = "edgewatch",
     ):
+        if start_from not in START_OFFSETS:
+            raise ValueError(f"start_from must be one of {', '.join(START_OFFSETS)}, not {start_from!r}")
         self._config = dict(config)
         self._stop = stop
         self._topics = list(topics)
         self._batch_size = batch_size
-        self._start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        self._start = START_OFFSETS[start_from]
+        self._commit = start_from == "committed"
+        self._group = group
         self._stop_offsets = stop_offsets
 
     def list_parts(self) -> list[str]:
@@ -231,7 +270,8 @@ class KafkaBatchSource(FixedPartitionedSource[list[RawMessage], int]):
         index, topic = for_part.split("-", 1)
         config = {
             **self._config,
-            "group.id": "edgewatch-unused",  # required by librdkafka; partitions are assigned, not grouped
+            # partitions are assigned, not grouped: the group only holds committed offsets
+            "group.id": self._group,
             "enable.auto.commit": "false",
             "enable.partition.eof": "false",
             # an offset that retention already deleted: continue at the oldest message kept, not the end
@@ -242,7 +282,7 @@ class KafkaBatchSource(FixedPartitionedSource[list[RawMessage], int]):
         }
         stop = None if self._stop_offsets is None else self._stop_offsets.get((topic, int(index)), 0)
         offset = self._start if resume_state is None else resume_state
-        return _KafkaBatchPartition(config, topic, int(index), offset, self._batch_size, stop, self._stop)
+        return _KafkaBatchPartition(config, topic, int(index), offset, self._batch_size, stop, self._stop, self._commit)
 
 
 class OutRecord(NamedTuple):

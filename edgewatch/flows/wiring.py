@@ -33,8 +33,9 @@ def kafka_flow(app: Application) -> Dataflow:
         settings.client_config(),
         [settings.in_topic],
         settings.batch_size,
-        settings.from_beginning,
+        settings.start_from,
         stop=app.stop_requested,
+        group=settings.consumer_group,
     )
     flow, streams = build_flow(settings, source, artifact=app.artifact)
     to_kafka(streams, settings)
