@@ -22,7 +22,8 @@ def test_a_restarted_run_resumes_instead_of_rereading(kafka_bootstrap, topic_nam
     ensure_topics({"bootstrap.servers": kafka_bootstrap}, topics.values(), 2)
     records = [(r.key, r.value, r.headers) for r in Fleet(devices=10, seed=4, fault_rate=0.0).records(3000)]
     args = ["--bootstrap", kafka_bootstrap, "--in-topic", topics["in"], "--out-topic", topics["out"],
-            "--dlq-topic", topics["dlq"], "--consumer-group", topic_names("group"), "--snapshot-seconds", "1"]  # fmt: skip
+            "--dlq-topic", topics["dlq"], "--consumer-group", topic_names("group"),
+            "--snapshot-seconds", "1"]  # fmt: skip
 
     first = produce(kafka_bootstrap, topics["in"], records[:2000])
     with FlowProcess(args, tmp_path / "first.log"):
