@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 #: the page loads nothing from anywhere but this server
 SECURITY_HEADERS = {

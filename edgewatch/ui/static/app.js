@@ -5,7 +5,7 @@
 const SVG = "http://www.w3.org/2000/svg";
 // SVG presentation attributes take colours, not CSS variables: the chart palette (matches style.css)
 const C = { score: "#2458b8", threshold: "#8a5a00", band: "rgba(198, 40, 40, 0.12)", alarm: "#c62828", drift: "#7b3fb5" };
-const view = { name: "fleet", device: null, filter: "", seenAlarms: new Set(), first: true };
+const view = { name: "fleet", device: null, filter: "", seenAlarms: new Map(), first: true };
 let refreshing = false;
 let again = false;
 let lastEventAt = 0;
@@ -91,7 +91,11 @@ function stateBadge(alarm) {
   return alarm ? h("span", { class: "badge alarm", text: "ALARM" }) : h("span", { class: "badge ok", text: "normal" });
 }
 
-function alarmSpan(a, now) {
+function alarmSpan(a, now, device) {
+  if (device && device.alarm && (!a || a.end !== null)) {
+    // in alarm by its labeled readings; the alarms topic has not said so (yet)
+    return h("span", {}, h("span", { class: "badge alarm", text: "active" }), ` since ${stamp(device.alarm_since)} (${duration(now - device.alarm_since)})`);
+  }
   if (!a) return h("span", { class: "muted", text: "none" });
   if (a.end === null) return h("span", {}, h("span", { class: "badge alarm", text: "active" }), ` since ${stamp(a.start)} (${duration(now - a.start)})`);
   return h("span", {}, `${stamp(a.start)} → ${clock(a.end)} `, h("span", { class: "muted", text: `(${duration(a.duration_seconds)})` }));
@@ -116,7 +120,7 @@ function fleetView(data) {
       h("td", {}, h("a", { href: deviceHref(d.device_id), text: d.device_id })),
       timeCell(d.timestamp),
       scoreCell(d.score, d.threshold),
-      h("td", {}, alarmSpan(d.last_alarm, data.now)),
+      h("td", {}, alarmSpan(d.last_alarm, data.now, d)),
       h("td", {}, explanation(d.last_alarm ? d.last_alarm.explanation : d.explanation)),
       h("td", { class: "muted", text: d.model.name ? `${d.model.name} ${d.model.version}` : "–" }));
   });
@@ -136,11 +140,15 @@ function fleetView(data) {
   ];
 }
 
+// alarms raised since the page opened stay highlighted for FRESH_MS (not the ones already there at load)
+const FRESH_MS = 10000;
 function isNewAlarm(a) {
   const key = `${a.device_id}@${a.start}`;
-  if (view.seenAlarms.has(key)) return false;
-  view.seenAlarms.add(key);
-  return !view.first;
+  const now = Date.now();
+  if (!view.seenAlarms.has(key)) view.seenAlarms.set(key, view.first ? 0 : now);
+  for (const [k, t] of view.seenAlarms) if (t && now - t > 6 * FRESH_MS) view.seenAlarms.set(k, 0);
+  const seen = view.seenAlarms.get(key);
+  return seen > 0 && now - seen < FRESH_MS;
 }
 
 function alarmsTable(alarms, now, withDevice = true) {
@@ -161,17 +169,22 @@ function alarmsTable(alarms, now, withDevice = true) {
 
 function driftTable(events, withDevice = true) {
   if (!events.length) return h("p", { class: "empty", text: "No drift event so far: no device has been given a new normal." });
-  const level = (values, names) => names.map((n) => `${n} ${values[n] === undefined ? "–" : num(values[n], 2)}`).join(", ");
+  const change = (d) => h("div", { class: "changes" }, d.features.map((n) => {
+    const before = d.level_before[n], after = d.level_after[n];
+    const delta = before === undefined || after === undefined ? null : after - before;
+    return h("div", { class: "row" }, h("span", { text: n }),
+      h("span", { class: "num", text: `${num(before, 2)} → ${num(after, 2)}` }),
+      h("span", { class: "num muted", text: delta === null ? "" : `${delta >= 0 ? "+" : "−"}${num(Math.abs(delta), 2)}` }));
+  }));
   return h("table", { id: "drift" },
-    h("thead", {}, h("tr", {}, [withDevice ? "Device" : null, "Time", "Reason", "Features", "Level before", "Level after"]
+    h("thead", {}, h("tr", {}, [withDevice ? "Device" : null, "Time", "Reason", "Level change (before → after)", "Model"]
       .filter(Boolean).map((t) => h("th", { text: t })))),
     h("tbody", {}, events.map((d) => h("tr", { "data-device": d.device_id },
       withDevice ? h("td", {}, h("a", { href: deviceHref(d.device_id), text: d.device_id })) : null,
       timeCell(d.timestamp),
       h("td", {}, h("span", { class: "badge drift", text: d.reason })),
-      h("td", { text: d.features.join(", ") }),
-      h("td", { class: "muted", text: level(d.level_before, d.features) }),
-      h("td", { text: level(d.level_after, d.features) })))));
+      h("td", {}, change(d)),
+      h("td", { class: "muted", text: d.model.name ? `${d.model.name} ${d.model.version}` : "–" })))));
 }
 
 function alarmBands(data) {
@@ -187,6 +200,14 @@ function alarmBands(data) {
   return bands;
 }
 
+// value ticks on 1, 2, 5 × 10^n; time ticks on whole seconds, minutes or hours
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+function timeTicks(lo, hi, count) {
+  const step = TIME_STEPS.find((st) => (hi - lo) / st <= count) || 86400 * Math.ceil((hi - lo) / 86400 / count);
+  const ticks = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi; v += step) ticks.push(v);
+  return ticks;
+}
 function niceTicks(lo, hi, count) {
   const span = hi - lo || 1;
   const step0 = span / count;
@@ -197,8 +218,8 @@ function niceTicks(lo, hi, count) {
   return ticks;
 }
 
-function chart({ title, xs, ys, color, threshold, bands, marks, drifts, height = 200, yDigits }) {
-  const W = 900, H = height, L = 56, R = 12, T = 10, B = 26;
+function chart({ title, xs, ys, color, threshold, bands, marks, drifts, width, height = 200, yDigits }) {
+  const W = Math.max(280, Math.round(width)), H = height, L = 56, R = 12, T = 14, B = 26;
   const finite = ys.filter((y) => y !== null && Number.isFinite(y));
   const x0 = xs[0], x1 = xs[xs.length - 1] > x0 ? xs[xs.length - 1] : x0 + 1;
   let y0 = Math.min(...finite, threshold ?? Infinity), y1 = Math.max(...finite, threshold ?? -Infinity);
@@ -207,26 +228,27 @@ function chart({ title, xs, ys, color, threshold, bands, marks, drifts, height =
   const padY = (y1 - y0) * 0.08; y0 -= padY; y1 += padY;
   const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const Y = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
-  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": title });
   for (const [a, b] of bands || []) {
     if (b < x0 || a > x1) continue;
     const xa = X(Math.max(a, x0)), xb = X(Math.min(b, x1));
     svg.append(s("rect", { x: xa, y: T, width: Math.max(2, xb - xa), height: H - T - B, fill: C.band }));
   }
-  const yt = niceTicks(y0, y1, 4);
+  const yt = niceTicks(y0, y1, H > 180 ? 5 : 4);
   const digits = yDigits ?? Math.max(0, -Math.floor(Math.log10((yt[1] - yt[0]) || 1)));
   const axis = s("g", { class: "axis" });
   for (const v of yt) {
     axis.append(s("line", { x1: L, x2: W - R, y1: Y(v), y2: Y(v) }));
     axis.append(s("text", { x: L - 6, y: Y(v) + 4, "text-anchor": "end" }, v.toFixed(Math.min(digits, 4))));
   }
-  const xt = niceTicks(x0, x1, 6);
+  const xt = timeTicks(x0, x1, Math.max(2, Math.floor(W / 110)));
   for (const v of xt) axis.append(s("text", { x: X(v), y: H - 6, "text-anchor": "middle" }, clock(v)));
   axis.append(s("line", { x1: L, x2: L, y1: T, y2: H - B }));
   svg.append(axis);
   for (const t of drifts || []) {
     if (t < x0 || t > x1) continue;
     svg.append(s("line", { x1: X(t), x2: X(t), y1: T, y2: H - B, stroke: C.drift, "stroke-width": 2 }, s("title", {}, "drift: new normal accepted")));
+    svg.append(s("text", { x: X(t) + 4, y: T - 3, fill: C.drift, "font-size": 11 }, "drift"));
   }
   if (threshold !== null && threshold !== undefined) {
     svg.append(s("line", { x1: L, x2: W - R, y1: Y(threshold), y2: Y(threshold), stroke: C.threshold, "stroke-width": 1.5, "stroke-dasharray": "6 4" }));
@@ -251,6 +273,9 @@ function deviceView(data) {
   const r = data.readings;
   const bands = alarmBands(data);
   const drifts = data.drift.map((d) => d.timestamp);
+  const room = document.getElementById("main").clientWidth - 22; // chart box padding and border
+  const columns = Math.max(1, Math.floor((room + 12) / 432));
+  const cell = (room - (columns - 1) * 12) / columns - 22;
   const palette = ["#2458b8", "#0f7f7a", "#a1570f", "#6a3fb0", "#3b6e1f", "#9c2f6b", "#44546a", "#b3261e"];
   const head = [
     h("p", {}, h("a", { href: "#/", text: "← Fleet" })),
@@ -270,10 +295,10 @@ function deviceView(data) {
     ...head,
     legend,
     h("div", { class: "charts" },
-      chart({ title: "Anomaly score", xs: r.timestamp, ys: r.score, color: C.score, threshold: data.threshold, bands, marks: r.is_anomaly, drifts, height: 220 })),
+      chart({ title: "Anomaly score", xs: r.timestamp, ys: r.score, color: C.score, threshold: data.threshold, bands, marks: r.is_anomaly, drifts, width: room - 20, height: 220 })),
     h("h2", { text: "Readings" }),
     h("div", { class: "charts features" },
-      data.feature_names.map((name, i) => chart({ title: name, xs: r.timestamp, ys: r.values[i], color: palette[i % palette.length], bands, marks: r.is_anomaly, drifts, height: 150 }))),
+      data.feature_names.map((name, i) => chart({ title: name, xs: r.timestamp, ys: r.values[i], color: palette[i % palette.length], bands, marks: r.is_anomaly, drifts, width: cell, height: 160 }))),
     h("h2", { text: "Last alarm's explanation" }),
     explanation(data.last_alarm ? data.last_alarm.explanation : data.explanation, 8),
     h("h2", { text: "Alarms of this device" }),
@@ -357,3 +382,5 @@ function live() {
 window.addEventListener("hashchange", route);
 route();
 live();
+let resizeTimer = null;
+window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(refresh, 200); });
