@@ -4,6 +4,8 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 // SVG presentation attributes take colours, not CSS variables: the chart palette (matches style.css)
+// a white outline keeps chart labels readable over lines and alarm bands
+const HALO = { stroke: "#fff", "stroke-width": 3, "paint-order": "stroke" };
 const C = { score: "#2458b8", threshold: "#8a5a00", band: "rgba(198, 40, 40, 0.12)", alarm: "#c62828", drift: "#7b3fb5" };
 const view = { name: "fleet", device: null, filter: "", seenAlarms: new Map(), first: true };
 let refreshing = false;
@@ -71,7 +73,7 @@ function explanation(shares, limit = 3) {
   const top = Object.entries(shares).sort((a, b) => b[1] - a[1]).slice(0, limit);
   return h("div", { class: "expl", title: "features that drove the score, with their share of it" },
     top.map(([name, share]) => h("div", { class: "row" },
-      h("span", { text: name }),
+      h("span", { class: "name", text: name, title: name }),
       h("span", { class: "bar" }, h("span", { style: `width:${Math.round(share * 100)}%` })),
       h("span", { class: "share", text: `${Math.round(share * 100)}%` }))));
 }
@@ -122,7 +124,7 @@ function fleetView(data) {
       scoreCell(d.score, d.threshold),
       h("td", {}, alarmSpan(d.last_alarm, data.now, d)),
       h("td", {}, explanation(d.last_alarm ? d.last_alarm.explanation : d.explanation)),
-      h("td", { class: "muted", text: d.model.name ? `${d.model.name} ${d.model.version}` : "–" }));
+      h("td", { class: "muted col-model", text: d.model.name ? `${d.model.name} ${d.model.version}` : "–" }));
   });
   return [
     h("h1", { text: "Fleet" }),
@@ -132,10 +134,10 @@ function fleetView(data) {
       card("alarms", c.alarms), card("drift events", c.drift), card("messages read", data.feed.messages)),
     h("div", { class: "toolbar" }, input, h("label", { text: `${devices.length} of ${c.devices} shown` })),
     devices.length
-      ? h("table", { id: "fleet" },
+      ? h("div", { class: "scroll" }, h("table", { id: "fleet" },
         h("thead", {}, h("tr", {}, ["State", "Device", "Last reading", "Score", "Last alarm", "Explanation", "Model"]
-          .map((t) => h("th", { class: t === "Score" ? "num" : null, text: t })))),
-        h("tbody", {}, rows))
+          .map((t) => h("th", { class: t === "Score" ? "num" : t === "Model" ? "col-model" : null, text: t })))),
+        h("tbody", {}, rows)))
       : h("p", { class: "empty", text: c.devices ? "No device matches the filter." : "No device yet: waiting for the flow's labeled events." }),
   ];
 }
@@ -153,9 +155,9 @@ function isNewAlarm(a) {
 
 function alarmsTable(alarms, now, withDevice = true) {
   if (!alarms.length) return h("p", { class: "empty", text: "No alarm so far." });
-  return h("table", { id: "alarms" },
+  return h("div", { class: "scroll" }, h("table", { id: "alarms" },
     h("thead", {}, h("tr", {}, [withDevice ? "Device" : null, "State", "Raised", "Cleared", "Duration", "Peak score", "Explanation", "Model"]
-      .filter(Boolean).map((t) => h("th", { class: ["Duration", "Peak score"].includes(t) ? "num" : null, text: t })))),
+      .filter(Boolean).map((t) => h("th", { class: ["Duration", "Peak score"].includes(t) ? "num" : t === "Model" ? "col-model" : null, text: t })))),
     h("tbody", {}, alarms.map((a) => h("tr", { class: a.end === null ? "alarm" : "", "data-device": a.device_id },
       withDevice ? h("td", {}, h("a", { href: deviceHref(a.device_id), text: a.device_id })) : null,
       h("td", {}, a.end === null ? h("span", { class: "badge alarm", text: "active" }) : h("span", { class: "badge cleared", text: "cleared" })),
@@ -164,7 +166,7 @@ function alarmsTable(alarms, now, withDevice = true) {
       h("td", { class: "num", text: a.end === null ? duration(now - a.start) : duration(a.duration_seconds) }),
       h("td", { class: "num", text: num(a.peak_score) }),
       h("td", {}, explanation(a.explanation)),
-      h("td", { class: "muted", text: a.model.name ? `${a.model.name} ${a.model.version}` : "–" })))));
+      h("td", { class: "muted col-model", text: a.model.name ? `${a.model.name} ${a.model.version}` : "–" }))))));
 }
 
 function driftTable(events, withDevice = true) {
@@ -176,15 +178,15 @@ function driftTable(events, withDevice = true) {
       h("span", { class: "num", text: `${num(before, 2)} → ${num(after, 2)}` }),
       h("span", { class: "num muted", text: delta === null ? "" : `${delta >= 0 ? "+" : "−"}${num(Math.abs(delta), 2)}` }));
   }));
-  return h("table", { id: "drift" },
+  return h("div", { class: "scroll" }, h("table", { id: "drift" },
     h("thead", {}, h("tr", {}, [withDevice ? "Device" : null, "Time", "Reason", "Level change (before → after)", "Model"]
-      .filter(Boolean).map((t) => h("th", { text: t })))),
+      .filter(Boolean).map((t) => h("th", { class: t === "Model" ? "col-model" : null, text: t })))),
     h("tbody", {}, events.map((d) => h("tr", { "data-device": d.device_id },
       withDevice ? h("td", {}, h("a", { href: deviceHref(d.device_id), text: d.device_id })) : null,
       timeCell(d.timestamp),
       h("td", {}, h("span", { class: "badge drift", text: d.reason })),
       h("td", {}, change(d)),
-      h("td", { class: "muted", text: d.model.name ? `${d.model.name} ${d.model.version}` : "–" })))));
+      h("td", { class: "muted col-model", text: d.model.name ? `${d.model.name} ${d.model.version}` : "–" }))))));
 }
 
 function alarmBands(data) {
@@ -248,11 +250,11 @@ function chart({ title, xs, ys, color, threshold, bands, marks, drifts, width, h
   for (const t of drifts || []) {
     if (t < x0 || t > x1) continue;
     svg.append(s("line", { x1: X(t), x2: X(t), y1: T, y2: H - B, stroke: C.drift, "stroke-width": 2 }, s("title", {}, "drift: new normal accepted")));
-    svg.append(s("text", { x: X(t) + 4, y: T - 3, fill: C.drift, "font-size": 11 }, "drift"));
+    svg.append(s("text", { x: X(t) + 4, y: T - 3, fill: C.drift, "font-size": 11, ...HALO }, "drift"));
   }
   if (threshold !== null && threshold !== undefined) {
     svg.append(s("line", { x1: L, x2: W - R, y1: Y(threshold), y2: Y(threshold), stroke: C.threshold, "stroke-width": 1.5, "stroke-dasharray": "6 4" }));
-    svg.append(s("text", { x: W - R - 4, y: Y(threshold) - 5, "text-anchor": "end", fill: C.threshold, "font-size": 11 }, `threshold ${num(threshold)}`));
+    svg.append(s("text", { x: W - R - 4, y: Y(threshold) - 5, "text-anchor": "end", fill: C.threshold, "font-size": 11, ...HALO }, `threshold ${num(threshold)}`));
   }
   let d = "";
   let pen = false;
