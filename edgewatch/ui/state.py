@@ -36,23 +36,72 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import orjson
 
 KINDS = ("labeled", "alarms", "drift")
+#: features kept per device (as the parser accepts at most); later new names are not drawn
+MAX_FEATURES = 64
 
 
 class BadMessage(ValueError):
     """A message the view cannot use; counted and skipped, never raised out of :meth:`FleetState.apply`."""
 
 
-@dataclass(slots=True)
-class Reading:
-    """One labeled reading, its feature values aligned to the device's ``feature_names``."""
+class ReadingRing:
+    """The last ``capacity`` readings of one device, column by column in fixed numpy arrays
+    (a ring: the oldest reading is overwritten). Missing feature values are NaN.
 
-    timestamp: float
-    score: float
-    is_anomaly: bool
-    values: tuple[float | None, ...]
+    >>> ring = ReadingRing(capacity=2, features=1)
+    >>> for t in (1.0, 2.0, 3.0):
+    ...     ring.append(t, 0.5, False, [t * 10])
+    >>> ring.columns()["timestamp"], ring.columns()["values"]
+    ([2.0, 3.0], [[20.0, 30.0]])
+    """
+
+    __slots__ = ("is_anomaly", "score", "size", "start", "timestamp", "values")
+
+    def __init__(self, capacity: int, features: int):
+        self.timestamp = np.zeros(capacity)
+        self.score = np.zeros(capacity)
+        self.is_anomaly = np.zeros(capacity, dtype=bool)
+        self.values = np.full((capacity, features), np.nan)
+        self.start = 0
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add_features(self, count: int) -> None:
+        self.values = np.hstack([self.values, np.full((len(self.timestamp), count), np.nan)])
+
+    def append(self, timestamp: float, score: float, is_anomaly: bool, values: list[float]) -> None:
+        capacity = len(self.timestamp)
+        at = (self.start + self.size) % capacity
+        if self.size == capacity:
+            self.start = (self.start + 1) % capacity
+        else:
+            self.size += 1
+        self.timestamp[at], self.score[at], self.is_anomaly[at] = timestamp, score, is_anomaly
+        self.values[at] = values
+
+    def last(self) -> tuple[float, float] | None:
+        """Time and score of the newest reading."""
+        if not self.size:
+            return None
+        at = (self.start + self.size - 1) % len(self.timestamp)
+        return float(self.timestamp[at]), float(self.score[at])
+
+    def columns(self) -> dict[str, list]:
+        """Oldest first; ``values`` one list per feature, ``None`` where a reading lacked it."""
+        order = (self.start + np.arange(self.size)) % len(self.timestamp)
+        values = self.values[order].T
+        return {
+            "timestamp": self.timestamp[order].tolist(),
+            "score": self.score[order].tolist(),
+            "is_anomaly": self.is_anomaly[order].tolist(),
+            "values": [[None if v != v else v for v in column] for column in values.tolist()],  # NaN → None
+        }
 
 
 @dataclass(slots=True)
@@ -86,7 +135,7 @@ class Alarm:
 @dataclass(slots=True)
 class Device:
     device_id: str
-    readings: deque[Reading]
+    readings: ReadingRing | None = None  # allocated at the first reading, with its features
     feature_names: tuple[str, ...] = ()
     alarm: bool = False
     alarm_since: float | None = None
@@ -99,13 +148,13 @@ class Device:
     drift_events: int = 0
 
     def summary(self) -> dict:
-        last = self.readings[-1] if self.readings else None
+        timestamp, score = (self.readings and self.readings.last()) or (None, None)
         return {
             "device_id": self.device_id,
             "alarm": self.alarm,
             "alarm_since": self.alarm_since if self.alarm else None,
-            "timestamp": last.timestamp if last else None,
-            "score": last.score if last else None,
+            "timestamp": timestamp,
+            "score": score,
             "threshold": self.threshold,
             "model": {"name": self.model, "version": self.version},
             "explanation": self.explanation,
@@ -207,7 +256,7 @@ class FleetState:
         if device is None:
             if len(self._devices) >= self.max_devices:
                 self._devices.popitem(last=False)
-            device = self._devices[device_id] = Device(device_id, deque(maxlen=self.readings_per_device))
+            device = self._devices[device_id] = Device(device_id)
         else:
             self._devices.move_to_end(device_id)
         return device
@@ -238,9 +287,16 @@ class FleetState:
         explanation = _explanation(message.get("explanation"))
         device = self._device(device_id)
         if features.keys() != set(device.feature_names):
-            device.feature_names = device.feature_names + tuple(n for n in features if n not in device.feature_names)
-        values = tuple(v if _is_number(v) else None for v in map(features.get, device.feature_names))
-        device.readings.append(Reading(t, score, is_anomaly, values))
+            new = tuple(name for name in features if name not in device.feature_names)[
+                : MAX_FEATURES - len(device.feature_names)
+            ]
+            device.feature_names += new
+            if device.readings is not None:
+                device.readings.add_features(len(new))
+        if device.readings is None:
+            device.readings = ReadingRing(self.readings_per_device, len(device.feature_names))
+        values = [v if _is_number(v) else math.nan for v in map(features.get, device.feature_names)]
+        device.readings.append(t, score, is_anomaly, values)
         self._set_model(device, message.get("model"), message.get("threshold"))
         if t > device.state_time:
             if is_anomaly and not device.alarm:
@@ -353,20 +409,12 @@ class FleetState:
             device = self._devices.get(device_id)
             if device is None:
                 return None
-            readings = list(device.readings)
-            names = device.feature_names
+            empty = {"timestamp": [], "score": [], "is_anomaly": [], "values": []}
             return {
                 **self._header(),
                 **device.summary(),
-                "feature_names": list(names),
-                "readings": {
-                    "timestamp": [r.timestamp for r in readings],
-                    "score": [r.score for r in readings],
-                    "is_anomaly": [r.is_anomaly for r in readings],
-                    "values": [
-                        [r.values[i] if i < len(r.values) else None for r in readings] for i in range(len(names))
-                    ],
-                },
+                "feature_names": list(device.feature_names),
+                "readings": device.readings.columns() if device.readings is not None else empty,
                 "alarms": [a.as_json() for a in reversed(self._alarms.values()) if a.device_id == device_id],
                 "drift": [d for d in reversed(self._drift) if d["device_id"] == device_id],
             }
