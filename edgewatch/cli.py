@@ -573,7 +573,7 @@ def ui(
         raise typer.BadParameter(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     stop = _stop_event_on_signals()
     with view:
-        typer.echo(f"ui: {view.url} reading {labeled_topic}, {alarms_topic}, {drift_topic} at {kafka.bootstrap}")
+        typer.echo(f"ui: serving {view.url} (Ctrl-C to stop); feed: {', '.join(feed.topics)} at {kafka.bootstrap}")
         while not stop.wait(0.5):
             pass
     typer.echo("ui: stopped")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -23,6 +24,8 @@ from typing import NamedTuple
 from edgewatch.ui.state import KINDS, FleetState
 
 log = logging.getLogger(__name__)
+#: seconds between two log lines about one Kafka outage
+LOG_EVERY = 30.0
 
 
 class Feed(ABC):
@@ -97,6 +100,8 @@ class KafkaFeed(Feed):
         self.rescan_seconds = rescan_seconds
         self._kind_of = {topic: kind for kind, topic in zip(KINDS, topics, strict=True)}
         self._error: str | None = None
+        self._down_since: float | None = None
+        self._logged_at = -math.inf
 
     @property
     def bootstrap(self) -> str:
@@ -104,7 +109,21 @@ class KafkaFeed(Feed):
 
     def _on_error(self, error) -> None:
         # called from poll(); librdkafka retries by itself, the view only says so
-        self._error = f"cannot reach Kafka at {self.bootstrap}: {error.str()}"
+        self._error = f"cannot reach Kafka at {self.bootstrap}: {_short(error.str())}"
+
+    def _report(self, state: FleetState) -> None:
+        """The feed's state on the page, and in the log one line per ``LOG_EVERY`` seconds of an outage."""
+        now = time.monotonic()
+        if self._error is None:
+            if self._down_since is not None:
+                log.warning("Kafka at %s reachable again after %.0f s", self.bootstrap, now - self._down_since)
+                self._down_since, self._logged_at = None, -math.inf
+            return
+        state.set_feed_status(False, self._error)
+        self._down_since = now if self._down_since is None else self._down_since
+        if now - self._logged_at >= LOG_EVERY:
+            log.warning("%s; retrying since %.0f s", self._error, now - self._down_since)
+            self._logged_at = now
 
     def run(self, state: FleetState, stop: threading.Event) -> None:
         from confluent_kafka import Consumer
@@ -116,7 +135,7 @@ class KafkaFeed(Feed):
                 "enable.auto.commit": "false",
                 "allow.auto.create.topics": "false",
                 "error_cb": self._on_error,
-                "logger": log,
+                "log_level": 0,  # librdkafka logs each failed connect; error_cb and _report say it once
             }
         )
         assigned: set[tuple[str, int]] = set()
@@ -130,8 +149,7 @@ class KafkaFeed(Feed):
                     if msg.error() is None:
                         self._error = None
                         state.apply(self._kind_of[msg.topic()], msg.value() or b"")
-                if self._error:
-                    state.set_feed_status(False, self._error)
+                self._report(state)
         finally:
             consumer.close()
 
@@ -150,7 +168,7 @@ class KafkaFeed(Feed):
                         low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
                         new.append(TopicPartition(topic, partition, max(low, high - self.history)))
         except KafkaException as exc:
-            state.set_feed_status(False, f"cannot reach Kafka at {self.bootstrap}: {exc.args[0].str()}")
+            self._error = f"cannot reach Kafka at {self.bootstrap}: {_short(exc.args[0].str())}"
             return
         if new:
             consumer.incremental_assign(new)
@@ -161,3 +179,10 @@ class KafkaFeed(Feed):
         parts = [f"reading {', '.join(present)}"] if present else []
         parts += [f"waiting for topic {', '.join(missing)}"] if missing else []
         state.set_feed_status(True, f"{'; '.join(parts)} at {self.bootstrap}")
+
+
+def _short(reason: str) -> str:
+    """librdkafka's reason without the broker prefix and the state detail:
+    ``h:1/bootstrap: Connect to ipv4#h:1 failed: Connection refused (after 0ms in state CONNECT)``
+    → ``Connection refused``."""
+    return reason.rsplit(": ", 1)[-1].split(" (after ")[0]
