@@ -231,3 +231,37 @@ def test_kafka_feed_reads_recent_history_and_finds_topics_created_later(kafka_bo
     finally:
         stop.set()
         thread.join(15)
+
+
+def test_a_loopback_view_refuses_other_host_names(served):
+    view, _ = served
+    port = view.url.rsplit(":", 1)[1].strip("/")
+    for host, status in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200), (f"evil.example:{port}", 403)):
+        request = urllib.request.Request(f"{view.url}api/fleet", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert response.status == status
+        except urllib.error.HTTPError as exc:
+            assert exc.code == status == 403
+
+
+def test_the_page_loads_only_assets_that_ship_in_the_package():
+    import fnmatch
+    import re
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    from edgewatch.ui.server import ASSETS
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["edgewatch.ui"]
+    static = resources.files("edgewatch.ui").joinpath("static")
+    shipped = {entry.name for entry in static.iterdir()}
+    assert shipped == {*ASSETS, "index.html"}
+    assert all(any(fnmatch.fnmatch(f"static/{name}", glob) for glob in globs) for name in shipped)
+    page = static.joinpath("index.html").read_text()
+    assert {ref.removeprefix("/static/") for ref in re.findall(r'(?:src|href)="([^"#]+)"', page)} == set(ASSETS)
+    for name in ("index.html", "app.js", "style.css"):
+        urls = set(re.findall(r"https?://[^\s\"'`)]+", static.joinpath(name).read_text()))
+        assert urls <= {"http://www.w3.org/2000/svg"}, f"{name} reaches out to {urls}"

@@ -3,6 +3,8 @@
 * :class:`KafkaFeed` reads the flow's ``labeled``, ``alarms`` and ``drift`` topics (``edgewatch ui``);
 * :class:`InProcessFeed` takes them from a flow running in the same process (a sink's
   ``put`` never blocks the flow: when the view falls behind, messages are dropped and counted).
+  A flow serving the view itself would start ``ViewServer(FleetState(), feed)`` next to its
+  dataflow and have its output sinks call ``feed.put("labeled", labeled_event_json(event))``.
 
 >>> from edgewatch.ui.state import FleetState
 >>> state, feed = FleetState(), InProcessFeed(capacity=1)

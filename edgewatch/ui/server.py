@@ -46,6 +46,15 @@ SECURITY_HEADERS = {
 }
 
 
+#: Host names a page served on loopback may be asked for: any other name is a DNS-rebinding page
+#: in the operator's browser trying to read the view through it
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def _host_name(host_header: str) -> str:
+    return host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+
+
 def _asset(name: str) -> bytes:
     return resources.files("edgewatch.ui").joinpath("static", name).read_bytes()
 
@@ -74,6 +83,7 @@ class ViewServer:
         self._streams = threading.BoundedSemaphore(max_streams)
         self.stream_interval = stream_interval
         self._http = ThreadingHTTPServer((host, port), _handler_for(self))  # OSError when the port is taken
+        self.loopback_only = host in ("127.0.0.1", "localhost", "::1")
         self._http.daemon_threads = True
         self._threads: list[threading.Thread] = []
 
@@ -113,6 +123,9 @@ def _handler_for(view: ViewServer) -> type[BaseHTTPRequestHandler]:
             log.debug("%s %s", self.address_string(), format % args)
 
         def do_GET(self) -> None:
+            if view.loopback_only and _host_name(self.headers.get("Host", "")) not in LOOPBACK_NAMES:
+                self._json({"error": f"this view answers only as {view.url}"}, HTTPStatus.FORBIDDEN)
+                return
             url = urlsplit(self.path)
             path = url.path
             if path in ("/", "/index.html"):
