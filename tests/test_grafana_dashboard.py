@@ -151,3 +151,33 @@ def test_helm_chart_renders_the_dashboard_configmap_for_grafanas_sidecar():
     assert json.loads(configmap["data"]["edgewatch-dashboard.json"]) == json.loads(DASHBOARD.read_text())
     (elsewhere,) = configmaps({"grafanaDashboard": {"enabled": True, "namespace": "monitoring"}})
     assert elsewhere["metadata"]["namespace"] == "monitoring"
+
+
+def test_exporter_check_finds_a_missing_metric_a_wrong_kind_and_wrong_labels():
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+    from edgewatch.ui.dashboard_metrics import exporter_problems
+
+    def exporter(skip: str = "", kind_of: dict | None = None, labels_of: dict | None = None) -> CollectorRegistry:
+        registry = CollectorRegistry()
+        classes = {"counter": Counter, "gauge": Gauge, "histogram": Histogram, "info": Info}
+        for name, spec in METRICS.items():
+            if name == skip:
+                continue
+            kind = (kind_of or {}).get(name, spec.kind)
+            labels = (labels_of or {}).get(name, spec.labels)
+            metric = classes[kind](name, spec.help, labels if kind != "info" else (), registry=registry)
+            if kind == "info":
+                metric.info(dict.fromkeys(labels, "x"))
+            elif labels:
+                metric.labels(*["x"] * len(labels))
+        return registry
+
+    assert exporter_problems(exporter()) == []
+    assert exporter_problems(exporter(skip="edgewatch_active_alarms")) == ["edgewatch_active_alarms: not exported"]
+    assert exporter_problems(exporter(kind_of={"edgewatch_snapshot_duration_seconds": "gauge"})) == [
+        "edgewatch_snapshot_duration_seconds: a gauge, the dashboard reads a histogram"
+    ]
+    assert exporter_problems(exporter(labels_of={"edgewatch_dead_letters": ("stage",)})) == [
+        "edgewatch_dead_letters: labels ['stage'], the dashboard reads ['reason']"
+    ]

@@ -88,3 +88,34 @@ def family_of(series: str) -> str | None:
         if series in exposed_series(family):
             return family
     return None
+
+
+def exporter_problems(registry) -> list[str]:
+    """What a ``prometheus_client`` registry exports differently from :data:`METRICS` (``[]``: none).
+
+    Checks that every listed family is registered with its kind and, where it already has
+    samples, exactly its labels (a labelled family shows its labels only once it has children).
+
+    >>> from prometheus_client import CollectorRegistry, Gauge
+    >>> registry = CollectorRegistry()
+    >>> _ = Gauge("edgewatch_active_alarms", "Devices whose alarm is raised now", registry=registry)
+    >>> exporter_problems(registry)[:2]
+    ['edgewatch_messages_received: not exported', 'edgewatch_events_labeled: not exported']
+    """
+    exported = {family.name: family for family in registry.collect()}
+    problems = []
+    for name, spec in METRICS.items():
+        family = exported.get(name)
+        if family is None:
+            problems.append(f"{name}: not exported")
+            continue
+        if family.type != spec.kind:
+            problems.append(f"{name}: a {family.type}, the dashboard reads a {spec.kind}")
+        for sample in family.samples:
+            if sample.name not in exposed_series(name):
+                continue  # _created
+            labels = set(sample.labels) - {"le"}
+            if labels != set(spec.labels):
+                problems.append(f"{name}: labels {sorted(labels)}, the dashboard reads {sorted(spec.labels)}")
+                break
+    return problems
