@@ -64,6 +64,11 @@ def test_devices_in_alarm_come_first():
     for name in ("a", "b", "c"):
         state.apply("labeled", labeled(name, 10.0, anomaly=name == "c"))
     assert [d["device_id"] for d in state.fleet()["devices"]] == ["c", "a", "b"]
+    for name in ("Pump-1", "pump-2", "fan-1"):
+        state.apply("labeled", labeled(name, 10.0))
+    pumps = state.fleet("PUMP", limit=1)
+    assert [d["device_id"] for d in pumps["devices"]] == ["Pump-1"] and pumps["matching"] == 2
+    assert pumps["counts"]["devices"] == 6 and pumps["counts"]["alarming"] == 1
 
 
 def test_threshold_from_option_then_message_then_the_named_detector():
@@ -152,6 +157,8 @@ def test_server_serves_the_page_its_assets_and_the_views(served):
         time.sleep(0.02)
     fleet = json.loads(get(f"{view.url}api/fleet")[2])
     assert [d["device_id"] for d in fleet["devices"]] == ["pump 1/α"] and fleet["devices"][0]["alarm"]
+    assert json.loads(get(f"{view.url}api/fleet?q=%CE%B1&limit=5")[2])["matching"] == 1
+    assert json.loads(get(f"{view.url}api/fleet?q=fan")[2])["devices"] == []
     status, _, body = get(f"{view.url}api/device?id=pump%201%2F%CE%B1")
     assert status == 200 and json.loads(body)["readings"]["score"] == [0.9]
     assert json.loads(get(f"{view.url}api/alarms")[2])["alarms"][0]["end"] is None

@@ -5,7 +5,8 @@ Routes (all GET)::
 
     /                      the page (fleet, device, alarms and drift views; hash-routed)
     /static/<asset>        its script and style sheet, from the package (works offline)
-    /api/fleet             every device: alarm state, last score, last alarm and its explanation
+    /api/fleet[?q=&limit=] devices (ids containing q, the first limit): alarm state, last score, last alarm
+                           and its explanation
     /api/device?id=<id>    one device's recent readings, score, threshold, alarms and drift events
     /api/alarms            alarms, raised and cleared times, newest first
     /api/drift             drift events, newest first
@@ -134,7 +135,9 @@ def _handler_for(view: ViewServer) -> type[BaseHTTPRequestHandler]:
                 name = path.removeprefix("/static/")
                 self._send(HTTPStatus.OK, _asset(name), ASSETS[name])
             elif path == "/api/fleet":
-                self._json(view.state.fleet())
+                query = parse_qs(url.query)
+                limit = query.get("limit", [""])[0]
+                self._json(view.state.fleet(query.get("q", [""])[0], int(limit) if limit.isdigit() else None))
             elif path == "/api/alarms":
                 self._json(view.state.alarms())
             elif path == "/api/drift":

@@ -386,18 +386,20 @@ class FleetState:
             },
         }
 
-    def fleet(self) -> dict:
-        """Every device's summary, devices in alarm first, then by name."""
+    def fleet(self, match: str = "", limit: int | None = None) -> dict:
+        """Device summaries, devices in alarm first, then by name: those whose id contains
+        ``match`` (any case), the first ``limit`` of them; ``matching`` counts them all."""
         with self._changed:
-            devices = sorted(
-                (d.summary() for d in self._devices.values()), key=lambda d: (not d["alarm"], d["device_id"])
-            )
+            needle = match.casefold()
+            found = [d for d in self._devices.values() if needle in d.device_id.casefold()]
+            found.sort(key=lambda d: (not d.alarm, d.device_id))
             return {
                 **self._header(),
-                "devices": devices,
+                "devices": [d.summary() for d in found[:limit]],
+                "matching": len(found),
                 "counts": {
-                    "devices": len(devices),
-                    "alarming": sum(d["alarm"] for d in devices),
+                    "devices": len(self._devices),
+                    "alarming": sum(d.alarm for d in self._devices.values()),
                     "alarms": len(self._alarms),
                     "drift": len(self._drift),
                 },
