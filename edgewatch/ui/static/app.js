@@ -144,7 +144,7 @@ function fleetView(data) {
         h("thead", {}, h("tr", {}, ["State", "Device", "Last reading", "Score", "Last alarm", "Explanation", "Model"]
           .map((t) => h("th", { class: t === "Score" ? "num" : t === "Model" ? "col-model" : null, text: t })))),
         h("tbody", {}, rows)))
-      : h("p", { class: "empty", text: c.devices ? "No device matches the filter." : "No device yet: waiting for the flow's labeled events." }),
+      : h("p", { class: "empty", text: c.devices ? "No device matches the filter." : `No device yet: ${data.feed.ok ? "waiting for the flow's labeled events" : data.feed.text}.` }),
   ];
 }
 
