@@ -75,9 +75,11 @@ def test_threshold_from_option_then_message_then_the_named_detector():
     state = FleetState()
     state.apply("labeled", labeled("builtin", 1.0))  # compact-novelty
     state.apply("labeled", labeled("told", 1.0, threshold=0.61))
+    state.apply("labeled", labeled("told by model", 1.0, model={"name": "x", "version": "1", "threshold": 0.7}))
     state.apply("labeled", labeled("custom", 1.0, model={"name": "pkg.mod:factory", "version": "1"}))
     assert state.device("builtin")["threshold"] == pytest.approx(0.3426)
     assert state.device("told")["threshold"] == 0.61
+    assert state.device("told by model")["threshold"] == 0.7
     assert state.device("custom")["threshold"] is None
     fixed = FleetState(threshold=0.5)
     fixed.apply("labeled", labeled("told", 1.0, threshold=0.61))
