@@ -335,7 +335,7 @@ class FleetState:
         alarm.received_at = self._clock()
         if device.last_alarm is None or start >= device.last_alarm.start:
             device.last_alarm = alarm
-        self._set_model(device, model or None)
+        self._set_model(device, model or None, model.get("threshold"))
         state_time = start if end is None else end
         if state_time >= device.state_time:
             if end is None and not device.alarm:
