@@ -564,6 +564,8 @@ def ui(
 
     if readings < 1 or history < 0:
         raise typer.BadParameter("--readings must be at least 1 and --history at least 0")
+    if len({labeled_topic, alarms_topic, drift_topic}) < 3:
+        raise typer.BadParameter("--labeled-topic, --alarms-topic and --drift-topic must be three different topics")
     kafka = _settings(KafkaSettings, bootstrap=bootstrap)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     feed = KafkaFeed(kafka.client_config(), Topics(labeled_topic, alarms_topic, drift_topic), history=history)

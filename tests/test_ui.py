@@ -14,6 +14,7 @@ import pytest
 
 from edgewatch.ui import FleetState, InProcessFeed, KafkaFeed, Topics, ViewServer
 from tests import uisim
+from tests.cliutil import said
 
 
 def labeled(device: str, t: float, score: float = 0.1, anomaly: bool = False, **extra) -> dict:
@@ -191,8 +192,25 @@ def test_ui_command_names_a_taken_port_in_one_line():
         port = taken.getsockname()[1]
         result = CliRunner().invoke(app, ["ui", "--port", str(port), "--bootstrap", "127.0.0.1:1"])
     assert result.exit_code == 2
-    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in result.output
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in said(result)
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--readings", "0"], "--readings must be at least 1 and --history at least 0"),
+        (["--drift-topic", "labeled"], "--labeled-topic, --alarms-topic and --drift-topic must be three different"),
+        (["--bootstrap", "kafka"], "bootstrap must be HOST:PORT"),
+    ],
+)
+def test_ui_command_refuses_bad_options_in_one_line(args, message):
+    from typer.testing import CliRunner
+
+    from edgewatch.cli import app
+
+    result = CliRunner().invoke(app, ["ui", *args])
+    assert result.exit_code == 2 and message in said(result) and "Traceback" not in result.output
 
 
 def test_kafka_feed_says_when_kafka_is_unreachable():
