@@ -402,6 +402,42 @@ def serve(
     run_server(model, host=host, port=port, workers=workers)
 
 
+@app.command()
+def ui(
+    bootstrap: Bootstrap = None,
+    port: Annotated[int, typer.Option(help="port to serve the view on")] = 8050,
+    host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    labeled_topic: Annotated[str, typer.Option(help="the flow's labeled events")] = "labeled",
+    alarms_topic: Annotated[str, typer.Option(help="the flow's raised and cleared alarms")] = "alarms",
+    drift_topic: Annotated[str, typer.Option(help="the flow's drift events")] = "drift",
+    readings: Annotated[int, typer.Option(help="recent readings kept per device")] = 240,
+    history: Annotated[int, typer.Option(help="messages read back per partition at start")] = 1000,
+    threshold: Annotated[
+        float | None, typer.Option(help="threshold drawn on the charts (default: the detector's)", show_default=False)
+    ] = None,
+) -> None:
+    """Serve a live web view of the fleet (devices, alarms, explanations, drift) from the flow's topics."""
+    from edgewatch.ui import FleetState, KafkaFeed, Topics, ViewServer
+
+    if readings < 1 or history < 0:
+        raise typer.BadParameter("--readings must be at least 1 and --history at least 0")
+    if len({labeled_topic, alarms_topic, drift_topic}) < 3:
+        raise typer.BadParameter("--labeled-topic, --alarms-topic and --drift-topic must be three different topics")
+    kafka = _settings(KafkaSettings, bootstrap=bootstrap)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    feed = KafkaFeed(kafka.client_config(), Topics(labeled_topic, alarms_topic, drift_topic), history=history)
+    try:
+        view = ViewServer(FleetState(readings_per_device=readings, threshold=threshold), feed, host=host, port=port)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    stop = _stop_event_on_signals()
+    with view:
+        typer.echo(f"ui: serving {view.url} (Ctrl-C to stop); feed: {', '.join(feed.topics)} at {kafka.bootstrap}")
+        while not stop.wait(0.5):
+            pass
+    typer.echo("ui: stopped")
+
+
 data_app = typer.Typer(help="Public datasets: fetched on demand, never shipped.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -20,6 +20,7 @@ COMMANDS = [
     "serve",
     "replay",
     "iotedge",
+    "ui",
 ]
 
 

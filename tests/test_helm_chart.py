@@ -65,6 +65,7 @@ VALUE_SETS = {
         "podAnnotations": {"team": "reliability"},
         "nodeSelector": {"kubernetes.io/arch": "arm64"},
         "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}],
+        "grafanaDashboard": {"enabled": True},
     },
     "eventhubs-image-model-no-recovery-no-metrics": {
         "settings": {"bootstrap": "ns.servicebus.windows.net:9093", "in_topic": "telemetry-hub"},
