@@ -8,6 +8,7 @@ options: set them in the environment or a file in ``EDGEWATCH_SECRETS_DIR``.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from datetime import UTC, datetime
@@ -30,6 +31,16 @@ app = typer.Typer(
 def _fail(message: str) -> typer.BadParameter:
     """A one-line error for the user (exit code 2)."""
     return typer.BadParameter(message)
+
+
+def _stop_on_signals() -> threading.Event:
+    """For commands that run until stopped (broker, ui): SIGTERM or Ctrl-C sets the event."""
+    import signal
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 def _check_readable(path: Path) -> None:
@@ -86,13 +97,9 @@ def broker(
     ] = 9092,
 ) -> None:
     """Run the embedded Tansu Kafka broker (memory storage) on 127.0.0.1 until Ctrl-C."""
-    import signal
-
     from edgewatch.connectors.broker import BrokerError, EmbeddedBroker
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = _stop_on_signals()
     running = EmbeddedBroker(port or None)
     try:
         running.start()
@@ -403,8 +410,11 @@ def serve(
 
 
 @app.command()
+@settings_command(
+    KafkaSettings, only=["bootstrap", "security_protocol", "sasl_mechanism", "sasl_username", "ssl_ca_location"]
+)
 def ui(
-    bootstrap: Bootstrap = None,
+    settings: KafkaSettings,
     port: Annotated[int, typer.Option(help="port to serve the view on")] = 8050,
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
     labeled_topic: Annotated[str, typer.Option(help="the flow's labeled events")] = "labeled",
@@ -423,16 +433,15 @@ def ui(
         raise typer.BadParameter("--readings must be at least 1 and --history at least 0")
     if len({labeled_topic, alarms_topic, drift_topic}) < 3:
         raise typer.BadParameter("--labeled-topic, --alarms-topic and --drift-topic must be three different topics")
-    kafka = _settings(KafkaSettings, bootstrap=bootstrap)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    feed = KafkaFeed(kafka.client_config(), Topics(labeled_topic, alarms_topic, drift_topic), history=history)
+    feed = KafkaFeed(settings.client_config(), Topics(labeled_topic, alarms_topic, drift_topic), history=history)
     try:
         view = ViewServer(FleetState(readings_per_device=readings, threshold=threshold), feed, host=host, port=port)
     except OSError as exc:
         raise typer.BadParameter(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-    stop = _stop_event_on_signals()
+    stop = _stop_on_signals()
     with view:
-        typer.echo(f"ui: serving {view.url} (Ctrl-C to stop); feed: {', '.join(feed.topics)} at {kafka.bootstrap}")
+        typer.echo(f"ui: serving {view.url} (Ctrl-C to stop); feed: {', '.join(feed.topics)} at {settings.bootstrap}")
         while not stop.wait(0.5):
             pass
     typer.echo("ui: stopped")
