@@ -25,6 +25,7 @@ import gc
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +34,7 @@ from bytewax.dataflow import Dataflow
 
 from edgewatch.config import FlowSettings
 from edgewatch.online_models import artifact as artifact_module
+from edgewatch.telemetry import FLOW_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class Application:
             return self
         configure_logging()
         self.artifact = self._load_model()
+        FLOW_METRICS.use_model(self.settings.detector, self.model_version)
         if self.settings.recovery_dir is not None:
             init_recovery_dir(self.settings.recovery_dir, self.settings.shard_count)
         if self.settings.metrics_port is not None:
@@ -79,6 +82,15 @@ class Application:
             self._stop_on_signals()
         self._started = True
         return self
+
+    @property
+    def model_version(self) -> str:
+        """The warm-start artifact's version, else the detector's (the code's) version."""
+        if self.artifact is not None:
+            return self.artifact.version
+        from edgewatch.online_models.registry import resolve_detector
+
+        return resolve_detector(self.settings.detector).version
 
     def _load_model(self) -> artifact_module.ModelArtifact | None:
         model_dir = self.settings.model_dir
@@ -132,6 +144,10 @@ class Application:
         try:
             self.start()
             recovery = self.settings.recovery_dir
+            if self.settings.status_seconds > 0:
+                reporter = StatusReporter(self.settings.status_seconds)
+                self.closing(reporter.stop)
+                reporter.start()
             cli_main(
                 flow,
                 workers_per_process=self.settings.workers,
@@ -140,6 +156,46 @@ class Application:
             )
         finally:
             self.close()
+
+
+class StatusReporter:
+    """A status line every ``interval`` seconds while the flow runs, and a summary when it ends:
+    rate, lag, labeled, anomalies, active alarms, dead letters by reason, drift events."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgewatch-status", daemon=True)
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(5)
+        log.info("summary: %s over %.0f s", self.line(), time.monotonic() - self._started)
+
+    def _run(self) -> None:
+        last_time, last_received = time.monotonic(), 0
+        while not self._stopped.wait(self.interval):
+            now, received = time.monotonic(), FLOW_METRICS.totals.received
+            rate = (received - last_received) / max(now - last_time, 1e-9)
+            log.info("status: %.0f msg/s, %s", rate, self.line())
+            last_time, last_received = now, received
+
+    @staticmethod
+    def line() -> str:
+        totals = FLOW_METRICS.totals
+        with totals.lock:
+            dead = sum(totals.dead_letters.values())
+            reasons = ", ".join(f"{name} {count}" for name, count in totals.dead_letters.most_common(4))
+            lag = sum(totals.lag.values()) if totals.lag else None
+            return (
+                f"received {totals.received}, labeled {totals.labeled}, anomalies {totals.anomalies}, "
+                f"active alarms {totals.active_alarms}, dead letters {dead}{f' ({reasons})' if reasons else ''}, "
+                f"drift events {totals.drift_events}, lag {lag if lag is not None else '?'}"
+            )
 
 
 def configure_logging() -> None:

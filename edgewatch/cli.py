@@ -43,6 +43,19 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _model_line(application) -> str:
+    """What labels the readings: the detector, the model version, the devices warm-started."""
+    fitted = application.artifact
+    warm = f", {len(fitted.models)} device(s) warm-started" if fitted is not None else ", cold start"
+    return f"detector {application.settings.detector} version {application.model_version}{warm}"
+
+
+def _state_line(settings: FlowSettings) -> str:
+    if settings.recovery_dir is not None:
+        return f"recovery in {settings.recovery_dir} (every {settings.snapshot_seconds:g} s)"
+    return f"no recovery state; starts from {settings.start_from} offsets (group {settings.consumer_group})"
+
+
 def _check_readable(path: Path) -> None:
     """A recorded stream that can be read: it exists and is of a kind edgewatch reads."""
     if not path.is_file():
@@ -215,7 +228,8 @@ def run(
         )
         flow = kafka_flow(application)
         where = f"{settings.in_topic}@{settings.bootstrap} → {settings.out_topic} (dead letters → {settings.dlq_topic})"
-    typer.echo(f"run: {where} detector={settings.detector}", err=True)
+    state = _state_line(settings) if replay is None else "replay (no broker)"
+    typer.echo(f"run: {where}; {_model_line(application)}; {state}", err=True)
     application.run(flow)
     typer.echo("run: stopped", err=True)
 

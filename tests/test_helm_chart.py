@@ -265,6 +265,7 @@ def test_values_mirror_every_flow_setting():
         "metrics_host",
         "partitions",
         "create_topics",
+        "status_seconds",
     }
     assert chart_values | chart_managed == set(FlowSettings.model_fields)
     assert not chart_values & chart_managed

@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Gauge
 
 from edgewatch.schema import Headers, RawMessage
+from edgewatch.telemetry import FLOW_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         commit: bool,
     ):
         self._consumer = Consumer({**config, "logger": KAFKA_LOG})
+        self._assigned = KafkaTopicPartition(topic, partition)
         self._consumer.assign([KafkaTopicPartition(topic, partition, offset)])
         self._topic, self._partition = topic, partition
         self._offset = offset
@@ -182,7 +184,16 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         if not batch:
             return []  # Bytewax polls an idle partition again after 1 ms
         self._offset = batch[-1].offset + 1
+        FLOW_METRICS.read_from(self._topic, self._partition, self._lag())
         return [batch]
+
+    def _lag(self) -> int | None:
+        """Messages behind the partition's end, from the end offset the last fetch brought (no request)."""
+        try:
+            _low, high = self._consumer.get_watermark_offsets(self._assigned, cached=True)
+        except KafkaException:
+            return None
+        return max(0, high - self._offset) if high >= 0 else None
 
     def snapshot(self) -> int:
         if self._commit:

@@ -134,7 +134,8 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult, bytes]):
         return [self.bank.label(readings)], op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return self.bank.snapshot()
+        with FLOW_METRICS.snapshot_duration.time():
+            return self.bank.snapshot()
 
 
 def bank_builder(settings: FlowSettings, controls: LiveControls | None = None, artifact=None):

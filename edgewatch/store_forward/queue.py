@@ -52,6 +52,11 @@ SENT = Counter("edgewatch_forward_sent", "Messages a cloud link acknowledged", [
 DROPPED = Counter("edgewatch_forward_dropped", "Messages dropped from a store-and-forward buffer", ["buffer", "reason"])
 BUFFERED = Gauge("edgewatch_forward_buffered", "Messages waiting in a store-and-forward buffer", ["buffer"])
 BUFFERED_BYTES = Gauge("edgewatch_forward_buffered_bytes", "Bytes waiting in a store-and-forward buffer", ["buffer"])
+OLDEST_AGE = Gauge(
+    "edgewatch_forward_oldest_age_seconds",
+    "Age of the oldest message waiting in a store-and-forward buffer",
+    ["buffer"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +186,7 @@ class StoreAndForward:
         self._drops = _DropLog(name)
         self._count, self._bytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
         self._publish_gauges()
+        OLDEST_AGE.labels(name).set_function(self.oldest_age)
         if self._count:
             log.info("store-and-forward %s: %d message(s) from an earlier run wait in %s", name, self._count, path)
 
@@ -254,6 +260,14 @@ class StoreAndForward:
 
     def __len__(self) -> int:
         return self._count
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest message has waited (0 when empty); read at each metrics scrape."""
+        with self._changed:
+            if self._closed or not self._count:
+                return 0.0
+            (oldest,) = self._db.execute("SELECT MIN(enqueued_at) FROM messages").fetchone()
+        return max(0.0, self._clock() - oldest) if oldest is not None else 0.0
 
     def count_stored(self) -> int:
         """Messages the file holds, counted in the file (the shutdown report; ``len`` is the cache)."""
