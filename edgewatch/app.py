@@ -34,11 +34,13 @@ from bytewax.dataflow import Dataflow
 
 from edgewatch.config import FlowSettings
 from edgewatch.online_models import artifact as artifact_module
+from edgewatch.online_models.registry import resolve_detector
 from edgewatch.telemetry import FLOW_METRICS
 
 log = logging.getLogger(__name__)
 
 SHARDS_FILE = "edgewatch-shards"
+INPUT_FILE = "edgewatch-input"
 
 
 class SetupError(ValueError):
@@ -51,13 +53,16 @@ class Application:
 
     Args:
         settings: the flow settings.
+        input_name: what the flow reads (the input topic, or a replayed file's name): a recovery
+            directory holds the positions of one input only.
         handle_signals: turn SIGTERM/Ctrl-C into :attr:`stop_requested` (the Kafka input ends,
             the flow drains and returns) instead of an exception wherever the flow happens to
             be. Off under ``bytewax.run``, which handles signals itself.
     """
 
-    def __init__(self, settings: FlowSettings, *, handle_signals: bool = True):
+    def __init__(self, settings: FlowSettings, *, handle_signals: bool = True, input_name: str | None = None):
         self.settings = settings
+        self.input_name = input_name or settings.in_topic
         self.stop_requested = threading.Event()
         self.artifact: artifact_module.ModelArtifact | None = None
         self._handle_signals = handle_signals
@@ -71,10 +76,14 @@ class Application:
         if self._started:
             return self
         configure_logging()
+        try:
+            resolve_detector(self.settings.detector)
+        except ValueError as exc:
+            raise SetupError(f"--detector: {exc}") from None
         self.artifact = self._load_model()
         FLOW_METRICS.use_model(self.settings.detector, self.model_version)
         if self.settings.recovery_dir is not None:
-            init_recovery_dir(self.settings.recovery_dir, self.settings.shard_count)
+            init_recovery_dir(self.settings.recovery_dir, self.settings.shard_count, self.input_name)
         if self.settings.metrics_port is not None:
             self._start_metrics_server()
         tune_gc_for_streaming()
@@ -88,8 +97,6 @@ class Application:
         """The warm-start artifact's version, else the detector's (the code's) version."""
         if self.artifact is not None:
             return self.artifact.version
-        from edgewatch.online_models.registry import resolve_detector
-
         return resolve_detector(self.settings.detector).version
 
     def _load_model(self) -> artifact_module.ModelArtifact | None:
@@ -218,11 +225,13 @@ def tune_gc_for_streaming() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def init_recovery_dir(path: Path, shards: int, partitions: int = 1) -> None:
+def init_recovery_dir(path: Path, shards: int, input_name: str | None = None, partitions: int = 1) -> None:
     """Create Bytewax's recovery partitions in ``path`` unless they are already there.
 
     The shard count is recorded there: device state is stored per shard, so resuming
-    with another count would silently start devices from scratch; refuse instead.
+    with another count would silently start devices from scratch; refuse instead. So is the
+    input: its read positions are stored per topic partition, and Bytewax cannot resume them
+    for another topic.
     """
     from bytewax.recovery import init_db_dir
 
@@ -239,5 +248,14 @@ def init_recovery_dir(path: Path, shards: int, partitions: int = 1) -> None:
                 f"run with --shards {held} or a new recovery directory"
             )
         recorded.write_text(str(shards))
+        if input_name is not None:
+            recorded_input = path / INPUT_FILE
+            if recorded_input.exists() and recorded_input.read_text().strip() != input_name:
+                held = recorded_input.read_text().strip()
+                raise SetupError(
+                    f"{path} holds the state of a flow reading {held!r}, not {input_name!r}: "
+                    "use a recovery directory per input"
+                )
+            recorded_input.write_text(input_name)
     except OSError as exc:
         raise SetupError(f"cannot use recovery directory {path}: {exc.strerror or exc}") from None

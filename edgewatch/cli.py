@@ -75,11 +75,11 @@ def _check_writable(path: Path) -> None:
         raise _fail(f"cannot write {path}: folder {folder} is not writable")
 
 
-def _application(settings: FlowSettings):
+def _application(settings: FlowSettings, input_name: str | None = None):
     """The process owner for a flow command; a setup problem becomes a one-line error."""
     from edgewatch.app import Application, SetupError
 
-    app_ = Application(settings)
+    app_ = Application(settings, input_name=input_name)
     try:
         return app_.start()
     except SetupError as exc:
@@ -215,7 +215,7 @@ def run(
     if replay is not None:
         _check_readable(replay)
         _check_writable(out or Path("labeled.jsonl"))
-    application = _application(settings)
+    application = _application(settings, input_name=replay.name if replay is not None else None)
     if replay is not None:  # the embedded mode: a file in, JSONL out, no broker
         labeled = out or Path("labeled.jsonl")
         flow = replay_flow(application, replay, labeled)
@@ -252,7 +252,7 @@ def iotedge(
     Outside IoT Edge (development): EDGEWATCH_IOTHUB_CONNECTION_STRING with ModuleId=."""
     from edgewatch.azure.module import run_iotedge
 
-    application = _application(settings)
+    application = _application(settings, input_name=f"edgehub/{input_name}")
     typer.echo(
         f"iotedge: input {input_name} → output {settings.iothub_output} (dead letters → output {deadletter_output}) "
         f"detector={settings.detector}",

@@ -1,0 +1,120 @@
+"""Every failure a user can cause gives one line that says what, where and what to do, and a non-zero exit."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from edgewatch.cli import app
+from tests.cliutil import said
+
+runner = CliRunner()
+
+
+def edgewatch(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """The command as a user runs it (its errors go through ``main``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgewatch", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert "Traceback" not in text, text
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+@pytest.fixture
+def recording(tmp_path):
+    path = tmp_path / "stream.jsonl"
+    result = runner.invoke(app, ["simulate", "--devices", "2", "--rate", "100", "--duration", "1", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "simulate", "replay"])
+def test_a_broker_that_is_not_running(command, recording):
+    args = {"run": ["run"], "simulate": ["simulate", "--duration", "1"], "replay": ["replay", str(recording)]}[command]
+    result = edgewatch(*args, "--bootstrap", "127.0.0.1:1")
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        "error: cannot reach Kafka at 127.0.0.1:1: is the broker running, and is --bootstrap (EDGEWATCH_BOOTSTRAP) right?"
+    )
+
+
+def test_a_topic_typo_is_not_created(kafka_bootstrap, topic_names):
+    typo = topic_names("telemetr")
+    result = edgewatch("run", "--bootstrap", kafka_bootstrap, "--in-topic", typo)
+    assert result.returncode == 1
+    assert f"topic {typo!r} does not exist" in one_line(result.stderr)
+    assert "--create-topics" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--detector", "no-such-detector"], "unknown detector 'no-such-detector'"),
+        (["simulate", "--rate", "0", "--out", "x.jsonl"], "--rate: Input should be greater than 0"),
+        (["simulate", "--devices", "-5", "--out", "x.jsonl"], "--devices: Input should be greater than or equal to 1"),
+        (["simulate", "--out", "/no/such/folder/x.jsonl"], "folder /no/such/folder does not exist"),
+        (["run", "--replay", "README.md"], "expected a .jsonl (simulate --out), .csv or CMAPSS .txt file"),
+        (["run", "--replay", "missing.jsonl"], "missing.jsonl does not exist"),
+        (["replay", "--speed", "fast", "x.jsonl"], "--speed must be a positive number or max"),
+        (["iotedge"], "not inside an IoT Edge module"),
+    ],
+)
+def test_bad_options_and_environments(args, expected, monkeypatch):
+    for name in ("IOTEDGE_IOTHUBHOSTNAME", "EdgeHubConnectionString", "EDGEWATCH_IOTHUB_CONNECTION_STRING"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert expected in said(result)
+
+
+def test_a_metrics_port_in_use_is_named(recording, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(
+            app, ["run", "--replay", str(recording), "--out", str(tmp_path / "l.jsonl"), "--metrics-port", str(port)]
+        )
+    assert result.exit_code == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in said(result)
+
+
+def test_a_recovery_directory_of_another_input(recording, tmp_path):
+    state = tmp_path / "state"
+    first = runner.invoke(
+        app, ["run", "--replay", str(recording), "--out", str(tmp_path / "a.jsonl"), "--recovery-dir", str(state)]
+    )
+    assert first.exit_code == 0, first.output
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(recording.read_bytes())
+    result = runner.invoke(
+        app, ["run", "--replay", str(other), "--out", str(tmp_path / "b.jsonl"), "--recovery-dir", str(state)]
+    )
+    assert result.exit_code == 2
+    assert "holds the state of a flow reading 'stream.jsonl', not 'other.jsonl'" in said(result)
+
+
+def test_broker_on_a_taken_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["broker", "--port", str(port)])
+    assert result.exit_code == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in said(result)
+
+
+def test_version():
+    from edgewatch import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"edgewatch {__version__}"
