@@ -3,6 +3,8 @@
 ``EDGEWATCH_TEST_BROKER`` chooses it: ``kafka`` (default, Apache Kafka 4.x KRaft on the
 JVM, jars from Maven Central) or ``tansu`` (the embedded broker).
 ``EDGEWATCH_TEST_BOOTSTRAP=host:port`` uses a broker that is already running instead.
+
+The fixtures of one area live with that area's helpers in ``tests/support`` (registered below).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from edgewatch.config import data_dir
+
+pytest_plugins = ["tests.support.iothub"]
 
 
 @pytest.fixture(scope="session")
