@@ -11,7 +11,6 @@ simulator's arguments run ``edgewatch simulate``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import pytest
 from edgewatch.connectors.broker import free_port
 from tests.support.kafka import consume, position_of, produce
 from tests.support.processes import PythonProcess
+from tests.support.scripts import load_script
 
 helm = pytest.importorskip("helm_python", reason="needs helm-python-sdk (dev extra)")
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="needs kubernetes-validate (dev extra)")
@@ -36,14 +36,7 @@ KUBERNETES = "1.30"
 NAMESPACE = "edge"
 
 
-def load_renderer():
-    spec = importlib.util.spec_from_file_location("render_manifests", ROOT / "k8s" / "render_manifests.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-renderer = load_renderer()
+renderer = load_script(ROOT / "k8s" / "render_manifests.py")
 
 VALUE_SETS = {
     "defaults": {},

@@ -8,7 +8,6 @@ starts :func:`edgewatch.serving.serve` as a process on loopback, as ``edgewatch 
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import RawMessage, Reading
 from edgewatch.serving import SCORE_SCRIPT, server_environment
 from tests.support.processes import EdgewatchProcess
+from tests.support.scripts import load_script
 
 DETECTOR = "robust-zscore"
 START = 1_780_000_000.0  # 2026-05-28, epoch seconds
@@ -245,9 +245,7 @@ def test_azure_ml_environment_pins_edgewatch_and_the_server_consistently():
 
     from packaging.requirements import Requirement
 
-    spec = importlib.util.spec_from_file_location("render_conda", AZUREML_DIR / "render_conda.py")
-    render_conda = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render_conda)
+    render_conda = load_script(AZUREML_DIR / "render_conda.py")
     committed = (AZUREML_DIR / "conda.yaml").read_text()
     assert committed == render_conda.conda_text(), "conda.yaml is stale: run `python k8s/azureml/render_conda.py`"
 
