@@ -10,4 +10,5 @@ each other):
   the broker process, :mod:`tests.support.iothub_flow` the IoT Hub sink process of the restart test.
 - :mod:`tests.support.events`: labeled events and a one-sink flow for the Azure output tests.
 - :mod:`tests.support.cli`, :mod:`tests.support.malformed`: CLI output, broken messages.
+- :mod:`tests.support.scripts`: the repository's render scripts as modules.
 """
