@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 from edgewatch.connectors.kafka import ensure_topics, produce, publish  # noqa: E402
 from edgewatch.simulator import Fleet  # noqa: E402
+from tests.support.processes import EdgewatchProcess  # noqa: E402
 
 FLOWS = ("null", "naive", "edgewatch")
 PARTITIONS = 4
@@ -243,12 +243,12 @@ def run_latency(bootstrap: str, rate: float = 10_000.0, seconds: float = 20.0, d
     suffix = f"{os.getpid()}"
     topics = {"in": f"lat-in-{suffix}", "out": f"lat-out-{suffix}", "dlq": f"lat-dlq-{suffix}"}
     ensure_topics({"bootstrap.servers": bootstrap}, topics.values(), PARTITIONS)
-    log = tempfile.NamedTemporaryFile(prefix="bench-latency-", suffix=".log", delete=False)  # noqa: SIM115
-    flow = subprocess.Popen(
-        [sys.executable, "-m", "edgewatch", "run", "--bootstrap", bootstrap, "--in-topic", topics["in"],
-         "--out-topic", topics["out"], "--dlq-topic", topics["dlq"]],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    log = Path(tempfile.mkdtemp(prefix="bench-latency-")) / "flow.log"
+    flow = EdgewatchProcess(
+        ["run", "--bootstrap", bootstrap, "--in-topic", topics["in"], "--out-topic", topics["out"],
+         "--dlq-topic", topics["dlq"]],
+        log,
+    ).start()  # fmt: skip
     latencies: list[float] = []
     received = threading.Event()
     done = threading.Event()
@@ -282,7 +282,7 @@ def run_latency(bootstrap: str, rate: float = 10_000.0, seconds: float = 20.0, d
         producer.flush(10)
         while not received.wait(0.5):
             if time.monotonic() > deadline or flow.poll() is not None:
-                raise RuntimeError(f"edgewatch run did not answer; see {log.name}")
+                raise RuntimeError(f"edgewatch run did not answer; see {log}")
         # steady state: the same rate for `warm_seconds` first (JIT of the broker, connections,
         # caches), then `seconds` measured, without a pause in between
         start = time.perf_counter()
@@ -304,12 +304,7 @@ def run_latency(bootstrap: str, rate: float = 10_000.0, seconds: float = 20.0, d
     finally:
         done.set()
         reader.join(10)
-        flow.send_signal(signal.SIGTERM)
-        try:
-            flow.wait(30)
-        except subprocess.TimeoutExpired:
-            flow.kill()
-        log.close()
+        flow.stop(30)  # SIGTERM, then SIGKILL after 30 s
     ordered = sorted(latencies)
     if not ordered:
         raise RuntimeError("no labeled events came back")

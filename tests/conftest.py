@@ -1,8 +1,10 @@
-"""Test session fixtures: one real Kafka broker for the whole session.
+"""Test session fixtures: one real Kafka broker for the whole session, fresh topics per test.
 
 ``EDGEWATCH_TEST_BROKER`` chooses it: ``kafka`` (default, Apache Kafka 4.x KRaft on the
 JVM, jars from Maven Central) or ``tansu`` (the embedded broker).
 ``EDGEWATCH_TEST_BOOTSTRAP=host:port`` uses a broker that is already running instead.
+
+The fixtures of one area live with that area's helpers in ``tests/support`` (registered below).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from edgewatch.config import data_dir
+
+pytest_plugins = ["tests.support.iothub"]
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +52,16 @@ def topic_names():
     """Fresh topic names for one test: ``names("in")`` → ``in-<random>``."""
     suffix = uuid.uuid4().hex[:10]
     return lambda name: f"{name}-{suffix}"
+
+
+@pytest.fixture
+def flow_topics(kafka_bootstrap, topic_names) -> dict[str, str]:
+    """A flow's fresh ``in``, ``out`` and ``dlq`` topics, 4 partitions each, on the session's broker."""
+    from edgewatch.connectors.kafka import ensure_topics
+
+    names = {"in": topic_names("telemetry"), "out": topic_names("labeled"), "dlq": topic_names("deadletter")}
+    ensure_topics({"bootstrap.servers": kafka_bootstrap}, names.values(), 4)
+    return names
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from edgewatch.connectors.files import read_history
 from edgewatch.online_models import artifact
 from edgewatch.online_models.bank import ModelBank
 from edgewatch.online_models.registry import BUILTIN
-from tests.cliutil import said
+from tests.support.cli import said
 
 runner = CliRunner()
 

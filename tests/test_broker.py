@@ -7,6 +7,7 @@ import time
 from confluent_kafka.admin import AdminClient
 
 from edgewatch.connectors.broker import EmbeddedBroker
+from tests.support.processes import EdgewatchProcess
 
 
 def alive(pid: int) -> bool:
@@ -45,12 +46,10 @@ def test_no_orphan_broker_when_its_parent_is_killed():
     assert wait_dead(broker_pid), "tansu outlived its parent"
 
 
-def test_broker_command_stops_cleanly_on_ctrl_c():
-    process = subprocess.Popen([sys.executable, "-m", "edgewatch", "broker"], stdout=subprocess.PIPE, text=True)
-    line = process.stdout.readline()
-    assert line.startswith("broker: bootstrap=127.0.0.1:")
-    bootstrap = line.split("=")[1].split()[0]
-    assert AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5).brokers
-    process.send_signal(signal.SIGINT)
-    assert process.wait(10) == 0
-    assert "stopped" in process.stdout.read()
+def test_broker_command_stops_cleanly_on_ctrl_c(tmp_path):
+    with EdgewatchProcess(["broker"], tmp_path / "broker.log") as process:
+        bootstrap = process.wait_for_output(r"^broker: bootstrap=(127\.0\.0\.1:\d+)", timeout=30).group(1)
+        assert AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=5).brokers
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+    assert "stopped" in process.output()

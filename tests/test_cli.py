@@ -3,7 +3,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgewatch.cli import app
-from tests.cliutil import said
+from tests.support.cli import said
 
 runner = CliRunner()
 COMMANDS = [

@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -28,6 +27,9 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 import pytest
+
+from edgewatch.connectors.broker import free_port
+from tests.support.processes import PythonProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -234,12 +236,6 @@ def test_build_context_alone_builds_the_package(tmp_path):
     assert modules <= packaged, sorted(modules - packaged)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 FLOW = """
 import time
 import bytewax.operators as op
@@ -275,14 +271,7 @@ def test_healthcheck_passes_on_a_running_flow_whose_api_serves_edgewatch_metrics
     env["BYTEWAX_DATAFLOW_API_CACHE_PATH"] = str(tmp_path)
     url = f"http://127.0.0.1:{port}/metrics"
     assert healthcheck(url).returncode != 0  # nothing listens yet
-    flow = subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "healthflow:flow"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with PythonProcess("bytewax.run", ["healthflow:flow"], tmp_path / "flow.log", env=env, cwd=tmp_path) as flow:
         deadline = time.monotonic() + 30
         while (result := healthcheck(url)).returncode != 0 and time.monotonic() < deadline:
             assert flow.poll() is None, "the flow ended early"
@@ -292,6 +281,3 @@ def test_healthcheck_passes_on_a_running_flow_whose_api_serves_edgewatch_metrics
             metrics = response.read().decode()
         assert "edgewatch_messages_received_total" in metrics  # the flow's counters, via Bytewax's API
         assert (tmp_path / "dataflow.json").is_file()
-    finally:
-        flow.terminate()
-        flow.wait(timeout=30)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from edgewatch.cli import app
 from edgewatch.evaluation import datasets
-from tests.cliutil import said
+from tests.support.cli import said
 
 runner = CliRunner()
 

@@ -1,10 +1,9 @@
 """`make demo` and `edgewatch bench`, shortened: they must keep working end to end."""
 
 import re
-import subprocess
-import sys
 
 from bench.throughput import main as bench_main
+from tests.support.processes import EdgewatchProcess
 
 DEMO_LINE = re.compile(
     r"^demo: events=(\d+) labeled=(\d+) deadletter=(\d+) faults=(\d+) detected=(\d+) "
@@ -12,14 +11,11 @@ DEMO_LINE = re.compile(
 )
 
 
-def test_demo_runs_and_accounts_for_every_event():
-    result = subprocess.run(
-        [sys.executable, "-m", "edgewatch", "demo", "--seconds", "12", "--devices", "60", "--rate", "1200"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    match = DEMO_LINE.match(result.stdout.strip().splitlines()[-1])
-    assert match, result.stdout
+def test_demo_runs_and_accounts_for_every_event(tmp_path):
+    demo = EdgewatchProcess(["demo", "--seconds", "12", "--devices", "60", "--rate", "1200"], tmp_path / "demo.log")
+    assert demo.run(timeout=120) == 0, demo.tail(2000)
+    match = DEMO_LINE.match(demo.output().strip().splitlines()[-1])
+    assert match, demo.tail()
     events, labeled, dead, faults, detected = map(int, match.groups()[:5])
     precision, recall = map(float, match.groups()[5:])
     assert events == 14400 and labeled + dead == events

@@ -35,9 +35,9 @@ from edgewatch.azure.messages import labeled_envelope
 from edgewatch.config import KafkaSettings
 from edgewatch.connectors.broker import free_port
 from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord, ensure_topics
-from edgewatch.schema import LabeledEvent, RawMessage, Reading, labeled_event_json
+from edgewatch.schema import labeled_event_json
 from edgewatch.store_forward import BufferPolicy, Envelope, StoreAndForward
-from tests.test_iothub import make_test_pki
+from tests.support.events import labeled_event, run_sink
 
 KEY = base64.b64encode(b"event hubs test key 0123456789ab").decode()
 NAMESPACE = "Endpoint=sb://factory-7.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;"
@@ -104,12 +104,11 @@ def write_pkcs12(key_pem: Path, cert_pem: Path, ca_pem: Path, out: Path, passwor
 
 
 @pytest.fixture(scope="module")
-def eventhubs_kafka(tmp_path_factory):
+def eventhubs_kafka(tmp_path_factory, pki):
     """A second Apache Kafka whose SASL_SSL listener authenticates like Event Hubs' Kafka endpoint."""
     from tests.kafka.apache_kafka import ApacheKafka
 
     workdir = tmp_path_factory.mktemp("eventhubs-kafka")
-    pki = make_test_pki(workdir / "pki")
     keystore, password = workdir / "broker.p12", "keystore-secret"
     write_pkcs12(pki.key, pki.cert, pki.ca, keystore, password)
     port = free_port()
@@ -196,12 +195,6 @@ def test_the_endpoint_checks_the_key_and_the_certificate(eventhubs_kafka):
 # -- (b) the AMQP sink, at the SDK boundary ---------------------------------------------------------
 
 
-def labeled(offset: int, device: str, anomaly: bool = False) -> LabeledEvent:
-    raw = RawMessage(device.encode(), b"{}", [], "telemetry", 0, offset, 1_700_000_000_000)
-    reading = Reading(device, 1_700_000_000.0 + offset, {"machine.temperature": 20.0 + offset}, raw)
-    return LabeledEvent(reading, 0.9 if anomaly else 0.1, anomaly, "robust-zscore", "0.1.0")
-
-
 class RecordingBatch(EventDataBatch):
     """The SDK's batch, also remembering what was added (EventDataBatch keeps that private)."""
 
@@ -253,7 +246,7 @@ def sent_offsets(producers: list[FakeProducer]) -> list[tuple[str, int]]:
 
 
 def test_event_data_carries_the_envelope():
-    event = labeled(12, "pump-3", anomaly=True)
+    event = labeled_event(12, "pump-3", anomaly=True)
     data = to_event_data(labeled_envelope(event))
     assert data.body_as_str() == labeled_event_json(event).decode()
     assert data.content_type == "application/json"
@@ -264,7 +257,7 @@ def test_event_data_carries_the_envelope():
 def test_one_batch_per_device_in_order(tmp_path):
     producer = FakeProducer()
     with StoreAndForward(tmp_path / "b.sqlite3", "eh-order") as buffer:
-        buffer.put(labeled_envelope(labeled(n, f"pump-{n % 3}")) for n in range(12))
+        buffer.put(labeled_envelope(labeled_event(n, f"pump-{n % 3}")) for n in range(12))
         EventHubsSender(lambda: producer).deliver(buffer.peek(100), buffer)
         assert len(buffer) == 0
     assert [key for key, _ in producer.sent] == ["pump-0", "pump-1", "pump-2"]
@@ -273,10 +266,10 @@ def test_one_batch_per_device_in_order(tmp_path):
 
 
 def test_a_full_batch_is_sent_and_a_new_one_started(tmp_path):
-    one = len(labeled_event_json(labeled(10, "pump-0")))
+    one = len(labeled_event_json(labeled_event(10, "pump-0")))
     producer = FakeProducer(max_size_in_bytes=3 * one + 200)  # room for two or three events, not ten
     with StoreAndForward(tmp_path / "b.sqlite3", "eh-full") as buffer:
-        buffer.put(labeled_envelope(labeled(n, "pump-0")) for n in range(10, 20))
+        buffer.put(labeled_envelope(labeled_event(n, "pump-0")) for n in range(10, 20))
         EventHubsSender(lambda: producer).deliver(buffer.peek(100), buffer)
         assert len(buffer) == 0
     sizes = [len(events) for _, events in producer.sent]
@@ -287,7 +280,7 @@ def test_a_full_batch_is_sent_and_a_new_one_started(tmp_path):
 def test_an_event_too_large_for_any_batch_is_dropped_and_logged(tmp_path, caplog):
     producer = FakeProducer(max_size_in_bytes=1200)
     big = Envelope("pump-0", b"x" * 5000, {"anomaly": "true"}, "telemetry:0:1")
-    small = [labeled_envelope(labeled(n, "pump-0")) for n in (0, 2)]
+    small = [labeled_envelope(labeled_event(n, "pump-0")) for n in (0, 2)]
     with StoreAndForward(tmp_path / "b.sqlite3", "eh-big") as buffer, caplog.at_level(logging.WARNING):
         buffer.put([small[0], big, small[1]])
         EventHubsSender(lambda: producer).deliver(buffer.peek(100), buffer)
@@ -296,18 +289,12 @@ def test_an_event_too_large_for_any_batch_is_dropped_and_logged(tmp_path, caplog
     assert any("dropped 1 message(s): larger than an Event Hubs batch" in r.getMessage() for r in caplog.records)
 
 
-def run_sink(sink: EventHubsSink, batches: list[list[LabeledEvent]]) -> None:
-    flow = Dataflow("eventhubs-test")
-    op.output("eventhubs-out", op.input("events", flow, TestingSource(batches)), sink)
-    run_main(flow)
-
-
 CS = NAMESPACE + f"SharedAccessKey={KEY};EntityPath=labeled"
 
 
 def test_unreachable_namespace_buffers_then_drains_in_order(tmp_path, caplog):
     producer = FakeProducer(failures=5)
-    events = [labeled(n, f"pump-{n % 4}", anomaly=n % 2 == 0) for n in range(40)]
+    events = [labeled_event(n, f"pump-{n % 4}", anomaly=n % 2 == 0) for n in range(40)]
     policy = BufferPolicy(retry_max_seconds=0.2, drain_seconds=30)
     with caplog.at_level(logging.INFO, logger="edgewatch"):
         run_sink(
@@ -328,7 +315,7 @@ def test_a_stalled_send_replaces_the_producer(tmp_path):
     policy = BufferPolicy(retry_max_seconds=0.2, drain_seconds=30)
     sink = EventHubsSink(tmp_path, CS, send="anomalies", send_timeout=0.5, policy=policy, producer_factory=factory)
     started = time.monotonic()
-    run_sink(sink, [[labeled(n, "pump-0", anomaly=n != 3) for n in range(6)]])
+    run_sink(sink, [[labeled_event(n, "pump-0", anomaly=n != 3) for n in range(6)]])
     assert time.monotonic() - started < 30
     assert producers[0].closed, "the stalled producer is closed"
     assert sent_offsets(producers) == [("pump-0", n) for n in (0, 1, 2, 4, 5)]
@@ -349,7 +336,7 @@ def test_the_real_client_against_a_silent_namespace_loses_nothing(tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="edgewatch"):
         run_sink(
             EventHubsSink(tmp_path, cs, policy=policy, producer_factory=producer),
-            [[labeled(n, "pump-1") for n in range(7)]],
+            [[labeled_event(n, "pump-1") for n in range(7)]],
         )
     with StoreAndForward(tmp_path / "eventhubs.sqlite3", "check") as buffer:
         assert [s.envelope.message_id for s in buffer.peek(100)] == [f"telemetry:0:{n}" for n in range(7)]

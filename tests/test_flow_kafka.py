@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
 
 import orjson
-import pytest
 
-from edgewatch.config import FlowSettings
 from edgewatch.connectors.files import paced
-from edgewatch.connectors.kafka import ensure_topics
 from edgewatch.evaluation.faults import FaultScore
-from edgewatch.online_models.bank import ModelBank
 from edgewatch.online_models.registry import resolve_detector
-from edgewatch.schema import RawMessage, Reading, SourceRef, parse_message
+from edgewatch.schema import parse_message
 from edgewatch.simulator import Fleet
-from tests.kafkautil import FlowProcess, consume, produce
-from tests.malformed_cases import MALFORMED
-
-PARTITIONS = 4
-
-
-@pytest.fixture
-def topics(kafka_bootstrap, topic_names):
-    names = {"in": topic_names("telemetry"), "out": topic_names("labeled"), "dlq": topic_names("deadletter")}
-    ensure_topics({"bootstrap.servers": kafka_bootstrap}, names.values(), PARTITIONS)
-    return names
+from tests.support.kafka import consume, expected_scores, flow_env, position_of, produce
+from tests.support.malformed import MALFORMED
+from tests.support.processes import EdgewatchProcess
 
 
-def flow_args(bootstrap, topics, *extra):
-    return ["--bootstrap", bootstrap, "--in-topic", topics["in"], "--out-topic", topics["out"],
+def flow_run(bootstrap, topics, *extra):
+    """The arguments of ``edgewatch run`` between the test's topics."""
+    return ["run", "--bootstrap", bootstrap, "--in-topic", topics["in"], "--out-topic", topics["out"],
             "--dlq-topic", topics["dlq"], *extra]  # fmt: skip
 
 
@@ -39,38 +29,30 @@ def fleet_records(fleet: Fleet, count: int):
     return [(r.key, r.value, r.headers) for r in fleet.records(count)]
 
 
-def position_of(message) -> tuple[int, int]:
-    """The input (partition, offset) an output message answers."""
-    if "edgewatch.error.offset" in message.headers:
-        return int(message.headers["edgewatch.error.partition"]), int(message.headers["edgewatch.error.offset"])
-    source = orjson.loads(message.value)["source"]
-    return source["partition"], source["offset"]
-
-
-def test_every_message_comes_out_exactly_once(kafka_bootstrap, topics, tmp_path):
+def test_every_message_comes_out_exactly_once(kafka_bootstrap, flow_topics, tmp_path):
     records = fleet_records(Fleet(devices=20, seed=5, fault_rate=0.004, malformed_rate=0.03), 4000)
     records += [(key, value, []) for _, key, value, _ in MALFORMED]
-    positions = produce(kafka_bootstrap, topics["in"], records)
+    positions = produce(kafka_bootstrap, flow_topics["in"], records)
 
-    with FlowProcess(flow_args(kafka_bootstrap, topics), tmp_path / "flow.log"):
-        out = consume(kafka_bootstrap, [topics["out"], topics["dlq"]], len(records), settle=2.0)
+    with EdgewatchProcess(flow_run(kafka_bootstrap, flow_topics), tmp_path / "flow.log"):
+        out = consume(kafka_bootstrap, [flow_topics["out"], flow_topics["dlq"]], len(records), settle=2.0)
 
     answered = Counter(position_of(m) for m in out)
     assert len(out) == len(records)
     assert set(answered) == set(positions)
     assert max(answered.values()) == 1
-    labeled = [m for m in out if m.topic == topics["out"]]
+    labeled = [m for m in out if m.topic == flow_topics["out"]]
     assert all(m.key == orjson.loads(m.value)["device_id"].encode() for m in labeled)
     assert len(out) - len(labeled) >= len(MALFORMED)
 
 
-def test_malformed_messages_reach_the_dead_letter_topic_with_reason(kafka_bootstrap, topics, tmp_path):
+def test_malformed_messages_reach_the_dead_letter_topic_with_reason(kafka_bootstrap, flow_topics, tmp_path):
     valid = fleet_records(Fleet(devices=3, seed=1, fault_rate=0.0), 30)
     records = valid + [(key, value, [("case", name.encode())]) for name, key, value, _ in MALFORMED]
-    positions = produce(kafka_bootstrap, topics["in"], records)
+    positions = produce(kafka_bootstrap, flow_topics["in"], records)
 
-    with FlowProcess(flow_args(kafka_bootstrap, topics), tmp_path / "flow.log"):
-        dead = consume(kafka_bootstrap, [topics["dlq"]], len(MALFORMED), settle=1.0)
+    with EdgewatchProcess(flow_run(kafka_bootstrap, flow_topics), tmp_path / "flow.log"):
+        dead = consume(kafka_bootstrap, [flow_topics["dlq"]], len(MALFORMED), settle=1.0)
 
     by_case = {m.headers["case"].decode(): m for m in dead}
     assert len(dead) == len(MALFORMED)
@@ -79,23 +61,23 @@ def test_malformed_messages_reach_the_dead_letter_topic_with_reason(kafka_bootst
         partition, offset = positions[len(valid) + index]
         assert reason in message.headers["edgewatch.error.reason"].decode(), name
         assert message.value == value and message.key == key, name
-        assert message.headers["edgewatch.error.topic"] == topics["in"].encode()
+        assert message.headers["edgewatch.error.topic"] == flow_topics["in"].encode()
         assert (int(message.headers["edgewatch.error.partition"]), int(message.headers["edgewatch.error.offset"])) == (
             partition,
             offset,
         )
 
 
-def test_flow_finds_the_simulated_faults(kafka_bootstrap, topics, tmp_path):
+def test_flow_finds_the_simulated_faults(kafka_bootstrap, flow_topics, tmp_path):
     fleet = Fleet(devices=20, seed=11, fault_rate=0.005)
     sim = list(fleet.records(20 * 400))
     truth = FaultScore()
     for record in sim:
         truth.sent(record.key.decode(), int(record.headers[0][1]), record.fault)
-    produce(kafka_bootstrap, topics["in"], [(r.key, r.value, r.headers) for r in sim])
+    produce(kafka_bootstrap, flow_topics["in"], [(r.key, r.value, r.headers) for r in sim])
 
-    with FlowProcess(flow_args(kafka_bootstrap, topics), tmp_path / "flow.log"):
-        out = consume(kafka_bootstrap, [topics["out"]], len(sim))
+    with EdgewatchProcess(flow_run(kafka_bootstrap, flow_topics), tmp_path / "flow.log"):
+        out = consume(kafka_bootstrap, [flow_topics["out"]], len(sim))
 
     assert len(out) == len(sim)
     for message in out:
@@ -106,20 +88,7 @@ def test_flow_finds_the_simulated_faults(kafka_bootstrap, topics, tmp_path):
     assert truth.precision >= 0.8, (truth.true_positives, truth.flagged)
 
 
-def expected_scores(records, positions) -> dict[tuple[int, int], float]:
-    """Scores of an uninterrupted run: each device's messages in offset order through one bank."""
-    bank = ModelBank(resolve_detector(FlowSettings().detector))  # the flow's default detector, per device
-    ordered = sorted(zip(positions, records, strict=True))
-    readings = [
-        parse_message(RawMessage(key, value, headers, *SourceRef("t", p, o)))
-        for (p, o), (key, value, headers) in ordered
-    ]
-    events, dead, _, _ = bank.label([r for r in readings if isinstance(r, Reading)])
-    assert not dead
-    return {(e.reading.source.partition, e.reading.source.offset): e.score for e in events}
-
-
-def test_flow_resumes_after_sigkill_without_losing_or_relearning_state(kafka_bootstrap, topics, tmp_path):
+def test_flow_resumes_after_sigkill_without_losing_or_relearning_state(kafka_bootstrap, flow_topics, tmp_path):
     fleet = Fleet(devices=30, seed=21, fault_rate=0.004)
     sim = list(fleet.records(18_000))
     records = [(r.key, r.value, r.headers) for r in sim]
@@ -127,24 +96,27 @@ def test_flow_resumes_after_sigkill_without_losing_or_relearning_state(kafka_boo
 
     def send() -> None:  # the stream keeps flowing while the flow dies and comes back
         paced_records = ((r.key, r.value, r.headers) for r in paced(sim, rate=3000))
-        positions.extend(produce(kafka_bootstrap, topics["in"], paced_records))
+        positions.extend(produce(kafka_bootstrap, flow_topics["in"], paced_records))
 
     sender = threading.Thread(target=send)
     sender.start()
     recovery = ["--recovery-dir", str(tmp_path / "recovery"), "--snapshot-seconds", "0.5"]
-    first = FlowProcess(flow_args(kafka_bootstrap, topics, *recovery), tmp_path / "flow1.log").start()
+    first = EdgewatchProcess(flow_run(kafka_bootstrap, flow_topics, *recovery), tmp_path / "flow1.log").start()
     try:
-        assert len(consume(kafka_bootstrap, [topics["out"]], 3000, timeout=60, settle=0.0)) >= 3000
+        assert len(consume(kafka_bootstrap, [flow_topics["out"]], 3000, timeout=60, settle=0.0)) >= 3000
         time.sleep(2.0)  # a few epochs of steady streaming, then the crash
     finally:
         first.kill()
-    before = consume(kafka_bootstrap, [topics["out"]], 1, settle=1.0)  # all the first run wrote
-    with FlowProcess(flow_args(kafka_bootstrap, topics, *recovery), tmp_path / "flow2.log"):
+    before = consume(kafka_bootstrap, [flow_topics["out"]], 1, settle=1.0)  # all the first run wrote
+    with EdgewatchProcess(flow_run(kafka_bootstrap, flow_topics, *recovery), tmp_path / "flow2.log"):
         sender.join(30)
         assert not sender.is_alive()
         wanted = set(positions)
         out = consume(
-            kafka_bootstrap, [topics["out"]], until=lambda found: {position_of(m) for m in found} >= wanted, settle=2.0
+            kafka_bootstrap,
+            [flow_topics["out"]],
+            until=lambda found: {position_of(m) for m in found} >= wanted,
+            settle=2.0,
         )
 
     assert {position_of(m) for m in out} == wanted, "every input offset is labeled after the restart"
@@ -157,36 +129,19 @@ def test_flow_resumes_after_sigkill_without_losing_or_relearning_state(kafka_boo
     assert not wrong[:5], "a restarted device must continue from its snapshot, not from scratch"
 
 
-def test_bytewax_run_entrypoint_reads_settings_from_environment(kafka_bootstrap, topics, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from edgewatch.connectors.broker import _die_with_parent
-
+def test_bytewax_run_entrypoint_reads_settings_from_environment(kafka_bootstrap, flow_topics, tmp_path):
     records = fleet_records(Fleet(devices=5, seed=2, fault_rate=0.0), 200)
-    produce(kafka_bootstrap, topics["in"], records)
-    env = {
-        **os.environ,
-        "EDGEWATCH_BOOTSTRAP": kafka_bootstrap,
-        "EDGEWATCH_IN_TOPIC": topics["in"],
-        "EDGEWATCH_OUT_TOPIC": topics["out"],
-        "EDGEWATCH_DLQ_TOPIC": topics["dlq"],
-    }
-    with open(tmp_path / "bytewax.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "edgewatch.flows.anomaly:flow"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-        )  # fmt: skip
+    produce(kafka_bootstrap, flow_topics["in"], records)
+    env = {**os.environ, **flow_env(kafka_bootstrap, flow_topics)}
+    process = EdgewatchProcess.under_bytewax([], tmp_path / "bytewax.log", env=env).start()
     try:
-        out = consume(kafka_bootstrap, [topics["out"]], len(records))
+        out = consume(kafka_bootstrap, [flow_topics["out"]], len(records))
     finally:
         process.kill()
-        process.wait()
     assert len(out) == len(records)
 
 
-def test_flow_warm_starts_every_device_from_a_trained_artifact(kafka_bootstrap, topics, tmp_path):
+def test_flow_warm_starts_every_device_from_a_trained_artifact(kafka_bootstrap, flow_topics, tmp_path):
     from edgewatch.online_models import artifact
     from edgewatch.schema import RawMessage as Raw
 
@@ -197,10 +152,11 @@ def test_flow_warm_starts_every_device_from_a_trained_artifact(kafka_bootstrap, 
     ]
     saved = artifact.save(artifact.train(resolve_detector("compact-novelty"), history[: 10 * 300]), tmp_path / "model")
     live = sim[10 * 300 :]
-    produce(kafka_bootstrap, topics["in"], [(r.key, r.value, r.headers) for r in live])
+    produce(kafka_bootstrap, flow_topics["in"], [(r.key, r.value, r.headers) for r in live])
 
-    with FlowProcess(flow_args(kafka_bootstrap, topics, "--model", str(tmp_path / "model")), tmp_path / "flow.log"):
-        out = consume(kafka_bootstrap, [topics["out"]], len(live))
+    args = flow_run(kafka_bootstrap, flow_topics, "--model", tmp_path / "model")
+    with EdgewatchProcess(args, tmp_path / "flow.log"):
+        out = consume(kafka_bootstrap, [flow_topics["out"]], len(live))
 
     events = [orjson.loads(m.value) for m in out]
     assert len(events) == len(live)

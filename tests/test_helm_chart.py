@@ -11,19 +11,21 @@ simulator's arguments run ``edgewatch simulate``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
-import orjson
 import pytest
+
+from edgewatch.connectors.broker import free_port
+from tests.support.kafka import consume, position_of, produce
+from tests.support.processes import PythonProcess
+from tests.support.scripts import load_script
 
 helm = pytest.importorskip("helm_python", reason="needs helm-python-sdk (dev extra)")
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="needs kubernetes-validate (dev extra)")
@@ -34,14 +36,7 @@ KUBERNETES = "1.30"
 NAMESPACE = "edge"
 
 
-def load_renderer():
-    spec = importlib.util.spec_from_file_location("render_manifests", ROOT / "k8s" / "render_manifests.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-renderer = load_renderer()
+renderer = load_script(ROOT / "k8s" / "render_manifests.py")
 
 VALUE_SETS = {
     "defaults": {},
@@ -378,17 +373,6 @@ def test_plain_manifests_match_a_fresh_render_of_the_defaults():
     assert {kind for kind, _ in defaults} == {"ServiceAccount", "Service", "StatefulSet"}
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def init_container(objects: dict, name: str) -> dict:
     (statefulset,) = of_kind(objects, "StatefulSet")
     return next(c for c in statefulset["spec"]["template"]["spec"]["initContainers"] if c["name"] == name)
@@ -413,33 +397,17 @@ class LoopbackPod:
             BYTEWAX_DATAFLOW_API_PORT=str(api_port),
             BYTEWAX_DATAFLOW_API_CACHE_PATH=str(log.parent),
             EDGEWATCH_RECOVERY_DIR=str(volume),
-            PYTHONUNBUFFERED="1",
         )
-        self.argv = [sys.executable, "-m", "bytewax.run", *[str(volume) if a == recovery else a for a in flow["args"]]]
-        self.api_port, self.log, self.process = api_port, log, None
+        args = [str(volume) if a == recovery else a for a in flow["args"]]
+        self.process = PythonProcess("bytewax.run", args, log, env=self.env, cwd=log.parent)
+        self.api_port = api_port
 
     def start(self) -> LoopbackPod:
-        from edgewatch.connectors.broker import _die_with_parent
-
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=self.log.parent,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
+        self.process.start()
         return self
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.stop(30)
 
     def received(self) -> float:
         """edgewatch_messages_received_total from this pod's /metrics (what Prometheus scrapes)."""
@@ -449,24 +417,11 @@ class LoopbackPod:
         return float(match.group(1)) if match else 0.0
 
 
-def answered_positions(messages) -> list[tuple[int, int]]:
-    positions = []
-    for message in messages:
-        if "edgewatch.error.offset" in message.headers:
-            headers = message.headers
-            positions.append((int(headers["edgewatch.error.partition"]), int(headers["edgewatch.error.offset"])))
-        else:
-            source = orjson.loads(message.value)["source"]
-            positions.append((source["partition"], source["offset"]))
-    return positions
-
-
 def test_rendered_cluster_labels_every_message_and_resumes_from_its_partitions(kafka_bootstrap, topic_names, tmp_path):
     """Two pods of the chart as two local Bytewax processes on the test broker, restarted once."""
     from confluent_kafka.admin import AdminClient
 
     from edgewatch.simulator import Fleet
-    from tests.kafkautil import consume, produce
 
     topics = {name: topic_names(name) for name in ("telemetry", "labeled", "deadletter")}
     values = {
@@ -498,7 +453,7 @@ def test_rendered_cluster_labels_every_message_and_resumes_from_its_partitions(k
     sent = produce(kafka_bootstrap, topics["telemetry"], batches[0])
     answers = [topics["labeled"], topics["deadletter"]]
     for run in range(2):  # the second run restarts both pods on their recovery volumes
-        peers, api_ports = free_ports(2), free_ports(2)
+        peers, api_ports = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
         pods = [
             LoopbackPod(objects, n, peers, api_ports[n], volumes[n], tmp_path / f"pod-{n}.log").start()
             for n in range(2)
@@ -507,12 +462,12 @@ def test_rendered_cluster_labels_every_message_and_resumes_from_its_partitions(k
             if run == 1:
                 sent += produce(kafka_bootstrap, topics["telemetry"], batches[1])
             out = consume(
-                kafka_bootstrap, answers, until=lambda found, want=set(sent): want <= set(answered_positions(found))
+                kafka_bootstrap, answers, until=lambda found, want=set(sent): want <= {position_of(m) for m in found}
             )
-            assert set(answered_positions(out)) == set(sent), (tmp_path / "pod-0.log").read_text()[-3000:]
+            assert {position_of(m) for m in out} == set(sent), pods[0].process.tail()
             if run == 0:
                 assert sum(pod.received() for pod in pods) == len(sent)  # the pods' /metrics count it all
-                assert len(answered_positions(out)) == len(sent)  # exactly once without a restart
+                assert len(out) == len(sent)  # exactly once without a restart
         finally:
             for pod in pods:
                 pod.stop()

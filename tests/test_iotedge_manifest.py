@@ -10,7 +10,6 @@ read-only root with its state and model mounted where the image and settings exp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -20,19 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "k8s" / "iotedge" / "deployment.template.json"
 VARIABLES = {"EDGEWATCH_IMAGE": "myregistry.azurecr.io/edgewatch:0.1.0", "EDGEWATCH_MODEL_VERSION": "cn-20261123"}
 
 
-def load_renderer():
-    spec = importlib.util.spec_from_file_location("render_deployment", TEMPLATE.with_name("render_deployment.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-renderer = load_renderer()
+renderer = load_script(TEMPLATE.with_name("render_deployment.py"))
 
 
 # --- the IoT Edge route grammar ------------------------------------------------------------------

@@ -1,27 +1,20 @@
-"""edgewatch as an IoT Edge module (``run_iotedge``) against a real MQTT broker, with the real SDK.
+"""edgewatch as an IoT Edge module (``edgewatch iotedge``) against a real MQTT broker, with the real SDK.
 
-The broker is test_iothub's amqtt with TLS on 127.0.0.1:8883 and its recording plugin, plus what
-edgeHub does for a module twin: it answers ``$iothub/twin/GET`` with the twin document and
-``$iothub/twin/PATCH/properties/reported`` with 204, and turns a test's control message into a
-``$iothub/twin/PATCH/properties/desired/?$version=N``. (Plain amqtt closes any client that
-publishes to a ``$`` topic, so the broker subclass answers those requests itself.) The module
-runs as a subprocess whose identity comes from test_iothub's fake IoT Edge workload API; the
-test publishes to its input topic what edgeHub routes from SimulatedTemperatureSensor,
+The broker is the IoT Hub tests' amqtt with TLS on 127.0.0.1:8883 and its recording plugin, plus
+what edgeHub does for a module twin (``twin-broker`` in :mod:`tests.support.mqtt_broker`): it
+answers twin requests and turns a test's control message into a desired-properties patch. The
+module runs as a subprocess whose identity comes from the fake IoT Edge workload API; the test
+publishes to its input topic what edgeHub routes from SimulatedTemperatureSensor,
 ``devices/{device}/modules/{module}/inputs/telemetry/<properties>``, and reads what the module
 publishes on its outputs from the broker's record.
-
-Run as a script, this module is that broker (``broker``) or the module process (``module``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,118 +29,42 @@ from edgewatch.azure.edgehub import EdgeHubInput, EdgeHubSource, raw_message
 from edgewatch.azure.messages import LabeledEventSink, dead_letter_envelope
 from edgewatch.azure.twin import TwinControls
 from edgewatch.config import FlowSettings
-from edgewatch.connectors.broker import _die_with_parent
 from edgewatch.flows.anomaly import LiveControls
 from edgewatch.online_models import artifact
 from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import DeadLetter, RawMessage, Reading, parse_message
-from tests.test_iothub import (
-    BROKER_PORT,
+from tests.support.iothub import (
     EDGE_DEVICE,
     KEY,
     MODULE,
-    REPO,
     FakeWorkloadApi,
     MqttBroker,
-    PublishRecorder,
-    broker_config,
-    make_test_pki,
-    port_is_free,
-    serve_until_sigterm,
+    MqttClient,
+    skip_unless_broker_port_is_free,
 )
+from tests.support.mqtt_broker import REPORTED_TOPIC, TWIN_CONTROL_TOPIC
+from tests.support.processes import EdgewatchProcess
 
 SENSOR = "SimulatedTemperatureSensor"
 SENSOR_ID = f"{EDGE_DEVICE}/{SENSOR}"
 MODULE_CLIENT = f"{EDGE_DEVICE}/{MODULE}"
-TWIN_CONTROL_TOPIC = "edgewatch-test/twin/desired"
 INPUT_TOPIC = f"devices/{EDGE_DEVICE}/modules/{MODULE}/inputs"
 EVENTS_TOPIC = f"devices/{EDGE_DEVICE}/modules/{MODULE}/messages/events/"
-REPORTED_TOPIC = "$iothub/twin/PATCH/properties/reported/"
 
 
-# -- what edgeHub does for a module twin ----------------------------------------------------------
-
-
-def merge_patch(document: dict, patch: dict) -> None:
-    """JSON merge patch, as the twin service applies one: ``null`` removes a property."""
-    for name, value in patch.items():
-        if name == "$version":
-            continue
-        if value is None:
-            document.pop(name, None)
-        elif isinstance(value, dict) and isinstance(document.get(name), dict):
-            merge_patch(document[name], value)
-        else:
-            document[name] = value
-
-
-def twin_service(twin: dict, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
-    """The replies to one twin request (or to the test's desired-properties control message)."""
-    request_id = unquote(topic.rpartition("$rid=")[2])
-    if topic.startswith("$iothub/twin/GET/"):
-        return [(f"$iothub/twin/res/200/?$rid={request_id}", json.dumps(twin).encode())]
-    if topic.startswith(REPORTED_TOPIC):
-        merge_patch(twin["reported"], json.loads(payload))
-        twin["reported"]["$version"] += 1
-        return [(f"$iothub/twin/res/204/?$rid={request_id}&$version={twin['reported']['$version']}", b"")]
-    if topic == TWIN_CONTROL_TOPIC:
-        patch = json.loads(payload)
-        merge_patch(twin["desired"], patch)
-        twin["desired"]["$version"] += 1
-        version = twin["desired"]["$version"]
-        return [
-            (
-                f"$iothub/twin/PATCH/properties/desired/?$version={version}",
-                json.dumps({**patch, "$version": version}).encode(),
-            )
-        ]
-    return []
-
-
-class TwinRecorder(PublishRecorder):
-    """test_iothub's recorder, plus every SUBSCRIBE (so the test knows when the module listens)."""
-
-    async def on_broker_client_subscribed(self, *, client_id, topic, qos) -> None:
-        self._append({"event": "subscribe", "client_id": client_id, "topic": topic})
-
-
-def run_twin_broker(cert: str, key: str, record: str, twin_file: str) -> None:
-    """The broker process: test_iothub's TLS broker, answering twin requests as edgeHub does."""
-    from amqtt.broker import Broker
-    from amqtt.events import BrokerEvents
-
-    class TwinServiceBroker(Broker):
-        def __init__(self, config: dict, twin: dict):
-            super().__init__(config)
-            self.twin = twin
-
-        async def _handle_message_delivery(self, client_session, handler, wait_deliver) -> bool:
-            message = wait_deliver.result()
-            topic = message.topic if message is not None else ""
-            if not (topic.startswith("$iothub/twin/") or topic == TWIN_CONTROL_TOPIC):
-                return await super()._handle_message_delivery(client_session, handler, wait_deliver)
-            await self.plugins_manager.fire_event(
-                BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=message
-            )
-            for reply_topic, reply in twin_service(self.twin, topic, bytes(message.data)):
-                await self.internal_message_broadcast(reply_topic, reply, 1)
-            return True
-
-    config = broker_config(cert, key, record, recorder="tests.test_iotedge_module.TwinRecorder")
-    serve_until_sigterm(lambda: TwinServiceBroker(config, json.loads(Path(twin_file).read_text())))
+# -- the broker with the twin service ------------------------------------------------------------
 
 
 class TwinBroker(MqttBroker):
-    """test_iothub's broker process, started with the twin service and an initial twin."""
+    """The test MQTT broker, started with the twin service and an initial twin."""
 
     def __init__(self, pki, workdir: Path, desired: dict):
         super().__init__(pki, workdir)
         self.twin_file = workdir / "twin.json"
         self.twin_file.write_text(json.dumps({"desired": {**desired, "$version": 1}, "reported": {"$version": 1}}))
 
-    def command(self) -> list[str]:
-        files = [self.pki.cert, self.pki.key, self.record, self.twin_file]
-        return [sys.executable, "-m", "tests.test_iotedge_module", "broker", *map(str, files)]
+    def broker_args(self) -> list[str]:
+        return ["twin-broker", self.pki.cert, self.pki.key, self.record, self.twin_file]
 
     def subscribed(self, client_id: str, topic: str) -> bool:
         return any(r["client_id"] == client_id and r["topic"] == topic for r in self.records("subscribe"))
@@ -199,24 +116,12 @@ def wait_until(condition, timeout: float, what: str):
 # -- what edgeHub routes to the module ------------------------------------------------------------
 
 
-class EdgeHubStub:
+class EdgeHubStub(MqttClient):
     """An MQTT client that publishes what edgeHub would: routed input messages and twin changes."""
 
     def __init__(self, ca: Path):
-        import paho.mqtt.client as mqtt
-
-        self._connected = threading.Event()
-        self._client = mqtt.Client(client_id="test-edgehub", clean_session=True)
-        self._client.tls_set(ca_certs=str(ca))
-        self._client.on_connect = lambda *_: self._connected.set()
+        super().__init__(ca, "test-edgehub")
         self._sequence = 0
-
-    def start(self, timeout: float = 15.0) -> EdgeHubStub:
-        self._client.connect("localhost", BROKER_PORT)
-        self._client.loop_start()
-        if not self._connected.wait(timeout):
-            raise RuntimeError("the edgeHub stub did not connect")
-        return self
 
     def route(self, body: bytes, properties: dict[str, str] | None = None, input_name: str = "telemetry") -> None:
         """One message to the module's input, with the system properties edgeHub stamps on a message
@@ -236,10 +141,6 @@ class EdgeHubStub:
 
     def patch_desired(self, patch: dict) -> None:
         self._client.publish(TWIN_CONTROL_TOPIC, json.dumps(patch), qos=1).wait_for_publish(5)
-
-    def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
 
 
 def sensor_body(n: int, temperature: float = 21.0) -> bytes:
@@ -418,11 +319,6 @@ def test_a_model_version_rolls_out_only_when_the_model_directory_holds_it(twin_c
 # -- the module against the broker ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.fixture
 def model_dir(tmp_path) -> tuple[Path, str]:
     return tmp_path / "model", train_model(tmp_path / "model")
@@ -430,24 +326,21 @@ def model_dir(tmp_path) -> tuple[Path, str]:
 
 @pytest.fixture
 def broker(pki, tmp_path, model_dir):
-    if not port_is_free(BROKER_PORT):
-        pytest.skip(f"127.0.0.1:{BROKER_PORT} is in use; the IoT Hub SDK cannot use another port")
+    skip_unless_broker_port_is_free()
     desired = {"threshold": 1.0, "sendMode": "all", "modelVersion": model_dir[1]}
-    mqtt = TwinBroker(pki, tmp_path, desired).start()
-    yield mqtt
-    mqtt.stop()
+    with TwinBroker(pki, tmp_path, desired) as twin_broker:
+        yield twin_broker
 
 
 @pytest.fixture
 def edgehub(broker, pki):
-    stub = EdgeHubStub(pki.ca).start()
-    yield stub
-    stub.stop()
+    with EdgeHubStub(pki.ca) as stub:
+        yield stub
 
 
 @pytest.fixture
 def module(broker, pki, tmp_path, model_dir):
-    """The edgewatch module process, with its identity from the fake workload API."""
+    """``edgewatch iotedge``, the module process, with its identity from the fake workload API."""
     with FakeWorkloadApi(pki.ca.read_text(), KEY) as workload:
         environment = {
             **os.environ,
@@ -458,23 +351,11 @@ def module(broker, pki, tmp_path, model_dir):
             "EDGEWATCH_SHARDS": "2",
             "EDGEWATCH_SNAPSHOT_SECONDS": "1",
         }
-        log_path = tmp_path / "module.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tests.test_iotedge_module", "module"],
-                cwd=REPO,
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-        process.log_path = log_path
+        process = EdgewatchProcess(["iotedge"], tmp_path / "module.log", env=environment).start()
         try:
             yield process
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
+            process.kill()
 
 
 def test_the_module_labels_edgehub_input_and_follows_its_twin(broker, edgehub, module, model_dir):
@@ -483,15 +364,12 @@ def test_the_module_labels_edgehub_input_and_follows_its_twin(broker, edgehub, m
     values are refused and reported; SIGTERM drains and stops the module."""
     model_path, first_version = model_dir
 
-    def log_tail() -> str:
-        return module.log_path.read_text()[-3000:]
-
     def reported_with(**expected):
         def matching():
-            assert module.poll() is None, log_tail()
+            assert module.poll() is None, module.tail()
             return [r for r in broker.reported() if all(r.get(k) == v for k, v in expected.items())]
 
-        return wait_until(matching, 30, f"reported properties {expected}\n{log_tail()}")[-1]
+        return wait_until(matching, 30, f"reported properties {expected}\n{module.tail()}")[-1]
 
     def labeled_after(count: int, seen: int) -> list[Output]:
         wait_until(lambda: len(broker.outputs("labeled")) >= seen + count, 20, f"{count} labeled events")
@@ -597,37 +475,5 @@ def test_the_module_labels_edgehub_input_and_follows_its_twin(broker, edgehub, m
 
     # SIGTERM: the input is closed, what was taken is labeled, the module ends cleanly
     module.send_signal(signal.SIGTERM)
-    assert module.wait(30) == 0, log_tail()
-    assert "input closed" in module.log_path.read_text()
-
-
-# -- the subprocesses ---------------------------------------------------------------------------------
-
-
-def run_module() -> int:
-    """The module process: ``run_iotedge`` with settings from EDGEWATCH_*, until SIGTERM."""
-
-    from edgewatch.app import Application
-    from edgewatch.azure.module import run_iotedge
-
-    run_iotedge(Application(FlowSettings(iothub=True)), connect_timeout=30.0, twin_timeout=10.0)
-    print("module stopped", flush=True)
-    return 0
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.test_iotedge_module")
-    commands = parser.add_subparsers(dest="command", required=True)
-    broker_cmd = commands.add_parser("broker")
-    for name in ("cert", "key", "record", "twin"):
-        broker_cmd.add_argument(name)
-    commands.add_parser("module")
-    args = parser.parse_args(argv)
-    if args.command == "broker":
-        run_twin_broker(args.cert, args.key, args.record, args.twin)
-        return 0
-    return run_module()
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    assert module.wait(30) == 0, module.tail()
+    assert "input closed" in module.output()

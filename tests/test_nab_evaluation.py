@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from edgewatch.cli import app
 from edgewatch.evaluation import nab, nab_replay
 from edgewatch.online_models.registry import BUILTIN
-from tests.cliutil import said
+from tests.support.cli import said
 
 runner = CliRunner()
 LINE = re.compile(

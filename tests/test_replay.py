@@ -10,7 +10,7 @@ from edgewatch.cli import app
 from edgewatch.config import data_dir
 from edgewatch.connectors.files import read_messages
 from edgewatch.schema import RawMessage, Reading, parse_message
-from tests.kafkautil import consume
+from tests.support.kafka import consume
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from edgewatch.schema import (
     labeled_event_json,
     parse_message,
 )
-from tests.malformed_cases import GOOD_BODY, MALFORMED
+from tests.support.malformed import GOOD_BODY, MALFORMED
 
 SOURCE = SourceRef("telemetry", 2, 41, 1_763_860_000_000)
 

@@ -8,14 +8,10 @@ starts :func:`edgewatch.serving.serve` as a process on loopback, as ``edgewatch 
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import json
 import logging
 import math
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,11 +21,14 @@ import pytest
 
 pytest.importorskip("azureml_inference_server_http", reason="needs azureml-inference-server-http (dev extra)")
 
+from edgewatch.connectors.broker import free_port
 from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.bank import new_bank
 from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import RawMessage, Reading
 from edgewatch.serving import SCORE_SCRIPT, server_environment
+from tests.support.processes import EdgewatchProcess
+from tests.support.scripts import load_script
 
 DETECTOR = "robust-zscore"
 START = 1_780_000_000.0  # 2026-05-28, epoch seconds
@@ -197,17 +196,11 @@ def test_tampered_model_stops_the_server_at_init(make_client, model_dir, tmp_pat
     assert stopped.value.code == 3  # what gunicorn treats as a boot error
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, seconds: float) -> None:
+def wait_healthy(url: str, server: EdgewatchProcess, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}")
+        if server.poll() is not None:
+            raise AssertionError(f"server exited with {server.poll()}:\n{server.tail()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -219,14 +212,10 @@ def wait_healthy(url: str, process: subprocess.Popen, seconds: float) -> None:
 
 def test_serve_runs_the_inference_server_on_loopback(model_dir, tmp_path):
     port = free_port()
-    code = (
-        f"from pathlib import Path; from edgewatch.serving import serve; serve(Path({str(model_dir)!r}), port={port})"
-    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZUREML_", "AML_", "EDGEWATCH_"))}
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/", process, seconds=60)
+    server = EdgewatchProcess(["serve", "--model", model_dir, "--port", port], tmp_path / "serve.log", env=env)
+    with server:
+        wait_healthy(f"http://127.0.0.1:{port}/", server, seconds=60)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/score",
             data=json.dumps([pump_body("pump-0", 300), pump_body("pump-0", 301)]).encode(),
@@ -236,10 +225,7 @@ def test_serve_runs_the_inference_server_on_loopback(model_dir, tmp_path):
             body = json.load(response)
         assert [r["device_id"] for r in body["results"]] == ["pump-0", "pump-0"]
         assert body["model"]["version"] == artifact_module.load(model_dir).version
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    assert SCORE_SCRIPT.name in (tmp_path / "serve.log").read_text()
+    assert SCORE_SCRIPT.name in server.output()
 
 
 AZUREML_DIR = Path(__file__).resolve().parents[1] / "k8s" / "azureml"
@@ -259,9 +245,7 @@ def test_azure_ml_environment_pins_edgewatch_and_the_server_consistently():
 
     from packaging.requirements import Requirement
 
-    spec = importlib.util.spec_from_file_location("render_conda", AZUREML_DIR / "render_conda.py")
-    render_conda = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render_conda)
+    render_conda = load_script(AZUREML_DIR / "render_conda.py")
     committed = (AZUREML_DIR / "conda.yaml").read_text()
     assert committed == render_conda.conda_text(), "conda.yaml is stale: run `python k8s/azureml/render_conda.py`"
 

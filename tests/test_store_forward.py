@@ -19,7 +19,7 @@ from bytewax.testing import TestingSource, run_main
 from prometheus_client import REGISTRY
 
 from edgewatch.azure.messages import DeadLetterSink, LabeledEventSink, labeled_envelope
-from edgewatch.schema import DeadLetter, LabeledEvent, RawMessage, Reading
+from edgewatch.schema import DeadLetter, RawMessage
 from edgewatch.store_forward import (
     BufferInUse,
     BufferPolicy,
@@ -30,6 +30,7 @@ from edgewatch.store_forward import (
     Stored,
     call_with_timeout,
 )
+from tests.support.events import labeled_event
 
 
 def envelope(n: int, device: str | None = None, size: int = 10) -> Envelope:
@@ -44,12 +45,6 @@ def number(envelope: Envelope) -> int:
 
 def numbers(stored: list[Stored]) -> list[int]:
     return [number(s.envelope) for s in stored]
-
-
-def labeled(offset: int, device: str, anomaly: bool) -> LabeledEvent:
-    raw = RawMessage(device.encode(), b"{}", [], "telemetry", 0, offset, 1_700_000_000_000)
-    reading = Reading(device, 1_700_000_000.0 + offset, {"rpm": float(offset)}, raw)
-    return LabeledEvent(reading, 0.99 if anomaly else 0.1, anomaly, "robust-zscore", "0.1.0")
 
 
 def metric(name: str, **labels) -> float:
@@ -239,7 +234,7 @@ def test_stopping_during_an_outage_keeps_the_messages(tmp_path):
 
 
 def test_labeled_event_sink_filters_by_send_mode(tmp_path):
-    events = [labeled(0, "a", False), labeled(1, "a", True), labeled(2, "b", False)]
+    events = [labeled_event(0, "a", False), labeled_event(1, "a", True), labeled_event(2, "b", False)]
     sink = LabeledEventSink("modes", tmp_path, lambda: FlakySender(failures=0), "anomalies")
     assert [sink.to_envelope(e) is not None for e in events] == [False, True, False]
     sink.send = "all"  # an operator switches while the flow runs: the next events use it
@@ -263,7 +258,7 @@ def test_sink_in_a_bytewax_flow(tmp_path):
     """Lists of labeled events in, anomalies out, in order; nothing left behind."""
     sender = FlakySender(failures=2)
     batches = [
-        [labeled(offset, f"dev-{offset % 4}", anomaly=offset % 3 == 0) for offset in range(start, start + 10)]
+        [labeled_event(offset, f"dev-{offset % 4}", anomaly=offset % 3 == 0) for offset in range(start, start + 10)]
         for start in range(0, 100, 10)
     ]
     flow = Dataflow("forwarding-sink")
@@ -291,7 +286,7 @@ def test_sink_envelopes_carry_the_labeled_event(tmp_path):
             pass
 
     flow = Dataflow("forwarding-sink-all")
-    stream = op.input("in", flow, TestingSource([[labeled(n, "pump-1", n == 2) for n in range(5)]]))
+    stream = op.input("in", flow, TestingSource([[labeled_event(n, "pump-1", n == 2) for n in range(5)]]))
     op.output("out", stream, LabeledEventSink("recorder", tmp_path, Recorder, "all", BufferPolicy(drain_seconds=30)))
     run_main(flow)
     assert [e.message_id for e in received] == [f"telemetry:0:{n}" for n in range(5)]
@@ -312,7 +307,7 @@ def test_a_full_disk_loses_the_cloud_copy_not_the_flow(tmp_path, caplog):
         buffer._db.execute("PRAGMA max_page_count = 12")  # a few dozen events fit, not 200
         with caplog.at_level(logging.WARNING, logger="edgewatch"):
             for start in range(0, 200, 10):
-                partition.write_batch([[labeled(n, "pump-1", anomaly=True) for n in range(start, start + 10)]])
+                partition.write_batch([[labeled_event(n, "pump-1", anomaly=True) for n in range(start, start + 10)]])
         kept = len(buffer)
         assert 0 < kept < 200
         assert kept == len(buffer.peek(1000)), "the in-memory count matches the file after failed writes"

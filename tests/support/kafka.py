@@ -1,18 +1,19 @@
-"""Produce to and read back from the test broker, with bounded waits."""
+"""Produce to and read back from the test broker, with bounded waits; what the flow answered."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from edgewatch.connectors.broker import _die_with_parent, stop_process
+from edgewatch.config import FlowSettings
+from edgewatch.connectors import kafka
+from edgewatch.online_models.bank import ModelBank
+from edgewatch.online_models.registry import resolve_detector
+from edgewatch.schema import RawMessage, Reading, SourceRef, parse_message
 
 
 @dataclass
@@ -40,12 +41,7 @@ def produce(bootstrap: str, topic: str, records) -> list[tuple[int, int]]:
 
     for index, (key, value, headers) in enumerate(records):
         positions.append(None)
-        while True:
-            try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=delivered_at(index))
-                break
-            except BufferError:
-                producer.poll(0.05)
+        kafka.produce(producer, topic, value, key, headers=headers, on_delivery=delivered_at(index))
         producer.poll(0)
     assert producer.flush(30) == 0, "messages not delivered"
     return positions
@@ -90,36 +86,36 @@ def consume(
     return found
 
 
-class FlowProcess:
-    """``python -m edgewatch run ...`` as a child process that dies with the test."""
+# -- what the flow answered -------------------------------------------------------------------------
 
-    def __init__(self, args: list[str], log: Path):
-        self.args = args
-        self.log = log
-        self.process: subprocess.Popen | None = None
 
-    def start(self) -> FlowProcess:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "edgewatch", "run", *self.args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        return self
+def flow_env(bootstrap: str, topics: dict[str, str]) -> dict[str, str]:
+    """The ``EDGEWATCH_*`` settings of a flow between ``topics["in"]`` and ``topics["out"]``/``["dlq"]``."""
+    return {
+        "EDGEWATCH_BOOTSTRAP": bootstrap,
+        "EDGEWATCH_IN_TOPIC": topics["in"],
+        "EDGEWATCH_OUT_TOPIC": topics["out"],
+        "EDGEWATCH_DLQ_TOPIC": topics["dlq"],
+    }
 
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no final snapshot."""
-        self.process.kill()
-        self.process.wait(10)
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, as Kubernetes does; the flow drains and exits."""
-        return stop_process(self.process, timeout)
+def position_of(message: Consumed) -> tuple[int, int]:
+    """The input (partition, offset) an output message answers: a labeled event's source, or a
+    dead letter's error headers."""
+    if "edgewatch.error.offset" in message.headers:
+        return int(message.headers["edgewatch.error.partition"]), int(message.headers["edgewatch.error.offset"])
+    source = orjson.loads(message.value)["source"]
+    return source["partition"], source["offset"]
 
-    def __enter__(self) -> FlowProcess:
-        return self.start()
 
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+def expected_scores(records, positions) -> dict[tuple[int, int], float]:
+    """Scores of an uninterrupted run: each device's messages in offset order through one bank."""
+    bank = ModelBank(resolve_detector(FlowSettings().detector))  # the flow's default detector, per device
+    ordered = sorted(zip(positions, records, strict=True))
+    readings = [
+        parse_message(RawMessage(key, value, headers, *SourceRef("t", p, o)))
+        for (p, o), (key, value, headers) in ordered
+    ]
+    events, dead, _, _ = bank.label([r for r in readings if isinstance(r, Reading)])
+    assert not dead
+    return {(e.reading.source.partition, e.reading.source.offset): e.score for e in events}
