@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgewatch.cli import app
-from tests.cliutil import said
+from tests.support.cli import said
 
 runner = CliRunner()
 
@@ -43,7 +43,8 @@ def test_a_broker_that_is_not_running(command, recording):
     result = edgewatch(*args, "--bootstrap", "127.0.0.1:1")
     assert result.returncode == 1
     assert one_line(result.stderr) == (
-        "error: cannot reach Kafka at 127.0.0.1:1: is the broker running, and is --bootstrap (EDGEWATCH_BOOTSTRAP) right?"
+        "error: cannot reach Kafka at 127.0.0.1:1: "
+        "is the broker running, and is --bootstrap (EDGEWATCH_BOOTSTRAP) right?"
     )
 
 

@@ -18,7 +18,8 @@ import pytest
 
 from edgewatch.connectors.kafka import ensure_topics
 from edgewatch.simulator import Fleet
-from tests.kafkautil import FlowProcess, consume, produce
+from tests.support.kafka import consume, position_of, produce
+from tests.support.processes import EdgewatchProcess
 
 pytestmark = pytest.mark.faults
 
@@ -45,7 +46,7 @@ def test_a_frozen_broker_loses_and_doubles_nothing(own_broker, tmp_path):
     args = ["--bootstrap", bootstrap, "--in-topic", topics["in"], "--out-topic", topics["out"],
             "--dlq-topic", topics["dlq"], "--recovery-dir", str(tmp_path / "state")]  # fmt: skip
     log = tmp_path / "flow.log"
-    with FlowProcess(args, log) as flow:
+    with EdgewatchProcess(["run", *args], log) as flow:
         consume(bootstrap, [topics["out"]], expected=1_000, timeout=120, settle=0)  # the flow is labeling
         broker_pid = own_broker._process.pid
         os.kill(broker_pid, signal.SIGSTOP)
@@ -59,16 +60,7 @@ def test_a_frozen_broker_loses_and_doubles_nothing(own_broker, tmp_path):
         thawed.join(120)
         out = consume(bootstrap, [topics["out"], topics["dlq"]], expected=len(records), timeout=300, settle=3.0)
         assert flow.process.poll() is None, f"the flow exited; see {log}"
-    answered = Counter(tuple(_position(m)) for m in out)
+    answered = Counter(position_of(m) for m in out)
     assert set(answered) == set(positions), "every input offset answered"
     assert max(answered.values()) == 1, "no offset answered twice (no restart happened: no replay)"
     assert "unreachable" in log.read_text() or FREEZE_SECONDS < 30
-
-
-def _position(message):
-    import orjson
-
-    if "edgewatch.error.offset" in message.headers:
-        return int(message.headers["edgewatch.error.partition"]), int(message.headers["edgewatch.error.offset"])
-    source = orjson.loads(message.value)["source"]
-    return source["partition"], source["offset"]

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-import orjson
-
 from edgewatch.connectors.kafka import ensure_topics
 from edgewatch.simulator import Fleet
-from tests.kafkautil import FlowProcess, consume, produce
-
-
-def answered(messages) -> Counter:
-    return Counter(
-        (orjson.loads(m.value)["source"]["partition"], orjson.loads(m.value)["source"]["offset"]) for m in messages
-    )
+from tests.support.kafka import consume, position_of, produce
+from tests.support.processes import EdgewatchProcess
 
 
 def test_a_restarted_run_resumes_instead_of_rereading(kafka_bootstrap, topic_names, tmp_path):
@@ -26,12 +19,12 @@ def test_a_restarted_run_resumes_instead_of_rereading(kafka_bootstrap, topic_nam
             "--snapshot-seconds", "1"]  # fmt: skip
 
     first = produce(kafka_bootstrap, topics["in"], records[:2000])
-    with FlowProcess(args, tmp_path / "first.log"):
+    with EdgewatchProcess(["run", *args], tmp_path / "first.log"):
         consume(kafka_bootstrap, [topics["out"]], expected=2000, timeout=120, settle=0)
     second = produce(kafka_bootstrap, topics["in"], records[2000:])
-    with FlowProcess(args, tmp_path / "second.log"):
+    with EdgewatchProcess(["run", *args], tmp_path / "second.log"):
         out = consume(kafka_bootstrap, [topics["out"]], expected=3000, timeout=120, settle=3.0)
 
-    counts = answered(out)
+    counts = Counter(position_of(m) for m in out)
     assert set(counts) == set(first) | set(second), "every offset labeled"
     assert len(out) == 3000, "the second run started where the first one stopped: nothing labeled twice"

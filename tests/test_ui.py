@@ -14,7 +14,7 @@ import pytest
 
 from edgewatch.ui import FleetState, InProcessFeed, KafkaFeed, Topics, ViewServer
 from tests import uisim
-from tests.cliutil import said
+from tests.support.cli import said
 
 
 def labeled(device: str, t: float, score: float = 0.1, anomaly: bool = False, **extra) -> dict:
@@ -231,7 +231,7 @@ def test_kafka_feed_says_when_kafka_is_unreachable():
 
 def test_kafka_feed_reads_recent_history_and_finds_topics_created_later(kafka_bootstrap, topic_names):
     from edgewatch.connectors.kafka import ensure_topics
-    from tests.kafkautil import produce
+    from tests.support.kafka import produce
 
     topics = Topics(topic_names("labeled"), topic_names("alarms"), topic_names("drift"))
     config = {"bootstrap.servers": kafka_bootstrap}

@@ -95,7 +95,7 @@ FLEET_ROWS = """[...document.querySelectorAll('#fleet tbody tr')].map(
 
 def test_the_page_shows_the_fleet_and_a_new_alarm_live(chromium_available, kafka_bootstrap, topic_names, tmp_path):
     from edgewatch.connectors.kafka import ensure_topics
-    from tests.kafkautil import produce
+    from tests.support.kafka import produce
 
     topics = {kind: topic_names(kind) for kind in ("labeled", "alarms", "drift")}
     ensure_topics({"bootstrap.servers": kafka_bootstrap}, topics.values(), 2)
