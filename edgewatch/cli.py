@@ -418,8 +418,15 @@ def serve(
     workers: Annotated[int, typer.Option(help="worker processes; each keeps its own device models")] = 1,
 ) -> None:
     """Serve POST /score and GET / as an Azure ML online endpoint does (azureml-inference-server-http)."""
+    from edgewatch.online_models import artifact
     from edgewatch.serving import serve as run_server
+    from edgewatch.serving.score import find_model_dir
 
+    if model is not None:  # a model that cannot load is one line here, not 40 lines of server start-up
+        try:
+            artifact.load(find_model_dir(model))
+        except (OSError, artifact.ArtifactError) as exc:
+            raise _fail(f"--model {model}: {exc}") from None
     run_server(model, host=host, port=port, workers=workers)
 
 
@@ -493,7 +500,13 @@ def data_fetch(
                 lambda done, total: bar.update(task, completed=done, total=total),
             )
         except (OSError, datasets.DatasetError) as exc:
-            raise typer.BadParameter(f"could not fetch {dataset}: {exc}") from None
+            target = (dest or data_dir()) / dataset
+            have = f"; {target} already holds a copy (EDGEWATCH_DATA_DIR points there)" if target.is_dir() else ""
+            why = getattr(exc, "reason", None) or exc
+            raise _fail(
+                f"could not fetch {dataset} from {url or default_url} ({why}){have}; "
+                f"without internet, download that archive elsewhere and unpack it into {target}"
+            ) from None
     typer.echo(f"data: {dataset} in {root}")
 
 

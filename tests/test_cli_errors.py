@@ -119,3 +119,19 @@ def test_version():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"edgewatch {__version__}"
+
+
+def test_serve_names_a_missing_model_in_one_line(tmp_path):
+    result = runner.invoke(app, ["serve", "--model", str(tmp_path / "nothing")])
+    assert result.exit_code == 2
+    assert "no model.json in" in said(result) and "is this an edgewatch model?" in said(result)
+
+
+def test_data_fetch_offline_says_what_to_do(tmp_path):
+    result = runner.invoke(
+        app, ["data", "fetch", "nab", "--dest", str(tmp_path), "--url", "http://127.0.0.1:1/nab.zip"]
+    )
+    assert result.exit_code == 2
+    text = said(result)
+    assert "could not fetch nab from http://127.0.0.1:1/nab.zip" in text
+    assert f"unpack it into {tmp_path / 'nab'}" in text

@@ -152,6 +152,15 @@ def test_simulated_temperature_sensor_body_with_device_id(make_client, model_dir
     assert 0.0 <= result["score"] <= 1.0 and result["is_anomaly"] in (True, False)
 
 
+def test_json_without_a_content_type_is_scored(make_client, model_dir):
+    """curl -d and urllib send a form Content-Type by default: the body is JSON all the same."""
+    client = make_client(model_dir)
+    for headers in ({}, {"Content-Type": "application/x-www-form-urlencoded"}, {"Content-Type": "text/plain"}):
+        response = client.post("/score", data=json.dumps(pump_body("pump-1", 300)).encode(), headers=headers)
+        assert response.status_code == 200, (headers, response.get_data(as_text=True))
+        assert response.get_json()["results"][0]["device_id"] == "pump-1"
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -159,7 +168,7 @@ def test_simulated_temperature_sensor_body_with_device_id(make_client, model_dir
         (b"[]", "empty list"),
         (b'"hello"', "1 of 1 readings cannot be scored"),
         (b'{"values": {"rpm": 1}}', "1 of 1 readings cannot be scored"),
-        (b"\xff\xfe", "Input cannot be decoded as UTF-8"),  # refused by the server before run()
+        (b"\xff\xfe", "body is not UTF-8: invalid byte at position 0"),
     ],
 )
 def test_bad_bodies_are_400_with_a_reason(make_client, model_dir, raw, message):

@@ -34,8 +34,25 @@ def server_environment(model_dir: Path | None = None) -> dict[str, str]:
         "AML_APP_INSIGHTS_ENABLED": "false",
     }
     if model_dir is not None:
-        env["AZUREML_MODEL_DIR"] = str(Path(model_dir).resolve())
+        env["AZUREML_MODEL_DIR"] = str(azureml_layout(Path(model_dir).resolve()))
     return env
+
+
+def azureml_layout(model_dir: Path) -> Path:
+    """A model directory as Azure ML mounts a registered model: ``<root>/<name>/<version>/``.
+
+    The inference server reads model ids from that layout at start (and logs a traceback for a
+    flat folder); a folder that is itself an edgewatch model (``model.json``) gets a temporary
+    ``<root>/edgewatch/1`` link to it; anything else is passed as it is.
+    """
+    import tempfile
+
+    if not (model_dir / "model.json").is_file():
+        return model_dir
+    root = Path(tempfile.mkdtemp(prefix="edgewatch-serve-"))
+    (root / "edgewatch").mkdir()
+    (root / "edgewatch" / "1").symlink_to(model_dir, target_is_directory=True)
+    return root
 
 
 def gunicorn_argv(host: str = "127.0.0.1", port: int = DEFAULT_PORT, workers: int = 1) -> list[str]:

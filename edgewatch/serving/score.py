@@ -48,13 +48,14 @@ MAX_READINGS_PER_REQUEST = 10_000
 #: The pseudo topic named in parse errors, as the flow names its Kafka topic.
 SOURCE_NAME = "azureml"
 
-try:  # real HTTP status codes where the server package offers them
-    from azureml.contrib.services.aml_response import AMLResponse
-except ImportError:
-    try:
-        from azureml_inference_server_http.api.aml_response import AMLResponse
-    except ImportError:  # outside the server (plain imports, doctests): errors stay JSON objects
-        AMLResponse = None
+try:  # real HTTP status codes, and the raw body, where the server package offers them
+    from azureml_inference_server_http.api.aml_request import rawhttp
+    from azureml_inference_server_http.api.aml_response import AMLResponse
+except ImportError:  # outside the server (plain imports, doctests): errors stay JSON objects
+    AMLResponse = None
+
+    def rawhttp(func):
+        return func
 
 
 class BadRequest(ValueError):
@@ -199,8 +200,18 @@ def error_response(status: int, message: str, problems: list[dict] | None = None
     return AMLResponse(body, status, json_str=True) if AMLResponse is not None else body
 
 
-def run(raw_data: str):
-    """Called by the inference server with the body of each ``POST /score``."""
+@rawhttp
+def run(raw_data):
+    """Called by the inference server with each ``POST /score`` request (or with its body).
+
+    The raw body is read whatever the request's Content-Type says: a JSON body sent without
+    ``Content-Type: application/json`` (curl's and urllib's default is a form type, whose body
+    the server would otherwise parse as a form and hand over empty) is scored all the same.
+    """
+    if hasattr(raw_data, "get_data"):  # the server's request object
+        if raw_data.method != "POST":
+            return error_response(405, "POST readings to /score (GET / is the health check)")
+        raw_data = raw_data.get_data(cache=True, as_text=False, parse_form_data=False)
     if _scorer is None:
         return error_response(503, "the model is not loaded: init() has not run")
     try:
