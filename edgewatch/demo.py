@@ -21,6 +21,7 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -94,28 +95,39 @@ class _Watch:
         self._consumer.close()
 
 
+def _ratio(value: float, measurable: bool) -> str:
+    """A precision or recall, or "–" until there is something to measure."""
+    return f"{value:.3f}" if measurable else "–"
+
+
 def _view(watch: _Watch, sent: int, elapsed: float, seconds: float, devices: int, rate: float) -> Group:
+    """The live console; readable at 80 columns (narrow columns, no model names)."""
     truth = watch.truth
-    stats = Table.grid(padding=(0, 2))
+    stats = Table.grid(padding=(0, 1))
+    stats.add_row(f"[b]edgewatch demo[/b]  {devices} machines · {rate:.0f} ev/s · {elapsed:4.1f}/{seconds:.0f} s")
     stats.add_row(
-        f"[b]edgewatch demo[/b]  {devices} machines · {rate:.0f} events/s · {elapsed:4.1f}/{seconds:.0f} s",
+        f"sent [b]{sent}[/b]  labeled [b]{watch.labeled}[/b]  "
+        f"dead letters [b]{watch.deadletter}[/b] [dim](injected malformed test messages)[/dim]"
     )
     stats.add_row(
-        f"sent [b]{sent}[/b]  labeled [b]{watch.labeled}[/b]  dead letters [b]{watch.deadletter}[/b]  "
         f"faults [b]{truth.faults}[/b]  detected [b]{truth.detected}[/b]  "
-        f"precision [b]{truth.precision:.3f}[/b]  recall [b]{truth.recall:.3f}[/b]"
+        f"precision [b]{_ratio(truth.precision, truth.flagged > 0)}[/b]  "
+        f"recall [b]{_ratio(truth.recall, truth.faults > 0)}[/b]"
     )
-    latest = Table(title="latest anomalies", expand=False)
-    for column in ("time", "device", "score", "machine °C", "injected fault"):
-        latest.add_column(column)
+    latest = Table(title="latest anomalies", expand=False, padding=(0, 1), box=box.SIMPLE_HEAD)
+    latest.add_column("time", no_wrap=True)
+    latest.add_column("device", no_wrap=True)
+    latest.add_column("score", justify="right", no_wrap=True)
+    latest.add_column("°C", justify="right", no_wrap=True)
+    latest.add_column("fault", no_wrap=True)
     for time_of_day, device, score, temperature, fault in watch.latest:
-        latest.add_row(time_of_day, device, f"{score:.2f}", f"{temperature:.1f}", fault or "[red]none[/red]")
-    top = Table(title="anomalies per device (top 8)")
-    top.add_column("device")
-    top.add_column("anomalies", justify="right")
+        latest.add_row(time_of_day[:8], device, f"{score:.2f}", f"{temperature:.1f}", fault or "[red]none[/red]")
+    top = Table(title="top devices", padding=(0, 1), box=box.SIMPLE_HEAD)
+    top.add_column("device", no_wrap=True)
+    top.add_column("alarms", justify="right")
     for device, count in watch.anomalies_by_device.most_common(8):
         top.add_row(device, str(count))
-    grid = Table.grid(padding=(0, 4))
+    grid = Table.grid(padding=(0, 2))
     grid.add_row(latest, top)
     return Group(stats, grid)
 
