@@ -316,3 +316,34 @@ def test_a_full_disk_loses_the_cloud_copy_not_the_flow(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "could not be stored" in r.getMessage()]
     assert lines and "database or disk is full" in lines[0]
     assert sum(int(line.split("dropped ")[1].split(" ")[0]) for line in lines) == 200 - kept
+
+
+def test_refused_credentials_are_an_error_not_an_outage(tmp_path, caplog):
+    """An invalid key is not "link down": one ERROR line that says to fix the credentials, events kept."""
+
+    class UnauthorizedError(Exception):  # what azure-iot-device raises under ConnectionFailedError
+        pass
+
+    class RefusingSender(FlakySender):
+        def deliver(self, batch, buffer):
+            self.attempts += 1
+            try:
+                raise UnauthorizedError("CONNACK: not authorized")
+            except UnauthorizedError as cause:
+                raise ConnectionError("connection failed") from cause
+
+    sender = RefusingSender(failures=0)
+    with StoreAndForward(tmp_path / "refused.sqlite3", "iothub") as buffer:
+        buffer.put(envelope(n) for n in range(5))
+        forwarder = Forwarder(buffer, sender, retry_max_seconds=0.05)
+        with caplog.at_level(logging.INFO, logger="edgewatch"):
+            forwarder.start()
+            deadline = time.monotonic() + 10
+            while sender.attempts < 5 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            forwarder.stop()
+        assert len(buffer) == 5, "nothing dropped"
+    lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "ERROR"
+    assert "fix the connection string or key" in lines[0].getMessage()
+    assert not any("link down" in r.getMessage() for r in caplog.records)

@@ -50,6 +50,37 @@ def call_with_timeout(function: Callable, timeout: float, *args):
     return outcome.get("value")
 
 
+#: seconds between two log lines about refused credentials
+REFUSAL_LOG_SECONDS = 300.0
+
+#: what the SDKs call an authentication refusal (IoT Hub: CONNACK "not authorized"; Event Hubs: 401)
+_REFUSALS = ("UnauthorizedError", "CredentialError", "AuthenticationError", "ClientAuthenticationError")
+
+
+def refused_credentials(error: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, says the credentials were refused.
+
+    >>> class UnauthorizedError(Exception): ...
+    >>> try:
+    ...     try:
+    ...         raise UnauthorizedError("CONNACK 5")
+    ...     except UnauthorizedError as cause:
+    ...         raise ConnectionError("connection failed") from cause
+    ... except ConnectionError as exc:
+    ...     refused_credentials(exc)
+    True
+    >>> refused_credentials(TimeoutError("no answer"))
+    False
+    """
+    seen = 0
+    while error is not None and seen < 8:
+        text = str(error).lower()
+        if type(error).__name__ in _REFUSALS or "not authori" in text or "unauthorized" in text:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
 def close_quietly(close: Callable[[], object], name: str) -> None:
     """Close an SDK client that is being thrown away: its errors are only logged (debug)."""
     try:
@@ -92,6 +123,7 @@ class Forwarder:
         self.sender = sender
         self._stopping = threading.Event()
         self._down_since: float | None = None
+        self._refusal_logged = -REFUSAL_LOG_SECONDS
         self._retrying = Retrying(
             retry=retry_if_exception_type(Exception),
             wait=wait_exponential_jitter(multiplier=0.5, max=retry_max_seconds, jitter=0.5),
@@ -148,6 +180,23 @@ class Forwarder:
 
     def _on_failure(self, state) -> None:
         error = state.outcome.exception()
+        if refused_credentials(error):
+            # not an outage: retrying will not help until someone fixes the key (it may be re-enabled
+            # on the hub's side, so keep trying), and the operator must hear it as such
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+            if now - self._refusal_logged >= REFUSAL_LOG_SECONDS:
+                self._refusal_logged = now
+                log.error(
+                    "store-and-forward %s: the cloud refused edgewatch's credentials (%s: %s): fix the connection "
+                    "string or key; %d message(s) kept in the buffer meanwhile",
+                    self.buffer.name,
+                    type(error).__name__,
+                    error,
+                    len(self.buffer),
+                )
+            return
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning(
