@@ -2,8 +2,8 @@
 
 Every setting comes from the CLI option of the same name (``--in-topic`` for ``in_topic``,
 generated from these models by :mod:`edgewatch.cli_options`), else an ``EDGEWATCH_<NAME>``
-environment variable, else a file named ``<name>`` in ``EDGEWATCH_SECRETS_DIR`` (how
-Kubernetes mounts Secrets), else the default here; the Helm chart's values use the same names.
+environment variable, else a file named like that variable in ``EDGEWATCH_SECRETS_DIR`` (how
+Kubernetes mounts a Secret's keys), else the default here; the Helm chart's values use the same names.
 ``python -m bytewax.run edgewatch.flows.anomaly:flow`` reads only the environment.
 
 Secrets (``SecretStr``) are never CLI options: a command line is readable by every local user
