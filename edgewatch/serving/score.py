@@ -136,7 +136,7 @@ def init() -> None:
 def parse_request(raw_data: str | bytes, received_at: float | None = None) -> list[Reading]:
     """The readings of a request body, or :class:`BadRequest` naming every bad one.
 
-    >>> [r.features for r in parse_request('{"deviceId": "p1", "timestamp": 0, "values": {"rpm": 1}}')]
+    >>> [r.features for r in parse_request('{"deviceId": "p1", "timestamp": 1767225600, "values": {"rpm": 1}}')]
     [{'rpm': 1.0}]
     >>> parse_request('[{"values": {"rpm": 1}}]')
     Traceback (most recent call last):
