@@ -59,6 +59,9 @@ class FlowSettings(KafkaSettings):
     recovery_dir: Path | None = Field(None, description="Bytewax recovery database; enables resume")
     snapshot_seconds: float = Field(5.0, gt=0, description="epoch length: how often state is snapshotted")
     model_dir: Path | None = Field(None, description="warm-start artifact written by `edgewatch train`")
+    model_public_key: str | None = Field(
+        None, description="ed25519 public key (PEM text or file): load only models signed by it (train --sign-key)"
+    )
     detector: str = Field("compact-novelty", description="detector name (see `edgewatch run --help`)")
     threshold: float | None = Field(None, ge=0, le=1, description="label threshold; default: the detector's")
     shards: int = Field(

@@ -127,7 +127,7 @@ def bank_builder(settings: FlowSettings, controls: LiveControls | None = None):
     """A function Bytewax calls to create (``state is None``) or resume a shard's bank."""
     spec, artifact = resolve_detector(settings.detector), None
     if settings.model_dir is not None:
-        artifact = artifact_module.load(Path(settings.model_dir))
+        artifact = artifact_module.load(Path(settings.model_dir), settings.model_public_key)
         spec = artifact.spec
 
     def rebuild(new_artifact):

@@ -7,8 +7,9 @@ the body of every ``POST /score`` request; ``GET /`` is its liveness probe.
 :func:`init` loads the model artifact written by ``edgewatch train`` from ``AZUREML_MODEL_DIR``
 (Azure ML mounts the registered model there, usually one folder down) or
 ``EDGEWATCH_MODEL_DIR``; :func:`edgewatch.online_models.artifact.load` refuses it unless its
-sha256 matches. Without either variable, every device starts from a fresh
-``EDGEWATCH_DETECTOR``. ``EDGEWATCH_THRESHOLD`` overrides the label threshold.
+sha256 matches (and, with ``EDGEWATCH_MODEL_PUBLIC_KEY``, unless its signature verifies).
+Without either variable, every device starts from a fresh ``EDGEWATCH_DETECTOR``.
+``EDGEWATCH_THRESHOLD`` overrides the label threshold.
 
 A request body is one reading or a list of readings, in the formats of
 :mod:`edgewatch.schema`, with the device in a ``deviceId`` field::
@@ -117,7 +118,8 @@ def build_scorer(environ: dict[str, str] | None = None) -> Scorer:
     model_root = environ.get("AZUREML_MODEL_DIR") or environ.get("EDGEWATCH_MODEL_DIR")
     if model_root:
         model_dir = find_model_dir(Path(model_root))
-        artifact = artifact_module.load(model_dir)  # verifies the sha256
+        # verifies the sha256, and the signature when EDGEWATCH_MODEL_PUBLIC_KEY is set
+        artifact = artifact_module.load(model_dir, settings.model_public_key)
         bank = new_bank(artifact.spec, threshold, artifact)
         source = f"artifact {artifact.version} from {model_dir}"
     else:
