@@ -212,7 +212,7 @@ def wait_healthy(url: str, process: subprocess.Popen, seconds: float) -> None:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # a worker still booting may not answer
             time.sleep(0.2)
     raise AssertionError(f"{url} not healthy after {seconds} s")
 

@@ -125,6 +125,9 @@ def build_scorer(environ: dict[str, str] | None = None) -> Scorer:
     else:
         bank = new_bank(resolve_detector(settings.detector), threshold)
         source = f"fresh {settings.detector} models (no AZUREML_MODEL_DIR or EDGEWATCH_MODEL_DIR)"
+    warm_up = getattr(bank, "warm_up", None)
+    if warm_up is not None:  # load the compiled kernel now, not on the first request
+        warm_up()
     return Scorer(bank, source)
 
 
