@@ -661,7 +661,7 @@ def dead_letter_headers(dead: DeadLetter) -> Headers:
     sender cannot put a reason of its own in front of the real one."""
     src = dead.raw
     return [
-        *((_ORIGINAL + name if name.startswith(_ERROR) else name, value) for name, value in src.headers),
+        *forwarded_headers(src.headers),
         (_ERROR + "reason", _clip(dead.reason).encode("utf-8", "backslashreplace")),
         (_ERROR + "stage", dead.stage.encode()),
         (_ERROR + "topic", str(src.topic).encode("utf-8", "backslashreplace")),
@@ -672,6 +672,20 @@ def dead_letter_headers(dead: DeadLetter) -> Headers:
 
 _ERROR = "edgewatch.error."
 _ORIGINAL = "original."
+
+
+def forwarded_headers(headers: Headers) -> Headers:
+    """Input headers as edgewatch passes them on: ``edgewatch.error.*`` ones renamed
+    ``original.edgewatch.error.*``, so only edgewatch's own mark a message as a dead letter.
+
+    >>> forwarded_headers([("edgewatch.error.reason", b"SPOOFED"), ("trace", b"t1")])
+    [('original.edgewatch.error.reason', b'SPOOFED'), ('trace', b't1')]
+    """
+    if not any(name.startswith(_ERROR) for name, _ in headers):
+        return headers
+    return [(_ORIGINAL + name if name.startswith(_ERROR) else name, value) for name, value in headers]
+
+
 #: Bytes a Kafka record needs beyond its key, value and headers (lengths, attributes, batch
 #: header), counted generously so a record within the limit is always accepted.
 _RECORD_OVERHEAD = 128

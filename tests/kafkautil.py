@@ -26,7 +26,8 @@ class Consumed:
 
 
 def produce(bootstrap: str, topic: str, records) -> list[tuple[int, int]]:
-    """Produce ``(key, value, headers)`` records; returns their (partition, offset) in order."""
+    """Produce ``(key, value, headers[, timestamp_ms])`` records; returns their (partition, offset) in order.
+    Without a timestamp (or 0) the producer stamps the time of sending."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "5"})
     positions: list[tuple[int, int] | None] = []
 
@@ -38,11 +39,14 @@ def produce(bootstrap: str, topic: str, records) -> list[tuple[int, int]]:
 
         return callback
 
-    for index, (key, value, headers) in enumerate(records):
+    for index, (key, value, headers, *timestamp) in enumerate(records):
         positions.append(None)
         while True:
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=delivered_at(index))
+                producer.produce(
+                    topic, value, key, headers=headers, timestamp=timestamp[0] if timestamp else 0,
+                    on_delivery=delivered_at(index),
+                )  # fmt: skip
                 break
             except BufferError:
                 producer.poll(0.05)

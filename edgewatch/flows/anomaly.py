@@ -38,7 +38,8 @@ from edgewatch.schema import (
     LabeledEvent,
     RawMessage,
     Reading,
-    dead_letter_headers,
+    dead_letter_record,
+    forwarded_headers,
     labeled_event_json,
     parse_batch,
 )
@@ -112,15 +113,16 @@ def records(items: list[LabeledEvent] | list[DeadLetter], settings: FlowSettings
     sink produces them (the Kafka and JSONL sinks call it; no intermediate list per batch)."""
     if items and isinstance(items[0], DeadLetter):
         FLOW_METRICS.dead_letters.inc(len(items))
-        for dead in items:
-            yield OutRecord(settings.dlq_topic, dead.raw.key, dead.raw.value, dead_letter_headers(dead))
+        for dead in items:  # truncated, with its original size and sha256, when too large for the broker
+            yield OutRecord(settings.dlq_topic, *dead_letter_record(dead))
         return
     FLOW_METRICS.labeled.inc(len(items))
     FLOW_METRICS.anomalies.inc(sum(event.is_anomaly for event in items))
     topic = settings.out_topic
     for event in items:
         raw = event.reading.raw
-        yield OutRecord(topic, raw.key or event.reading.device_id.encode(), labeled_event_json(event), raw.headers)
+        headers = forwarded_headers(raw.headers)  # a sender's edgewatch.error.* headers renamed
+        yield OutRecord(topic, raw.key or event.reading.device_id.encode(), labeled_event_json(event), headers)
 
 
 def bank_builder(settings: FlowSettings, controls: LiveControls | None = None):
