@@ -81,7 +81,8 @@ def serve(model_dir: Path | None = None, host: str = "127.0.0.1", port: int = DE
 
     ``model_dir`` is an ``edgewatch train`` output (or a folder holding one); without it the
     server uses ``AZUREML_MODEL_DIR``/``EDGEWATCH_MODEL_DIR`` from the environment, else fresh
-    detectors. A model that fails its sha256 check stops the server before it listens.
+    detectors. A model that fails its sha256 check (or, with ``EDGEWATCH_MODEL_PUBLIC_KEY``, its
+    signature check) stops the server before it listens.
     """
     try:
         from gunicorn.app.wsgiapp import WSGIApplication
