@@ -303,34 +303,32 @@ class _ArrayModels(Mapping):
         self.features: dict[str, tuple[str, ...]] = {}
         if not isinstance(groups, list):
             raise ArtifactError(f"{model_dir / METADATA_FILE}: no device groups")
-        try:
-            with np.load(io.BytesIO(blob), allow_pickle=False) as stored:
-                arrays = {name: stored[name] for name in stored.files}
-        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-            raise ArtifactError(f"{model_dir / ARRAYS_FILE} is not a numpy archive of plain arrays: {exc}") from None
         template = spec.factory()
-        for index, group in enumerate(groups):
-            features, devices = self._group_names(group, model_dir)
-            expected = template.export_arrays(features)
-            fields = {}
-            for name, like in expected.items():
-                array = arrays.pop(f"g{index}.{name}", None)
-                shape = (len(devices), *np.shape(like))
-                if array is None or array.dtype != np.asarray(like).dtype or array.shape != shape:
-                    found = "missing" if array is None else f"{array.dtype} {array.shape}"
-                    raise ArtifactError(
-                        f"{model_dir / ARRAYS_FILE}: g{index}.{name} must be {np.asarray(like).dtype} {shape}, "
-                        f"found {found}"
-                    )
-                fields[name] = array
-            self._groups.append((features, fields))
-            for row, device in enumerate(devices):
-                if device in self._where:
-                    raise ArtifactError(f"{model_dir / METADATA_FILE}: device {device!r} appears twice")
-                self._where[device] = (index, row)
-                self.features[device] = features
-        if arrays:
-            raise ArtifactError(f"{model_dir / ARRAYS_FILE}: unexpected arrays {sorted(arrays)[:3]}")
+        path = model_dir / ARRAYS_FILE
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(blob))
+        except zipfile.BadZipFile as exc:
+            raise ArtifactError(f"{path} is not a numpy archive of plain arrays: {exc}") from None
+        with archive:
+            members = set(archive.namelist())
+            for index, group in enumerate(groups):
+                features, devices = self._group_names(group, model_dir)
+                fields = {}
+                for name, like in template.export_arrays(features).items():
+                    member = f"g{index}.{name}.npy"
+                    if member not in members:
+                        raise ArtifactError(f"{path}: {member} is missing")
+                    members.discard(member)
+                    like = np.asarray(like)
+                    fields[name] = _read_array(archive, member, like.dtype, (len(devices), *like.shape), path)
+                self._groups.append((features, fields))
+                for row, device in enumerate(devices):
+                    if device in self._where:
+                        raise ArtifactError(f"{model_dir / METADATA_FILE}: device {device!r} appears twice")
+                    self._where[device] = (index, row)
+                    self.features[device] = features
+        if members:
+            raise ArtifactError(f"{path}: unexpected arrays {sorted(members)[:3]}")
 
     @staticmethod
     def _group_names(group: object, model_dir: Path) -> tuple[tuple[str, ...], list[str]]:
@@ -360,6 +358,28 @@ class _ArrayModels(Mapping):
 
     def __len__(self) -> int:
         return len(self._where)
+
+
+def _read_array(archive: zipfile.ZipFile, member: str, dtype: np.dtype, shape: tuple, path: Path) -> np.ndarray:
+    """One ``.npy`` member, its header checked against the dtype and shape the detector expects
+    before any data is read (no object arrays: no pickle; no size the model does not need)."""
+    from numpy.lib import format as npy
+
+    try:
+        with archive.open(member) as stream:
+            major, _ = npy.read_magic(stream)
+            header = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
+            found_shape, fortran, found_dtype = header(stream)
+            if found_dtype != dtype or tuple(found_shape) != shape or fortran:
+                raise ArtifactError(f"{path}: {member} must be {dtype} {shape}, found {found_dtype} {found_shape}")
+            data = stream.read(int(np.prod(shape)) * dtype.itemsize + 1)
+    except ArtifactError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{path} is not a numpy archive of plain arrays: {member}: {exc}") from None
+    if len(data) != int(np.prod(shape)) * dtype.itemsize:
+        raise ArtifactError(f"{path}: {member} holds {len(data)} bytes, not the {dtype} {shape} its header says")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _parameters(model: AnomalyDetector) -> dict:
