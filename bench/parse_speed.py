@@ -1,17 +1,20 @@
-"""Parse cost per message (µs) on SimulatedTemperatureSensor bodies and on the other shapes.
+"""Parse cost per message (µs): SimulatedTemperatureSensor bodies (the typed fast path) and
+generic bodies (the general path), this checkout's ``edgewatch.schema`` against another one.
 
-    python bench/parse_speed.py                      # this checkout's edgewatch.schema
-    python bench/parse_speed.py --schema OTHER.py    # another version of schema.py (before/after)
+    python bench/parse_speed.py                               # this checkout only
+    git show HEAD~5:edgewatch/schema.py > /tmp/before.py
+    python bench/parse_speed.py --baseline /tmp/before.py     # before/after, interleaved
 
-Best and median of ``--repeat`` runs over the same messages (the best run is the one least
-disturbed by other processes); parse only: no detection, no Kafka.
+Each figure is the best of ``--rounds`` rounds of ``parse_message`` over 1,000 simulated
+messages, the schemas measured in turn within each round: on a busy machine the best round is
+the one least disturbed by other processes, and interleaving exposes both to the same load.
+Parse only: no detection, no Kafka.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
 import time
 
@@ -20,13 +23,15 @@ import orjson
 from edgewatch.flows.anomaly import tune_gc_for_streaming
 from edgewatch.simulator import Fleet
 
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
-def load_schema(path: str | None):
+
+def load_schema(path: str | None, name: str):
     if path is None:
         from edgewatch import schema
 
         return schema
-    spec = importlib.util.spec_from_file_location("schema_under_test", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -34,40 +39,47 @@ def load_schema(path: str | None):
 
 
 def bodies(count: int) -> dict[str, list[tuple[bytes, bytes]]]:
-    fleet = Fleet(devices=50, seed=1, fault_rate=0.01, start_time=1_767_225_600.0)
+    fleet = Fleet(devices=50, seed=1, fault_rate=0.01, start_time=START_MS / 1000)
     sensor = [(r.key, r.value) for r in fleet.records(count)]
     generic = [
-        (key, orjson.dumps({"timestamp": 1_767_225_600 + i, "values": {"rpm": 1450.0 + i, "vibration": 0.1}}))
+        (key, orjson.dumps({"timestamp": START_MS // 1000 + i, "values": {"rpm": 1450.0 + i, "vibration": 0.1}}))
         for i, (key, _) in enumerate(sensor)
     ]
     return {"simulated-sensor": sensor, "generic": generic}
 
 
-def measure(schema, messages: list[tuple[bytes, bytes]], repeat: int) -> tuple[float, float]:
-    raws = [
-        schema.RawMessage(key, value, [], "telemetry", 0, i, 1_767_225_600_000)
-        for i, (key, value) in enumerate(messages)
-    ]
-    runs = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        _, dead = schema.parse_batch(raws)
-        runs.append((time.perf_counter() - started) / len(raws) * 1e6)
-        assert not dead, dead[0].reason
-    return min(runs), statistics.median(runs)
+def time_per_message(schema, messages: list[tuple[bytes, bytes]]) -> float:
+    raws = [schema.RawMessage(key, value, [], "telemetry", 0, i, START_MS) for i, (key, value) in enumerate(messages)]
+    parse = schema.parse_message
+    started = time.perf_counter()
+    for raw in raws:
+        parse(raw)
+    return (time.perf_counter() - started) / len(raws) * 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schema", help="path of a schema.py to measure instead of edgewatch.schema")
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--baseline", help="path of another schema.py to measure against this checkout's")
+    parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
-    schema = load_schema(args.schema)
+    schemas = {"this checkout": load_schema(None, "schema")}
+    if args.baseline:
+        schemas = {"baseline": load_schema(args.baseline, "baseline_schema"), **schemas}
     tune_gc_for_streaming()  # as the flow runs
-    for shape, messages in bodies(args.messages).items():
-        best, median = measure(schema, messages, args.repeat)
-        print(f"{shape:17s} best {best:5.2f} µs/message, median {median:5.2f} (of {args.repeat} runs)")
+    shapes = bodies(1000)
+    for schema in schemas.values():  # every message must parse: a dead letter would be a different path
+        for messages in shapes.values():
+            raws = [schema.RawMessage(k, v, [], "telemetry", 0, i, START_MS) for i, (k, v) in enumerate(messages)]
+            _, dead = schema.parse_batch(raws)
+            assert not dead, dead[0].reason
+    best = {(label, shape): float("inf") for label in schemas for shape in shapes}
+    for _ in range(args.rounds):
+        for shape, messages in shapes.items():
+            for label, schema in schemas.items():
+                best[label, shape] = min(best[label, shape], time_per_message(schema, messages))
+    for shape in shapes:
+        figures = ", ".join(f"{label} {best[label, shape]:.2f}" for label in schemas)
+        print(f"{shape:17s} µs/message (best of {args.rounds} rounds): {figures}")
 
 
 if __name__ == "__main__":

@@ -277,7 +277,9 @@ def _parse_simulated_sensor(raw: RawMessage) -> Reading | None:
     """The common case in one typed decode (C): a well-formed SimulatedTemperatureSensor body.
     ``None`` for anything else, which the general parser then explains or handles."""
     value = raw.value
-    if b"\\" in value:  # escapes: leave them (and the duplicate-key check they need) to the general path
+    # not this shape (a failed typed decode costs an exception), or escapes (left, with the
+    # duplicate-key check they need, to the general path)
+    if b'"machine"' not in value or b"\\" in value:
         return None
     try:
         body = _SIMULATED_SENSOR.decode(value)
@@ -573,6 +575,9 @@ def _body_time(body: dict, names: tuple[str, ...], kafka_timestamp_ms: int | Non
 def _timestamp(value: object, name: str) -> float:
     """A body's time (ISO-8601 or epoch seconds) in epoch seconds, inside the plausible window."""
     latest = time.time() + FUTURE_TOLERANCE
+    kind = type(value)
+    if (kind is float or kind is int) and EARLIEST_TIME <= value <= latest:  # the common case, in one test
+        return float(value)
     if isinstance(value, str):
         seconds = _iso_seconds(value)
         if seconds is None:
