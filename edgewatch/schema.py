@@ -441,7 +441,10 @@ def _first_duplicate_key(value: bytes) -> str | None:
             found.append(next(key for key, _ in items if key in seen or seen.add(key)))
         return dict(items)
 
-    json.loads(value, object_pairs_hook=pairs)
+    try:
+        json.loads(value, object_pairs_hook=pairs)
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit, which orjson read as a float
+        raise InvalidMessage(f"not JSON: {exc}") from None
     return found[0] if found else None
 
 

@@ -77,6 +77,7 @@ def test_hostile_messages_never_stop_the_flow_and_all_come_out(kafka_bootstrap, 
     # a sender's edgewatch.error.* headers never mark a labeled event as a dead letter
     assert not any(name.startswith("edgewatch.error.") for m in out if m.topic == topics["out"] for name in m.headers)
     assert labeled >= 100 and len(dead) >= 1000, (labeled, len(dead))
+    print(f"fuzz flow: {len(messages)} in, {labeled} labeled, {len(dead)} dead-lettered")  # with pytest -s
     (truncated,) = [m for m in dead if "edgewatch.error.truncated" in m.headers]
     assert truncated.headers["edgewatch.error.original_size"] == b"998000"
     assert truncated.headers["edgewatch.error.original_sha256"] == hashlib.sha256(huge).hexdigest().encode()
