@@ -277,9 +277,9 @@ def _parse_simulated_sensor(raw: RawMessage) -> Reading | None:
     """The common case in one typed decode (C): a well-formed SimulatedTemperatureSensor body.
     ``None`` for anything else, which the general parser then explains or handles."""
     value = raw.value
-    # not this shape (a failed typed decode costs an exception), or escapes (left, with the
-    # duplicate-key check they need, to the general path)
-    if b'"machine"' not in value or b"\\" in value:
+    # not this shape as the module writes it (a failed typed decode costs an exception), or
+    # escapes (left, with the duplicate-key check they need, to the general path)
+    if not value.startswith(b'{"machine"') or b"\\" in value:
         return None
     try:
         body = _SIMULATED_SENSOR.decode(value)
