@@ -89,6 +89,6 @@ def test_the_fuzz_run_covered_both_outcomes():
         test_hostile_batches_never_raise_and_every_message_is_accounted_for()
         test_seeded_hostile_batches_never_raise_and_every_message_is_accounted_for()
     assert SEEN["messages"] >= 10_000 + 500
-    assert SEEN["labeled"] >= 1000 and SEEN["dead"] >= 1000, SEEN
+    assert SEEN["labeled"] >= 500 and SEEN["dead"] >= 1000, SEEN
     assert SEEN["messages"] == SEEN["labeled"] + SEEN["dead"]
     print(f"fuzz parse → bank → serialize: {SEEN}")  # the figures, with pytest -s
