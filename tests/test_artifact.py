@@ -206,7 +206,7 @@ def keypair(tmp_path, name):
     return private, tmp_path / f"{name}.pub"
 
 
-def test_signed_models_load_only_with_a_valid_signature(history, tmp_path):
+def test_signed_models_load_only_with_a_valid_signature(history, tmp_path, monkeypatch):
     private, public = keypair(tmp_path, "release")
     _, other_public = keypair(tmp_path, "other")
     model = tmp_path / "model"
@@ -217,6 +217,14 @@ def test_signed_models_load_only_with_a_valid_signature(history, tmp_path):
     assert artifact.load(model, public).version == artifact.load(model, public.read_text()).version
     with pytest.raises(artifact.ArtifactError, match="does not verify"):
         artifact.load(model, other_public)
+    # what `serve` checks before it starts, and what each of its workers loads
+    from edgewatch.serving import check_model
+    from edgewatch.serving.score import build_scorer
+
+    monkeypatch.setenv("EDGEWATCH_MODEL_PUBLIC_KEY", public.read_text())
+    check_model(model)
+    assert build_scorer({"EDGEWATCH_MODEL_DIR": str(model)}).bank.version == artifact.load(model).version
+    monkeypatch.delenv("EDGEWATCH_MODEL_PUBLIC_KEY")
     refused = {"EDGEWATCH_MODEL_PUBLIC_KEY": str(other_public)}
     for command in (["run", "--model", str(model)], ["serve", "--model", str(model)]):
         result = runner.invoke(app, command, env=refused)
