@@ -104,7 +104,7 @@ class Application:
         if model_dir is None:
             return None
         try:  # refuse a bad artifact before anything starts
-            fitted = artifact_module.load(Path(model_dir))
+            fitted = artifact_module.load(Path(model_dir), self.settings.model_public_key)
         except artifact_module.ArtifactError as exc:
             raise SetupError(str(exc)) from None
         if "detector" in self.settings.model_fields_set and self.settings.detector != fitted.spec.name:

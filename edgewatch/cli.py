@@ -339,8 +339,12 @@ def train(
     input_path: Annotated[
         Path, typer.Option("--input", help="history: .jsonl (edgewatch simulate --out) or .csv (timestamp + columns)")
     ],
-    out: Annotated[Path, typer.Option(help="model directory to write (model.pkl + model.json)")],
+    out: Annotated[Path, typer.Option(help="model directory to write (model.json + arrays.npz)")],
     detector: Annotated[str, typer.Option(help="detector to fit")] = "compact-novelty",
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(help="ed25519 private key (PEM file) to sign the model with (model.sig)", show_default=False),
+    ] = None,
 ) -> None:
     """Batch-fit the detector on history, one model per device; `run --model` warm-starts from it."""
     from edgewatch.connectors.files import read_history
@@ -350,7 +354,7 @@ def train(
     try:
         spec = resolve_detector(detector)
         readings, dead = read_history(input_path)
-        saved = artifact.save(artifact.train(spec, readings, source=str(input_path)), out)
+        saved = artifact.save(artifact.train(spec, readings, source=str(input_path)), out, sign_key=sign_key)
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
     if dead:
@@ -418,15 +422,14 @@ def serve(
     workers: Annotated[int, typer.Option(help="worker processes; each keeps its own device models")] = 1,
 ) -> None:
     """Serve POST /score and GET / as an Azure ML online endpoint does (azureml-inference-server-http)."""
-    from edgewatch.online_models import artifact
+    from edgewatch.online_models.artifact import ArtifactError
+    from edgewatch.serving import check_model
     from edgewatch.serving import serve as run_server
-    from edgewatch.serving.score import find_model_dir
 
-    if model is not None:  # a model that cannot load is one line here, not 40 lines of server start-up
-        try:
-            artifact.load(find_model_dir(model))
-        except (OSError, artifact.ArtifactError) as exc:
-            raise _fail(f"--model {model}: {exc}") from None
+    try:  # refuse a bad, unsigned or badly signed model in one line, before the server starts
+        check_model(model)
+    except (ArtifactError, OSError) as exc:
+        raise _fail(f"--model {model}: {exc}") from None
     run_server(model, host=host, port=port, workers=workers)
 
 

@@ -105,6 +105,9 @@ class FlowSettings(KafkaSettings):
     model_dir: Path | None = Field(
         None, description="warm-start artifact written by `edgewatch train`", json_schema_extra={"cli": "--model"}
     )
+    model_public_key: str | None = Field(
+        None, description="ed25519 public key (PEM text or file): load only models signed by it (train --sign-key)"
+    )
     detector: str = Field(
         "compact-novelty", description="compact-novelty | robust-zscore | half-space-trees | package.module:factory"
     )

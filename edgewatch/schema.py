@@ -15,25 +15,65 @@ Accepted telemetry bodies (JSON objects, UTF-8):
 * CMAPSS turbofan rows: ``{"CycleTime": 1, "OperationalSetting1": ..3, "Sensor1": ..21}``
 * generic: ``{"deviceId": "pump-7", "timestamp": "ISO-8601" | epoch_seconds, "values": {"name": number}}``
 
-The device id is the Kafka key, else the body's ``deviceId`` field.
+The device id is the Kafka key, else the body's ``deviceId`` field, else the message's
+``deviceId`` header (IoT Hub application property) or IoT Hub sender headers.
+
+What is refused, before or while decoding (each with a one-line reason in the dead letter):
+
+* messages over :data:`MAX_MESSAGE_BYTES`, or nested deeper than :data:`MAX_NESTING` (a byte
+  scan before any decoder runs: deep nesting makes decoders recurse);
+* anything that is not one UTF-8 JSON object; duplicate keys (JSON decoders keep the last one
+  silently, so two senders' ideas of a field would be merged);
+* a device id that is not 1..256 printable UTF-8 characters (key, body or header: never replaced
+  with U+FFFD, which would merge unrelated senders);
+* a time outside :data:`EARLIEST_TIME` (1990-01-01) .. now + :data:`FUTURE_TOLERANCE` (one day):
+  old enough for replays of recordings years old (NAB 2013-2015, SKAB 2020), strict enough to
+  refuse unset clocks (1970, .NET ``DateTime.MinValue`` 0001-01-01, ``MaxValue`` 9999-12-31) and
+  epoch milliseconds sent as seconds; one day ahead absorbs clock skew and a local time
+  mislabeled as UTC (at most 14 h). ISO-8601 times must have a calendar date and a time of day
+  (``YYYY-MM-DD[T ]HH:MM...``; week dates and date-only strings are refused);
+* an explicit ``"timeCreated": null`` (or ``"timestamp": null``): the sender says it has no
+  time, and the Kafka time (when the broker got it, possibly hours later for a backlog) would
+  silently stand in for it. A body *without* the field uses the Kafka timestamp (checked
+  against the same window).
+
+Nothing raises out of :func:`parse_message`: any other exception (a decoder's
+``RecursionError`` or ``MemoryError``, a bug) becomes a dead letter naming it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 import msgspec
+import numpy as np
 import orjson
 
 #: Readings beyond this magnitude are refused: no industrial sensor reports them, and
 #: they would poison every running statistic they touch.
 MAX_ABS_VALUE = 1e9
 MAX_DEVICE_ID_LENGTH = 256
+MAX_FEATURE_NAME_LENGTH = 128
 MAX_FEATURES = 64
+#: Largest message parsed: telemetry bodies are ~150 B, a generic one with 64 features < 4 KB.
+MAX_MESSAGE_BYTES = 64 * 1024
+#: Deepest nesting of JSON arrays and objects parsed (telemetry needs 2 or 3).
+MAX_NESTING = 32
+#: Earliest plausible source time: 1990-01-01T00:00:00Z (epoch seconds).
+EARLIEST_TIME = 631_152_000.0
+#: How far past the wall clock a source time may be (clock skew, local time sent as UTC).
+FUTURE_TOLERANCE = 86_400.0
+#: Largest dead-letter record produced (librdkafka's default ``message.max.bytes``; the
+#: broker's default limit is a little higher): larger ones are truncated, see :func:`dead_letter_record`.
+DEAD_LETTER_MAX_BYTES = 1_000_000
+#: Longest reason written into a dead letter.
+MAX_REASON_LENGTH = 500
 
 SIMULATED_SENSOR_FEATURES = (
     ("machine.temperature", "machine", "temperature"),
@@ -185,7 +225,21 @@ def parse_message(raw: RawMessage) -> Reading | DeadLetter:
     try:
         return _parse(raw)
     except InvalidMessage as exc:
-        return DeadLetter(raw, str(exc))
+        return DeadLetter(raw, _clip(str(exc)))
+    except RecursionError:  # the nesting scan should make this impossible; keep the flow alive anyway
+        return DeadLetter(raw, "not JSON: nested too deeply to decode")
+    except MemoryError:
+        return DeadLetter(raw, f"out of memory decoding a {_size(raw.value)}-byte message")
+    except Exception as exc:  # one message must never stop the flow: a parser bug costs that message only
+        return DeadLetter(raw, _clip(f"cannot parse: {type(exc).__name__}: {exc}"))
+
+
+def _clip(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON_LENGTH else reason[: MAX_REASON_LENGTH - 1] + "…"
+
+
+def _size(value: object) -> int:
+    return len(value) if isinstance(value, bytes | bytearray) else 0
 
 
 def parse_batch(raws: list[RawMessage]) -> tuple[list[Reading], list[DeadLetter]]:
@@ -211,7 +265,8 @@ class _Ambient(msgspec.Struct):
 class _SimulatedSensorBody(msgspec.Struct):
     machine: _Machine
     ambient: _Ambient
-    timeCreated: str | None = None  # the module's field names; parsed as the general path does
+    # the module's field names; an explicit null is told from a missing field by the colon count
+    timeCreated: str | None = None
     deviceId: str | None = None
 
 
@@ -221,43 +276,75 @@ _SIMULATED_SENSOR = msgspec.json.Decoder(_SimulatedSensorBody)
 def _parse_simulated_sensor(raw: RawMessage) -> Reading | None:
     """The common case in one typed decode (C): a well-formed SimulatedTemperatureSensor body.
     ``None`` for anything else, which the general parser then explains or handles."""
+    value = raw.value
+    # not this shape as the module writes it (a failed typed decode costs an exception), or
+    # escapes (left, with the duplicate-key check they need, to the general path)
+    if not value.startswith(b'{"machine"') or b"\\" in value:
+        return None
     try:
-        body = _SIMULATED_SENSOR.decode(raw.value)
-    except (msgspec.DecodeError, TypeError):
+        body = _SIMULATED_SENSOR.decode(value)
+    except Exception:  # DecodeError, or UnicodeDecodeError for a string that is not UTF-8
+        return None
+    created, device = body.timeCreated, body.deviceId
+    # one ':' per key (6 fields, and the optional ones) plus those inside the strings: any other
+    # count means duplicate, unknown or null keys, which the general path refuses or accepts
+    colons = 6
+    if created is not None:
+        colons += 1 + created.count(":")
+    if device is not None:
+        colons += 1 + device.count(":")
+    if value.count(b":") != colons:
         return None
     machine, ambient = body.machine, body.ambient
     values = (machine.temperature, machine.pressure, ambient.temperature, ambient.humidity)
-    if not all(-MAX_ABS_VALUE <= value <= MAX_ABS_VALUE for value in values):
+    if not (min(values) >= -MAX_ABS_VALUE and max(values) <= MAX_ABS_VALUE):  # JSON numbers: never NaN
         return None
     if raw.key:
         try:
             device_id = raw.key.decode("utf-8")
         except UnicodeDecodeError:
             return None
+    elif device is not None:
+        device_id = device
     else:
-        device_id = body.deviceId or _iothub_sender(raw.headers)
+        device_id = _iothub_sender(raw.headers)
     if not device_id or len(device_id) > MAX_DEVICE_ID_LENGTH or not device_id.isprintable():
         return None
-    if body.timeCreated is None:
+    if created is None:
         if raw.timestamp_ms is None:
             return None
         timestamp = raw.timestamp_ms / 1000.0
     else:
-        try:
-            timestamp = parse_iso_utc(body.timeCreated).timestamp()
-        except ValueError:
-            return None
-    features = dict(zip(SIMULATED_SENSOR_NAMES, values, strict=True))
+        timestamp = _iso_seconds(created)
+    if timestamp is None or not EARLIEST_TIME <= timestamp <= time.time() + FUTURE_TOLERANCE:
+        return None
+    features = {
+        "machine.temperature": values[0],
+        "machine.pressure": values[1],
+        "ambient.temperature": values[2],
+        "ambient.humidity": values[3],
+    }
     return Reading(device_id, timestamp, features, raw)
 
 
 def _parse(raw: RawMessage) -> Reading:
+    value = raw.value
+    if not value:
+        raise InvalidMessage("empty message")
+    if not isinstance(value, bytes):
+        raise InvalidMessage(f"message value must be bytes, got {type(value).__name__}")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"message too large: {len(value)} bytes (limit {MAX_MESSAGE_BYTES})")
+    # the typed decoder is safe to try first: it raises (no crash) on deep nesting, and only
+    # accepts a body of exactly the expected fields
     fast = _parse_simulated_sensor(raw)
     if fast is not None:
         return fast
-    body = _decode_json(raw.value)
+    _check_nesting(value)
+    body = _decode_json(value)
     if not isinstance(body, dict):
-        raise InvalidMessage(f"not a JSON object: got {type(body).__name__}")
+        raise InvalidMessage(f"not a JSON object: got {_json_type(body)}")
+    _refuse_duplicate_keys(value, body)
     device_id = _device_id(raw.key, body, raw.headers)
     if "machine" in body or "ambient" in body:
         try:  # the common, well-formed case, without the per-field walk
@@ -268,19 +355,19 @@ def _parse(raw: RawMessage) -> Reading:
         features = {
             spec[0]: _number(value, spec[0]) for spec, value in zip(SIMULATED_SENSOR_FEATURES, values, strict=True)
         }
-        timestamp = _timestamp(body.get("timeCreated"), "timeCreated", raw.timestamp_ms)
+        timestamp = _body_time(body, ("timeCreated",), raw.timestamp_ms)
     elif "CycleTime" in body:
         _number(body["CycleTime"], "CycleTime")
         features = {name: _number(_field(body, name), name) for name in CMAPSS_FEATURES}
-        timestamp = _timestamp(body.get("timestamp"), "timestamp", raw.timestamp_ms)
+        timestamp = _body_time(body, ("timestamp",), raw.timestamp_ms)
     elif "values" in body:
         values = body["values"]
         if not isinstance(values, dict) or not values:
             raise InvalidMessage("values must be a non-empty object of name: number")
         if len(values) > MAX_FEATURES:
             raise InvalidMessage(f"too many values: {len(values)} (limit {MAX_FEATURES})")
-        features = {str(name): _number(value, f"values.{name}") for name, value in values.items()}
-        timestamp = _timestamp(body.get("timestamp", body.get("ts")), "timestamp", raw.timestamp_ms)
+        features = {_feature_name(name): _number(value, f"values.{name}") for name, value in values.items()}
+        timestamp = _body_time(body, ("timestamp", "ts"), raw.timestamp_ms)
     else:
         raise InvalidMessage(
             "unrecognized message shape: expected SimulatedTemperatureSensor "
@@ -289,9 +376,79 @@ def _parse(raw: RawMessage) -> Reading:
     return Reading(device_id, timestamp, features, raw)
 
 
-def _decode_json(value: bytes | None) -> object:
-    if not value:
-        raise InvalidMessage("empty message")
+# +1 for an opening bracket, -1 for a closing one, 0 for any other byte
+_BRACKET_STEP = np.zeros(256, dtype=np.int32)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+
+
+def _check_nesting(value: bytes) -> None:
+    """Refuse a message nested too deeply before a recursive decoder sees it."""
+    # the depth is at most the number of opening brackets: the exact scan only runs past the limit
+    if value.count(b"[") + value.count(b"{") > MAX_NESTING:
+        depth = nesting_depth(value)
+        if depth > MAX_NESTING:
+            raise InvalidMessage(f"not JSON: nested {depth} levels deep (limit {MAX_NESTING})")
+
+
+def nesting_depth(value: bytes) -> int:
+    """Deepest nesting of JSON arrays and objects in ``value``, brackets inside strings ignored.
+
+    Linear numpy passes, no decoding: a quote is a string delimiter unless an odd run of
+    backslashes precedes it; brackets count where an even number of delimiters precede them.
+    Exact for JSON up to its first syntax error (where every decoder stops).
+
+    >>> nesting_depth(b'{"a": [1, {"b": "[[[["}]}')
+    3
+    """
+    codes = np.frombuffer(value, dtype=np.uint8)
+    index = np.arange(len(codes))
+    # for each byte, the length of the run of backslashes right before it
+    last_other = np.maximum.accumulate(np.where(codes != _BACKSLASH, index, -1))
+    run_before = np.empty(len(codes), dtype=np.int64)
+    run_before[0] = 0
+    run_before[1:] = index[:-1] - last_other[:-1]
+    delimiters = np.cumsum((codes == _QUOTE) & (run_before % 2 == 0))
+    steps = np.where(delimiters % 2 == 0, _BRACKET_STEP[codes], 0)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _refuse_duplicate_keys(value: bytes, body: dict) -> None:
+    """Refuse an object with a key twice (decoders keep the last one silently).
+
+    Cheap in the usual case: without backslashes in the bytes, every ``:`` of the message is
+    a key's or one inside a string, and the decoded body re-encoded keeps both kinds, so
+    fewer colons after re-encoding means keys were lost. Otherwise (escapes, or numbers
+    orjson cannot re-encode) the keys are checked one by one."""
+    if b"\\" not in value:
+        try:
+            if orjson.dumps(body).count(b":") == value.count(b":"):
+                return
+        except orjson.JSONEncodeError:
+            pass
+    duplicate = _first_duplicate_key(value)
+    if duplicate is not None:
+        raise InvalidMessage(f"not JSON: duplicate key {duplicate[:60]!r} in an object")
+
+
+def _first_duplicate_key(value: bytes) -> str | None:
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        if not found and len({key for key, _ in items}) != len(items):
+            seen: set[str] = set()
+            found.append(next(key for key, _ in items if key in seen or seen.add(key)))
+        return dict(items)
+
+    try:
+        json.loads(value, object_pairs_hook=pairs)
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit, which orjson read as a float
+        raise InvalidMessage(f"not JSON: {exc}") from None
+    return found[0] if found else None
+
+
+def _decode_json(value: bytes) -> object:
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -339,12 +496,32 @@ def _iothub_sender(headers: Headers) -> str | None:
     system properties become headers)."""
     found = {name: value for name, value in headers if name == "deviceId" or name.startswith("iothub-connection-")}
     if "deviceId" in found:
-        return found["deviceId"].decode("utf-8", "replace")
-    device = found.get("iothub-connection-device-id")
+        return _header_text(found, "deviceId")
+    device = _header_text(found, "iothub-connection-device-id")
     if device is None:
         return None
-    module = found.get("iothub-connection-module-id")
-    return (device + b"/" + module if module else device).decode("utf-8", "replace")
+    module = _header_text(found, "iothub-connection-module-id")
+    return f"{device}/{module}" if module else device
+
+
+def _header_text(headers: dict[str, bytes | None], name: str) -> str | None:
+    """A header's UTF-8 text; a header that is not UTF-8 is refused, never patched with U+FFFD
+    (unrelated senders would become one device)."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return bytes(value).decode("utf-8")
+    except (UnicodeDecodeError, TypeError):
+        raise InvalidMessage(f"header {name} is not UTF-8") from None
+
+
+def _feature_name(name: str) -> str:
+    if not name or len(name) > MAX_FEATURE_NAME_LENGTH or not name.isprintable():
+        raise InvalidMessage(
+            f"feature names must be 1..{MAX_FEATURE_NAME_LENGTH} printable characters, got {name[:40]!r}"
+        )
+    return name
 
 
 def _field(body: dict, *path: str) -> object:
@@ -379,20 +556,72 @@ def _json_type(value: object) -> str:
     )
 
 
-def _timestamp(value: object, name: str, kafka_timestamp_ms: int | None) -> float:
-    """Source time in epoch seconds; the Kafka timestamp when the body has none."""
-    if value is None:
-        if kafka_timestamp_ms is None:
-            raise InvalidMessage(f"missing field {name} and no Kafka timestamp")
-        return kafka_timestamp_ms / 1000.0
+def _body_time(body: dict, names: tuple[str, ...], kafka_timestamp_ms: int | None) -> float:
+    """Source time in epoch seconds from the first of ``names`` in the body; the Kafka
+    timestamp when the body has none of them (an explicit null is refused)."""
+    for name in names:
+        if name in body:
+            value = body[name]
+            if value is None:
+                raise InvalidMessage(
+                    f"{name} is null: send the source time, or leave the field out to use the Kafka timestamp"
+                )
+            return _timestamp(value, name)
+    if kafka_timestamp_ms is None:
+        raise InvalidMessage(f"missing field {names[0]} and no Kafka timestamp")
+    seconds = kafka_timestamp_ms / 1000.0
+    if not EARLIEST_TIME <= seconds <= time.time() + FUTURE_TOLERANCE:
+        raise InvalidMessage(f"no {names[0]} in the body and the Kafka timestamp {kafka_timestamp_ms} ms {_window()}")
+    return seconds
+
+
+def _timestamp(value: object, name: str) -> float:
+    """A body's time (ISO-8601 or epoch seconds) in epoch seconds, inside the plausible window."""
+    latest = time.time() + FUTURE_TOLERANCE
+    kind = type(value)
+    if (kind is float or kind is int) and EARLIEST_TIME <= value <= latest:  # the common case, in one test
+        return float(value)
     if isinstance(value, str):
-        try:
-            return parse_iso_utc(value).timestamp()
-        except ValueError:
-            raise InvalidMessage(f"{name} is not an ISO-8601 time: {value[:40]!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
-        raise InvalidMessage(f"{name} must be an ISO-8601 string or epoch seconds, got {value!r:.40}")
-    return float(value)
+        seconds = _iso_seconds(value)
+        if seconds is None:
+            raise InvalidMessage(
+                f"{name} is not an ISO-8601 time (date and time of day, YYYY-MM-DDTHH:MM...): {value[:40]!r}"
+            )
+        if not EARLIEST_TIME <= seconds <= latest:
+            raise InvalidMessage(f"{name} {value[:40]!r} {_window()}")
+        return seconds
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidMessage(f"{name} must be an ISO-8601 string or epoch seconds, got {_json_type(value)}")
+    seconds = float(value)
+    if EARLIEST_TIME <= seconds <= latest:
+        return seconds
+    if EARLIEST_TIME * 1000 <= seconds <= latest * 1000:
+        raise InvalidMessage(
+            f"{name} {value!r:.20} is not epoch seconds in the plausible window "
+            f"{EARLIEST_TIME:.0f}..{latest:.0f}; it looks like epoch milliseconds: send seconds"
+        )
+    raise InvalidMessage(f"{name} {value!r:.20} (epoch seconds, limits {EARLIEST_TIME:.0f}..{latest:.0f}) {_window()}")
+
+
+def _window() -> str:
+    def iso(seconds: float) -> str:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    latest = iso(time.time() + FUTURE_TOLERANCE)
+    return f"is outside the plausible window {iso(EARLIEST_TIME)} .. now + 1 day ({latest})"
+
+
+def _iso_seconds(text: str) -> float | None:
+    """Epoch seconds of an ISO-8601 date and time (naive = UTC); None when it is not one.
+
+    A calendar date and a time of day are required (``YYYY-MM-DD[T ]HH:MM``...): Python
+    also reads week dates and bare dates, which no telemetry sender means."""
+    if len(text) < 16 or text[4] != "-" or text[7] != "-" or text[10] not in "Tt " or text[13] != ":":
+        return None
+    try:
+        return parse_iso_utc(text).timestamp()
+    except (ValueError, OverflowError):
+        return None
 
 
 def parse_iso_utc(text: str) -> datetime:
@@ -412,13 +641,22 @@ def format_timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _utc_datetime(seconds: float) -> datetime | None:
+    """The time as a UTC datetime, or None beyond what a datetime holds (years 1..9999, finite):
+    a serializer must not raise on a reading made without :func:`parse_message`."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def labeled_event_json(event: LabeledEvent) -> bytes:
     """The labeled-event JSON written to the out topic (schema in the README)."""
     reading = event.reading
     return orjson.dumps(
         {
             "device_id": reading.device_id,
-            "timestamp": datetime.fromtimestamp(reading.timestamp, UTC),
+            "timestamp": _utc_datetime(reading.timestamp),
             "features": reading.features,
             "score": event.score,
             "is_anomaly": event.is_anomaly,
@@ -434,13 +672,99 @@ def labeled_event_json(event: LabeledEvent) -> bytes:
 
 
 def dead_letter_headers(dead: DeadLetter) -> Headers:
-    """The original headers plus the reason and where the message came from."""
+    """The original headers plus the reason and where the message came from.
+
+    Input headers named ``edgewatch.error.*`` are renamed ``original.edgewatch.error.*``: a
+    sender cannot put a reason of its own in front of the real one."""
     src = dead.raw
     return [
-        *dead.raw.headers,
-        ("edgewatch.error.reason", dead.reason.encode()),
-        ("edgewatch.error.stage", dead.stage.encode()),
-        ("edgewatch.error.topic", src.topic.encode()),
-        ("edgewatch.error.partition", str(src.partition).encode()),
-        ("edgewatch.error.offset", str(src.offset).encode()),
+        *forwarded_headers(src.headers),
+        (_ERROR + "reason", _clip(dead.reason).encode("utf-8", "backslashreplace")),
+        (_ERROR + "stage", dead.stage.encode()),
+        (_ERROR + "topic", str(src.topic).encode("utf-8", "backslashreplace")),
+        (_ERROR + "partition", str(src.partition).encode()),
+        (_ERROR + "offset", str(src.offset).encode()),
     ]
+
+
+_ERROR = "edgewatch.error."
+_ORIGINAL = "original."
+
+
+def forwarded_headers(headers: Headers) -> Headers:
+    """Input headers as edgewatch passes them on: ``edgewatch.error.*`` ones renamed
+    ``original.edgewatch.error.*``, so only edgewatch's own mark a message as a dead letter.
+
+    >>> forwarded_headers([("edgewatch.error.reason", b"SPOOFED"), ("trace", b"t1")])
+    [('original.edgewatch.error.reason', b'SPOOFED'), ('trace', b't1')]
+    """
+    if not any(name.startswith(_ERROR) for name, _ in headers):
+        return headers
+    return [(_ORIGINAL + name if name.startswith(_ERROR) else name, value) for name, value in headers]
+
+
+#: Bytes a Kafka record needs beyond its key, value and headers (lengths, attributes, batch
+#: header), counted generously so a record within the limit is always accepted.
+_RECORD_OVERHEAD = 128
+_HEADER_OVERHEAD = 10
+_KEPT_KEY_BYTES = 1024
+_KEPT_HEADER_BYTES = 16 * 1024
+
+
+def dead_letter_record(
+    dead: DeadLetter, max_bytes: int = DEAD_LETTER_MAX_BYTES
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """The dead letter's Kafka record ``(key, value, headers)``, at most ``max_bytes`` in all.
+
+    A record too large for the broker (``message.max.bytes``: 1 MB by default) would make
+    the producer fail, and the flow with it; it is stored truncated instead, never dropped:
+    the value (then a key over 1 KiB, then original headers beyond 16 KiB) is cut, and
+    ``edgewatch.error.truncated`` plus ``edgewatch.error.original_size`` /
+    ``original_sha256`` (and ``original_key_size`` / ``original_key_sha256``,
+    ``dropped_headers``) say what the original was, so it can be recognized in the source.
+
+    >>> raw = RawMessage(b"m1", b"x" * 5000, [], "telemetry", 0, 7)
+    >>> key, value, headers = dead_letter_record(DeadLetter(raw, "not JSON"), max_bytes=2048)
+    >>> len(value) < 2048, dict(headers)["edgewatch.error.original_size"]
+    (True, b'5000')
+    """
+    raw = dead.raw
+    key, value = raw.key, raw.value
+    headers = dead_letter_headers(dead)
+    if _record_size(key, value, headers) <= max_bytes:
+        return key, value, headers
+    essential = headers[len(raw.headers) :]
+    notes: Headers = [(_ERROR + "truncated", b"true")]
+    if key is not None and len(key) > _KEPT_KEY_BYTES:
+        notes += [
+            (_ERROR + "original_key_size", str(len(key)).encode()),
+            (_ERROR + "original_key_sha256", hashlib.sha256(key).hexdigest().encode()),
+        ]
+        key = key[:_KEPT_KEY_BYTES]
+    if value is not None:
+        notes += [
+            (_ERROR + "original_size", str(len(value)).encode()),
+            (_ERROR + "original_sha256", hashlib.sha256(value).hexdigest().encode()),
+        ]
+    kept, budget = [], _KEPT_HEADER_BYTES
+    for header in headers[: len(raw.headers)]:
+        size = _headers_size([header])
+        if size > budget:
+            break
+        kept.append(header)
+        budget -= size
+    if len(kept) < len(raw.headers):
+        notes.append((_ERROR + "dropped_headers", str(len(raw.headers) - len(kept)).encode()))
+    headers = kept + essential + notes
+    if value is not None:
+        room = max_bytes - _record_size(key, b"", headers)
+        value = value[: max(room, 0)]
+    return key, value, headers
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    return _RECORD_OVERHEAD + len(key or b"") + len(value or b"") + _headers_size(headers)
+
+
+def _headers_size(headers: Headers) -> int:
+    return sum(_HEADER_OVERHEAD + len(name.encode("utf-8", "surrogatepass")) + len(v or b"") for name, v in headers)

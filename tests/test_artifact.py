@@ -1,6 +1,10 @@
 """`edgewatch train` artifacts and the warm start of `edgewatch run --model`."""
 
+import hashlib
+import io
 import json
+import pickle
+import re
 
 import numpy as np
 import pytest
@@ -37,7 +41,9 @@ def test_train_writes_a_versioned_checksummed_artifact(history, tmp_path):
     assert metadata["detector"] == "compact-novelty"
     assert metadata["parameters"]["memory"] == 16
     assert metadata["version"].startswith("compact-novelty-") and metadata["version"] in result.output
-    assert len(metadata["sha256"]) == 64
+    assert sorted(path.name for path in (tmp_path / "model").iterdir()) == ["arrays.npz", "model.json"]
+    assert len(metadata["files"]["arrays.npz"]) == 64
+    assert sorted(d for group in metadata["groups"] for d in group["devices"]) == [f"machine-000{i}" for i in range(4)]
     training = metadata["training"]
     assert training["devices"] == 4
     assert 1150 < training["rows"] < 1200  # 1200 messages, ~1 % of them malformed and skipped
@@ -48,8 +54,8 @@ def test_train_writes_a_versioned_checksummed_artifact(history, tmp_path):
 
 def test_tampered_artifact_is_refused(history, tmp_path):
     train(history, tmp_path / "model")
-    blob = (tmp_path / "model" / "model.pkl").read_bytes()
-    (tmp_path / "model" / "model.pkl").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    blob = (tmp_path / "model" / "arrays.npz").read_bytes()
+    (tmp_path / "model" / "arrays.npz").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
     with pytest.raises(artifact.ArtifactError, match="sha256"):
         artifact.load(tmp_path / "model")
     result = runner.invoke(app, ["run", "--model", str(tmp_path / "model")])
@@ -91,3 +97,171 @@ def test_csv_history(tmp_path):
     result = train(tmp_path / "pump.csv", tmp_path / "model")
     assert "rows=600 devices=1" in result.output
     assert artifact.load(tmp_path / "model").default_device == "pump"
+
+
+def test_robust_zscore_artifacts_are_arrays_too(history, tmp_path):
+    readings, _ = read_history(history)
+    spec = BUILTIN["robust-zscore"]
+    saved = artifact.save(artifact.train(spec, readings[:-100]), tmp_path / "model")
+    loaded = artifact.load(tmp_path / "model")
+    assert [e.score for e in ModelBank(spec, artifact=loaded).label(readings[-100:]).events] == [
+        e.score for e in ModelBank(spec, artifact=saved).label(readings[-100:]).events
+    ]
+
+
+def test_a_detector_without_arrays_is_not_saved(history, tmp_path):
+    result = runner.invoke(
+        app, ["train", "--input", str(history), "--out", str(tmp_path / "m"), "--detector", "half-space-trees"]
+    )
+    assert result.exit_code == 2 and "cannot be saved as data" in said(result)
+    assert not (tmp_path / "m").exists()
+
+
+# --- forged artifacts: an attacker who can write the model directory (and recompute its sha256)
+
+
+class Payload:
+    """Unpickling this creates the marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def refused_everywhere(model_dir, marker, match, env=None):
+    """artifact.load, `run --model` and `serve --model` refuse the directory, and nothing ran."""
+    with pytest.raises(artifact.ArtifactError, match=re.escape(match)):
+        artifact.load(model_dir)
+    for command in (["run", "--model", str(model_dir)], ["serve", "--model", str(model_dir)]):
+        result = runner.invoke(app, command, env=env)
+        assert result.exit_code == 2 and match in said(result), (command, result.output)
+        assert "Traceback" not in result.output
+    assert not marker.exists(), "loading the model ran code"
+
+
+def forge(model_dir, metadata_changes: dict, arrays: bytes | None = None):
+    """Rewrite a trained model's files the way an attacker would, with matching sha256."""
+    metadata = json.loads((model_dir / "model.json").read_text())
+    if arrays is not None:
+        (model_dir / "arrays.npz").write_bytes(arrays)
+        metadata["files"] = {"arrays.npz": hashlib.sha256(arrays).hexdigest()}
+    metadata.update(metadata_changes)
+    (model_dir / "model.json").write_text(json.dumps(metadata))
+
+
+def test_a_forged_pickle_model_runs_no_code(history, tmp_path):
+    train(history, tmp_path / "model")
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps({"models": Payload(marker)})
+    (tmp_path / "model" / "model.pkl").write_bytes(blob)
+    forge(tmp_path / "model", {"format": 1, "sha256": hashlib.sha256(blob).hexdigest()})
+    refused_everywhere(tmp_path / "model", marker, "unsupported artifact format 1")
+
+
+def test_forged_arrays_with_a_pickled_object_run_no_code(history, tmp_path):
+    train(history, tmp_path / "model")
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"g0.n": np.array([Payload(marker)], dtype=object)})  # numpy pickles object arrays
+    forge(tmp_path / "model", {}, arrays=buffer.getvalue())
+    refused_everywhere(tmp_path / "model", marker, "g0.n.npy must be float64 (4, 4), found object")
+
+
+def test_arrays_of_the_wrong_shape_are_refused(history, tmp_path):
+    train(history, tmp_path / "model")
+    with np.load(tmp_path / "model" / "arrays.npz") as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    arrays["g0.n"] = arrays["g0.n"][:, :1]
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    forge(tmp_path / "model", {}, arrays=buffer.getvalue())
+    refused_everywhere(tmp_path / "model", tmp_path / "pwned", "g0.n.npy must be float64 (4, 4), found float64 (4, 1)")
+
+
+def test_a_forged_detector_name_imports_nothing(history, tmp_path, monkeypatch):
+    train(history, tmp_path / "model")
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil_detector.py").write_text(f"open({str(marker)!r}, 'w')\ndef factory(): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    forge(tmp_path / "model", {"detector": "evil_detector:factory"})
+    refused_everywhere(tmp_path / "model", marker, "only built-in detectors")
+
+
+# --- signed models
+
+
+def keypair(tmp_path, name):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = tmp_path / f"{name}.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / f"{name}.pub").write_bytes(public)
+    return private, tmp_path / f"{name}.pub"
+
+
+def test_signed_models_load_only_with_a_valid_signature(history, tmp_path, monkeypatch):
+    private, public = keypair(tmp_path, "release")
+    _, other_public = keypair(tmp_path, "other")
+    model = tmp_path / "model"
+    result = runner.invoke(app, ["train", "--input", str(history), "--out", str(model), "--sign-key", str(private)])
+    assert result.exit_code == 0, result.output
+    assert (model / "model.sig").exists()
+    # the key as a file or as PEM text (an environment variable, a Kubernetes Secret)
+    assert artifact.load(model, public).version == artifact.load(model, public.read_text()).version
+    with pytest.raises(artifact.ArtifactError, match="does not verify"):
+        artifact.load(model, other_public)
+    # what `serve` checks before it starts, and what each of its workers loads
+    from edgewatch.serving import check_model
+    from edgewatch.serving.score import build_scorer
+
+    monkeypatch.setenv("EDGEWATCH_MODEL_PUBLIC_KEY", public.read_text())
+    check_model(model)
+    assert build_scorer({"EDGEWATCH_MODEL_DIR": str(model)}).bank.version == artifact.load(model).version
+    monkeypatch.delenv("EDGEWATCH_MODEL_PUBLIC_KEY")
+    refused = {"EDGEWATCH_MODEL_PUBLIC_KEY": str(other_public)}
+    for command in (["run", "--model", str(model)], ["serve", "--model", str(model)]):
+        result = runner.invoke(app, command, env=refused)
+        assert result.exit_code == 2 and "does not verify with model_public_key" in said(result)
+
+
+def test_a_modified_signed_model_is_refused(history, tmp_path):
+    private, public = keypair(tmp_path, "release")
+    model = tmp_path / "model"
+    runner.invoke(app, ["train", "--input", str(history), "--out", str(model), "--sign-key", str(private)])
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"g0.n": np.array([Payload(marker)], dtype=object)})
+    forge(model, {}, arrays=buffer.getvalue())  # sha256 recomputed: only the signature can tell
+    with pytest.raises(artifact.ArtifactError, match="does not verify"):
+        artifact.load(model, public)
+    assert not marker.exists()
+
+
+def test_an_unsigned_model_is_refused_when_a_key_is_set(history, tmp_path):
+    _, public = keypair(tmp_path, "release")
+    train(history, tmp_path / "model")
+    env = {"EDGEWATCH_MODEL_PUBLIC_KEY": str(public)}
+    for command in (["run", "--model", str(tmp_path / "model")], ["serve", "--model", str(tmp_path / "model")]):
+        result = runner.invoke(app, command, env=env)
+        assert result.exit_code == 2 and "is not signed" in said(result), result.output
+
+
+def test_a_signing_key_that_is_not_ed25519_is_a_clear_error(history, tmp_path):
+    (tmp_path / "key.pem").write_text("not a key")
+    result = runner.invoke(
+        app, ["train", "--input", str(history), "--out", str(tmp_path / "m"), "--sign-key", str(tmp_path / "key.pem")]
+    )
+    assert result.exit_code == 2 and "signing key" in said(result)
+
+
+def test_an_archive_that_is_not_a_zip_is_refused(history, tmp_path):
+    train(history, tmp_path / "model")
+    forge(tmp_path / "model", {}, arrays=b"\x80\x04not a zip at all")
+    refused_everywhere(tmp_path / "model", tmp_path / "pwned", "not a numpy archive of plain arrays")

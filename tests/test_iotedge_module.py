@@ -311,7 +311,7 @@ def test_a_model_version_rolls_out_only_when_the_model_directory_holds_it(twin_c
     assert (reported["status"], reported["modelVersion"]) == ("ok", new_version)
     assert controls.generation == 1 and controls.artifact.version == new_version
 
-    (tmp_path / "model" / "model.pkl").write_bytes(b"tampered")
+    (tmp_path / "model" / "arrays.npz").write_bytes(b"tampered")
     reported = twin.apply({"modelVersion": "compact-novelty-other", "$version": 4}, False)
     assert "does not match its sha256" in reported["error"] and controls.generation == 1
 

@@ -198,8 +198,8 @@ def test_tampered_model_stops_the_server_at_init(make_client, model_dir, tmp_pat
     tampered = tmp_path / "model"
     tampered.mkdir()
     (tampered / "model.json").write_bytes((model_dir / "model.json").read_bytes())
-    blob = (model_dir / "model.pkl").read_bytes()
-    (tampered / "model.pkl").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    blob = (model_dir / "arrays.npz").read_bytes()
+    (tampered / "arrays.npz").write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
     with pytest.raises(SystemExit) as stopped:
         make_client(tampered)
     assert stopped.value.code == 3  # what gunicorn treats as a boot error

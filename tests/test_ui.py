@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from edgewatch.ui import FleetState, InProcessFeed, KafkaFeed, Topics, ViewServer
-from tests import uisim
+from tests.support import uisim
 from tests.support.cli import said
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import uisim
-from tests.browser import Chromium, chromium_path
+from tests.support import uisim
+from tests.support.browser import Chromium, chromium_path
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "ui"

@@ -42,7 +42,8 @@ class TwinControls:
         settings: the flow settings (defaults: ``threshold``, ``iothub_send``, ``model_dir``).
         controls: the flow's live controls.
         labeled_sink: the sink whose send mode ``sendMode`` sets (``None``: refused).
-        load_artifact: reads a model directory (tests replace it).
+        load_artifact: reads a model directory (tests replace it; default: ``artifact.load`` with
+            ``settings.model_public_key``).
     """
 
     def __init__(
@@ -50,12 +51,13 @@ class TwinControls:
         settings: FlowSettings,
         controls: LiveControls,
         labeled_sink: LabeledEventSink | None,
-        load_artifact: Callable[[Path], artifact_module.ModelArtifact] = artifact_module.load,
+        load_artifact: Callable[[Path], artifact_module.ModelArtifact] | None = None,
     ):
         self._settings = settings
         self._controls = controls
         self._sink = labeled_sink
-        self._load_artifact = load_artifact
+        # a rolled-out model is checked like --model: its sha256, and its signature when a key is set
+        self._load_artifact = load_artifact or (lambda path: artifact_module.load(path, settings.model_public_key))
         metadata = _model_metadata(settings.model_dir)
         self.model_version: str | None = metadata.get("version")
         self.detector = metadata.get("detector") or settings.detector

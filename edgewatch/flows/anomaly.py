@@ -142,7 +142,7 @@ def bank_builder(settings: FlowSettings, controls: LiveControls | None = None, a
     """A function Bytewax calls to create (``state is None``) or resume a shard's bank."""
     spec = resolve_detector(settings.detector)
     if artifact is None and settings.model_dir is not None:
-        artifact = artifact_module.load(settings.model_dir)
+        artifact = artifact_module.load(settings.model_dir, settings.model_public_key)
     if artifact is not None:
         spec = artifact.spec
 

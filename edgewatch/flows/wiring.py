@@ -22,7 +22,7 @@ from edgewatch.config import FlowSettings
 from edgewatch.connectors.files import FileSource, JsonlSink, dead_letter_line
 from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord
 from edgewatch.flows.anomaly import AnomalyStreams, build_flow
-from edgewatch.schema import DeadLetter, LabeledEvent, dead_letter_headers, labeled_event_json
+from edgewatch.schema import DeadLetter, LabeledEvent, dead_letter_record, forwarded_headers, labeled_event_json
 from edgewatch.store_forward import BufferPolicy
 
 
@@ -56,8 +56,8 @@ def replay_flow(app: Application, path: Path, labeled_path: Path) -> Dataflow:
 def to_kafka(streams: AnomalyStreams, settings: FlowSettings) -> None:
     """Labeled events and dead letters to their topics."""
     config = settings.client_config()
-    op.output("labeled-kafka", streams.labeled, KafkaSink(config, labeled_record(settings.out_topic)))
-    op.output("dead-letters-kafka", streams.dead_letters, KafkaSink(config, dead_letter_record(settings.dlq_topic)))
+    op.output("labeled-kafka", streams.labeled, KafkaSink(config, labeled_records(settings.out_topic)))
+    op.output("dead-letters-kafka", streams.dead_letters, KafkaSink(config, dead_letter_records(settings.dlq_topic)))
 
 
 def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
@@ -119,20 +119,22 @@ def secret(value) -> str | None:
 # -- Kafka records --------------------------------------------------------------------------------
 
 
-def labeled_record(topic: str) -> Callable[[LabeledEvent], OutRecord]:
+def labeled_records(topic: str) -> Callable[[LabeledEvent], OutRecord]:
     """A labeled event as a record: keyed by device, the input's headers carried over."""
 
     def record(event: LabeledEvent) -> OutRecord:
         raw = event.reading.raw
-        return OutRecord(topic, raw.key or event.reading.device_id.encode(), labeled_event_json(event), raw.headers)
+        headers = forwarded_headers(raw.headers)  # a sender's edgewatch.error.* headers renamed
+        return OutRecord(topic, raw.key or event.reading.device_id.encode(), labeled_event_json(event), headers)
 
     return record
 
 
-def dead_letter_record(topic: str) -> Callable[[DeadLetter], OutRecord]:
-    """A dead letter as a record: the original key, value and headers, plus the error headers."""
+def dead_letter_records(topic: str) -> Callable[[DeadLetter], OutRecord]:
+    """A dead letter as a record: the original key, value and headers, plus the error headers;
+    truncated, with its original size and sha256, when too large for the broker."""
 
     def record(dead: DeadLetter) -> OutRecord:
-        return OutRecord(topic, dead.raw.key, dead.raw.value, dead_letter_headers(dead))
+        return OutRecord(topic, *dead_letter_record(dead))
 
     return record

@@ -569,3 +569,36 @@ class CompactNovelty(AnomalyDetector):
                     out[f"s{k}_{field}"][column] = getattr(sc, field)
         out["level"] = np.float64(self._level)
         return out
+
+    # fields that are counts or flags on the objects (float64 in the arrays)
+    _INT_FIELDS: ClassVar[frozenset] = frozenset({"n", "run", "max_run", "records", "record_n", "acc_n", "blocks",
+                                                  "mem_n"})  # fmt: skip
+    _BOOL_FIELDS: ClassVar[frozenset] = frozenset({"fixed", "has_resid"})
+
+    def import_arrays(self, features: Sequence[str], arrays: dict[str, np.ndarray]) -> None:
+        """Set this detector's state from one bank row (what :meth:`export_arrays` returns, in
+        the order of ``features``): how a model saved as arrays is loaded, without pickle."""
+
+        def value(field: str, stored) -> int | float | bool:
+            name = field.removeprefix("profile_").removeprefix("g_")
+            if field in ("profile_n", "g_n") or name in self._INT_FIELDS:
+                return int(stored)
+            return bool(stored) if name in self._BOOL_FIELDS else float(stored)
+
+        self._features = {}
+        for column, name in enumerate(features):
+            f = self._new_feature(0.0)
+            for field in kernel.FEATURE_FIELDS:
+                target = f.gauss if field.startswith("profile_") else f
+                setattr(target, field.removeprefix("profile_"), value(field, arrays[field][column]))
+            f.profile = np.array(arrays["profile"][column], dtype=np.float16)
+            for k, sc in enumerate(f.scales):
+                for field in kernel.SCALE_FIELDS:
+                    target = sc.gauss if field.startswith("g_") else sc
+                    setattr(target, field.removeprefix("g_"), value(field, arrays[f"s{k}_{field}"][column]))
+                sc.ring = np.array(arrays[f"s{k}_ring"][column], dtype=np.float64)
+                sc.mem = np.array(arrays[f"s{k}_mem"][column], dtype=np.float32)
+                sc.used = np.array(arrays[f"s{k}_used"][column], dtype=np.int32)
+            self._features[name] = f
+        self._level = float(arrays["level"])
+        self._cache = None

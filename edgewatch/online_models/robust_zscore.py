@@ -179,6 +179,30 @@ class RobustZScore(AnomalyDetector):
         name: (np.float64, math.nan if name == "pending" else 0.0) for name in _FIELDS
     }
 
+    def export_arrays(self, features) -> dict[str, np.ndarray]:
+        """This detector's state as one bank row (``features`` in the bank's column order): how a
+        warm-started device enters a VectorBank, and how a model is saved as arrays."""
+        out = {
+            name: np.full(len(features), initial, dtype=dtype) for name, (dtype, initial) in self.ARRAY_STATE.items()
+        }
+        for column, name in enumerate(features):
+            channel = self._channels.get(name)
+            if channel is not None:
+                for field in _FIELDS:
+                    out[field][column] = float(getattr(channel, field))
+        return out
+
+    def import_arrays(self, features, arrays: dict[str, np.ndarray]) -> None:
+        """Set this detector's state from one bank row (what :meth:`export_arrays` returns)."""
+        self._channels = {}
+        for column, name in enumerate(features):
+            if arrays["n"][column] == 0.0:  # a column the detector never saw
+                continue
+            channel = self._channels[name] = _Channel(0.0)
+            for field in _FIELDS:
+                stored = float(arrays[field][column])
+                setattr(channel, field, int(stored) if field in ("n", "confirmations", "run") else stored)
+
     def score_learn_rows(self, blocks: dict[str, np.ndarray], rows: np.ndarray, x: np.ndarray, t=None) -> np.ndarray:
         """Score then learn ``x[i]`` in state row ``rows[i]`` of the bank's ``(devices, fields, features)`` block."""
         return _score_learn(

@@ -80,12 +80,26 @@ def gunicorn_argv(host: str = "127.0.0.1", port: int = DEFAULT_PORT, workers: in
     ]
 
 
+def check_model(model_dir: Path | None = None) -> None:
+    """Load the model :func:`serve` would serve (``model_dir``, else ``AZUREML_MODEL_DIR`` /
+    ``EDGEWATCH_MODEL_DIR``) as its workers will: raises ``ArtifactError`` (bad, unsigned or
+    badly signed with ``EDGEWATCH_MODEL_PUBLIC_KEY`` set) or ``FileNotFoundError``."""
+    from edgewatch.config import FlowSettings
+    from edgewatch.online_models import artifact
+    from edgewatch.serving.score import find_model_dir
+
+    root = model_dir or os.environ.get("AZUREML_MODEL_DIR") or os.environ.get("EDGEWATCH_MODEL_DIR")
+    if root:
+        artifact.load(find_model_dir(Path(root)), FlowSettings(_env_file=None).model_public_key)
+
+
 def serve(model_dir: Path | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT, workers: int = 1) -> None:
     """Serve ``POST /score`` and ``GET /`` until SIGTERM or Ctrl-C (what ``edgewatch serve`` runs).
 
     ``model_dir`` is an ``edgewatch train`` output (or a folder holding one); without it the
     server uses ``AZUREML_MODEL_DIR``/``EDGEWATCH_MODEL_DIR`` from the environment, else fresh
-    detectors. A model that fails its sha256 check stops the server before it listens.
+    detectors. A model that fails its sha256 check (or, with ``EDGEWATCH_MODEL_PUBLIC_KEY``, its
+    signature check) stops the server before it listens.
     """
     try:
         from gunicorn.app.wsgiapp import WSGIApplication

@@ -7,8 +7,9 @@ the body of every ``POST /score`` request; ``GET /`` is its liveness probe.
 :func:`init` loads the model artifact written by ``edgewatch train`` from ``AZUREML_MODEL_DIR``
 (Azure ML mounts the registered model there, usually one folder down) or
 ``EDGEWATCH_MODEL_DIR``; :func:`edgewatch.online_models.artifact.load` refuses it unless its
-sha256 matches. Without either variable, every device starts from a fresh
-``EDGEWATCH_DETECTOR``. ``EDGEWATCH_THRESHOLD`` overrides the label threshold.
+sha256 matches (and, with ``EDGEWATCH_MODEL_PUBLIC_KEY``, unless its signature verifies).
+Without either variable, every device starts from a fresh ``EDGEWATCH_DETECTOR``.
+``EDGEWATCH_THRESHOLD`` overrides the label threshold.
 
 A request body is one reading or a list of readings, in the formats of
 :mod:`edgewatch.schema`, with the device in a ``deviceId`` field::
@@ -117,12 +118,16 @@ def build_scorer(environ: dict[str, str] | None = None) -> Scorer:
     model_root = environ.get("AZUREML_MODEL_DIR") or environ.get("EDGEWATCH_MODEL_DIR")
     if model_root:
         model_dir = find_model_dir(Path(model_root))
-        artifact = artifact_module.load(model_dir)  # verifies the sha256
+        # verifies the sha256, and the signature when EDGEWATCH_MODEL_PUBLIC_KEY is set
+        artifact = artifact_module.load(model_dir, settings.model_public_key)
         bank = new_bank(artifact.spec, threshold, artifact)
         source = f"artifact {artifact.version} from {model_dir}"
     else:
         bank = new_bank(resolve_detector(settings.detector), threshold)
         source = f"fresh {settings.detector} models (no AZUREML_MODEL_DIR or EDGEWATCH_MODEL_DIR)"
+    warm_up = getattr(bank, "warm_up", None)
+    if warm_up is not None:  # load the compiled kernel now, not on the first request
+        warm_up()
     return Scorer(bank, source)
 
 
@@ -136,7 +141,7 @@ def init() -> None:
 def parse_request(raw_data: str | bytes, received_at: float | None = None) -> list[Reading]:
     """The readings of a request body, or :class:`BadRequest` naming every bad one.
 
-    >>> [r.features for r in parse_request('{"deviceId": "p1", "timestamp": 0, "values": {"rpm": 1}}')]
+    >>> [r.features for r in parse_request('{"deviceId": "p1", "timestamp": 1767225600, "values": {"rpm": 1}}')]
     [{'rpm': 1.0}]
     >>> parse_request('[{"values": {"rpm": 1}}]')
     Traceback (most recent call last):

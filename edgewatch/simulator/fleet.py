@@ -94,7 +94,9 @@ class Fleet:
         devices: number of machines (``machine-0000`` ...).
         seed: seed of every random draw.
         fault_rate: chance, per machine and tick, that a fault starts.
-        start_time: source time of the first tick (epoch seconds).
+        start_time: source time of the first tick (epoch seconds); by default
+            2026-01-01T00:00:00Z, a whole number of weeks after the Unix epoch (the same
+            time of week), inside the window of times the parser accepts (1990 .. now).
         tick_seconds: source time between two readings of one machine.
         warmup_ticks: ticks before a machine's first fault (detectors learn a baseline).
         cooldown_ticks: quiet ticks between two faults of one machine.
@@ -108,7 +110,7 @@ class Fleet:
     devices: int
     seed: int = 0
     fault_rate: float = 0.002
-    start_time: float = 0.0
+    start_time: float = 1_767_225_600.0
     tick_seconds: float = 1.0
     warmup_ticks: int = 50
     cooldown_ticks: int = 30

@@ -27,7 +27,8 @@ class Consumed:
 
 
 def produce(bootstrap: str, topic: str, records) -> list[tuple[int, int]]:
-    """Produce ``(key, value, headers)`` records; returns their (partition, offset) in order."""
+    """Produce ``(key, value, headers[, timestamp_ms])`` records; returns their (partition, offset) in order.
+    Without a timestamp (or 0) the producer stamps the time of sending."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "5"})
     positions: list[tuple[int, int] | None] = []
 
@@ -39,9 +40,12 @@ def produce(bootstrap: str, topic: str, records) -> list[tuple[int, int]]:
 
         return callback
 
-    for index, (key, value, headers) in enumerate(records):
+    for index, (key, value, headers, *timestamp) in enumerate(records):
         positions.append(None)
-        kafka.produce(producer, topic, value, key, headers=headers, on_delivery=delivered_at(index))
+        kafka.produce(
+            producer, topic, value, key, headers=headers, timestamp=timestamp[0] if timestamp else 0,
+            on_delivery=delivered_at(index),
+        )  # fmt: skip
         producer.poll(0)
     assert producer.flush(30) == 0, "messages not delivered"
     return positions
