@@ -42,6 +42,8 @@ from edgewatch.schema import (
     labeled_event_json,
     parse_batch,
 )
+from edgewatch.state.limits import StateLimits
+from edgewatch.state.pages import ShardPages, manifest
 from edgewatch.telemetry import FLOW_METRICS
 
 DEAD = "dead-letters"
@@ -82,19 +84,36 @@ class LiveControls:
 
 
 class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
-    """Bytewax glue for one shard's bank: never discarded, snapshotted as bytes."""
+    """Bytewax glue for one shard's bank: never discarded.
 
-    def __init__(self, bank: ModelBank, controls: LiveControls | None = None, rebuild=None):
+    With a recovery directory, a snapshot writes the pages that changed to the shard's page
+    store and gives Bytewax a small manifest (:mod:`edgewatch.state.pages`); without one,
+    nothing (Bytewax snapshots every epoch even when it keeps nothing)."""
+
+    def __init__(
+        self,
+        bank: ModelBank,
+        controls: LiveControls | None = None,
+        rebuild=None,
+        recovery_dir: Path | None = None,
+        shards: int = 1,
+        pages: ShardPages | None = None,
+    ):
         self.bank = bank
         self._controls = controls
         self._rebuild = rebuild
         self._generation = controls.generation if controls is not None else 0
+        self._recovery_dir, self._shards, self._pages = recovery_dir, shards, pages
 
     def on_batch(self, values: list[list[Reading]]) -> tuple[list[list], bool]:
         controls = self._controls
+        if self._pages is None and self._recovery_dir is not None:  # a new shard: its key, from a device
+            self._pages = ShardPages(self._recovery_dir, shard_of(values[0][0].device_id, self._shards))
         if controls is not None:
             if controls.generation != self._generation:
                 self.bank, self._generation = self._rebuild(controls.artifact), controls.generation
+                if self._pages is not None:  # the old devices' pages belong to the old model
+                    self._pages = ShardPages(self._recovery_dir, self._pages.shard)
             if controls.threshold is not None:
                 self.bank.threshold = controls.threshold
         # one call for everything that arrived (polls of several partitions): the bank's kernel
@@ -104,7 +123,12 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
         return ([events, dead] if dead else [events]), op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return self.bank.snapshot()
+        if self._recovery_dir is None:
+            return b""
+        dirty_pages = getattr(self.bank, "dirty_pages", None)
+        if dirty_pages is None or self._pages is None:  # River objects: the whole bank, as before
+            return self.bank.snapshot()
+        return self._pages.snapshot(dirty_pages())
 
 
 def records(items: list[LabeledEvent] | list[DeadLetter], settings: FlowSettings) -> Iterator[OutRecord]:
@@ -131,17 +155,27 @@ def bank_builder(settings: FlowSettings, controls: LiveControls | None = None):
         spec = artifact.spec
 
     def rebuild(new_artifact):
-        return new_bank(new_artifact.spec if new_artifact else spec, settings.threshold, new_artifact)
+        return new_bank(
+            new_artifact.spec if new_artifact else spec, settings.threshold, new_artifact, limits, settings.shards
+        )
 
     warm_up = getattr(new_bank(spec), "warm_up", None)
     if warm_up is not None:  # compile the bank's kernel before the first message, not on it
         warm_up()
 
+    limits = StateLimits()
+
     def build(state: bytes | None) -> ModelBankLogic:
-        bank = new_bank(spec, settings.threshold, artifact)
-        if state is not None:
-            bank.restore(state)
-        return ModelBankLogic(bank, controls, rebuild)
+        bank = new_bank(spec, settings.threshold, artifact, limits, settings.shards)
+        pages = None
+        if state:
+            found = manifest(state)
+            if found is None:
+                bank.restore(state)
+            else:  # the shard's pages as of the manifest Bytewax resumes from
+                pages = ShardPages.resume(settings.recovery_dir, found)
+                bank.load_pages(pages.read())
+        return ModelBankLogic(bank, controls, rebuild, settings.recovery_dir, settings.shards, pages)
 
     return build
 
@@ -235,21 +269,28 @@ def tune_gc_for_streaming() -> None:
 
 
 def init_recovery_dir(path: Path, settings: FlowSettings, partitions: int = 1) -> None:
-    """Create Bytewax's recovery partitions in ``path`` unless they are already there.
+    """Create Bytewax's recovery partitions in ``path`` unless they are already there, after
+    checking that every snapshot in them is plain data (a planted pickle would run code when
+    Bytewax loads it: :func:`edgewatch.state.recovery.verify_recovery_dir`).
 
     The shard count is recorded there: device state is stored per shard, so resuming
-    with another count would silently start devices from scratch; refuse instead.
+    with another count would silently start devices from scratch; refuse instead (and
+    point to :func:`edgewatch.state.reshard.reshard_recovery_dir`, which moves it).
     """
     from bytewax.recovery import init_db_dir
+
+    from edgewatch.state.recovery import verify_recovery_dir
 
     path.mkdir(parents=True, exist_ok=True)
     if not any(path.glob("part-*.sqlite3")):
         init_db_dir(path, partitions)
+    verify_recovery_dir(path)
     recorded = path / "edgewatch-shards"
     if recorded.exists() and int(recorded.read_text()) != settings.shards:
+        held = recorded.read_text().strip()
         raise ValueError(
-            f"{path} holds state for {recorded.read_text().strip()} shards, not {settings.shards}: "
-            f"run with --shards {recorded.read_text().strip()} or a new recovery directory"
+            f"{path} holds state for {held} shards, not {settings.shards}: run with --shards {held}, "
+            f"reshard the directory offline to {settings.shards} shards, or use a new recovery directory"
         )
     recorded.write_text(str(settings.shards))
 
