@@ -101,3 +101,19 @@ class RiverUnpickler(pickle.Unpickler):
         if (module, name) not in self.ALLOWED and not module.startswith(self.ALLOWED_PACKAGES):
             raise pickle.UnpicklingError(f"snapshot refers to {module}.{name}: not a River model, refusing it")
         return super().find_class(module, name)
+
+
+def new_bank(
+    spec: DetectorSpec,
+    threshold: float | None = None,
+    artifact: ModelArtifact | None = None,
+    limits=None,
+    shards: int = 1,
+):
+    """The bank the flow uses: arrays for detectors that have them (within ``limits``, a
+    :class:`~edgewatch.state.limits.StateLimits`, split over ``shards``), River objects otherwise."""
+    from edgewatch.online_models.vector_bank import VectorBank
+
+    if spec.vectorized and (artifact is None or hasattr(spec.factory(), "export_arrays")):
+        return VectorBank(spec, threshold, artifact, limits, shards)
+    return ModelBank(spec, threshold, artifact)
