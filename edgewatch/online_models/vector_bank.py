@@ -76,6 +76,11 @@ class StateLayout:
         return {name: block for block, names in zip(blocks, self.blocks.values(), strict=True) for name, _ in names}
 
 
+def group_key(features: tuple[str, ...]) -> str:
+    """A stable short name for a feature set in page ids (feature names can be long)."""
+    return hashlib.blake2b("\x1f".join(features).encode(), digest_size=8).hexdigest()
+
+
 @dataclass
 class _Group:
     """Devices that send the same features: their state blocks and row numbers.
@@ -97,8 +102,7 @@ class _Group:
 
     @property
     def key(self) -> str:
-        """A stable name for the group in page ids (its features can be long)."""
-        return hashlib.blake2b("\x1f".join(self.features).encode(), digest_size=8).hexdigest()
+        return group_key(self.features)
 
     def grow(self, layout: StateLayout, needed: int) -> None:
         capacity = len(self.blocks[0]) if self.blocks else 0
