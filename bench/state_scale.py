@@ -70,12 +70,15 @@ class _Partition(StatefulSourcePartition):
         now = time.monotonic()
         if source.idle_from is None:  # every message is in; the epoch holding the last ones
             source.idle_from = now + 1.5 * source.epoch_seconds  # closes first, then only idle epochs
-        elif source.idle_written is None and now >= source.idle_from:
+        elif source.idle_started is None and now >= source.idle_from:  # the last busy epoch is written
+            source.idle_started = now
             source.idle_written, source.idle_pages = written_bytes(), STATE_BYTES_WRITTEN._value.get()
-        if now >= source.idle_from + source.idle_seconds:
-            if source.idle_written is not None:
-                source.idle_written = written_bytes() - source.idle_written
-                source.idle_pages = STATE_BYTES_WRITTEN._value.get() - source.idle_pages
+        if source.idle_started is not None and now >= source.idle_started + source.idle_seconds:
+            source.idle_epochs = (now - source.idle_started) / source.epoch_seconds
+            source.idle_written = written_bytes() - source.idle_written
+            source.idle_pages = STATE_BYTES_WRITTEN._value.get() - source.idle_pages
+            raise StopIteration
+        if source.idle_seconds == 0:
             raise StopIteration
         return []
 
@@ -93,6 +96,8 @@ class MemorySource(FixedPartitionedSource):
         self.idle_from: float | None = None
         self.idle_written: int | None = None
         self.idle_pages = 0.0
+        self.idle_started: float | None = None
+        self.idle_epochs = 1.0
 
     def list_parts(self):
         return ["memory"]
@@ -154,6 +159,7 @@ def run(messages: list[RawMessage], args, recovery: Path | None) -> dict:
         "messages_per_cpu_s": len(messages) / (sink.cpu_at_done - cpu),
         "idle_written": source.idle_written or 0,
         "idle_pages": source.idle_pages,
+        "idle_epochs": source.idle_epochs,
     }
 
 
@@ -185,7 +191,7 @@ def main() -> None:
         on = run(messages, args, recovery)
         recovery_mb, largest = recovery_figures(recovery)
         off = run(messages, args, None)
-    idle_epochs = args.idle_seconds / args.snapshot_seconds
+    idle_epochs = on["idle_epochs"]
     figures = {
         "devices": args.devices,
         "messages_per_s": round(on["messages_per_s"]),

@@ -14,7 +14,7 @@ from pathlib import Path
 from edgewatch.state import codec, recovery, store
 from edgewatch.state.limits import STATE_BYTES_WRITTEN
 
-COLLECT_EVERY = 8  # snapshots between deletions of unreachable page versions
+COLLECT_EVERY = 2  # snapshots between deletions of unreachable page versions
 
 
 def manifest(blob: bytes) -> dict | None:

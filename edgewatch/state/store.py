@@ -38,7 +38,7 @@ class PageStore:
         self.bytes_written = 0
         # isolation_level=None: explicit transactions; one per snapshot
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA journal_mode=TRUNCATE")
         self._db.execute("PRAGMA synchronous=FULL")  # a manifest Bytewax commits must find its pages
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS pages (page TEXT NOT NULL, generation INTEGER NOT NULL, blob BLOB, "
