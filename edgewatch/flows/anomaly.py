@@ -107,7 +107,8 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], list, bytes]):
 
     def on_batch(self, values: list[list[Reading]]) -> tuple[list[list], bool]:
         controls = self._controls
-        if self._pages is None and self._recovery_dir is not None:  # a new shard: its key, from a device
+        if self._pages is None and self._recovery_dir is not None and hasattr(self.bank, "dirty_pages"):
+            # a new shard of a paged bank: its key, from one of its devices
             self._pages = ShardPages(self._recovery_dir, shard_of(values[0][0].device_id, self._shards))
         if controls is not None:
             if controls.generation != self._generation:

@@ -182,7 +182,9 @@ class VectorBank:
         """Compile (or load from numba's cache) the detector's kernel now, on a throwaway bank,
         instead of on the flow's first message."""
         raw = RawMessage(None, None, [], "warm-up", 0, 0, None)
-        VectorBank(self.spec).label([Reading("warm-up", 0.0, {"x": 0.0}, raw)])
+        throwaway = VectorBank(self.spec)
+        throwaway.label([Reading("warm-up", 0.0, {"x": 0.0}, raw)])
+        DEVICES_HELD.dec(len(throwaway))
 
     def label(self, readings: list[Reading]) -> BankResult:
         scores = np.empty(len(readings))
