@@ -316,7 +316,7 @@ class VectorBank:
             "rows": (rows - page * PAGE_ROWS).tolist(),
             "devices": [group.devices[row] for row in rows.tolist()],
         }
-        return codec.pack(header, [block[rows] for block in group.blocks])
+        return codec.pack(header, [block[rows] for block in group.blocks], compress=True)
 
     def dirty_pages(self) -> dict[str, bytes | None]:
         """Pages changed since the last call: ``page id → bytes`` (``None``: the page is gone)."""

@@ -14,11 +14,14 @@ it expects. Any mismatch raises :class:`StateFormatError`.
 from __future__ import annotations
 
 import struct
+import zlib
 
 import msgspec
 import numpy as np
 
 FORMAT_VERSION = 1
+COMPRESSED_VERSION = 2  # the same bytes after the version byte, zlib-compressed (pages: 3-9x smaller)
+MAX_STATE_BYTES = 256 * 2**20  # a page never comes near; a decompression bomb stops here
 _LENGTH = struct.Struct("<I")
 _ALLOWED_DTYPES = frozenset(np.dtype(t).str for t in ("<f2", "<f4", "<f8", "<i4", "<i8", "<u2", "|u1", "|b1"))
 
@@ -27,19 +30,32 @@ class StateFormatError(ValueError):
     """Bytes that are not device state of this format (damaged, foreign or tampered)."""
 
 
-def pack(header: dict, arrays: list[np.ndarray]) -> bytes:
-    """``header`` (plain values) and ``arrays`` (C-contiguous copies are made) as bytes."""
+def pack(header: dict, arrays: list[np.ndarray], compress: bool = False) -> bytes:
+    """``header`` (plain values) and ``arrays`` (C-contiguous copies are made) as bytes;
+    ``compress``: zlib level 1 (about 100 MB/s, what a busy shard's pages need to stay
+    within a small disk's bandwidth)."""
     header = {**header, "arrays": [[a.dtype.str, list(a.shape)] for a in arrays]}
     encoded = msgspec.msgpack.encode(header)
-    parts = [bytes([FORMAT_VERSION]), _LENGTH.pack(len(encoded)), encoded]
+    parts = [_LENGTH.pack(len(encoded)), encoded]
     parts.extend(np.ascontiguousarray(a).tobytes() for a in arrays)
-    return b"".join(parts)
+    if compress:
+        return bytes([COMPRESSED_VERSION]) + zlib.compress(b"".join(parts), 1)
+    return bytes([FORMAT_VERSION]) + b"".join(parts)
 
 
 def unpack(blob: bytes) -> tuple[dict, list[np.ndarray]]:
     """The header and arrays of :func:`pack`'s bytes (read-only arrays over ``blob``)."""
     if not isinstance(blob, bytes | bytearray | memoryview) or len(blob) < 1 + _LENGTH.size:
         raise StateFormatError("state blob too short")
+    if blob[0] == COMPRESSED_VERSION:
+        inflate = zlib.decompressobj()
+        try:
+            body = inflate.decompress(blob[1:], MAX_STATE_BYTES)
+        except zlib.error as exc:
+            raise StateFormatError(f"state blob does not decompress: {exc}") from None
+        if inflate.unconsumed_tail or inflate.unused_data or not inflate.eof:
+            raise StateFormatError(f"state blob is truncated, has trailing bytes or inflates past {MAX_STATE_BYTES}")
+        blob = bytes([FORMAT_VERSION]) + body
     if blob[0] != FORMAT_VERSION:
         raise StateFormatError(f"state format version {blob[0]}, this edgewatch reads {FORMAT_VERSION}")
     (length,) = _LENGTH.unpack_from(blob, 1)

@@ -116,7 +116,7 @@ def _write_shard(path: Path, shard: str, groups) -> bytes:
                 "rows": list(range(len(chunk))),
                 "devices": devices[start : start + PAGE_ROWS],
             }
-            blobs[f"{key}/{page}"] = codec.pack(header, arrays)
+            blobs[f"{key}/{page}"] = codec.pack(header, arrays, compress=True)
     blob = pages.snapshot(blobs)
     pages.store.close()
     return blob
