@@ -205,3 +205,12 @@ def test_a_thousand_one_device_feature_sets_stay_small():
     held = sum(block.nbytes for group in bank.groups.values() for block in group.blocks)
     # 1000 devices x 16 features x 2,056 bytes = 33 MB of state; 4 rows a set at most
     assert held <= 4 * 1000 * 16 * 2100
+
+
+def test_a_page_that_inflates_past_the_bound_is_refused(monkeypatch):
+    import zlib
+
+    monkeypatch.setattr(codec, "MAX_STATE_BYTES", 1 << 20)
+    bomb = bytes([codec.COMPRESSED_VERSION]) + zlib.compress(b"\0" * (4 << 20))
+    with pytest.raises(codec.StateFormatError, match="inflates past"):
+        codec.unpack(bomb)
