@@ -6,7 +6,8 @@
 The real flow (``build_flow``: parse, detect with the default detector, serialize) runs in
 this process (one Bytewax worker) over messages made up front, from an in-memory source, into
 a sink that serializes every record and drops it; no broker, so the figures are the flow's
-own. Devices report in turn (each ``messages / devices`` times) with ``--features`` values.
+own. Devices report in turn (each ``messages / devices`` times) with ``--features`` values
+(each device its own level plus Gaussian noise).
 
 1. throughput with recovery on (pages written at each epoch), and with recovery off;
    Both per second of wall time and per second of the process's CPU time (the steadier
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition  # noqa: E402
 from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 from bytewax.recovery import RecoveryConfig  # noqa: E402
@@ -132,10 +134,13 @@ class CountingSink(DynamicSink):
 
 def make_messages(devices: int, messages: int, features: int) -> list[RawMessage]:
     names = ["temperature", "pressure", "vibration", "current", "speed", "humidity", "flow", "torque"][:features]
+    rng = np.random.default_rng(7)
+    levels = rng.uniform(10, 100, (devices, len(names)))  # each device its own operating point, plus noise
+    noise = rng.normal(0, 1, (messages, len(names)))
     out = []
     for i in range(messages):
         device, tick = i % devices, i // devices
-        values = {name: 20.0 + ((device * 7 + tick * (k + 3)) % 11) * 0.1 for k, name in enumerate(names)}
+        values = {name: round(float(levels[device, k] + noise[i, k]), 3) for k, name in enumerate(names)}
         body = {"deviceId": f"machine-{device:06d}", "timestamp": 1_700_000_000 + tick * 5, "values": values}
         out.append(RawMessage(None, json.dumps(body).encode(), [], "telemetry", 0, i, None))
     return out
