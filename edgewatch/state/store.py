@@ -119,5 +119,5 @@ def lineages(directory: Path, shard: str | None = None) -> dict[tuple[str, str],
 
 def remove(path: Path) -> None:
     """Delete a page file and its SQLite side files."""
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-journal", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
