@@ -47,7 +47,7 @@ from bytewax.recovery import RecoveryConfig  # noqa: E402
 from bytewax.testing import run_main  # noqa: E402
 
 from edgewatch.config import FlowSettings  # noqa: E402
-from edgewatch.flows.anomaly import build_flow, init_recovery_dir, records  # noqa: E402
+from edgewatch.flows.anomaly import build_flow, init_recovery_dir, records, tune_gc_for_streaming  # noqa: E402
 from edgewatch.schema import RawMessage  # noqa: E402
 from edgewatch.state.limits import STATE_BYTES_WRITTEN  # noqa: E402
 
@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=15.0)
     args = parser.parse_args()
     messages = make_messages(args.devices, args.messages, args.features)
+    tune_gc_for_streaming()  # as `edgewatch run` does (and the made-up messages leave the collector's way)
     with tempfile.TemporaryDirectory(prefix="edgewatch-state-scale-") as tmp:
         recovery = Path(tmp) / "recovery"
         on = run(messages, args, recovery)
