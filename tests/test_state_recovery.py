@@ -19,7 +19,7 @@ from edgewatch.connectors.files import FileSource, JsonlSink
 from edgewatch.flows.anomaly import build_flow, init_recovery_dir, records
 from edgewatch.simulator import Fleet
 from edgewatch.state import store
-from edgewatch.state.recovery import UnsafeRecoveryError, detect_manifests, verify_recovery_dir
+from edgewatch.state.recovery import MissingPagesError, UnsafeRecoveryError, detect_manifests, verify_recovery_dir
 from edgewatch.state.reshard import reshard_recovery_dir
 
 LINES = Fleet(devices=40, seed=5, fault_rate=0.004).records(7500)
@@ -106,3 +106,13 @@ def test_a_planted_pickle_in_the_recovery_directory_is_refused_before_it_runs(tm
     assert "Traceback" not in done.stderr
     assert not marker.exists(), "the planted pickle ran"
     assert not (tmp_path / "again.jsonl").exists()
+
+
+def test_a_missing_page_file_is_refused_instead_of_forgetting_devices(tmp_path):
+    replay, recovery = tmp_path / "telemetry.jsonl", tmp_path / "recovery"
+    replay.write_bytes(b"".join(LINES[:1000]))
+    run_flow(replay, tmp_path / "out.jsonl", 1, recovery)
+    for path in store.lineages(recovery / store.STATE_DIR).values():
+        store.remove(path)
+    with pytest.raises(MissingPagesError, match="is missing: the device state of shard-0000"):
+        init_recovery_dir(recovery, FlowSettings())

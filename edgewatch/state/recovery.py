@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from edgewatch.state import codec
+from edgewatch.state import codec, store
 
 DETECT_STEP_SUFFIX = ".detect"
 
@@ -89,6 +89,10 @@ class UnsafeRecoveryError(ValueError):
     """A recovery snapshot that is not plain data: loading it could run code."""
 
 
+class MissingPagesError(ValueError):
+    """A shard manifest whose page file is gone: resuming would silently forget devices."""
+
+
 def bytes_of_pickle(blob: bytes) -> bytes | None:
     """The ``bytes`` a pickle holds if it holds exactly one ``bytes`` object and nothing else,
     else ``None``; read from its opcodes, never executed."""
@@ -130,7 +134,8 @@ def _snaps(path: Path) -> Iterator[tuple[Path, str, str, int, bytes | None]]:
 
 def verify_recovery_dir(path: Path) -> int:
     """Refuse (:class:`UnsafeRecoveryError`, one line) a recovery directory holding a snapshot
-    that is not plain data; returns how many snapshots were checked."""
+    that is not plain data, or (:class:`MissingPagesError`) one whose shard manifests name a
+    page file that is gone; returns how many snapshots were checked."""
     checked = 0
     for part, step, key, epoch, blob in _snaps(path):
         if blob is None:
@@ -147,6 +152,13 @@ def verify_recovery_dir(path: Path) -> int:
             raise UnsafeRecoveryError(
                 f"{where} is not plain data (pickle opcode {opcode}): refusing to load it; "
                 "restore the recovery directory from a backup or start a new one"
+            )
+    for key, epoch, found in detect_manifests(path):
+        page_file = path / store.STATE_DIR / f"{found['shard']}.{found['lineage']}.sqlite3"
+        if found["generation"] > 0 and not page_file.exists():
+            raise MissingPagesError(
+                f"{page_file} is missing: the device state of {key} (epoch {epoch}) cannot be resumed; "
+                "restore it from a backup or start a new recovery directory"
             )
     return checked
 
