@@ -45,11 +45,15 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition  # no
 from bytewax.outputs import DynamicSink, StatelessSinkPartition  # noqa: E402
 from bytewax.recovery import RecoveryConfig  # noqa: E402
 from bytewax.testing import run_main  # noqa: E402
+from prometheus_client import REGISTRY  # noqa: E402
 
 from edgewatch.config import FlowSettings  # noqa: E402
 from edgewatch.flows.anomaly import build_flow, init_recovery_dir, records, tune_gc_for_streaming  # noqa: E402
 from edgewatch.schema import RawMessage  # noqa: E402
-from edgewatch.state.limits import STATE_BYTES_WRITTEN  # noqa: E402
+
+
+def page_bytes() -> float:
+    return REGISTRY.get_sample_value("edgewatch_state_bytes_written_total") or 0.0
 
 
 def written_bytes() -> int:
@@ -74,11 +78,11 @@ class _Partition(StatefulSourcePartition):
             source.idle_from = now + 1.5 * source.epoch_seconds  # closes first, then only idle epochs
         elif source.idle_started is None and now >= source.idle_from:  # the last busy epoch is written
             source.idle_started = now
-            source.idle_written, source.idle_pages = written_bytes(), STATE_BYTES_WRITTEN._value.get()
+            source.idle_written, source.idle_pages = written_bytes(), page_bytes()
         if source.idle_started is not None and now >= source.idle_started + source.idle_seconds:
             source.idle_epochs = (now - source.idle_started) / source.epoch_seconds
             source.idle_written = written_bytes() - source.idle_written
-            source.idle_pages = STATE_BYTES_WRITTEN._value.get() - source.idle_pages
+            source.idle_pages = page_bytes() - source.idle_pages
             raise StopIteration
         if source.idle_seconds == 0:
             raise StopIteration

@@ -4,13 +4,14 @@ import pickle
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from edgewatch.online_models.bank import ModelBank
 from edgewatch.online_models.registry import BUILTIN
 from edgewatch.online_models.vector_bank import PAGE_ROWS, VectorBank
 from edgewatch.schema import RawMessage, Reading, SourceRef
 from edgewatch.state import codec
-from edgewatch.state.limits import DEVICES_EVICTED, StateLimits
+from edgewatch.state.limits import StateLimits
 from edgewatch.state.pages import ShardPages, manifest
 from edgewatch.state.store import PageStore
 
@@ -168,15 +169,19 @@ def test_readings_beyond_the_feature_limits_are_dead_letters():
     assert len(bank) == 3
 
 
+def evicted() -> float:
+    return REGISTRY.get_sample_value("edgewatch_devices_evicted_total") or 0.0
+
+
 def test_least_recently_seen_devices_are_dropped_at_the_device_limit():
     spec = BUILTIN["robust-zscore"]
     bank = VectorBank(spec, limits=StateLimits(max_devices=100))
-    evicted_before = DEVICES_EVICTED._value.get()
+    evicted_before = evicted()
     scores(bank, stream(100, 2000, features=("a",)))  # d0..d99, all seen
     scores(bank, [Reading("d5", 1e6, {"a": 10.0}, RAW)])  # d5 is now the most recently seen
     scores(bank, [Reading(f"new{i}", 1e6, {"a": 10.0}, RAW) for i in range(5)])
     assert len(bank) <= 100
-    dropped = DEVICES_EVICTED._value.get() - evicted_before
+    dropped = evicted() - evicted_before
     assert dropped >= 5 and len(bank) == 105 - dropped
     held = set(next(iter(bank.groups.values())).rows)
     assert "d5" in held and {f"new{i}" for i in range(5)} <= held
