@@ -55,13 +55,23 @@ class Application:
         settings: the flow settings.
         input_name: what the flow reads (the input topic, or a replayed file's name): a recovery
             directory holds the positions of one input only.
+        single_process: this process holds the whole recovery directory (``edgewatch run``); under
+            ``bytewax.run`` it may be one process of a cluster, each with its own volume.
         handle_signals: turn SIGTERM/Ctrl-C into :attr:`stop_requested` (the Kafka input ends,
             the flow drains and returns) instead of an exception wherever the flow happens to
             be. Off under ``bytewax.run``, which handles signals itself.
     """
 
-    def __init__(self, settings: FlowSettings, *, handle_signals: bool = True, input_name: str | None = None):
+    def __init__(
+        self,
+        settings: FlowSettings,
+        *,
+        handle_signals: bool = True,
+        input_name: str | None = None,
+        single_process: bool = True,
+    ):
         self.settings = settings
+        self.single_process = single_process
         self.input_name = input_name or settings.in_topic
         self.stop_requested = threading.Event()
         self.artifact: artifact_module.ModelArtifact | None = None
@@ -83,7 +93,9 @@ class Application:
         self.artifact = self._load_model()
         FLOW_METRICS.use_model(self.settings.detector, self.model_version)
         if self.settings.recovery_dir is not None:
-            init_recovery_dir(self.settings.recovery_dir, self.settings.shard_count, self.input_name)
+            init_recovery_dir(
+                self.settings.recovery_dir, self.settings.shard_count, self.input_name, self.single_process
+            )
         if self.settings.metrics_port is not None:
             self._start_metrics_server()
         tune_gc_for_streaming()
@@ -225,27 +237,38 @@ def tune_gc_for_streaming() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def init_recovery_dir(path: Path, shards: int, input_name: str | None = None, partitions: int = 1) -> None:
+def init_recovery_dir(
+    path: Path, shards: int, input_name: str | None = None, whole: bool = True, partitions: int = 1
+) -> None:
     """Create Bytewax's recovery partitions in ``path`` unless they are already there.
 
+    Every snapshot in it is checked to be plain data first (:func:`edgewatch.state.recovery.verify_recovery_dir`).
     The shard count is recorded there: device state is stored per shard, so resuming
-    with another count would silently start devices from scratch; refuse instead. So is the
+    with another count would silently start devices from scratch; refuse instead, and point to
+    the offline reshard (:func:`edgewatch.state.reshard.reshard_recovery_dir`). So is the
     input: its read positions are stored per topic partition, and Bytewax cannot resume them
     for another topic.
     """
     from bytewax.recovery import init_db_dir
+
+    from edgewatch.state.recovery import verify_recovery_dir
 
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not any(path.glob("part-*.sqlite3")):
             init_db_dir(path, partitions)
+        try:  # before Bytewax unpickles anything: a planted pickle would run code
+            verify_recovery_dir(path, check_pages=whole)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
         recorded = path / SHARDS_FILE
         if recorded.exists() and int(recorded.read_text()) != shards:
             held = recorded.read_text().strip()
             raise SetupError(
-                f"{path} holds state for {held} shards, not {shards}: "
-                f"run with --shards {held} or a new recovery directory"
+                f"{path} holds state for {held} shards, not {shards}: run with --shards {held}, "
+                f"reshard it offline (edgewatch recovery reshard {path} --shards {shards}), "
+                "or use a new recovery directory"
             )
         recorded.write_text(str(shards))
         if input_name is not None:

@@ -19,6 +19,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgewatch.state.limits import StateLimits
+
 #: Where the NAB, SKAB and CMAPSS data live unless ``EDGEWATCH_DATA_DIR`` says otherwise: the
 #: ``shared/data`` folder next to the checkout.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -91,8 +93,9 @@ class KafkaSettings(BaseSettings):
         return config
 
 
-class FlowSettings(KafkaSettings):
-    """Settings of the anomaly flow (``edgewatch run``, ``edgewatch iotedge``)."""
+class FlowSettings(KafkaSettings, StateLimits):
+    """Settings of the anomaly flow (``edgewatch run``, ``edgewatch iotedge``); the memory limits
+    of the device banks are :class:`~edgewatch.state.limits.StateLimits`'."""
 
     in_topic: str = Field("telemetry", description="telemetry topic")
     out_topic: str = Field("labeled", description="labeled events topic")

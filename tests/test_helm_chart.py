@@ -215,7 +215,7 @@ def test_init_container_gives_each_process_its_own_partition_that_the_flow_accep
         init_recovery_dir(
             volume, FlowSettings(shards=6).shard_count
         )  # what the flow does at start: no second partition
-        assert sorted(p.name for p in volume.glob("part-*")) == [f"part-{ordinal}.sqlite3"]
+        assert sorted(p.name for p in volume.glob("part-*.sqlite3")) == [f"part-{ordinal}.sqlite3"]
 
 
 def test_settings_become_edgewatch_variables_that_edgewatch_parses(monkeypatch):

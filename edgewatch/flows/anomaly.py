@@ -22,6 +22,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -33,6 +34,7 @@ from edgewatch.online_models.bank import ModelBank, new_bank
 from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import AlarmEvent, BankResult, DeadLetter, DriftEvent, LabeledEvent, RawMessage, Reading
 from edgewatch.schema import parse_batch as parse_messages
+from edgewatch.state.pages import ShardPages, manifest
 from edgewatch.telemetry import FLOW_METRICS
 
 
@@ -113,19 +115,37 @@ class LiveControls:
 
 
 class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult, bytes]):
-    """Bytewax glue for one shard's bank: never discarded, snapshotted as bytes."""
+    """Bytewax glue for one shard's bank: never discarded.
 
-    def __init__(self, bank: ModelBank, controls: LiveControls | None = None, rebuild=None):
+    With a recovery directory, a snapshot writes the pages that changed to the shard's page
+    store and gives Bytewax a small manifest (:mod:`edgewatch.state.pages`); without one,
+    nothing (Bytewax snapshots every epoch even when it keeps nothing)."""
+
+    def __init__(
+        self,
+        bank: ModelBank,
+        controls: LiveControls | None = None,
+        rebuild=None,
+        recovery_dir: Path | None = None,
+        shards: int = 1,
+        pages: ShardPages | None = None,
+    ):
         self.bank = bank
         self._controls = controls
         self._rebuild = rebuild
         self._generation = controls.generation if controls is not None else 0
+        self._recovery_dir, self._shards, self._pages = recovery_dir, shards, pages
 
     def on_batch(self, values: list[list[Reading]]) -> tuple[list[BankResult], bool]:
         controls = self._controls
+        if self._pages is None and self._recovery_dir is not None and hasattr(self.bank, "dirty_pages"):
+            # a new shard of a paged bank: its key, from one of its devices
+            self._pages = ShardPages(self._recovery_dir, shard_of(values[0][0].device_id, self._shards))
         if controls is not None:
             if controls.generation != self._generation:
                 self.bank, self._generation = self._rebuild(controls.artifact), controls.generation
+                if self._pages is not None:  # the old devices' pages belong to the old model
+                    self._pages = ShardPages(self._recovery_dir, self._pages.shard)
             if controls.threshold is not None:
                 self.bank.threshold = controls.threshold
         # one call for everything that arrived (polls of several partitions): the bank's kernel
@@ -134,8 +154,13 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult, bytes]):
         return [self.bank.label(readings)], op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
+        if self._recovery_dir is None:
+            return b""
         with FLOW_METRICS.snapshot_duration.time():
-            return self.bank.snapshot()
+            dirty_pages = getattr(self.bank, "dirty_pages", None)
+            if dirty_pages is None or self._pages is None:  # River objects: the whole bank, as before
+                return self.bank.snapshot()
+            return self._pages.snapshot(dirty_pages())
 
 
 def bank_builder(settings: FlowSettings, controls: LiveControls | None = None, artifact=None):
@@ -147,17 +172,25 @@ def bank_builder(settings: FlowSettings, controls: LiveControls | None = None, a
         spec = artifact.spec
 
     def rebuild(new_artifact):
-        return new_bank(new_artifact.spec if new_artifact else spec, settings.threshold, new_artifact)
+        return new_bank(new_artifact.spec if new_artifact else spec, settings.threshold, new_artifact, settings, shards)
 
     warm_up = getattr(new_bank(spec), "warm_up", None)
     if warm_up is not None:  # compile the bank's kernel before the first message, not on it
         warm_up()
 
+    shards = settings.shard_count
+
     def build(state: bytes | None) -> ModelBankLogic:
-        bank = new_bank(spec, settings.threshold, artifact)
-        if state is not None:
-            bank.restore(state)
-        return ModelBankLogic(bank, controls, rebuild)
+        bank = new_bank(spec, settings.threshold, artifact, settings, shards)  # the settings hold the limits
+        pages = None
+        if state:
+            found = manifest(state)
+            if found is None:
+                bank.restore(state)
+            else:  # the shard's pages as of the manifest Bytewax resumes from
+                pages = ShardPages.resume(settings.recovery_dir, found)
+                bank.load_pages(pages.read())
+        return ModelBankLogic(bank, controls, rebuild, settings.recovery_dir, shards, pages)
 
     return build
 
@@ -168,6 +201,7 @@ def __getattr__(name: str) -> Dataflow:
         from edgewatch.app import Application
         from edgewatch.flows.wiring import kafka_flow
 
-        app = Application(FlowSettings(), handle_signals=False).start()  # bytewax.run handles signals
+        # bytewax.run handles signals, and may run this process as one of a cluster
+        app = Application(FlowSettings(), handle_signals=False, single_process=False).start()
         return kafka_flow(app)
     raise AttributeError(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 
@@ -68,17 +69,51 @@ class ModelBank:
         return BankResult(events, dead, [], [])
 
     def snapshot(self) -> bytes:
-        """The per-device models as bytes (Bytewax stores them at every epoch)."""
+        """The per-device models as bytes (Bytewax stores them at every epoch).
+
+        River objects have no data format of their own, so this one is a pickle; :meth:`restore`
+        reads it with :class:`RiverUnpickler`, which builds nothing outside River, numpy and a
+        few plain builtins (the vectorized bank, the default, stores data only)."""
         return pickle.dumps(self.models, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, state: bytes) -> None:
-        self.models = pickle.loads(state)
+        self.models = RiverUnpickler(io.BytesIO(state)).load()
 
 
-def new_bank(spec: DetectorSpec, threshold: float | None = None, artifact: ModelArtifact | None = None):
-    """The bank the flow uses: arrays for detectors that have them, River objects otherwise."""
+class RiverUnpickler(pickle.Unpickler):
+    """Unpickles River models and nothing else: any global outside River's and edgewatch's
+    model modules, a few numpy array constructors and plain builtin types is refused
+    (:class:`pickle.UnpicklingError`) before it is called."""
+
+    ALLOWED_PACKAGES = ("river.", "edgewatch.online_models.")
+    ALLOWED = frozenset(
+        {("builtins", n) for n in ("set", "frozenset", "dict", "list", "tuple", "int", "float", "complex", "bool",
+                                   "str", "bytes", "bytearray", "object", "slice", "range")}
+        | {(m, n) for m in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
+                            "numpy._core.numeric")
+                  for n in ("ndarray", "dtype", "_reconstruct", "scalar", "_frombuffer")}
+        | {("copyreg", "_reconstructor"), ("functools", "partial"), ("random", "Random"),
+           ("collections", "defaultdict"), ("collections", "deque"), ("collections", "Counter"),
+           ("collections", "OrderedDict")}
+    )  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED and not module.startswith(self.ALLOWED_PACKAGES):
+            raise pickle.UnpicklingError(f"snapshot refers to {module}.{name}: not a River model, refusing it")
+        return super().find_class(module, name)
+
+
+def new_bank(
+    spec: DetectorSpec,
+    threshold: float | None = None,
+    artifact: ModelArtifact | None = None,
+    limits=None,
+    shards: int = 1,
+):
+    """The bank the flow uses: arrays for detectors that have them (within ``limits``, a
+    :class:`~edgewatch.state.limits.StateLimits`, split over ``shards``), River objects otherwise."""
     from edgewatch.online_models.vector_bank import VectorBank
 
     if spec.vectorized and (artifact is None or hasattr(spec.factory(), "export_arrays")):
-        return VectorBank(spec, threshold, artifact)
+        return VectorBank(spec, threshold, artifact, limits, shards)
     return ModelBank(spec, threshold, artifact)

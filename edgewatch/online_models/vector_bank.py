@@ -10,17 +10,21 @@ equal those of one River object per device (:class:`ModelBank`; the tests compar
 
 from __future__ import annotations
 
+import hashlib
 import operator
-import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgewatch.online_models.artifact import ModelArtifact
 from edgewatch.online_models.registry import DetectorSpec
-from edgewatch.schema import BankResult, LabeledEvent, RawMessage, Reading
+from edgewatch.schema import BankResult, DeadLetter, LabeledEvent, RawMessage, Reading
+from edgewatch.state import codec
+from edgewatch.state.limits import DEVICES_EVICTED, DEVICES_HELD, StateLimits
 
-GROWTH_STEP = 256  # rows
+GROWTH_STEP = 256  # rows, once a group is that big
+FIRST_ROWS = 4  # a new feature set starts this small and doubles: 1,000 one-device sets stay cheap
+PAGE_ROWS = 64  # rows per page: the unit a snapshot rewrites
 
 
 class StateLayout:
@@ -54,30 +58,86 @@ class StateLayout:
             for index, (name, _) in enumerate(names):
                 block[row, index] = fields[name]
 
+    def reset_rows(self, blocks: list[np.ndarray], rows: np.ndarray) -> None:
+        """Put ``rows`` back to the fields' initial values (a freed row, ready for a new device)."""
+        for block, names in zip(blocks, self.blocks.values(), strict=True):
+            for index, (_, initial) in enumerate(names):
+                block[rows, index] = initial
+
+    def row_shapes(self, features: int) -> list[tuple[str, tuple[int, ...]]]:
+        """dtype and shape of one device's slice of each block (what a page must hold)."""
+        return [
+            (dtype, (len(fields), *((features,) if per_feature else ()), *shape))
+            for (dtype, shape, per_feature), fields in self.blocks.items()
+        ]
+
     def by_field(self, blocks: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Each field's name mapped to the block that holds it (what a detector's kernel takes)."""
         return {name: block for block, names in zip(blocks, self.blocks.values(), strict=True) for name, _ in names}
 
 
+def group_key(features: tuple[str, ...]) -> str:
+    """A stable short name for a feature set in page ids (feature names can be long)."""
+    return hashlib.blake2b("\x1f".join(features).encode(), digest_size=8).hexdigest()
+
+
 @dataclass
 class _Group:
-    """Devices that send the same features: their state blocks and row numbers."""
+    """Devices that send the same features: their state blocks and row numbers.
+
+    Rows are handed out from ``free`` (rows of dropped devices) or past ``used``; ``devices``
+    names the device of each row (``None``: free), ``last_seen`` the bank tick it was last
+    labeled at (-1: free), ``dirty`` the pages (``row // PAGE_ROWS``) changed since the last
+    snapshot.
+    """
 
     features: tuple[str, ...]
     rows: dict[str, int]
     blocks: list[np.ndarray]
+    devices: list[str | None] = field(default_factory=list)
+    free: list[int] = field(default_factory=list)
+    last_seen: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    dirty: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
+    used: int = 0
+
+    @property
+    def key(self) -> str:
+        return group_key(self.features)
 
     def grow(self, layout: StateLayout, needed: int) -> None:
         capacity = len(self.blocks[0]) if self.blocks else 0
         if needed <= capacity:
             return
-        # grow by an eighth, in whole pages of rows: the slack stays small for a big fleet
-        # (model state is what an edge node runs out of) and copies stay rare
-        target = max(needed, capacity + capacity // 8)
-        grown = layout.allocate(-(-target // GROWTH_STEP) * GROWTH_STEP, len(self.features))
+        if needed <= GROWTH_STEP:  # small groups double: a one-device feature set holds 4 rows, not 256
+            target = min(GROWTH_STEP, max(needed, FIRST_ROWS, 2 * capacity))
+        else:
+            # grow by an eighth, in whole pages of rows: the slack stays small for a big fleet
+            # (model state is what an edge node runs out of) and copies stay rare
+            target = max(needed, capacity + capacity // 8)
+            target = -(-target // GROWTH_STEP) * GROWTH_STEP
+        grown = layout.allocate(target, len(self.features))
         for old, new in zip(self.blocks, grown, strict=False):
             new[:capacity] = old
         self.blocks = grown
+        self.devices.extend([None] * (target - capacity))
+        self.last_seen = np.concatenate([self.last_seen, np.full(target - capacity, -1, np.int64)])
+        pages = -(-target // PAGE_ROWS)
+        self.dirty = np.concatenate([self.dirty, np.zeros(pages - len(self.dirty), bool)])
+
+    def take_rows(self, layout: StateLayout, count: int) -> list[int]:
+        taken = [self.free.pop() for _ in range(min(count, len(self.free)))]
+        if len(taken) < count:
+            start = self.used
+            self.used += count - len(taken)
+            self.grow(layout, self.used)
+            taken.extend(range(start, self.used))
+        return taken
+
+    def page_rows(self, page: int) -> np.ndarray:
+        """The occupied rows of ``page``."""
+        stop = min((page + 1) * PAGE_ROWS, self.used)
+        rows = np.arange(page * PAGE_ROWS, stop)
+        return rows[self.last_seen[page * PAGE_ROWS : stop] >= 0]
 
 
 class VectorBank:
@@ -92,7 +152,14 @@ class VectorBank:
     (0.0, False, 1)
     """
 
-    def __init__(self, spec: DetectorSpec, threshold: float | None = None, artifact: ModelArtifact | None = None):
+    def __init__(
+        self,
+        spec: DetectorSpec,
+        threshold: float | None = None,
+        artifact: ModelArtifact | None = None,
+        limits: StateLimits | None = None,
+        shards: int = 1,
+    ):
         self.spec = spec
         self.threshold = spec.threshold if threshold is None else threshold
         self.version = artifact.version if artifact is not None else spec.version
@@ -100,43 +167,56 @@ class VectorBank:
         self.layout = StateLayout(self.detector.ARRAY_STATE, getattr(self.detector, "ARRAY_DEVICE_STATE", None))
         self.groups: dict[tuple[str, ...], _Group] = {}
         self._artifact = artifact
+        limits = limits or StateLimits()
+        self.max_features = limits.max_features_per_device
+        self.max_feature_sets = limits.max_feature_sets
+        self.max_devices = limits.devices_per_shard(shards)
+        self._devices = 0  # held in memory
+        self._tick = 0  # one per label call: "least recently seen" without clocks
+        self._deleted_pages: set[str] = set()
 
     def __len__(self) -> int:
-        return sum(len(group.rows) for group in self.groups.values())
+        return self._devices
 
     def warm_up(self) -> None:
         """Compile (or load from numba's cache) the detector's kernel now, on a throwaway bank,
         instead of on the flow's first message."""
         raw = RawMessage(None, None, [], "warm-up", 0, 0, None)
-        VectorBank(self.spec).label([Reading("warm-up", 0.0, {"x": 0.0}, raw)])
+        throwaway = VectorBank(self.spec)
+        throwaway.label([Reading("warm-up", 0.0, {"x": 0.0}, raw)])
+        DEVICES_HELD.dec(len(throwaway))
 
     def label(self, readings: list[Reading]) -> BankResult:
         scores = np.empty(len(readings))
         by_features: dict[tuple[str, ...], list[int]] = {}
         for index, reading in enumerate(readings):
             by_features.setdefault(tuple(sorted(reading.features)), []).append(index)
+        self._tick += 1
+        dead, refused = [], []
         for features, indices in by_features.items():
+            reason = self._refusal(features)
+            if reason is not None:  # beyond a memory limit: a dead letter, not a new allocation
+                dead.extend(DeadLetter(readings[i].raw, reason, "detect") for i in indices)
+                refused.extend(indices)
+                continue
             scores[indices] = self._label_group(features, [readings[i] for i in indices])
+        if refused:
+            kept = np.ones(len(readings), bool)
+            kept[refused] = False
+            readings, scores = [r for r, keep in zip(readings, kept, strict=True) if keep], scores[kept]
         name, version, threshold = self.spec.name, self.version, self.threshold
         flags = (scores >= threshold).tolist()
         events = [
             LabeledEvent(reading, score, flag, name, version)
             for reading, score, flag in zip(readings, scores.tolist(), flags, strict=True)
         ]
-        return BankResult(events, [], [], [])
+        return BankResult(events, dead, [], [])
 
     def _label_group(self, features: tuple[str, ...], readings: list[Reading]) -> np.ndarray:
         group = self.groups.get(features)
         if group is None:
             group = self.groups[features] = _Group(features, {}, [])
-        rows_of = group.rows
-        known = len(rows_of)
-        rows = np.fromiter((rows_of.setdefault(r.device_id, len(rows_of)) for r in readings), np.int64, len(readings))
-        group.grow(self.layout, len(rows_of))
-        if self._artifact is not None and len(rows_of) > known:  # new devices start from their fitted models
-            for device, row in list(rows_of.items())[known:]:
-                model = self._artifact.model_for(device)
-                self.layout.write_row(group.blocks, row, model.export_arrays(features))
+        rows = self._rows_for(group, readings)
         pick = operator.itemgetter(*features)
         if len(features) == 1:
             values = np.fromiter((pick(r.features) for r in readings), np.float64, len(readings))[:, None]
@@ -145,14 +225,184 @@ class VectorBank:
         times = np.fromiter((r.timestamp for r in readings), np.float64, len(readings))
         return self.detector.score_learn_rows(self.layout.by_field(group.blocks), rows, values, times)
 
+    # -- storage: rows, limits, eviction, pages -------------------------------------------------
+
+    def _refusal(self, features: tuple[str, ...]) -> str | None:
+        """Why readings with ``features`` are refused (a memory limit), or ``None``."""
+        if len(features) > self.max_features:
+            return (
+                f"detect: {len(features)} features, more than the {self.max_features} a device may send "
+                "(EDGEWATCH_MAX_FEATURES_PER_DEVICE)"
+            )
+        if features not in self.groups and len(self.groups) >= self.max_feature_sets:
+            return (
+                f"detect: a new feature set, and this shard already holds the {self.max_feature_sets} allowed "
+                "(EDGEWATCH_MAX_FEATURE_SETS)"
+            )
+        return None
+
+    def _rows_for(self, group: _Group, readings: list[Reading]) -> np.ndarray:
+        """Each reading's state row (new devices get one), marked seen now and its page dirty."""
+        rows_of = group.rows
+        try:
+            rows = np.fromiter((rows_of[r.device_id] for r in readings), np.int64, len(readings))
+        except KeyError:
+            for reading in readings:  # devices already here must not be evicted for the new ones
+                if (row := rows_of.get(reading.device_id)) is not None:
+                    group.last_seen[row] = self._tick
+            self._add_devices(group, [d for d in dict.fromkeys(r.device_id for r in readings) if d not in rows_of])
+            rows = np.fromiter((rows_of[r.device_id] for r in readings), np.int64, len(readings))
+        group.last_seen[rows] = self._tick
+        group.dirty[rows // PAGE_ROWS] = True
+        return rows
+
+    def _add_devices(self, group: _Group, devices: list[str]) -> None:
+        excess = self._devices + len(devices) - self.max_devices
+        if excess > 0:  # free a tenth of the room at once: evictions stay rare
+            self._evict(excess + self.max_devices // 10, keep=group)
+        rows = group.take_rows(self.layout, len(devices))
+        for device, row in zip(devices, rows, strict=True):
+            group.rows[device] = row
+            group.devices[row] = device
+        group.last_seen[rows] = self._tick
+        if self._artifact is not None:  # new devices start from their fitted models
+            for device, row in zip(devices, rows, strict=True):
+                model = self._artifact.model_for(device)
+                self.layout.write_row(group.blocks, row, model.export_arrays(group.features))
+        self._devices += len(devices)
+        DEVICES_HELD.inc(len(devices))
+
+    def _evict(self, count: int, keep: _Group) -> None:
+        """Drop the ``count`` least recently seen devices (none seen in the current call)."""
+        groups = list(self.groups.values())
+        seen_at = [g.last_seen[: g.used] for g in groups]
+        candidates = [np.flatnonzero((at >= 0) & (at < self._tick)) for at in seen_at]
+        seen = np.concatenate([g.last_seen[rows] for g, rows in zip(groups, candidates, strict=True)] or [[]])
+        count = min(count, len(seen))
+        if count <= 0:
+            return
+        oldest = np.zeros(len(seen), bool)
+        oldest[np.argpartition(seen, count - 1)[:count]] = True
+        start = 0
+        for group, rows in zip(groups, candidates, strict=True):
+            chosen = rows[oldest[start : start + len(rows)]]
+            start += len(rows)
+            if len(chosen):
+                self._drop(group, chosen, keep)
+        DEVICES_EVICTED.inc(count)
+
+    def _drop(self, group: _Group, rows: np.ndarray, keep: _Group) -> None:
+        for row in rows.tolist():
+            del group.rows[group.devices[row]]
+            group.devices[row] = None
+        group.free.extend(rows.tolist())
+        group.last_seen[rows] = -1
+        group.dirty[rows // PAGE_ROWS] = True
+        self.layout.reset_rows(group.blocks, rows)
+        self._devices -= len(rows)
+        DEVICES_HELD.dec(len(rows))
+        if not group.rows and group is not keep:  # an emptied feature set frees its place and memory
+            del self.groups[group.features]
+            self._deleted_pages.update(f"{group.key}/{page}" for page in range(len(group.dirty)))
+
+    def _page_blob(self, group: _Group, page: int) -> bytes | None:
+        rows = group.page_rows(page)
+        if not len(rows):
+            return None
+        header = {
+            "kind": "page",
+            "features": list(group.features),
+            "page": page,
+            "rows": (rows - page * PAGE_ROWS).tolist(),
+            "devices": [group.devices[row] for row in rows.tolist()],
+        }
+        return codec.pack(header, [block[rows] for block in group.blocks], compress=True)
+
+    def dirty_pages(self) -> dict[str, bytes | None]:
+        """Pages changed since the last call: ``page id → bytes`` (``None``: the page is gone)."""
+        pages: dict[str, bytes | None] = dict.fromkeys(self._deleted_pages)
+        self._deleted_pages.clear()
+        for group in self.groups.values():
+            key = group.key
+            for page in np.flatnonzero(group.dirty).tolist():
+                pages[f"{key}/{page}"] = self._page_blob(group, page)
+            group.dirty[:] = False
+        return pages
+
+    def load_pages(self, blobs) -> None:
+        """Add the devices of page ``blobs`` (from :meth:`dirty_pages`), checking every field."""
+        for blob in blobs:
+            header, arrays = codec.unpack(blob)
+            features, page, rows, devices = self._checked_page(codec.expect(header, "page"), arrays)
+            group = self.groups.get(features)
+            if group is None:
+                group = self.groups[features] = _Group(features, {}, [])
+            absolute = page * PAGE_ROWS + np.asarray(rows, np.int64)
+            group.used = max(group.used, int(absolute.max()) + 1)
+            group.grow(self.layout, group.used)
+            if (group.last_seen[absolute] >= 0).any():
+                raise codec.StateFormatError(f"page {page} of {features} restored twice")
+            for block, values in zip(group.blocks, arrays, strict=True):
+                block[absolute] = values
+            for device, row in zip(devices, absolute.tolist(), strict=True):
+                group.rows[device] = row
+                group.devices[row] = device
+            group.last_seen[absolute] = 0
+            self._devices += len(devices)
+            DEVICES_HELD.inc(len(devices))
+        for group in self.groups.values():
+            group.free = np.flatnonzero(group.last_seen[: group.used] < 0)[::-1].tolist()
+
+    def _checked_page(self, header: dict, arrays: list[np.ndarray]):
+        features, page, rows, devices = (header.get(k) for k in ("features", "page", "rows", "devices"))
+        if not (
+            isinstance(features, list)
+            and features
+            and all(isinstance(f, str) for f in features)
+            and features == sorted(set(features))
+        ):
+            raise codec.StateFormatError("page features are not a sorted list of names")
+        if not (isinstance(page, int) and 0 <= page < 2**24 // PAGE_ROWS):
+            raise codec.StateFormatError(f"page number {page!r} out of range")
+        if not (isinstance(rows, list) and all(isinstance(r, int) and 0 <= r < PAGE_ROWS for r in rows)):
+            raise codec.StateFormatError("page rows out of range")
+        if not (isinstance(devices, list) and all(isinstance(d, str) for d in devices)):
+            raise codec.StateFormatError("page devices are not names")
+        if len(set(rows)) != len(rows) or len(devices) != len(rows) or not rows:
+            raise codec.StateFormatError("page rows and devices do not match")
+        features = tuple(features)
+        if any(d in self.groups[features].rows for d in devices if features in self.groups):
+            raise codec.StateFormatError("a device appears in two pages")
+        expected = [(dtype, (len(rows), *shape)) for dtype, shape in self.layout.row_shapes(len(features))]
+        found = [(a.dtype.str, a.shape) for a in arrays]
+        if found != expected:
+            raise codec.StateFormatError(f"page arrays {found} do not match the detector's state {expected}")
+        return features, page, rows, devices
+
     def snapshot(self) -> bytes:
-        """Rows and arrays of every group: compact bytes (numpy buffers), cheap every epoch."""
-        return pickle.dumps(
-            {features: (group.rows, group.blocks) for features, group in self.groups.items()},
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        """Every device's state as data (pages in a msgpack header): a self-contained snapshot,
+        for tests and tools; the flow writes only changed pages (:meth:`dirty_pages`)."""
+        pages = [
+            blob
+            for group in self.groups.values()
+            for page in range(len(group.dirty))
+            if (blob := self._page_blob(group, page)) is not None
+        ]
+        return codec.pack_header({"kind": "bank", "detector": self.spec.name, "pages": pages})
 
     def restore(self, state: bytes) -> None:
-        self.groups = {
-            features: _Group(features, rows, blocks) for features, (rows, blocks) in pickle.loads(state).items()
-        }
+        """Replace every device's state with a :meth:`snapshot` (checked: a bad one raises
+        :class:`~edgewatch.state.codec.StateFormatError` and leaves the bank empty)."""
+        header, _ = codec.unpack(state)
+        header = codec.expect(header, "bank")
+        pages = header.get("pages")
+        if header.get("detector") != self.spec.name or not isinstance(pages, list):
+            raise codec.StateFormatError(f"snapshot of a {header.get('detector')!r} bank, not {self.spec.name!r}")
+        DEVICES_HELD.dec(self._devices)
+        self.groups, self._devices = {}, 0
+        try:
+            self.load_pages(pages)
+        except Exception:
+            DEVICES_HELD.dec(self._devices)
+            self.groups, self._devices = {}, 0
+            raise
