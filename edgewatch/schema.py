@@ -133,7 +133,7 @@ class AlarmEvent:
     explanation: dict[str, float]
     model_name: str
     model_version: str
-    raw: RawMessage  # the reading that raised or cleared it
+    raw: RawMessage | None  # the reading that raised or cleared it (None: an operator cleared it)
 
     @property
     def duration_seconds(self) -> float:
