@@ -35,8 +35,8 @@ DEVICE_FIELDS = (
 )  # fmt: skip
 (LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS) = range(len(DEVICE_FIELDS))
 # per-feature fields of the sensor relations (the ``rel`` block)
-RELATION_FIELDS = ("mu", "fast", "res", "peak_c")
-MU, FAST, RES, PEAK_C = range(len(RELATION_FIELDS))
+RELATION_FIELDS = ("mu", "fast", "res", "peak_c", "cause")
+MU, FAST, RES, PEAK_C, CAUSE = range(len(RELATION_FIELDS))
 # the ``cov`` block: (devices, 2, features, features): EW covariance, precision of the correlations
 COV, PREC = 0, 1
 # what happened at a reading (bits of ``events``)
@@ -121,7 +121,7 @@ def score_learn(
 #: the alarm layer's parameters, in their order in ``alarm_params`` (``enabled`` 0 turns the layer off)
 ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
-    "relation_tolerance", "min_relation", "ridge", "fast_rate", "unexplained",
+    "relation_tolerance", "min_relation", "ridge", "fast_rate", "unexplained", "track_mean",
 )  # fmt: skip
 
 
@@ -221,6 +221,7 @@ def detect(
     accept_after, relation_rate, smoothing = alarm_params[4], alarm_params[5], alarm_params[6]
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
     explained = alarm_params[11]
+    track_mean = alarm_params[12] > 0.0
     populating = mode == HISTORY_FILL
     history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
@@ -229,6 +230,7 @@ def detect(
     extreme_tolerance, record_rate, jump_factor = float_params[4], float_params[5], float_params[6]
     step_growth, extreme_surprise, repeat_alpha = float_params[7], float_params[8], float_params[9]
     repeat_floor, surprise_scale, refractory_factor = float_params[10], float_params[11], float_params[12]
+    u_threshold = threshold * surprise_scale / max(1.0 - threshold, 1e-9)  # the surprise that raises an alarm
     decay, profile_clip = float_params[13], float_params[14]
     readings, features = x.shape
     scales = len(sizes)
@@ -379,13 +381,34 @@ def detect(
             for f in range(features):
                 rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
             ev = 0
-            if dev[r, ALARM] == 0.0:
+            in_alarm = dev[r, ALARM] != 0.0
+            if in_alarm or score >= threshold:
+                # each feature's surprise: its novelty channels and checks, its share of the relation residual
+                top = 0.0
+                for f in range(features):
+                    c = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, 0.0)
+                    if rel_ready and ss > 0.0:
+                        c = max(c, rel_surprise * res[f] * res[f] / ss)
+                    contrib[i, f] = c
+                    top = max(top, c)
+            if not in_alarm:
                 if score >= threshold:
                     ev = RAISED | ABNORMAL
                     dev[r, ALARM], dev[r, START], dev[r, PEAK] = 1.0, t[i], raw
                     dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
+                    # the alarm's cause: the features that dominate the raising reading
+                    for f in range(features):
+                        rel[r, f, CAUSE] = 1.0 if contrib[i, f] >= 0.5 * top else 0.0
             else:
-                dev[r, QUIET] = 0.0 if raw >= threshold else dev[r, QUIET] + 1.0
+                # the alarm lasts while its cause does: a feature joins the cause when it alone would
+                # raise an alarm; the other features keep learning (a slow drift elsewhere is not this fault)
+                cause_surprise = 0.0
+                for f in range(features):
+                    if contrib[i, f] >= u_threshold:
+                        rel[r, f, CAUSE] = 1.0
+                    if rel[r, f, CAUSE] > 0.0:
+                        cause_surprise = max(cause_surprise, contrib[i, f])
+                dev[r, QUIET] = 0.0 if cause_surprise >= u_threshold else dev[r, QUIET] + 1.0
                 # a new operating point, not a fault: the relations explain the change (most of the
                 # deviation from the normal level lies along them) and are not broken
                 kept = rel_ready and rel_surprise < tolerance and res2 <= explained * dev2
@@ -399,15 +422,10 @@ def detect(
                 else:
                     ev = ABNORMAL
             if ev & ABNORMAL:
-                # each feature's share of the surprise: its novelty channels and checks, its relation residual
                 total_c = 0.0
                 for f in range(features):
-                    c = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, 0.0)
-                    if rel_ready and ss > 0.0:
-                        c = max(c, rel_surprise * res[f] * res[f] / ss)
-                    contrib[i, f] = c
-                    implicated[f] = c >= tolerance
-                    total_c += c
+                    implicated[f] = rel[r, f, CAUSE] > 0.0
+                    total_c += contrib[i, f]
                 for f in range(features):
                     contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
                 if ev & RAISED or raw > dev[r, PEAK]:
@@ -429,6 +447,9 @@ def detect(
         if relations:
             for f in range(features):
                 rel[r, f, RES] = res[f]
+        if not learn and alarms and track_mean:  # the mean is a baseline, it follows slow drifts
+            for f in range(features):
+                rel[r, f, MU] += relation_rate * (x[i, f] - rel[r, f, MU])
         if learn and relations:  # ---- learn the relations (EW mean and covariance, equal weights at first)
             n_rel = dev[r, REL_N] + 1.0
             dev[r, REL_N] = n_rel
@@ -449,76 +470,78 @@ def detect(
         # ---- learn (CompactNovelty._learn_plans and _learn_scale); in alarm, only the features
         # the alarm does not implicate
         for f in range(features):
-            if not learn and implicated[f]:
-                continue
             value = x[i, f]
             z = zs[f]
-            for k in range(scales):
-                if not completes[f, k]:
-                    s[r, _scale_index(k, ACC_SUM), f] += z
-                    s[r, _scale_index(k, ACC_MAX), f] = max(s[r, _scale_index(k, ACC_MAX), f], z)
-                    s[r, _scale_index(k, ACC_MIN), f] = min(s[r, _scale_index(k, ACC_MIN), f], z)
-                    s[r, _scale_index(k, ACC_N), f] += 1
-                    continue
-                s[r, _scale_index(k, ACC_SUM), f] = 0.0
-                s[r, _scale_index(k, ACC_MAX), f] = -np.inf
-                s[r, _scale_index(k, ACC_MIN), f] = np.inf
-                s[r, _scale_index(k, ACC_N), f] = 0.0
-                for q in range(2 * w - 1):
-                    ring[r, k, f, q] = ring[r, k, f, q + 1]
-                ring[r, k, f, 2 * w - 1] = ys[f, k]
-                blocks = s[r, _scale_index(k, BLOCKS), f] + 1
-                s[r, _scale_index(k, BLOCKS), f] = blocks
-                j = js[f, k]
-                if j >= 0:
-                    used[r, k, f, j] = np.int32(blocks)
-                    if blocks >= 2 * w + min_blocks and not populating:
-                        _gauss_update(s, r, _scale_index(k, G_N), f, ds[f, k])
-                if blocks < 2 * w:
-                    continue
-                # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
-                for q in range(w):
-                    old[q] = np.float32(ring[r, k, f, q])
-                mem_n = int(s[r, _scale_index(k, MEM_N), f])
-                if mem_n > 0:
-                    best32 = np.float32(np.inf)
-                    nearest = 0
-                    for m in range(mem_n):
-                        d2 = np.float32(0.0)
-                        for q in range(w):
-                            diff = mem[r, k, f, m, q] - old[q]
-                            d2 += diff * diff
-                        if d2 < best32:
-                            best32 = d2
-                            nearest = m
-                    same = True
-                    for q in range(w):
-                        if mem[r, k, f, nearest, q] != old[q]:
-                            same = False
-                            break
-                    if same:
-                        used[r, k, f, nearest] = np.int32(blocks)
+            # the model (memories, profile, calibration, normal steps and runs) learns normal readings
+            # only; the checks' bookkeeping (last value, runs, seen range) follows every reading
+            protect = not learn and implicated[f]
+            if not protect:
+                for k in range(scales):
+                    if not completes[f, k]:
+                        s[r, _scale_index(k, ACC_SUM), f] += z
+                        s[r, _scale_index(k, ACC_MAX), f] = max(s[r, _scale_index(k, ACC_MAX), f], z)
+                        s[r, _scale_index(k, ACC_MIN), f] = min(s[r, _scale_index(k, ACC_MIN), f], z)
+                        s[r, _scale_index(k, ACC_N), f] += 1
                         continue
-                if mem_n < memory:
-                    slot = mem_n
-                else:
-                    slot = 0
-                    for m in range(1, memory):
-                        if used[r, k, f, m] < used[r, k, f, slot]:
-                            slot = m
-                s[r, _scale_index(k, MEM_N), f] = max(mem_n, slot + 1)
-                for q in range(w):
-                    mem[r, k, f, slot, q] = old[q]
-                used[r, k, f, slot] = np.int32(blocks)
-            if b >= 0:
-                m = means[f]
-                clipped = min(max(z, -profile_clip), profile_clip)
-                profile[r, f, b] = double_to_half(clipped if m != m else m + profile_rate * (clipped - m))
-                if visited[f]:
-                    s[r, RESID, f] = resids[f]
-                    s[r, HAS_RESID, f] = 1.0
-                    if not populating:
-                        _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
+                    s[r, _scale_index(k, ACC_SUM), f] = 0.0
+                    s[r, _scale_index(k, ACC_MAX), f] = -np.inf
+                    s[r, _scale_index(k, ACC_MIN), f] = np.inf
+                    s[r, _scale_index(k, ACC_N), f] = 0.0
+                    for q in range(2 * w - 1):
+                        ring[r, k, f, q] = ring[r, k, f, q + 1]
+                    ring[r, k, f, 2 * w - 1] = ys[f, k]
+                    blocks = s[r, _scale_index(k, BLOCKS), f] + 1
+                    s[r, _scale_index(k, BLOCKS), f] = blocks
+                    j = js[f, k]
+                    if j >= 0:
+                        used[r, k, f, j] = np.int32(blocks)
+                        if blocks >= 2 * w + min_blocks and not populating:
+                            _gauss_update(s, r, _scale_index(k, G_N), f, ds[f, k])
+                    if blocks < 2 * w:
+                        continue
+                    # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
+                    for q in range(w):
+                        old[q] = np.float32(ring[r, k, f, q])
+                    mem_n = int(s[r, _scale_index(k, MEM_N), f])
+                    if mem_n > 0:
+                        best32 = np.float32(np.inf)
+                        nearest = 0
+                        for m in range(mem_n):
+                            d2 = np.float32(0.0)
+                            for q in range(w):
+                                diff = mem[r, k, f, m, q] - old[q]
+                                d2 += diff * diff
+                            if d2 < best32:
+                                best32 = d2
+                                nearest = m
+                        same = True
+                        for q in range(w):
+                            if mem[r, k, f, nearest, q] != old[q]:
+                                same = False
+                                break
+                        if same:
+                            used[r, k, f, nearest] = np.int32(blocks)
+                            continue
+                    if mem_n < memory:
+                        slot = mem_n
+                    else:
+                        slot = 0
+                        for m in range(1, memory):
+                            if used[r, k, f, m] < used[r, k, f, slot]:
+                                slot = m
+                    s[r, _scale_index(k, MEM_N), f] = max(mem_n, slot + 1)
+                    for q in range(w):
+                        mem[r, k, f, slot, q] = old[q]
+                    used[r, k, f, slot] = np.int32(blocks)
+                if b >= 0:
+                    m = means[f]
+                    clipped = min(max(z, -profile_clip), profile_clip)
+                    profile[r, f, b] = double_to_half(clipped if m != m else m + profile_rate * (clipped - m))
+                    if visited[f]:
+                        s[r, RESID, f] = resids[f]
+                        s[r, HAS_RESID, f] = 1.0
+                        if not populating:
+                            _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
             n = s[r, N, f]
             if n >= warmup:
                 seen_span = s[r, SEEN_MAX, f] - s[r, SEEN_MIN, f]
@@ -528,14 +551,15 @@ def detect(
                 s[r, RECORD_N, f] += 1
             repeated = value == s[r, LAST, f]
             if n > 0:
-                if not repeated:
+                if not repeated and not protect:
                     s[r, MAX_RUN, f] = max(s[r, MAX_RUN, f], s[r, RUN, f])
                 s[r, RUN, f] = s[r, RUN, f] + 1 if repeated else 0.0
                 s[r, P_REPEAT, f] += max(repeat_alpha, 1.0 / n) * ((1.0 if repeated else 0.0) - s[r, P_REPEAT, f])
                 step = abs(value - s[r, LAST, f])
                 if n >= warmup and not history:
                     step = min(step, (1.0 + step_growth) * s[r, MAX_STEP, f])
-                s[r, MAX_STEP, f] = max(s[r, MAX_STEP, f], step)
+                if not protect:
+                    s[r, MAX_STEP, f] = max(s[r, MAX_STEP, f], step)
             s[r, LAST, f] = value
             s[r, SEEN_MAX, f] = max(s[r, SEEN_MAX, f], value)
             s[r, SEEN_MIN, f] = min(s[r, SEEN_MIN, f], value)

@@ -111,6 +111,7 @@ class RelationalNovelty(AnomalyDetector):
         ridge: float = 1e-3,
         fast_rate: float = 0.2,
         unexplained: float = 0.25,
+        track_mean: bool = True,
         novelty: CompactNovelty | None = None,
     ):
         self.threshold = threshold
@@ -124,6 +125,7 @@ class RelationalNovelty(AnomalyDetector):
         self.ridge = ridge
         self.fast_rate = fast_rate
         self.unexplained = unexplained
+        self.track_mean = track_mean
         self.novelty = CompactNovelty() if novelty is None else novelty
         self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
         self._rows: dict[tuple[str, ...], list[np.ndarray]] = {}
@@ -148,7 +150,7 @@ class RelationalNovelty(AnomalyDetector):
         return np.array(
             [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
-             self.min_relation, self.ridge, self.fast_rate, self.unexplained],
+             self.min_relation, self.ridge, self.fast_rate, self.unexplained, float(self.track_mean)],
             dtype=np.float64,
         )  # fmt: skip
 
