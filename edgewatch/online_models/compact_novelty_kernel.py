@@ -35,8 +35,8 @@ DEVICE_FIELDS = (
 )  # fmt: skip
 (LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS) = range(len(DEVICE_FIELDS))
 # per-feature fields of the sensor relations (the ``rel`` block)
-RELATION_FIELDS = ("mu", "fast", "res", "peak_c", "cause")
-MU, FAST, RES, PEAK_C, CAUSE = range(len(RELATION_FIELDS))
+RELATION_FIELDS = ("mu", "fast", "res", "peak_c", "cause", "dev")
+MU, FAST, RES, PEAK_C, CAUSE, DEV = range(len(RELATION_FIELDS))
 # the ``cov`` block: (devices, 2, features, features): EW covariance, precision of the correlations
 COV, PREC = 0, 1
 # what happened at a reading (bits of ``events``)
@@ -121,7 +121,7 @@ def score_learn(
 #: the alarm layer's parameters, in their order in ``alarm_params`` (``enabled`` 0 turns the layer off)
 ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
-    "relation_tolerance", "min_relation", "ridge", "fast_rate", "unexplained", "track_mean",
+    "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained", "track_mean",
 )  # fmt: skip
 
 
@@ -167,7 +167,7 @@ def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: in
     for f in range(features):
         levels[out, 0, f], levels[out, 1, f] = rel[r, f, MU], rel[r, f, FAST]
         rel[r, f, MU] = rel[r, f, FAST]
-        rel[r, f, RES] = 0.0
+        rel[r, f, RES] = rel[r, f, DEV] = 0.0
     if reset:
         for j in range(features):
             for k in range(features):
@@ -241,6 +241,8 @@ def detect(
     us = np.empty(features)
     res = np.empty(features)
     implicated = np.zeros(features, np.bool_)
+    devs = np.zeros(features)
+    breaks = np.zeros(features)
     zs = np.empty(features)
     ys = np.empty((features, scales))
     ds = np.empty((features, scales))
@@ -259,10 +261,8 @@ def detect(
         zmax = -np.inf
         # sensor relations: standardized regression residual of each feature given the others
         rel_surprise = 0.0
-        ss = stat = 0.0
+        ss = stat = weights = 0.0
         rel_ready = relations and dev[r, REL_N] >= min_relation
-        dev2 = 0.0  # squared standardized deviation from the relations' mean
-        res2 = 0.0  # of it, what the relations do not explain
         if relations:
             for f in range(features):
                 var = max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2)
@@ -273,11 +273,15 @@ def detect(
                     for k in range(features):
                         e += cov[r, PREC, f, k] * us[k]
                     e /= math.sqrt(max(cov[r, PREC, f, f], 1e-12))
-                dev2 += us[f] * us[f]
-                res2 += e * e
                 res[f] = (1.0 - smoothing) * rel[r, f, RES] + smoothing * e
-                ss += res[f] * res[f]
-            stat = math.sqrt(ss / features)
+                devs[f] = (1.0 - smoothing) * rel[r, f, DEV] + smoothing * us[f]
+                # relation evidence: the residual of each feature, weighted by how much of its variance
+                # the others explain (R²): a feature they do not predict carries a level, not a relation
+                weight = max(0.0, 1.0 - 1.0 / max(cov[r, PREC, f, f], 1e-12)) if rel_ready else 0.0
+                breaks[f] = weight * res[f] * res[f]
+                ss += breaks[f]
+                weights += weight
+            stat = math.sqrt(ss / weights) if weights > 0.0 else 0.0
             if rel_ready:
                 zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_blocks)
                 rel_surprise = gaussian_surprise(zr)
@@ -388,7 +392,7 @@ def detect(
                 for f in range(features):
                     c = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, 0.0)
                     if rel_ready and ss > 0.0:
-                        c = max(c, rel_surprise * res[f] * res[f] / ss)
+                        c = max(c, rel_surprise * breaks[f] / ss)
                     contrib[i, f] = c
                     top = max(top, c)
             if not in_alarm:
@@ -400,18 +404,20 @@ def detect(
                     for f in range(features):
                         rel[r, f, CAUSE] = 1.0 if contrib[i, f] >= 0.5 * top else 0.0
             else:
-                # the alarm lasts while its cause does: a feature joins the cause when it alone would
-                # raise an alarm; the other features keep learning (a slow drift elsewhere is not this fault)
+                # the alarm lasts while its cause does (the features that raised it); the other features
+                # keep learning: a slow drift elsewhere is not this fault
                 cause_surprise = 0.0
                 for f in range(features):
-                    if contrib[i, f] >= u_threshold:
-                        rel[r, f, CAUSE] = 1.0
                     if rel[r, f, CAUSE] > 0.0:
                         cause_surprise = max(cause_surprise, contrib[i, f])
                 dev[r, QUIET] = 0.0 if cause_surprise >= u_threshold else dev[r, QUIET] + 1.0
-                # a new operating point, not a fault: the relations explain the change (most of the
-                # deviation from the normal level lies along them) and are not broken
-                kept = rel_ready and rel_surprise < tolerance and res2 <= explained * dev2
+                # a new operating point, not a fault: every feature of the alarm's cause is predicted by
+                # the others (its relations explain at least ``explained`` of its variance) and the
+                # relations hold
+                kept = rel_ready and rel_surprise < tolerance
+                for f in range(features):
+                    if rel[r, f, CAUSE] > 0.0 and cov[r, PREC, f, f] * (1.0 - explained) < 1.0:
+                        kept = False
                 dev[r, CONSISTENT] = dev[r, CONSISTENT] + 1.0 if kept else 0.0
                 if dev[r, QUIET] >= clear_after:
                     ev = CLEARED
@@ -424,7 +430,8 @@ def detect(
             if ev & ABNORMAL:
                 total_c = 0.0
                 for f in range(features):
-                    implicated[f] = rel[r, f, CAUSE] > 0.0
+                    # protected: a feature of the alarm's cause that is itself surprising now
+                    implicated[f] = rel[r, f, CAUSE] > 0.0 and contrib[i, f] >= tolerance
                     total_c += contrib[i, f]
                 for f in range(features):
                     contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
@@ -447,6 +454,7 @@ def detect(
         if relations:
             for f in range(features):
                 rel[r, f, RES] = res[f]
+                rel[r, f, DEV] = devs[f]
         if not learn and alarms and track_mean:  # the mean is a baseline, it follows slow drifts
             for f in range(features):
                 rel[r, f, MU] += relation_rate * (x[i, f] - rel[r, f, MU])
@@ -542,6 +550,8 @@ def detect(
                         s[r, HAS_RESID, f] = 1.0
                         if not populating:
                             _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
+            if protect:
+                continue
             n = s[r, N, f]
             if n >= warmup:
                 seen_span = s[r, SEEN_MAX, f] - s[r, SEEN_MIN, f]

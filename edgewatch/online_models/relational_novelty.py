@@ -74,8 +74,8 @@ class RelationalNovelty(AnomalyDetector):
         min_relation: readings before the relations score.
         ridge: added to the correlations' diagonal before inverting.
         fast_rate: EW rate of the current level (what an acceptance moves the normal to).
-        unexplained: largest fraction of a change's squared standardized deviation that the
-            relations may leave unexplained for the change to count as consistent.
+        explained: smallest fraction of a feature's variance its relations to the others must
+            explain for a change of that feature to count as a new operating point.
         novelty: the per-feature channels' parameters.
 
     Examples:
@@ -108,9 +108,9 @@ class RelationalNovelty(AnomalyDetector):
         relation_smoothing: float = 0.2,
         relation_tolerance: float = 2.0,
         min_relation: int = 50,
-        ridge: float = 1e-3,
+        ridge: float = 1e-7,
         fast_rate: float = 0.2,
-        unexplained: float = 0.25,
+        explained: float = 0.3,
         track_mean: bool = True,
         novelty: CompactNovelty | None = None,
     ):
@@ -124,7 +124,7 @@ class RelationalNovelty(AnomalyDetector):
         self.min_relation = min_relation
         self.ridge = ridge
         self.fast_rate = fast_rate
-        self.unexplained = unexplained
+        self.explained = explained
         self.track_mean = track_mean
         self.novelty = CompactNovelty() if novelty is None else novelty
         self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
@@ -150,7 +150,7 @@ class RelationalNovelty(AnomalyDetector):
         return np.array(
             [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
-             self.min_relation, self.ridge, self.fast_rate, self.unexplained, float(self.track_mean)],
+             self.min_relation, self.ridge, self.fast_rate, self.explained, float(self.track_mean)],
             dtype=np.float64,
         )  # fmt: skip
 
