@@ -504,7 +504,7 @@ def evaluate_nab(
         "nab-results"
     ),
     report: Annotated[bool, typer.Option("--report", help="also a PNG per file and OUT/report/index.html")] = False,
-    detector: Annotated[str, typer.Option(help="detector to evaluate")] = "compact-novelty",
+    detector: Annotated[str, typer.Option(help="detector to evaluate")] = "relational-novelty",
 ) -> None:
     """Replay every NAB file as one device through the flow's detector and score it the NAB way."""
     from rich.progress import Progress
@@ -538,7 +538,7 @@ def evaluate_skab(
     ] = None,
     out: Annotated[Path, typer.Option(help="results directory: OUT/<subset>/<file>.csv")] = Path("skab-results"),
     report: Annotated[bool, typer.Option("--report", help="also a PNG per file and OUT/report/index.html")] = False,
-    detector: Annotated[str, typer.Option(help="detector to evaluate")] = "compact-novelty",
+    detector: Annotated[str, typer.Option(help="detector to evaluate")] = "relational-novelty",
 ) -> None:
     """Warm-start one device per SKAB experiment on its 400 training rows, stream the rest, score it the SKAB way."""
     from rich.progress import Progress

@@ -121,7 +121,7 @@ def score_learn(
 #: the alarm layer's parameters, in their order in ``alarm_params`` (``enabled`` 0 turns the layer off)
 ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
-    "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained", "track_mean",
+    "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
 )  # fmt: skip
 
 
@@ -221,7 +221,6 @@ def detect(
     accept_after, relation_rate, smoothing = alarm_params[4], alarm_params[5], alarm_params[6]
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
     explained = alarm_params[11]
-    track_mean = alarm_params[12] > 0.0
     populating = mode == HISTORY_FILL
     history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
@@ -455,9 +454,11 @@ def detect(
             for f in range(features):
                 rel[r, f, RES] = res[f]
                 rel[r, f, DEV] = devs[f]
-        if not learn and alarms and track_mean:  # the mean is a baseline, it follows slow drifts
+        if not learn and alarms:  # in alarm, the features it does not implicate keep their level current
+            a = max(1.0 / (dev[r, REL_N] + 1.0), relation_rate)
             for f in range(features):
-                rel[r, f, MU] += relation_rate * (x[i, f] - rel[r, f, MU])
+                if not implicated[f]:
+                    rel[r, f, MU] += a * (x[i, f] - rel[r, f, MU])
         if learn and relations:  # ---- learn the relations (EW mean and covariance, equal weights at first)
             n_rel = dev[r, REL_N] + 1.0
             dev[r, REL_N] = n_rel
@@ -550,7 +551,8 @@ def detect(
                         s[r, HAS_RESID, f] = 1.0
                         if not populating:
                             _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
-            if protect:
+            if protect:  # the jump check compares consecutive readings, whatever they are
+                s[r, LAST, f] = value
                 continue
             n = s[r, N, f]
             if n >= warmup:

@@ -85,15 +85,15 @@ class RelationalNovelty(AnomalyDetector):
         ...     temp = 60.0 + 10.0 * math.sin(i / 40.0) + 0.1 * math.sin(i * 7.3)
         ...     return {"temp": temp, "pressure": 0.1 * temp + (1.5 if fault else 0.0) + 0.01 * math.cos(i * 5.1)}
         >>> detector = RelationalNovelty()
-        >>> detector.fit_history([reading(i) for i in range(600)], [float(i) for i in range(600)])
+        >>> detector.fit_history([reading(i) for i in range(600)])
         >>> flags = []
         >>> for i in range(600, 900):
         ...     x = reading(i, fault=700 <= i < 800)
-        ...     detector.score_one(x, float(i))
-        ...     detector.learn_one(x, float(i))
+        ...     score = detector.score_one(x)
+        ...     detector.learn_one(x)
         ...     flags.append(detector.abnormal)
-        >>> sum(flags[:100]), sum(flags[100:200]) > 90, sum(flags[220:])
-        (0, True, 0)
+        >>> sum(flags[:100]), sum(flags[100:200]), sum(flags[240:])  # before, during, a while after the fault
+        (0, 100, 0)
     """
 
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
@@ -111,7 +111,6 @@ class RelationalNovelty(AnomalyDetector):
         ridge: float = 1e-7,
         fast_rate: float = 0.2,
         explained: float = 0.3,
-        track_mean: bool = True,
         novelty: CompactNovelty | None = None,
     ):
         self.threshold = threshold
@@ -125,7 +124,6 @@ class RelationalNovelty(AnomalyDetector):
         self.ridge = ridge
         self.fast_rate = fast_rate
         self.explained = explained
-        self.track_mean = track_mean
         self.novelty = CompactNovelty() if novelty is None else novelty
         self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
         self._rows: dict[tuple[str, ...], list[np.ndarray]] = {}
@@ -150,7 +148,7 @@ class RelationalNovelty(AnomalyDetector):
         return np.array(
             [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
-             self.min_relation, self.ridge, self.fast_rate, self.explained, float(self.track_mean)],
+             self.min_relation, self.ridge, self.fast_rate, self.explained],
             dtype=np.float64,
         )  # fmt: skip
 
