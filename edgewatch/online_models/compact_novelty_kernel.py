@@ -126,9 +126,10 @@ ALARM_PARAMS = (
 
 
 @njit(cache=True)
-def _refresh_precision(cov, r: int, d: int, ridge: float) -> None:  # pragma: no cover - compiled
-    """``cov[r, PREC]`` = inverse of (the correlation matrix of ``cov[r, COV]`` + ``ridge`` I), Gauss-Jordan."""
-    m = np.zeros((d, 2 * d))
+def _refresh_precision(cov, r: int, d: int, ridge: float, m) -> None:  # pragma: no cover - compiled
+    """``cov[r, PREC]`` = inverse of (the correlation matrix of ``cov[r, COV]`` + ``ridge`` I), Gauss-Jordan
+    in the scratch ``m`` (d, 2d)."""
+    m[:] = 0.0
     for j in range(d):
         for k in range(d):
             cj, ck = cov[r, COV, j, j], cov[r, COV, k, k]
@@ -241,6 +242,7 @@ def detect(
     res = np.empty(features)
     implicated = np.zeros(features, np.bool_)
     devs = np.zeros(features)
+    scratch = np.zeros((features, 2 * features))
     breaks = np.zeros(features)
     zs = np.empty(features)
     ys = np.empty((features, scales))
@@ -282,7 +284,7 @@ def detect(
                 weights += weight
             stat = math.sqrt(ss / weights) if weights > 0.0 else 0.0
             if rel_ready:
-                zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_blocks)
+                zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
                 rel_surprise = gaussian_surprise(zr)
         # ---- evaluate (CompactNovelty._evaluate)
         for f in range(features):
@@ -413,7 +415,7 @@ def detect(
                 # a new operating point, not a fault: every feature of the alarm's cause is predicted by
                 # the others (its relations explain at least ``explained`` of its variance) and the
                 # relations hold
-                kept = rel_ready and rel_surprise < tolerance
+                kept = rel_ready and rel_surprise < u_threshold  # the relations alone would not alarm
                 for f in range(features):
                     if rel[r, f, CAUSE] > 0.0 and cov[r, PREC, f, f] * (1.0 - explained) < 1.0:
                         kept = False
@@ -470,7 +472,7 @@ def detect(
                 for k in range(features):
                     cov[r, COV, j, k] = (1.0 - a) * (cov[r, COV, j, k] + a * us[j] * us[k])
             if n_rel <= min_relation or int(n_rel) % 8 == 0:
-                _refresh_precision(cov, r, features, ridge)
+                _refresh_precision(cov, r, features, ridge, scratch)
             if rel_ready and not populating:
                 _device_gauss_update(dev, r, RG_N, stat)
         elif learn and alarms:

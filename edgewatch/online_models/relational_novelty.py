@@ -71,7 +71,8 @@ class RelationalNovelty(AnomalyDetector):
         relation_rate: smallest EW rate of the relations' mean and covariance.
         relation_smoothing: EW rate of the smoothed residuals.
         relation_tolerance: relation surprise (decades) below which a reading keeps the relations.
-        min_relation: readings before the relations score.
+        min_relation: readings before the relations score (their calibration then needs as many
+            residuals as the profile channel's, ``novelty.min_profile``).
         ridge: added to the correlations' diagonal before inverting.
         fast_rate: EW rate of the current level (what an acceptance moves the normal to).
         explained: smallest fraction of a feature's variance its relations to the others must
@@ -107,7 +108,7 @@ class RelationalNovelty(AnomalyDetector):
         relation_rate: float = 0.002,
         relation_smoothing: float = 0.2,
         relation_tolerance: float = 2.0,
-        min_relation: int = 50,
+        min_relation: int = 200,
         ridge: float = 1e-7,
         fast_rate: float = 0.2,
         explained: float = 0.3,
