@@ -386,7 +386,7 @@ def evaluate_nab(
         "nab-results"
     ),
     report: Annotated[bool, typer.Option("--report", help="also a PNG per file and OUT/report/index.html")] = False,
-    detector: Annotated[str, typer.Option(help="detector to evaluate")] = "compact-novelty",
+    detector: Annotated[str, typer.Option(help="detector to evaluate")] = "relational-novelty",
 ) -> None:
     """Replay every NAB file as one device through the flow's detector and score it the NAB way."""
     from rich.progress import Progress
@@ -409,6 +409,38 @@ def evaluate_nab(
     nab_replay.write_results(run, out)
     if report:
         typer.echo(f"report: {nab_replay.write_report(run, out)}", err=True)
+    typer.echo(run.line())
+
+
+@evaluate_app.command("skab")
+def evaluate_skab(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="a SKAB root holding valve1/ (default EDGEWATCH_DATA_DIR/skab)", show_default=False),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="results directory: OUT/<subset>/<file>.csv")] = Path("skab-results"),
+    report: Annotated[bool, typer.Option("--report", help="also a PNG per file and OUT/report/index.html")] = False,
+    detector: Annotated[str, typer.Option(help="detector to evaluate")] = "relational-novelty",
+) -> None:
+    """Warm-start one device per SKAB experiment on its 400 training rows, stream the rest, score it the SKAB way."""
+    from rich.progress import Progress
+
+    from edgewatch.config import data_dir as default_data_dir
+    from edgewatch.evaluation import skab
+    from edgewatch.online_models.registry import resolve_detector
+
+    root = data_dir or default_data_dir() / "skab"
+    try:
+        spec = resolve_detector(detector)
+        files = skab.load(root)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc} (is {root} a SKAB root?)") from None
+    with Progress(transient=True) as bar:
+        task = bar.add_task("replaying SKAB", total=sum(len(f.times) for f in files))
+        run = skab.evaluate(files, spec, lambda rows: bar.advance(task, rows))
+    skab.write_results(run, out)
+    if report:
+        typer.echo(f"report: {skab.write_report(run, out)}", err=True)
     typer.echo(run.line())
 
 

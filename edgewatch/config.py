@@ -112,7 +112,8 @@ class FlowSettings(KafkaSettings, StateLimits):
         None, description="ed25519 public key (PEM text or file): load only models signed by it (train --sign-key)"
     )
     detector: str = Field(
-        "compact-novelty", description="compact-novelty | robust-zscore | half-space-trees | package.module:factory"
+        "relational-novelty",
+        description="relational-novelty | compact-novelty | robust-zscore | half-space-trees | package.module:factory",
     )
     threshold: float | None = Field(None, ge=0, le=1, description="label threshold (default: the detector's)")
     shards: int | None = Field(

@@ -173,7 +173,7 @@ class AlarmEvent:
     explanation: dict[str, float]
     model_name: str
     model_version: str
-    raw: RawMessage  # the reading that raised or cleared it
+    raw: RawMessage | None  # the reading that raised or cleared it (None: an operator cleared it)
 
     @property
     def duration_seconds(self) -> float:
@@ -650,8 +650,13 @@ def _utc_datetime(seconds: float) -> datetime | None:
         return None
 
 
+def _source(raw: RawMessage | None) -> dict | None:
+    return None if raw is None else {"topic": raw.topic, "partition": raw.partition, "offset": raw.offset}
+
+
 def labeled_event_json(event: LabeledEvent) -> bytes:
-    """The labeled-event JSON written to the out topic (schema in the README)."""
+    """The labeled-event JSON written to the out topic (schema in the README): ``explanation`` maps
+    each feature to its share of the surprise (shares sum to 1) when ``is_anomaly``, else null."""
     reading = event.reading
     return orjson.dumps(
         {
@@ -660,12 +665,55 @@ def labeled_event_json(event: LabeledEvent) -> bytes:
             "features": reading.features,
             "score": event.score,
             "is_anomaly": event.is_anomaly,
+            "explanation": event.explanation,
             "model": {"name": event.model_name, "version": event.model_version},
             "source": {
                 "topic": reading.raw.topic,
                 "partition": reading.raw.partition,
                 "offset": reading.raw.offset,
             },
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+
+
+def alarm_event_json(event: AlarmEvent) -> bytes:
+    """An alarm raised or cleared (topic ``alarms``).
+
+    >>> raw = RawMessage(b"pump-1", b"", [], "telemetry", 0, 7)
+    >>> alarm = AlarmEvent("cleared", "pump-1", 0.0, 90.0, 0.8, {"rpm": 1450.0}, {"rpm": 1.0}, "m", "1", raw)
+    >>> alarm_event_json(alarm).decode()[:95]
+    '{"event":"cleared","device_id":"pump-1","start":"1970-01-01T00:00:00Z","end":"1970-01-01T00:01:'
+    """
+    return orjson.dumps(
+        {
+            "event": event.kind,
+            "device_id": event.device_id,
+            "start": _utc_datetime(event.start),
+            "end": None if event.end is None else _utc_datetime(event.end),
+            "duration_seconds": event.duration_seconds,
+            "peak_score": event.peak_score,
+            "features": event.features,
+            "explanation": event.explanation,
+            "model": {"name": event.model_name, "version": event.model_version},
+            "source": _source(event.raw),
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+
+
+def drift_event_json(event: DriftEvent) -> bytes:
+    """A new normal accepted (topic ``drift``); ``source`` is null when an operator accepted it."""
+    return orjson.dumps(
+        {
+            "device_id": event.device_id,
+            "timestamp": _utc_datetime(event.timestamp),
+            "features": event.features,
+            "level_before": event.level_before,
+            "level_after": event.level_after,
+            "reason": event.reason,
+            "model": {"name": event.model_name, "version": event.model_version},
+            "source": _source(event.raw),
         },
         option=orjson.OPT_UTC_Z,
     )

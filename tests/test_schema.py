@@ -6,12 +6,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgewatch.schema import (
+    AlarmEvent,
     DeadLetter,
+    DriftEvent,
     LabeledEvent,
     RawMessage,
     Reading,
     SourceRef,
+    alarm_event_json,
     dead_letter_headers,
+    drift_event_json,
     labeled_event_json,
     parse_message,
 )
@@ -88,8 +92,46 @@ def test_labeled_event_schema():
         "features": reading.features,
         "score": 0.75,
         "is_anomaly": True,
+        "explanation": None,
         "model": {"name": "robust-zscore", "version": "0.1.0"},
         "source": {"topic": "telemetry", "partition": 2, "offset": 41},
+    }
+    explained = LabeledEvent(reading, 0.75, True, "m", "1", {"machine.temperature": 0.8, "machine.pressure": 0.2})
+    assert orjson.loads(labeled_event_json(explained))["explanation"] == {
+        "machine.temperature": 0.8,
+        "machine.pressure": 0.2,
+    }
+
+
+def test_alarm_and_drift_event_schemas():
+    reading = parse_message(raw(b"machine-7", GOOD_BODY))
+    shares = {"machine.temperature": 0.9, "machine.pressure": 0.1}
+    raised = AlarmEvent("raised", "machine-7", 1000.0, None, 0.6, reading.features, shares, "m", "1", reading.raw)
+    assert orjson.loads(alarm_event_json(raised)) == {
+        "event": "raised",
+        "device_id": "machine-7",
+        "start": "1970-01-01T00:16:40Z",
+        "end": None,
+        "duration_seconds": 0.0,
+        "peak_score": 0.6,
+        "features": reading.features,
+        "explanation": shares,
+        "model": {"name": "m", "version": "1"},
+        "source": {"topic": "telemetry", "partition": 2, "offset": 41},
+    }
+    cleared = AlarmEvent("cleared", "machine-7", 1000.0, 1130.5, 0.7, reading.features, shares, "m", "1", None)
+    body = orjson.loads(alarm_event_json(cleared))
+    assert (body["end"], body["duration_seconds"], body["source"]) == ("1970-01-01T00:18:50.500000Z", 130.5, None)
+    drift = DriftEvent("machine-7", 1130.5, ["a", "b"], {"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 4.0}, "timeout", "m", "1")
+    assert orjson.loads(drift_event_json(drift)) == {
+        "device_id": "machine-7",
+        "timestamp": "1970-01-01T00:18:50.500000Z",
+        "features": ["a", "b"],
+        "level_before": {"a": 1.0, "b": 2.0},
+        "level_after": {"a": 3.0, "b": 4.0},
+        "reason": "timeout",
+        "model": {"name": "m", "version": "1"},
+        "source": None,
     }
 
 

@@ -2,6 +2,7 @@ import collections
 
 import numpy as np
 import orjson
+import pytest
 
 from edgewatch.simulator import FAULT_KINDS, Fleet
 from edgewatch.simulator.fleet import MALFORMED
@@ -78,3 +79,41 @@ def test_malformed_payloads_are_mixed_in_and_labeled():
     records = list(Fleet(devices=10, seed=1, fault_rate=0.0, malformed_rate=0.05).records(2000))
     broken = [r for r in records if r.fault == MALFORMED]
     assert 50 < len(broken) < 150
+
+
+def test_legitimate_changes_keep_the_pressure_relation_and_leave_faults_unchanged():
+    options = {"devices": 20, "seed": 5, "fault_rate": 0.01, "warmup_ticks": 20}
+    plain = list(Fleet(**options).records(20 * 1500))
+    changing = list(Fleet(**options, change_rate=0.005, ambient_period=600).records(20 * 1500))
+    # changes draw from their own stream: the same faults start at the same ticks
+    assert [r.fault != "" for r in plain][: 20 * 50] == [r.fault != "" for r in changing][: 20 * 50]
+    assert {r.change for r in changing} == {"", "setpoint", "load"}
+    again = list(Fleet(**options, change_rate=0.005, ambient_period=600).records(20 * 1500))
+    assert [(r.value, r.headers) for r in again] == [(r.value, r.headers) for r in changing]
+    for device, records in by_device(changing).items():
+        healthy = [r for r in records if not r.fault]
+        temp = temperatures(healthy)
+        pressure = np.array([orjson.loads(r.value)["machine"]["pressure"] for r in healthy])
+        assert abs(np.corrcoef(temp, pressure)[0, 1]) > 0.99, device  # setpoints move both together
+        for r in records:
+            assert (dict(r.headers).get("edgewatch-change", b"").decode()) == r.change
+    steps = [r for r in changing if r.change == "setpoint"]
+    assert len(steps) > 20
+    ambient = np.array([orjson.loads(r.value)["ambient"]["temperature"] for r in by_device(changing)["machine-0000"]])
+    assert np.ptp(ambient) > 2.0  # the daily cycle on top of the ±0.5 noise
+
+
+def test_fault_score_counts_alarm_episodes_and_readings_after_changes():
+    from edgewatch.evaluation.faults import SETTLED_AFTER, FaultScore
+
+    score = FaultScore()
+    labels = [""] * 400
+    labels[50:60] = ["stuck"] * 10
+    for seq, fault in enumerate(labels):
+        score.sent("m", seq, fault, "setpoint" if seq == 200 else "")
+    for seq in [*range(52, 65), *range(210, 220), 200 + SETTLED_AFTER]:
+        score.labeled("m", seq, True)
+    assert (score.faults, score.detected, score.alarms) == (1, 1, 3)
+    assert score.episode_precision == pytest.approx(1 / 3)
+    assert score.alarmed_after_change == 11 and score.active_after_change == 1
+    assert "recall=1.000 alarms=3 precision=0.333 changes=1" in score.line()

@@ -1,16 +1,26 @@
 """Score labeled events against the simulator's ground truth.
 
 A *fault* is one incident: the consecutive messages of a device that carry the same
-non-empty ``edgewatch-fault`` header. Recall counts faults with at least one message
-labeled anomalous; precision counts labeled-anomalous messages that belong to a fault.
+non-empty ``edgewatch-fault`` header. An *alarm* is one run of consecutive messages of a
+device labeled anomalous (the detector's alarm state). Per episode: recall counts faults
+that overlap an alarm, precision counts alarms that overlap a fault. Per message:
+``message_precision`` counts labeled-anomalous messages that belong to a fault.
+Legitimate operating changes (``edgewatch-change``) are normal: messages labeled anomalous
+within :data:`AFTER_CHANGE` messages after a change starts (outside faults) are counted, and
+whether the device is still in alarm :data:`SETTLED_AFTER` messages after it.
 Malformed payloads are dead letters, not faults.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgewatch.simulator.fleet import MALFORMED
+
+AFTER_CHANGE = 300  # messages of the device after a change starts
+SETTLED_AFTER = 120  # messages (2 minutes at one reading a second)
 
 
 @dataclass
@@ -18,23 +28,29 @@ class FaultScore:
     """Ground truth from the sender, verdicts from the labeled topic.
 
     >>> score = FaultScore()
-    >>> for seq, fault in enumerate(["", "spike", "", "stuck", "stuck"]):
+    >>> for seq, fault in enumerate(["", "spike", "", "stuck", "stuck", ""]):
     ...     score.sent("m1", seq, fault)
-    >>> score.labeled("m1", 1, True)
-    >>> score.labeled("m1", 2, True)
-    >>> score.faults, score.detected, score.precision
-    (2, 1, 0.5)
+    >>> for seq in (1, 2):
+    ...     score.labeled("m1", seq, True)
+    >>> score.faults, score.detected, score.precision, score.alarms, score.episode_precision
+    (2, 1, 0.5, 1, 1.0)
     """
 
     faults: int = 0
     flagged: int = 0
     true_positives: int = 0
+    changes: int = 0
     _episode_of: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)
     _last: dict[str, tuple[int, str, int]] = field(default_factory=dict, repr=False)
     _detected: set[int] = field(default_factory=set, repr=False)
+    _flagged: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set), repr=False)
+    _changes: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list), repr=False)
 
-    def sent(self, device: str, sequence: int, fault: str) -> None:
+    def sent(self, device: str, sequence: int, fault: str, change: str = "") -> None:
         """Record a message as the simulator sent it (in each device's order)."""
+        if change:
+            self.changes += 1
+            self._changes[device].append(sequence)
         if not fault or fault == MALFORMED:
             self._last.pop(device, None)
             return
@@ -52,10 +68,25 @@ class FaultScore:
         if not is_anomaly:
             return
         self.flagged += 1
+        self._flagged[device].add(sequence)
         episode = self._episode_of.get((device, sequence))
         if episode is not None:
             self.true_positives += 1
             self._detected.add(episode)
+
+    def _alarm_runs(self) -> list[tuple[str, int, int]]:
+        runs = []
+        for device, sequences in self._flagged.items():
+            ordered = sorted(sequences)
+            start = previous = ordered[0]
+            for sequence in [*ordered[1:], None]:
+                if sequence is not None and sequence == previous + 1:
+                    previous = sequence
+                    continue
+                runs.append((device, start, previous))
+                if sequence is not None:
+                    start = previous = sequence
+        return runs
 
     @property
     def detected(self) -> int:
@@ -63,8 +94,97 @@ class FaultScore:
 
     @property
     def precision(self) -> float:
+        """Per message: labeled-anomalous messages that belong to a fault."""
         return self.true_positives / self.flagged if self.flagged else 1.0
+
+    message_precision = precision
 
     @property
     def recall(self) -> float:
+        """Per episode: faults with at least one message labeled anomalous."""
         return self.detected / self.faults if self.faults else 1.0
+
+    @property
+    def alarms(self) -> int:
+        """Alarm episodes: runs of consecutive anomalous messages of a device."""
+        return len(self._alarm_runs())
+
+    @property
+    def episode_precision(self) -> float:
+        """Per episode: alarms that overlap a fault."""
+        runs = self._alarm_runs()
+        if not runs:
+            return 1.0
+        hits = sum(any((device, s) in self._episode_of for s in range(start, end + 1)) for device, start, end in runs)
+        return hits / len(runs)
+
+    @property
+    def alarmed_after_change(self) -> int:
+        """Messages labeled anomalous, outside faults, within AFTER_CHANGE messages after a change."""
+        count = 0
+        for device, starts in self._changes.items():
+            flagged = self._flagged.get(device, set())
+            window = {s for start in starts for s in range(start, start + AFTER_CHANGE)}
+            count += sum(1 for s in flagged & window if (device, s) not in self._episode_of)
+        return count
+
+    @property
+    def active_after_change(self) -> int:
+        """Changes after which the device is still labeled anomalous SETTLED_AFTER messages later."""
+        return sum(
+            (start + SETTLED_AFTER) in self._flagged.get(device, ())
+            and (device, start + SETTLED_AFTER) not in self._episode_of
+            for device, starts in self._changes.items()
+            for start in starts
+        )
+
+    def line(self) -> str:
+        return (
+            f"faults={self.faults} detected={self.detected} recall={self.recall:.3f} alarms={self.alarms} "
+            f"precision={self.episode_precision:.3f} changes={self.changes} "
+            f"alarmed_after_change={self.alarmed_after_change} active_after_change={self.active_after_change}"
+        )
+
+
+def score_fleet(
+    spec,
+    devices: int = 50,
+    ticks: int = 3000,
+    history_ticks: int = 600,
+    seed: int = 0,
+    warm: bool = False,
+    progress: Callable[[int], None] = lambda rows: None,
+    **fleet_options,
+) -> FaultScore:
+    """A simulated fleet with faults and legitimate operating changes through the flow's bank.
+
+    The first ``history_ticks`` ticks are fault-free (the fleet's warm-up); ``warm`` fits each
+    machine's detector on them (``edgewatch train``), else the bank starts cold and streams them
+    too. Only the ticks after them are scored, the same messages either way."""
+    from edgewatch.online_models import artifact
+    from edgewatch.online_models.bank import new_bank
+    from edgewatch.schema import RawMessage, parse_message
+    from edgewatch.simulator.fleet import Fleet
+
+    options = {"fault_rate": 0.002, "change_rate": 0.001, "ambient_period": 1800, **fleet_options}
+    fleet = Fleet(devices=devices, seed=seed, warmup_ticks=history_ticks, **options)
+    records = list(fleet.records(devices * ticks))
+    readings = []
+    for offset, record in enumerate(records):
+        raw = RawMessage(record.key, record.value, record.headers, "sim", 0, offset, record.timestamp_ms)
+        readings.append(parse_message(raw))
+    split = devices * history_ticks
+    fitted = artifact.train(spec, readings[:split], source="simulated history") if warm else None
+    bank = new_bank(spec, artifact=fitted)
+    score = FaultScore()
+    for offset, record in enumerate(records[split:], start=split):
+        score.sent(record.key.decode(), offset // devices, record.fault, record.change)
+    stream = readings if not warm else readings[split:]
+    for start in range(0, len(stream), 1000):
+        result = bank.label(stream[start : start + 1000])
+        for event in result.events:
+            offset = event.reading.raw.offset
+            if offset >= split:
+                score.labeled(event.reading.device_id, offset // devices, event.is_anomaly)
+        progress(len(result.events))
+    return score

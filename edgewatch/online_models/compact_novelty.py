@@ -523,7 +523,7 @@ class CompactNovelty(AnomalyDetector):
             blocks["s0_ring"],
             blocks["s0_mem"],
             blocks["s0_used"],
-            blocks["level"][:, 0],
+            blocks["level"],
             rows,
             x,
             t,

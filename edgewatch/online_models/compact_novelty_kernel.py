@@ -29,6 +29,20 @@ SCALE_FIELDS = ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "g_
 (N, LO, HI, FIXED, SEEN_MIN, SEEN_MAX, LAST, RUN, MAX_RUN, P_REPEAT, MAX_STEP, RECORDS, RECORD_N, RESID,
  HAS_RESID, PROFILE_N, PROFILE_MU, PROFILE_VAR) = range(len(FEATURE_FIELDS))  # fmt: skip
 ACC_SUM, ACC_MAX, ACC_MIN, ACC_N, BLOCKS, MEM_N, G_N, G_MU, G_VAR = range(len(SCALE_FIELDS))
+# per-device fields of the alarm layer (the ``dev`` block; column 0 is the debouncing level)
+DEVICE_FIELDS = (
+    "level", "alarm", "start", "peak", "quiet", "consistent", "rel_n", "rg_n", "rg_mu", "rg_var", "last_t", "drifts",
+)  # fmt: skip
+(LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS) = range(len(DEVICE_FIELDS))
+# per-feature fields of the sensor relations (the ``rel`` block)
+RELATION_FIELDS = ("mu", "fast", "res", "peak_c", "cause", "dev")
+MU, FAST, RES, PEAK_C, CAUSE, DEV = range(len(RELATION_FIELDS))
+# the ``cov`` block: (devices, 2, features, features): EW covariance, precision of the correlations
+COV, PREC = 0, 1
+# what happened at a reading (bits of ``events``)
+ABNORMAL, RAISED, CLEARED, DRIFT_SHIFT, DRIFT_TIMEOUT = 1, 2, 4, 8, 16
+# run modes
+STREAM, HISTORY_FILL, HISTORY_CALIBRATE = 0, 1, 2
 _ERFC = np.array(
     [-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
      0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277]
@@ -70,27 +84,166 @@ def _gauss_update(s, r: int, j: int, f: int, d: float) -> None:
     s[r, j + 2, f] = (1.0 - a) * (s[r, j + 2, f] + a * delta * delta)
 
 
+@njit(cache=True, inline="always")
+def _device_gauss_update(dev, r: int, j: int, d: float) -> None:
+    n = dev[r, j] + 1.0
+    dev[r, j] = n
+    a = 1.0 / n
+    delta = d - dev[r, j + 1]
+    dev[r, j + 1] += a * delta
+    dev[r, j + 2] = (1.0 - a) * (dev[r, j + 2] + a * delta * delta)
+
+
 @njit(cache=True)
 def score_learn(
-    s, profile, ring, mem, used, level, rows, x, t, has_time, sizes, extreme, int_params, float_params
+    s, profile, ring, mem, used, dev, rows, x, t, has_time, sizes, extreme, int_params, float_params
 ):  # pragma: no cover - compiled
     """Score then learn each reading ``x[i]`` in the state row ``rows[i]``; returns the scores.
 
     ``s`` (devices, fields, features) float64, ``profile`` (devices, features, bins) uint16
     half-precision bits, ``ring`` (devices, scales, features, 2w) float64, ``mem``
     (devices, scales, features, memory, w) float32, ``used`` (devices, scales, features,
-    memory) int32, ``level`` (devices,) float64.
+    memory) int32, ``dev`` (devices, 1) float64: the debouncing level. No alarm layer.
     """
+    readings, features = x.shape
+    rel = np.zeros((1, features, len(RELATION_FIELDS)))
+    cov = np.zeros((1, 2, features, features))
+    events = np.zeros(readings, np.int64)
+    contrib = np.zeros((1, features))
+    info = np.zeros((1, 2))
+    levels = np.zeros((1, 2, features))
+    return detect(
+        s, profile, ring, mem, used, dev, rel, cov, rows, x, t, has_time, sizes, extreme, int_params, float_params,
+        np.zeros(len(ALARM_PARAMS)), STREAM, events, contrib, info, levels,
+    )  # fmt: skip
+
+
+#: the alarm layer's parameters, in their order in ``alarm_params`` (``enabled`` 0 turns the layer off)
+ALARM_PARAMS = (
+    "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
+    "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
+)  # fmt: skip
+
+
+@njit(cache=True)
+def _refresh_precision(cov, r: int, d: int, ridge: float, m) -> None:  # pragma: no cover - compiled
+    """``cov[r, PREC]`` = inverse of (the correlation matrix of ``cov[r, COV]`` + ``ridge`` I), Gauss-Jordan
+    in the scratch ``m`` (d, 2d)."""
+    m[:] = 0.0
+    for j in range(d):
+        for k in range(d):
+            cj, ck = cov[r, COV, j, j], cov[r, COV, k, k]
+            if j == k:
+                m[j, k] = 1.0 + ridge
+            elif cj > 0.0 and ck > 0.0:
+                m[j, k] = cov[r, COV, j, k] / math.sqrt(cj * ck)
+        m[j, d + j] = 1.0
+    for c in range(d):
+        pivot = c
+        for j in range(c + 1, d):
+            if abs(m[j, c]) > abs(m[pivot, c]):
+                pivot = j
+        if pivot != c:
+            for k in range(2 * d):
+                m[c, k], m[pivot, k] = m[pivot, k], m[c, k]
+        inv = 1.0 / m[c, c]
+        for k in range(2 * d):
+            m[c, k] *= inv
+        for j in range(d):
+            if j != c and m[j, c] != 0.0:
+                factor = m[j, c]
+                for k in range(2 * d):
+                    m[j, k] -= factor * m[c, k]
+    for j in range(d):
+        for k in range(d):
+            cov[r, PREC, j, k] = m[j, d + k]
+
+
+@njit(cache=True)
+def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: int) -> None:  # pragma: no cover
+    """Take the device's current state as its new normal: the alarm is cleared and learning resumes
+    (the novelty channels learn the new state as they learn any normal reading); the relations
+    keep (a consistent shift) or are learned anew (a change that broke them: ``reset``).
+    ``levels[out]`` receives the levels before (the relations' mean) and after (the current level)."""
+    for f in range(features):
+        levels[out, 0, f], levels[out, 1, f] = rel[r, f, MU], rel[r, f, FAST]
+        rel[r, f, MU] = rel[r, f, FAST]
+        rel[r, f, RES] = rel[r, f, DEV] = 0.0
+    if reset:
+        for j in range(features):
+            for k in range(features):
+                if j != k:
+                    cov[r, COV, j, k] = 0.0
+        dev[r, REL_N] = 0.0
+        dev[r, RG_N] = dev[r, RG_MU] = dev[r, RG_VAR] = 0.0
+    dev[r, ALARM] = dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
+    dev[r, DRIFTS] += 1.0
+
+
+@njit(cache=True)
+def detect(
+    s,
+    profile,
+    ring,
+    mem,
+    used,
+    dev,
+    rel,
+    cov,
+    rows,
+    x,
+    t,
+    has_time,
+    sizes,
+    extreme,
+    int_params,
+    float_params,
+    alarm_params,
+    mode,
+    events,
+    contrib,
+    info,
+    levels,
+):  # pragma: no cover - compiled
+    """Score each reading ``x[i]`` in state row ``rows[i]``, keep the device's alarm state, then
+    learn it unless it is abnormal; returns the scores.
+
+    Besides :func:`score_learn`'s arrays: ``dev`` (devices, DEVICE_FIELDS) float64, ``rel``
+    (devices, features, RELATION_FIELDS), ``cov`` (devices, 2, features, features). Outputs per
+    reading: ``events`` (bits ABNORMAL, RAISED, CLEARED, DRIFT_SHIFT, DRIFT_TIMEOUT), and for
+    abnormal readings and alarm events ``contrib`` (readings, features): each feature's share of
+    the surprise; ``info`` (readings, 2): the alarm's start and peak score at a RAISED/CLEARED
+    reading; ``levels`` (readings, 2, features): levels before/after at a DRIFT reading.
+    ``mode``: STREAM, or a history (every reading normal, no alarms): HISTORY_FILL (memories
+    and profile only, no calibration) then HISTORY_CALIBRATE.
+    """
+    alarms = alarm_params[0] > 0.0
+    threshold, clear_after, accept_readings = alarm_params[1], alarm_params[2], alarm_params[3]
+    accept_after, relation_rate, smoothing = alarm_params[4], alarm_params[5], alarm_params[6]
+    tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
+    explained = alarm_params[11]
+    populating = mode == HISTORY_FILL
+    history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
     min_blocks, min_profile, extreme_warmup = int_params[3], int_params[4], int_params[5]
     period, bin_width, profile_rate, residual_rate = float_params[0], float_params[1], float_params[2], float_params[3]
     extreme_tolerance, record_rate, jump_factor = float_params[4], float_params[5], float_params[6]
     step_growth, extreme_surprise, repeat_alpha = float_params[7], float_params[8], float_params[9]
     repeat_floor, surprise_scale, refractory_factor = float_params[10], float_params[11], float_params[12]
+    u_threshold = threshold * surprise_scale / max(1.0 - threshold, 1e-9)  # the surprise that raises an alarm
     decay, profile_clip = float_params[13], float_params[14]
     readings, features = x.shape
     scales = len(sizes)
+    relations = alarms and features >= 2
     scores = np.empty(readings)
+    zfeat = np.empty(features)
+    ufeat = np.empty(features)
+    us = np.empty(features)
+    res = np.empty(features)
+    implicated = np.zeros(features, np.bool_)
+    devs = np.zeros(features)
+    scratch = np.zeros((features, 2 * features))
+    breaks = np.zeros(features)
     zs = np.empty(features)
     ys = np.empty((features, scales))
     ds = np.empty((features, scales))
@@ -107,15 +260,44 @@ def score_learn(
         b = int((t[i] % period) // bin_width) if has_time else -1
         surprise = 0.0
         zmax = -np.inf
+        # sensor relations: standardized regression residual of each feature given the others
+        rel_surprise = 0.0
+        ss = stat = weights = 0.0
+        rel_ready = relations and dev[r, REL_N] >= min_relation
+        if relations:
+            for f in range(features):
+                var = max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2)
+                us[f] = (x[i, f] - rel[r, f, MU]) / math.sqrt(var)
+            for f in range(features):
+                e = 0.0
+                if rel_ready:
+                    for k in range(features):
+                        e += cov[r, PREC, f, k] * us[k]
+                    e /= math.sqrt(max(cov[r, PREC, f, f], 1e-12))
+                res[f] = (1.0 - smoothing) * rel[r, f, RES] + smoothing * e
+                devs[f] = (1.0 - smoothing) * rel[r, f, DEV] + smoothing * us[f]
+                # relation evidence: the residual of each feature, weighted by how much of its variance
+                # the others explain (R²): a feature they do not predict carries a level, not a relation
+                weight = max(0.0, 1.0 - 1.0 / max(cov[r, PREC, f, f], 1e-12)) if rel_ready else 0.0
+                breaks[f] = weight * res[f] * res[f]
+                ss += breaks[f]
+                weights += weight
+            stat = math.sqrt(ss / weights) if weights > 0.0 else 0.0
+            if rel_ready:
+                zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
+                rel_surprise = gaussian_surprise(zr)
         # ---- evaluate (CompactNovelty._evaluate)
         for f in range(features):
             value = x[i, f]
             if s[r, N, f] == 0.0:  # a feature's first reading
-                s[r, LO, f] = s[r, HI, f] = s[r, SEEN_MIN, f] = s[r, SEEN_MAX, f] = s[r, LAST, f] = value
+                if s[r, FIXED, f] == 0.0:  # (fixed: the range of a history)
+                    s[r, LO, f] = s[r, HI, f] = value
+                s[r, SEEN_MIN, f] = s[r, SEEN_MAX, f] = s[r, LAST, f] = value
             n = s[r, N, f]
             span = s[r, HI, f] - s[r, LO, f]
             z = (value - s[r, LO, f]) / span if span > 0 else value - s[r, LO, f]
             zs[f] = z
+            zfeat[f] = -np.inf
             for k in range(scales):
                 js[f, k] = -1
                 if s[r, _scale_index(k, ACC_N), f] + 1 < sizes[k]:
@@ -158,6 +340,7 @@ def score_learn(
                         min_blocks,
                     )
                     zmax = max(zmax, zk)
+                    zfeat[f] = max(zfeat[f], zk)
             visited[f] = False
             if b >= 0:
                 m = half_to_double(profile[r, f, b])
@@ -174,6 +357,7 @@ def score_learn(
                         abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], s[r, PROFILE_VAR, f], min_profile
                     )
                     zmax = max(zmax, zp)
+                    zfeat[f] = max(zfeat[f], zp)
             # checks (CompactNovelty._checks)
             u = 0.0
             if n >= extreme_warmup:
@@ -187,82 +371,191 @@ def score_learn(
                     u = extreme_surprise
                 if value == s[r, LAST, f] and s[r, RUN, f] + 1 > s[r, MAX_RUN, f]:
                     u = max(u, -(s[r, RUN, f] + 1) * math.log10(max(s[r, P_REPEAT, f], repeat_floor)))
+            ufeat[f] = u
             surprise = max(surprise, u)
         # ---- score (CompactNovelty._score)
-        total = max(surprise, gaussian_surprise(zmax) - bonferroni)
-        score = total / (total + surprise_scale)
-        if score <= refractory_factor * level[r] * decay:
+        total = max(surprise, gaussian_surprise(zmax) - bonferroni, rel_surprise)
+        raw = total / (total + surprise_scale)
+        score = raw
+        if score <= refractory_factor * dev[r, LEVEL] * decay:
             score = 0.0
         scores[i] = score
-        # ---- learn (CompactNovelty._learn_plans and _learn_scale)
+        # ---- alarm state: raised once, held while abnormal, cleared once; abnormal readings do not teach
+        learn = True
+        if alarms and not history:
+            for f in range(features):
+                rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
+            ev = 0
+            in_alarm = dev[r, ALARM] != 0.0
+            if in_alarm or score >= threshold:
+                # each feature's surprise: its novelty channels and checks, its share of the relation residual
+                top = 0.0
+                for f in range(features):
+                    c = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, 0.0)
+                    if rel_ready and ss > 0.0:
+                        c = max(c, rel_surprise * breaks[f] / ss)
+                    contrib[i, f] = c
+                    top = max(top, c)
+            if not in_alarm:
+                if score >= threshold:
+                    ev = RAISED | ABNORMAL
+                    dev[r, ALARM], dev[r, START], dev[r, PEAK] = 1.0, t[i], raw
+                    dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
+                    # the alarm's cause: the features that dominate the raising reading
+                    for f in range(features):
+                        rel[r, f, CAUSE] = 1.0 if contrib[i, f] >= 0.5 * top else 0.0
+            else:
+                # the alarm lasts while its cause does (the features that raised it); the other features
+                # keep learning: a slow drift elsewhere is not this fault
+                cause_surprise = 0.0
+                for f in range(features):
+                    if rel[r, f, CAUSE] > 0.0:
+                        cause_surprise = max(cause_surprise, contrib[i, f])
+                dev[r, QUIET] = 0.0 if cause_surprise >= u_threshold else dev[r, QUIET] + 1.0
+                # a new operating point, not a fault: every feature of the alarm's cause is predicted by
+                # the others (its relations explain at least ``explained`` of its variance) and the
+                # relations hold
+                kept = rel_ready and rel_surprise < u_threshold  # the relations alone would not alarm
+                for f in range(features):
+                    if rel[r, f, CAUSE] > 0.0 and cov[r, PREC, f, f] * (1.0 - explained) < 1.0:
+                        kept = False
+                dev[r, CONSISTENT] = dev[r, CONSISTENT] + 1.0 if kept else 0.0
+                if dev[r, QUIET] >= clear_after:
+                    ev = CLEARED
+                elif dev[r, CONSISTENT] >= accept_readings:
+                    ev = CLEARED | DRIFT_SHIFT
+                elif t[i] - dev[r, START] >= accept_after:
+                    ev = CLEARED | DRIFT_TIMEOUT
+                else:
+                    ev = ABNORMAL
+            if ev & ABNORMAL:
+                total_c = 0.0
+                for f in range(features):
+                    # protected: a feature of the alarm's cause that is itself surprising now
+                    implicated[f] = rel[r, f, CAUSE] > 0.0 and contrib[i, f] >= tolerance
+                    total_c += contrib[i, f]
+                for f in range(features):
+                    contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
+                if ev & RAISED or raw > dev[r, PEAK]:
+                    dev[r, PEAK] = raw
+                    for f in range(features):
+                        rel[r, f, PEAK_C] = contrib[i, f]
+            elif ev & CLEARED:
+                for f in range(features):
+                    contrib[i, f] = rel[r, f, PEAK_C]  # the alarm's explanation: its peak's
+            if ev & (RAISED | CLEARED):
+                info[i, 0], info[i, 1] = dev[r, START], dev[r, PEAK]
+            if ev & (DRIFT_SHIFT | DRIFT_TIMEOUT):
+                accept(s, rel, cov, dev, r, features, (ev & DRIFT_TIMEOUT) != 0, levels, i)
+            elif ev & CLEARED:
+                dev[r, ALARM] = dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
+            events[i] = ev
+            learn = (ev & ABNORMAL) == 0
+            dev[r, LAST_T] = t[i]
+        if relations:
+            for f in range(features):
+                rel[r, f, RES] = res[f]
+                rel[r, f, DEV] = devs[f]
+        if not learn and alarms:  # in alarm, the features it does not implicate keep their level current
+            a = max(1.0 / (dev[r, REL_N] + 1.0), relation_rate)
+            for f in range(features):
+                if not implicated[f]:
+                    rel[r, f, MU] += a * (x[i, f] - rel[r, f, MU])
+        if learn and relations:  # ---- learn the relations (EW mean and covariance, equal weights at first)
+            n_rel = dev[r, REL_N] + 1.0
+            dev[r, REL_N] = n_rel
+            a = max(1.0 / n_rel, relation_rate)
+            for f in range(features):
+                us[f] = x[i, f] - rel[r, f, MU]
+                rel[r, f, MU] += a * us[f]
+            for j in range(features):
+                for k in range(features):
+                    cov[r, COV, j, k] = (1.0 - a) * (cov[r, COV, j, k] + a * us[j] * us[k])
+            if n_rel <= min_relation or int(n_rel) % 8 == 0:
+                _refresh_precision(cov, r, features, ridge, scratch)
+            if rel_ready and not populating:
+                _device_gauss_update(dev, r, RG_N, stat)
+        elif learn and alarms:
+            for f in range(features):
+                rel[r, f, MU] += max(1.0 / (s[r, N, f] + 1.0), relation_rate) * (x[i, f] - rel[r, f, MU])
+        # ---- learn (CompactNovelty._learn_plans and _learn_scale); in alarm, only the features
+        # the alarm does not implicate
         for f in range(features):
             value = x[i, f]
             z = zs[f]
-            for k in range(scales):
-                if not completes[f, k]:
-                    s[r, _scale_index(k, ACC_SUM), f] += z
-                    s[r, _scale_index(k, ACC_MAX), f] = max(s[r, _scale_index(k, ACC_MAX), f], z)
-                    s[r, _scale_index(k, ACC_MIN), f] = min(s[r, _scale_index(k, ACC_MIN), f], z)
-                    s[r, _scale_index(k, ACC_N), f] += 1
-                    continue
-                s[r, _scale_index(k, ACC_SUM), f] = 0.0
-                s[r, _scale_index(k, ACC_MAX), f] = -np.inf
-                s[r, _scale_index(k, ACC_MIN), f] = np.inf
-                s[r, _scale_index(k, ACC_N), f] = 0.0
-                for q in range(2 * w - 1):
-                    ring[r, k, f, q] = ring[r, k, f, q + 1]
-                ring[r, k, f, 2 * w - 1] = ys[f, k]
-                blocks = s[r, _scale_index(k, BLOCKS), f] + 1
-                s[r, _scale_index(k, BLOCKS), f] = blocks
-                j = js[f, k]
-                if j >= 0:
-                    used[r, k, f, j] = np.int32(blocks)
-                    if blocks >= 2 * w + min_blocks:
-                        _gauss_update(s, r, _scale_index(k, G_N), f, ds[f, k])
-                if blocks < 2 * w:
-                    continue
-                # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
-                for q in range(w):
-                    old[q] = np.float32(ring[r, k, f, q])
-                mem_n = int(s[r, _scale_index(k, MEM_N), f])
-                if mem_n > 0:
-                    best32 = np.float32(np.inf)
-                    nearest = 0
-                    for m in range(mem_n):
-                        d2 = np.float32(0.0)
-                        for q in range(w):
-                            diff = mem[r, k, f, m, q] - old[q]
-                            d2 += diff * diff
-                        if d2 < best32:
-                            best32 = d2
-                            nearest = m
-                    same = True
-                    for q in range(w):
-                        if mem[r, k, f, nearest, q] != old[q]:
-                            same = False
-                            break
-                    if same:
-                        used[r, k, f, nearest] = np.int32(blocks)
+            # the model (memories, profile, calibration, normal steps and runs) learns normal readings
+            # only; the checks' bookkeeping (last value, runs, seen range) follows every reading
+            protect = not learn and implicated[f]
+            if not protect:
+                for k in range(scales):
+                    if not completes[f, k]:
+                        s[r, _scale_index(k, ACC_SUM), f] += z
+                        s[r, _scale_index(k, ACC_MAX), f] = max(s[r, _scale_index(k, ACC_MAX), f], z)
+                        s[r, _scale_index(k, ACC_MIN), f] = min(s[r, _scale_index(k, ACC_MIN), f], z)
+                        s[r, _scale_index(k, ACC_N), f] += 1
                         continue
-                if mem_n < memory:
-                    slot = mem_n
-                else:
-                    slot = 0
-                    for m in range(1, memory):
-                        if used[r, k, f, m] < used[r, k, f, slot]:
-                            slot = m
-                s[r, _scale_index(k, MEM_N), f] = max(mem_n, slot + 1)
-                for q in range(w):
-                    mem[r, k, f, slot, q] = old[q]
-                used[r, k, f, slot] = np.int32(blocks)
-            if b >= 0:
-                m = means[f]
-                clipped = min(max(z, -profile_clip), profile_clip)
-                profile[r, f, b] = double_to_half(clipped if m != m else m + profile_rate * (clipped - m))
-                if visited[f]:
-                    s[r, RESID, f] = resids[f]
-                    s[r, HAS_RESID, f] = 1.0
-                    _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
+                    s[r, _scale_index(k, ACC_SUM), f] = 0.0
+                    s[r, _scale_index(k, ACC_MAX), f] = -np.inf
+                    s[r, _scale_index(k, ACC_MIN), f] = np.inf
+                    s[r, _scale_index(k, ACC_N), f] = 0.0
+                    for q in range(2 * w - 1):
+                        ring[r, k, f, q] = ring[r, k, f, q + 1]
+                    ring[r, k, f, 2 * w - 1] = ys[f, k]
+                    blocks = s[r, _scale_index(k, BLOCKS), f] + 1
+                    s[r, _scale_index(k, BLOCKS), f] = blocks
+                    j = js[f, k]
+                    if j >= 0:
+                        used[r, k, f, j] = np.int32(blocks)
+                        if blocks >= 2 * w + min_blocks and not populating:
+                            _gauss_update(s, r, _scale_index(k, G_N), f, ds[f, k])
+                    if blocks < 2 * w:
+                        continue
+                    # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
+                    for q in range(w):
+                        old[q] = np.float32(ring[r, k, f, q])
+                    mem_n = int(s[r, _scale_index(k, MEM_N), f])
+                    if mem_n > 0:
+                        best32 = np.float32(np.inf)
+                        nearest = 0
+                        for m in range(mem_n):
+                            d2 = np.float32(0.0)
+                            for q in range(w):
+                                diff = mem[r, k, f, m, q] - old[q]
+                                d2 += diff * diff
+                            if d2 < best32:
+                                best32 = d2
+                                nearest = m
+                        same = True
+                        for q in range(w):
+                            if mem[r, k, f, nearest, q] != old[q]:
+                                same = False
+                                break
+                        if same:
+                            used[r, k, f, nearest] = np.int32(blocks)
+                            continue
+                    if mem_n < memory:
+                        slot = mem_n
+                    else:
+                        slot = 0
+                        for m in range(1, memory):
+                            if used[r, k, f, m] < used[r, k, f, slot]:
+                                slot = m
+                    s[r, _scale_index(k, MEM_N), f] = max(mem_n, slot + 1)
+                    for q in range(w):
+                        mem[r, k, f, slot, q] = old[q]
+                    used[r, k, f, slot] = np.int32(blocks)
+                if b >= 0:
+                    m = means[f]
+                    clipped = min(max(z, -profile_clip), profile_clip)
+                    profile[r, f, b] = double_to_half(clipped if m != m else m + profile_rate * (clipped - m))
+                    if visited[f]:
+                        s[r, RESID, f] = resids[f]
+                        s[r, HAS_RESID, f] = 1.0
+                        if not populating:
+                            _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
+            if protect:  # the jump check compares consecutive readings, whatever they are
+                s[r, LAST, f] = value
+                continue
             n = s[r, N, f]
             if n >= warmup:
                 seen_span = s[r, SEEN_MAX, f] - s[r, SEEN_MIN, f]
@@ -272,14 +565,15 @@ def score_learn(
                 s[r, RECORD_N, f] += 1
             repeated = value == s[r, LAST, f]
             if n > 0:
-                if not repeated:
+                if not repeated and not protect:
                     s[r, MAX_RUN, f] = max(s[r, MAX_RUN, f], s[r, RUN, f])
                 s[r, RUN, f] = s[r, RUN, f] + 1 if repeated else 0.0
                 s[r, P_REPEAT, f] += max(repeat_alpha, 1.0 / n) * ((1.0 if repeated else 0.0) - s[r, P_REPEAT, f])
                 step = abs(value - s[r, LAST, f])
-                if n >= warmup:
+                if n >= warmup and not history:
                     step = min(step, (1.0 + step_growth) * s[r, MAX_STEP, f])
-                s[r, MAX_STEP, f] = max(s[r, MAX_STEP, f], step)
+                if not protect:
+                    s[r, MAX_STEP, f] = max(s[r, MAX_STEP, f], step)
             s[r, LAST, f] = value
             s[r, SEEN_MAX, f] = max(s[r, SEEN_MAX, f], value)
             s[r, SEEN_MIN, f] = min(s[r, SEEN_MIN, f], value)
@@ -287,5 +581,5 @@ def score_learn(
             if n + 1 <= warmup and s[r, FIXED, f] == 0.0:
                 s[r, LO, f] = s[r, SEEN_MIN, f]
                 s[r, HI, f] = s[r, SEEN_MAX, f]
-        level[r] = max(level[r] * decay, score)
+        dev[r, LEVEL] = max(dev[r, LEVEL] * decay, score)
     return scores

@@ -16,6 +16,7 @@ from river.base import AnomalyDetector
 
 from edgewatch import __version__
 from edgewatch.online_models.compact_novelty import CompactNovelty
+from edgewatch.online_models.relational_novelty import THRESHOLD, RelationalNovelty
 from edgewatch.online_models.robust_zscore import RobustZScore
 
 
@@ -47,11 +48,17 @@ def naive_half_space_trees() -> AnomalyDetector:
 
 
 BUILTIN = {
+    # the default: compact novelty + sensor relations + alarm state (one threshold for every dataset)
+    "relational-novelty": DetectorSpec("relational-novelty", RelationalNovelty, THRESHOLD, __version__),
     # the threshold that scores best on NAB's standard profile (`edgewatch evaluate nab`)
     "compact-novelty": DetectorSpec("compact-novelty", CompactNovelty, 0.3426, __version__),
     "robust-zscore": DetectorSpec("robust-zscore", RobustZScore, 0.5, __version__),
     "half-space-trees": DetectorSpec("half-space-trees", naive_half_space_trees, 0.7, __version__),
 }
+
+
+#: what ``--detector`` and the evaluations use unless told otherwise
+DEFAULT_DETECTOR = "relational-novelty"
 
 
 def resolve_detector(name: str) -> DetectorSpec:

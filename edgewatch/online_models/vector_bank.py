@@ -16,64 +16,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgewatch.online_models import compact_novelty_kernel as kernel
 from edgewatch.online_models.artifact import ModelArtifact
 from edgewatch.online_models.registry import DetectorSpec
-from edgewatch.schema import BankResult, DeadLetter, LabeledEvent, RawMessage, Reading
+from edgewatch.online_models.state_layout import StateLayout
+from edgewatch.schema import AlarmEvent, BankResult, DeadLetter, DriftEvent, LabeledEvent, RawMessage, Reading
 from edgewatch.state import codec
 from edgewatch.state.limits import DEVICES_EVICTED, DEVICES_HELD, StateLimits
 
 GROWTH_STEP = 256  # rows, once a group is that big
 FIRST_ROWS = 4  # a new feature set starts this small and doubles: 1,000 one-device sets stay cheap
 PAGE_ROWS = 64  # rows per page: the unit a snapshot rewrites
-
-
-class StateLayout:
-    """Where a detector's state fields live: fields of one dtype and shape share a block
-    ``(devices, fields, features, *shape)`` (per-device fields: ``(devices, fields, *shape)``),
-    so a step gathers and scatters each block with one numpy call instead of one per field.
-
-    ``fields`` and ``device_fields`` map a name to ``(dtype, initial value)`` or
-    ``(dtype, initial value, shape)``.
-    """
-
-    def __init__(self, fields: dict[str, tuple], device_fields: dict[str, tuple] | None = None):
-        self.blocks: dict[tuple, list[tuple[str, float]]] = {}
-        for per_feature, table in ((True, fields), (False, device_fields or {})):
-            for name, (dtype, initial, *shape) in table.items():
-                key = (np.dtype(dtype).str, tuple(shape[0]) if shape else (), per_feature)
-                self.blocks.setdefault(key, []).append((name, initial))
-
-    def allocate(self, devices: int, features: int) -> list[np.ndarray]:
-        arrays = []
-        for (dtype, shape, per_feature), fields in self.blocks.items():
-            block = np.empty((devices, len(fields), *((features,) if per_feature else ()), *shape), dtype=dtype)
-            for index, (_, initial) in enumerate(fields):
-                block[:, index] = initial
-            arrays.append(block)
-        return arrays
-
-    def write_row(self, blocks: list[np.ndarray], row: int, fields: dict[str, np.ndarray]) -> None:
-        """Set one device's state (a warm start) from ``fields`` shaped ``(features, *shape)``."""
-        for block, names in zip(blocks, self.blocks.values(), strict=True):
-            for index, (name, _) in enumerate(names):
-                block[row, index] = fields[name]
-
-    def reset_rows(self, blocks: list[np.ndarray], rows: np.ndarray) -> None:
-        """Put ``rows`` back to the fields' initial values (a freed row, ready for a new device)."""
-        for block, names in zip(blocks, self.blocks.values(), strict=True):
-            for index, (_, initial) in enumerate(names):
-                block[rows, index] = initial
-
-    def row_shapes(self, features: int) -> list[tuple[str, tuple[int, ...]]]:
-        """dtype and shape of one device's slice of each block (what a page must hold)."""
-        return [
-            (dtype, (len(fields), *((features,) if per_feature else ()), *shape))
-            for (dtype, shape, per_feature), fields in self.blocks.items()
-        ]
-
-    def by_field(self, blocks: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Each field's name mapped to the block that holds it (what a detector's kernel takes)."""
-        return {name: block for block, names in zip(blocks, self.blocks.values(), strict=True) for name, _ in names}
 
 
 def group_key(features: tuple[str, ...]) -> str:
@@ -187,32 +140,107 @@ class VectorBank:
         DEVICES_HELD.dec(len(throwaway))
 
     def label(self, readings: list[Reading]) -> BankResult:
-        scores = np.empty(len(readings))
         by_features: dict[tuple[str, ...], list[int]] = {}
         for index, reading in enumerate(readings):
             by_features.setdefault(tuple(sorted(reading.features)), []).append(index)
         self._tick += 1
-        dead, refused = [], []
-        for features, indices in by_features.items():
+        dead: list[DeadLetter] = []
+        refused: set[int] = set()
+        for features in list(by_features):
             reason = self._refusal(features)
             if reason is not None:  # beyond a memory limit: a dead letter, not a new allocation
+                indices = by_features.pop(features)
                 dead.extend(DeadLetter(readings[i].raw, reason, "detect") for i in indices)
-                refused.extend(indices)
-                continue
-            scores[indices] = self._label_group(features, [readings[i] for i in indices])
-        if refused:
-            kept = np.ones(len(readings), bool)
-            kept[refused] = False
-            readings, scores = [r for r, keep in zip(readings, kept, strict=True) if keep], scores[kept]
-        name, version, threshold = self.spec.name, self.version, self.threshold
-        flags = (scores >= threshold).tolist()
-        events = [
-            LabeledEvent(reading, score, flag, name, version)
-            for reading, score, flag in zip(readings, scores.tolist(), flags, strict=True)
-        ]
-        return BankResult(events, dead, [], [])
+                refused.update(indices)
+        if not self.alarms:
+            scores = np.empty(len(readings))
+            for features, indices in by_features.items():
+                scores[indices] = self._label_group(features, [readings[i] for i in indices])
+            name, version, threshold = self.spec.name, self.version, self.threshold
+            events = [
+                LabeledEvent(reading, score, score >= threshold, name, version)
+                for index, (reading, score) in enumerate(zip(readings, scores.tolist(), strict=True))
+                if index not in refused
+            ]
+            return BankResult(events, dead, [], [])
+        labeled: list[LabeledEvent | None] = [None] * len(readings)
+        alarms: list[AlarmEvent] = []
+        drift: list[DriftEvent] = []
+        for features, indices in by_features.items():
+            group_readings = [readings[i] for i in indices]
+            detection = self._label_group(features, group_readings)
+            self._events(features, group_readings, indices, detection, labeled, alarms, drift)
+        events = [event for event in labeled if event is not None] if refused else labeled
+        return BankResult(events, dead, alarms, drift)
 
-    def _label_group(self, features: tuple[str, ...], readings: list[Reading]) -> np.ndarray:
+    @property
+    def alarms(self) -> bool:
+        """Whether the detector keeps alarm states (its kernel returns a Detection)."""
+        return hasattr(self.detector, "accept_row")
+
+    def _events(self, features, readings, indices, detection, labeled, alarms, drift) -> None:
+        """LabeledEvents (with explanations), AlarmEvents and DriftEvents from a group's Detection."""
+        name, version = self.spec.name, self.version
+        bits = detection.events
+        scores = detection.scores.tolist()
+        for position, (reading, index, score, ev) in enumerate(
+            zip(readings, indices, scores, bits.tolist(), strict=True)
+        ):
+            if not ev:
+                labeled[index] = LabeledEvent(reading, score, False, name, version)
+                continue
+            shares = dict(zip(features, detection.shares[position].round(4).tolist(), strict=True))
+            abnormal = bool(ev & kernel.ABNORMAL)
+            labeled[index] = LabeledEvent(reading, score, abnormal, name, version, shares if abnormal else None)
+            if ev & (kernel.RAISED | kernel.CLEARED):
+                start, peak = detection.alarm_info[position].tolist()
+                raised = bool(ev & kernel.RAISED)
+                alarms.append(
+                    AlarmEvent("raised" if raised else "cleared", reading.device_id, start,
+                               None if raised else reading.timestamp, peak, reading.features, shares, name, version,
+                               reading.raw)
+                )  # fmt: skip
+            if ev & (kernel.DRIFT_SHIFT | kernel.DRIFT_TIMEOUT):
+                before, after = detection.drift_levels[position].tolist()
+                reason = "consistent-shift" if ev & kernel.DRIFT_SHIFT else "timeout"
+                level_before = dict(zip(features, before, strict=True))
+                level_after = dict(zip(features, after, strict=True))
+                drift.append(
+                    DriftEvent(reading.device_id, reading.timestamp, list(features), level_before, level_after,
+                               reason, name, version, reading.raw)
+                )  # fmt: skip
+
+    def accept(self, device_id: str, timestamp: float | None = None) -> BankResult:
+        """An operator accepts the device's current state as its new normal: its alarm clears
+        (an AlarmEvent) and a DriftEvent with reason ``operator`` is emitted, for each feature set
+        of the device in alarm. Nothing happens for a device that is not in alarm."""
+        alarms: list[AlarmEvent] = []
+        drift: list[DriftEvent] = []
+        if not self.alarms:
+            return BankResult([], [], alarms, drift)
+        for features, group in self.groups.items():
+            row = group.rows.get(device_id)
+            if row is None:
+                continue
+            blocks = self.layout.by_field(group.blocks)
+            device = blocks["level"][row]
+            start, peak, last_t = device[kernel.START], device[kernel.PEAK], device[kernel.LAST_T]
+            shares = dict(zip(features, blocks["rel"][row, 0, :, kernel.PEAK_C].round(4).tolist(), strict=True))
+            levels = self.detector.accept_row(blocks, row, len(features))
+            if levels is None:
+                continue
+            group.dirty[row // PAGE_ROWS] = True  # the next snapshot keeps the acceptance
+            when = last_t if timestamp is None else timestamp
+            level_after = dict(zip(features, levels[1].tolist(), strict=True))
+            name, version = self.spec.name, self.version
+            alarms.append(AlarmEvent("cleared", device_id, start, when, peak, level_after, shares, name, version, None))
+            drift.append(
+                DriftEvent(device_id, when, list(features), dict(zip(features, levels[0].tolist(), strict=True)),
+                           level_after, "operator", name, version, None)
+            )  # fmt: skip
+        return BankResult([], [], alarms, drift)
+
+    def _label_group(self, features: tuple[str, ...], readings: list[Reading]):
         group = self.groups.get(features)
         if group is None:
             group = self.groups[features] = _Group(features, {}, [])
@@ -223,7 +251,10 @@ class VectorBank:
         else:
             values = np.array([pick(r.features) for r in readings], dtype=np.float64)
         times = np.fromiter((r.timestamp for r in readings), np.float64, len(readings))
-        return self.detector.score_learn_rows(self.layout.by_field(group.blocks), rows, values, times)
+        blocks = self.layout.by_field(group.blocks)
+        if self.alarms:
+            return self.detector.score_learn_rows(blocks, rows, values, times, threshold=self.threshold)
+        return self.detector.score_learn_rows(blocks, rows, values, times)
 
     # -- storage: rows, limits, eviction, pages -------------------------------------------------
 

@@ -20,7 +20,21 @@ failure   the machine overheats (accelerating climb) for 8-20 ticks, then fails 
 
 A fault's label covers the tick the machine or sensor comes back (the recalibration,
 the first unstuck reading, the cold restart): that reading belongs to the incident.
-Everything is drawn from one seeded generator, so a seed gives the same stream.
+
+Machines also change their operating point legitimately (labeled normal; header
+``edgewatch-change`` names the change on the tick it starts):
+
+========= ============================================================================
+setpoint  the operating temperature moves by 10-25 °C up or down; the machine heats or
+          cools towards it at its usual rates, pressure following (its relation to
+          temperature is kept)
+load      the same, by 3-8 °C: a load change
+========= ============================================================================
+
+and the ambient temperature follows a daily cycle (``ambient_period`` ticks, 1-3 °C),
+humidity moving against it. Faults break how the sensors behave; changes keep it.
+Everything is drawn from seeded generators (faults and changes from two streams of the
+seed), so a seed gives the same stream.
 """
 
 from __future__ import annotations
@@ -36,7 +50,9 @@ import orjson
 from edgewatch.schema import format_timestamp
 
 FAULT_KINDS = ("spike", "dip", "stuck", "drift", "failure")
+CHANGE_KINDS = ("setpoint", "load")
 FAULT_HEADER = "edgewatch-fault"
+CHANGE_HEADER = "edgewatch-change"
 MALFORMED = "malformed"
 
 #: Broken payloads the simulator can mix in (``malformed_rate``) to exercise the dead-letter path.
@@ -60,6 +76,7 @@ class SimRecord:
     headers: list[tuple[str, bytes]]
     timestamp_ms: int
     fault: str  # fault kind, "malformed", or "" for a healthy reading
+    change: str = ""  # a legitimate operating change that starts at this reading ("setpoint", "load")
 
     def to_json(self) -> dict:
         """The JSONL record of ``edgewatch simulate --out``: the value as text, or as
@@ -101,6 +118,8 @@ class Fleet:
         warmup_ticks: ticks before a machine's first fault (detectors learn a baseline).
         cooldown_ticks: quiet ticks between two faults of one machine.
         malformed_rate: chance that a message is replaced by a broken payload.
+        change_rate: chance, per machine and tick, that a legitimate operating change starts.
+        ambient_period: ticks of the ambient temperature's cycle (0: no cycle).
 
     >>> fleet = Fleet(devices=3, seed=7, fault_rate=0.0, start_time=0.0, tick_seconds=1.0)
     >>> [r.key for r in next(fleet.ticks())]
@@ -115,7 +134,10 @@ class Fleet:
     warmup_ticks: int = 50
     cooldown_ticks: int = 30
     malformed_rate: float = 0.0
+    change_rate: float = 0.0
+    ambient_period: int = 0
     faults_started: int = field(default=0, init=False)
+    changes_started: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
@@ -139,6 +161,13 @@ class Fleet:
         self._faults: dict[int, _Fault] = {}
         self._quiet_until = np.full(n, self.warmup_ticks, dtype=np.int64)
         self._last_reading = self._temp.copy()
+        # operating changes draw from their own stream: a seed's faults stay the same with or without them
+        changes = np.random.default_rng([self.seed, 1])
+        self._changes_rng = changes
+        # pressure is linear in temperature, whatever the setpoint: the relation operating changes keep
+        self._slope = (self._pressure_max - self._pressure_min) / (self._temp_max - self._temp_min)
+        self._ambient_amplitude = changes.uniform(1.0, 3.0, n)
+        self._ambient_phase = changes.uniform(0.0, 2 * np.pi, n)
 
     def ticks(self) -> Iterator[list[SimRecord]]:
         """Endless ticks; each tick is one reading of every machine, in device order."""
@@ -157,14 +186,22 @@ class Fleet:
 
     def _next_tick(self) -> list[SimRecord]:
         rng, n = self._rng, self.devices
+        change_labels = self._start_changes()
         hot = self._temp > self._temp_max
         self._temp += np.where(hot, rng.random(n) - 0.5, -0.25 + rng.random(n) * 1.5)
+        if self.change_rate:  # above a lowered setpoint the machine cools at its heating rate
+            cooling = self._temp > self._temp_max + 2.0
+            self._temp -= np.where(cooling, 1.0 + 0.5 * self._changes_rng.random(n), 0.0)
         temp_reading = self._temp + rng.normal(0.0, 1.0, n) * self._temp_noise
-        slope = (self._pressure_max - self._pressure_min) / (self._temp_max - self._temp_min)
+        slope = self._slope
         pressure = self._pressure_min + (self._temp - self._temp_min) * slope
         pressure_reading = pressure + rng.normal(0.0, 1.0, n) * self._pressure_noise
         ambient = self._ambient + rng.random(n) - 0.5
         humidity = self._humidity_low + rng.integers(0, 3, n)
+        if self.ambient_period:
+            cycle = np.sin(2 * np.pi * self._tick / self.ambient_period + self._ambient_phase)
+            ambient = ambient + self._ambient_amplitude * cycle
+            humidity = humidity - np.rint(self._ambient_amplitude * cycle).astype(humidity.dtype)
         starts = rng.random(n) < self.fault_rate
         kinds = rng.integers(0, len(FAULT_KINDS), n)
         malformed = rng.random(n) < self.malformed_rate if self.malformed_rate else np.zeros(n, bool)
@@ -207,8 +244,33 @@ class Fleet:
                 ("batchId", self._batch_ids[i]),
                 (FAULT_HEADER, label.encode()),
             ]
-            records.append(SimRecord(self._keys[i], value, headers, timestamp_ms, label))
+            if change_labels[i]:
+                headers.append((CHANGE_HEADER, change_labels[i].encode()))
+            records.append(SimRecord(self._keys[i], value, headers, timestamp_ms, label, change_labels[i]))
         return records
+
+    def _start_changes(self) -> list[str]:
+        """Legitimate operating changes starting this tick (not while a machine is faulty)."""
+        labels = [""] * self.devices
+        if not self.change_rate:
+            return labels
+        rng, n = self._changes_rng, self.devices
+        starts = rng.random(n) < self.change_rate
+        kinds = rng.integers(0, len(CHANGE_KINDS), n)
+        sizes = rng.uniform(0.0, 1.0, n)
+        signs = rng.choice([-1.0, 1.0], n)
+        for i in np.flatnonzero(starts):
+            if i in self._faults:
+                continue
+            kind = CHANGE_KINDS[kinds[i]]
+            low, high = (10.0, 25.0) if kind == "setpoint" else (3.0, 8.0)
+            target = self._temp_max[i] + signs[i] * (low + sizes[i] * (high - low))
+            if not self._temp_min[i] + 30.0 <= target <= 120.0:
+                target = self._temp_max[i] - signs[i] * (low + sizes[i] * (high - low))
+            self._temp_max[i] = target
+            labels[i] = kind
+            self.changes_started += 1
+        return labels
 
     def _new_fault(self, kind: str, i: int) -> _Fault:
         rng = self._rng
@@ -237,7 +299,7 @@ class Fleet:
         else:
             self._temp[i] += fault.magnitude
             fault.magnitude *= fault.growth
-        slope = (self._pressure_max[i] - self._pressure_min[i]) / (self._temp_max[i] - self._temp_min[i])
+        slope = self._slope[i]
         true_pressure = self._pressure_min[i] + (self._temp[i] - self._temp_min[i]) * slope
         noise = self._rng.normal(0.0, 1.0, 2)
         return (

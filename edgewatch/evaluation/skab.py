@@ -1,0 +1,288 @@
+"""``edgewatch evaluate skab``: the product's detector on SKAB, scored by SKAB's own rules.
+
+SKAB (Skoltech Anomaly Benchmark, github.com/waico/SKAB) records a water-circulation test
+rig; each CSV is one experiment. The benchmark's protocol, as its scoring code applies it:
+
+* **One device per file.** The first :data:`TRAIN_ROWS` rows are the training part: the
+  device's detector is warm-started on them exactly as ``edgewatch train`` fits a fleet
+  (:func:`~edgewatch.online_models.artifact.train`). The rest (the test part) streams
+  through the bank the flow builds (:func:`~edgewatch.online_models.bank.new_bank`), all
+  files interleaved like the devices of one shard, each row scored before it is learned.
+* **Outlier metrics**, pooled over every test row of every file: ``is_anomaly`` against the
+  ``anomaly`` column; F1 = TP / (TP + (FP + FN) / 2), FAR = 100 FP / (FP + TN),
+  MAR = 100 FN / (FN + TP).
+* **Changepoint score** (NAB-like, per file then summed): a window of
+  :data:`CHANGEPOINT_WINDOW` seconds after each true changepoint (a window that reaches the
+  next one moves that one's start to its end); predicted changepoints are where the
+  outlier label changes (the first row counts as its value); the first prediction in a
+  window earns a weight falling from 1 at its start to ``A_fp`` at its end, a window without
+  one costs ``A_fn``, a prediction outside every window costs ``A_fp``.
+
+>>> truth = np.array([0, 0, 1, 1, 0])
+>>> outlier_metrics(truth, np.array([0, 1, 1, 1, 0]))
+(0.8, 33.33, 0.0)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgewatch.online_models import artifact
+from edgewatch.online_models.bank import new_bank
+from edgewatch.online_models.registry import DetectorSpec
+from edgewatch.schema import RawMessage, Reading
+
+TRAIN_ROWS = 400
+CHANGEPOINT_WINDOW = 60.0  # seconds
+BATCH = 2000
+#: (A_tp, A_fp, A_fn) of SKAB's changepoint profiles
+PROFILES = {"standard": (1.0, -0.11, -1.0), "low_fp": (1.0, -0.22, -1.0), "low_fn": (1.0, -0.11, -2.0)}
+_SIGMOID_X = np.linspace(-math.pi / 2, math.pi / 2, 1000)
+
+
+@dataclass
+class SkabFile:
+    """One experiment: source times (epoch seconds), sensor values and the two label columns."""
+
+    name: str
+    times: np.ndarray
+    features: tuple[str, ...]
+    values: np.ndarray  # (rows, features)
+    anomaly: np.ndarray  # 0/1 per row
+    changepoint: np.ndarray  # 0/1 per row
+
+    @property
+    def test(self) -> slice:
+        return slice(TRAIN_ROWS, len(self.times))
+
+
+def read_file(path: Path) -> SkabFile:
+    """One SKAB CSV (``;``-separated, ``datetime`` first, ``anomaly`` and ``changepoint`` last)."""
+    path = Path(path)
+    with open(path) as handle:
+        header = handle.readline().strip().split(";")
+        rows = [line.strip().split(";") for line in handle if line.strip()]
+    if not header or header[0] != "datetime" or "anomaly" not in header:
+        raise ValueError(f"{path} is not a SKAB file (expected datetime;...;anomaly;changepoint)")
+    labels = [header.index("anomaly"), header.index("changepoint")] if "changepoint" in header else []
+    sensors = [i for i in range(1, len(header)) if i not in labels]
+    times = np.array([row[0].replace(" ", "T") for row in rows], dtype="datetime64[s]").astype(np.int64)
+    table = np.array([[float(row[i]) for i in range(1, len(header))] for row in rows], dtype=np.float64)
+    column = {name: i - 1 for i, name in enumerate(header) if i > 0}
+    return SkabFile(
+        path.stem,
+        times.astype(np.float64),
+        tuple(header[i] for i in sensors),
+        table[:, [i - 1 for i in sensors]],
+        table[:, column["anomaly"]].astype(np.int8),
+        table[:, column["changepoint"]].astype(np.int8) if "changepoint" in column else np.zeros(len(rows), np.int8),
+    )
+
+
+def load(root: Path, subsets: Sequence[str] = ("valve1",)) -> list[SkabFile]:
+    """The experiments of ``subsets`` under the SKAB root, in numeric file order."""
+    files = []
+    for subset in subsets:
+        folder = Path(root) / subset
+        paths = sorted(folder.glob("*.csv"), key=lambda p: (len(p.stem), p.stem))
+        if not paths:
+            raise ValueError(f"no SKAB experiments in {folder}")
+        for path in paths:
+            files.append(read_file(path))
+            files[-1].name = f"{subset}/{path.stem}"
+    return files
+
+
+def outlier_metrics(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
+    """SKAB's F1, FAR (%) and MAR (%) of 0/1 predictions, rounded to 2 decimals."""
+    truth, predicted = np.asarray(truth, bool), np.asarray(predicted, bool)
+    tp = int(np.sum(truth & predicted))
+    fp = int(np.sum(~truth & predicted))
+    fn = int(np.sum(truth & ~predicted))
+    tn = int(np.sum(~truth & ~predicted))
+    f1 = tp / (tp + (fp + fn) / 2) if tp + fp + fn else 0.0
+    far = 100.0 * fp / (fp + tn) if fp + tn else 0.0
+    mar = 100.0 * fn / (fn + tp) if fn + tp else 0.0
+    return round(f1, 2), round(far, 2), round(mar, 2)
+
+
+def changepoint_windows(times: np.ndarray, changepoint: np.ndarray) -> list[tuple[float, float]]:
+    """``[cp, cp + 60 s]`` after each true changepoint; a window reaching the next one moves its start."""
+    windows: list[tuple[float, float]] = []
+    for t in times[np.asarray(changepoint) > 0].tolist():
+        start = t
+        if windows and windows[-1][1] >= start:
+            start = windows[-1][1]
+        windows.append((start, t + CHANGEPOINT_WINDOW))
+    return windows
+
+
+def changepoint_predictions(predicted: np.ndarray) -> np.ndarray:
+    """Where the outlier label changes: ``|diff|``, the first row being its own value."""
+    predicted = np.asarray(predicted, np.int64)
+    return np.abs(np.diff(predicted, prepend=0)) > 0
+
+
+def changepoint_raw(
+    times: np.ndarray, changepoint: np.ndarray, predicted: np.ndarray, profile: str
+) -> tuple[float, int, int, int]:
+    """One file's raw changepoint score, its number of windows, and its TP and FP predictions."""
+    a_tp, a_fp, a_fn = PROFILES[profile]
+    windows = changepoint_windows(times, changepoint)
+    at = np.asarray(times)[changepoint_predictions(predicted)]
+    inside = np.zeros(len(at), bool)
+    score, tps = 0.0, 0
+    for start, end in windows:
+        hit = (at >= start) & (at <= end)
+        inside |= hit
+        if not hit.any():
+            score += a_fn
+            continue
+        tps += 1
+        first = float(at[np.argmax(hit)])
+        k = min(int((first - start) / (end - start) * 1000), 999) if end > start else 0
+        score += (a_tp - a_fp) / 2 * (-math.tanh(_SIGMOID_X[k]) / math.tanh(math.pi / 2)) + (a_tp - a_fp) / 2 + a_fp
+    fps = int((~inside).sum())
+    return score + a_fp * fps, len(windows), tps, fps
+
+
+def changepoint_score(files: Sequence[SkabFile], predictions: Sequence[np.ndarray], profile: str) -> float:
+    """NAB-normalized changepoint score over the test parts of ``files`` (perfect 100, null 0)."""
+    a_tp, _, a_fn = PROFILES[profile]
+    total, windows = 0.0, 0
+    for f, predicted in zip(files, predictions, strict=True):
+        raw, n, _, _ = changepoint_raw(f.times[f.test], f.changepoint[f.test], predicted, profile)
+        total += raw
+        windows += n
+    perfect, null = windows * a_tp, windows * a_fn
+    return round(100.0 * (total - null) / (perfect - null), 2) if windows else 0.0
+
+
+@dataclass
+class SkabRun:
+    """Each file's test-part verdicts and scores, and the benchmark's figures over them."""
+
+    files: list[SkabFile]
+    predictions: list[np.ndarray]  # is_anomaly per test row
+    scores: list[np.ndarray]  # detector score per test row
+
+    @property
+    def outliers(self) -> tuple[float, float, float]:
+        truth = np.concatenate([f.anomaly[f.test] for f in self.files])
+        return outlier_metrics(truth, np.concatenate(self.predictions))
+
+    def changepoint(self, profile: str) -> float:
+        return changepoint_score(self.files, self.predictions, profile)
+
+    def line(self) -> str:
+        f1, far, mar = self.outliers
+        return (
+            f"skab: f1={f1:.2f} far={far:.2f} mar={mar:.2f} "
+            f"changepoint_standard={self.changepoint('standard'):.2f} "
+            f"changepoint_low_fp={self.changepoint('low_fp'):.2f} files={len(self.files)}"
+        )
+
+
+def _readings(index: int, f: SkabFile) -> list[Reading]:
+    device = f"skab-{f.name}"
+    return [
+        Reading(device, t, dict(zip(f.features, row, strict=True)), RawMessage(None, None, [], "skab", index, i, None))
+        for i, (t, row) in enumerate(zip(f.times.tolist(), f.values.tolist(), strict=True))
+    ]
+
+
+def evaluate(
+    files: Sequence[SkabFile], spec: DetectorSpec, progress: Callable[[int], None] = lambda rows: None
+) -> SkabRun:
+    """Warm-start one device per file on its training rows, stream its test rows, score the verdicts."""
+    streams = [_readings(i, f) for i, f in enumerate(files)]
+    history = [r for rows in streams for r in rows[:TRAIN_ROWS]]
+    fitted = artifact.train(spec, history, source="SKAB training rows")
+    bank = new_bank(spec, threshold=None, artifact=fitted)
+    progress(len(history))
+    longest = max(len(rows) for rows in streams)
+    interleaved = [rows[i] for i in range(TRAIN_ROWS, longest) for rows in streams if i < len(rows)]
+    flags = [np.zeros(len(f.times), bool) for f in files]
+    scores = [np.zeros(len(f.times)) for f in files]
+    for start in range(0, len(interleaved), BATCH):
+        result = bank.label(interleaved[start : start + BATCH])
+        if result.dead_letters:
+            raise RuntimeError(f"the detector refused SKAB rows: {result.dead_letters[0].reason}")
+        for event in result.events:
+            raw = event.reading.raw
+            flags[raw.partition][raw.offset] = event.is_anomaly
+            scores[raw.partition][raw.offset] = event.score
+        progress(len(result.events))
+    return SkabRun(
+        list(files),
+        [p[f.test] for p, f in zip(flags, files, strict=True)],
+        [s[f.test] for s, f in zip(scores, files, strict=True)],
+    )
+
+
+def write_results(run: SkabRun, out: Path) -> None:
+    """One CSV per file: ``OUT/<subset>/<file>.csv`` (datetime, anomaly, changepoint, score, predicted)."""
+    for f, predicted, scores in zip(run.files, run.predictions, run.scores, strict=True):
+        target = Path(out) / f"{f.name}.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        times = f.times[f.test].astype("datetime64[s]").astype(str)
+        lines = ["datetime,anomaly,changepoint,score,predicted"] + [
+            f"{t.replace('T', ' ')},{a},{c},{s:.6f},{int(p)}"
+            for t, a, c, s, p in zip(times, f.anomaly[f.test], f.changepoint[f.test], scores, predicted, strict=True)
+        ]
+        target.write_text("\n".join(lines) + "\n")
+
+
+def write_report(run: SkabRun, out: Path) -> Path:
+    """A PNG per file (sensors normalized, the anomalous state, the alarm state) and ``index.html``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = Path(out) / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for f, predicted, scores in zip(run.files, run.predictions, run.scores, strict=True):
+        image = f"{f.name.replace('/', '__')}.png"
+        times = f.times.astype("datetime64[s]").astype("O")
+        test_times = times[f.test]
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 5), sharex=True, height_ratios=(3, 1))
+        span = np.ptp(f.values, axis=0)
+        normalized = (f.values - f.values.min(axis=0)) / np.where(span > 0, span, 1.0)
+        for column, name in enumerate(f.features):
+            top.plot(times, normalized[:, column] + column, lw=0.6, label=name)
+        top.legend(fontsize=6, loc="upper left", ncol=4)
+        for ax in (top, bottom):
+            ax.axvspan(times[0], times[min(TRAIN_ROWS, len(times)) - 1], color="grey", alpha=0.15, lw=0)
+            ax.fill_between(test_times, 0, 1, where=f.anomaly[f.test] > 0, color="orange", alpha=0.3, lw=0,
+                            transform=ax.get_xaxis_transform())  # fmt: skip
+        bottom.plot(test_times, scores, lw=0.6, color="#a33", label="score")
+        bottom.fill_between(test_times, 0, predicted * 1.0, color="red", alpha=0.25, lw=0, step="mid", label="alarm")
+        bottom.set_ylim(0, 1)
+        bottom.legend(fontsize=6, loc="upper left")
+        f1, far, mar = outlier_metrics(f.anomaly[f.test], predicted)
+        top.set_title(f"{f.name}: f1={f1} far={far} mar={mar} (anomalous state orange, training grey)", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(report / image, dpi=90)
+        plt.close(fig)
+        rows.append((f.name, f1, far, mar, image))
+    table = "\n".join(
+        f"<tr><td>{html.escape(name)}</td><td>{f1}</td><td>{far}</td><td>{mar}</td>"
+        f'<td><a href="{image}">plot</a></td></tr>'
+        for name, f1, far, mar, image in rows
+    )
+    index = report / "index.html"
+    index.write_text(
+        f"<!doctype html><meta charset=utf-8><title>edgewatch on SKAB</title>"
+        f"<h1>edgewatch on SKAB</h1><p><code>{html.escape(run.line())}</code></p>"
+        f"<table border=1 cellpadding=3><tr><th>file</th><th>F1</th><th>FAR %</th><th>MAR %</th><th></th></tr>"
+        f"{table}</table>"
+    )
+    return index

@@ -1,0 +1,284 @@
+"""Relational novelty: the default detector. Compact novelty per feature, the relations between a
+device's sensors, and the device's alarm state, in one compiled kernel over state rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+from river.base import AnomalyDetector
+
+from edgewatch.online_models import compact_novelty_kernel as kernel
+from edgewatch.online_models.compact_novelty import CompactNovelty
+from edgewatch.online_models.state_layout import StateLayout
+
+#: the NAB-calibrated threshold of the scores (the same for every dataset and the flow)
+THRESHOLD = 0.3426
+
+
+class Detection(NamedTuple):
+    """What the kernel says about a batch: per reading its score, its event bits
+    (:data:`~edgewatch.online_models.compact_novelty_kernel.ABNORMAL`, ``RAISED`` …), feature
+    shares (abnormal readings and alarm events), alarm start/peak, drift levels before/after."""
+
+    scores: np.ndarray
+    events: np.ndarray
+    shares: np.ndarray
+    alarm_info: np.ndarray
+    drift_levels: np.ndarray
+
+
+class RelationalNovelty(AnomalyDetector):
+    """Per-device novelty with sensor relations, an alarm state and protected learning.
+
+    Each reading is scored by two kinds of evidence, combined into one calibrated surprise
+    (decades of improbability; score ``u / (u + surprise_scale)``, see :class:`CompactNovelty`):
+
+    * **per feature** the channels of :class:`CompactNovelty` (weekly profile, short shapes at
+      two scales, new extremes, jumps, stuck values);
+    * **sensor relations** (devices with two features or more): an EW mean and covariance of
+      the readings (rate ``relation_rate``, equal weights at first); each feature's
+      standardized regression residual given the others (from the precision matrix of the
+      correlations, ``ridge`` added), smoothed (``relation_smoothing``); their RMS is calibrated
+      against its own running mean and variance (a Gaussian tail), after ``min_relation``
+      readings. A fault that breaks how the sensors move together shows here even when no
+      sensor leaves its range; an operating point moving along the device's normal behaviour
+      does not.
+
+    **Alarm state.** A score at or above ``threshold`` (debounced as in CompactNovelty) raises
+    the device's alarm; every reading is then abnormal until ``clear_after`` consecutive
+    readings score below the threshold (cleared), or the new state is accepted as the new
+    normal: after ``accept_readings`` consecutive abnormal readings that keep the learned
+    relations (relation surprise below ``relation_tolerance`` decades; a single-feature device
+    has none to break) — a *consistent shift* — or ``accept_after`` seconds after it was raised
+    (*timeout*), or when an operator accepts it (:meth:`accept`). Acceptance re-bases the
+    novelty channels on the new level and, after a timeout, learns the relations anew.
+
+    **Protected learning.** Abnormal readings teach nothing: a fault that lasts is never
+    learned as normal. Normal readings (the one that clears an alarm included) are learned.
+
+    This object is a view of one state row of the kernel a :class:`VectorBank` runs for a
+    whole fleet (``score_one`` runs it on a copy of the row, ``learn_one`` keeps the result):
+    one implementation.
+
+    Args:
+        threshold: score that raises an alarm.
+        clear_after: consecutive readings below the threshold that clear it.
+        accept_readings: consecutive abnormal readings that keep the relations before the new
+            state is accepted.
+        accept_after: seconds after which any alarm's state is accepted as the new normal.
+        relation_rate: smallest EW rate of the relations' mean and covariance.
+        relation_smoothing: EW rate of the smoothed residuals.
+        relation_tolerance: relation surprise (decades) below which a reading keeps the relations.
+        min_relation: readings before the relations score (their calibration then needs as many
+            residuals as the profile channel's, ``novelty.min_profile``).
+        ridge: added to the correlations' diagonal before inverting.
+        fast_rate: EW rate of the current level (what an acceptance moves the normal to).
+        explained: smallest fraction of a feature's variance its relations to the others must
+            explain for a change of that feature to count as a new operating point.
+        novelty: the per-feature channels' parameters.
+
+    Examples:
+        >>> import math
+        >>> from edgewatch.online_models.relational_novelty import RelationalNovelty
+        >>> def reading(i, fault=False):
+        ...     temp = 60.0 + 10.0 * math.sin(i / 40.0) + 0.1 * math.sin(i * 7.3)
+        ...     return {"temp": temp, "pressure": 0.1 * temp + (1.5 if fault else 0.0) + 0.01 * math.cos(i * 5.1)}
+        >>> detector = RelationalNovelty()
+        >>> detector.fit_history([reading(i) for i in range(600)])
+        >>> flags = []
+        >>> for i in range(600, 900):
+        ...     x = reading(i, fault=700 <= i < 800)
+        ...     score = detector.score_one(x)
+        ...     detector.learn_one(x)
+        ...     flags.append(detector.abnormal)
+        >>> sum(flags[:100]), sum(flags[100:200]), sum(flags[240:])  # before, during, a while after the fault
+        (0, 100, 0)
+    """
+
+    ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
+
+    def __init__(
+        self,
+        threshold: float = THRESHOLD,
+        clear_after: int = 5,
+        accept_readings: int = 30,
+        accept_after: float = 3600.0,
+        relation_rate: float = 0.002,
+        relation_smoothing: float = 0.2,
+        relation_tolerance: float = 2.0,
+        min_relation: int = 200,
+        ridge: float = 1e-7,
+        fast_rate: float = 0.2,
+        explained: float = 0.3,
+        novelty: CompactNovelty | None = None,
+    ):
+        self.threshold = threshold
+        self.clear_after = clear_after
+        self.accept_readings = accept_readings
+        self.accept_after = accept_after
+        self.relation_rate = relation_rate
+        self.relation_smoothing = relation_smoothing
+        self.relation_tolerance = relation_tolerance
+        self.min_relation = min_relation
+        self.ridge = ridge
+        self.fast_rate = fast_rate
+        self.explained = explained
+        self.novelty = CompactNovelty() if novelty is None else novelty
+        self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
+        self._rows: dict[tuple[str, ...], list[np.ndarray]] = {}
+        self._cache: tuple | None = None
+        self.last: Detection | None = None  # the kernel's verdict on the last learned reading
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {}
+
+    # ------------------------------------------------------------------ the kernel over rows
+
+    @property
+    def ARRAY_STATE(self) -> dict[str, tuple]:
+        fields = self.novelty._array_fields()
+        fields["rel"] = (np.float64, 0.0, (len(kernel.RELATION_FIELDS),))
+        fields["cov"] = (np.float64, 0.0, ("features",))
+        fields["prec"] = (np.float64, 0.0, ("features",))
+        return fields
+
+    def _alarm_params(self, threshold: float | None) -> np.ndarray:
+        return np.array(
+            [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
+             self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
+             self.min_relation, self.ridge, self.fast_rate, self.explained],
+            dtype=np.float64,
+        )  # fmt: skip
+
+    def score_learn_rows(
+        self,
+        blocks: dict[str, np.ndarray],
+        rows: np.ndarray,
+        x: np.ndarray,
+        t: np.ndarray,
+        threshold: float | None = None,
+        mode: int = kernel.STREAM,
+        has_time: bool = True,
+    ) -> Detection:
+        """Score, alarm and learn ``x[i]`` (features in the bank's column order) in state row ``rows[i]``."""
+        n, features = x.shape
+        out = Detection(np.empty(0), np.zeros(n, np.int64), np.zeros((n, features)), np.zeros((n, 2)),
+                        np.zeros((n, 2, features)))  # fmt: skip
+        nov = self.novelty
+        scores = kernel.detect(
+            blocks["n"], blocks["profile"][:, 0].view(np.uint16), blocks["s0_ring"], blocks["s0_mem"],
+            blocks["s0_used"], blocks["level"], blocks["rel"][:, 0], blocks["cov"], rows, x, t, has_time,
+            np.array(nov.scales, dtype=np.int64), np.array([summary == "extreme" for summary in nov.summaries]),
+            np.array([nov.window, nov.memory, nov.warmup, nov.min_blocks, nov.min_profile, nov.extreme_warmup],
+                     dtype=np.int64),
+            nov._float_params(), self._alarm_params(threshold), mode, out.events, out.shares, out.alarm_info,
+            out.drift_levels,
+        )  # fmt: skip
+        return out._replace(scores=scores)
+
+    def accept_row(self, blocks: dict[str, np.ndarray], row: int, features: int) -> np.ndarray | None:
+        """An operator accepts the state of device ``row`` as its new normal (relations learned anew);
+        returns the levels before/after, or None when the device is not in alarm."""
+        if blocks["level"][row, kernel.ALARM] == 0.0:
+            return None
+        levels = np.zeros((1, 2, features))
+        kernel.accept(blocks["n"], blocks["rel"][:, 0], blocks["cov"], blocks["level"], row, features, True, levels, 0)
+        return levels[0]
+
+    # ------------------------------------------------------------------ River view of one row
+
+    def _row(self, features: tuple[str, ...]) -> list[np.ndarray]:
+        row = self._rows.get(features)
+        if row is None:
+            row = self._rows[features] = self._layout.allocate(1, len(features))
+        return row
+
+    def _run(self, row: list[np.ndarray], x: dict, t: float | None, mode: int = kernel.STREAM) -> Detection:
+        features = tuple(sorted(x))
+        values = np.array([[float(x[name]) for name in features]])
+        return self.score_learn_rows(
+            self._layout.by_field(row), np.zeros(1, np.int64), values, np.array([0.0 if t is None else float(t)]),
+            mode=mode, has_time=t is not None,
+        )  # fmt: skip
+
+    def score_one(self, x: dict, t: float | None = None) -> float:
+        row = [block.copy() for block in self._row(tuple(sorted(x)))]
+        detection = self._run(row, x, t)
+        self._cache = (dict(x), t, row, detection)
+        return float(detection.scores[0])
+
+    def learn_one(self, x: dict, t: float | None = None) -> None:
+        features = tuple(sorted(x))
+        cache, self._cache = self._cache, None
+        if cache is not None and cache[0] == x and cache[1] == t:
+            self._rows[features], self.last = cache[2], cache[3]
+        else:
+            self.last = self._run(self._row(features), x, t)
+
+    @property
+    def abnormal(self) -> bool:
+        """Whether the last learned reading was abnormal (the device was in alarm)."""
+        return self.last is not None and bool(self.last.events[0] & kernel.ABNORMAL)
+
+    def accept(self) -> bool:
+        """An operator accepts the current state as the new normal (every feature set of this device)."""
+        accepted = False
+        for features, row in self._rows.items():
+            accepted |= self.accept_row(self._layout.by_field(row), 0, len(features)) is not None
+        return accepted
+
+    def fit_history(self, rows: Iterable[dict], timestamps: Iterable[float] | None = None) -> None:
+        """Warm start on a block of fault-free history: each feature's range (normalization), the
+        memories and profile (first half), the calibration of every channel (second half) and the
+        relations (all of it). No alarms, no debouncing carried over."""
+        rows = list(rows)
+        times = [None] * len(rows) if timestamps is None else [float(t) for t in timestamps]
+        if len(times) != len(rows):
+            raise ValueError(f"{len(rows)} rows but {len(times)} timestamps")
+        by_features: dict[tuple[str, ...], list[int]] = {}
+        for index, row in enumerate(rows):
+            by_features.setdefault(tuple(sorted(row)), []).append(index)
+        for features, indices in by_features.items():
+            state = self._row(features)
+            blocks = self._layout.by_field(state)
+            values = np.array([[float(rows[i][name]) for name in features] for i in indices])
+            stamps = np.array([0.0 if times[i] is None else times[i] for i in indices])
+            scalars = blocks["n"][0]
+            fixed = scalars[kernel.FEATURE_FIELDS.index("fixed")] > 0
+            lo, hi = kernel.FEATURE_FIELDS.index("lo"), kernel.FEATURE_FIELDS.index("hi")
+            new_lo, new_hi = values.min(axis=0), values.max(axis=0)
+            scalars[lo] = np.where(fixed, np.minimum(scalars[lo], new_lo), new_lo)
+            scalars[hi] = np.where(fixed, np.maximum(scalars[hi], new_hi), new_hi)
+            scalars[kernel.FEATURE_FIELDS.index("fixed")] = 1.0
+            half = len(indices) // 2
+            timed = times[indices[0]] is not None
+            for part, mode in ((slice(0, half), kernel.HISTORY_FILL), (slice(half, None), kernel.HISTORY_CALIBRATE)):
+                if len(values[part]):
+                    self.score_learn_rows(
+                        blocks, np.zeros(len(values[part]), np.int64), values[part], stamps[part], mode=mode,
+                        has_time=timed,
+                    )  # fmt: skip
+            device = blocks["level"][0]
+            device[:] = np.where(np.arange(len(device)) >= kernel.REL_N, device, 0.0)  # no alarm, no debouncing
+            blocks["rel"][0, 0, :, kernel.FAST] = blocks["rel"][0, 0, :, kernel.MU]
+        self._cache = None
+
+    def export_arrays(self, features: Sequence[str]) -> dict[str, np.ndarray]:
+        """The state row for ``features`` (in the bank's column order): how a warm-started device
+        enters a VectorBank."""
+        features = tuple(features)
+        if tuple(sorted(features)) != features or features not in self._rows:
+            state = self._layout.allocate(1, len(features))
+            return self._layout.read_row(state, 0)
+        return self._layout.read_row(self._rows[features], 0)
+
+    def state_bytes(self) -> int:
+        return sum(block.nbytes for row in self._rows.values() for block in row)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        return state

@@ -1,0 +1,64 @@
+"""Where a detector's state lives when it is kept as arrays: one row per device."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class StateLayout:
+    """Where a detector's state fields live: fields of one dtype and shape share a block
+    ``(devices, fields, features, *shape)`` (per-device fields: ``(devices, fields, *shape)``),
+    so a step gathers and scatters each block with one numpy call instead of one per field.
+
+    ``fields`` and ``device_fields`` map a name to ``(dtype, initial value)`` or
+    ``(dtype, initial value, shape)``; ``"features"`` in a shape stands for the number of
+    features (a matrix per device: ``(features, features)``).
+    """
+
+    def __init__(self, fields: dict[str, tuple], device_fields: dict[str, tuple] | None = None):
+        self.blocks: dict[tuple, list[tuple[str, float]]] = {}
+        for per_feature, table in ((True, fields), (False, device_fields or {})):
+            for name, (dtype, initial, *shape) in table.items():
+                key = (np.dtype(dtype).str, tuple(shape[0]) if shape else (), per_feature)
+                self.blocks.setdefault(key, []).append((name, initial))
+
+    def allocate(self, devices: int, features: int) -> list[np.ndarray]:
+        arrays = []
+        for (dtype, shape, per_feature), fields in self.blocks.items():
+            shape = tuple(features if size == "features" else size for size in shape)
+            block = np.empty((devices, len(fields), *((features,) if per_feature else ()), *shape), dtype=dtype)
+            for index, (_, initial) in enumerate(fields):
+                block[:, index] = initial
+            arrays.append(block)
+        return arrays
+
+    def write_row(self, blocks: list[np.ndarray], row: int, fields: dict[str, np.ndarray]) -> None:
+        """Set one device's state (a warm start) from ``fields`` shaped ``(features, *shape)``."""
+        for block, names in zip(blocks, self.blocks.values(), strict=True):
+            for index, (name, _) in enumerate(names):
+                block[row, index] = fields[name]
+
+    def read_row(self, blocks: list[np.ndarray], row: int) -> dict[str, np.ndarray]:
+        """One device's state by field (copies): what :meth:`write_row` takes."""
+        return {
+            name: block[row, index].copy()
+            for block, names in zip(blocks, self.blocks.values(), strict=True)
+            for index, (name, _) in enumerate(names)
+        }
+
+    def reset_rows(self, blocks: list[np.ndarray], rows: np.ndarray) -> None:
+        """Put ``rows`` back to the fields' initial values (a freed row, ready for a new device)."""
+        for block, names in zip(blocks, self.blocks.values(), strict=True):
+            for index, (_, initial) in enumerate(names):
+                block[rows, index] = initial
+
+    def row_shapes(self, features: int) -> list[tuple[str, tuple[int, ...]]]:
+        """dtype and shape of one device's slice of each block (what a page must hold)."""
+        return [
+            (dtype, (len(fields), *((features,) if per_feature else ()), *shape))
+            for (dtype, shape, per_feature), fields in self.blocks.items()
+        ]
+
+    def by_field(self, blocks: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Each field's name mapped to the block that holds it (what a detector's kernel takes)."""
+        return {name: block for block, names in zip(blocks, self.blocks.values(), strict=True) for name, _ in names}

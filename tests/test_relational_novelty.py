@@ -1,0 +1,186 @@
+"""The default detector: sensor relations, alarm state, protected learning, acceptance, explanations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edgewatch.online_models import artifact
+from edgewatch.online_models.bank import ModelBank
+from edgewatch.online_models.compact_novelty import CompactNovelty
+from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR, DetectorSpec
+from edgewatch.online_models.relational_novelty import THRESHOLD, RelationalNovelty
+from edgewatch.online_models.vector_bank import VectorBank
+from edgewatch.schema import RawMessage, Reading, SourceRef
+
+RAW = RawMessage(b"", b"", [], *SourceRef("t", 0, 0))
+
+
+def machine(i: int, offset: float = 0.0, setpoint: float = 0.0, seed: int = 0) -> dict[str, float]:
+    """Temperature wandering around its setpoint, pressure linear in it, ambient independent."""
+    rng = np.random.default_rng(seed * 100_003 + i)
+    temp = 60.0 + setpoint + 3.0 * math.sin(i / 30.0) + rng.normal(0.0, 0.2)
+    return {
+        "temp": temp,
+        "pressure": 0.1 * temp + offset + rng.normal(0.0, 0.01),
+        "ambient": 20.0 + rng.normal(0.0, 0.3),
+    }
+
+
+def stream(rows, device="m1", start=0):
+    return [Reading(device, float(start + i), x, RAW) for i, x in enumerate(rows)]
+
+
+def spec(**params) -> DetectorSpec:
+    return DetectorSpec("relational-novelty", lambda: RelationalNovelty(**params), THRESHOLD, "test")
+
+
+def run(bank, readings, batch=500):
+    events, alarms, drift = [], [], []
+    for start in range(0, len(readings), batch):
+        result = bank.label(readings[start : start + batch])
+        assert not result.dead_letters
+        events += result.events
+        alarms += result.alarms
+        drift += result.drift
+    return events, alarms, drift
+
+
+def warm_bank(history=800, **params):
+    detector_spec = spec(**params)
+    fitted = artifact.train(detector_spec, stream([machine(i) for i in range(history)]))
+    return VectorBank(detector_spec, artifact=fitted)
+
+
+def test_is_the_default_and_one_threshold():
+    assert DEFAULT_DETECTOR == "relational-novelty"
+    assert BUILTIN[DEFAULT_DETECTOR].threshold == THRESHOLD == RelationalNovelty().threshold
+
+
+def test_a_fault_that_breaks_relations_is_one_alarm_held_for_its_whole_duration():
+    bank = warm_bank()
+    rows = [machine(i, offset=0.6 if 1000 <= i < 1300 else 0.0) for i in range(800, 1600)]
+    events, alarms, drift = run(bank, stream(rows, start=800))
+    flags = np.array([e.is_anomaly for e in events])
+    assert not flags[:200].any()  # no false alarm before
+    assert flags[200:500].all()  # every reading of the fault, not only its onset
+    assert not flags[600:].any()  # cleared once the relation holds again
+    assert [a.kind for a in alarms[:2]] == ["raised", "cleared"]
+    assert len(alarms) <= 4  # at most one short alarm while the device recovers
+    assert all(d.timestamp > 1300.0 for d in drift)  # the fault itself was never accepted
+    raised, cleared = alarms[:2]
+    assert raised.start == cleared.start == 1000.0 and cleared.end > 1300.0
+    assert cleared.duration_seconds == cleared.end - cleared.start and cleared.peak_score >= THRESHOLD
+    # explanations: shares summing to 1, the pressure (whose relation broke) first
+    for event in events[200:500]:
+        assert event.explanation is not None and sum(event.explanation.values()) == pytest.approx(1.0, abs=1e-3)
+    assert max(raised.explanation, key=raised.explanation.get) == "pressure"
+    assert all(e.explanation is None for e in events if not e.is_anomaly)
+
+
+def test_protected_learning_a_persistent_fault_is_never_learned_as_normal():
+    bank = warm_bank()
+    rows = [machine(i, offset=0.6 if i >= 1000 else 0.0) for i in range(800, 4000)]
+    events, alarms, drift = run(bank, stream(rows, start=800))
+    assert all(e.is_anomaly for e in events[200:])  # 3,000 readings later, still abnormal
+    assert [a.kind for a in alarms] == ["raised"] and not drift
+    # the same stream through CompactNovelty, which always learns: the fault becomes normal
+    compact = ModelBank(BUILTIN["compact-novelty"], artifact=artifact.train(BUILTIN["compact-novelty"], stream(
+        [machine(i) for i in range(800)])))  # fmt: skip
+    flagged = [e.score >= THRESHOLD for e in run(compact, stream(rows, start=800))[0][400:]]
+    assert sum(flagged) < 0.05 * len(flagged)
+
+
+def test_a_setpoint_step_that_keeps_relations_is_accepted_as_a_new_normal():
+    bank = warm_bank()
+    rows = [machine(i, setpoint=12.0 if i >= 1000 else 0.0) for i in range(800, 1600)]
+    events, alarms, drift = run(bank, stream(rows, start=800))
+    flags = np.array([e.is_anomaly for e in events])
+    assert not flags[320:].any()  # no alarm active 2 minutes (120 readings a second apart) after the step
+    if alarms:  # the step may raise an alarm at first: then it is accepted, a drift event says why
+        assert {d.reason for d in drift} == {"consistent-shift"}
+        assert drift[0].level_after["temp"] - drift[0].level_before["temp"] > 6.0
+        assert alarms[-1].kind == "cleared"
+
+
+def test_a_change_that_breaks_relations_is_accepted_after_accept_after():
+    bank = warm_bank(accept_after=120.0)
+    rows = [machine(i, offset=0.6 if i >= 1000 else 0.0) for i in range(800, 1400)]
+    _, alarms, drift = run(bank, stream(rows, start=800))
+    assert [d.reason for d in drift] == ["timeout"]
+    assert drift[0].timestamp == pytest.approx(1120.0, abs=1.0)
+    assert drift[0].level_after["pressure"] - drift[0].level_before["pressure"] > 0.3
+    assert [a.kind for a in alarms[:2]] == ["raised", "cleared"]
+
+
+def test_an_operator_accepts_a_device():
+    bank = warm_bank()
+    rows = [machine(i, offset=0.6 if i >= 1000 else 0.0) for i in range(800, 1100)]
+    events, _, _ = run(bank, stream(rows, start=800))
+    assert events[-1].is_anomaly
+    result = bank.accept("m1")
+    assert [a.kind for a in result.alarms] == ["cleared"] and result.alarms[0].raw is None
+    assert [(d.reason, d.device_id, d.raw) for d in result.drift] == [("operator", "m1", None)]
+    assert bank.accept("m1").drift == [] and bank.accept("unknown").drift == []
+
+
+def test_warm_start_learns_relations_and_calibration_no_alarm_on_the_continuation():
+    cold = VectorBank(spec())
+    readings = stream([machine(i) for i in range(3000)])
+    cold_flags = [e.is_anomaly for e in run(cold, readings)[0][800:]]
+    warm_flags = [e.is_anomaly for e in run(warm_bank(), readings[800:])[0]]
+    # both start quiet on a fault-free continuation (the warm start is not worse by more than a few readings)
+    assert sum(warm_flags) <= sum(cold_flags) + 5
+    assert sum(warm_flags) < 0.01 * len(warm_flags)
+
+
+@pytest.mark.parametrize("batch", [1, 64, 1000])
+def test_the_river_object_is_a_view_of_the_banks_row(batch):
+    rng = np.random.default_rng(4)
+    readings = []
+    for i in range(2400):
+        device = f"d{i % 3}"
+        x = machine(i, offset=0.8 if 1500 <= i < 1700 and device == "d1" else 0.0, seed=i % 3)
+        x["ambient"] += float(rng.normal(0.0, 0.01))
+        readings.append(Reading(device, float(i), x, RAW))
+    bank_events = run(VectorBank(spec()), readings, batch)[0]
+    objects = {}
+    for reading, event in zip(readings, bank_events, strict=True):
+        model = objects.setdefault(reading.device_id, RelationalNovelty())
+        score = model.score_one(reading.features, reading.timestamp)
+        model.learn_one(reading.features, reading.timestamp)
+        assert score == pytest.approx(event.score, abs=1e-12)
+        assert model.abnormal == event.is_anomaly
+    assert sum(e.is_anomaly for e in bank_events) > 50
+
+
+def test_score_one_changes_nothing_and_pickles():
+    import pickle
+
+    model = RelationalNovelty()
+    for i in range(300):
+        model.learn_one(machine(i), float(i))
+    before = pickle.dumps(model)
+    first = model.score_one(machine(300), 300.0)
+    assert model.score_one(machine(300), 300.0) == first
+    assert pickle.loads(before).score_one(machine(300), 300.0) == first
+
+
+def test_state_fits_10000_four_feature_devices_in_100_mb():
+    model = RelationalNovelty()
+    model.learn_one({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}, 0.0)
+    assert model.state_bytes() * 10_000 <= 100e6
+
+
+def test_single_feature_devices_have_no_relations_and_still_alarm():
+    model = RelationalNovelty(novelty=CompactNovelty())
+    model.fit_history([{"v": math.sin(i / 5.0)} for i in range(500)])
+    flags = []
+    for i in range(500, 700):
+        x = {"v": math.sin(i / 5.0) + (5.0 if i == 600 else 0.0)}
+        model.score_one(x)
+        model.learn_one(x)
+        flags.append(model.abnormal)
+    assert not any(flags[:100]) and flags[100] and not any(flags[120:])

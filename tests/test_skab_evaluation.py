@@ -1,0 +1,93 @@
+"""`edgewatch evaluate skab`: SKAB's protocol and metrics, checked against the benchmark's sanity values."""
+
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgewatch.cli import app
+from edgewatch.config import data_dir
+from edgewatch.evaluation import skab
+from tests.cliutil import said
+
+runner = CliRunner()
+LINE = re.compile(
+    r"^skab: f1=(\d\.\d\d) far=(\d+\.\d\d) mar=(\d+\.\d\d) changepoint_standard=(-?\d+\.\d\d) "
+    r"changepoint_low_fp=(-?\d+\.\d\d) files=(\d+)$"
+)
+
+
+@pytest.fixture(scope="module")
+def skab_root():
+    root = data_dir() / "skab"
+    if not (root / "valve1").is_dir():
+        pytest.skip(f"SKAB data not found at {root} (set EDGEWATCH_DATA_DIR)")
+    return root
+
+
+@pytest.fixture(scope="module")
+def files(skab_root):
+    return skab.load(skab_root)
+
+
+def run_of(files, predictions):
+    return skab.SkabRun(files, predictions, [p.astype(float) for p in predictions])
+
+
+def test_shipped_subset_has_the_documented_size(files):
+    assert len(files) == 16
+    assert sum(len(f.times) - skab.TRAIN_ROWS for f in files) == 11_760
+    assert sum(int(f.anomaly[f.test].sum()) for f in files) == 6_309
+    assert sum(int(f.changepoint[f.test].sum()) for f in files) == 63
+    assert all(f.values.shape[1] == 8 and not f.anomaly[: skab.TRAIN_ROWS].any() for f in files)
+
+
+def test_sanity_values_of_the_research_note(files):
+    truth = [f.anomaly[f.test].astype(bool) for f in files]
+    null = run_of(files, [np.zeros_like(t) for t in truth])
+    assert null.line() == (
+        "skab: f1=0.00 far=0.00 mar=100.00 changepoint_standard=0.00 changepoint_low_fp=0.00 files=16"
+    )
+    always = run_of(files, [np.ones_like(t) for t in truth])
+    assert always.outliers == (0.70, 100.0, 0.0)
+    perfect_outliers = run_of(files, truth)
+    assert perfect_outliers.outliers == (1.0, 0.0, 0.0)
+    assert perfect_outliers.changepoint("standard") == 55.57  # 23 windows closer than 60 s are missed
+
+
+def test_changepoint_windows_and_weights():
+    times = np.arange(0.0, 300.0)
+    changepoint = np.zeros(300)
+    changepoint[[10, 40, 200]] = 1
+    # the second window starts where the first ends
+    assert skab.changepoint_windows(times, changepoint) == [(10.0, 70.0), (70.0, 100.0), (200.0, 260.0)]
+    predicted = np.zeros(300)
+    predicted[10:20] = 1  # raised at the first window's start, cleared inside it
+    raw, windows, tps, fps = skab.changepoint_raw(times, changepoint, predicted, "standard")
+    assert (windows, tps, fps) == (3, 1, 0) and raw == pytest.approx(1.0 - 2.0)
+    predicted[150] = 1  # raised and cleared outside every window: two false positives
+    raw_fp, *_ = skab.changepoint_raw(times, changepoint, predicted, "low_fp")
+    assert raw_fp == pytest.approx(1.0 - 2.0 - 2 * 0.22)
+    late = np.zeros(300)
+    late[259:] = 1  # at the third window's end: worth about A_fp
+    raw_late, _, tps, _ = skab.changepoint_raw(times, changepoint, late, "standard")
+    assert tps == 1 and raw_late == pytest.approx(-2.0 - 0.11, abs=0.01)
+
+
+def test_evaluate_prints_the_line_and_writes_results_and_report(skab_root, tmp_path):
+    result = runner.invoke(app, ["evaluate", "skab", "--data-dir", str(skab_root), "--out", str(tmp_path), "--report"])
+    assert result.exit_code == 0, result.output
+    match = LINE.match(result.output.strip().splitlines()[-1])
+    assert match, result.output
+    assert int(match[6]) == 16
+    written = sorted((tmp_path / "valve1").glob("*.csv"))
+    assert len(written) == 16
+    assert written[0].read_text().splitlines()[0] == "datetime,anomaly,changepoint,score,predicted"
+    assert len(list((tmp_path / "report").glob("*.png"))) == 16
+    assert "skab: f1=" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["evaluate", "skab", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "no SKAB experiments" in said(result)
