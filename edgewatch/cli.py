@@ -210,7 +210,7 @@ def run(
 
     IoT Hub as a device: EDGEWATCH_IOTHUB_CONNECTION_STRING; Event Hubs: EDGEWATCH_EVENTHUBS_CONNECTION_STRING."""
     from edgewatch.connectors.kafka import ensure_topics
-    from edgewatch.flows.wiring import dead_letters_path, kafka_flow, replay_flow
+    from edgewatch.flows.wiring import kafka_flow, output_topics, replay_flow, sibling
 
     if replay is not None:
         _check_readable(replay)
@@ -219,9 +219,9 @@ def run(
     if replay is not None:  # the embedded mode: a file in, JSONL out, no broker
         labeled = out or Path("labeled.jsonl")
         flow = replay_flow(application, replay, labeled)
-        where = f"{replay} → {labeled} (dead letters → {dead_letters_path(labeled)})"
+        where = f"{replay} → {labeled} (dead letters, alarms, drift → {sibling(labeled, '*')})"
     else:
-        outputs = [settings.out_topic, settings.dlq_topic]
+        outputs = output_topics(settings)
         must_exist = [] if settings.create_topics else [settings.in_topic]
         ensure_topics(
             settings.client_config(), [settings.in_topic, *outputs], settings.partitions, must_exist=must_exist

@@ -100,6 +100,10 @@ class FlowSettings(KafkaSettings, StateLimits):
     in_topic: str = Field("telemetry", description="telemetry topic")
     out_topic: str = Field("labeled", description="labeled events topic")
     dlq_topic: str = Field("deadletter", description="dead-letter topic")
+    alarms_topic: str | None = Field(
+        "alarms", description="alarms raised and cleared (a device's abnormal episodes); empty: not written"
+    )
+    drift_topic: str | None = Field("drift", description="new normals accepted (drift events); empty: not written")
     partitions: int = Field(4, ge=1, description="partitions of the topics edgewatch creates")
     create_topics: bool = Field(False, description="create the input topic if it is missing (else: an error)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax workers in this process")

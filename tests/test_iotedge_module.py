@@ -281,6 +281,7 @@ def test_desired_properties_change_the_flow_and_bad_values_are_reported(twin_con
         "status": "ok",
         "error": None,
         "desiredVersion": 2,
+        "accepted": None,
     }
     assert (controls.threshold, sink.send, controls.generation) == (0.9, "all", 0), "same model: no restart"
 
@@ -297,6 +298,23 @@ def test_desired_properties_change_the_flow_and_bad_values_are_reported(twin_con
     reported = twin.apply({"threshold": None, "sendMode": None, "$version": 5}, False)
     assert (reported["status"], reported["threshold"], reported["sendMode"]) == ("ok", 0.3426, "anomalies")
     assert math.isclose(controls.threshold, 0.3426)
+
+
+def test_an_operator_accepts_a_device_once_per_request(twin_controls):
+    """``accept`` is state in the twin, a command to the flow: each higher request number accepts once,
+    also across a full resync and a restart (the reported ``accepted`` seeds what was applied)."""
+    twin, controls, _sink, _version = twin_controls
+    reported = twin.apply({"accept": {"pump-1": 1}, "$version": 2}, False)
+    assert reported["accepted"] == {"pump-1": 1} and controls.accepted_since(0) == (1, ["pump-1"])
+    twin.apply({"accept": {"pump-1": 1}, "$version": 3}, True)  # a resync: the same request again
+    assert controls.accepted_since(0)[1] == ["pump-1"]
+    twin.apply({"accept": {"pump-1": 2, "pump-2": 1}, "$version": 4}, False)
+    assert controls.accepted_since(1) == (3, ["pump-1", "pump-2"])
+    assert twin.apply({"accept": ["pump-1"], "$version": 5}, False)["error"].startswith("accept: must be")
+    restarted = TwinControls(twin._settings, LiveControls(), None)
+    restarted.remember_accepted({"accepted": {"pump-1": 2, "pump-2": 1}})
+    restarted.apply({"accept": {"pump-1": 2, "pump-2": 1}, "$version": 4}, True)
+    assert restarted._controls.accepted == [], "nothing applied twice after a restart"
 
 
 def test_a_model_version_rolls_out_only_when_the_model_directory_holds_it(twin_controls, tmp_path):

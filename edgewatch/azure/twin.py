@@ -1,6 +1,8 @@
 """The module twin: desired properties applied to the running flow, what is in effect reported back.
 
 =============== ==============================================================================
+``accept``      ``{"<device id>": <request number>}``: the device's present abnormal state becomes
+                its new normal (alarm cleared, drift event ``operator``), once per higher number
 ``threshold``   label threshold, a number in [0, 1]; ``null`` restores the default
 ``sendMode``    ``anomalies`` (only anomalous events leave on ``labeled``) or ``all``
 ``modelVersion`` the warm-start model version: a different one is loaded from
@@ -64,6 +66,7 @@ class TwinControls:
         self._twin_threshold: float | None = None
         self.errors: dict[str, str] = {}
         self.desired_version: int | None = None
+        self.accepted: dict[str, int] = {}  # device → the last acceptance request applied
         self._controls.threshold = self.threshold
 
     @property
@@ -93,7 +96,12 @@ class TwinControls:
         if older and not (complete and version == applied):
             log.info("twin: ignoring desired properties $version %d (already at %d)", version, applied)
             return None
-        handlers = {"threshold": self._set_threshold, "sendMode": self._set_send_mode, "modelVersion": self._set_model}
+        handlers = {
+            "threshold": self._set_threshold,
+            "sendMode": self._set_send_mode,
+            "modelVersion": self._set_model,
+            "accept": self._set_accept,
+        }
         for name, handler in handlers.items():
             if name not in desired and not complete:
                 continue
@@ -118,7 +126,31 @@ class TwinControls:
             "status": "error" if self.errors else "ok",
             "error": "; ".join(f"{name}: {why}" for name, why in sorted(self.errors.items())) or None,
             "desiredVersion": self.desired_version,
+            "accepted": dict(self.accepted) or None,
         }
+
+    def remember_accepted(self, reported: dict | None) -> None:
+        """Seed the acceptances already applied (the twin's reported ``accepted``), so a restart or a
+        full resync does not apply an old request again."""
+        for device, request in ((reported or {}).get("accepted") or {}).items():
+            if isinstance(request, int) and not isinstance(request, bool):
+                self.accepted[device] = max(request, self.accepted.get(device, 0))
+
+    def _set_accept(self, value: object) -> None:
+        """``accept: {"<device id>": <request number>}``: make each device's present abnormal state its
+        new normal, once per request number (a desired property is state, not a command: a number
+        higher than the last one applied is a new request)."""
+        if value is None:
+            return
+        if not isinstance(value, dict) or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in value.values()
+        ):
+            raise ValueError(f'must be {{"<device id>": <request number>}}, got {json.dumps(value)[:80]}')
+        for device, request in value.items():
+            if request > self.accepted.get(device, 0):
+                self._controls.accept(device)
+                self.accepted[device] = request
+                log.info("twin: accepting %s's present state as its new normal (request %d)", device, request)
 
     def _set_threshold(self, value: object) -> None:
         if value is not None:
@@ -206,6 +238,7 @@ class ModuleTwin:
                 "twin: could not read the module twin (%s: %s); keeping what is in effect", type(exc).__name__, exc
             )
             return False
+        self.controls.remember_accepted(twin.get("reported"))
         self._apply(twin.get("desired") or {}, complete=True)
         return True
 

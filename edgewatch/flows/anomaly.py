@@ -21,7 +21,7 @@ from __future__ import annotations
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bytewax.operators as op
@@ -102,16 +102,34 @@ class LiveControls:
     """What an operator changes while the flow runs (e.g. an IoT Edge module twin's desired properties).
 
     ``threshold`` replaces the label threshold from the next batch on; :meth:`use_artifact` makes
-    every shard start its devices over from a new warm-start artifact (a model rollout).
+    every shard start its devices over from a new warm-start artifact (a model rollout);
+    :meth:`accept` makes a device's current abnormal state its new normal (the operator's
+    acceptance: its alarm clears, a drift event with reason ``operator`` says so) when its shard
+    next runs.
+
+    >>> controls = LiveControls()
+    >>> controls.accept("pump-7")
+    >>> controls.accepted_since(0)
+    (1, ['pump-7'])
     """
 
     threshold: float | None = None
     artifact: artifact_module.ModelArtifact | None = None
     generation: int = 0
+    accepted: list[tuple[int, str]] = field(default_factory=list)  # (sequence, device), the last 1,000
 
     def use_artifact(self, fitted: artifact_module.ModelArtifact) -> None:
         self.artifact = fitted
         self.generation += 1
+
+    def accept(self, device_id: str) -> None:
+        sequence = self.accepted[-1][0] + 1 if self.accepted else 1
+        self.accepted = [*self.accepted[-999:], (sequence, device_id)]
+
+    def accepted_since(self, sequence: int) -> tuple[int, list[str]]:
+        """The devices accepted after ``sequence``, and the latest sequence (each shard keeps its own)."""
+        latest = self.accepted[-1][0] if self.accepted else sequence
+        return latest, [device for number, device in self.accepted if number > sequence]
 
 
 class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult, bytes]):
@@ -134,6 +152,7 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult, bytes]):
         self._controls = controls
         self._rebuild = rebuild
         self._generation = controls.generation if controls is not None else 0
+        self._accepted = controls.accepted_since(0)[0] if controls is not None else 0
         self._recovery_dir, self._shards, self._pages = recovery_dir, shards, pages
 
     def on_batch(self, values: list[list[Reading]]) -> tuple[list[BankResult], bool]:
@@ -148,10 +167,19 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult, bytes]):
                     self._pages = ShardPages(self._recovery_dir, self._pages.shard)
             if controls.threshold is not None:
                 self.bank.threshold = controls.threshold
+        accepted = self._operator_accepts()
         # one call for everything that arrived (polls of several partitions): the bank's kernel
         # then runs once per activation; each device's order is kept
         readings = values[0] if len(values) == 1 else [reading for batch in values for reading in batch]
-        return [self.bank.label(readings)], op.StatefulBatchLogic.RETAIN
+        return [*accepted, self.bank.label(readings)], op.StatefulBatchLogic.RETAIN
+
+    def _operator_accepts(self) -> list[BankResult]:
+        """Acceptances an operator asked for since this shard last ran (devices of other shards: nothing)."""
+        if self._controls is None or not hasattr(self.bank, "accept"):
+            return []
+        self._accepted, devices = self._controls.accepted_since(self._accepted)
+        results = [self.bank.accept(device) for device in devices]
+        return [result for result in results if result.alarms or result.drift]
 
     def snapshot(self) -> bytes:
         if self._recovery_dir is None:

@@ -22,7 +22,15 @@ from edgewatch.config import FlowSettings
 from edgewatch.connectors.files import FileSource, JsonlSink, dead_letter_line
 from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord
 from edgewatch.flows.anomaly import AnomalyStreams, build_flow
-from edgewatch.schema import DeadLetter, LabeledEvent, dead_letter_record, forwarded_headers, labeled_event_json
+from edgewatch.schema import (
+    DeadLetter,
+    LabeledEvent,
+    alarm_event_json,
+    dead_letter_record,
+    drift_event_json,
+    forwarded_headers,
+    labeled_event_json,
+)
 from edgewatch.store_forward import BufferPolicy
 
 
@@ -54,10 +62,23 @@ def replay_flow(app: Application, path: Path, labeled_path: Path) -> Dataflow:
 
 
 def to_kafka(streams: AnomalyStreams, settings: FlowSettings) -> None:
-    """Labeled events and dead letters to their topics."""
+    """Labeled events and dead letters to their topics; alarms and drift events to theirs when set."""
     config = settings.client_config()
     op.output("labeled-kafka", streams.labeled, KafkaSink(config, labeled_records(settings.out_topic)))
     op.output("dead-letters-kafka", streams.dead_letters, KafkaSink(config, dead_letter_records(settings.dlq_topic)))
+    if settings.alarms_topic:
+        op.output(
+            "alarms-kafka", streams.alarms, KafkaSink(config, device_records(settings.alarms_topic, alarm_event_json))
+        )
+    if settings.drift_topic:
+        op.output(
+            "drift-kafka", streams.drift, KafkaSink(config, device_records(settings.drift_topic, drift_event_json))
+        )
+
+
+def output_topics(settings: FlowSettings) -> list[str]:
+    """The topics :func:`to_kafka` writes."""
+    return [t for t in (settings.out_topic, settings.dlq_topic, settings.alarms_topic, settings.drift_topic) if t]
 
 
 def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
@@ -65,11 +86,16 @@ def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
     ``.deadletter.jsonl`` sibling."""
     labeled_path = Path(labeled_path)
     op.output("labeled-file", streams.labeled, JsonlSink(labeled_path, labeled_event_json))
-    op.output("dead-letters-file", streams.dead_letters, JsonlSink(dead_letters_path(labeled_path), dead_letter_line))
+    op.output(
+        "dead-letters-file", streams.dead_letters, JsonlSink(sibling(labeled_path, "deadletter"), dead_letter_line)
+    )
+    op.output("alarms-file", streams.alarms, JsonlSink(sibling(labeled_path, "alarms"), alarm_event_json))
+    op.output("drift-file", streams.drift, JsonlSink(sibling(labeled_path, "drift"), drift_event_json))
 
 
-def dead_letters_path(labeled_path: Path) -> Path:
-    return Path(labeled_path).with_suffix(".deadletter.jsonl")
+def sibling(labeled_path: Path, kind: str) -> Path:
+    """``labeled.jsonl`` → ``labeled.<kind>.jsonl`` (dead letters, alarms, drift events)."""
+    return Path(labeled_path).with_suffix(f".{kind}.jsonl")
 
 
 def to_cloud(streams: AnomalyStreams, settings: FlowSettings) -> None:
@@ -126,6 +152,15 @@ def labeled_records(topic: str) -> Callable[[LabeledEvent], OutRecord]:
         raw = event.reading.raw
         headers = forwarded_headers(raw.headers)  # a sender's edgewatch.error.* headers renamed
         return OutRecord(topic, raw.key or event.reading.device_id.encode(), labeled_event_json(event), headers)
+
+    return record
+
+
+def device_records(topic: str, to_json: Callable) -> Callable:
+    """An alarm or drift event as a record keyed by its device (one partition per device: in order)."""
+
+    def record(event) -> OutRecord:
+        return OutRecord(topic, event.device_id.encode(), to_json(event), [])
 
     return record
 
