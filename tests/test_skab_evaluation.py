@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from edgewatch.cli import app
 from edgewatch.config import data_dir
 from edgewatch.evaluation import skab
-from tests.cliutil import said
+from tests.support.cli import said
 
 runner = CliRunner()
 LINE = re.compile(
