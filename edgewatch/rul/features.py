@@ -155,16 +155,18 @@ class FeatureSpec:
         )
 
 
-def find_regimes(settings: np.ndarray, max_regimes: int = 8, tolerance: float = 1e-3, seed: int = 0, restarts: int = 4):
+def find_regimes(settings: np.ndarray, max_regimes: int = 8, tolerance: float = 1e-3, seed: int = 0, restarts: int = 3):
     """Operating regimes of a fleet: ``(centroids, scale)`` of the fewest k-means clusters of the
     settings whose within-cluster spread is below ``tolerance`` of the total (1 when none is).
 
     Flight conditions are discrete set points plus sensor noise: a real split leaves almost
     no spread inside the clusters, splitting noise leaves most of it."""
     scale = np.maximum(np.abs(settings).max(axis=0), 1e-12)
+    rng = np.random.default_rng(seed)
+    if len(settings) > 1000:  # set points show in any thousand readings
+        settings = settings[rng.choice(len(settings), 1000, replace=False)]
     scaled = settings / scale
     total = ((scaled - scaled.mean(axis=0)) ** 2).sum()
-    rng = np.random.default_rng(seed)
     for k in range(2, max_regimes + 1):
         within, centroids = min(
             (_within(scaled, c), i, c) for i, c in enumerate(_kmeans(scaled, k, rng) for _ in range(restarts))
@@ -178,7 +180,7 @@ def _within(points: np.ndarray, centroids: np.ndarray) -> float:
     return float((((points[:, None, :] - centroids[None]) ** 2).sum(axis=2)).min(axis=1).sum())
 
 
-def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 50) -> np.ndarray:
+def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 30) -> np.ndarray:
     """Lloyd's k-means with k-means++ seeding (small: 3 settings, a few regimes)."""
     centroids = [points[rng.integers(len(points))]]
     for _ in range(1, k):

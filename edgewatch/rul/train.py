@@ -60,11 +60,12 @@ class TrainConfig:
     min_leaf: int = 40
     feature_fraction: float = 0.8
     bagging_fraction: float = 0.8
+    bins: int = 63
     point_objective: str = "l2"  # "l2" or "quantile" (median)
     folds: int = 5  # for the band margins; 0: no margins
     coverage: float = 0.8  # nominal band coverage the margins aim for
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # small data: one thread is as fast and does not spin against other work
     spec: dict = field(default_factory=dict)  # FeatureSpec smoothing overrides (alpha_fast, ...)
 
 
@@ -133,6 +134,7 @@ def _lightgbm_forest(features: np.ndarray, target: np.ndarray, objective: dict, 
         "feature_fraction": config.feature_fraction,
         "bagging_fraction": config.bagging_fraction,
         "bagging_freq": 1,
+        "max_bin": config.bins,
         "seed": config.seed,
         "num_threads": config.threads,
         "deterministic": True,
