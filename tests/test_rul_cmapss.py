@@ -13,6 +13,7 @@ from edgewatch.cli import app
 from edgewatch.config import data_dir
 from edgewatch.evaluation.cmapss import learn_from_failures
 from edgewatch.rul import artifact
+from edgewatch.rul.train import TrainConfig
 from tests.cliutil import said
 
 pytest.importorskip("lightgbm", reason="training needs the train extra (lightgbm)")
@@ -72,7 +73,7 @@ def test_cli_refuses_bad_inputs_in_one_line(cmapss_root, tmp_path):
 def test_streamed_failures_make_the_fleet_model_better_on_the_test_set(cmapss_root):
     """Half the training engines train the model; the other half stream to failure through the
     learning fleet (a refit every 25 failures); the test set scores better after."""
-    learned = learn_from_failures(cmapss_root, refit_every=25)
+    learned = learn_from_failures(cmapss_root, config=TrainConfig(folds=0), refit_every=25)
     assert learned.failures == 50 and learned.refits == 2
     assert learned.after.rmse < learned.before.rmse, (learned.before.line(), learned.after.line())
     assert learned.after.score < learned.before.score, (learned.before.line(), learned.after.line())

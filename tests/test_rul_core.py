@@ -83,15 +83,16 @@ def test_forest_arrays_predict_what_lightgbm_predicts():
 
 def test_forest_refuses_arrays_that_point_backwards():
     arrays = {
-        "f.feature": np.array([0, -1, -1]),
-        "f.threshold": np.zeros(3),
-        "f.left": np.array([0, -1, -1]),  # a loop: the root is its own child
-        "f.right": np.array([2, -1, -1]),
+        "f.feature": np.array([0, 0, 0]),
+        "f.threshold": np.array([0.5, np.inf, np.inf]),
+        "f.child": np.array([1, 0, 2]),  # node 1 sends its rows back to the root: a loop
         "f.value": np.zeros(3),
         "f.roots": np.array([0]),
     }
     with pytest.raises(ValueError, match="point forward"):
         Forest.from_arrays(arrays, "f")
+    arrays["f.child"] = np.array([1, 1, 2])
+    assert Forest.from_arrays(arrays, "f").depth == 1
 
 
 def test_regimes_are_found_from_set_points_and_noise_is_one_regime():

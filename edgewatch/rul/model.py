@@ -41,10 +41,11 @@ class RulModel:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """``float64[n, 3]``: P10, P50, P90 for each feature row."""
-        p50 = np.clip(self.forests["p50"].predict(features), 0.0, None)
-        p10 = np.minimum(self.forests["p10"].predict(features) - self.lower_margin, p50)
-        p90 = np.maximum(self.forests["p90"].predict(features) + self.upper_margin, p50)
-        return np.column_stack([np.clip(p10, 0.0, None), p50, p90])
+        return banded(self.raw(features), self.lower_margin, self.upper_margin)
+
+    def raw(self, features: np.ndarray) -> np.ndarray:
+        """The three forests' outputs, before margins and ordering."""
+        return np.column_stack([self.forests[name].predict(features) for name in QUANTILES])
 
     def check(self) -> None:
         """Refuse forests that read features the spec does not produce."""
@@ -55,3 +56,11 @@ class RulModel:
         needed = 3 + int(self.spec.sensor_columns.max(initial=-1)) + 1
         if len(self.columns) < needed:
             raise ValueError(f"the spec reads {needed} reading columns, the model names {len(self.columns)}")
+
+
+def banded(raw: np.ndarray, lower_margin: float, upper_margin: float) -> np.ndarray:
+    """P10 lowered and P90 raised by the margins; the band holds P50; nothing below 0."""
+    p50 = np.clip(raw[:, 1], 0.0, None)
+    p10 = np.clip(np.minimum(raw[:, 0] - lower_margin, p50), 0.0, None)
+    p90 = np.maximum(raw[:, 2] + upper_margin, p50)
+    return np.column_stack([p10, p50, p90])

@@ -18,7 +18,7 @@ state is rebuilt by replaying its run, so estimates continue without a gap.
 >>> from edgewatch.rul.model import RulModel
 >>> from edgewatch.rul.features import FeatureSpec
 >>> from edgewatch.rul.trees import Forest
->>> leaf = Forest(*(np.array(v) for v in ([-1], [0.0], [-1], [-1], [40.0], [0])))
+>>> leaf = Forest(np.array([0]), np.array([np.inf]), np.array([0]), np.array([40.0]), np.array([0]))
 >>> forests = {"p10": leaf, "p50": leaf, "p90": leaf}
 >>> model = RulModel(FeatureSpec.identity(2), forests, columns=("a", "b", "c", "x", "y"))
 >>> fleet = RulFleet(model, horizon=50.0)
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import operator
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -110,7 +111,7 @@ class RulFleet:
         self.failures_since_refit = 0
         self.refits = 0
         self._refit = refit
-        self._columns = list(model.columns)
+        self._pick = operator.itemgetter(*model.columns)  # a reading's row, in the model's column order
         self._slots: dict[str, int] = {}
         self._rows: dict[str, list[np.ndarray]] = {}
         self._alerted: dict[str, bool] = {}
@@ -132,9 +133,10 @@ class RulFleet:
         """Advance every reading's device, in order; one estimate per usable reading."""
         self._swap_in_refit()
         rows, slots, accepted, rejected = [], [], [], []
+        pick = self._pick
         for reading in readings:
             try:
-                row = [reading.features[name] for name in self._columns]
+                row = pick(reading.features)
             except KeyError as exc:
                 rejected.append(DeadLetter(reading.raw, f"RUL model needs feature {exc.args[0]!r}", "rul"))
                 continue
@@ -217,6 +219,7 @@ class RulFleet:
         if not model.version:
             model.version = f"{self.model.version or 'rul'}+refit{self.refits + 1}"
         self.model, self.refits = model, self.refits + 1
+        self._pick = operator.itemgetter(*model.columns)
         self._state = model.spec.new_state(len(self._state))
         for device, slot in self._slots.items():
             rows = self._rows[device]

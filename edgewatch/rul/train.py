@@ -57,6 +57,7 @@ class TrainConfig:
     trees: int = 400
     learning_rate: float = 0.03
     leaves: int = 15
+    max_depth: int = 6  # bounds the serving kernel's fixed-length tree walks
     min_leaf: int = 40
     feature_fraction: float = 0.8
     bagging_fraction: float = 0.8
@@ -130,6 +131,7 @@ def _lightgbm_forest(features: np.ndarray, target: np.ndarray, objective: dict, 
         **objective,
         "learning_rate": config.learning_rate,
         "num_leaves": config.leaves,
+        "max_depth": config.max_depth,
         "min_data_in_leaf": config.min_leaf,
         "feature_fraction": config.feature_fraction,
         "bagging_fraction": config.bagging_fraction,
@@ -164,14 +166,14 @@ def engine_folds(n_runs: int, folds: int, seed: int) -> np.ndarray:
 
 
 def out_of_fold(runs: Sequence[Run], config: TrainConfig) -> list[np.ndarray]:
-    """P10/P50/P90 (raw, no margins) of every run's rows from models that never saw that run."""
+    """Raw P10/P50/P90 forest outputs for every run's rows from models that never saw that run."""
     fold = engine_folds(len(runs), config.folds, config.seed)
     predictions: list[np.ndarray] = [np.empty(0)] * len(runs)
     for k in range(config.folds):
         train = [run for run, f in zip(runs, fold, strict=True) if f != k]
         model = _fit(train, config, margins=(0.0, 0.0))
         for index in np.flatnonzero(fold == k):
-            predictions[index] = model.predict(replay_features(model.spec, [runs[index]]))
+            predictions[index] = model.raw(replay_features(model.spec, [runs[index]]))
     return predictions
 
 
