@@ -44,6 +44,7 @@ API for the RUL flow (``flows/rul.py``)::
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import operator
 from collections import deque
@@ -145,7 +146,8 @@ class RulFleet:
             accepted.append(reading)
         if not accepted:
             return RulBatch([], rejected)
-        matrix = np.array(rows, dtype=np.float64)
+        width = len(self.model.columns)
+        matrix = np.fromiter(itertools.chain.from_iterable(rows), np.float64, len(rows) * width).reshape(-1, width)
         slot_array = np.array(slots, dtype=np.int64)
         features = self.model.spec.update(self._state, slot_array, matrix)
         predicted = self.model.predict(features).tolist()

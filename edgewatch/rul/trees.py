@@ -123,19 +123,25 @@ class Forest:
 FIELDS = ("feature", "threshold", "child", "value", "roots")
 
 
+#: rows walked together: their node indices and feature rows stay in the L1/L2 cache
+BLOCK = 128
+
+
 @numba.njit(cache=True, nogil=True)
 def predict_forest(rows, feature, threshold, child, value, roots, depth):
-    # level by level over the whole batch: the rows' steps are independent, so the CPU
+    # level by level over a block of rows: the rows' steps are independent, so the CPU
     # pipelines them (measured 1.7x faster than walking each row down each tree in turn)
     n = rows.shape[0]
     out = np.zeros(n)
-    nodes = np.empty(n, dtype=np.int32)
-    for root in roots:
-        nodes[:] = root
-        for _ in range(depth):
-            for i in range(n):
-                node = nodes[i]
-                nodes[i] = child[node] + (rows[i, feature[node]] > threshold[node])
-        for i in range(n):
-            out[i] += value[nodes[i]]
+    nodes = np.empty(BLOCK, dtype=np.int32)
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        for root in roots:
+            nodes[:] = root
+            for _ in range(depth):
+                for i in range(start, stop):
+                    node = nodes[i - start]
+                    nodes[i - start] = child[node] + (rows[i, feature[node]] > threshold[node])
+            for i in range(start, stop):
+                out[i] += value[nodes[i - start]]
     return out
