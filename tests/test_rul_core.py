@@ -318,3 +318,12 @@ def test_scores_line_and_report(tmp_path):
     assert re.fullmatch(r"cmapss: rmse=\S+ score=\S+ rmse_all_cycles=\S+ coverage=\S+ engines=2", result.line())
     folder = write_report(result, tmp_path / "report")
     assert sorted(p.name for p in folder.iterdir()) == ["engine-001.png", "engine-002.png"]
+
+
+def test_artifact_refuses_arrays_of_inconsistent_shapes(model, tmp_path):
+    """A well-checksummed artifact whose arrays disagree would send the kernels out of bounds."""
+    arrays, document = artifact.read_data_artifact(artifact.save(model, tmp_path / "good") and tmp_path / "good")
+    arrays["means"] = arrays["means"][:, :-1]
+    artifact.write_data_artifact(tmp_path / "bad", arrays, {k: v for k, v in document.items() if k != "files"}, "rul")
+    with pytest.raises(artifact.ArtifactError, match="means and spreads"):
+        artifact.load(tmp_path / "bad")

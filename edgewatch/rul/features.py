@@ -110,6 +110,18 @@ class FeatureSpec:
             int(self.baseline_n),
         )
 
+    def check(self) -> None:
+        """Refuse arrays whose shapes disagree (the kernel indexes them without bounds checks)."""
+        regimes, sensors = len(self.centroids), len(self.sensor_columns)
+        if self.centroids.shape != (regimes, N_SETTINGS) or self.settings_scale.shape != (N_SETTINGS,):
+            raise ValueError("regime centroids must be [regimes, 3] and the settings scale [3]")
+        if self.means.shape != (regimes, sensors) or self.stds.shape != (regimes, sensors):
+            raise ValueError(f"sensor means and spreads must be [{regimes}, {sensors}]")
+        if self.hi_weights.shape != (sensors,) or sensors == 0 or self.sensor_columns.min() < 0:
+            raise ValueError("health-index weights must match the sensors, and sensor columns be >= 0")
+        if not (np.all(self.stds > 0) and np.all(self.settings_scale > 0)):
+            raise ValueError("sensor spreads and the settings scale must be positive")
+
     def regimes(self, rows: np.ndarray) -> np.ndarray:
         """The regime (index of the nearest centroid) of each reading row."""
         scaled = rows[:, :N_SETTINGS] / self.settings_scale

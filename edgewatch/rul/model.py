@@ -48,7 +48,8 @@ class RulModel:
         return np.column_stack([self.forests[name].predict(features) for name in QUANTILES])
 
     def check(self) -> None:
-        """Refuse forests that read features the spec does not produce."""
+        """Refuse a spec with inconsistent arrays and forests that read features it does not produce."""
+        self.spec.check()
         for name in QUANTILES:
             used = self.forests[name].feature
             if used.size and used.max() >= self.spec.n_features:

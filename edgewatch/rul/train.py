@@ -54,8 +54,8 @@ class TrainConfig:
     """Model-family choices (picked by cross-validation on training engines, see the README)."""
 
     cap: float = 125.0
-    trees: int = 400
-    learning_rate: float = 0.03
+    trees: int = 200
+    learning_rate: float = 0.06
     leaves: int = 15
     max_depth: int = 6  # bounds the serving kernel's fixed-length tree walks
     min_leaf: int = 40
