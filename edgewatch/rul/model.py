@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from edgewatch.rul.features import FeatureSpec
-from edgewatch.rul.trees import Forest
+from edgewatch.rul.trees import Forest, Forests
 
 QUANTILES = ("p10", "p50", "p90")
 
@@ -38,14 +39,17 @@ class RulModel:
     columns: tuple[str, ...] = ()  # reading feature names, in row order: 3 settings, then sensors
     version: str = ""
     metadata: dict = field(default_factory=dict)
+    _packed: Forests | None = field(default=None, init=False, repr=False, compare=False)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """``float64[n, 3]``: P10, P50, P90 for each feature row."""
         return banded(self.raw(features), self.lower_margin, self.upper_margin)
 
     def raw(self, features: np.ndarray) -> np.ndarray:
-        """The three forests' outputs, before margins and ordering."""
-        return np.column_stack([self.forests[name].predict(features) for name in QUANTILES])
+        """The three forests' outputs, before margins and ordering (one kernel call)."""
+        if self._packed is None:
+            self._packed = Forests.pack([self.forests[name] for name in QUANTILES])
+        return self._packed.predict(features)
 
     def check(self) -> None:
         """Refuse a spec with inconsistent arrays and forests that read features it does not produce."""
@@ -59,9 +63,13 @@ class RulModel:
             raise ValueError(f"the spec reads {needed} reading columns, the model names {len(self.columns)}")
 
 
-def banded(raw: np.ndarray, lower_margin: float, upper_margin: float) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def banded(raw, lower_margin, upper_margin):
     """P10 lowered and P90 raised by the margins; the band holds P50; nothing below 0."""
-    p50 = np.clip(raw[:, 1], 0.0, None)
-    p10 = np.clip(np.minimum(raw[:, 0] - lower_margin, p50), 0.0, None)
-    p90 = np.maximum(raw[:, 2] + upper_margin, p50)
-    return np.column_stack([p10, p50, p90])
+    out = np.empty_like(raw)
+    for i in range(raw.shape[0]):
+        p50 = max(raw[i, 1], 0.0)
+        out[i, 0] = max(min(raw[i, 0] - lower_margin, p50), 0.0)
+        out[i, 1] = p50
+        out[i, 2] = max(raw[i, 2] + upper_margin, p50)
+    return out

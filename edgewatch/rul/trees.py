@@ -123,25 +123,72 @@ class Forest:
 FIELDS = ("feature", "threshold", "child", "value", "roots")
 
 
+@dataclass
+class Forests:
+    """Several forests in one set of node arrays, evaluated in one kernel call (one output column
+    per forest): the per-call overhead is paid once, which is what a one-reading update costs."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    child: np.ndarray
+    value: np.ndarray
+    roots: np.ndarray
+    starts: np.ndarray  # int64[forests + 1]: forest k owns roots[starts[k]:starts[k + 1]]
+    depth: int
+
+    @classmethod
+    def pack(cls, forests: list[Forest]) -> Forests:
+        offsets = np.cumsum([0] + [len(f.feature) for f in forests])
+        return cls(
+            np.concatenate([f.feature for f in forests]),
+            np.concatenate([f.threshold for f in forests]),
+            np.concatenate([f.child + offset for f, offset in zip(forests, offsets, strict=False)]).astype(np.int32),
+            np.concatenate([f.value for f in forests]),
+            np.concatenate([f.roots + offset for f, offset in zip(forests, offsets, strict=False)]).astype(np.int32),
+            np.cumsum([0] + [len(f.roots) for f in forests]).astype(np.int64),
+            max(f.depth for f in forests),
+        )
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """``float64[n, forests]``."""
+        return predict_forests(
+            np.ascontiguousarray(rows, dtype=np.float64),
+            self.feature,
+            self.threshold,
+            self.child,
+            self.value,
+            self.roots,
+            self.starts,
+            self.depth,
+        )
+
+
 #: rows walked together: their node indices and feature rows stay in the L1/L2 cache
 BLOCK = 128
 
 
 @numba.njit(cache=True, nogil=True)
 def predict_forest(rows, feature, threshold, child, value, roots, depth):
+    starts = np.array([0, roots.shape[0]], dtype=np.int64)
+    return predict_forests(rows, feature, threshold, child, value, roots, starts, depth)[:, 0]
+
+
+@numba.njit(cache=True, nogil=True)
+def predict_forests(rows, feature, threshold, child, value, roots, starts, depth):
     # level by level over a block of rows: the rows' steps are independent, so the CPU
     # pipelines them (measured 1.7x faster than walking each row down each tree in turn)
     n = rows.shape[0]
-    out = np.zeros(n)
+    out = np.zeros((n, starts.shape[0] - 1))
     nodes = np.empty(BLOCK, dtype=np.int32)
     for start in range(0, n, BLOCK):
         stop = min(start + BLOCK, n)
-        for root in roots:
-            nodes[:] = root
-            for _ in range(depth):
+        for k in range(starts.shape[0] - 1):
+            for t in range(starts[k], starts[k + 1]):
+                nodes[:] = roots[t]
+                for _ in range(depth):
+                    for i in range(start, stop):
+                        node = nodes[i - start]
+                        nodes[i - start] = child[node] + (rows[i, feature[node]] > threshold[node])
                 for i in range(start, stop):
-                    node = nodes[i - start]
-                    nodes[i - start] = child[node] + (rows[i, feature[node]] > threshold[node])
-            for i in range(start, stop):
-                out[i] += value[nodes[i - start]]
+                    out[i, k] += value[nodes[i - start]]
     return out
