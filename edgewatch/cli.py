@@ -340,13 +340,20 @@ def train(
         Path, typer.Option("--input", help="history: .jsonl (edgewatch simulate --out) or .csv (timestamp + columns)")
     ],
     out: Annotated[Path, typer.Option(help="model directory to write (model.json + arrays.npz)")],
-    detector: Annotated[str, typer.Option(help="detector to fit")] = "compact-novelty",
+    detector: Annotated[str, typer.Option(help="detector to fit")] = "relational-novelty",
     sign_key: Annotated[
         Path | None,
         typer.Option(help="ed25519 private key (PEM file) to sign the model with (model.sig)", show_default=False),
     ] = None,
+    task: Annotated[str, typer.Option(help="anomaly | rul (run-to-failure history, e.g. CMAPSS train_FD001.txt)")] = (
+        "anomaly"
+    ),
 ) -> None:
     """Batch-fit the detector on history, one model per device; `run --model` warm-starts from it."""
+    if task == "rul":
+        return train_rul_command(input_path, out)
+    if task != "anomaly":
+        raise typer.BadParameter(f"--task must be anomaly or rul, not {task!r}")
     from edgewatch.connectors.files import read_history
     from edgewatch.online_models import artifact
     from edgewatch.online_models.registry import resolve_detector
@@ -442,6 +449,76 @@ def evaluate_skab(
     if report:
         typer.echo(f"report: {skab.write_report(run, out)}", err=True)
     typer.echo(run.line())
+
+
+def train_rul_command(input_path: Path, out: Path) -> None:
+    """`edgewatch train --task rul`: the fleet RUL model of run-to-failure histories (one run per device)."""
+    from edgewatch.connectors.files import read_history
+    from edgewatch.rul import artifact as rul_artifact
+    from edgewatch.rul.train import train_rul
+
+    if not input_path.exists():
+        raise typer.BadParameter(f"{input_path} does not exist")
+    try:
+        readings, dead = read_history(input_path)
+        saved = rul_artifact.save(train_rul(readings, source=str(input_path)), out)
+    except ImportError as exc:
+        raise typer.BadParameter(f"training needs the train extra (pip install 'edgewatch[train]'): {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if dead:
+        typer.echo(
+            f"train: skipped {len(dead)} unusable rows, e.g. row {dead[0].raw.offset}: {dead[0].reason}", err=True
+        )
+    training = saved.metadata["training"]
+    typer.echo(
+        f"train: task=rul version={saved.version} runs={training['runs']} rows={training['rows']} "
+        f"regimes={training['regimes']} sensors={len(training['sensors'])} "
+        f"band_margins={saved.lower_margin:.1f},{saved.upper_margin:.1f} out={out}"
+    )
+
+
+@evaluate_app.command("cmapss")
+def evaluate_cmapss(
+    model: Annotated[
+        Path | None,
+        typer.Option(help="`edgewatch train --task rul` output (default: train on train_<subset>.txt first)"),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="CMAPSS folder (default EDGEWATCH_DATA_DIR/cmapss)", show_default=False)
+    ] = None,
+    subset: Annotated[str, typer.Option(help="FD001 | FD002 | FD003 | FD004")] = "FD001",
+    report: Annotated[
+        Path | None, typer.Option(help="write a PNG per test engine (true vs predicted RUL, band) here")
+    ] = None,
+) -> None:
+    """RMSE, PHM08 score and band coverage of the RUL model on a C-MAPSS test set."""
+    from edgewatch.config import data_dir as default_data_dir
+    from edgewatch.evaluation import cmapss
+    from edgewatch.rul import artifact as rul_artifact
+
+    root = data_dir or default_data_dir() / "cmapss"
+    needed = [root / f"{kind}_{subset}.txt" for kind in ("test", "RUL", *(() if model else ("train",)))]
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:
+        raise typer.BadParameter(f"missing {', '.join(missing)} (try `edgewatch data fetch cmapss`)")
+    try:
+        if model is not None:
+            fitted = rul_artifact.load(model)
+        else:
+            from edgewatch.rul.train import train_runs
+
+            train_path = root / f"train_{subset}.txt"
+            typer.echo(f"evaluate: training on {train_path}", err=True)
+            fitted = train_runs(cmapss.load_runs(train_path, failed=True), source=str(train_path))
+        result = cmapss.evaluate_files(fitted, root, subset)
+    except ImportError as exc:
+        raise typer.BadParameter(f"training needs the train extra (pip install 'edgewatch[train]'): {exc}") from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if report is not None:
+        typer.echo(f"report: {cmapss.write_report(result, report, fitted.cap)}", err=True)
+    typer.echo(result.line())
 
 
 @app.command()

@@ -1,0 +1,242 @@
+"""The fleet's RUL, online: every reading updates its device's state and returns an estimate;
+every failure makes the fleet model better.
+
+:class:`RulFleet` owns one fleet :class:`~edgewatch.rul.model.RulModel` and, per device, the
+online feature state of the current run (one row of a state matrix) and that run's raw rows.
+``update_many`` advances a batch of readings with one numba call for the features and one per
+quantile for the forests (the flow's path); ``update`` is the River-style one-reading form.
+
+When a run ends (:class:`~edgewatch.rul.events.RunEnd`): a ``failure`` turns the run into
+labeled data (the RUL at each reading is the number of readings left), kept in a bounded store
+of the last ``max_runs`` runs (seeded with the training runs). Every ``refit_every`` failures
+the fleet model is refit on that store (bounded periodic refit, LightGBM from the ``train``
+extra), inline or in a background thread; when the new model is ready, every active device's
+state is rebuilt by replaying its run, so estimates continue without a gap.
+
+>>> from edgewatch.rul.train import Run
+>>> import numpy as np
+>>> from edgewatch.rul.model import RulModel
+>>> from edgewatch.rul.features import FeatureSpec
+>>> from edgewatch.rul.trees import Forest
+>>> leaf = Forest(np.array([0]), np.array([np.inf]), np.array([0]), np.array([40.0]), np.array([0]))
+>>> forests = {"p10": leaf, "p50": leaf, "p90": leaf}
+>>> model = RulModel(FeatureSpec.identity(2), forests, columns=("a", "b", "c", "x", "y"))
+>>> fleet = RulFleet(model, horizon=50.0)
+>>> from edgewatch.schema import Reading
+>>> estimate = fleet.update(Reading("pump-1", 0.0, {"a": 0, "b": 0, "c": 0, "x": 1.0, "y": 2.0}, None))
+>>> (estimate.cycle, estimate.p50, estimate.alert)
+(1, 40.0, True)
+
+API for the RUL flow (``flows/rul.py``)::
+
+    fleet = RulFleet(artifact.load(model_dir), horizon=30.0, refit_every=10, history=runs_or_none)
+    batch = fleet.update_many(readings)          # RulBatch(estimates, rejected)
+    for estimate in batch.estimates:             # one per accepted reading, in order
+        emit("rul", rul_estimate_json(estimate))
+        if estimate.alert:
+            emit("alarms", maintenance_alert_json(estimate))
+    for dead in batch.rejected:                  # DeadLetter(raw, reason, stage="rul")
+        emit("deadletter", dead)
+    fleet.end_run(parse_run_end(message.value))  # from the maintenance topic, or at the end of a replayed file
+    fleet.model.version                          # changes when a refit lands
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import logging
+import operator
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from edgewatch.rul.events import RulEstimate, RunEnd
+from edgewatch.rul.model import RulModel
+from edgewatch.rul.train import Run, TrainConfig, train_runs
+from edgewatch.schema import DeadLetter, Reading
+
+log = logging.getLogger(__name__)
+
+
+class RulBatch(NamedTuple):
+    """What ``update_many`` returns: estimates in reading order, and readings it could not use."""
+
+    estimates: list[RulEstimate]
+    rejected: list[DeadLetter]
+
+
+def lightgbm_refit(model: RulModel, runs: Sequence[Run]) -> RulModel:
+    """The default refit: retrain on ``runs`` with the model's settings, keeping its band margins
+    (a refit stays bounded: no cross-validation, three forests)."""
+    config = TrainConfig(**{**model.metadata.get("config", {}), "folds": 0})
+    refit = train_runs(runs, config, source="online refit")
+    refit.lower_margin, refit.upper_margin = model.lower_margin, model.upper_margin
+    return refit
+
+
+class RulFleet:
+    """Per-device RUL estimates from one fleet model that learns from observed failures.
+
+    ``horizon``: a device's maintenance alert is raised (once per run) when its P10 falls below it.
+    ``refit_every``: refit after this many failures (``None``: never learn).
+    ``max_runs``: the labeled-run store keeps the most recent runs only.
+    ``max_run_length``: a run longer than this is not kept for learning (memory bound).
+    ``background``: refit in a thread, serving the old model meanwhile.
+    """
+
+    def __init__(
+        self,
+        model: RulModel,
+        horizon: float = 30.0,
+        refit_every: int | None = None,
+        history: Sequence[Run] = (),
+        max_runs: int = 500,
+        max_run_length: int = 5000,
+        background: bool = False,
+        refit: Callable[[RulModel, Sequence[Run]], RulModel] = lightgbm_refit,
+    ):
+        if refit_every is not None:
+            if refit_every < 1:
+                raise ValueError("refit_every must be at least 1 (or None: no learning)")
+            if refit is lightgbm_refit and importlib.util.find_spec("lightgbm") is None:
+                raise ValueError("learning from failures needs the train extra: pip install 'edgewatch[train]'")
+        self.model = model
+        self.horizon = float(horizon)
+        self.refit_every = refit_every
+        self.max_run_length = max_run_length
+        self.runs: deque[Run] = deque(history, maxlen=max_runs)
+        self.failures_since_refit = 0
+        self.refits = 0
+        self._refit = refit
+        self._pick = operator.itemgetter(*model.columns)  # a reading's row, in the model's column order
+        self._slots: dict[str, int] = {}
+        self._rows: dict[str, list[np.ndarray]] = {}
+        self._alerted: dict[str, bool] = {}
+        self._state = model.spec.new_state(64)
+        self._free: list[int] = list(range(len(self._state) - 1, -1, -1))
+        self._executor = ThreadPoolExecutor(max_workers=1) if background else None
+        self._pending: Future | None = None
+
+    # -- estimates -------------------------------------------------------------------------
+
+    def update(self, reading: Reading) -> RulEstimate:
+        """Advance ``reading``'s device by one reading; its RUL estimate (``ValueError`` if unusable)."""
+        batch = self.update_many([reading])
+        if batch.rejected:
+            raise ValueError(batch.rejected[0].reason)
+        return batch.estimates[0]
+
+    def update_many(self, readings: Sequence[Reading]) -> RulBatch:
+        """Advance every reading's device, in order; one estimate per usable reading."""
+        self._swap_in_refit()
+        rows, slots, accepted, rejected = [], [], [], []
+        pick = self._pick
+        for reading in readings:
+            try:
+                row = pick(reading.features)
+            except KeyError as exc:
+                rejected.append(DeadLetter(reading.raw, f"RUL model needs feature {exc.args[0]!r}", "rul"))
+                continue
+            rows.append(row)
+            slots.append(self._slot(reading.device_id))
+            accepted.append(reading)
+        if not accepted:
+            return RulBatch([], rejected)
+        width = len(self.model.columns)
+        matrix = np.fromiter(itertools.chain.from_iterable(rows), np.float64, len(rows) * width).reshape(-1, width)
+        slot_array = np.array(slots, dtype=np.int64)
+        features = self.model.spec.update(self._state, slot_array, matrix)
+        predicted = self.model.predict(features).tolist()
+        cycles = features[:, 0].astype(np.int64).tolist()
+        version, horizon = self.model.version, self.horizon
+        estimates = []
+        for i, reading in enumerate(accepted):
+            device = reading.device_id
+            history = self._rows[device]
+            if len(history) < self.max_run_length:
+                history.append(matrix[i])
+            p10, p50, p90 = predicted[i]
+            alert = False
+            if p10 < horizon and not self._alerted[device]:
+                alert = self._alerted[device] = True
+            estimates.append(
+                RulEstimate(device, reading.timestamp, cycles[i], p10, p50, p90, alert, horizon, version, reading.raw)
+            )
+        return RulBatch(estimates, rejected)
+
+    # -- run ends and learning -------------------------------------------------------------
+
+    def end_run(self, event: RunEnd) -> Run | None:
+        """End ``event.device_id``'s run; a failure's run as labeled data (``None`` otherwise).
+
+        The device's next reading starts a new run (cycle 1)."""
+        slot = self._slots.pop(event.device_id, None)
+        history = self._rows.pop(event.device_id, [])
+        self._alerted.pop(event.device_id, None)
+        if slot is not None:
+            self._state[slot] = 0.0
+            self._free.append(slot)
+        if event.kind != "failure" or len(history) < 2 or len(history) >= self.max_run_length:
+            return None
+        run = Run(event.device_id, np.array(history), failed=True)
+        self.runs.append(run)
+        self.failures_since_refit += 1
+        if self.refit_every is not None and self.failures_since_refit >= self.refit_every and self._pending is None:
+            self._start_refit()
+        return run
+
+    def wait_for_refit(self) -> None:
+        """Block until a background refit (if any) has landed."""
+        if self._pending is not None:
+            self._pending.result()
+            self._swap_in_refit()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _start_refit(self) -> None:
+        self.failures_since_refit = 0
+        runs = list(self.runs)
+        if self._executor is None:
+            self._install(self._refit(self.model, runs))
+        else:
+            self._pending = self._executor.submit(self._refit, self.model, runs)
+
+    def _swap_in_refit(self) -> None:
+        if self._pending is None or not self._pending.done():
+            return
+        pending, self._pending = self._pending, None
+        try:
+            self._install(pending.result())
+        except Exception:  # keep serving the current model; the next failures try again
+            log.exception("RUL refit failed; keeping model %s", self.model.version)
+
+    def _install(self, model: RulModel) -> None:
+        """Serve ``model`` from now on: rebuild every active run's state under its features."""
+        if not model.version:
+            model.version = f"{self.model.version or 'rul'}+refit{self.refits + 1}"
+        self.model, self.refits = model, self.refits + 1
+        self._pick = operator.itemgetter(*model.columns)
+        self._state = model.spec.new_state(len(self._state))
+        for device, slot in self._slots.items():
+            rows = self._rows[device]
+            if rows:
+                model.spec.update(self._state, np.full(len(rows), slot, dtype=np.int64), np.array(rows))
+        log.info("RUL model %s installed (trained on %d runs)", model.version, len(self.runs))
+
+    def _slot(self, device_id: str) -> int:
+        slot = self._slots.get(device_id)
+        if slot is None:
+            if not self._free:
+                grown = len(self._state)
+                self._state = np.vstack([self._state, np.zeros_like(self._state)])
+                self._free.extend(range(2 * grown - 1, grown - 1, -1))
+            slot = self._slots[device_id] = self._free.pop()
+            self._rows[device_id] = []
+            self._alerted[device_id] = False
+        return slot
