@@ -580,6 +580,31 @@ def ui(
     typer.echo("ui: stopped")
 
 
+recovery_app = typer.Typer(help="A flow's recovery directory, offline (the flow stopped).", no_args_is_help=True)
+app.add_typer(recovery_app, name="recovery")
+
+
+@recovery_app.command("reshard")
+def recovery_reshard(
+    path: Annotated[Path, typer.Argument(help="the recovery directory (--recovery-dir of the stopped flow)")],
+    shards: Annotated[int, typer.Option(help="the new number of device shards")],
+) -> None:
+    """Move every device's state to another shard count; the flow then resumes with --shards N."""
+    from edgewatch.app import SHARDS_FILE
+    from edgewatch.state.reshard import reshard_recovery_dir
+
+    if not (path / SHARDS_FILE).is_file():
+        raise _fail(f"{path} is not an edgewatch recovery directory (no {SHARDS_FILE})")
+    try:
+        moved = reshard_recovery_dir(path, shards)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    (path / SHARDS_FILE).write_text(str(shards))
+    typer.echo(
+        f"recovery: {sum(moved.values())} device(s) in {len(moved)} shard(s) of {shards}; run with --shards {shards}"
+    )
+
+
 data_app = typer.Typer(help="Public datasets: fetched on demand, never shipped.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -135,3 +135,16 @@ def test_data_fetch_offline_says_what_to_do(tmp_path):
     text = said(result)
     assert "could not fetch nab from http://127.0.0.1:1/nab.zip" in text
     assert f"unpack it into {tmp_path / 'nab'}" in text
+
+
+def test_a_recovery_directory_is_resharded_offline_instead_of_refused(recording, tmp_path):
+    state = tmp_path / "state"
+    args = ["run", "--replay", str(recording), "--out", str(tmp_path / "a.jsonl"), "--recovery-dir", str(state)]
+    assert runner.invoke(app, [*args, "--shards", "2"]).exit_code == 0
+    refused = runner.invoke(app, [*args, "--shards", "3"])
+    assert refused.exit_code == 2 and "edgewatch recovery reshard" in said(refused)
+    moved = runner.invoke(app, ["recovery", "reshard", str(state), "--shards", "3"])
+    assert moved.exit_code == 0, moved.output
+    assert "run with --shards 3" in moved.output
+    assert runner.invoke(app, [*args, "--shards", "3"]).exit_code == 0
+    assert runner.invoke(app, ["recovery", "reshard", str(tmp_path), "--shards", "2"]).exit_code == 2

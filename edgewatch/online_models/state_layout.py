@@ -25,7 +25,7 @@ class StateLayout:
     def allocate(self, devices: int, features: int) -> list[np.ndarray]:
         arrays = []
         for (dtype, shape, per_feature), fields in self.blocks.items():
-            shape = tuple(features if size == "features" else size for size in shape)
+            shape = self._sizes(shape, features)
             block = np.empty((devices, len(fields), *((features,) if per_feature else ()), *shape), dtype=dtype)
             for index, (_, initial) in enumerate(fields):
                 block[:, index] = initial
@@ -55,9 +55,14 @@ class StateLayout:
     def row_shapes(self, features: int) -> list[tuple[str, tuple[int, ...]]]:
         """dtype and shape of one device's slice of each block (what a page must hold)."""
         return [
-            (dtype, (len(fields), *((features,) if per_feature else ()), *shape))
+            (dtype, (len(fields), *((features,) if per_feature else ()), *self._sizes(shape, features)))
             for (dtype, shape, per_feature), fields in self.blocks.items()
         ]
+
+    @staticmethod
+    def _sizes(shape: tuple, features: int) -> tuple[int, ...]:
+        """A field's shape with ``"features"`` replaced by the number of features."""
+        return tuple(features if size == "features" else size for size in shape)
 
     def by_field(self, blocks: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Each field's name mapped to the block that holds it (what a detector's kernel takes)."""
