@@ -18,7 +18,8 @@ from typing import Annotated
 import typer
 
 from edgewatch.cli_options import settings_command
-from edgewatch.config import FlowSettings, KafkaSettings, SimulatorSettings
+from edgewatch.config import FlowSettings, KafkaSettings, RegistryClientSettings, SimulatorSettings
+from edgewatch.registry.cli import models_app
 
 app = typer.Typer(
     help="Streaming anomaly detection for industrial device fleets.",
@@ -335,12 +336,21 @@ def bench(
 
 
 @app.command()
+@settings_command(RegistryClientSettings, only=["tracking_uri"])
 def train(
+    settings: RegistryClientSettings,
     input_path: Annotated[
         Path, typer.Option("--input", help="history: .jsonl (edgewatch simulate --out) or .csv (timestamp + columns)")
     ],
     out: Annotated[Path, typer.Option(help="model directory to write (model.pkl + model.json)")],
     detector: Annotated[str, typer.Option(help="detector to fit")] = "compact-novelty",
+    register: Annotated[
+        str | None, typer.Option(help="also register it in MLflow as this model's next version", show_default=False)
+    ] = None,
+    metrics: Annotated[
+        Path | None,
+        typer.Option(help="with --register: a JSON file {name: number} of evaluation figures", show_default=False),
+    ] = None,
 ) -> None:
     """Batch-fit the detector on history, one model per device; `run --model` warm-starts from it."""
     from edgewatch.connectors.files import read_history
@@ -362,6 +372,10 @@ def train(
         f"train: version={saved.version} rows={training['rows']} devices={training['devices']} "
         f"from={training['first_timestamp']} to={training['last_timestamp']} out={out}"
     )
+    if register:
+        from edgewatch.registry.cli import register_trained
+
+        register_trained(out, register, settings.tracking_uri, input_path, metrics)
 
 
 evaluate_app = typer.Typer(help="Score edgewatch's detector on public benchmarks.", no_args_is_help=True)
@@ -460,6 +474,8 @@ def ui(
             pass
     typer.echo("ui: stopped")
 
+
+app.add_typer(models_app, name="models")
 
 data_app = typer.Typer(help="Public datasets: fetched on demand, never shipped.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

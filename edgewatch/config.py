@@ -91,7 +91,35 @@ class KafkaSettings(BaseSettings):
         return config
 
 
-class FlowSettings(KafkaSettings):
+class RegistryClientSettings(BaseSettings):
+    """Where registered models come from (``--model models:/NAME@champion``) and where they are kept."""
+
+    model_config = _settings_config()
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry server, e.g. http://mlflow:5000 (default: MLFLOW_TRACKING_URI)"
+    )
+    model_cache_dir: Path = Field(
+        Path("edgewatch-models"), description="verified registry models, kept for runs without uplink"
+    )
+
+
+class RegistrySettings(RegistryClientSettings):
+    """Settings of ``edgewatch models``: the validation policy and the audit log."""
+
+    audit_log: Path = Field(Path("edgewatch-audit.jsonl"), description="append-only log of lifecycle decisions")
+    policy_max_alarm_rate_increase: float = Field(
+        0.25, ge=0, description="candidate's fleet alarm rate may exceed the baseline's by at most this fraction"
+    )
+    policy_max_recall_drop: float = Field(
+        0.05, ge=0, le=1, description="recall of labeled faults may fall below the baseline's by at most this"
+    )
+    policy_max_precision_drop: float = Field(
+        0.05, ge=0, le=1, description="precision may fall below the baseline's by at most this"
+    )
+
+
+class FlowSettings(KafkaSettings, RegistryClientSettings):
     """Settings of the anomaly flow (``edgewatch run``, ``edgewatch iotedge``)."""
 
     in_topic: str = Field("telemetry", description="telemetry topic")
@@ -103,7 +131,9 @@ class FlowSettings(KafkaSettings):
     recovery_dir: Path | None = Field(None, description="Bytewax recovery database; enables resume after a crash")
     snapshot_seconds: float = Field(5.0, gt=0, description="epoch length: how often state is snapshotted")
     model_dir: Path | None = Field(
-        None, description="warm-start artifact written by `edgewatch train`", json_schema_extra={"cli": "--model"}
+        None,
+        description="warm-start model: an `edgewatch train` directory, or models:/NAME@ALIAS | models:/NAME/N",
+        json_schema_extra={"cli": "--model"},
     )
     detector: str = Field(
         "compact-novelty", description="compact-novelty | robust-zscore | half-space-trees | package.module:factory"
