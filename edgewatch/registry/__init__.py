@@ -21,6 +21,17 @@ The edge runtime only needs :mod:`~edgewatch.registry.resolve`, which uses nothi
 ``mlflow-skinny`` (extra ``registry-client``); logging and the pyfunc flavour need ``mlflow``
 (extra ``registry``). The model itself is read with :func:`edgewatch.online_models.artifact.load`
 (its own checks), never by unpickling the pyfunc wrapper.
+
+Where the rest of the lifecycle plugs in (not built here):
+
+- live rollout: ``resolve_model(uri, cache).artifact`` → ``LiveControls.use_artifact`` (a module
+  twin's ``modelUri``); keeping device state needs the bank to replay each device's recent readings
+  into the new model (bounded, snapshotted) before it takes over.
+- shadow: a second bank per shard fed the same readings; :func:`validation.replay`'s figures
+  (alarms as rising edges of the label, ``FaultScore``) are the per-device comparison to count live.
+- drift and retraining: ``register_model(..., alias=CHALLENGER)`` then ``validate`` →
+  ``record_validation`` → ``promote`` is the loop's decision path; ``AuditLog.append`` takes any
+  trigger (``actor="retrain --auto"``) and figures.
 """
 
 from __future__ import annotations
