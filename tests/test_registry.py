@@ -10,8 +10,9 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
+from edgewatch.app import Application
 from edgewatch.cli import app
-from edgewatch.config import RegistrySettings
+from edgewatch.config import FlowSettings, RegistrySettings
 from edgewatch.online_models.bank import new_bank
 from edgewatch.registry import RegistryError
 from edgewatch.registry.audit import AuditLog
@@ -171,8 +172,29 @@ def test_an_offline_edge_keeps_its_cached_model(streams, tmp_path, model_name, c
     assert offline.from_cache and offline.version == online.version == "1"
     assert offline.artifact.version == online.artifact.version
     assert "registry unreachable" in caplog.text and f"cached copy of {model_name} version 1" in caplog.text
+    # `run --model models:/…` starts on it: the process owner resolves through the same path
+    uri = f"models:/{model_name}@challenger"
+    settings = FlowSettings(model_dir=uri, tracking_uri=server.uri, model_cache_dir=cache)
+    assert Application(settings, handle_signals=False)._load_model().version == online.artifact.version
     with pytest.raises(RegistryError, match=r"unreachable .* no cached copy"):
         resolve_model(never_cached.replace("/1", "/2"), cache, server.uri)
+
+
+def test_a_model_that_fails_its_checksum_is_refused_and_never_cached(streams, tmp_path, mlflow_tracking_uri,
+                                                                     model_name):  # fmt: skip
+    from edgewatch.online_models.artifact import ArtifactError
+    from edgewatch.registry.publish import register_model
+
+    trained(streams[0], tmp_path / "model")
+    metadata = json.loads((tmp_path / "model" / "model.json").read_text())
+    (tmp_path / "model" / "model.json").write_text(json.dumps({**metadata, "sha256": "f" * 64}))
+    registered = register_model(tmp_path / "model", model_name, mlflow_tracking_uri)
+    with pytest.raises(ArtifactError, match="does not match its sha256"):
+        resolve_model(registered.uri, tmp_path / "cache", mlflow_tracking_uri)
+    assert not (tmp_path / "cache" / model_name / registered.version).exists()
+    result = runner.invoke(app, ["run", "--model", registered.uri, "--tracking-uri", mlflow_tracking_uri,
+                                 "--model-cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    assert result.exit_code == 2 and "does not match its sha256" in said(result)
 
 
 def test_models_cli_validate_promote_rollback_status(streams, tmp_path, mlflow_tracking_uri, model_name):
