@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from edgewatch.cli_options import settings_command
-from edgewatch.config import FlowSettings, KafkaSettings, RegistryClientSettings, SimulatorSettings
+from edgewatch.config import FlowSettings, KafkaSettings, RegistrySettings, SimulatorSettings
 from edgewatch.registry.cli import models_app
 
 app = typer.Typer(
@@ -336,9 +336,9 @@ def bench(
 
 
 @app.command()
-@settings_command(RegistryClientSettings, only=["tracking_uri"])
+@settings_command(RegistrySettings, only=["tracking_uri", "audit_log"])
 def train(
-    settings: RegistryClientSettings,
+    settings: RegistrySettings,
     input_path: Annotated[
         Path, typer.Option("--input", help="history: .jsonl (edgewatch simulate --out) or .csv (timestamp + columns)")
     ],
@@ -375,7 +375,7 @@ def train(
     if register:
         from edgewatch.registry.cli import register_trained
 
-        register_trained(out, register, settings.tracking_uri, input_path, metrics)
+        register_trained(settings, out, register, input_path, metrics)
 
 
 evaluate_app = typer.Typer(help="Score edgewatch's detector on public benchmarks.", no_args_is_help=True)

@@ -43,8 +43,9 @@ def model_name():
     return f"pumps-{uuid.uuid4().hex[:8]}"
 
 
-def register(history, out, name, tracking_uri, *extra):
-    args = ["train", "--input", str(history), "--out", str(out), "--register", name, "--tracking-uri", tracking_uri]
+def register(history, out, name, tracking_uri, *extra, audit=None):
+    args = ["train", "--input", str(history), "--out", str(out), "--register", name, "--tracking-uri", tracking_uri,
+            "--audit-log", str(audit or out.parent / "audit.jsonl")]  # fmt: skip
     result = runner.invoke(app, [*args, *extra])
     assert result.exit_code == 0, result.output
     return result
@@ -202,14 +203,14 @@ def test_models_cli_validate_promote_rollback_status(streams, tmp_path, mlflow_t
 
     audit = tmp_path / "audit.jsonl"
     common = ["--tracking-uri", mlflow_tracking_uri]
-    register(streams[0], tmp_path / "v1", model_name, mlflow_tracking_uri)
+    register(streams[0], tmp_path / "v1", model_name, mlflow_tracking_uri, audit=audit)
     promoted = runner.invoke(app, ["models", "promote", model_name, "1", "--reason", "first model", "--actor", "ana",
                                    "--audit-log", str(audit), *common])  # fmt: skip
     assert promoted.exit_code == 0, promoted.output
 
     # v2 from another regime's history: it misjudges the real stream, the gate says so
     register(shifted_copy(streams[0], tmp_path / "shifted.jsonl", 30.0), tmp_path / "v2", model_name,
-             mlflow_tracking_uri)  # fmt: skip
+             mlflow_tracking_uri, audit=audit)  # fmt: skip
     report = tmp_path / "report.json"
     validated = runner.invoke(app, ["models", "validate", "--candidate", f"models:/{model_name}/2", "--baseline",
                                     f"models:/{model_name}@champion", "--data", str(streams[1]), "--report",
@@ -250,9 +251,36 @@ def test_models_cli_validate_promote_rollback_status(streams, tmp_path, mlflow_t
     assert nothing_left.exit_code == 2 and "no previous champion" in said(nothing_left)
 
     entries = AuditLog(audit).entries()
-    assert [e["action"] for e in entries] == ["promote", "validate", "promote-refused", "promote", "rollback"]
-    assert entries[3]["forced"] and entries[3]["actor"] == "bo" and entries[3]["reason"] == "operator knows"
-    assert entries[4]["version"] == "1" and entries[4]["previous"] == "2"
+    assert [e["action"] for e in entries] == [
+        "register", "promote", "register", "validate", "promote-refused", "promote", "rollback"
+    ]  # fmt: skip
+    assert entries[2]["version"] == "2" and entries[2]["data"].endswith("shifted.jsonl") and entries[2]["run_id"]
+    assert entries[3]["baseline_version"] == "1" and entries[3]["status"] == "failed"
+    assert entries[5]["forced"] and entries[5]["actor"] == "bo" and entries[5]["reason"] == "operator knows"
+    assert entries[6]["version"] == "1" and entries[6]["previous"] == "2"
+
+
+def test_promotion_needs_a_validation_against_the_current_champion(streams, tmp_path, mlflow_tracking_uri,
+                                                                   model_name):  # fmt: skip
+    from edgewatch.registry import lifecycle
+    from edgewatch.registry.publish import register_model
+
+    trained(streams[0], tmp_path / "model")
+    for _ in range(3):
+        register_model(tmp_path / "model", model_name, mlflow_tracking_uri)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    lifecycle.promote(mlflow_tracking_uri, model_name, "1", "first", audit, "ana")  # nothing to compare with yet
+    with pytest.raises(RegistryError, match="never validated against the champion"):
+        lifecycle.promote(mlflow_tracking_uri, model_name, "2", "untested", audit, "ana")
+    passed = {"passed": True, "candidate_fleet": {}, "baseline_fleet": {}}
+    for version in ("2", "3"):
+        lifecycle.record_validation(mlflow_tracking_uri, model_name, version, passed, audit, "ci", "1")
+    lifecycle.promote(mlflow_tracking_uri, model_name, "2", "beat version 1", audit, "ana")
+    with pytest.raises(RegistryError, match="validated against 1, but the champion is now version 2"):
+        lifecycle.promote(mlflow_tracking_uri, model_name, "3", "beat version 1 too", audit, "ana")
+    assert [e["action"] for e in audit.entries()] == [
+        "promote", "promote-refused", "validate", "validate", "promote", "promote-refused"
+    ]  # fmt: skip
 
 
 def test_run_refuses_an_unknown_registry_model_in_one_line(tmp_path, mlflow_tracking_uri, model_name):

@@ -36,7 +36,7 @@ def test_train_register_run_validate_promote_rollback(kafka_bootstrap, flow_topi
     first_300 = tmp_path / "history-v1.jsonl"
     first_300.write_bytes(b"".join(history.read_bytes().splitlines(keepends=True)[: 8 * 300]))
 
-    trained = invoke("train", "--input", first_300, "--out", tmp_path / "v1", "--register", name, *registry)
+    trained = invoke("train", "--input", first_300, "--out", tmp_path / "v1", "--register", name, *registry, *audit)
     assert trained.exit_code == 0 and f"registered models:/{name}/1" in trained.output, trained.output
     v1_version = json.loads((tmp_path / "v1" / "model.json").read_text())["version"]
     promoted = invoke("models", "promote", name, "1", "--reason", "first model", *registry, *audit)
@@ -55,7 +55,7 @@ def test_train_register_run_validate_promote_rollback(kafka_bootstrap, flow_topi
     assert {event["model"]["version"] for event in events} == {v1_version}
 
     # v2 on more recent history; the gate replays the recorded stream through both
-    trained = invoke("train", "--input", history, "--out", tmp_path / "v2", "--register", name, *registry)
+    trained = invoke("train", "--input", history, "--out", tmp_path / "v2", "--register", name, *registry, *audit)
     assert trained.exit_code == 0, trained.output
     report = tmp_path / "validation.json"
     pair = ["--candidate", f"models:/{name}@challenger", "--baseline", f"models:/{name}@champion"]
@@ -80,10 +80,12 @@ def test_train_register_run_validate_promote_rollback(kafka_bootstrap, flow_topi
     assert status["versions"][0]["validation"] == ("passed" if verdict["passed"] else "failed")
 
     entries = AuditLog(tmp_path / "audit.jsonl").entries()
-    expected = ["promote", "validate", *([] if verdict["passed"] else ["promote-refused"]), "promote", "rollback"]
+    refusal = [] if verdict["passed"] else ["promote-refused"]
+    expected = ["register", "promote", "register", "validate", *refusal, "promote", "rollback"]
     assert [entry["action"] for entry in entries] == expected
     assert all(entry["actor"] and entry["time"] for entry in entries)
-    assert entries[1]["figures"]["candidate_fleet"] == verdict["candidate_fleet"]
+    assert entries[3]["figures"]["candidate_fleet"] == verdict["candidate_fleet"]
+    assert entries[0]["data"] == str(first_300) and entries[2]["data"] == str(history)
     assert entries[-2]["version"] == "2" and entries[-2]["previous"] == "1"
     assert entries[-2]["forced"] is not verdict["passed"]
     last = entries[-1]

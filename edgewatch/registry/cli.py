@@ -83,6 +83,7 @@ def validate(
                 outcome.summary(),
                 _audit(settings),
                 _actor(actor),
+                resolved[1].version if resolved[1].name == resolved[0].name else None,
             )
         except RegistryError as exc:
             raise typer.BadParameter(f"validation done but not recorded: {exc}") from None
@@ -161,8 +162,8 @@ def status(
         )
 
 
-def register_trained(model_dir: Path, name: str, tracking_uri: str | None, data: Path, metrics: Path | None) -> None:
-    """``edgewatch train --register NAME``: log and register what train just wrote."""
+def register_trained(settings: RegistrySettings, model_dir: Path, name: str, data: Path, metrics: Path | None) -> None:
+    """``edgewatch train --register NAME``: log and register what train just wrote; audited."""
     from edgewatch.registry.publish import register_model
 
     figures = None
@@ -172,7 +173,11 @@ def register_trained(model_dir: Path, name: str, tracking_uri: str | None, data:
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise typer.BadParameter(f"--metrics {metrics}: expected a JSON object of numbers ({exc})") from None
     try:
-        registered = register_model(model_dir, name, tracking_uri, data, figures)
+        registered = register_model(model_dir, name, settings.tracking_uri, data, figures)
     except RegistryError as exc:
         raise typer.BadParameter(str(exc)) from None
+    _audit(settings).append(
+        "register", model=name, version=registered.version, actor=_actor(None), run_id=registered.run_id,
+        model_version=registered.model_version, data=str(data), metrics=figures,
+    )  # fmt: skip
     typer.echo(f"train: registered {registered.uri} (alias challenger, run {registered.run_id})")

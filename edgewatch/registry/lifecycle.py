@@ -1,8 +1,8 @@
 """Promote, roll back, and show a registered model; every decision recorded twice.
 
 - **promote** ``NAME VERSION``: the version becomes ``champion``. Refused when its last
-  validation failed, or when it was never validated while another version is champion, unless
-  forced. The previous champion is kept in the model's champion history (rollback target).
+  validation failed, or when it was not validated against the version that is champion now,
+  unless forced. The previous champion is kept in the model's champion history (rollback target).
 - **rollback** ``NAME``: ``champion`` returns to the previous champion of the history.
 - **status** ``NAME``: versions, aliases, the last validation of each version, the history.
 
@@ -25,18 +25,34 @@ HISTORY_TAG = f"{TAG}champion_history"
 VALIDATION_STATUS = f"{TAG}validation.status"
 VALIDATION_SUMMARY = f"{TAG}validation.summary"
 VALIDATION_TIME = f"{TAG}validation.time"
+VALIDATION_BASELINE = f"{TAG}validation.baseline_version"
 HISTORY_LIMIT = 50  # versions remembered (an MLflow tag value is bounded)
 
 
-def record_validation(tracking_uri: str | None, name: str, version: str, summary: dict, audit: AuditLog, actor: str):
-    """Store a validation's verdict and fleet figures on the candidate version and in the audit log."""
+def record_validation(
+    tracking_uri: str | None,
+    name: str,
+    version: str,
+    summary: dict,
+    audit: AuditLog,
+    actor: str,
+    baseline_version: str | None = None,
+) -> dict:
+    """Store a validation's verdict and fleet figures on the candidate version and in the audit log.
+
+    ``baseline_version``: the version of the same registered model it was compared with (promotion
+    asks that it still be the champion)."""
     registry = client(tracking_uri)
     status = "passed" if summary["passed"] else "failed"
     with _registry_errors(name):
         registry.set_model_version_tag(name, version, VALIDATION_STATUS, status)
         registry.set_model_version_tag(name, version, VALIDATION_TIME, datetime.now(UTC).isoformat())
         registry.set_model_version_tag(name, version, VALIDATION_SUMMARY, json.dumps(summary)[:4900])
-    return audit.append("validate", model=name, version=version, actor=actor, status=status, figures=summary)
+        registry.set_model_version_tag(name, version, VALIDATION_BASELINE, baseline_version or "")
+    return audit.append(
+        "validate", model=name, version=version, baseline_version=baseline_version, actor=actor, status=status,
+        figures=summary,
+    )  # fmt: skip
 
 
 def promote(
@@ -63,6 +79,11 @@ def promote(
         refusal = f"{name} version {version} failed its last validation"
     elif status is None and previous is not None:
         refusal = f"{name} version {version} was never validated against the champion (version {previous})"
+    elif previous is not None and candidate.tags.get(VALIDATION_BASELINE) != previous:
+        compared = candidate.tags.get(VALIDATION_BASELINE) or "another model"
+        refusal = (
+            f"{name} version {version} was validated against {compared}, but the champion is now version {previous}"
+        )
     if refusal and not force:
         audit.append("promote-refused", model=name, version=version, actor=actor, reason=reason, why=refusal)
         raise RegistryError(f"{refusal}: run `edgewatch models validate`, or promote with --force")
