@@ -134,6 +134,9 @@ def test_train_register_logs_lineage_and_a_pyfunc_model(streams, tmp_path, mlflo
     assert list(answer.columns) == ["device_id", "timestamp", "score", "is_anomaly", "error"]
     assert answer["score"].tolist() == [e.score for e in expected]
     assert answer["is_anomaly"].tolist() == [e.is_anomaly for e in expected]
+    # a list of readings (the generic telemetry shape) works too
+    as_list = [{"deviceId": r.device_id, "timestamp": r.timestamp, "values": r.features} for r in readings]
+    assert model.predict(as_list)["score"].tolist() == answer["score"].tolist()
 
 
 def test_resolve_downloads_verifies_and_caches(streams, tmp_path, mlflow_tracking_uri, model_name, caplog):
