@@ -115,10 +115,18 @@ class Application:
         model_dir = self.settings.model_dir
         if model_dir is None:
             return None
-        try:  # refuse a bad artifact before anything starts
-            fitted = artifact_module.load(Path(model_dir), self.settings.model_public_key)
-        except artifact_module.ArtifactError as exc:
+        from edgewatch.registry import RegistryError
+        from edgewatch.registry.resolve import resolve_model
+
+        try:  # refuse a bad artifact before anything starts; a registry URI is resolved, verified, cached
+            resolved = resolve_model(
+                model_dir, self.settings.model_cache_dir, self.settings.tracking_uri, self.settings.model_public_key
+            )
+        except (artifact_module.ArtifactError, RegistryError) as exc:
             raise SetupError(str(exc)) from None
+        if resolved.version is not None:
+            log.info("model %s", resolved.describe())
+        fitted = resolved.artifact
         if "detector" in self.settings.model_fields_set and self.settings.detector != fitted.spec.name:
             raise SetupError(f"--model holds a {fitted.spec.name} detector, not {self.settings.detector}")
         self.settings.detector = fitted.spec.name

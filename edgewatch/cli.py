@@ -18,7 +18,8 @@ from typing import Annotated
 import typer
 
 from edgewatch.cli_options import settings_command
-from edgewatch.config import FlowSettings, KafkaSettings, SimulatorSettings
+from edgewatch.config import FlowSettings, KafkaSettings, RegistrySettings, SimulatorSettings
+from edgewatch.registry.cli import models_app
 
 app = typer.Typer(
     help="Streaming anomaly detection for industrial device fleets.",
@@ -335,7 +336,9 @@ def bench(
 
 
 @app.command()
+@settings_command(RegistrySettings, only=["tracking_uri", "audit_log"])
 def train(
+    settings: RegistrySettings,
     input_path: Annotated[
         Path, typer.Option("--input", help="history: .jsonl (edgewatch simulate --out) or .csv (timestamp + columns)")
     ],
@@ -348,6 +351,13 @@ def train(
     task: Annotated[str, typer.Option(help="anomaly | rul (run-to-failure history, e.g. CMAPSS train_FD001.txt)")] = (
         "anomaly"
     ),
+    register: Annotated[
+        str | None, typer.Option(help="also register it in MLflow as this model's next version", show_default=False)
+    ] = None,
+    metrics: Annotated[
+        Path | None,
+        typer.Option(help="with --register: a JSON file {name: number} of evaluation figures", show_default=False),
+    ] = None,
 ) -> None:
     """Batch-fit the detector on history, one model per device; `run --model` warm-starts from it."""
     if task == "rul":
@@ -373,6 +383,10 @@ def train(
         f"train: version={saved.version} rows={training['rows']} devices={training['devices']} "
         f"from={training['first_timestamp']} to={training['last_timestamp']} out={out}"
     )
+    if register:
+        from edgewatch.registry.cli import register_trained
+
+        register_trained(settings, out, register, input_path, metrics)
 
 
 evaluate_app = typer.Typer(help="Score edgewatch's detector on public benchmarks.", no_args_is_help=True)
@@ -599,11 +613,12 @@ def recovery_reshard(
         moved = reshard_recovery_dir(path, shards)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    (path / SHARDS_FILE).write_text(str(shards))
     typer.echo(
         f"recovery: {sum(moved.values())} device(s) in {len(moved)} shard(s) of {shards}; run with --shards {shards}"
     )
 
+
+app.add_typer(models_app, name="models")
 
 data_app = typer.Typer(help="Public datasets: fetched on demand, never shipped.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -93,7 +93,35 @@ class KafkaSettings(BaseSettings):
         return config
 
 
-class FlowSettings(KafkaSettings, StateLimits):
+class RegistryClientSettings(BaseSettings):
+    """Where registered models come from (``--model models:/NAME@champion``) and where they are kept."""
+
+    model_config = _settings_config()
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry server, e.g. http://mlflow:5000 (default: MLFLOW_TRACKING_URI)"
+    )
+    model_cache_dir: Path = Field(
+        Path("edgewatch-models"), description="verified registry models, kept for runs without uplink"
+    )
+
+
+class RegistrySettings(RegistryClientSettings):
+    """Settings of ``edgewatch models``: the validation policy and the audit log."""
+
+    audit_log: Path = Field(Path("edgewatch-audit.jsonl"), description="append-only log of lifecycle decisions")
+    policy_max_alarm_rate_increase: float = Field(
+        0.25, ge=0, description="candidate's fleet alarm rate may exceed the baseline's by at most this fraction"
+    )
+    policy_max_recall_drop: float = Field(
+        0.05, ge=0, le=1, description="recall of labeled faults may fall below the baseline's by at most this"
+    )
+    policy_max_precision_drop: float = Field(
+        0.05, ge=0, le=1, description="precision may fall below the baseline's by at most this"
+    )
+
+
+class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     """Settings of the anomaly flow (``edgewatch run``, ``edgewatch iotedge``); the memory limits
     of the device banks are :class:`~edgewatch.state.limits.StateLimits`'."""
 
@@ -110,7 +138,9 @@ class FlowSettings(KafkaSettings, StateLimits):
     recovery_dir: Path | None = Field(None, description="Bytewax recovery database; enables resume after a crash")
     snapshot_seconds: float = Field(5.0, gt=0, description="epoch length: how often state is snapshotted")
     model_dir: Path | None = Field(
-        None, description="warm-start artifact written by `edgewatch train`", json_schema_extra={"cli": "--model"}
+        None,
+        description="warm-start model: an `edgewatch train` directory, or models:/NAME@ALIAS | models:/NAME/N",
+        json_schema_extra={"cli": "--model"},
     )
     model_public_key: str | None = Field(
         None, description="ed25519 public key (PEM text or file): load only models signed by it (train --sign-key)"

@@ -17,7 +17,7 @@ import pytest
 
 from edgewatch.config import data_dir
 
-pytest_plugins = ["tests.support.iothub"]
+pytest_plugins = ["tests.support.iothub", "tests.support.mlflow_server"]
 
 
 @pytest.fixture(scope="session")

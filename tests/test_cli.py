@@ -21,6 +21,11 @@ COMMANDS = [
     "replay",
     "iotedge",
     "ui",
+    "models",
+    "models validate",
+    "models promote",
+    "models rollback",
+    "models status",
 ]
 
 

@@ -253,6 +253,7 @@ def test_values_mirror_every_flow_setting():
         "eventhubs_sink_connection_string",
         "iothub_ca_cert",
         "buffer_dir",
+        "model_cache_dir",
         # the pod runs `python -m bytewax.run`: workers come from cluster.workersPerProcess,
         # metrics from Bytewax's dataflow API (metrics.port), topics from the Kafka side
         "workers",
