@@ -14,7 +14,7 @@ from edgewatch.config import data_dir
 from edgewatch.evaluation.cmapss import learn_from_failures
 from edgewatch.rul import artifact
 from edgewatch.rul.train import TrainConfig
-from tests.cliutil import said
+from tests.support.cli import said
 
 pytest.importorskip("lightgbm", reason="training needs the train extra (lightgbm)")
 
