@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from edgewatch.cli_options import settings_command
-from edgewatch.config import FlowSettings, KafkaSettings, RegistrySettings, SimulatorSettings
+from edgewatch.config import FlowSettings, KafkaSettings, RegistrySettings, RulSettings, SimulatorSettings
 from edgewatch.registry.cli import models_app
 
 app = typer.Typer(
@@ -233,6 +233,57 @@ def run(
     typer.echo(f"run: {where}; {_model_line(application)}; {state}", err=True)
     application.run(flow)
     typer.echo("run: stopped", err=True)
+
+
+#: settings of the anomaly flow that the RUL flow does not read
+ANOMALY_ONLY = [
+    *("detector", "threshold", "shards", "alarms_topic", "drift_topic", "out_topic", "model_dir", "model_public_key"),
+    *("max_features_per_device", "max_feature_sets", "max_devices", "iothub", "iothub_send", "iothub_output"),
+    *("iothub_ca_cert", "eventhubs_sink_hub", "eventhubs_sink_send"),
+]
+
+
+@app.command("run-rul")
+@settings_command(RulSettings, exclude=ANOMALY_ONLY)
+def run_rul(
+    settings: RulSettings,
+    replay: Annotated[
+        Path | None, typer.Option(help="run on a recorded file (CMAPSS .txt, .jsonl, .csv) instead of Kafka")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="with --replay: RUL estimates JSONL (default rul.jsonl)")] = None,
+) -> None:
+    """Run the RUL flow: telemetry → per-reading remaining useful life (P10/P50/P90) and maintenance alerts."""
+    from edgewatch.connectors.kafka import ensure_topics
+    from edgewatch.flows.rul import kafka_rul_flow, load_fleet, replay_rul_flow
+    from edgewatch.flows.wiring import sibling
+    from edgewatch.rul.artifact import ArtifactError as RulArtifactError
+
+    if replay is not None:
+        _check_readable(replay)
+        _check_writable(out or Path("rul.jsonl"))
+    try:
+        fleet = load_fleet(settings)
+    except (OSError, ValueError, RulArtifactError) as exc:
+        raise _fail(str(exc)) from None
+    application = _application(settings, input_name=replay.name if replay is not None else None)
+    application.closing(fleet.close)
+    if replay is not None:
+        estimates = out or Path("rul.jsonl")
+        flow = replay_rul_flow(application, fleet, replay, estimates)
+        where = f"{replay} → {estimates} (alerts, dead letters → {sibling(estimates, '*')})"
+    else:
+        topics = [settings.rul_topic, settings.maintenance_alerts_topic, settings.dlq_topic]
+        ends = [settings.run_end_topic] if settings.run_end_topic else []
+        must_exist = [] if settings.create_topics else [settings.in_topic]
+        ensure_topics(
+            settings.client_config(), [settings.in_topic, *ends, *topics], settings.partitions, must_exist=must_exist
+        )
+        flow = kafka_rul_flow(application, fleet)
+        alerts = settings.maintenance_alerts_topic
+        where = f"{settings.in_topic}@{settings.bootstrap} → {settings.rul_topic}, alerts → {alerts}"
+    typer.echo(f"run-rul: {where}; model {fleet.model.version}, horizon {settings.horizon:g} cycles", err=True)
+    application.run(flow)
+    typer.echo("run-rul: stopped", err=True)
 
 
 @app.command()

@@ -189,6 +189,27 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
         return 1 if self.workers == 1 else 4 * self.workers
 
 
+class RulSettings(FlowSettings):
+    """Settings of the RUL flow (``edgewatch run-rul``): the flow's input, recovery, metrics and cloud
+    settings, and these."""
+
+    rul_model: Path | None = Field(None, description="`edgewatch train --task rul` output")
+    rul_topic: str = Field("rul", description="RUL estimates, one per reading (P10/P50/P90)")
+    maintenance_alerts_topic: str = Field(
+        "maintenance-alerts", description="one alert per run when P10 first falls below the horizon"
+    )
+    run_end_topic: str | None = Field(
+        "maintenance", description="run ends: a device failed or was serviced (empty: none read)"
+    )
+    horizon: float = Field(30.0, gt=0, description="alert when the 10 % quantile of the RUL falls below this")
+    refit_every: int | None = Field(
+        None, ge=1, description="refit the fleet model after this many observed failures (needs the train extra)"
+    )
+    replay_ends_in_failure: bool = Field(
+        False, description="with --replay: every device's run ends in a failure at the end of the file"
+    )
+
+
 class SimulatorSettings(KafkaSettings):
     """Settings of ``edgewatch simulate``."""
 

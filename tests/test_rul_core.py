@@ -17,47 +17,10 @@ from edgewatch.rul.features import find_regimes
 from edgewatch.rul.online import RulFleet
 from edgewatch.rul.train import Run, TrainConfig, replay_features, runs_from_readings, train_rul, train_runs
 from edgewatch.rul.trees import Forest
-from edgewatch.schema import CMAPSS_FEATURES, RawMessage, Reading
+from edgewatch.schema import CMAPSS_FEATURES, Reading
+from tests.support.rul import SMALL, raw_at, readings_of, synthetic_fleet
 
 lightgbm = pytest.importorskip("lightgbm", reason="training needs the train extra (lightgbm)")
-
-SMALL = TrainConfig(trees=60, learning_rate=0.1, leaves=7, min_leaf=10, folds=0, threads=1)
-
-
-def synthetic_fleet(engines: int, seed: int, regimes: int = 1) -> list[Run]:
-    """Engines whose sensors 2, 3, 4 drift exponentially towards failure (plus noise), flown at
-    ``regimes`` operating points that shift every sensor; the other sensors are noise or constant."""
-    points = np.random.default_rng(regimes).uniform(0, 40, size=(regimes, 3))  # the same for every fleet
-    rng = np.random.default_rng(seed)
-    runs = []
-    for engine in range(engines):
-        life = int(rng.integers(120, 260))
-        wear = np.exp((np.arange(life) - life) / 40.0)  # ~0 early, 1 at failure
-        regime = rng.integers(regimes, size=life)
-        rows = np.zeros((life, len(CMAPSS_FEATURES)))
-        rows[:, :3] = points[regime] + rng.normal(0, 0.001, (life, 3))
-        offset = points[regime, 0:1] * 2.0  # the operating point moves every sensor
-        rows[:, 3:] = 100.0 + offset + rng.normal(0, 0.5, (life, 21))
-        rows[:, 3 + 0] = 518.67  # constant, like C-MAPSS sensor 1
-        for sensor, gain in ((1, 4.0), (2, -3.0), (3, 5.0)):
-            rows[:, 3 + sensor] += gain * wear + rng.normal(0, 0.3)  # per-engine initial wear
-        runs.append(Run(f"engine-{engine:03d}", rows))
-    return runs
-
-
-def readings_of(runs: list[Run], interleave: bool = True) -> list[Reading]:
-    """The runs as readings, cycle by cycle across engines (as a fleet streams) or run by run."""
-    items = [(cycle, i, run, row) for i, run in enumerate(runs) for cycle, row in enumerate(run.rows)]
-    if interleave:
-        items.sort(key=lambda item: (item[0], item[1]))
-    return [
-        Reading(run.device_id, float(cycle), dict(zip(CMAPSS_FEATURES, row.tolist(), strict=True)), _raw(n))
-        for n, (cycle, _, run, row) in enumerate(items)
-    ]
-
-
-def _raw(offset: int) -> RawMessage:
-    return RawMessage(None, b"{}", [], "telemetry", 0, offset, None)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +119,7 @@ def test_train_rul_takes_readings_one_run_per_device(fleet_runs):
     runs = runs_from_readings(readings)
     assert [len(r.rows) for r in runs] == [len(r.rows) for r in fleet_runs[:6]]
     assert train_rul(readings, SMALL).metadata["training"]["runs"] == 6
-    broken = Reading("x", 0.0, {"Sensor2": 1.0}, _raw(0))
+    broken = Reading("x", 0.0, {"Sensor2": 1.0}, raw_at(0))
     with pytest.raises(ValueError, match="lacks feature"):
         runs_from_readings([broken])
 
@@ -220,7 +183,7 @@ def test_fleet_matches_batch_replay_and_rejects_readings_it_cannot_use(model, fl
     for run in runs:
         mine = np.array([[e.p10, e.p50, e.p90] for e in got if e.device_id == run.device_id])
         np.testing.assert_allclose(mine, model.predict(replay_features(model.spec, [run])))
-    broken = Reading("pump-1", 0.0, {"temperature": 1.0}, _raw(0))
+    broken = Reading("pump-1", 0.0, {"temperature": 1.0}, raw_at(0))
     batch = fleet.update_many([broken])
     assert batch.estimates == []
     assert batch.rejected[0].reason == "RUL model needs feature 'OperationalSetting1'"

@@ -27,11 +27,10 @@ lower bound of its RUL is known) and is not learned from. Either way the device 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import orjson
 
-from edgewatch.schema import RawMessage, format_timestamp
+from edgewatch.schema import RawMessage, format_timestamp, parse_iso_utc
 
 RUN_END_KINDS = ("failure", "maintenance")
 MODEL_NAME = "rul"
@@ -117,10 +116,9 @@ def parse_run_end(value: bytes) -> RunEnd:
         raise ValueError(f"run end event must be one of {', '.join(RUN_END_KINDS)}, got {kind!r}")
     if isinstance(stamp, str):
         try:
-            parsed = datetime.fromisoformat(stamp)
+            stamp = parse_iso_utc(stamp).timestamp()
         except ValueError:
             raise ValueError(f"run end timestamp is not ISO-8601: {stamp[:40]!r}") from None
-        stamp = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     elif stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, int | float)):
         raise ValueError("run end timestamp must be ISO-8601 or epoch seconds")
     return RunEnd(device_id, kind, None if stamp is None else float(stamp))

@@ -58,6 +58,7 @@ from edgewatch.rul.events import RulEstimate, RunEnd
 from edgewatch.rul.model import RulModel
 from edgewatch.rul.train import Run, TrainConfig, train_runs
 from edgewatch.schema import DeadLetter, Reading
+from edgewatch.state import codec
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,39 @@ class RulFleet:
         if self.refit_every is not None and self.failures_since_refit >= self.refit_every and self._pending is None:
             self._start_refit()
         return run
+
+    def snapshot(self) -> bytes:
+        """The devices' current runs as data (:mod:`edgewatch.state.codec`): their readings so far and
+        whether their alert was raised. The feature state is rebuilt from them on restore; the store
+        of past runs and a refit model are not kept (a restart serves the artifact's model)."""
+        devices = [device for device, rows in self._rows.items() if rows]
+        lengths = [len(self._rows[device]) for device in devices]
+        width = len(self.model.columns)
+        rows = np.concatenate([np.array(self._rows[d]) for d in devices]) if devices else np.empty((0, width))
+        header = {"kind": "rul-fleet", "devices": devices, "alerted": [self._alerted[d] for d in devices]}
+        return codec.pack({**header, "lengths": lengths, "width": width}, [rows.astype(np.float64)], compress=True)
+
+    def restore(self, blob: bytes) -> None:
+        """Resume the runs a :meth:`snapshot` holds (the feature state replayed under the current model)."""
+        header, arrays = codec.unpack(blob)
+        codec.expect(header, "rul-fleet")
+        devices, lengths, alerted = header["devices"], header["lengths"], header["alerted"]
+        (rows,) = arrays
+        width = len(self.model.columns)
+        if header["width"] != width or rows.shape != (sum(lengths), width) or len(devices) != len(lengths):
+            raise codec.StateFormatError(f"RUL state of width {header['width']}, the model reads {width} columns")
+        start = 0
+        for device, length, raised in zip(devices, lengths, alerted, strict=True):
+            slot = self._slot(device)
+            run = rows[start : start + length]
+            start += length
+            self._rows[device] = list(run)
+            self._alerted[device] = bool(raised)
+            self.model.spec.update(self._state, np.full(length, slot, dtype=np.int64), run)
+
+    def active_devices(self) -> list[str]:
+        """Devices with a run in progress."""
+        return [device for device, rows in self._rows.items() if rows]
 
     def wait_for_refit(self) -> None:
         """Block until a background refit (if any) has landed."""
