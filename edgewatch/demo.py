@@ -34,6 +34,9 @@ from edgewatch.simulator import FAULT_HEADER, Fleet
 
 PARTITIONS = 4
 DRAIN_TIMEOUT = 60.0
+#: legitimate operating changes (setpoint and load steps) and a daily-like ambient cycle, labeled normal
+CHANGE_RATE = 0.001  # per machine and tick
+AMBIENT_PERIOD = 1800  # ticks
 
 
 @dataclass
@@ -45,12 +48,15 @@ class DemoSummary:
     detected: int
     precision: float
     recall: float
+    changes: int = 0
+    alarmed_after_change: int = 0
 
     def line(self) -> str:
         return (
             f"demo: events={self.events} labeled={self.labeled} deadletter={self.deadletter} "
             f"faults={self.faults} detected={self.detected} "
-            f"precision={self.precision:.3f} recall={self.recall:.3f}"
+            f"precision={self.precision:.3f} recall={self.recall:.3f} "
+            f"changes={self.changes} alarmed_after_change={self.alarmed_after_change}"
         )
 
 
@@ -61,7 +67,8 @@ class _Watch:
         self.truth = truth
         self.labeled = 0
         self.deadletter = 0
-        self.anomalies_by_device: Counter[str] = Counter()
+        self.anomalies_by_device: Counter[str] = Counter()  # alarms raised per device
+        self.in_alarm: set[str] = set()
         self.latest: deque[tuple] = deque(maxlen=8)
         self._labeled_topic = labeled_topic
         self._consumer = Consumer(
@@ -80,16 +87,21 @@ class _Watch:
                 continue
             self.labeled += 1
             event = orjson.loads(msg.value())
-            if not event["is_anomaly"]:
-                continue
             device = event["device_id"]
+            if not event["is_anomaly"]:
+                self.in_alarm.discard(device)
+                continue
             fault = headers.get(FAULT_HEADER, b"").decode()
             with self.lock:
                 self.truth.labeled(device, int(headers["sequenceNumber"]), True)
+            if device in self.in_alarm:
+                continue
+            # the device's alarm was raised at this reading: one row, with what drove it
+            self.in_alarm.add(device)
             self.anomalies_by_device[device] += 1
-            self.latest.appendleft(
-                (event["timestamp"][11:23], device, event["score"], event["features"]["machine.temperature"], fault)
-            )
+            explanation = event.get("explanation") or {}
+            why = max(explanation, key=explanation.get).split(".")[-1] if explanation else "?"
+            self.latest.appendleft((event["timestamp"][11:23], device, event["score"], why, fault))
 
     def close(self) -> None:
         self._consumer.close()
@@ -111,17 +123,22 @@ def _view(watch: _Watch, sent: int, elapsed: float, seconds: float, devices: int
     )
     stats.add_row(
         f"faults [b]{truth.faults}[/b]  detected [b]{truth.detected}[/b]  "
-        f"precision [b]{_ratio(truth.precision, truth.flagged > 0)}[/b]  "
+        f"precision [b]{_ratio(truth.episode_precision, truth.flagged > 0)}[/b]  "
         f"recall [b]{_ratio(truth.recall, truth.faults > 0)}[/b]"
     )
-    latest = Table(title="latest anomalies", expand=False, padding=(0, 1), box=box.SIMPLE_HEAD)
+    stats.add_row(
+        f"legitimate changes [b]{truth.changes}[/b]  readings alarmed after one [b]{truth.alarmed_after_change}[/b]"
+    )
+    latest = Table(
+        title=f"alarms raised · {len(watch.in_alarm)} active", expand=False, padding=(0, 1), box=box.SIMPLE_HEAD
+    )
     latest.add_column("time", no_wrap=True)
     latest.add_column("device", no_wrap=True)
     latest.add_column("score", justify="right", no_wrap=True)
-    latest.add_column("°C", justify="right", no_wrap=True)
+    latest.add_column("why", no_wrap=True)
     latest.add_column("fault", no_wrap=True)
-    for time_of_day, device, score, temperature, fault in watch.latest:
-        latest.add_row(time_of_day[:8], device, f"{score:.2f}", f"{temperature:.1f}", fault or "[red]none[/red]")
+    for time_of_day, device, score, why, fault in watch.latest:
+        latest.add_row(time_of_day[:8], device, f"{score:.2f}", why, fault or "[red]none[/red]")
     top = Table(title="top devices", padding=(0, 1), box=box.SIMPLE_HEAD)
     top.add_column("device", no_wrap=True)
     top.add_column("alarms", justify="right")
@@ -183,6 +200,8 @@ def run_demo(
             seed=seed,
             fault_rate=0.003,
             malformed_rate=0.002,
+            change_rate=CHANGE_RATE,
+            ambient_period=AMBIENT_PERIOD,
             start_time=time.time(),
             tick_seconds=devices / rate,
         )
@@ -191,7 +210,7 @@ def run_demo(
 
         def on_record(record) -> None:
             with watch.lock:
-                truth.sent(record.key.decode(), int(record.headers[0][1]), record.fault)
+                truth.sent(record.key.decode(), int(record.headers[0][1]), record.fault, record.change)
             sent["events"] += 1
 
         send_errors: list[BaseException] = []
@@ -237,6 +256,8 @@ def run_demo(
             deadletter=watch.deadletter,
             faults=truth.faults,
             detected=truth.detected,
-            precision=truth.precision,
+            precision=truth.episode_precision,
             recall=truth.recall,
+            changes=truth.changes,
+            alarmed_after_change=truth.alarmed_after_change,
         )

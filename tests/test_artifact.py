@@ -38,9 +38,9 @@ def train(history, out):
 def test_train_writes_a_versioned_checksummed_artifact(history, tmp_path):
     result = train(history, tmp_path / "model")
     metadata = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert metadata["detector"] == "compact-novelty"
-    assert metadata["parameters"]["memory"] == 16
-    assert metadata["version"].startswith("compact-novelty-") and metadata["version"] in result.output
+    assert metadata["detector"] == "relational-novelty"
+    assert metadata["parameters"]["accept_after"] == 3600.0 and "memory" in str(metadata["parameters"]["novelty"])
+    assert metadata["version"].startswith("relational-novelty-") and metadata["version"] in result.output
     assert sorted(path.name for path in (tmp_path / "model").iterdir()) == ["arrays.npz", "model.json"]
     assert len(metadata["files"]["arrays.npz"]) == 64
     assert sorted(d for group in metadata["groups"] for d in group["devices"]) == [f"machine-000{i}" for i in range(4)]
@@ -71,7 +71,7 @@ def test_warm_start_continues_each_device_from_its_history(history, tmp_path):
     train(history, tmp_path / "model")
     saved = artifact.load(tmp_path / "model")
     readings, _ = read_history(history)
-    spec = BUILTIN["compact-novelty"]
+    spec = saved.spec  # the default detector's
     live = readings[-200:]
     bank = ModelBank(spec, artifact=saved)
     warm = [e.score for e in bank.label(live).events]

@@ -275,6 +275,17 @@ class RelationalNovelty(AnomalyDetector):
             return self._layout.read_row(state, 0)
         return self._layout.read_row(self._rows[features], 0)
 
+    def import_arrays(self, features: Sequence[str], arrays: dict[str, np.ndarray]) -> None:
+        """Set the state row for ``features`` from what :meth:`export_arrays` returned: how a model
+        saved as arrays (no pickle) is loaded."""
+        features = tuple(features)
+        if tuple(sorted(features)) != features:
+            raise ValueError(f"features must be in the bank's (sorted) order, got {features}")
+        state = self._layout.allocate(1, len(features))
+        self._layout.write_row(state, 0, arrays)
+        self._rows[features] = state
+        self._cache = None
+
     def state_bytes(self) -> int:
         return sum(block.nbytes for row in self._rows.values() for block in row)
 
