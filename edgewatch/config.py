@@ -125,6 +125,8 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     """Settings of the anomaly flow (``edgewatch run``, ``edgewatch iotedge``); the memory limits
     of the device banks are :class:`~edgewatch.state.limits.StateLimits`'."""
 
+    model_config = _settings_config()  # not the bases' merged: StateLimits' has no secrets folder
+
     in_topic: str = Field("telemetry", description="telemetry topic")
     out_topic: str = Field("labeled", description="labeled events topic")
     dlq_topic: str = Field("deadletter", description="dead-letter topic")

@@ -85,7 +85,8 @@ def test_flow_finds_the_simulated_faults(kafka_bootstrap, flow_topics, tmp_path)
         truth.labeled(event["device_id"], int(message.headers["sequenceNumber"]), event["is_anomaly"])
     assert truth.faults >= 20
     assert truth.recall >= 0.9, (truth.detected, truth.faults)
-    assert truth.precision >= 0.8, (truth.true_positives, truth.flagged)
+    # is_anomaly is the device's alarm state: precision per alarm episode (an alarm that overlaps a fault)
+    assert truth.episode_precision >= 0.85, truth.line()
 
 
 def test_flow_resumes_after_sigkill_without_losing_or_relearning_state(kafka_bootstrap, flow_topics, tmp_path):

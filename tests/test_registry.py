@@ -116,8 +116,8 @@ def test_train_register_logs_lineage_and_a_pyfunc_model(streams, tmp_path, mlflo
     assert version.tags["edgewatch.training.devices"] == "8"
     assert version.tags["edgewatch.training.first_timestamp"] == metadata["training"]["first_timestamp"]
     run = registry.get_run(version.run_id)
-    assert run.data.params["detector"] == "compact-novelty"
-    assert run.data.params["param.memory"] == "16"
+    assert run.data.params["detector"] == "relational-novelty"
+    assert run.data.params["param.accept_after"] == "3600.0"
     assert run.data.metrics == {"nab_standard": 61.5, "sim_recall": 0.9}
     assert run.data.tags["edgewatch.code.version"]
 
@@ -151,11 +151,12 @@ def test_resolve_downloads_verifies_and_caches(streams, tmp_path, mlflow_trackin
 
     # a cached copy that no longer matches its checksum is downloaded again, never run
     metadata = json.loads((by_alias.path / "model.json").read_text())
-    (by_alias.path / "model.json").write_text(json.dumps({**metadata, "sha256": "0" * 64}))
+    forged = {**metadata, "files": {**metadata["files"], "arrays.npz": "0" * 64}}
+    (by_alias.path / "model.json").write_text(json.dumps(forged))
     with caplog.at_level(logging.WARNING, logger="edgewatch.registry.resolve"):
         again = resolve_model(f"models:/{model_name}/1", cache, mlflow_tracking_uri)
     assert "fails its check" in caplog.text
-    assert json.loads((again.path / "model.json").read_text())["sha256"] == metadata["sha256"]
+    assert json.loads((again.path / "model.json").read_text())["files"] == metadata["files"]
 
     with pytest.raises(RegistryError, match="champion"):
         resolve_model(f"models:/{model_name}@champion", cache, mlflow_tracking_uri)
@@ -191,7 +192,8 @@ def test_a_model_that_fails_its_checksum_is_refused_and_never_cached(streams, tm
 
     trained(streams[0], tmp_path / "model")
     metadata = json.loads((tmp_path / "model" / "model.json").read_text())
-    (tmp_path / "model" / "model.json").write_text(json.dumps({**metadata, "sha256": "f" * 64}))
+    forged = {**metadata, "files": {**metadata["files"], "arrays.npz": "f" * 64}}
+    (tmp_path / "model" / "model.json").write_text(json.dumps(forged))
     registered = register_model(tmp_path / "model", model_name, mlflow_tracking_uri)
     with pytest.raises(ArtifactError, match="does not match its sha256"):
         resolve_model(registered.uri, tmp_path / "cache", mlflow_tracking_uri)

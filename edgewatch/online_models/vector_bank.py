@@ -146,12 +146,15 @@ class VectorBank:
         self._tick += 1
         dead: list[DeadLetter] = []
         refused: set[int] = set()
+        planned = set(self.groups)  # the feature sets this batch will hold, in arrival order
         for features in list(by_features):
-            reason = self._refusal(features)
+            reason = self._refusal(features, planned)
             if reason is not None:  # beyond a memory limit: a dead letter, not a new allocation
                 indices = by_features.pop(features)
                 dead.extend(DeadLetter(readings[i].raw, reason, "detect") for i in indices)
                 refused.update(indices)
+            else:
+                planned.add(features)
         if not self.alarms:
             scores = np.empty(len(readings))
             for features, indices in by_features.items():
@@ -258,14 +261,15 @@ class VectorBank:
 
     # -- storage: rows, limits, eviction, pages -------------------------------------------------
 
-    def _refusal(self, features: tuple[str, ...]) -> str | None:
-        """Why readings with ``features`` are refused (a memory limit), or ``None``."""
+    def _refusal(self, features: tuple[str, ...], planned: set[tuple[str, ...]]) -> str | None:
+        """Why readings with ``features`` are refused (a memory limit), or ``None``; ``planned``:
+        the feature sets held, with those this batch adds before these."""
         if len(features) > self.max_features:
             return (
                 f"detect: {len(features)} features, more than the {self.max_features} a device may send "
                 "(EDGEWATCH_MAX_FEATURES_PER_DEVICE)"
             )
-        if features not in self.groups and len(self.groups) >= self.max_feature_sets:
+        if features not in planned and len(planned) >= self.max_feature_sets:
             return (
                 f"detect: a new feature set, and this shard already holds the {self.max_feature_sets} allowed "
                 "(EDGEWATCH_MAX_FEATURE_SETS)"
