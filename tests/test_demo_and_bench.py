@@ -18,7 +18,7 @@ def test_demo_runs_and_accounts_for_every_event(tmp_path):
     assert match, demo.tail()
     events, labeled, dead, faults, detected = map(int, match.groups()[:5])
     precision, recall = map(float, match.groups()[5:7])
-    changes, alarmed_after_change = map(int, match.groups()[7:])
+    changes, _alarmed_after_change = map(int, match.groups()[7:])
     assert events == 14400 and labeled + dead == events
     assert faults > 20 and detected <= faults and changes > 0
     # precision per alarm episode; legitimate changes and the ambient cycle cause false alarms today
