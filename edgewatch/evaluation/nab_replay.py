@@ -221,7 +221,9 @@ def _summary_plot(run, rows, references, published, path: Path) -> None:
     series = {DETECTOR_NAME: [s.score for _, s, _ in rows]}
     series.update({name: [per_file[k] for k in keys] for name, (_, per_file) in references.items()})
     height = max(4.0, 0.3 * len(keys) * (1 + 0.25 * (len(series) - 1)) + 2.2)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(15, height), width_ratios=(3, 1.3))
+    fig = plt.figure(figsize=(15, height))
+    grid = fig.add_gridspec(2, 2, width_ratios=(3, 1.3), height_ratios=(1, max(0.1, height / 6 - 1)))
+    left, right = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1])
     y = np.arange(len(keys))
     bar = 0.8 / len(series)
     colors = plt.get_cmap("tab10").colors
@@ -235,7 +237,7 @@ def _summary_plot(run, rows, references, published, path: Path) -> None:
     left.grid(axis="x", alpha=0.3)
     left.set_xlabel("NAB standard score per file (+1 ≈ window found at its start, −1 window missed)", fontsize=9)
     left.set_title("per file (each detector at its own corpus threshold)", fontsize=10)
-    left.legend(fontsize=8, loc="lower right")
+    left.legend(fontsize=8, loc="upper left")
 
     names = [DETECTOR_NAME, *references]
     values = [run.results["standard"].normalized_score]
@@ -262,6 +264,6 @@ def _summary_plot(run, rows, references, published, path: Path) -> None:
     right.set_xlabel("NAB normalized score, standard profile\n(100 = perfect, 0 = never fires)", fontsize=9)
     right.set_title("over the corpus", fontsize=10)
     fig.suptitle(run.line(), fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98 if height > 8 else 0.96))
     fig.savefig(path, dpi=report.DPI)
     plt.close(fig)

@@ -204,6 +204,7 @@ def device_plot(trace: Trace, path: Path) -> Path:
     )
     top = max(1.0, float(np.nanmax(trace.scores)) if n else 1.0)
     score_ax.set_ylim(0, top * (1.45 if trace.explanations else 1.05))
+    score_ax.set_yticks(np.linspace(0, 1, 5) * (1.0 if top <= 1.0 else round(top, 1)))
     score_ax.set_ylabel("anomaly score (0–1)", fontsize=9)
     score_ax.set_xlabel("time (UTC)", fontsize=9)
     _explain(score_ax, dates, alarm, trace.explanations, top)
