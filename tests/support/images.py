@@ -14,7 +14,7 @@ def png_size(path: Path) -> tuple[int, int]:
     data = Path(path).read_bytes()
     assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
     assert data[12:16] == b"IHDR", f"{path}: no IHDR chunk"
-    assert data.rstrip(b"\x00")[-8:-4] == b"IEND", f"{path}: truncated PNG"
+    assert data[-8:-4] == b"IEND", f"{path}: truncated PNG"
     return struct.unpack(">II", data[16:24])
 
 
@@ -35,7 +35,7 @@ def assert_report(folder: Path) -> set[str]:
     written = {p.name for p in folder.glob("*.png")}
     linked = linked_images(folder / "index.html")
     assert "summary.png" in written
-    assert written == linked, (written ^ linked)
+    assert written == linked, written ^ linked
     for name in written:
         assert_readable_png(folder / name)
     return written
