@@ -243,13 +243,17 @@ def run(
         where = f"{settings.in_topic}@{settings.bootstrap} → {settings.out_topic} (dead letters → {settings.dlq_topic})"
     state = _state_line(settings) if replay is None else "replay (no broker)"
     typer.echo(f"run: {where}; {_model_line(application)}; {state}", err=True)
+    if replay is not None and report is not None:
+        from edgewatch.evaluation.report import file_sizes
+
+        before = file_sizes(labeled)  # the sinks append: plot only what this run writes
     application.run(flow)
     typer.echo("run: stopped", err=True)
     if replay is not None and report is not None:
-        _write_device_report(application, labeled, replay, report)
+        _write_device_report(application, labeled, replay, report, before)
 
 
-def _write_device_report(application, labeled: Path, replay: Path, folder: Path) -> None:
+def _write_device_report(application, labeled: Path, replay: Path, folder: Path, before: dict) -> None:
     """``run --replay --report``: the devices plotted from what the flow wrote."""
     from edgewatch.evaluation.report import write_device_report
     from edgewatch.online_models.registry import resolve_detector
@@ -260,7 +264,7 @@ def _write_device_report(application, labeled: Path, replay: Path, folder: Path)
         spec = application.artifact.spec if application.artifact is not None else resolve_detector(settings.detector)
         threshold = spec.threshold
     try:
-        index = write_device_report(labeled, folder, threshold, replay)
+        index = write_device_report(labeled, folder, threshold, replay, before)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"report: {index}", err=True)

@@ -390,16 +390,30 @@ def read_fault_labels(path: Path) -> dict[int, str] | None:
     return labels if labeled else None
 
 
-def _jsonl(path: Path) -> list[dict]:
+def _jsonl(path: Path, since: dict[Path, int] | None = None) -> list[dict]:
+    """The objects of a JSONL file, from byte ``since[path]`` on (the sinks append: a second run
+    to the same file adds to it, and its report must show that run only)."""
     import orjson
 
-    if not Path(path).exists():
+    path = Path(path)
+    if not path.exists():
         return []
-    return [orjson.loads(line) for line in Path(path).read_bytes().splitlines() if line.strip()]
+    with open(path, "rb") as handle:
+        handle.seek((since or {}).get(path, 0))
+        return [orjson.loads(line) for line in handle.read().splitlines() if line.strip()]
+
+
+def file_sizes(labeled_path: Path) -> dict[Path, int]:
+    """The sizes of ``labeled.jsonl`` and its siblings now: give them to :func:`write_device_report`
+    to plot only what a run adds after this."""
+    from edgewatch.flows.wiring import sibling
+
+    paths = [Path(labeled_path), *(sibling(labeled_path, kind) for kind in ("alarms", "drift"))]
+    return {p: p.stat().st_size for p in paths if p.exists()}
 
 
 def device_traces(
-    labeled_path: Path, threshold: float, replayed: Path | None = None
+    labeled_path: Path, threshold: float, replayed: Path | None = None, since: dict[Path, int] | None = None
 ) -> tuple[list[Trace], dict[str, list[dict]]]:
     """A :class:`Trace` per device from what ``run --replay`` wrote (``labeled.jsonl`` and its
     ``.alarms`` / ``.drift`` siblings), fault periods from the replayed file when it carries them;
@@ -408,13 +422,13 @@ def device_traces(
 
     faults = read_fault_labels(replayed) if replayed is not None else None
     by_device: dict[str, list[dict]] = {}
-    for event in _jsonl(labeled_path):
+    for event in _jsonl(labeled_path, since):
         by_device.setdefault(event["device_id"], []).append(event)
     drift: dict[str, list[tuple[float, str]]] = {}
-    for event in _jsonl(sibling(labeled_path, "drift")):
+    for event in _jsonl(sibling(labeled_path, "drift"), since):
         drift.setdefault(event["device_id"], []).append((_epoch(event["timestamp"]), event["reason"]))
     alarms: dict[str, list[dict]] = {}
-    for event in _jsonl(sibling(labeled_path, "alarms")):
+    for event in _jsonl(sibling(labeled_path, "alarms"), since):
         alarms.setdefault(event["device_id"], []).append(event)
     traces = []
     for device, events in sorted(by_device.items()):
@@ -440,13 +454,19 @@ def device_traces(
     return traces, alarms
 
 
-def write_device_report(labeled_path: Path, out: Path, threshold: float, replayed: Path | None = None) -> Path:
+def write_device_report(
+    labeled_path: Path,
+    out: Path,
+    threshold: float,
+    replayed: Path | None = None,
+    since: dict[Path, int] | None = None,
+) -> Path:
     """``run --replay FILE --report DIR``: a PNG per device (the most alarmed first, at most
     :data:`MOST_DEVICES`), ``summary.png`` (alarms per device: hits, false alarms, missed faults)
-    and ``index.html``."""
+    and ``index.html``; ``since`` (:func:`file_sizes` before the run) skips what earlier runs wrote."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    traces, alarms = device_traces(labeled_path, threshold, replayed)
+    traces, alarms = device_traces(labeled_path, threshold, replayed, since)
     if not traces:
         raise ValueError(f"{labeled_path} holds no labeled events: nothing to plot")
     counts = {t.name: alarm_counts(t.alarm, t.truth) for t in traces}
