@@ -210,13 +210,17 @@ def device_plot(trace: Trace, path: Path) -> Path:
     _explain(score_ax, dates, alarm, trace.explanations, top)
 
     counts = alarm_counts(alarm & ~learned, truth if trace.truth is not None else None)
+    scored_alarm = alarm & ~learned
+    outside = int((scored_alarm & ~truth).sum())
+    share = f"; {100 * outside / scored_alarm.sum():.0f}% of alarmed readings outside labels" if outside else ""
     what = (
-        f"{counts.hits} hit(s), {counts.false_alarms} false alarm(s), {counts.missed} labeled period(s) missed"
+        f"alarm periods: {counts.hits} hit(s), {counts.false_alarms} false alarm(s); "
+        f"{counts.missed} labeled period(s) missed" + share
         if trace.truth is not None
-        else f"{counts.false_alarms + counts.hits} alarm(s), no labels"
+        else f"{counts.false_alarms + counts.hits} alarm period(s), no labels"
     )
     value_axes[0].set_title(
-        f"{trace.name}: {what}" + (f"\n{trace.subtitle}" if trace.subtitle else ""), fontsize=11, loc="center"
+        f"{trace.name}\n{what}" + (f"\n{trace.subtitle}" if trace.subtitle else ""), fontsize=10, loc="center"
     )
     handles = [
         Line2D([], [], color=SCORE, lw=1, label="anomaly score"),
@@ -432,14 +436,15 @@ def device_traces(
         alarms.setdefault(event["device_id"], []).append(event)
     traces = []
     for device, events in sorted(by_device.items()):
-        events.sort(key=lambda e: (e["timestamp"], e["source"]["offset"] or 0))
+        # by source time (not by its text: "…:06Z" sorts after "…:06.3Z"), then in file order
+        events.sort(key=lambda e: (_epoch(e["timestamp"]), e["source"]["offset"] or 0))
         names = sorted({name for e in events for name in e["features"]})
         values = {n: np.array([float(e["features"].get(n, np.nan)) for e in events]) for n in names}
         offsets = [e["source"]["offset"] for e in events]
         traces.append(
             Trace(
                 device,
-                np.array([_epoch(e["timestamp"]) for e in events]),
+                np.array([_epoch(e["timestamp"]) for e in events]),  # parsed twice: small files
                 values,
                 np.array([float(e["score"]) for e in events]),
                 np.array([bool(e["is_anomaly"]) for e in events]),
