@@ -206,6 +206,14 @@ def run(
         Path | None,
         typer.Option(help="with --replay: labeled events JSONL (default labeled.jsonl)", show_default=False),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="with --replay: when the flow ends, plot every device (readings, score, threshold, alarms, "
+            "fault periods, drift) to DIR/index.html",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the anomaly flow: telemetry topic → labeled topic (+ dead-letter topic, IoT Hub, Event Hubs).
 
@@ -213,9 +221,13 @@ def run(
     from edgewatch.connectors.kafka import ensure_topics
     from edgewatch.flows.wiring import kafka_flow, output_topics, replay_flow, sibling
 
+    if report is not None and replay is None:
+        raise _fail("--report plots a replayed file's devices: use it with --replay FILE")
     if replay is not None:
         _check_readable(replay)
         _check_writable(out or Path("labeled.jsonl"))
+        if report is not None:
+            _check_writable(report / "index.html" if report.is_dir() else report)
     application = _application(settings, input_name=replay.name if replay is not None else None)
     if replay is not None:  # the embedded mode: a file in, JSONL out, no broker
         labeled = out or Path("labeled.jsonl")
@@ -231,8 +243,31 @@ def run(
         where = f"{settings.in_topic}@{settings.bootstrap} → {settings.out_topic} (dead letters → {settings.dlq_topic})"
     state = _state_line(settings) if replay is None else "replay (no broker)"
     typer.echo(f"run: {where}; {_model_line(application)}; {state}", err=True)
+    if replay is not None and report is not None:
+        from edgewatch.evaluation.report import file_sizes
+
+        before = file_sizes(labeled)  # the sinks append: plot only what this run writes
     application.run(flow)
     typer.echo("run: stopped", err=True)
+    if replay is not None and report is not None:
+        _write_device_report(application, labeled, replay, report, before)
+
+
+def _write_device_report(application, labeled: Path, replay: Path, folder: Path, before: dict) -> None:
+    """``run --replay --report``: the devices plotted from what the flow wrote."""
+    from edgewatch.evaluation.report import write_device_report
+    from edgewatch.online_models.registry import resolve_detector
+
+    settings = application.settings
+    threshold = settings.threshold
+    if threshold is None:
+        spec = application.artifact.spec if application.artifact is not None else resolve_detector(settings.detector)
+        threshold = spec.threshold
+    try:
+        index = write_device_report(labeled, folder, threshold, replay, before)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"report: {index}", err=True)
 
 
 #: settings of the anomaly flow that the RUL flow does not read
@@ -512,7 +547,7 @@ def evaluate_skab(
         run = skab.evaluate(files, spec, lambda rows: bar.advance(task, rows))
     skab.write_results(run, out)
     if report:
-        typer.echo(f"report: {skab.write_report(run, out)}", err=True)
+        typer.echo(f"report: {skab.write_report(run, out, spec.threshold)}", err=True)
     typer.echo(run.line())
 
 

@@ -10,6 +10,7 @@ from edgewatch.cli import app
 from edgewatch.evaluation import nab, nab_replay
 from edgewatch.online_models.registry import BUILTIN
 from tests.support.cli import said
+from tests.support.images import assert_report
 
 runner = CliRunner()
 LINE = re.compile(
@@ -61,9 +62,25 @@ def test_groups_and_report(nab_root, tmp_path):
     result = runner.invoke(app, ["evaluate", "nab", *args])
     assert result.exit_code == 0, result.output
     assert "files=7 " in result.output
-    pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    pngs = assert_report(tmp_path / "report")  # valid, readable, every one linked from index.html
     assert len(pngs) == 8 and "summary.png" in pngs
-    assert "realKnownCause/nyc_taxi.csv" in (tmp_path / "report" / "index.html").read_text()
+    index = (tmp_path / "report" / "index.html").read_text()
+    assert "realKnownCause/nyc_taxi.csv" in index
+    # the reference detectors, scored on the same 7 files, beside edgewatch
+    assert "numenta: standard=" in index and "<th>numenta score</th>" in index
+    assert "ARTime" in index  # its published score (all of NAB) is named as such
+
+
+def test_reference_detectors_are_scored_on_the_same_files(nab_root):
+    corpus = nab_replay.load(nab_root)
+    numenta = nab.load_detector_scores(nab_root / "results", "numenta", corpus)
+    run = nab_replay.NabRun(corpus, numenta, nab.evaluate(corpus, numenta))
+    references = nab_replay.reference_results(run)
+    assert "null" not in references and {"numenta", "windowedGaussian"} <= set(references)
+    results, per_file = references["numenta"]
+    assert results["standard"].normalized_score == pytest.approx(69.519, abs=1e-3)  # NAB's figure on these files
+    assert set(per_file) == set(corpus.keys)
+    assert nab_replay.published_scores(nab_root)["ARTime"] == pytest.approx(57.66, abs=0.01)
 
 
 def test_unknown_group_and_missing_data_are_clear_errors(nab_root, tmp_path):

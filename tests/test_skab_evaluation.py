@@ -10,6 +10,7 @@ from edgewatch.cli import app
 from edgewatch.config import data_dir
 from edgewatch.evaluation import skab
 from tests.support.cli import said
+from tests.support.images import assert_report
 
 runner = CliRunner()
 LINE = re.compile(
@@ -84,8 +85,10 @@ def test_evaluate_prints_the_line_and_writes_results_and_report(skab_root, tmp_p
     written = sorted((tmp_path / "valve1").glob("*.csv"))
     assert len(written) == 16
     assert written[0].read_text().splitlines()[0] == "datetime,anomaly,changepoint,score,predicted"
-    assert len(list((tmp_path / "report").glob("*.png"))) == 16
-    assert "skab: f1=" in (tmp_path / "report" / "index.html").read_text()
+    pngs = assert_report(tmp_path / "report")  # valid, readable, every one linked from index.html
+    assert len(pngs) == 17 and "valve1__0.png" in pngs  # a plot per file and summary.png
+    index = (tmp_path / "report" / "index.html").read_text()
+    assert "skab: f1=" in index and "<th>FAR %</th>" in index
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

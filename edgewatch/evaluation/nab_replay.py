@@ -9,7 +9,6 @@ looks ahead and no parameter depends on the file.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,12 +112,43 @@ def write_results(run: NabRun, out: Path) -> None:
         nab.write_results_csv(Path(out) / group / f"{DETECTOR_NAME}_{name}", f.timestamps, f.values, scores, f.labels)
 
 
-def write_report(run: NabRun, out: Path) -> Path:
-    """A PNG per file (values, scores, detections, windows) and ``index.html`` summarizing them."""
-    import matplotlib
+def reference_results(run: NabRun) -> dict[str, tuple[dict[str, nab.ProfileResult], dict[str, float]]]:
+    """NAB's shipped detectors (``<root>/results/<detector>``) scored on the same files the same way:
+    thresholds optimized over these files, per file at the standard one. Detectors whose results do
+    not cover every file are left out (their score would be over other files)."""
+    folder = run.corpus.root / "results" if run.corpus.root is not None else None
+    if folder is None or not folder.is_dir():
+        return {}
+    subset = nab.NabCorpus({k: run.corpus.files[k] for k in run.scores}, run.corpus.profiles, run.corpus.root)
+    references = {}
+    for detector in sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in (DETECTOR_NAME, "null")):
+        scores = nab.load_detector_scores(folder, detector, subset)
+        if set(scores) != set(run.scores):
+            continue
+        results = nab.evaluate(subset, scores)
+        profile = subset.profiles["standard"]
+        per_file = {
+            k: nab.score_file(subset.files[k], s, results["standard"].threshold, profile).score
+            for k, s in scores.items()
+        }
+        references[detector] = (results, per_file)
+    return references
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def published_scores(root: Path | None) -> dict[str, float]:
+    """NAB's published standard scores over its whole corpus (``config/thresholds.json``)."""
+    path = Path(root) / "config" / "thresholds.json" if root is not None else None
+    if path is None or not path.exists():
+        return {}
+    import json
+
+    return {name: float(v["standard"]["score"]) for name, v in json.loads(path.read_text()).items() if "standard" in v}
+
+
+def write_report(run: NabRun, out: Path) -> Path:
+    """A PNG per file (values, scores, threshold, hits and false alarms, windows), ``summary.png``
+    (edgewatch beside NAB's reference detectors, per file and over the corpus) and ``index.html``."""
+    from edgewatch.evaluation import report
 
     out = Path(out) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -128,50 +158,112 @@ def write_report(run: NabRun, out: Path) -> Path:
     for key, scores in run.scores.items():
         f = run.corpus.files[key]
         file_score = nab.score_file(f, scores, standard.threshold, profile)
-        image = f"{key.replace('/', '__').removesuffix('.csv')}.png"
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 5), sharex=True, height_ratios=(3, 1))
-        times = f.times.astype("datetime64[s]").astype("O")
-        top.plot(times, f.values, lw=0.6, color="#335")
-        detected = np.flatnonzero(scores >= standard.threshold)
-        top.scatter([times[i] for i in detected], f.values[detected], s=14, color="red", zorder=3, label="detection")
-        for first, last in f.windows:
-            for ax in (top, bottom):
-                ax.axvspan(times[first], times[last], color="orange", alpha=0.25, lw=0)
-        for ax in (top, bottom):
-            ax.axvspan(times[0], times[max(f.probation - 1, 0)], color="grey", alpha=0.15, lw=0)
-        bottom.plot(times, scores, lw=0.6, color="#a33")
-        bottom.axhline(standard.threshold, color="black", lw=0.6, ls="--")
-        bottom.set_ylim(0, 1)
-        bottom.set_ylabel("score")
-        top.set_title(f"{key}: standard score {file_score.score:+.3f} (windows orange, probation grey)", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / image, dpi=90)
-        plt.close(fig)
+        image = f"{report.file_stem(key)}.png"
+        epoch = f.times.astype("datetime64[us]").astype(np.int64) / 1e6
+        trace = report.Trace(
+            key.removesuffix(".csv"),
+            epoch,
+            {"value": f.values},
+            scores,
+            scores >= standard.threshold,
+            standard.threshold,
+            truth=f.labels > 0,
+            truth_label="NAB anomaly window",
+            learned=f.probation,
+            learned_label="probation (learned from, not scored)",
+            value_label="value (NAB gives no unit)",
+            subtitle=f"NAB standard score {file_score.score:+.2f} "
+            f"(+1 ≈ a window found at its start, −1 a window missed, small costs per false alarm)",
+        )
+        report.device_plot(trace, out / image)
         rows.append((key, file_score, image))
 
-    fig, ax = plt.subplots(figsize=(12, 6))
-    ax.barh([key for key, _, _ in rows], [s.score for _, s, _ in rows], color="#468")
-    ax.axvline(0, color="black", lw=0.6)
-    ax.set_xlabel("NAB standard score per file (+1 ≈ a window found at its start, -1 a window missed)")
-    ax.tick_params(axis="y", labelsize=7)
-    ax.set_title(run.line())
-    fig.tight_layout()
-    fig.savefig(out / "summary.png", dpi=90)
-    plt.close(fig)
+    references = reference_results(run)
+    published = published_scores(run.corpus.root)
+    _summary_plot(run, rows, references, published, out / "summary.png")
+    corpus_lines = [run.line()] + [
+        f"{name}: standard={r['standard'].normalized_score:.2f} "
+        f"reward_low_FP_rate={r['reward_low_FP_rate'].normalized_score:.2f} "
+        f"reward_low_FN_rate={r['reward_low_FN_rate'].normalized_score:.2f} (same files, NAB's shipped results)"
+        for name, (r, _) in references.items()
+    ]
+    notes = [
+        "Thresholds: " + ", ".join(f"{n} {r.threshold:.4f}" for n, r in run.results.items()) + ".",
+        "Per-file scores use the standard profile at the corpus threshold; TP/FP count rows after probation.",
+    ]
+    if published:
+        notes.append(
+            "Published standard scores over NAB's 58 files (config/thresholds.json; not the same files): "
+            + ", ".join(f"{n} {s:.1f}" for n, s in sorted(published.items(), key=lambda item: -item[1]))
+            + "."
+        )
+    return report.write_index(
+        out,
+        "edgewatch on NAB",
+        corpus_lines,
+        ["file", "standard score", *(f"{n} score" for n in references), "TP rows", "FP rows"],
+        [(_index_cells(key, s, references), image) for key, s, image in rows],
+        notes=notes,
+    )
 
-    table = "\n".join(
-        f"<tr><td>{html.escape(key)}</td><td>{s.score:+.3f}</td><td>{s.tp}</td><td>{s.fp}</td>"
-        f'<td><a href="{image}">plot</a></td></tr>'
-        for key, s, image in rows
-    )
-    profiles = "".join(
-        f"<li>{name}: {r.normalized_score:.2f} (threshold {r.threshold:.4f})</li>" for name, r in run.results.items()
-    )
-    index = out / "index.html"
-    index.write_text(
-        f"<!doctype html><meta charset=utf-8><title>edgewatch on NAB</title>"
-        f"<h1>edgewatch on NAB</h1><p><code>{html.escape(run.line())}</code></p><ul>{profiles}</ul>"
-        f'<img src="summary.png" width=900><table border=1 cellpadding=3>'
-        f"<tr><th>file</th><th>standard score</th><th>TP rows</th><th>FP rows</th><th></th></tr>{table}</table>"
-    )
-    return index
+
+def _index_cells(key: str, s: nab.FileScore, references) -> tuple:
+    """A file's row of the index: its score, the references' scores, its TP and FP rows."""
+    return (key, f"{s.score:+.3f}", *(f"{per_file[key]:+.3f}" for _, per_file in references.values()), s.tp, s.fp)
+
+
+def _summary_plot(run, rows, references, published, path: Path) -> None:
+    """Left: per-file standard scores, edgewatch beside the references; right: corpus scores."""
+    from edgewatch.evaluation import report
+
+    plt = report._pyplot()
+    keys = [key for key, _, _ in rows]
+    series = {DETECTOR_NAME: [s.score for _, s, _ in rows]}
+    series.update({name: [per_file[k] for k in keys] for name, (_, per_file) in references.items()})
+    height = max(4.0, 0.3 * len(keys) * (1 + 0.25 * (len(series) - 1)) + 2.2)
+    fig = plt.figure(figsize=(15, height))
+    grid = fig.add_gridspec(2, 2, width_ratios=(3, 1.3), height_ratios=(1, max(0.1, height / 6 - 1)))
+    left, right = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1])
+    y = np.arange(len(keys))
+    bar = 0.8 / len(series)
+    colors = plt.get_cmap("tab10").colors
+    for k, (name, values) in enumerate(series.items()):
+        left.barh(y - 0.4 + bar * (k + 0.5), values, height=bar, color=colors[k % 10], label=name,
+                  alpha=1.0 if name == DETECTOR_NAME else 0.55)  # fmt: skip
+    left.set_yticks(y, [k.removesuffix(".csv") for k in keys], fontsize=8)
+    left.invert_yaxis()
+    left.set_ylim(len(keys) - 0.5, -0.5)
+    left.axvline(0, color="black", lw=0.6)
+    left.grid(axis="x", alpha=0.3)
+    left.set_xlabel("NAB standard score per file (+1 ≈ window found at its start, −1 window missed)", fontsize=9)
+    left.set_title("per file (each detector at its own corpus threshold)", fontsize=10)
+    left.legend(fontsize=8, loc="upper left")
+
+    names = [DETECTOR_NAME, *references]
+    values = [run.results["standard"].normalized_score]
+    values += [r["standard"].normalized_score for r, _ in references.values()]
+    labels = [f"{n} (these {len(keys)} files)" for n in names]
+    bar_colors = [colors[k % 10] for k in range(len(names))]
+    shown = {n: s for n, s in published.items() if n in ("ARTime", "numenta", "htmjava", "contextOSE")}
+    for name, score in sorted(shown.items(), key=lambda item: -item[1]):
+        labels.append(f"{name} (published, all 58 files)")
+        values.append(score)
+        bar_colors.append("#bbbbbb")
+    order = np.argsort(values)[::-1]
+    right.barh(np.arange(len(values)), [values[i] for i in order], color=[bar_colors[i] for i in order])
+    right.set_yticks(np.arange(len(values)), [labels[i] for i in order], fontsize=8)
+    right.invert_yaxis()
+    for position, i in enumerate(order):
+        right.annotate(f"{values[i]:.1f}", (values[i], position), xytext=(3 if values[i] >= 0 else -3, 0),
+                       textcoords="offset points", va="center", ha="left" if values[i] >= 0 else "right",
+                       fontsize=8)  # fmt: skip
+    right.axvline(0, color="black", lw=0.6)
+    lowest = min(0.0, min(values))
+    right.set_xlim(lowest * 1.25 - 5 if lowest < 0 else 0, 110)
+    right.grid(axis="x", alpha=0.3)
+    right.set_xlabel("NAB normalized score, standard profile\n(100 = perfect, 0 = never fires)", fontsize=9)
+    right.set_title("over the corpus", fontsize=10)
+    fig.suptitle(run.line(), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.98 if height > 8 else 0.96))
+    fig.savefig(path, dpi=report.DPI)
+    plt.close(fig)

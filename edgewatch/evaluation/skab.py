@@ -25,7 +25,6 @@ rig; each CSV is one experiment. The benchmark's protocol, as its scoring code a
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -171,6 +170,8 @@ class SkabRun:
     files: list[SkabFile]
     predictions: list[np.ndarray]  # is_anomaly per test row
     scores: list[np.ndarray]  # detector score per test row
+    #: per file, test row → the features' shares of its score (rows the detector called abnormal)
+    explanations: list[dict[int, dict[str, float]]] | None = None
 
     @property
     def outliers(self) -> tuple[float, float, float]:
@@ -210,6 +211,7 @@ def evaluate(
     interleaved = [rows[i] for i in range(TRAIN_ROWS, longest) for rows in streams if i < len(rows)]
     flags = [np.zeros(len(f.times), bool) for f in files]
     scores = [np.zeros(len(f.times)) for f in files]
+    explanations: list[dict[int, dict[str, float]]] = [{} for _ in files]
     for start in range(0, len(interleaved), BATCH):
         result = bank.label(interleaved[start : start + BATCH])
         if result.dead_letters:
@@ -218,11 +220,14 @@ def evaluate(
             raw = event.reading.raw
             flags[raw.partition][raw.offset] = event.is_anomaly
             scores[raw.partition][raw.offset] = event.score
+            if event.explanation:
+                explanations[raw.partition][raw.offset - TRAIN_ROWS] = event.explanation
         progress(len(result.events))
     return SkabRun(
         list(files),
         [p[f.test] for p, f in zip(flags, files, strict=True)],
         [s[f.test] for s, f in zip(scores, files, strict=True)],
+        explanations,
     )
 
 
@@ -239,50 +244,86 @@ def write_results(run: SkabRun, out: Path) -> None:
         target.write_text("\n".join(lines) + "\n")
 
 
-def write_report(run: SkabRun, out: Path) -> Path:
-    """A PNG per file (sensors normalized, the anomalous state, the alarm state) and ``index.html``."""
-    import matplotlib
+def write_report(run: SkabRun, out: Path, threshold: float | None = None) -> Path:
+    """A PNG per file (sensors, score, threshold, hits and false alarms, the anomalous state),
+    ``summary.png`` (F1, FAR and MAR per file) and ``index.html``."""
+    from edgewatch.evaluation import report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    report = Path(out) / "report"
-    report.mkdir(parents=True, exist_ok=True)
+    folder = Path(out) / "report"
+    folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for f, predicted, scores in zip(run.files, run.predictions, run.scores, strict=True):
-        image = f"{f.name.replace('/', '__')}.png"
-        times = f.times.astype("datetime64[s]").astype("O")
-        test_times = times[f.test]
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 5), sharex=True, height_ratios=(3, 1))
-        span = np.ptp(f.values, axis=0)
-        normalized = (f.values - f.values.min(axis=0)) / np.where(span > 0, span, 1.0)
-        for column, name in enumerate(f.features):
-            top.plot(times, normalized[:, column] + column, lw=0.6, label=name)
-        top.legend(fontsize=6, loc="upper left", ncol=4)
-        for ax in (top, bottom):
-            ax.axvspan(times[0], times[min(TRAIN_ROWS, len(times)) - 1], color="grey", alpha=0.15, lw=0)
-            ax.fill_between(test_times, 0, 1, where=f.anomaly[f.test] > 0, color="orange", alpha=0.3, lw=0,
-                            transform=ax.get_xaxis_transform())  # fmt: skip
-        bottom.plot(test_times, scores, lw=0.6, color="#a33", label="score")
-        bottom.fill_between(test_times, 0, predicted * 1.0, color="red", alpha=0.25, lw=0, step="mid", label="alarm")
-        bottom.set_ylim(0, 1)
-        bottom.legend(fontsize=6, loc="upper left")
-        f1, far, mar = outlier_metrics(f.anomaly[f.test], predicted)
-        top.set_title(f"{f.name}: f1={f1} far={far} mar={mar} (anomalous state orange, training grey)", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(report / image, dpi=90)
-        plt.close(fig)
-        rows.append((f.name, f1, far, mar, image))
-    table = "\n".join(
-        f"<tr><td>{html.escape(name)}</td><td>{f1}</td><td>{far}</td><td>{mar}</td>"
-        f'<td><a href="{image}">plot</a></td></tr>'
-        for name, f1, far, mar, image in rows
+    for index, (f, predicted, scores) in enumerate(zip(run.files, run.predictions, run.scores, strict=True)):
+        image = f"{report.file_stem(f.name)}.png"
+        test = f.test
+        f1, far, mar = outlier_metrics(f.anomaly[test], predicted)
+        explanations = (run.explanations or [{}] * len(run.files))[index]
+        trace = report.Trace(
+            f"SKAB {f.name}",
+            f.times[test],
+            {name: f.values[test, column] for column, name in enumerate(f.features)},
+            scores,
+            np.asarray(predicted, bool),
+            threshold if threshold is not None else _threshold_of(scores, predicted),
+            truth=f.anomaly[test] > 0,
+            truth_label="anomalous state (SKAB label)",
+            explanations=explanations,
+            subtitle=f"F1 {f1:.2f}, false alarm rate {far:.1f} %, missed alarm rate {mar:.1f} % "
+            f"(test part: {len(f.times) - TRAIN_ROWS} rows after {TRAIN_ROWS} training rows)",
+        )
+        report.device_plot(trace, folder / image)
+        rows.append(((f.name, f"{f1:.2f}", f"{far:.2f}", f"{mar:.2f}"), image))
+    _summary_plot(run, rows, folder / "summary.png")
+    return report.write_index(
+        folder,
+        "edgewatch on SKAB",
+        [run.line()],
+        ["file", "F1", "FAR %", "MAR %"],
+        rows,
+        notes=[
+            "F1 = TP / (TP + (FP + FN) / 2); FAR = false alarms per normal row (%); MAR = missed anomalous rows (%). "
+            f"Each file's first {TRAIN_ROWS} rows warm-start its device and are not plotted or scored."
+        ],
     )
-    index = report / "index.html"
-    index.write_text(
-        f"<!doctype html><meta charset=utf-8><title>edgewatch on SKAB</title>"
-        f"<h1>edgewatch on SKAB</h1><p><code>{html.escape(run.line())}</code></p>"
-        f"<table border=1 cellpadding=3><tr><th>file</th><th>F1</th><th>FAR %</th><th>MAR %</th><th></th></tr>"
-        f"{table}</table>"
+
+
+def _threshold_of(scores: np.ndarray, predicted: np.ndarray) -> float:
+    """The detector's threshold when the caller does not say: the lowest score that raised an alarm."""
+    raised = np.asarray(scores)[np.asarray(predicted, bool)]
+    return float(raised.min()) if raised.size else float("nan")
+
+
+def _summary_plot(run: SkabRun, rows, path: Path) -> None:
+    """F1, FAR and MAR per file, side by side, the pooled figures as dashed lines."""
+    from edgewatch.evaluation import report
+
+    plt = report._pyplot()
+    names = [cells[0] for cells, _ in rows]
+    pooled = run.outliers
+    fig, axes = plt.subplots(1, 3, figsize=(14, max(4.0, 0.32 * len(names) + 2.0)), sharey=True)
+    panels = (
+        ("F1 (higher is better)", 1, "#1f77b4", (0, 1)),
+        ("FAR, false alarm rate % (lower is better)", 2, "#d62728", (0, 100)),
+        ("MAR, missed alarm rate % (lower is better)", 3, "#ff7f0e", (0, 100)),
     )
-    return index
+    y = np.arange(len(names))
+    for ax, (label, column, color, limits), total in zip(axes, panels, pooled, strict=True):
+        values = [float(cells[column]) for cells, _ in rows]
+        ax.barh(y, values, color=color, alpha=0.8)
+        ax.axvline(total, color="black", ls="--", lw=1)
+        ax.set_title(f"all files pooled: {total:g} (dashed line)", fontsize=9)
+        for position, value in enumerate(values):
+            ax.annotate(f"{value:g}", (value, position), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize=7)  # fmt: skip
+        ax.set_xlim(limits[0], limits[1] * 1.1)
+        ax.set_xlabel(label, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    from matplotlib.lines import Line2D
+
+    pooled_line = Line2D([], [], color="black", ls="--", lw=1, label="all files pooled (the benchmark's figure)")
+    fig.legend(handles=[pooled_line], loc="lower center", fontsize=8, frameon=False)
+    fig.suptitle(run.line(), fontsize=11)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=report.DPI)
+    plt.close(fig)
