@@ -244,7 +244,8 @@ def detect(
     devs = np.zeros(features)
     scratch = np.zeros((features, 2 * features))
     breaks = np.zeros(features)
-    along = np.zeros(features, np.bool_)
+    explains = np.zeros(features)  # R² of each feature given the others (0 before the relations score)
+    es = np.zeros(features)  # each feature's standardized regression residual
     zs = np.empty(features)
     ys = np.empty((features, scales))
     ds = np.empty((features, scales))
@@ -280,9 +281,7 @@ def detect(
                 # relation evidence: the residual of each feature, weighted by how much of its variance
                 # the others explain (R²): a feature they do not predict carries a level, not a relation
                 weight = max(0.0, 1.0 - 1.0 / max(cov[r, PREC, f, f], 1e-12)) if rel_ready else 0.0
-                # the reading lies along the device's relations for this feature: the others explain
-                # it (R² >= ``explained``) and predict it (its residual is no surprise)
-                along[f] = rel_ready and weight >= explained and gaussian_surprise(abs(e)) < tolerance
+                explains[f], es[f] = weight, e
                 breaks[f] = weight * res[f] * res[f]
                 ss += breaks[f]
                 weights += weight
@@ -369,9 +368,11 @@ def detect(
                 excess = max(value - s[r, SEEN_MAX, f], s[r, SEEN_MIN, f] - value)
                 rare = s[r, RECORDS, f] <= record_rate * s[r, RECORD_N, f]
                 # a new extreme the relations predict is an operating point the device has not
-                # visited yet (a setpoint, the ambient cycle), not a fault
-                if seen_span > 0 and excess > extreme_tolerance * seen_span and rare and not along[f]:
-                    u = extreme_surprise
+                # visited yet (a setpoint, the ambient cycle), not a fault: the others explain this
+                # feature (R² >= ``explained``) and predict the reading (its residual is no surprise)
+                if seen_span > 0 and excess > extreme_tolerance * seen_span and rare:
+                    if not (explains[f] >= explained and gaussian_surprise(abs(es[f])) < tolerance):
+                        u = extreme_surprise
             if n >= warmup:
                 if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
                     u = extreme_surprise
