@@ -370,9 +370,9 @@ def detect(
                 # a new extreme the relations predict is an operating point the device has not
                 # visited yet (a setpoint, the ambient cycle), not a fault: the others explain this
                 # feature (R² >= ``explained``) and predict the reading (its residual is no surprise)
-                if seen_span > 0 and excess > extreme_tolerance * seen_span and rare:
-                    if not (explains[f] >= explained and gaussian_surprise(abs(es[f])) < tolerance):
-                        u = extreme_surprise
+                new_extreme = seen_span > 0 and excess > extreme_tolerance * seen_span and rare
+                if new_extreme and not (explains[f] >= explained and gaussian_surprise(abs(es[f])) < tolerance):
+                    u = extreme_surprise
             if n >= warmup:
                 if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
                     u = extreme_surprise
