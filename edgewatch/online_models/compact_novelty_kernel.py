@@ -244,6 +244,8 @@ def detect(
     devs = np.zeros(features)
     scratch = np.zeros((features, 2 * features))
     breaks = np.zeros(features)
+    explains = np.zeros(features)  # R² of each feature given the others (0 before the relations score)
+    es = np.zeros(features)  # each feature's standardized regression residual
     zs = np.empty(features)
     ys = np.empty((features, scales))
     ds = np.empty((features, scales))
@@ -279,6 +281,7 @@ def detect(
                 # relation evidence: the residual of each feature, weighted by how much of its variance
                 # the others explain (R²): a feature they do not predict carries a level, not a relation
                 weight = max(0.0, 1.0 - 1.0 / max(cov[r, PREC, f, f], 1e-12)) if rel_ready else 0.0
+                explains[f], es[f] = weight, e
                 breaks[f] = weight * res[f] * res[f]
                 ss += breaks[f]
                 weights += weight
@@ -364,7 +367,11 @@ def detect(
                 seen_span = s[r, SEEN_MAX, f] - s[r, SEEN_MIN, f]
                 excess = max(value - s[r, SEEN_MAX, f], s[r, SEEN_MIN, f] - value)
                 rare = s[r, RECORDS, f] <= record_rate * s[r, RECORD_N, f]
-                if seen_span > 0 and excess > extreme_tolerance * seen_span and rare:
+                # a new extreme the relations predict is an operating point the device has not
+                # visited yet (a setpoint, the ambient cycle), not a fault: the others explain this
+                # feature (R² >= ``explained``) and predict the reading (its residual is no surprise)
+                new_extreme = seen_span > 0 and excess > extreme_tolerance * seen_span and rare
+                if new_extreme and not (explains[f] >= explained and gaussian_surprise(abs(es[f])) < tolerance):
                     u = extreme_surprise
             if n >= warmup:
                 if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
@@ -486,18 +493,24 @@ def detect(
             # the model (memories, profile, calibration, normal steps and runs) learns normal readings
             # only; the checks' bookkeeping (last value, runs, seen range) follows every reading
             protect = not learn and implicated[f]
+            # a protected feature's blocks still fill and complete: each abnormal block is compared
+            # with the last normal context, then dropped (it never enters the context nor the
+            # memory), so the channel sees when the readings are normal again and the alarm clears
+            for k in range(scales):
+                if not completes[f, k]:
+                    s[r, _scale_index(k, ACC_SUM), f] += z
+                    s[r, _scale_index(k, ACC_MAX), f] = max(s[r, _scale_index(k, ACC_MAX), f], z)
+                    s[r, _scale_index(k, ACC_MIN), f] = min(s[r, _scale_index(k, ACC_MIN), f], z)
+                    s[r, _scale_index(k, ACC_N), f] += 1
+                    continue
+                s[r, _scale_index(k, ACC_SUM), f] = 0.0
+                s[r, _scale_index(k, ACC_MAX), f] = -np.inf
+                s[r, _scale_index(k, ACC_MIN), f] = np.inf
+                s[r, _scale_index(k, ACC_N), f] = 0.0
             if not protect:
                 for k in range(scales):
                     if not completes[f, k]:
-                        s[r, _scale_index(k, ACC_SUM), f] += z
-                        s[r, _scale_index(k, ACC_MAX), f] = max(s[r, _scale_index(k, ACC_MAX), f], z)
-                        s[r, _scale_index(k, ACC_MIN), f] = min(s[r, _scale_index(k, ACC_MIN), f], z)
-                        s[r, _scale_index(k, ACC_N), f] += 1
                         continue
-                    s[r, _scale_index(k, ACC_SUM), f] = 0.0
-                    s[r, _scale_index(k, ACC_MAX), f] = -np.inf
-                    s[r, _scale_index(k, ACC_MIN), f] = np.inf
-                    s[r, _scale_index(k, ACC_N), f] = 0.0
                     for q in range(2 * w - 1):
                         ring[r, k, f, q] = ring[r, k, f, q + 1]
                     ring[r, k, f, 2 * w - 1] = ys[f, k]

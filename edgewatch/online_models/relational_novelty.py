@@ -56,7 +56,13 @@ class RelationalNovelty(AnomalyDetector):
     novelty channels on the new level and, after a timeout, learns the relations anew.
 
     **Protected learning.** Abnormal readings teach nothing: a fault that lasts is never
-    learned as normal. Normal readings (the one that clears an alarm included) are learned.
+    learned as normal. Normal readings (the one that clears an alarm included) are learned. A
+    protected feature's blocks still complete; each is compared with the last normal context and
+    dropped, so the alarm clears when the readings are normal again.
+
+    **Extremes along the relations.** A new extreme of a feature the others explain (R² at
+    least ``explained``) that they also predict (its residual below ``relation_tolerance``
+    decades) is an operating point not visited yet (a setpoint, the ambient cycle), not a fault.
 
     This object is a view of one state row of the kernel a :class:`VectorBank` runs for a
     whole fleet (``score_one`` runs it on a copy of the row, ``learn_one`` keeps the result):
