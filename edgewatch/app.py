@@ -172,7 +172,9 @@ class Application:
             self.start()
             recovery = self.settings.recovery_dir
             if self.settings.status_seconds > 0:
-                reporter = StatusReporter(self.settings.status_seconds)
+                reporter = StatusReporter(
+                    self.settings.status_seconds, self.settings.idle_warning_seconds, repr(self.input_name)
+                )
                 self.closing(reporter.stop)
                 reporter.start()
             cli_main(
@@ -187,10 +189,14 @@ class Application:
 
 class StatusReporter:
     """A status line every ``interval`` seconds while the flow runs, and a summary when it ends:
-    rate, lag, labeled, anomalies, active alarms, dead letters by reason, drift events."""
+    rate, lag, labeled, anomalies, active alarms, dead letters by reason, drift events; a warning
+    when no message has arrived for ``idle_warning`` seconds (a topic nothing writes to, a
+    stopped sender), repeated while it lasts."""
 
-    def __init__(self, interval: float):
+    def __init__(self, interval: float, idle_warning: float = 60.0, source: str = "the input"):
         self.interval = interval
+        self.idle_warning = idle_warning
+        self.source = source
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgewatch-status", daemon=True)
         self._started = time.monotonic()
@@ -209,7 +215,17 @@ class StatusReporter:
             now, received = time.monotonic(), FLOW_METRICS.totals.received
             rate = (received - last_received) / max(now - last_time, 1e-9)
             log.info("status: %.0f msg/s, %s", rate, self.line())
+            self._warn_if_idle()
             last_time, last_received = now, received
+
+    def _warn_if_idle(self) -> None:
+        totals = FLOW_METRICS.totals
+        with totals.lock:
+            last = max(totals.last_message.values(), default=None)
+        quiet = time.time() - last if last is not None else time.monotonic() - self._started
+        if self.idle_warning and quiet >= self.idle_warning:
+            what = "no message yet" if last is None else "no new message"
+            log.warning("%s from %s for %.0f s: is anything sending, and is the topic right?", what, self.source, quiet)
 
     @staticmethod
     def line() -> str:

@@ -164,6 +164,9 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     )
     consumer_group: str = Field("edgewatch", description="consumer group whose offsets `--from committed` uses")
     status_seconds: float = Field(30.0, ge=0, description="seconds between status lines while running (0: none)")
+    idle_warning_seconds: float = Field(
+        60.0, ge=0, description="warn when no message has arrived for this long (0: never)"
+    )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics on this port")
     metrics_host: str = Field("127.0.0.1", description="interface the metrics server binds (0.0.0.0: all)")
     # Azure: labeled events to IoT Hub and/or Event Hubs (AMQP), through an on-disk store-and-forward buffer

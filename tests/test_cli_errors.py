@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -148,3 +149,17 @@ def test_a_recovery_directory_is_resharded_offline_instead_of_refused(recording,
     assert "run with --shards 3" in moved.output
     assert runner.invoke(app, [*args, "--shards", "3"]).exit_code == 0
     assert runner.invoke(app, ["recovery", "reshard", str(tmp_path), "--shards", "2"]).exit_code == 2
+
+
+def test_a_run_that_reads_nothing_says_so(kafka_bootstrap, topic_names, tmp_path):
+    """A topic nothing writes to: status lines, then a warning that no message has arrived."""
+    from tests.support.processes import EdgewatchProcess
+
+    topic = topic_names("quiet")
+    args = ["run", "--bootstrap", kafka_bootstrap, "--in-topic", topic, "--create-topics",
+            "--status-seconds", "1", "--idle-warning-seconds", "2",
+            "--out-topic", topic_names("o"), "--dlq-topic", topic_names("d")]  # fmt: skip
+    with EdgewatchProcess(args, tmp_path / "run.log") as run:
+        run.wait_for_output(re.escape(f"no message yet from '{topic}'"), timeout=60)
+    log = (tmp_path / "run.log").read_text()
+    assert "status: 0 msg/s, received 0" in log and "summary: received 0" in log

@@ -262,6 +262,7 @@ def test_values_mirror_every_flow_setting():
         "partitions",
         "create_topics",
         "status_seconds",
+        "idle_warning_seconds",
     }
     assert chart_values | chart_managed == set(FlowSettings.model_fields)
     assert not chart_values & chart_managed
