@@ -57,6 +57,14 @@ def _state_line(settings: FlowSettings) -> str:
     return f"no recovery state; starts from {settings.start_from} offsets (group {settings.consumer_group})"
 
 
+def _say_skipped(dead) -> None:
+    """One line about the history rows training could not use (with the first one's reason)."""
+    if dead:
+        typer.echo(
+            f"train: skipped {len(dead)} unusable rows, e.g. row {dead[0].raw.offset}: {dead[0].reason}", err=True
+        )
+
+
 def _check_readable(path: Path) -> None:
     """A recorded stream that can be read: it exists and is of a kind edgewatch reads."""
     if not path.is_file():
@@ -460,10 +468,7 @@ def train(
         saved = artifact.save(artifact.train(spec, readings, source=str(input_path)), out, sign_key=sign_key)
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    if dead:
-        typer.echo(
-            f"train: skipped {len(dead)} unusable rows, e.g. row {dead[0].raw.offset}: {dead[0].reason}", err=True
-        )
+    _say_skipped(dead)
     training = saved.metadata["training"]
     typer.echo(
         f"train: version={saved.version} rows={training['rows']} devices={training['devices']} "
@@ -566,10 +571,7 @@ def train_rul_command(input_path: Path, out: Path) -> None:
         raise typer.BadParameter(f"training needs the train extra (pip install 'edgewatch[train]'): {exc}") from None
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    if dead:
-        typer.echo(
-            f"train: skipped {len(dead)} unusable rows, e.g. row {dead[0].raw.offset}: {dead[0].reason}", err=True
-        )
+    _say_skipped(dead)
     training = saved.metadata["training"]
     typer.echo(
         f"train: task=rul version={saved.version} runs={training['runs']} rows={training['rows']} "
