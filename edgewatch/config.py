@@ -132,6 +132,9 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
         "alarms", description="alarms raised and cleared (a device's abnormal episodes); empty: not written"
     )
     drift_topic: str | None = Field("drift", description="new normals accepted (drift events); empty: not written")
+    shadow_topic: str | None = Field(
+        "shadow", description="the challenger's labels beside the champion's (--shadow); empty: not written"
+    )
     partitions: int = Field(4, ge=1, description="partitions of the topics edgewatch creates")
     create_topics: bool = Field(False, description="create the input topic if it is missing (else: an error)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax workers in this process")
@@ -141,6 +144,15 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
         None,
         description="warm-start model: an `edgewatch train` directory, or models:/NAME@ALIAS | models:/NAME/N",
         json_schema_extra={"cli": "--model"},
+    )
+    shadow_model: Path | None = Field(
+        None,
+        description="challenger run beside the champion on the same readings (its labels: the shadow topic); "
+        "a directory or models:/NAME@ALIAS | models:/NAME/N",
+        json_schema_extra={"cli": "--shadow"},
+    )
+    rollout_warm_readings: int = Field(
+        256, ge=0, le=100_000, description="recent readings per device a new model learns before it takes over"
     )
     model_public_key: str | None = Field(
         None, description="ed25519 public key (PEM text or file): load only models signed by it (train --sign-key)"
