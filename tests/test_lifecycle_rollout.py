@@ -44,7 +44,7 @@ def run(stream, logic, start, stop, switch_at=None, switch=None, batch=DEVICES *
 
 def logic_for(fitted, controls, warm=256):
     rebuild = lambda new: new_bank(new.spec, artifact=new)  # noqa: E731
-    return ModelBankLogic(new_bank(SPEC, artifact=fitted), controls, rebuild, recent=RecentReadings(warm))
+    return ModelBankLogic(new_bank(fitted.spec, artifact=fitted), controls, rebuild, recent=RecentReadings(warm))
 
 
 def false_alarms(events, faults, first_tick, ticks):
@@ -53,8 +53,11 @@ def false_alarms(events, faults, first_tick, ticks):
     return sum(e.is_anomaly and not faults[e.reading.raw.offset] for e in events if lo <= e.reading.raw.offset < hi)
 
 
-@pytest.mark.parametrize("trained_devices", [DEVICES, DEVICES // 2])
-def test_a_rollout_keeps_what_devices_learned(fleet, trained_devices):
+@pytest.mark.parametrize(
+    ("detector", "trained_devices"),
+    [("relational-novelty", DEVICES), ("relational-novelty", DEVICES // 2), ("compact-novelty", DEVICES)],
+)
+def test_a_rollout_keeps_what_devices_learned(fleet, detector, trained_devices):
     """v1 (trained on the first 1,500 ticks) runs; at tick 2,500 v2 (trained on 2,000 ticks) rolls
     out. Over the next 1,000 readings per device: no more false alarms than without the rollout,
     no burst right after it, and every device's new model learned its recent readings before it
@@ -63,9 +66,10 @@ def test_a_rollout_keeps_what_devices_learned(fleet, trained_devices):
     fitted on their recent readings instead of another device's."""
     readings, faults = fleet
     known = {f"machine-{i:04d}" for i in range(trained_devices)}
-    v1 = artifact.train(SPEC, [r for r in readings[: 1500 * DEVICES] if r.device_id in known])
+    spec = BUILTIN[detector]
+    v1 = artifact.train(spec, [r for r in readings[: 1500 * DEVICES] if r.device_id in known])
     v1.version = "v1"
-    v2 = artifact.train(SPEC, [r for r in readings[: 2000 * DEVICES] if r.device_id in known])
+    v2 = artifact.train(spec, [r for r in readings[: 2000 * DEVICES] if r.device_id in known])
     v2.version = "v2"
 
     kept, _ = run(readings, logic_for(v1, LiveControls()), 1500, 3500)
@@ -81,10 +85,10 @@ def test_a_rollout_keeps_what_devices_learned(fleet, trained_devices):
         figures[warm] = false_alarms(after, faults, 2500, 1000), false_alarms(after, faults, 2500, 100)
         if warm:  # every device's new model learned its last 256 readings before labeling one
             assert logic.last_warm == {f"machine-{i:04d}": 256 for i in range(DEVICES)}
-    print(f"\nfalse alarms over 1,000 (first 100) readings x {DEVICES} devices, {trained_devices} trained: "
+    print(f"\n{detector}: false alarms over 1,000 (first 100) readings x {DEVICES} devices, {trained_devices} trained: "
           f"no rollout {without}, rollout warmed {figures[256]}, rollout cold {figures[0]}")  # fmt: skip
     assert figures[256][0] <= without[0] and figures[256][1] <= without[1]
-    assert figures[0][1] > 3 * figures[256][1]  # the ablation: the burst the warm-up prevents
+    assert figures[0][1] > 3 * figures[256][1] + 5  # the ablation: the burst the warm-up prevents
 
 
 def test_a_challenger_in_the_shadow_is_promoted_with_what_it_learned(fleet):
