@@ -135,6 +135,13 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     shadow_topic: str | None = Field(
         "shadow", description="the challenger's labels beside the champion's (--shadow); empty: not written"
     )
+    fleet_drift_topic: str | None = Field(
+        "fleet-drift", description="features whose fleet distribution left the model's reference; empty: not written"
+    )
+    fleet_drift_window: int = Field(10_000, ge=100, description="readings per fleet drift window")
+    fleet_drift_psi: float = Field(
+        0.25, gt=0, description="PSI of a feature's fleet window against the training reference that is drift"
+    )
     partitions: int = Field(4, ge=1, description="partitions of the topics edgewatch creates")
     create_topics: bool = Field(False, description="create the input topic if it is missing (else: an error)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax workers in this process")

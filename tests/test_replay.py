@@ -62,7 +62,7 @@ def test_run_on_a_file_writes_labeled_jsonl_without_a_broker(tmp_path):
     assert {e["source"]["offset"] for e in labeled} | {
         int(d["headers"]["edgewatch.error.offset"]) for d in dead
     } == set(range(1000))
-    assert labeled[0]["model"]["name"] == "compact-novelty" and "score" in labeled[0]
+    assert labeled[0]["model"]["name"] == "relational-novelty" and "score" in labeled[0]
 
 
 def test_nab_and_cmapss_files_replay_as_messages(tmp_path):

@@ -6,7 +6,9 @@ Read top to bottom, this is the whole data path::
     parse         each batch → valid readings, and dead letters (with the reason)
     shard         readings grouped by device shard (a stable hash of the device id)
     detect        per shard, a bank of device models: score, label, learn (snapshotted per epoch)
-    outputs       typed streams — labeled, dead_letters, alarms, drift, shadow — each a list per item
+    fleet drift   per batch, counts in the reference bins of the model in effect → one window
+    outputs       typed streams — labeled, dead_letters, alarms, drift, shadow, fleet_drift — each a
+                  list per item
 
 :func:`build_flow` returns the dataflow and its :class:`AnomalyStreams`; the caller attaches one
 ``op.output`` per destination (:mod:`edgewatch.flows.outputs`: Kafka, JSONL files, IoT Hub,
@@ -31,9 +33,11 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
 from edgewatch.config import FlowSettings
+from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT, FleetDriftEvent, FleetDriftLogic, bin_counts
 from edgewatch.flows.lifecycle import RecentReadings, ShadowEvent, ShadowTally, warmed
 from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.bank import ModelBank, new_bank
+from edgewatch.online_models.reference import checked_reference
 from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import AlarmEvent, BankResult, DeadLetter, DriftEvent, LabeledEvent, RawMessage, Reading
 from edgewatch.schema import parse_batch as parse_messages
@@ -51,6 +55,7 @@ class AnomalyStreams:
     alarms: Stream[list[AlarmEvent]]
     drift: Stream[list[DriftEvent]]
     shadow: Stream[list[ShadowEvent]]  # the challenger's labels (``--shadow``), beside the champion's
+    fleet_drift: Stream[list[FleetDriftEvent]]  # features whose fleet distribution left the training reference
 
 
 class ShadowResult(NamedTuple):
@@ -68,6 +73,8 @@ def build_flow(
     """The anomaly dataflow reading ``source``. Devices warm-start from ``artifact`` (default:
     ``settings.model_dir``); ``controls`` change the threshold or the model while it runs."""
     flow = Dataflow("edgewatch-anomaly")
+    if artifact is None and settings.model_dir is not None:
+        artifact = artifact_module.load(settings.model_dir, settings.model_public_key)
     batches = op.input("in", flow, source)
     parsed = op.map("parse", batches, parse)
     bad_input = op.filter_map("bad-input", parsed, lambda batch: batch[1] or None)
@@ -86,8 +93,30 @@ def build_flow(
         alarms=op.filter_map("alarms", results, lambda result: result.alarms or None),
         drift=op.filter_map("drift", results, lambda result: result.drift or None),
         shadow=op.filter_map("shadow", split.trues, lambda result: result.events or None),
+        fleet_drift=fleet_drift(settings, parsed, controls, artifact),
     )
     return flow, streams
+
+
+def fleet_drift(settings: FlowSettings, parsed: Stream, controls: LiveControls | None, artifact) -> Stream:
+    """Fleet drift events: each batch's readings counted into the reference bins of the model in
+    effect where it was parsed; one step sums the counts of a window and measures it."""
+
+    def in_effect():
+        return (controls.plan.artifact if controls is not None else None) or artifact
+
+    def reference_of(version: str):
+        model = in_effect()
+        return checked_reference(model.metadata) if model is not None and model.version == version else None
+
+    counts = op.filter_map("fleet-drift-counts", parsed, lambda batch: bin_counts(batch[0], in_effect()))
+    report = settings.model_cache_dir / FLEET_DRIFT_REPORT
+    window = op.stateful_batch(
+        "fleet-drift",
+        op.key_on("fleet", counts, lambda _counts: "fleet"),
+        lambda _state: FleetDriftLogic(reference_of, settings.fleet_drift_window, settings.fleet_drift_psi, report),
+    )
+    return op.key_rm("fleet-drift-events", window)
 
 
 def parse(raws: list[RawMessage]) -> tuple[list[Reading], list[DeadLetter]]:

@@ -6,7 +6,7 @@ destinations::
     kafka_flow    Kafka in → labeled / dead-letter / alarms / drift / shadow topics    edgewatch run
                   (+ IoT Hub, Event Hubs)
     replay_flow   a recorded file in → labeled.jsonl and its .deadletter / .alarms /  edgewatch run --replay
-                  .drift / .shadow siblings
+                  .drift / .shadow / .fleet-drift siblings
 
 (the IoT Edge module wires edgeHub in and module outputs out: :mod:`edgewatch.azure.module`).
 """
@@ -24,6 +24,7 @@ from edgewatch.config import FlowSettings
 from edgewatch.connectors.files import FileSource, JsonlSink, dead_letter_line
 from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord
 from edgewatch.flows.anomaly import AnomalyStreams, build_flow
+from edgewatch.flows.fleet_drift import FleetDriftEvent, fleet_drift_event_json
 from edgewatch.flows.lifecycle import ShadowEvent, shadow_event_json
 from edgewatch.schema import (
     DeadLetter,
@@ -80,6 +81,9 @@ def to_kafka(streams: AnomalyStreams, settings: FlowSettings) -> None:
         )
     if settings.shadow_topic:
         op.output("shadow-kafka", streams.shadow, KafkaSink(config, shadow_records(settings.shadow_topic)))
+    if settings.fleet_drift_topic:
+        records = fleet_drift_records(settings.fleet_drift_topic)
+        op.output("fleet-drift-kafka", streams.fleet_drift, KafkaSink(config, records))
 
 
 def output_topics(settings: FlowSettings) -> list[str]:
@@ -105,6 +109,8 @@ def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
     op.output("alarms-file", streams.alarms, JsonlSink(sibling(labeled_path, "alarms"), alarm_event_json))
     op.output("drift-file", streams.drift, JsonlSink(sibling(labeled_path, "drift"), drift_event_json))
     op.output("shadow-file", streams.shadow, JsonlSink(sibling(labeled_path, "shadow"), shadow_event_json))
+    fleet_drift = JsonlSink(sibling(labeled_path, "fleet-drift"), fleet_drift_event_json)
+    op.output("fleet-drift-file", streams.fleet_drift, fleet_drift)
 
 
 def sibling(labeled_path: Path, kind: str) -> Path:
@@ -184,6 +190,15 @@ def shadow_records(topic: str) -> Callable[[ShadowEvent], OutRecord]:
 
     def record(shadow: ShadowEvent) -> OutRecord:
         return OutRecord(topic, shadow.event.reading.device_id.encode(), shadow_event_json(shadow), [])
+
+    return record
+
+
+def fleet_drift_records(topic: str) -> Callable[[FleetDriftEvent], OutRecord]:
+    """A fleet drift event as a record keyed by its feature."""
+
+    def record(event: FleetDriftEvent) -> OutRecord:
+        return OutRecord(topic, event.feature.encode(), fleet_drift_event_json(event), [])
 
     return record
 

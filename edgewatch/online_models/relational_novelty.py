@@ -275,6 +275,14 @@ class RelationalNovelty(AnomalyDetector):
             return self._layout.read_row(state, 0)
         return self._layout.read_row(self._rows[features], 0)
 
+    def import_arrays(self, features: Sequence[str], arrays: dict[str, np.ndarray]) -> None:
+        """Set the state row for ``features`` from :meth:`export_arrays`' fields (a model saved as
+        data is loaded this way, without pickle; the artifact checked every name, dtype and shape)."""
+        row = self._layout.allocate(1, len(features))
+        self._layout.write_row(row, 0, arrays)
+        self._rows[tuple(features)] = row
+        self._cache = None
+
     def state_bytes(self) -> int:
         return sum(block.nbytes for row in self._rows.values() for block in row)
 

@@ -131,19 +131,22 @@ def rollback(
 
 
 @models_app.command("status")
-@settings_command(RegistrySettings, only=["tracking_uri"])
+@settings_command(RegistrySettings, only=["tracking_uri", "model_cache_dir"])
 def status(
     settings: RegistrySettings,
     name: Annotated[str, typer.Argument(help="registered model")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Versions, aliases, champion history and the last validation of each version."""
+    """Versions, aliases, champion history and the last validation of each version; the fleet drift
+    a flow using this cache directory measured last."""
+    from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT, read_report
     from edgewatch.registry.lifecycle import status as run_status
 
     try:
         found = run_status(settings.tracking_uri, name)
     except RegistryError as exc:
         raise typer.BadParameter(str(exc)) from None
+    found["fleet_drift"] = drift = read_report(settings.model_cache_dir / FLEET_DRIFT_REPORT)
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -159,6 +162,13 @@ def status(
         typer.echo(
             f"  version {row['version']}{tags}: {row['model_version']} created {row['created']}, "
             f"{row['training_rows']} rows; validation: {validation}"
+        )
+    if drift:
+        figures = ", ".join(f"{feature} {value}" for feature, value in drift.get("psi", {}).items())
+        drifted = ", ".join(drift.get("drifted") or []) or "none"
+        typer.echo(
+            f"fleet drift of {drift.get('model_version')} (window of {drift.get('readings')} readings to "
+            f"{drift.get('window_end')}): PSI {figures}; drifted (PSI >= {drift.get('threshold')}): {drifted}"
         )
 
 
