@@ -142,6 +142,11 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     fleet_drift_psi: float = Field(
         0.25, gt=0, description="PSI of a feature's fleet window against the training reference that is drift"
     )
+    training_store: Path | None = Field(
+        None, description="SQLite file of readings labeled normal, what `edgewatch retrain` trains on (empty: none)"
+    )
+    training_store_max_age_hours: float = Field(168.0, gt=0, description="training readings older than this go")
+    training_store_rows_per_device: int = Field(5000, ge=1, description="newest training readings kept per device")
     partitions: int = Field(4, ge=1, description="partitions of the topics edgewatch creates")
     create_topics: bool = Field(False, description="create the input topic if it is missing (else: an error)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax workers in this process")

@@ -52,6 +52,7 @@ def kafka_flow(app: Application) -> Dataflow:
     flow, streams = build_flow(settings, source, app.controls, app.artifact)
     to_kafka(streams, settings)
     to_cloud(streams, settings)
+    to_training_store(streams, settings)
     return flow
 
 
@@ -60,6 +61,7 @@ def replay_flow(app: Application, path: Path, labeled_path: Path) -> Dataflow:
     source = FileSource(path, app.settings.batch_size)
     flow, streams = build_flow(app.settings, source, app.controls, app.artifact)
     to_files(streams, labeled_path)
+    to_training_store(streams, app.settings)
     return flow
 
 
@@ -116,6 +118,17 @@ def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
 def sibling(labeled_path: Path, kind: str) -> Path:
     """``labeled.jsonl`` → ``labeled.<kind>.jsonl`` (dead letters, alarms, drift events)."""
     return Path(labeled_path).with_suffix(f".{kind}.jsonl")
+
+
+def to_training_store(streams: AnomalyStreams, settings: FlowSettings) -> None:
+    """Readings labeled normal to the training store (``--training-store``), bounded by age and size."""
+    if settings.training_store is not None:
+        from edgewatch.registry.training_store import TrainingStoreSink
+
+        sink = TrainingStoreSink(
+            settings.training_store, settings.training_store_max_age_hours, settings.training_store_rows_per_device
+        )
+        op.output("labeled-training-store", streams.labeled, sink)
 
 
 def to_cloud(streams: AnomalyStreams, settings: FlowSettings) -> None:
