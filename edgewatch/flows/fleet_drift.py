@@ -1,8 +1,8 @@
 """Fleet-level drift: every feature's distribution over the fleet against the model's training reference.
 
 The artifact carries a reference histogram per feature (:func:`reference_histograms`, written by
-``edgewatch train``: decile edges over the training history and the share of readings in each
-bin). The flow counts each batch's readings into those bins where the batch is parsed (small
+``edgewatch train``: equal-width bins over the training history's range and the share of
+readings in each). The flow counts each batch's readings into those bins where the batch is parsed (small
 arrays, not readings, travel to the one step that keeps the window), and every ``window``
 readings compares the window's shares with the reference by the population stability index
 
