@@ -45,7 +45,7 @@ def model_name():
 
 def register(history, out, name, tracking_uri, *extra, audit=None):
     args = ["train", "--input", str(history), "--out", str(out), "--register", name, "--tracking-uri", tracking_uri,
-            "--audit-log", str(audit or out.parent / "audit.jsonl")]  # fmt: skip
+            "--audit-log", str(audit or out.parent / "audit.jsonl"), "--detector", "compact-novelty"]  # fmt: skip
     result = runner.invoke(app, [*args, *extra])
     assert result.exit_code == 0, result.output
     return result
@@ -151,11 +151,11 @@ def test_resolve_downloads_verifies_and_caches(streams, tmp_path, mlflow_trackin
 
     # a cached copy that no longer matches its checksum is downloaded again, never run
     metadata = json.loads((by_alias.path / "model.json").read_text())
-    (by_alias.path / "model.json").write_text(json.dumps({**metadata, "sha256": "0" * 64}))
+    (by_alias.path / "model.json").write_text(json.dumps({**metadata, "files": {"arrays.npz": "0" * 64}}))
     with caplog.at_level(logging.WARNING, logger="edgewatch.registry.resolve"):
         again = resolve_model(f"models:/{model_name}/1", cache, mlflow_tracking_uri)
     assert "fails its check" in caplog.text
-    assert json.loads((again.path / "model.json").read_text())["sha256"] == metadata["sha256"]
+    assert json.loads((again.path / "model.json").read_text())["files"] == metadata["files"]
 
     with pytest.raises(RegistryError, match="champion"):
         resolve_model(f"models:/{model_name}@champion", cache, mlflow_tracking_uri)
@@ -191,7 +191,7 @@ def test_a_model_that_fails_its_checksum_is_refused_and_never_cached(streams, tm
 
     trained(streams[0], tmp_path / "model")
     metadata = json.loads((tmp_path / "model" / "model.json").read_text())
-    (tmp_path / "model" / "model.json").write_text(json.dumps({**metadata, "sha256": "f" * 64}))
+    (tmp_path / "model" / "model.json").write_text(json.dumps({**metadata, "files": {"arrays.npz": "f" * 64}}))
     registered = register_model(tmp_path / "model", model_name, mlflow_tracking_uri)
     with pytest.raises(ArtifactError, match="does not match its sha256"):
         resolve_model(registered.uri, tmp_path / "cache", mlflow_tracking_uri)
