@@ -3,7 +3,8 @@
 In the spirit of Quix Streams' ``Application``: built from the settings, it owns everything
 around the dataflow, in one place and in one order::
 
-    start     logging → the warm-start model (checked before anything else starts) → the recovery
+    start     logging → the warm-start model and the shadow's (checked before anything else
+              starts; the live controls of both) → the recovery
               directory → the metrics server → GC tuned for streaming → SIGTERM/Ctrl-C → stop
     run       the dataflow, through Bytewax's public ``bytewax.run.cli_main``
     close     the resources registered with :meth:`Application.closing` (clients, buffers), in the
@@ -33,6 +34,7 @@ from pathlib import Path
 from bytewax.dataflow import Dataflow
 
 from edgewatch.config import FlowSettings
+from edgewatch.flows.anomaly import LiveControls
 from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.registry import resolve_detector
 from edgewatch.telemetry import FLOW_METRICS
@@ -75,6 +77,8 @@ class Application:
         self.input_name = input_name or settings.in_topic
         self.stop_requested = threading.Event()
         self.artifact: artifact_module.ModelArtifact | None = None
+        #: the running flow's models and threshold (a module twin and ``retrain`` change them)
+        self.controls: LiveControls | None = None
         self._handle_signals = handle_signals
         self._resources = contextlib.ExitStack()
         self._started = False
@@ -91,6 +95,10 @@ class Application:
         except ValueError as exc:
             raise SetupError(f"--detector: {exc}") from None
         self.artifact = self._load_model()
+        self.controls = LiveControls(threshold=self.settings.threshold, artifact=self.artifact)
+        challenger = self._resolve(self.settings.shadow_model, "--shadow")
+        if challenger is not None:
+            self.controls.shadow(challenger)
         FLOW_METRICS.use_model(self.settings.detector, self.model_version)
         if self.settings.recovery_dir is not None:
             init_recovery_dir(
@@ -112,25 +120,30 @@ class Application:
         return resolve_detector(self.settings.detector).version
 
     def _load_model(self) -> artifact_module.ModelArtifact | None:
-        model_dir = self.settings.model_dir
-        if model_dir is None:
+        fitted = self._resolve(self.settings.model_dir, "--model")
+        if fitted is None:
+            return None
+        if "detector" in self.settings.model_fields_set and self.settings.detector != fitted.spec.name:
+            raise SetupError(f"--model holds a {fitted.spec.name} detector, not {self.settings.detector}")
+        self.settings.detector = fitted.spec.name
+        return fitted
+
+    def _resolve(self, uri, option: str) -> artifact_module.ModelArtifact | None:
+        """A model directory or registry URI, resolved, verified and cached (``None``: none asked for)."""
+        if uri is None:
             return None
         from edgewatch.registry import RegistryError
         from edgewatch.registry.resolve import resolve_model
 
         try:  # refuse a bad artifact before anything starts; a registry URI is resolved, verified, cached
             resolved = resolve_model(
-                model_dir, self.settings.model_cache_dir, self.settings.tracking_uri, self.settings.model_public_key
+                uri, self.settings.model_cache_dir, self.settings.tracking_uri, self.settings.model_public_key
             )
         except (artifact_module.ArtifactError, RegistryError) as exc:
-            raise SetupError(str(exc)) from None
+            raise SetupError(f"{option}: {exc}" if option != "--model" else str(exc)) from None
         if resolved.version is not None:
-            log.info("model %s", resolved.describe())
-        fitted = resolved.artifact
-        if "detector" in self.settings.model_fields_set and self.settings.detector != fitted.spec.name:
-            raise SetupError(f"--model holds a {fitted.spec.name} detector, not {self.settings.detector}")
-        self.settings.detector = fitted.spec.name
-        return fitted
+            log.info("%s %s", option.lstrip("-"), resolved.describe())
+        return resolved.artifact
 
     def _start_metrics_server(self) -> None:
         from prometheus_client import start_http_server

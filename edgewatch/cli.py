@@ -20,6 +20,7 @@ import typer
 from edgewatch.cli_options import settings_command
 from edgewatch.config import FlowSettings, KafkaSettings, RegistrySettings, RulSettings, SimulatorSettings
 from edgewatch.registry.cli import models_app
+from edgewatch.registry.cli import retrain as retrain_command
 
 app = typer.Typer(
     help="Streaming anomaly detection for industrial device fleets.",
@@ -707,6 +708,7 @@ def recovery_reshard(
 
 
 app.add_typer(models_app, name="models")
+app.command("retrain")(retrain_command)
 
 data_app = typer.Typer(help="Public datasets: fetched on demand, never shipped.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

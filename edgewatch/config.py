@@ -134,6 +134,21 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
         "alarms", description="alarms raised and cleared (a device's abnormal episodes); empty: not written"
     )
     drift_topic: str | None = Field("drift", description="new normals accepted (drift events); empty: not written")
+    shadow_topic: str | None = Field(
+        "shadow", description="the challenger's labels beside the champion's (--shadow); empty: not written"
+    )
+    fleet_drift_topic: str | None = Field(
+        "fleet-drift", description="features whose fleet distribution left the model's reference; empty: not written"
+    )
+    fleet_drift_window: int = Field(10_000, ge=100, description="readings per fleet drift window")
+    fleet_drift_psi: float = Field(
+        0.25, gt=0, description="PSI of a feature's fleet window against the training reference that is drift"
+    )
+    training_store: Path | None = Field(
+        None, description="SQLite file of readings labeled normal, what `edgewatch retrain` trains on (empty: none)"
+    )
+    training_store_max_age_hours: float = Field(168.0, gt=0, description="training readings older than this go")
+    training_store_rows_per_device: int = Field(5000, ge=1, description="newest training readings kept per device")
     partitions: int = Field(4, ge=1, description="partitions of the topics edgewatch creates")
     create_topics: bool = Field(False, description="create the input topic if it is missing (else: an error)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax workers in this process")
@@ -143,6 +158,15 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
         None,
         description="warm-start model: an `edgewatch train` directory, or models:/NAME@ALIAS | models:/NAME/N",
         json_schema_extra={"cli": "--model"},
+    )
+    shadow_model: Path | None = Field(
+        None,
+        description="challenger run beside the champion on the same readings (its labels: the shadow topic); "
+        "a directory or models:/NAME@ALIAS | models:/NAME/N",
+        json_schema_extra={"cli": "--shadow"},
+    )
+    rollout_warm_readings: int = Field(
+        256, ge=0, le=100_000, description="recent readings per device a new model learns before it takes over"
     )
     model_public_key: str | None = Field(
         None, description="ed25519 public key (PEM text or file): load only models signed by it (train --sign-key)"

@@ -283,6 +283,9 @@ def test_desired_properties_change_the_flow_and_bad_values_are_reported(twin_con
         "error": None,
         "desiredVersion": 2,
         "accepted": None,
+        "modelUri": str(tmp_path / "model"),
+        "shadowVersion": None,
+        "promotedShadow": None,
     }
     assert (controls.threshold, sink.send, controls.generation) == (0.9, "all", 0), "same model: no restart"
 
@@ -408,6 +411,9 @@ def test_the_module_labels_edgehub_input_and_follows_its_twin(broker, edgehub, m
         "error": None,
         "desiredVersion": 1,
         "accepted": None,
+        "modelUri": str(model_path),
+        "shadowVersion": None,
+        "promotedShadow": None,
     }
     wait_until(lambda: broker.subscribed(MODULE_CLIENT, f"{INPUT_TOPIC}/#"), 20, "the input subscription")
 

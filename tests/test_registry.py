@@ -45,7 +45,7 @@ def model_name():
 
 def register(history, out, name, tracking_uri, *extra, audit=None):
     args = ["train", "--input", str(history), "--out", str(out), "--register", name, "--tracking-uri", tracking_uri,
-            "--audit-log", str(audit or out.parent / "audit.jsonl")]  # fmt: skip
+            "--audit-log", str(audit or out.parent / "audit.jsonl"), "--detector", "compact-novelty"]  # fmt: skip
     result = runner.invoke(app, [*args, *extra])
     assert result.exit_code == 0, result.output
     return result

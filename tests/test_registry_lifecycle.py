@@ -78,6 +78,16 @@ def test_train_register_run_validate_promote_rollback(kafka_bootstrap, flow_topi
     status = json.loads(invoke("models", "status", name, "--json", *registry).output)
     assert status["aliases"] == {"champion": "1"} and status["champion_history"] == ["1"]
     assert status["versions"][0]["validation"] == ("passed" if verdict["passed"] else "failed")
+    assert status["fleet_drift"] is None  # no flow has measured any with this cache directory
+    # what a flow's last fleet drift window wrote (edgewatch.flows.fleet_drift) shows in the status
+    from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT, FleetDriftLogic
+
+    window = FleetDriftLogic(lambda _version: None, 1, 0.25, tmp_path / "cache" / FLEET_DRIFT_REPORT)
+    window._version, window._readings = "v1", 800
+    window._write_report(1.79e9, {"machine.temperature": 0.61, "ambient.humidity": 0.01}, ["machine.temperature"])
+    cache = ["--model-cache-dir", str(tmp_path / "cache")]
+    shown = invoke("models", "status", name, *registry, *cache)
+    assert "fleet drift of v1" in shown.output and "drifted (PSI >= 0.25): machine.temperature" in shown.output
 
     entries = AuditLog(tmp_path / "audit.jsonl").entries()
     refusal = [] if verdict["passed"] else ["promote-refused"]

@@ -129,7 +129,7 @@ def run_iotedge(
         queue = EdgeHubInput(
             input_name, queue_capacity, queue_wait_seconds, OutputRejecter(client, deadletter_output, twin_timeout)
         )
-        controls = LiveControls(threshold=settings.threshold)
+        controls = app.controls  # the model, the shadow and the threshold, as the settings give them
         flow, labeled_sink = build_module_flow(settings, client, queue, controls, deadletter_output, app.artifact)
         ModuleTwin(client, TwinControls(settings, controls, labeled_sink), twin_timeout).start()
         set_handler(client, "on_message_received", queue.handle, twin_timeout)

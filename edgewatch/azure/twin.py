@@ -6,12 +6,21 @@
 ``threshold``   label threshold, a number in [0, 1]; ``null`` restores the default
 ``sendMode``    ``anomalies`` (only anomalous events leave on ``labeled``) or ``all``
 ``modelVersion`` the warm-start model version: a different one is loaded from
-                ``EDGEWATCH_MODEL_DIR`` and, if that is the version asked for, every device
-                restarts from it; otherwise the mismatch is reported
+                ``EDGEWATCH_MODEL_DIR`` and, if that is the version asked for, rolled out;
+                otherwise the mismatch is reported
+``modelUri``    a registry URI (``models:/NAME@champion``, ``models:/NAME/3``) or a model
+                directory: pulled, verified (sha256, signature) and rolled out — each device's
+                new model learns its recent readings before it takes over; a failed pull or
+                load keeps the running version and reports the error
+``shadowUri``   a challenger run beside the champion (its labels: the shadow output);
+                ``null`` stops it
+``promoteShadow`` a request number: the challenger becomes the champion with what it learned
+                (no restart), once per higher number
 =============== ==============================================================================
 
-What is in effect is reported back (``threshold``, ``sendMode``, ``modelVersion``, ``detector``,
-``status`` ``ok``/``error``, ``error``, ``desiredVersion``). A value that does not validate is
+What is in effect is reported back (``threshold``, ``sendMode``, ``modelVersion``, ``modelUri``,
+``shadowVersion``, ``promotedShadow``, ``detector``, ``status`` ``ok``/``error``, ``error``,
+``desiredVersion``). A value that does not validate is
 ignored (the previous one stays), logged, and reported in ``error``; it never stops the module.
 """
 
@@ -46,6 +55,8 @@ class TwinControls:
         labeled_sink: the sink whose send mode ``sendMode`` sets (``None``: refused).
         load_artifact: reads a model directory (tests replace it; default: ``artifact.load`` with
             ``settings.model_public_key``).
+        resolve_uri: pulls and verifies a ``modelUri``/``shadowUri`` (default: the registry's
+            :func:`~edgewatch.registry.resolve.resolve_model`, cached in ``settings.model_cache_dir``).
     """
 
     def __init__(
@@ -54,12 +65,16 @@ class TwinControls:
         controls: LiveControls,
         labeled_sink: LabeledEventSink | None,
         load_artifact: Callable[[Path], artifact_module.ModelArtifact] | None = None,
+        resolve_uri: Callable[[str], artifact_module.ModelArtifact] | None = None,
     ):
         self._settings = settings
         self._controls = controls
         self._sink = labeled_sink
         # a rolled-out model is checked like --model: its sha256, and its signature when a key is set
         self._load_artifact = load_artifact or (lambda path: artifact_module.load(path, settings.model_public_key))
+        self._resolve_uri = resolve_uri or self._resolve_registry
+        self.model_uri: str | None = str(settings.model_dir) if settings.model_dir is not None else None
+        self.promoted_shadow = 0  # the last promotion request applied
         metadata = _model_metadata(settings.model_dir)
         self.model_version: str | None = metadata.get("version")
         self.detector = metadata.get("detector") or settings.detector
@@ -101,6 +116,9 @@ class TwinControls:
             "sendMode": self._set_send_mode,
             "modelVersion": self._set_model,
             "accept": self._set_accept,
+            "modelUri": self._set_model_uri,
+            "shadowUri": self._set_shadow_uri,
+            "promoteShadow": self._set_promote_shadow,
         }
         for name, handler in handlers.items():
             if name not in desired and not complete:
@@ -127,6 +145,9 @@ class TwinControls:
             "error": "; ".join(f"{name}: {why}" for name, why in sorted(self.errors.items())) or None,
             "desiredVersion": self.desired_version,
             "accepted": dict(self.accepted) or None,
+            "modelUri": self.model_uri,
+            "shadowVersion": self._controls.challenger.version if self._controls.challenger else None,
+            "promotedShadow": self.promoted_shadow or None,
         }
 
     def remember_accepted(self, reported: dict | None) -> None:
@@ -135,6 +156,61 @@ class TwinControls:
         for device, request in ((reported or {}).get("accepted") or {}).items():
             if isinstance(request, int) and not isinstance(request, bool):
                 self.accepted[device] = max(request, self.accepted.get(device, 0))
+        promoted = (reported or {}).get("promotedShadow")
+        if isinstance(promoted, int) and not isinstance(promoted, bool):
+            self.promoted_shadow = max(promoted, self.promoted_shadow)
+
+    def _resolve_registry(self, uri: str) -> artifact_module.ModelArtifact:
+        from edgewatch.registry.resolve import resolve_model
+
+        settings = self._settings
+        return resolve_model(uri, settings.model_cache_dir, settings.tracking_uri, settings.model_public_key).artifact
+
+    def _pull(self, value: object) -> artifact_module.ModelArtifact:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"must be a models:/ URI or a model directory, got {json.dumps(value)}")
+        try:
+            fitted = self._resolve_uri(value)
+        except (OSError, ValueError) as exc:  # ArtifactError and RegistryError are ValueErrors
+            raise ValueError(f"pulling {value} failed: {exc} (still running {self.model_version!r})") from None
+        return fitted
+
+    def _set_model_uri(self, value: object) -> None:
+        """``modelUri``: pull, verify and roll out (each device warmed on its recent readings)."""
+        if value is None or value == self.model_uri:
+            return
+        fitted = self._pull(value)
+        if fitted.version != self.model_version:
+            self._controls.use_artifact(fitted)
+        self.model_uri, self.model_version, self.detector = str(value), fitted.version, fitted.spec.name
+        self._controls.threshold = self.threshold
+        log.info("twin: model %s (%s) from %s rolled out", fitted.version, fitted.spec.name, value)
+
+    def _set_shadow_uri(self, value: object) -> None:
+        """``shadowUri``: run a challenger beside the champion; ``null`` stops it."""
+        challenger = self._controls.challenger
+        if value is None:
+            if challenger is not None:
+                self._controls.shadow(None)
+            return
+        fitted = self._pull(value)
+        if challenger is None or challenger.version != fitted.version:
+            self._controls.shadow(fitted)
+            log.info("twin: challenger %s (%s) runs in the shadow", fitted.version, fitted.spec.name)
+
+    def _set_promote_shadow(self, value: object) -> None:
+        """``promoteShadow: <request number>``: the challenger becomes the champion, once per higher number."""
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a request number, got {json.dumps(value)}")
+        if value <= self.promoted_shadow:
+            return
+        promoted = self._controls.promote_shadow()  # ValueError when no challenger runs
+        self.promoted_shadow = value
+        self.model_version, self.detector, self.model_uri = promoted.version, promoted.spec.name, None
+        self._controls.threshold = self.threshold
+        log.info("twin: challenger %s promoted to champion (request %d)", promoted.version, value)
 
     def _set_accept(self, value: object) -> None:
         """``accept: {"<device id>": <request number>}``: make each device's present abnormal state its

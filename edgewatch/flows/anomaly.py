@@ -6,7 +6,9 @@ Read top to bottom, this is the whole data path::
     parse         each batch → valid readings, and dead letters (with the reason)
     shard         readings grouped by device shard (a stable hash of the device id)
     detect        per shard, a bank of device models: score, label, learn (snapshotted per epoch)
-    outputs       typed streams — labeled, dead_letters, alarms, drift — each a list per item
+    fleet drift   per batch, counts in the reference bins of the model in effect → one window
+    outputs       typed streams — labeled, dead_letters, alarms, drift, shadow, fleet_drift — each a
+                  list per item
 
 :func:`build_flow` returns the dataflow and its :class:`AnomalyStreams`; the caller attaches one
 ``op.output`` per destination (:mod:`edgewatch.flows.outputs`: Kafka, JSONL files, IoT Hub,
@@ -18,22 +20,28 @@ Run it with ``edgewatch run`` or ``python -m bytewax.run edgewatch.flows.anomaly
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
 from edgewatch.config import FlowSettings
+from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT, FleetDriftEvent, FleetDriftLogic, bin_counts
+from edgewatch.flows.lifecycle import RecentReadings, ShadowEvent, ShadowTally, warmed
 from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.bank import ModelBank, new_bank
+from edgewatch.online_models.reference import checked_reference
 from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import AlarmEvent, BankResult, DeadLetter, DriftEvent, LabeledEvent, RawMessage, Reading
 from edgewatch.schema import parse_batch as parse_messages
+from edgewatch.state.limits import DEVICES_HELD
 from edgewatch.state.pages import ShardPages, manifest
 from edgewatch.telemetry import FLOW_METRICS
 
@@ -46,6 +54,14 @@ class AnomalyStreams:
     dead_letters: Stream[list[DeadLetter]]
     alarms: Stream[list[AlarmEvent]]
     drift: Stream[list[DriftEvent]]
+    shadow: Stream[list[ShadowEvent]]  # the challenger's labels (``--shadow``), beside the champion's
+    fleet_drift: Stream[list[FleetDriftEvent]]  # features whose fleet distribution left the training reference
+
+
+class ShadowResult(NamedTuple):
+    """A shard's shadow events for one batch (beside the champion's :class:`BankResult`)."""
+
+    events: list[ShadowEvent]
 
 
 def build_flow(
@@ -57,12 +73,15 @@ def build_flow(
     """The anomaly dataflow reading ``source``. Devices warm-start from ``artifact`` (default:
     ``settings.model_dir``); ``controls`` change the threshold or the model while it runs."""
     flow = Dataflow("edgewatch-anomaly")
+    if artifact is None and settings.model_dir is not None:
+        artifact = artifact_module.load(settings.model_dir, settings.model_public_key)
     batches = op.input("in", flow, source)
     parsed = op.map("parse", batches, parse)
     bad_input = op.filter_map("bad-input", parsed, lambda batch: batch[1] or None)
     by_shard = op.flat_map("shard", parsed, lambda batch: shard_readings(batch[0], settings.shard_count))
     detected = op.stateful_batch("detect", by_shard, bank_builder(settings, controls, artifact))
-    results = op.key_rm("unshard", detected)
+    split = op.branch("shadow-split", op.key_rm("unshard", detected), lambda item: isinstance(item, ShadowResult))
+    results = split.falses
     op.inspect("count", results, lambda _step, result: FLOW_METRICS.count_results(result))
     streams = AnomalyStreams(
         labeled=op.filter_map("labeled", results, lambda result: result.events or None),
@@ -73,8 +92,31 @@ def build_flow(
         ),
         alarms=op.filter_map("alarms", results, lambda result: result.alarms or None),
         drift=op.filter_map("drift", results, lambda result: result.drift or None),
+        shadow=op.filter_map("shadow", split.trues, lambda result: result.events or None),
+        fleet_drift=fleet_drift(settings, parsed, controls, artifact),
     )
     return flow, streams
+
+
+def fleet_drift(settings: FlowSettings, parsed: Stream, controls: LiveControls | None, artifact) -> Stream:
+    """Fleet drift events: each batch's readings counted into the reference bins of the model in
+    effect where it was parsed; one step sums the counts of a window and measures it."""
+
+    def in_effect():
+        return (controls.plan.artifact if controls is not None else None) or artifact
+
+    def reference_of(version: str):
+        model = in_effect()
+        return checked_reference(model.metadata) if model is not None and model.version == version else None
+
+    counts = op.filter_map("fleet-drift-counts", parsed, lambda batch: bin_counts(batch[0], in_effect()))
+    report = settings.model_cache_dir / FLEET_DRIFT_REPORT
+    window = op.stateful_batch(
+        "fleet-drift",
+        op.key_on("fleet", counts, lambda _counts: "fleet"),
+        lambda _state: FleetDriftLogic(reference_of, settings.fleet_drift_window, settings.fleet_drift_psi, report),
+    )
+    return op.key_rm("fleet-drift-events", window)
 
 
 def parse(raws: list[RawMessage]) -> tuple[list[Reading], list[DeadLetter]]:
@@ -98,14 +140,30 @@ def shard_readings(readings: list[Reading], shards: int) -> Iterable[tuple[str, 
 
 
 @dataclass
+class ModelPlan:
+    """The models a shard should run: the champion (``generation`` counts its changes) and the
+    challenger in its shadow (``shadow_generation``); ``promoted``: the generation at which the
+    challenger of ``promoted_shadow`` became the champion (its bank takes over as it is)."""
+
+    artifact: artifact_module.ModelArtifact | None = None
+    generation: int = 0
+    shadow: artifact_module.ModelArtifact | None = None
+    shadow_generation: int = 0
+    promoted: int = -1
+    promoted_shadow: int = -1
+
+
+@dataclass
 class LiveControls:
     """What an operator changes while the flow runs (e.g. an IoT Edge module twin's desired properties).
 
-    ``threshold`` replaces the label threshold from the next batch on; :meth:`use_artifact` makes
-    every shard start its devices over from a new warm-start artifact (a model rollout);
-    :meth:`accept` makes a device's current abnormal state its new normal (the operator's
-    acceptance: its alarm clears, a drift event with reason ``operator`` says so) when its shard
-    next runs.
+    ``threshold`` replaces the label threshold from the next batch on; :meth:`use_artifact` rolls
+    out a new warm-start artifact (each device's new model first learns the device's recent
+    readings, then takes over); :meth:`shadow` runs a challenger beside the champion on the same
+    readings (its labels go to the shadow output), and :meth:`promote_shadow` makes it the
+    champion with what it has learned; :meth:`accept` makes a device's current abnormal state its
+    new normal (the operator's acceptance: its alarm clears, a drift event with reason
+    ``operator`` says so) when its shard next runs. Each shard applies a change when it next runs.
 
     >>> controls = LiveControls()
     >>> controls.accept("pump-7")
@@ -115,12 +173,46 @@ class LiveControls:
 
     threshold: float | None = None
     artifact: artifact_module.ModelArtifact | None = None
-    generation: int = 0
     accepted: list[tuple[int, str]] = field(default_factory=list)  # (sequence, device), the last 1,000
+    plan: ModelPlan = field(default_factory=ModelPlan)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.plan.artifact = self.plan.artifact or self.artifact
+
+    @property
+    def generation(self) -> int:
+        return self.plan.generation
 
     def use_artifact(self, fitted: artifact_module.ModelArtifact) -> None:
-        self.artifact = fitted
-        self.generation += 1
+        """Roll out ``fitted`` as the champion (warmed on each device's recent readings)."""
+        with self._lock:
+            self.artifact = fitted
+            self.plan = ModelPlan(fitted, self.plan.generation + 1, self.plan.shadow, self.plan.shadow_generation)
+
+    def shadow(self, challenger: artifact_module.ModelArtifact | None) -> None:
+        """Run ``challenger`` in the shadow of the champion (``None``: stop the shadow)."""
+        with self._lock:
+            plan = self.plan
+            self.plan = ModelPlan(plan.artifact, plan.generation, challenger, plan.shadow_generation + 1,
+                                  plan.promoted, plan.promoted_shadow)  # fmt: skip
+
+    @property
+    def challenger(self) -> artifact_module.ModelArtifact | None:
+        return self.plan.shadow
+
+    def promote_shadow(self) -> artifact_module.ModelArtifact:
+        """The challenger becomes the champion, in every shard with what it learned (no restart);
+        the shadow stops. Raises ``ValueError`` when no challenger runs."""
+        with self._lock:
+            plan = self.plan
+            if plan.shadow is None:
+                raise ValueError("no challenger in the shadow to promote (start one with --shadow)")
+            self.artifact = plan.shadow
+            generation = plan.generation + 1
+            self.plan = ModelPlan(plan.shadow, generation, None, plan.shadow_generation + 1, generation,
+                                  plan.shadow_generation)  # fmt: skip
+            return plan.shadow
 
     def accept(self, device_id: str) -> None:
         sequence = self.accepted[-1][0] + 1 if self.accepted else 1
@@ -132,12 +224,14 @@ class LiveControls:
         return latest, [device for number, device in self.accepted if number > sequence]
 
 
-class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult, bytes]):
-    """Bytewax glue for one shard's bank: never discarded.
+class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowResult, bytes]):
+    """Bytewax glue for one shard's bank (and its challenger's, in the shadow): never discarded.
 
     With a recovery directory, a snapshot writes the pages that changed to the shard's page
     store and gives Bytewax a small manifest (:mod:`edgewatch.state.pages`); without one,
-    nothing (Bytewax snapshots every epoch even when it keeps nothing)."""
+    nothing (Bytewax snapshots every epoch even when it keeps nothing). The challenger's bank
+    and the recent readings that warm a new model are not snapshotted: after a restart the
+    challenger starts again from its artifact."""
 
     def __init__(
         self,
@@ -147,31 +241,74 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult, bytes]):
         recovery_dir: Path | None = None,
         shards: int = 1,
         pages: ShardPages | None = None,
+        recent: RecentReadings | None = None,
     ):
         self.bank = bank
+        self.shadow = None  # the challenger's bank
         self._controls = controls
         self._rebuild = rebuild
-        self._generation = controls.generation if controls is not None else 0
+        plan = controls.plan if controls is not None else ModelPlan()
+        self._generation = 0  # ``bank`` is the flow's first model: a shard built after a rollout follows it
+        self._shadow_generation = -1 if plan.shadow is not None else plan.shadow_generation
         self._accepted = controls.accepted_since(0)[0] if controls is not None else 0
         self._recovery_dir, self._shards, self._pages = recovery_dir, shards, pages
+        self.recent = recent if recent is not None else RecentReadings(0)
+        self._tally = ShadowTally()
+        self.last_warm: dict[str, int] = {}  # readings each device's new model learned at the last switch
 
-    def on_batch(self, values: list[list[Reading]]) -> tuple[list[BankResult], bool]:
+    def on_batch(self, values: list[list[Reading]]) -> tuple[list[BankResult | ShadowResult], bool]:
         controls = self._controls
         if self._pages is None and self._recovery_dir is not None and hasattr(self.bank, "dirty_pages"):
             # a new shard of a paged bank: its key, from one of its devices
             self._pages = ShardPages(self._recovery_dir, shard_of(values[0][0].device_id, self._shards))
         if controls is not None:
-            if controls.generation != self._generation:
-                self.bank, self._generation = self._rebuild(controls.artifact), controls.generation
-                if self._pages is not None:  # the old devices' pages belong to the old model
-                    self._pages = ShardPages(self._recovery_dir, self._pages.shard)
+            self._follow(controls.plan)
             if controls.threshold is not None:
                 self.bank.threshold = controls.threshold
+                if self.shadow is not None:
+                    self.shadow.threshold = controls.threshold
         accepted = self._operator_accepts()
         # one call for everything that arrived (polls of several partitions): the bank's kernel
         # then runs once per activation; each device's order is kept
         readings = values[0] if len(values) == 1 else [reading for batch in values for reading in batch]
-        return [*accepted, self.bank.label(readings)], op.StatefulBatchLogic.RETAIN
+        result = self.bank.label(readings)
+        out: list[BankResult | ShadowResult] = [*accepted, result]
+        if self.shadow is not None:
+            out.append(ShadowResult(self._tally.compare(result, self.shadow.label(readings), self.bank.version)))
+        self.recent.add(result.events)
+        return out, op.StatefulBatchLogic.RETAIN
+
+    def _follow(self, plan: ModelPlan) -> None:
+        """Switch to the models ``plan`` asks for; a new model learns the recent readings first."""
+        if plan.generation != self._generation:
+            if (
+                plan.promoted == plan.generation
+                and self.shadow is not None
+                and (self._shadow_generation == plan.promoted_shadow)
+            ):  # the challenger takes over with what it learned beside the champion
+                new, self.shadow, self._shadow_generation = self.shadow, None, plan.shadow_generation
+            else:
+                new = warmed(self._rebuild, plan.artifact, self._spec(plan.artifact), self.recent)
+                self.last_warm = self.recent.counts()
+            self._retire(self.bank)
+            self.bank, self._generation = new, plan.generation
+            if self._pages is not None:  # the old devices' pages belong to the old model
+                self._pages = ShardPages(self._recovery_dir, self._pages.shard)
+        if plan.shadow_generation != self._shadow_generation:
+            self._retire(self.shadow)
+            self.shadow = None
+            if plan.shadow is not None:
+                self.shadow = warmed(self._rebuild, plan.shadow, self._spec(plan.shadow), self.recent)
+            self._shadow_generation = plan.shadow_generation
+            self._tally = ShadowTally()
+
+    def _spec(self, fitted):
+        return fitted.spec if fitted is not None else self.bank.spec
+
+    @staticmethod
+    def _retire(bank) -> None:
+        if bank is not None and hasattr(bank, "dirty_pages"):  # a vector bank counts the devices it holds
+            DEVICES_HELD.dec(len(bank))
 
     def _operator_accepts(self) -> list[BankResult]:
         """Acceptances an operator asked for since this shard last ran (devices of other shards: nothing)."""
@@ -218,7 +355,8 @@ def bank_builder(settings: FlowSettings, controls: LiveControls | None = None, a
             else:  # the shard's pages as of the manifest Bytewax resumes from
                 pages = ShardPages.resume(settings.recovery_dir, found)
                 bank.load_pages(pages.read())
-        return ModelBankLogic(bank, controls, rebuild, settings.recovery_dir, shards, pages)
+        recent = RecentReadings(settings.rollout_warm_readings, settings.devices_per_shard(shards))
+        return ModelBankLogic(bank, controls, rebuild, settings.recovery_dir, shards, pages, recent)
 
     return build
 

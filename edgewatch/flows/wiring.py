@@ -3,8 +3,10 @@
 :func:`~edgewatch.flows.anomaly.build_flow` returns typed streams; here each stream gets its
 destinations::
 
-    kafka_flow    Kafka in → labeled / dead-letter topics (+ IoT Hub, Event Hubs)     edgewatch run
-    replay_flow   a recorded file in → labeled.jsonl / labeled.deadletter.jsonl      edgewatch run --replay
+    kafka_flow    Kafka in → labeled / dead-letter / alarms / drift / shadow topics    edgewatch run
+                  (+ IoT Hub, Event Hubs)
+    replay_flow   a recorded file in → labeled.jsonl and its .deadletter / .alarms /  edgewatch run --replay
+                  .drift / .shadow / .fleet-drift siblings
 
 (the IoT Edge module wires edgeHub in and module outputs out: :mod:`edgewatch.azure.module`).
 """
@@ -22,6 +24,8 @@ from edgewatch.config import FlowSettings
 from edgewatch.connectors.files import FileSource, JsonlSink, dead_letter_line
 from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord
 from edgewatch.flows.anomaly import AnomalyStreams, build_flow
+from edgewatch.flows.fleet_drift import FleetDriftEvent, fleet_drift_event_json
+from edgewatch.flows.lifecycle import ShadowEvent, shadow_event_json
 from edgewatch.schema import (
     DeadLetter,
     LabeledEvent,
@@ -45,16 +49,19 @@ def kafka_flow(app: Application) -> Dataflow:
         stop=app.stop_requested,
         group=settings.consumer_group,
     )
-    flow, streams = build_flow(settings, source, artifact=app.artifact)
+    flow, streams = build_flow(settings, source, app.controls, app.artifact)
     to_kafka(streams, settings)
     to_cloud(streams, settings)
+    to_training_store(streams, settings)
     return flow
 
 
 def replay_flow(app: Application, path: Path, labeled_path: Path) -> Dataflow:
     """A recorded file in; labeled events to ``labeled_path``, dead letters beside it; no broker."""
-    flow, streams = build_flow(app.settings, FileSource(path, app.settings.batch_size), artifact=app.artifact)
+    source = FileSource(path, app.settings.batch_size)
+    flow, streams = build_flow(app.settings, source, app.controls, app.artifact)
     to_files(streams, labeled_path)
+    to_training_store(streams, app.settings)
     return flow
 
 
@@ -74,11 +81,23 @@ def to_kafka(streams: AnomalyStreams, settings: FlowSettings) -> None:
         op.output(
             "drift-kafka", streams.drift, KafkaSink(config, device_records(settings.drift_topic, drift_event_json))
         )
+    if settings.shadow_topic:
+        op.output("shadow-kafka", streams.shadow, KafkaSink(config, shadow_records(settings.shadow_topic)))
+    if settings.fleet_drift_topic:
+        records = fleet_drift_records(settings.fleet_drift_topic)
+        op.output("fleet-drift-kafka", streams.fleet_drift, KafkaSink(config, records))
 
 
 def output_topics(settings: FlowSettings) -> list[str]:
     """The topics :func:`to_kafka` writes."""
-    return [t for t in (settings.out_topic, settings.dlq_topic, settings.alarms_topic, settings.drift_topic) if t]
+    topics = (
+        settings.out_topic,
+        settings.dlq_topic,
+        settings.alarms_topic,
+        settings.drift_topic,
+        settings.shadow_topic,
+    )
+    return [t for t in topics if t]
 
 
 def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
@@ -91,11 +110,25 @@ def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
     )
     op.output("alarms-file", streams.alarms, JsonlSink(sibling(labeled_path, "alarms"), alarm_event_json))
     op.output("drift-file", streams.drift, JsonlSink(sibling(labeled_path, "drift"), drift_event_json))
+    op.output("shadow-file", streams.shadow, JsonlSink(sibling(labeled_path, "shadow"), shadow_event_json))
+    fleet_drift = JsonlSink(sibling(labeled_path, "fleet-drift"), fleet_drift_event_json)
+    op.output("fleet-drift-file", streams.fleet_drift, fleet_drift)
 
 
 def sibling(labeled_path: Path, kind: str) -> Path:
     """``labeled.jsonl`` → ``labeled.<kind>.jsonl`` (dead letters, alarms, drift events)."""
     return Path(labeled_path).with_suffix(f".{kind}.jsonl")
+
+
+def to_training_store(streams: AnomalyStreams, settings: FlowSettings) -> None:
+    """Readings labeled normal to the training store (``--training-store``), bounded by age and size."""
+    if settings.training_store is not None:
+        from edgewatch.registry.training_store import TrainingStoreSink
+
+        sink = TrainingStoreSink(
+            settings.training_store, settings.training_store_max_age_hours, settings.training_store_rows_per_device
+        )
+        op.output("labeled-training-store", streams.labeled, sink)
 
 
 def to_cloud(streams: AnomalyStreams, settings: FlowSettings) -> None:
@@ -161,6 +194,24 @@ def device_records(topic: str, to_json: Callable) -> Callable:
 
     def record(event) -> OutRecord:
         return OutRecord(topic, event.device_id.encode(), to_json(event), [])
+
+    return record
+
+
+def shadow_records(topic: str) -> Callable[[ShadowEvent], OutRecord]:
+    """A shadow event as a record keyed by its device."""
+
+    def record(shadow: ShadowEvent) -> OutRecord:
+        return OutRecord(topic, shadow.event.reading.device_id.encode(), shadow_event_json(shadow), [])
+
+    return record
+
+
+def fleet_drift_records(topic: str) -> Callable[[FleetDriftEvent], OutRecord]:
+    """A fleet drift event as a record keyed by its feature."""
+
+    def record(event: FleetDriftEvent) -> OutRecord:
+        return OutRecord(topic, event.feature.encode(), fleet_drift_event_json(event), [])
 
     return record
 

@@ -41,6 +41,7 @@ import numpy as np
 from river.base import AnomalyDetector
 
 from edgewatch import __version__
+from edgewatch.online_models.reference import reference_histograms
 from edgewatch.online_models.registry import BUILTIN, DetectorSpec
 from edgewatch.schema import Reading, format_timestamp
 
@@ -109,6 +110,8 @@ def train(spec: DetectorSpec, history: Iterable[Reading], source: str = "") -> M
             "first_timestamp": format_timestamp(min(times)),
             "last_timestamp": format_timestamp(max(times)),
         },
+        # each feature's histogram over the fleet's history: what fleet drift is measured against
+        "reference": reference_histograms([r for readings in by_device.values() for r in readings]),
     }
     return ModelArtifact(spec, models, default_device, "", metadata, features)
 

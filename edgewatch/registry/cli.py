@@ -131,19 +131,22 @@ def rollback(
 
 
 @models_app.command("status")
-@settings_command(RegistrySettings, only=["tracking_uri"])
+@settings_command(RegistrySettings, only=["tracking_uri", "model_cache_dir"])
 def status(
     settings: RegistrySettings,
     name: Annotated[str, typer.Argument(help="registered model")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Versions, aliases, champion history and the last validation of each version."""
+    """Versions, aliases, champion history and the last validation of each version; the fleet drift
+    a flow using this cache directory measured last."""
+    from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT, read_report
     from edgewatch.registry.lifecycle import status as run_status
 
     try:
         found = run_status(settings.tracking_uri, name)
     except RegistryError as exc:
         raise typer.BadParameter(str(exc)) from None
+    found["fleet_drift"] = drift = read_report(settings.model_cache_dir / FLEET_DRIFT_REPORT)
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -159,6 +162,13 @@ def status(
         typer.echo(
             f"  version {row['version']}{tags}: {row['model_version']} created {row['created']}, "
             f"{row['training_rows']} rows; validation: {validation}"
+        )
+    if drift:
+        figures = ", ".join(f"{feature} {value}" for feature, value in drift.get("psi", {}).items())
+        drifted = ", ".join(drift.get("drifted") or []) or "none"
+        typer.echo(
+            f"fleet drift of {drift.get('model_version')} (window of {drift.get('readings')} readings to "
+            f"{drift.get('window_end')}): PSI {figures}; drifted (PSI >= {drift.get('threshold')}): {drifted}"
         )
 
 
@@ -181,3 +191,55 @@ def register_trained(settings: RegistrySettings, model_dir: Path, name: str, dat
         model_version=registered.model_version, data=str(data), metrics=figures,
     )  # fmt: skip
     typer.echo(f"train: registered {registered.uri} (alias challenger, run {registered.run_id})")
+
+
+@settings_command(RegistrySettings)
+def retrain(
+    settings: RegistrySettings,
+    name: Annotated[str, typer.Argument(help="registered model whose champion is retrained")],
+    store: Annotated[Path, typer.Option(help="the training store the flow keeps (--training-store)")],
+    work_dir: Annotated[Path, typer.Option(help="where each round's data and model are written")] = Path(
+        "edgewatch-retrain"
+    ),
+    holdout: Annotated[float, typer.Option(min=0.05, max=0.9, help="newest share of the store that validates")] = 0.2,
+    promote: Annotated[bool, typer.Option(help="promote a candidate that passes validation")] = True,
+    auto: Annotated[bool, typer.Option("--auto", help="keep going: on a schedule and when fleet drift is reported")] = (
+        False
+    ),
+    every: Annotated[float, typer.Option(min=1, help="with --auto: seconds between scheduled rounds")] = 86_400.0,
+    rounds: Annotated[int | None, typer.Option(min=1, help="with --auto: stop after this many", show_default=False)] = (
+        None
+    ),
+    actor: Actor = None,
+) -> None:
+    """Train a candidate from the edge's training store, validate it against the champion, register it as
+    challenger and promote it when it passes; every step audited. Exit 1 when it did not pass."""
+    from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT
+    from edgewatch.online_models.artifact import ArtifactError
+    from edgewatch.registry.retrain import retrain_loop, retrain_once
+
+    if not store.is_file():
+        raise typer.BadParameter(f"--store {store} does not exist (run the flow with --training-store)")
+    who = _actor(actor)
+
+    def round_(trigger: str) -> dict:
+        outcome = retrain_once(settings, name, store, work_dir, who, trigger, holdout, promote)
+        for line in outcome.get("lines", []):
+            typer.echo(line)
+        version = outcome.get("version")
+        typer.echo(f"retrain ({trigger}): {outcome['decision']}" + (f" version {version}" if version else ""))
+        return outcome
+
+    try:
+        if auto:
+            outcomes = retrain_loop(round_, settings.model_cache_dir / FLEET_DRIFT_REPORT, every, rounds=rounds)
+        else:
+            outcomes = [round_("operator")]
+    except (RegistryError, ArtifactError, ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if (
+        outcomes
+        and outcomes[-1]["decision"] not in ("promoted", "skipped")
+        and not (outcomes[-1]["decision"] == "challenger" and not promote and outcomes[-1]["validation"]["passed"])
+    ):
+        raise typer.Exit(1)

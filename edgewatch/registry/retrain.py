@@ -1,0 +1,160 @@
+"""The retraining loop: a candidate from the edge's training data, validated, registered, promoted.
+
+One round (:func:`retrain_once`)::
+
+    training store    readings the champion labeled normal (per device, bounded by age and size)
+    split by time     the older part trains, the newest ``holdout`` share validates
+    train             the champion's detector, one model per device (as ``edgewatch train``)
+    register          the next version, alias ``challenger``, lineage (the training data's sha256)
+    validate          replay the holdout through candidate and champion; the settings' policy
+    promote           when it passed (and ``promote``): champion; otherwise it stays challenger
+
+Every step goes to the audit log (and the registry's tags): what triggered it, the figures, the
+decision. ``edgewatch retrain --auto`` runs rounds on a schedule and when the last fleet drift
+report (:mod:`edgewatch.flows.fleet_drift`) shows drifted features newer than the last round.
+The running flow picks the new champion up through its module twin (``modelUri``) or a restart;
+a challenger can first run in its shadow (``shadowUri``, ``--shadow``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edgewatch.config import RegistrySettings
+from edgewatch.connectors.files import read_messages
+from edgewatch.online_models import artifact as artifact_module
+from edgewatch.registry import RegistryError
+from edgewatch.registry.audit import AuditLog
+from edgewatch.registry.training_store import TrainingStore
+from edgewatch.schema import Reading, parse_message
+
+log = logging.getLogger(__name__)
+
+
+def write_recorded(messages, path: Path) -> Path:
+    """Messages as a recorded stream (the JSONL ``edgewatch simulate --out`` writes)."""
+    import orjson
+
+    with open(path, "wb") as out:
+        for message in messages:
+            record = {
+                "key": (message.key or b"").decode("utf-8", "replace"),
+                "headers": {name: value.decode("utf-8", "replace") for name, value in message.headers},
+                "timestamp_ms": message.timestamp_ms,
+                "value": (message.value or b"").decode("utf-8", "replace"),
+            }
+            out.write(orjson.dumps(record) + b"\n")
+    return path
+
+
+def retrain_once(
+    settings: RegistrySettings,
+    name: str,
+    store_path: Path,
+    work_dir: Path,
+    actor: str,
+    trigger: str,
+    holdout: float = 0.2,
+    promote: bool = True,
+    min_readings: int = 200,
+) -> dict:
+    """One round; returns its outcome (``decision``: promoted | challenger | skipped)."""
+    from edgewatch.registry.lifecycle import promote as promote_version
+    from edgewatch.registry.lifecycle import record_validation
+    from edgewatch.registry.publish import register_model
+    from edgewatch.registry.resolve import resolve_model
+    from edgewatch.registry.validation import Policy, validate
+
+    audit = AuditLog(settings.audit_log)
+    store = TrainingStore(store_path)
+    try:
+        messages = store.messages()
+    finally:
+        store.close()
+    if len(messages) < min_readings:
+        entry = audit.append("retrain-skipped", model=name, actor=actor, trigger=trigger, readings=len(messages),
+                             why=f"fewer than {min_readings} readings in the training store")  # fmt: skip
+        return {"decision": "skipped", **entry}
+    cut = int(len(messages) * (1 - holdout))
+    training, held_out = messages[:cut], messages[cut:]
+    champion = resolve_model(f"models:/{name}@champion", settings.model_cache_dir, settings.tracking_uri)
+    readings = [item for item in map(parse_message, training) if isinstance(item, Reading)]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    round_dir = Path(work_dir) / stamp
+    round_dir.mkdir(parents=True, exist_ok=True)
+    data = write_recorded(training, round_dir / "training.jsonl")
+    holdout_file = write_recorded(held_out, round_dir / "holdout.jsonl")
+    candidate = artifact_module.save(
+        artifact_module.train(champion.artifact.spec, readings, source=f"training store {store_path}"),
+        round_dir / "model",
+    )
+    audit.append("retrain", model=name, actor=actor, trigger=trigger, candidate=candidate.version,
+                 training_readings=len(readings), holdout_readings=len(held_out),
+                 champion_version=champion.version)  # fmt: skip
+    registered = register_model(round_dir / "model", name, settings.tracking_uri, data_path=data)
+    audit.append("register", model=name, version=registered.version, actor=actor, trigger=trigger,
+                 data=str(data), model_version=candidate.version)  # fmt: skip
+    report = validate(
+        candidate,
+        champion.artifact,
+        read_messages(holdout_file),
+        Policy.from_settings(settings),
+        names=(f"models:/{name}/{registered.version}", champion.describe()),
+        data=str(holdout_file),
+    )
+    record_validation(settings.tracking_uri, name, registered.version, report.summary(), audit, actor, champion.version)
+    outcome = {"version": registered.version, "candidate": candidate.version, "validation": report.summary(),
+               "lines": report.lines()}  # fmt: skip
+    if not (report.passed and promote):
+        return {**outcome, "decision": "challenger"}
+    promote_version(settings.tracking_uri, name, registered.version, f"retrain ({trigger}): passed validation",
+                    audit, actor)  # fmt: skip
+    return {**outcome, "decision": "promoted"}
+
+
+def drift_since(report_path: Path, since: float) -> list[str]:
+    """Features the fleet drift report calls drifted, if it was written after ``since`` (epoch s)."""
+    from edgewatch.flows.fleet_drift import read_report
+
+    try:
+        written = report_path.stat().st_mtime
+    except OSError:
+        return []
+    report = read_report(report_path)
+    return list(report.get("drifted") or []) if report and written > since else []
+
+
+def retrain_loop(
+    run_round: Callable[[str], dict],
+    drift_report: Path,
+    every_seconds: float,
+    poll_seconds: float = 5.0,
+    rounds: int | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> list[dict]:
+    """``--auto``: a round every ``every_seconds``, and one as soon as fleet drift is reported;
+    ``rounds`` bounds how many (tests; ``None``: until stopped)."""
+    outcomes: list[dict] = []
+    last = time.time()
+    first = True
+    while not stop() and (rounds is None or len(outcomes) < rounds):
+        drifted = drift_since(drift_report, last)
+        if drifted:
+            trigger = f"fleet drift: {', '.join(drifted)}"
+        elif first or time.time() - last >= every_seconds:
+            trigger = "schedule"
+        else:
+            time.sleep(poll_seconds)
+            continue
+        first = False
+        last = time.time()
+        try:
+            outcomes.append(run_round(trigger))
+        except (RegistryError, artifact_module.ArtifactError, OSError) as exc:  # the loop keeps going
+            log.warning("retrain (%s) failed: %s", trigger, exc)
+            outcomes.append({"decision": "failed", "trigger": trigger, "error": str(exc)})
+    return outcomes
