@@ -30,7 +30,7 @@ def history(tmp_path):
 
 
 def train(history, out):
-    result = runner.invoke(app, ["train", "--input", str(history), "--out", str(out), "--detector", "compact-novelty"])
+    result = runner.invoke(app, ["train", "--input", str(history), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return result
 
