@@ -32,6 +32,11 @@ from edgewatch.telemetry import FLOW_METRICS
 log = logging.getLogger(__name__)
 
 
+#: one metadata try of :func:`cluster_metadata`; a broker that refuses or fails authentication is
+#: reported after the first, one that does not answer after the whole timeout
+FAST_TRY_SECONDS = 3.0
+
+
 class KafkaUnavailable(RuntimeError):
     """Kafka cannot be used with these settings; the message says why and what to check."""
 
@@ -41,11 +46,16 @@ def cluster_metadata(config: dict[str, str], timeout: float = 15.0):
     unreachable, credentials refused, or TLS failing, instead of librdkafka's "transport failure"."""
     errors: list[KafkaError] = []
     admin = AdminClient({**config, "error_cb": errors.append, "logger": _QUIET})
-    try:
-        return admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        admin.poll(0.5)  # serves the error callbacks that say why (authentication, TLS)
-        raise KafkaUnavailable(explain_kafka_failure(config, errors, exc.args[0])) from None
+    deadline = time.monotonic() + timeout
+    while True:  # in short tries: a refused connection is known in seconds, not at the timeout
+        try:
+            return admin.list_topics(timeout=min(FAST_TRY_SECONDS, max(0.1, deadline - time.monotonic())))
+        except KafkaException as exc:
+            admin.poll(0.5)  # serves the error callbacks that say why (all brokers down, authentication, TLS)
+            codes = {error.code() for error in errors}
+            refused = KafkaError._ALL_BROKERS_DOWN in codes or KafkaError._AUTHENTICATION in codes
+            if time.monotonic() >= deadline or refused:
+                raise KafkaUnavailable(explain_kafka_failure(config, errors, exc.args[0])) from None
 
 
 def explain_kafka_failure(config: dict[str, str], errors: list[KafkaError], failure: KafkaError) -> str:
