@@ -162,8 +162,8 @@ def run(messages: list[RawMessage], args, recovery: Path | None) -> dict:
     flow, streams = build_flow(settings, source)
     labeled, dead = labeled_records(settings.out_topic), dead_letter_records(settings.dlq_topic)
     sink = CountingSink(lambda item: labeled(item) if isinstance(item, LabeledEvent) else dead(item), len(messages))
-    op.output("labeled", streams.labeled, sink)
-    op.output("dead-letters", streams.dead_letters, sink)
+    op.output("labeled-count", streams.labeled, sink)
+    op.output("dead-letters-count", streams.dead_letters, sink)
     start, cpu = time.perf_counter(), time.process_time()
     app.run(flow)
     assert sink.count == len(messages), f"{sink.count} of {len(messages)} messages came out"
