@@ -21,7 +21,7 @@ from datetime import datetime
 import orjson
 from prometheus_client import Counter, Gauge
 
-from edgewatch.online_models.artifact import ModelArtifact, fit_detector
+from edgewatch.online_models.artifact import ModelArtifact, continue_fit, fit_detector
 from edgewatch.online_models.registry import DetectorSpec
 from edgewatch.schema import BankResult, LabeledEvent, RawMessage, Reading, _source, _utc_datetime
 
@@ -123,16 +123,6 @@ def warmed(rebuild, fitted: ModelArtifact | None, spec: DetectorSpec, recent: Re
 
 #: fewer recent readings than this teach a device's new model nothing (it starts as trained)
 MIN_WARM_READINGS = 8
-
-
-def continue_fit(model, readings: list[Reading]):
-    """``model`` after learning ``readings`` as fault-free history."""
-    if hasattr(model, "fit_history"):
-        model.fit_history([r.features for r in readings], [r.timestamp for r in readings])
-    else:
-        for reading in readings:
-            model.learn_one(reading.features)
-    return model
 
 
 def _training_end(fitted: ModelArtifact | None) -> float:

@@ -76,7 +76,11 @@ class ModelArtifact:
 
 def fit_detector(spec: DetectorSpec, readings: list[Reading]) -> AnomalyDetector:
     """One device's detector, batch-fitted on its history (``fit_history``, or ``learn_one`` in order)."""
-    model = spec.factory()
+    return continue_fit(spec.factory(), readings)
+
+
+def continue_fit(model: AnomalyDetector, readings: list[Reading]) -> AnomalyDetector:
+    """``model`` after learning ``readings`` as fault-free history (a new one, or one already fitted)."""
     if hasattr(model, "fit_history"):
         model.fit_history([r.features for r in readings], [r.timestamp for r in readings])
     else:
