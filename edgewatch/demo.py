@@ -112,7 +112,9 @@ def _ratio(value: float, measurable: bool) -> str:
     return f"{value:.3f}" if measurable else "–"
 
 
-def _view(watch: _Watch, sent: int, elapsed: float, seconds: float, devices: int, rate: float) -> Group:
+def _view(
+    watch: _Watch, sent: int, elapsed: float, seconds: float, devices: int, rate: float, width: int = 80
+) -> Group:
     """The live console; readable at 80 columns (narrow columns, no model names)."""
     truth = watch.truth
     stats = Table.grid(padding=(0, 1))
@@ -144,9 +146,11 @@ def _view(watch: _Watch, sent: int, elapsed: float, seconds: float, devices: int
     top.add_column("alarms", justify="right")
     for device, count in watch.anomalies_by_device.most_common(8):
         top.add_row(device, str(count))
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row(latest, top)
-    return Group(stats, grid)
+    if width >= 110:  # side by side where there is room; stacked at 80 columns
+        grid = Table.grid(padding=(0, 2))
+        grid.add_row(latest, top)
+        return Group(stats, grid)
+    return Group(stats, latest, top)
 
 
 def _start_flow(bootstrap: str, topics: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -234,7 +238,9 @@ def run_demo(
                 watch.poll(0.2)
                 done = not sender.is_alive() and watch.labeled + watch.deadletter >= sent["events"]
                 if live is not None:
-                    live.update(_view(watch, sent["events"], min(elapsed, seconds), seconds, devices, rate))
+                    live.update(
+                        _view(watch, sent["events"], min(elapsed, seconds), seconds, devices, rate, console.width)
+                    )
                 elif elapsed >= next_report or done:
                     console.print(
                         f"{elapsed:5.1f}s sent={sent['events']} labeled={watch.labeled} dead={watch.deadletter} "
