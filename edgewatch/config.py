@@ -166,7 +166,7 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
         json_schema_extra={"cli": "--shadow"},
     )
     rollout_warm_readings: int = Field(
-        256, ge=0, le=100_000, description="recent readings per device a new model learns before it takes over"
+        48, ge=0, le=100_000, description="recent readings per device a new model learns before it takes over"
     )
     model_public_key: str | None = Field(
         None, description="ed25519 public key (PEM text or file): load only models signed by it (train --sign-key)"
