@@ -144,6 +144,9 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     fleet_drift_psi: float = Field(
         0.25, gt=0, description="PSI of a feature's fleet window against the training reference that is drift"
     )
+    fleet_drift_confirm: int = Field(
+        2, ge=1, description="fleet windows above the threshold in a row before a feature is reported drifting"
+    )
     training_store: Path | None = Field(
         None, description="SQLite file of readings labeled normal, what `edgewatch retrain` trains on (empty: none)"
     )

@@ -115,7 +115,9 @@ def fleet_drift(settings: FlowSettings, parsed: Stream, controls: LiveControls |
     window = op.stateful_batch(
         "fleet-drift",
         op.key_on("fleet", counts, lambda _counts: "fleet"),
-        lambda _state: FleetDriftLogic(reference_of, settings.fleet_drift_window, settings.fleet_drift_psi, report),
+        lambda _state: FleetDriftLogic(
+            reference_of, settings.fleet_drift_window, settings.fleet_drift_psi, report, settings.fleet_drift_confirm
+        ),
     )
     return op.key_rm("fleet-drift-events", window)
 
