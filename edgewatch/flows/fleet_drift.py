@@ -4,7 +4,8 @@ The artifact carries a reference histogram per feature (:func:`reference_histogr
 ``edgewatch train``: bins at the training history's quantiles, the share of readings in each,
 and how far the history's own windows strayed from it). The flow counts each batch's readings
 into those bins where the batch is parsed (small arrays, not readings, travel to the one step
-that keeps the window), and every ``window`` readings compares the window's shares with the reference by the population stability index
+that keeps the window), and every ``window`` readings compares the window's shares with the
+reference by the population stability index
 
     PSI = Σ (window − reference) · ln(window / reference)
 
