@@ -164,11 +164,15 @@ def status(
             f"{row['training_rows']} rows; validation: {validation}"
         )
     if drift:
-        figures = ", ".join(f"{feature} {value}" for feature, value in drift.get("psi", {}).items())
+        limits = drift.get("thresholds") or {}
+        figures = ", ".join(
+            f"{feature} {value}" + (f" (threshold {limits[feature]})" if feature in limits else "")
+            for feature, value in drift.get("psi", {}).items()
+        )
         drifted = ", ".join(drift.get("drifted") or []) or "none"
         typer.echo(
             f"fleet drift of {drift.get('model_version')} (window of {drift.get('readings')} readings to "
-            f"{drift.get('window_end')}): PSI {figures}; drifted (PSI >= {drift.get('threshold')}): {drifted}"
+            f"{drift.get('window_end')}): PSI {figures}; drifted: {drifted}"
         )
 
 

@@ -117,7 +117,9 @@ def retrain_once(
 
 
 def drift_since(report_path: Path, since: float) -> list[str]:
-    """Features the fleet drift report calls drifted, if it was written after ``since`` (epoch s)."""
+    """Features whose fleet drift the report says began after ``since`` (epoch s): a drift that
+    lasts triggers one round, not one per window (a report without those times: every drifted
+    feature, if it was written after ``since``)."""
     from edgewatch.flows.fleet_drift import read_report
 
     try:
@@ -125,7 +127,12 @@ def drift_since(report_path: Path, since: float) -> list[str]:
     except OSError:
         return []
     report = read_report(report_path)
-    return list(report.get("drifted") or []) if report and written > since else []
+    if not report:
+        return []
+    reported = report.get("drift_reported")
+    if isinstance(reported, dict):
+        return sorted(f for f, at in reported.items() if isinstance(at, int | float) and at > since)
+    return list(report.get("drifted") or []) if written > since else []
 
 
 def retrain_loop(
