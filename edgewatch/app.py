@@ -79,6 +79,8 @@ class Application:
         self.artifact: artifact_module.ModelArtifact | None = None
         #: the running flow's models and threshold (a module twin and ``retrain`` change them)
         self.controls: LiveControls | None = None
+        self.follower = None  # follows the registry's aliases (--registry-poll-seconds)
+        self._registry_versions: dict[str, str] = {}  # option → the registry version it resolved to
         self._handle_signals = handle_signals
         self._resources = contextlib.ExitStack()
         self._started = False
@@ -99,6 +101,7 @@ class Application:
         challenger = self._resolve(self.settings.shadow_model, "--shadow")
         if challenger is not None:
             self.controls.shadow(challenger)
+        self._follow_registry()
         FLOW_METRICS.use_model(self.settings.detector, self.model_version)
         if self.settings.recovery_dir is not None:
             init_recovery_dir(
@@ -128,6 +131,21 @@ class Application:
         self.settings.detector = fitted.spec.name
         return fitted
 
+    def _follow_registry(self) -> None:
+        """With ``--registry-poll-seconds`` and a ``models:/NAME@ALIAS`` model: follow NAME's aliases."""
+        from edgewatch.registry.resolve import parse_uri
+
+        parsed = parse_uri(str(self.settings.model_dir)) if self.settings.model_dir is not None else None
+        if not self.settings.registry_poll_seconds or parsed is None:
+            return
+        from edgewatch.registry.follow import RegistryFollower
+
+        self.follower = RegistryFollower(
+            self.controls, parsed[0], self._registry_versions.get("--model"), self.settings.model_cache_dir,
+            self.settings.tracking_uri, self.settings.model_public_key, self.settings.registry_poll_seconds,
+        ).start()  # fmt: skip
+        self.closing(self.follower.stop)
+
     def _resolve(self, uri, option: str) -> artifact_module.ModelArtifact | None:
         """A model directory or registry URI, resolved, verified and cached (``None``: none asked for)."""
         if uri is None:
@@ -143,6 +161,7 @@ class Application:
             raise SetupError(f"{option}: {exc}" if option != "--model" else str(exc)) from None
         if resolved.version is not None:
             log.info("%s %s", option.lstrip("-"), resolved.describe())
+            self._registry_versions[option] = resolved.version
         return resolved.artifact
 
     def _start_metrics_server(self) -> None:

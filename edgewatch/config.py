@@ -119,6 +119,18 @@ class RegistrySettings(RegistryClientSettings):
     policy_max_precision_drop: float = Field(
         0.05, ge=0, le=1, description="precision may fall below the baseline's by at most this"
     )
+    retrain_shadow_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="retrain: seconds a challenger that passed validation runs in the shadow of the "
+        "champion (flows following the registry) before it may be promoted; 0: no shadow step",
+    )
+    policy_min_shadow_readings: int = Field(
+        1000, ge=1, description="readings the shadow must have compared for its figures to decide"
+    )
+    policy_min_shadow_agreement: float = Field(
+        0.5, ge=0, le=1, description="share of readings the challenger must label as the champion does in the shadow"
+    )
 
 
 class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
@@ -167,6 +179,12 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
         description="challenger run beside the champion on the same readings (its labels: the shadow topic); "
         "a directory or models:/NAME@ALIAS | models:/NAME/N",
         json_schema_extra={"cli": "--shadow"},
+    )
+    registry_poll_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="with --model models:/NAME@ALIAS: read NAME's aliases this often and follow them "
+        "live (challenger: shadow; champion: promote or roll out); 0: never",
     )
     rollout_warm_readings: int = Field(
         48, ge=0, le=100_000, description="recent readings per device a new model learns before it takes over"

@@ -34,7 +34,7 @@ from bytewax.inputs import Source
 
 from edgewatch.config import FlowSettings
 from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT, FleetDriftEvent, FleetDriftLogic, bin_counts
-from edgewatch.flows.lifecycle import RecentReadings, ShadowEvent, ShadowTally, warmed
+from edgewatch.flows.lifecycle import SHADOW_METRICS, SHADOW_REPORT, RecentReadings, ShadowEvent, ShadowTally, warmed
 from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.bank import ModelBank, new_bank
 from edgewatch.online_models.reference import checked_reference
@@ -76,6 +76,7 @@ def build_flow(
     flow = Dataflow("edgewatch-anomaly")
     if artifact is None and settings.model_dir is not None:
         artifact = artifact_module.load(settings.model_dir, settings.model_public_key)
+    SHADOW_METRICS.report = settings.model_cache_dir / SHADOW_REPORT  # what `edgewatch retrain` watches
     batches = op.input("in", flow, source)
     parsed = op.map("parse", batches, parse)
     bad_input = op.filter_map("bad-input", parsed, lambda batch: batch[1] or None)

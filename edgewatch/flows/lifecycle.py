@@ -14,12 +14,17 @@ challenger in the shadow of the champion.
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import math
+import os
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -32,6 +37,7 @@ from edgewatch.state import codec
 from edgewatch.state.recent import RecentReadings
 
 __all__ = ["RecentReadings", "ShadowEvent", "ShadowTally", "warmed"]
+log = logging.getLogger(__name__)
 
 
 def warmed(rebuild, fitted: ModelArtifact | None, spec: DetectorSpec, recent: RecentReadings):
@@ -173,16 +179,23 @@ class ShadowMetrics:
         self.alarm_rate = Gauge("edgewatch_shadow_alarm_rate", "Share of readings labeled anomalous", ["role"])
         self.challenger: str | None = None
         self.totals = [0, 0, 0, 0]  # of ``challenger``: readings, agreements, champion/challenger anomalies
+        self.report: Path | None = None  # where the figures go for `edgewatch retrain` (the flow sets it)
+        self._started = self._written = 0.0
         self._lock = threading.Lock()
 
     def count(self, challenger: str, readings: int, agreements: int, champion: int, anomalies: int) -> None:
         with self._lock:  # shards of several workers count into one set of figures
             if challenger != self.challenger:
-                self.challenger, self.totals = challenger, [0, 0, 0, 0]
+                self.challenger, self.totals, self._started, self._written = challenger, [0, 0, 0, 0], time.time(), 0
             totals = self.totals
             for index, value in enumerate((readings, agreements, champion, anomalies)):
                 totals[index] += value
             figures = list(totals)
+            due = self.report is not None and time.time() - self._written >= REPORT_SECONDS
+            if due:
+                self._written = time.time()
+        if due:
+            self._write(challenger, figures)
         self.readings.inc(readings)
         self.agreements.inc(agreements)
         self.anomalies.labels("champion").inc(champion)
@@ -192,8 +205,40 @@ class ShadowMetrics:
             self.alarm_rate.labels("champion").set(figures[2] / figures[0])
             self.alarm_rate.labels("challenger").set(figures[3] / figures[0])
 
+    def _write(self, challenger: str, figures: list[int]) -> None:
+        readings = figures[0]
+        report = {
+            "challenger": challenger,
+            "started": self._started,
+            "updated": time.time(),
+            "readings": readings,
+            "agreement": figures[1] / readings if readings else None,
+            "champion_alarm_rate": figures[2] / readings if readings else None,
+            "challenger_alarm_rate": figures[3] / readings if readings else None,
+        }
+        try:  # written whole, then renamed: a reader never sees half a report
+            self.report.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.report.with_suffix(".partial")
+            partial.write_text(json.dumps(report, indent=2))
+            os.replace(partial, self.report)
+        except OSError as exc:
+            log.warning("shadow: could not write %s: %s", self.report, exc)
+
 
 SHADOW_METRICS = ShadowMetrics()
+#: the shadow's figures, in the model cache directory (``edgewatch retrain`` reads them)
+SHADOW_REPORT = "shadow.json"
+REPORT_SECONDS = 1.0  # the report is rewritten at most this often
+
+
+def read_shadow_report(path: Path) -> dict | None:
+    """The shadow figures a flow wrote last, or ``None``."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
 
 TALLY_PAGE_DEVICES = 64  # devices per page of the tally (on average: a device's page is a hash)
 

@@ -217,7 +217,8 @@ def retrain(
     actor: Actor = None,
 ) -> None:
     """Train a candidate from the edge's training store, validate it against the champion, register it as
-    challenger and promote it when it passes; every step audited. Exit 1 when it did not pass."""
+    challenger, run it in the shadow for --retrain-shadow-seconds (flows that follow the registry) and promote
+    it when it passes; every step audited. Exit 1 when it did not pass."""
     from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT
     from edgewatch.online_models.artifact import ArtifactError
     from edgewatch.registry.retrain import retrain_loop, retrain_once
@@ -244,6 +245,11 @@ def retrain(
     if (
         outcomes
         and outcomes[-1]["decision"] not in ("promoted", "skipped")
-        and not (outcomes[-1]["decision"] == "challenger" and not promote and outcomes[-1]["validation"]["passed"])
+        and not (
+            outcomes[-1]["decision"] == "challenger"
+            and not promote
+            and outcomes[-1]["validation"]["passed"]
+            and outcomes[-1].get("shadow", {}).get("passed", True)
+        )
     ):
         raise typer.Exit(1)

@@ -143,6 +143,17 @@ def _registry_version(name: str, alias: str | None, version: str | None, trackin
     return str(found.version)
 
 
+def alias_versions(name: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """The registered model's aliases and the versions they point at (one registry call);
+    :class:`RegistryError` when the registry refuses or cannot be reached."""
+    registry = _mlflow_client(tracking_uri)
+    try:
+        model = _call(f"models:/{name}", registry.get_registered_model, name)
+    except _Unreachable as exc:
+        raise RegistryError(f"the registry is unreachable ({exc})") from None
+    return {alias: str(version) for alias, version in (model.aliases or {}).items()}
+
+
 def _download(name: str, version: str, tracking_uri: str | None, local: Path, public_key: str | None) -> None:
     """Download the version's model, keep its edgewatch directory (the one with model.json) as ``local``."""
     from mlflow.artifacts import download_artifacts
