@@ -180,22 +180,22 @@ class ShadowMetrics:
         self.challenger: str | None = None
         self.totals = [0, 0, 0, 0]  # of ``challenger``: readings, agreements, champion/challenger anomalies
         self.report: Path | None = None  # where the figures go for `edgewatch retrain` (the flow sets it)
-        self._started = self._written = 0.0
+        self._started = 0.0
+        self._flush: threading.Timer | None = None  # writes the report a moment after figures change
         self._lock = threading.Lock()
 
     def count(self, challenger: str, readings: int, agreements: int, champion: int, anomalies: int) -> None:
         with self._lock:  # shards of several workers count into one set of figures
             if challenger != self.challenger:
-                self.challenger, self.totals, self._started, self._written = challenger, [0, 0, 0, 0], time.time(), 0
+                self.challenger, self.totals, self._started = challenger, [0, 0, 0, 0], time.time()
             totals = self.totals
             for index, value in enumerate((readings, agreements, champion, anomalies)):
                 totals[index] += value
             figures = list(totals)
-            due = self.report is not None and time.time() - self._written >= REPORT_SECONDS
-            if due:
-                self._written = time.time()
-        if due:
-            self._write(challenger, figures)
+            if self.report is not None and self._flush is None:  # at most one write a second, none lost
+                self._flush = threading.Timer(REPORT_SECONDS, self._write)
+                self._flush.daemon = True
+                self._flush.start()
         self.readings.inc(readings)
         self.agreements.inc(agreements)
         self.anomalies.labels("champion").inc(champion)
@@ -205,7 +205,9 @@ class ShadowMetrics:
             self.alarm_rate.labels("champion").set(figures[2] / figures[0])
             self.alarm_rate.labels("challenger").set(figures[3] / figures[0])
 
-    def _write(self, challenger: str, figures: list[int]) -> None:
+    def _write(self) -> None:
+        with self._lock:
+            challenger, figures, self._flush = self.challenger, list(self.totals), None
         readings = figures[0]
         report = {
             "challenger": challenger,
