@@ -108,11 +108,11 @@ def test_a_bounded_tally_keeps_the_fleet_figures():
         readings = [Reading(f"d{i}", float(round_), {"a": 1.0}, RAW) for i in range(30)]
         champion = BankResult([LabeledEvent(r, 0.1, False, "m", "v1") for r in readings], [], [], [])
         challenger = BankResult(
-            [LabeledEvent(r, 0.9, i % 3 == 0, "m", "v2") for i, r in enumerate(readings)], [], [], []
+            [LabeledEvent(r, 0.9, i % 3 == 0, "m", "tally-v2") for i, r in enumerate(readings)], [], [], []
         )
         events = tally.compare(champion, challenger, "v1")
         assert len(events) == 30
-    assert len(tally.devices) <= 10 and SHADOW_METRICS.challenger == "v2"
+    assert len(tally.devices) <= 10 and SHADOW_METRICS.challenger == "tally-v2"
     assert SHADOW_METRICS.totals == [90, 60, 0, 30]  # every reading counted, evicted devices' too
     restored = ShadowTally(max_devices=10)
     restored.load_pages(tally.dirty_pages(every=True).values())
