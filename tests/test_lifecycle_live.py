@@ -11,6 +11,7 @@ from edgewatch.azure.twin import TwinControls
 from edgewatch.cli import app
 from edgewatch.config import FlowSettings
 from edgewatch.flows.anomaly import LiveControls
+from edgewatch.flows.lifecycle import SHADOW_REPORT, read_shadow_report
 from edgewatch.online_models import artifact
 from edgewatch.online_models.registry import BUILTIN
 from edgewatch.schema import RawMessage, SourceRef, parse_message
@@ -45,7 +46,8 @@ def test_run_with_a_shadow_writes_the_challengers_labels_beside_the_champions(tm
     assert runner.invoke(app, args).exit_code == 0
     out = tmp_path / "labeled.jsonl"
     (v1, v1_version), (v2, v2_version) = models["v1"], models["v2"]
-    args = ["run", "--replay", str(stream), "--out", str(out), "--model", str(v1), "--shadow", str(v2)]
+    args = ["run", "--replay", str(stream), "--out", str(out), "--model", str(v1), "--shadow", str(v2),
+            "--model-cache-dir", str(tmp_path / "cache")]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     labeled = [orjson.loads(line) for line in out.read_bytes().splitlines()]
@@ -59,6 +61,9 @@ def test_run_with_a_shadow_writes_the_challengers_labels_beside_the_champions(tm
         assert s["champion"]["is_anomaly"] == by_offset[s["source"]["offset"]]["is_anomaly"]
         assert s["agrees"] == (s["champion"]["is_anomaly"] == s["challenger"]["is_anomaly"])
     assert max(s["device"]["readings"] for s in shadow) == 100
+    figures = read_shadow_report(tmp_path / "cache" / SHADOW_REPORT)  # what `edgewatch retrain` reads
+    assert figures["challenger"] == v2_version and figures["readings"] == 400
+    assert figures["agreement"] == sum(s["agrees"] for s in shadow) / 400
 
     bad = runner.invoke(app, ["run", "--replay", str(stream), "--out", str(out), "--shadow", str(tmp_path)])
     assert bad.exit_code != 0 and "--shadow" in bad.output and "Traceback" not in bad.output

@@ -289,6 +289,11 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
         self.recent.add([event.reading for event in result.events])
         return out, op.StatefulBatchLogic.RETAIN
 
+    def on_eof(self) -> tuple[list[BankResult | ShadowResult], bool]:
+        if self.shadow is not None:  # the shadow's last figures, for `edgewatch retrain`
+            SHADOW_METRICS.flush()
+        return [], op.StatefulBatchLogic.RETAIN
+
     def _follow(self, plan: ModelPlan) -> None:
         """Switch to the models ``plan`` asks for; a new model learns the recent readings first."""
         if plan.generation != self._generation:

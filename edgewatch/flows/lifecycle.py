@@ -205,6 +205,14 @@ class ShadowMetrics:
             self.alarm_rate.labels("champion").set(figures[2] / figures[0])
             self.alarm_rate.labels("challenger").set(figures[3] / figures[0])
 
+    def flush(self) -> None:
+        """Write the report now (the input ended: a pending write would be lost with the process)."""
+        with self._lock:
+            pending, self._flush = self._flush, None
+        if pending is not None:
+            pending.cancel()
+            self._write()
+
     def _write(self) -> None:
         with self._lock:
             challenger, figures, self._flush = self.challenger, list(self.totals), None
