@@ -1,11 +1,19 @@
 """bench/ablation.py: each variant switches one part off, and the harness scores through the CLI's evaluations."""
 
+import functools
+import math
+
+import numpy as np
 import pytest
 
 from bench import ablation
 from edgewatch.config import data_dir
 from edgewatch.evaluation import nab, nab_replay, skab
-from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR
+from edgewatch.online_models.bank import ModelBank
+from edgewatch.online_models.compact_novelty import CompactNovelty
+from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR, DetectorSpec
+from edgewatch.online_models.vector_bank import VectorBank
+from edgewatch.schema import RawMessage, Reading, SourceRef
 
 # the three smallest NAB files of three groups: seconds, not minutes
 NAB_KEYS = ("realAdExchange/exchange-3_cpc_results.csv", "realKnownCause/rogue_agent_key_hold.csv",
@@ -18,7 +26,7 @@ def root():
     needed = [root / "nab" / "data" / key for key in NAB_KEYS] + [root / "skab" / "valve1"]
     missing = [str(path) for path in needed if not path.exists()]
     if missing:
-        pytest.skip(f"NAB/SKAB data not found ({', '.join(missing)}; set EDGEWATCH_DATA_DIR)")
+        pytest.skip(f"NAB/SKAB data not found under {root} ({len(missing)} paths missing; set EDGEWATCH_DATA_DIR)")
     return root
 
 
@@ -66,3 +74,24 @@ def test_command_line_writes_the_markdown_tables(root, tmp_path):
                    "--out", str(out), "--data-dir", str(root)])  # fmt: skip
     text = out.read_text()
     assert "python bench/ablation.py" in text and "| cold-start |" in text and "warm=False" in text
+
+
+def test_profile_switch_turns_the_channel_off_in_objects_and_kernel_alike():
+    raw = RawMessage(b"", b"", [], *SourceRef("t", 0, 0))
+    rng = np.random.default_rng(1)
+    # a daily cycle every 30 minutes for three weeks, a level the profile alone finds odd in the last days
+    stream = [
+        Reading(f"d{i % 2}", 1800.0 * (i // 2), {"a": math.sin(2 * math.pi * (i // 2) / 48) + 0.05 * rng.normal()},
+                raw)
+        for i in range(2 * 48 * 21)
+    ]  # fmt: skip
+    for reading in stream[-2 * 48 * 2 :]:
+        reading.features["a"] = -reading.features["a"]
+    scores = {}
+    for profile in (True, False):
+        spec = DetectorSpec("compact-novelty", functools.partial(CompactNovelty, profile=profile), 0.3426, "test")
+        objects = [e.score for e in ModelBank(spec).label(stream).events]
+        arrays = [e.score for e in VectorBank(spec).label(stream).events]
+        np.testing.assert_allclose(arrays, objects, rtol=0, atol=1e-9)
+        scores[profile] = np.array(arrays)
+    assert not np.array_equal(scores[True], scores[False])
