@@ -351,6 +351,15 @@ def show(console: Console, blocks) -> None:
         console.print(table)
 
 
+#: what makes some cells equal to the default's by construction (not a finding about the part)
+READING_NOTES = (
+    "Where a part cannot act, its row equals the default's: NAB files have one feature (no relations, so no"
+    " relation score, consistent shift or excused extreme); SKAB's test parts (13 minutes each) and the"
+    " simulated fleets (3000 one-second ticks) never reach `accept_after` (1 hour), which NAB's series"
+    " (one reading per 5 minutes in 21 files, per hour in 7) reach within 12 readings, or at the next one.",
+)
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -406,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"`{command}` ({elapsed / 60:.1f} min on {args.jobs} processes). Each row switches one part off:",
         "",
         *(f"- **{v.name}**: {v.part}" + (f" (`{_params(v)}`)" if _params(v) else "") for v in variants),
+        "",
+        *READING_NOTES,
     ]
     args.out.write_text(markdown(blocks, preamble) + "\n")
     console.print(f"ablation: variants={len(variants)} minutes={elapsed / 60:.1f} out={args.out}")
