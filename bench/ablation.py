@@ -98,6 +98,8 @@ VARIANTS = (
     Variant("no-alarm-state", "the alarm state: each reading judged alone (those at the threshold still not learned)",
             {"hold_alarm": False}),
     Variant("no-protected-learning", "protected learning: every reading teaches", {"protected_learning": False}),
+    Variant("per-reading-only", "both: each reading judged alone, and every reading teaches",
+            {"hold_alarm": False, "protected_learning": False}),
     Variant("no-consistent-shift", "consistent-shift acceptance", {"accept_readings": NEVER}),
     Variant("no-timeout", "the accept_after timeout", {"accept_after": NEVER}),
     Variant("no-extremes-along-relations", "new extremes excused along the relations",
