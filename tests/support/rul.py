@@ -71,7 +71,7 @@ def raw_messages(runs: list[Run], topic: str = "telemetry") -> list[RawMessage]:
         key=lambda item: item[:2],
     )
     return [
-        RawMessage(device.encode(), body(row, cycle), [], topic, 0, offset, None)
+        RawMessage(device.encode(), body(row, cycle), [], topic, 0, offset, round((CMAPSS_EPOCH + cycle) * 1000))
         for offset, (cycle, _, device, row) in enumerate(items)
     ]
 
