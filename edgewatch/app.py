@@ -4,13 +4,14 @@ In the spirit of Quix Streams' ``Application``: built from the settings, it owns
 around the dataflow, in one place and in one order::
 
     start     logging → the warm-start model and the shadow's (checked before anything else
-              starts; the live controls of both) → the recovery
+              starts; the live controls of both; for the RUL flow its RUL model: the settings'
+              ``model_kind`` says which kind ``--model`` must be) → the recovery
               directory → the metrics server → GC tuned for streaming → SIGTERM/Ctrl-C → stop
     run       the dataflow, through Bytewax's public ``bytewax.run.cli_main``
     close     the resources registered with :meth:`Application.closing` (clients, buffers), in the
               reverse order of registration, also after an error
 
-``edgewatch run``, ``run --replay``, ``iotedge``, ``demo`` (its flow process), the
+``edgewatch run``, ``run --replay``, ``run-rul``, ``iotedge``, ``demo`` (its flow process), the
 ``python -m bytewax.run edgewatch.flows.anomaly:flow`` entry point and the bench all go through it.
 
 >>> from edgewatch.config import FlowSettings
