@@ -107,9 +107,7 @@ class FleetLogic(op.StatefulBatchLogic[list, RulResult, bytes]):
             if readings:
                 batch = self.fleet.update_many(readings)
                 results.append(RulResult(batch.estimates, batch.rejected))
-            ends = [item for item in items if isinstance(item, RunEnd)]
-            for end in ends:
-                self.fleet.end_run(end)
+            self.fleet.end_runs([item for item in items if isinstance(item, RunEnd)])
             bad = [item for item in items if isinstance(item, DeadLetter)]
             if bad:
                 results.append(RulResult([], bad))
@@ -118,8 +116,7 @@ class FleetLogic(op.StatefulBatchLogic[list, RulResult, bytes]):
     def on_eof(self) -> tuple[list[RulResult], bool]:
         # a replayed run-to-failure history: every run ended in a failure at its last reading
         if self._ends_at_eof:
-            for device in self.fleet.active_devices():
-                self.fleet.end_run(RunEnd(device, "failure"))
+            self.fleet.end_runs([RunEnd(device, "failure") for device in self.fleet.active_devices()])
             self.fleet.wait_for_refit()
         return [], op.StatefulBatchLogic.RETAIN
 

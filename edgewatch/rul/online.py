@@ -135,6 +135,7 @@ class RulFleet:
             self._keep(run)
         self._refit = refit
         self.store = store
+        self._deferred_save = False
         self._pick = operator.itemgetter(*model.columns)  # a reading's row, in the model's column order
         self._slots: dict[str, int] = {}
         self._rows: dict[str, list[np.ndarray]] = {}
@@ -195,6 +196,18 @@ class RulFleet:
 
     # -- run ends and learning -------------------------------------------------------------
 
+    def end_runs(self, events: Sequence[RunEnd]) -> list[Run | None]:
+        """:meth:`end_run` for each event, the store written once for all of them (a replayed
+        history ends every run at once; the store's write grows with the store)."""
+        self._deferred_save, ended = True, []
+        try:
+            ended = [self.end_run(event) for event in events]
+        finally:
+            self._deferred_save = False
+            if any(run is not None for run in ended):
+                self._save_failures()
+        return ended
+
     def end_run(self, event: RunEnd) -> Run | None:
         """End ``event.device_id``'s run; a failure's run as labeled data (``None`` otherwise).
 
@@ -219,7 +232,7 @@ class RulFleet:
             and self._pending is None
         ):
             self._start_refit()
-        if self.refits == refits:  # an inline refit has saved them with its model
+        if self.refits == refits and not self._deferred_save:  # an inline refit has saved them with its model
             self._save_failures()
         return run
 
