@@ -176,16 +176,25 @@ def status(
         )
 
 
-def register_trained(settings: RegistrySettings, model_dir: Path, name: str, data: Path, metrics: Path | None) -> None:
-    """``edgewatch train --register NAME``: log and register what train just wrote; audited."""
+def register_trained(
+    settings: RegistrySettings,
+    model_dir: Path,
+    name: str,
+    data: Path,
+    metrics: Path | None,
+    measured: dict[str, float] | None = None,
+) -> None:
+    """``edgewatch train --register NAME``: log and register what train just wrote (anomaly or RUL
+    model), with the figures of ``--metrics`` and those train ``measured``; audited."""
     from edgewatch.registry.publish import register_model
 
-    figures = None
+    figures = dict(measured or {}) or None
     if metrics is not None:
         try:
-            figures = {key: float(value) for key, value in json.loads(metrics.read_text()).items()}
+            given = {key: float(value) for key, value in json.loads(metrics.read_text()).items()}
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise typer.BadParameter(f"--metrics {metrics}: expected a JSON object of numbers ({exc})") from None
+        figures = {**(figures or {}), **given}
     try:
         registered = register_model(model_dir, name, settings.tracking_uri, data, figures)
     except RegistryError as exc:
