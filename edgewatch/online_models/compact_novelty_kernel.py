@@ -122,6 +122,7 @@ def score_learn(
 ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
+    "along_relations", "rebase", "explain_along", "extreme_steps",
 )  # fmt: skip
 
 
@@ -160,6 +161,26 @@ def _refresh_precision(cov, r: int, d: int, ridge: float, m) -> None:  # pragma:
 
 
 @njit(cache=True)
+def _shift_along(rel, cov, r: int, features: int, along: float) -> bool:  # pragma: no cover - compiled
+    """Whether the device's shift (current level minus its normal mean, in standard deviations) runs
+    along its relations: its Mahalanobis length in the correlations is at most ``along`` times its
+    Euclidean length (1: no less probable per unit than if the features were unrelated; a shift across
+    a strong relation is 1 / (1 - R²) times longer). Judged on the shift, not on each reading's
+    residual: far along a relation, a slightly misestimated slope makes every reading's residual
+    significant while the direction of the move stays that of the relation."""
+    if along <= 0.0:
+        return False
+    euclid = mahalanobis = 0.0
+    for j in range(features):
+        dj = (rel[r, j, FAST] - rel[r, j, MU]) / math.sqrt(max(cov[r, COV, j, j], 1e-12))
+        euclid += dj * dj
+        for k in range(features):
+            dk = (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
+            mahalanobis += dj * cov[r, PREC, j, k] * dk
+    return euclid > 0.0 and mahalanobis <= along * euclid
+
+
+@njit(cache=True)
 def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: int) -> None:  # pragma: no cover
     """Take the device's current state as its new normal: the alarm is cleared and learning resumes
     (the novelty channels learn the new state as they learn any normal reading); the relations
@@ -178,6 +199,31 @@ def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: in
         dev[r, RG_N] = dev[r, RG_MU] = dev[r, RG_VAR] = 0.0
     dev[r, ALARM] = dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
     dev[r, DRIFTS] += 1.0
+
+
+@njit(cache=True)
+def rebase(s, profile, ring, mem, rel, r: int, features: int, levels, out: int) -> None:  # pragma: no cover
+    """Move the novelty channels of an accepted alarm's features to the new level: their shape memories,
+    recent blocks and profile bins translated by the accepted shift (``levels[out]``: before, after)."""
+    for f in range(features):
+        span = s[r, HI, f] - s[r, LO, f]
+        if rel[r, f, CAUSE] == 0.0 or span <= 0.0:
+            continue
+        dz = (levels[out, 1, f] - levels[out, 0, f]) / span
+        for k in range(ring.shape[1]):
+            for q in range(ring.shape[3]):
+                ring[r, k, f, q] += dz
+            for m in range(int(s[r, _scale_index(k, MEM_N), f])):
+                for q in range(mem.shape[4]):
+                    mem[r, k, f, m, q] += np.float32(dz)
+            s[r, _scale_index(k, ACC_SUM), f] += dz * s[r, _scale_index(k, ACC_N), f]
+            s[r, _scale_index(k, ACC_MAX), f] += dz
+            s[r, _scale_index(k, ACC_MIN), f] += dz
+        for b in range(profile.shape[2]):
+            m = half_to_double(profile[r, f, b])
+            if m == m:
+                profile[r, f, b] = double_to_half(m + dz)
+        s[r, RESID, f] = 0.0
 
 
 @njit(cache=True)
@@ -221,7 +267,8 @@ def detect(
     threshold, clear_after, accept_readings = alarm_params[1], alarm_params[2], alarm_params[3]
     accept_after, relation_rate, smoothing = alarm_params[4], alarm_params[5], alarm_params[6]
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
-    explained = alarm_params[11]
+    explained, along_relations, rebase_shift = alarm_params[11], alarm_params[12], alarm_params[13] > 0.0
+    explain_along, extreme_steps = alarm_params[14] > 0.0, alarm_params[15]
     populating = mode == HISTORY_FILL
     history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
@@ -289,6 +336,14 @@ def detect(
             if rel_ready:
                 zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
                 rel_surprise = gaussian_surprise(zr)
+        if alarms and not history:
+            for f in range(features):
+                rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
+        # the device moves along its relations (a new operating point): the relations' residuals far
+        # along them, and the novelty of each feature the others explain, are that move, not a fault
+        along = explain_along and rel_ready and _shift_along(rel, cov, r, features, along_relations)
+        if along:
+            rel_surprise = 0.0
         # ---- evaluate (CompactNovelty._evaluate)
         for f in range(features):
             value = x[i, f]
@@ -342,8 +397,9 @@ def detect(
                         s[r, _scale_index(k, G_VAR), f],
                         min_blocks,
                     )
-                    zmax = max(zmax, zk)
-                    zfeat[f] = max(zfeat[f], zk)
+                    if not (along and explains[f] >= explained):
+                        zmax = max(zmax, zk)
+                        zfeat[f] = max(zfeat[f], zk)
             visited[f] = False
             if b >= 0:
                 m = half_to_double(profile[r, f, b])
@@ -359,8 +415,9 @@ def detect(
                     zp = _gauss_z(
                         abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], s[r, PROFILE_VAR, f], min_profile
                     )
-                    zmax = max(zmax, zp)
-                    zfeat[f] = max(zfeat[f], zp)
+                    if not (along and explains[f] >= explained):
+                        zmax = max(zmax, zp)
+                        zfeat[f] = max(zfeat[f], zp)
             # checks (CompactNovelty._checks)
             u = 0.0
             if n >= extreme_warmup:
@@ -371,7 +428,12 @@ def detect(
                 # visited yet (a setpoint, the ambient cycle), not a fault: the others explain this
                 # feature (R² >= ``explained``) and predict the reading (its residual is no surprise)
                 new_extreme = seen_span > 0 and excess > extreme_tolerance * seen_span and rare
-                if new_extreme and not (explains[f] >= explained and gaussian_surprise(abs(es[f])) < tolerance):
+                # with relations to check, a record one normal step beyond the seen range is a feature
+                # wandering on (a slow cycle), not a departure: it must exceed ``extreme_steps`` steps
+                if rel_ready:
+                    new_extreme = new_extreme and excess > extreme_steps * s[r, MAX_STEP, f]
+                predicted = along or gaussian_surprise(abs(es[f])) < tolerance
+                if new_extreme and not (explains[f] >= explained and predicted):
                     u = extreme_surprise
             if n >= warmup:
                 if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
@@ -390,8 +452,6 @@ def detect(
         # ---- alarm state: raised once, held while abnormal, cleared once; abnormal readings do not teach
         learn = True
         if alarms and not history:
-            for f in range(features):
-                rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
             ev = 0
             in_alarm = dev[r, ALARM] != 0.0
             if in_alarm or score >= threshold:
@@ -422,7 +482,10 @@ def detect(
                 # a new operating point, not a fault: every feature of the alarm's cause is predicted by
                 # the others (its relations explain at least ``explained`` of its variance) and the
                 # relations hold
-                kept = rel_ready and rel_surprise < u_threshold  # the relations alone would not alarm
+                kept = rel_ready and (
+                    rel_surprise < u_threshold  # the relations alone would not alarm
+                    or _shift_along(rel, cov, r, features, along_relations)
+                )
                 for f in range(features):
                     if rel[r, f, CAUSE] > 0.0 and cov[r, PREC, f, f] * (1.0 - explained) < 1.0:
                         kept = False
@@ -454,6 +517,8 @@ def detect(
                 info[i, 0], info[i, 1] = dev[r, START], dev[r, PEAK]
             if ev & (DRIFT_SHIFT | DRIFT_TIMEOUT):
                 accept(s, rel, cov, dev, r, features, (ev & DRIFT_TIMEOUT) != 0, levels, i)
+                if rebase_shift and ev & DRIFT_SHIFT:
+                    rebase(s, profile, ring, mem, rel, r, features, levels, i)
             elif ev & CLEARED:
                 dev[r, ALARM] = dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
             events[i] = ev

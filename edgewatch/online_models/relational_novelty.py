@@ -83,6 +83,18 @@ class RelationalNovelty(AnomalyDetector):
         fast_rate: EW rate of the current level (what an acceptance moves the normal to).
         explained: smallest fraction of a feature's variance its relations to the others must
             explain for a change of that feature to count as a new operating point.
+        along_relations: a shift keeps the relations when its Mahalanobis length (in the
+            correlations) is at most this times its Euclidean length (in standard deviations),
+            even when far along a relation each reading's residual is surprising (0: off).
+        rebase: a consistent shift's acceptance moves the accepted features' shape memories,
+            recent blocks and profile to the new level (else every channel sees the new level as
+            new until it has learned it, and raises the alarm again).
+        explain_along: while the device's shift runs along its relations (``along_relations``),
+            the relations' residuals and the shape and profile novelty of every feature the others
+            explain (``explained``) are that move, not evidence of a fault; jumps, stuck values
+            and unexplained features still count.
+        extreme_steps: a new extreme counts only beyond this many of the feature's largest normal
+            steps past its seen range (a slow cycle wandering on sets records by a step at a time).
         novelty: the per-feature channels' parameters.
 
     Examples:
@@ -118,6 +130,10 @@ class RelationalNovelty(AnomalyDetector):
         ridge: float = 1e-7,
         fast_rate: float = 0.2,
         explained: float = 0.3,
+        along_relations: float = 1.0,
+        rebase: bool = True,
+        explain_along: bool = True,
+        extreme_steps: float = 1.0,
         novelty: CompactNovelty | None = None,
     ):
         self.threshold = threshold
@@ -131,6 +147,10 @@ class RelationalNovelty(AnomalyDetector):
         self.ridge = ridge
         self.fast_rate = fast_rate
         self.explained = explained
+        self.along_relations = along_relations
+        self.rebase = rebase
+        self.explain_along = explain_along
+        self.extreme_steps = extreme_steps
         self.novelty = CompactNovelty() if novelty is None else novelty
         self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
         self._rows: dict[tuple[str, ...], list[np.ndarray]] = {}
@@ -155,7 +175,8 @@ class RelationalNovelty(AnomalyDetector):
         return np.array(
             [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
-             self.min_relation, self.ridge, self.fast_rate, self.explained],
+             self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
+             float(self.rebase), float(self.explain_along), self.extreme_steps],
             dtype=np.float64,
         )  # fmt: skip
 
