@@ -102,7 +102,7 @@ def test_a_setpoint_step_that_keeps_relations_is_a_new_normal_within_seconds():
     assert flags.sum() <= 10 and (not alarms or alarms[-1].kind == "cleared")
     assert {d.reason for d in drift} <= {"consistent-shift"}
     # without that explanation every channel finds the new level new: abnormal until accepted as a shift
-    events, alarms, drift = run(warm_bank(explain_along=False), stream(rows, start=800))
+    events, alarms, drift = run(warm_bank(explain_along=0.0), stream(rows, start=800))
     assert sum(e.is_anomaly for e in events) >= 30
     assert [d.reason for d in drift] == ["consistent-shift"]
     assert drift[0].level_after["temp"] - drift[0].level_before["temp"] > 6.0
@@ -126,6 +126,21 @@ def test_a_shift_along_the_relations_is_told_from_one_across_them():
     assert not along([3.0, -3.0, 0.0])  # the two against each other
     assert along([0.0, 0.0, 4.0])  # an unrelated feature is neither (ratio 1)
     assert not along([20.0, 19.6, 0.5], ratio=0.0)  # off
+
+
+def test_an_alarm_ends_with_its_fault_when_the_device_had_moved_before():
+    def stuck_after_a_step(i):
+        x = machine(i, setpoint=20.0 if i >= 900 else 0.0)  # a new operating point, then
+        if 1000 <= i < 1040:
+            x["temp"] = machine(999, setpoint=20.0)["temp"]  # the sensor repeats its last value
+        return x
+
+    readings = stream([stuck_after_a_step(i) for i in range(800, 1800)], start=800)
+    flags = np.array([e.is_anomaly for e in run(warm_bank(), readings)[0]])
+    assert flags[210:240].all() and flags[240:].sum() <= 30  # the fault alarms, the alarm ends with it
+    # the pressure's relation mean following its readings while the temperature's is frozen: never ends
+    flags = np.array([e.is_anomaly for e in run(warm_bank(hold_related=False), readings)[0]])
+    assert flags[-100:].all()
 
 
 def test_a_slow_cycle_wandering_past_its_range_is_no_fault():

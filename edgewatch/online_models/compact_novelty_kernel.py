@@ -122,7 +122,7 @@ def score_learn(
 ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
-    "along_relations", "rebase", "explain_along", "extreme_steps",
+    "along_relations", "rebase", "explain_along", "extreme_steps", "hold_related",
 )  # fmt: skip
 
 
@@ -178,6 +178,20 @@ def _shift_along(rel, cov, r: int, features: int, along: float) -> bool:  # prag
             dk = (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
             mahalanobis += dj * cov[r, PREC, j, k] * dk
     return euclid > 0.0 and mahalanobis <= along * euclid
+
+
+@njit(cache=True)
+def _moves_predicted(rel, cov, r: int, features: int, largest: float, moved) -> None:  # pragma: no cover
+    """``moved[f]``: feature ``f`` has shifted (current level minus normal mean) and the others' shifts
+    predict it: the part of its shift its relations leave unexplained (the regression residual of the
+    shift, in its standard deviations) is at most ``largest`` of the shift."""
+    for f in range(features):
+        pd = 0.0
+        for k in range(features):
+            pd += cov[r, PREC, f, k] * (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
+        shift = (rel[r, f, FAST] - rel[r, f, MU]) / math.sqrt(max(cov[r, COV, f, f], 1e-12))
+        unexplained = pd / max(cov[r, PREC, f, f], 1e-12)
+        moved[f] = shift != 0.0 and abs(unexplained) <= largest * abs(shift)
 
 
 @njit(cache=True)
@@ -268,7 +282,7 @@ def detect(
     accept_after, relation_rate, smoothing = alarm_params[4], alarm_params[5], alarm_params[6]
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
     explained, along_relations, rebase_shift = alarm_params[11], alarm_params[12], alarm_params[13] > 0.0
-    explain_along, extreme_steps = alarm_params[14] > 0.0, alarm_params[15]
+    explain_along, extreme_steps, hold_related = alarm_params[14], alarm_params[15], alarm_params[16] > 0.0
     populating = mode == HISTORY_FILL
     history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
@@ -288,6 +302,7 @@ def detect(
     us = np.empty(features)
     res = np.empty(features)
     implicated = np.zeros(features, np.bool_)
+    moved = np.zeros(features, np.bool_)  # each feature's shift is predicted by the others' (explain_along)
     devs = np.zeros(features)
     scratch = np.zeros((features, 2 * features))
     breaks = np.zeros(features)
@@ -341,9 +356,13 @@ def detect(
                 rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
         # the device moves along its relations (a new operating point): the relations' residuals far
         # along them, and the novelty of each feature the others explain, are that move, not a fault
-        along = explain_along and rel_ready and _shift_along(rel, cov, r, features, along_relations)
+        along = explain_along > 0.0 and rel_ready and _shift_along(rel, cov, r, features, along_relations)
         if along:
             rel_surprise = 0.0
+        if explain_along > 0.0 and rel_ready:
+            _moves_predicted(rel, cov, r, features, explain_along, moved)
+        else:
+            moved[:] = False
         # ---- evaluate (CompactNovelty._evaluate)
         for f in range(features):
             value = x[i, f]
@@ -397,7 +416,7 @@ def detect(
                         s[r, _scale_index(k, G_VAR), f],
                         min_blocks,
                     )
-                    if not (along and explains[f] >= explained):
+                    if not (moved[f] and explains[f] >= explained):
                         zmax = max(zmax, zk)
                         zfeat[f] = max(zfeat[f], zk)
             visited[f] = False
@@ -415,7 +434,7 @@ def detect(
                     zp = _gauss_z(
                         abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], s[r, PROFILE_VAR, f], min_profile
                     )
-                    if not (along and explains[f] >= explained):
+                    if not (moved[f] and explains[f] >= explained):
                         zmax = max(zmax, zp)
                         zfeat[f] = max(zfeat[f], zp)
             # checks (CompactNovelty._checks)
@@ -432,7 +451,7 @@ def detect(
                 # wandering on (a slow cycle), not a departure: it must exceed ``extreme_steps`` steps
                 if rel_ready:
                     new_extreme = new_extreme and excess > extreme_steps * s[r, MAX_STEP, f]
-                predicted = along or gaussian_surprise(abs(es[f])) < tolerance
+                predicted = moved[f] or gaussian_surprise(abs(es[f])) < tolerance
                 if new_extreme and not (explains[f] >= explained and predicted):
                     u = extreme_surprise
             if n >= warmup:
@@ -531,7 +550,9 @@ def detect(
         if not learn and alarms:  # in alarm, the features it does not implicate keep their level current
             a = max(1.0 / (dev[r, REL_N] + 1.0), relation_rate)
             for f in range(features):
-                if not implicated[f]:
+                # ... unless the others explain them (``hold_related``): a feature bound to the implicated
+                # ones keeps its mean with theirs, or their relation drifts apart while the device is normal
+                if not implicated[f] and not (hold_related and explains[f] >= explained):
                     rel[r, f, MU] += a * (x[i, f] - rel[r, f, MU])
         if learn and relations:  # ---- learn the relations (EW mean and covariance, equal weights at first)
             n_rel = dev[r, REL_N] + 1.0

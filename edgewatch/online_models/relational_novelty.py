@@ -89,12 +89,17 @@ class RelationalNovelty(AnomalyDetector):
         rebase: a consistent shift's acceptance moves the accepted features' shape memories,
             recent blocks and profile to the new level (else every channel sees the new level as
             new until it has learned it, and raises the alarm again).
-        explain_along: while the device's shift runs along its relations (``along_relations``),
-            the relations' residuals and the shape and profile novelty of every feature the others
-            explain (``explained``) are that move, not evidence of a fault; jumps, stuck values
-            and unexplained features still count.
+        explain_along: the shape and profile novelty of a feature the others explain
+            (``explained``) whose shift their shifts predict (the unpredicted part at most this
+            fraction of it) is a move along the relations, not evidence of a fault; while the whole
+            shift runs along the relations (``along_relations``) so are the relations' residuals.
+            Jumps, stuck values and unexplained features still count (0: off).
         extreme_steps: a new extreme counts only beyond this many of the feature's largest normal
             steps past its seen range (a slow cycle wandering on sets records by a step at a time).
+        hold_related: in alarm, the relations' mean of a feature the others explain stays with
+            that of the implicated features (else it follows its readings while theirs is frozen,
+            and the relation drifts apart until a normal device looks broken); features the
+            others do not explain keep following their readings.
         novelty: the per-feature channels' parameters.
 
     Examples:
@@ -132,8 +137,9 @@ class RelationalNovelty(AnomalyDetector):
         explained: float = 0.3,
         along_relations: float = 1.0,
         rebase: bool = True,
-        explain_along: bool = True,
+        explain_along: float = 0.5,
         extreme_steps: float = 1.0,
+        hold_related: bool = True,
         novelty: CompactNovelty | None = None,
     ):
         self.threshold = threshold
@@ -151,6 +157,7 @@ class RelationalNovelty(AnomalyDetector):
         self.rebase = rebase
         self.explain_along = explain_along
         self.extreme_steps = extreme_steps
+        self.hold_related = hold_related
         self.novelty = CompactNovelty() if novelty is None else novelty
         self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
         self._rows: dict[tuple[str, ...], list[np.ndarray]] = {}
@@ -176,7 +183,8 @@ class RelationalNovelty(AnomalyDetector):
             [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
-             float(self.rebase), float(self.explain_along), self.extreme_steps],
+             float(self.rebase), self.explain_along, self.extreme_steps,
+             float(self.hold_related)],
             dtype=np.float64,
         )  # fmt: skip
 
