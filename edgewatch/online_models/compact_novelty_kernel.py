@@ -447,9 +447,9 @@ def detect(
                 # visited yet (a setpoint, the ambient cycle), not a fault: the others explain this
                 # feature (R² >= ``explained``) and predict the reading (its residual is no surprise)
                 new_extreme = seen_span > 0 and excess > extreme_tolerance * seen_span and rare
-                # with relations to check, a record one normal step beyond the seen range is a feature
-                # wandering on (a slow cycle), not a departure: it must exceed ``extreme_steps`` steps
-                if rel_ready:
+                # on a device with relations to check, a record one normal step beyond the seen range is
+                # a feature wandering on (a slow cycle), not a departure: it must exceed ``extreme_steps``
+                if relations:
                     new_extreme = new_extreme and excess > extreme_steps * s[r, MAX_STEP, f]
                 predicted = moved[f] or gaussian_surprise(abs(es[f])) < tolerance
                 if new_extreme and not (explains[f] >= explained and predicted):

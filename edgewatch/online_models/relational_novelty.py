@@ -94,8 +94,10 @@ class RelationalNovelty(AnomalyDetector):
             fraction of it) is a move along the relations, not evidence of a fault; while the whole
             shift runs along the relations (``along_relations``) so are the relations' residuals.
             Jumps, stuck values and unexplained features still count (0: off).
-        extreme_steps: a new extreme counts only beyond this many of the feature's largest normal
-            steps past its seen range (a slow cycle wandering on sets records by a step at a time).
+        extreme_steps: on a device with several features (relations to check), a new extreme
+            counts only beyond this many of the feature's largest normal steps past its seen range
+            (a slow cycle wandering on sets records a step at a time); a single feature has only
+            its range.
         hold_related: in alarm, the relations' mean of a feature the others explain stays with
             that of the implicated features (else it follows its readings while theirs is frozen,
             and the relation drifts apart until a normal device looks broken); features the
