@@ -143,6 +143,28 @@ def test_an_alarm_ends_with_its_fault_when_the_device_had_moved_before():
     assert flags[-100:].all()
 
 
+def test_a_cold_start_alarm_before_the_relations_are_ready_does_not_last():
+    from edgewatch.schema import parse_message
+    from edgewatch.simulator import Fleet
+
+    # a simulated machine without faults whose cold start alarms at reading 175, before its relations are ready
+    fleet = Fleet(devices=40, seed=1, warmup_ticks=1200, fault_rate=0.002, change_rate=0.001, ambient_period=1800)
+    readings = [parse_message(RawMessage(r.key, r.value, r.headers, "sim", 0, 0, r.timestamp_ms))
+                for r in list(fleet.records(40 * 1200))[3::40]]  # fmt: skip
+
+    def abnormal(**params):
+        detector = RelationalNovelty(**params)
+        flags = []
+        for reading in readings:
+            detector.score_one(reading.features, reading.timestamp)
+            detector.learn_one(reading.features, reading.timestamp)
+            flags.append(detector.abnormal)
+        return np.array(flags)
+
+    assert abnormal()[:300].any() and not abnormal()[600:].any()
+    assert abnormal(relation_warmup=False)[600:].all()  # the relations never ready: only a timeout ends it
+
+
 def test_a_slow_cycle_wandering_past_its_range_is_no_fault():
     def warming(i):
         x = machine(i)

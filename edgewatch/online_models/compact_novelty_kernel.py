@@ -123,6 +123,7 @@ ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "rebase", "explain_along", "extreme_steps", "hold_related",
+    "relation_warmup",
 )  # fmt: skip
 
 
@@ -283,6 +284,7 @@ def detect(
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
     explained, along_relations, rebase_shift = alarm_params[11], alarm_params[12], alarm_params[13] > 0.0
     explain_along, extreme_steps, hold_related = alarm_params[14], alarm_params[15], alarm_params[16] > 0.0
+    relation_warmup = alarm_params[17] > 0.0
     populating = mode == HISTORY_FILL
     history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
@@ -554,7 +556,10 @@ def detect(
                 # ones keeps its mean with theirs, or their relation drifts apart while the device is normal
                 if not implicated[f] and not (hold_related and explains[f] >= explained):
                     rel[r, f, MU] += a * (x[i, f] - rel[r, f, MU])
-        if learn and relations:  # ---- learn the relations (EW mean and covariance, equal weights at first)
+        # an alarm raised before the relations are ready (a cold start's first readings) does not stop
+        # them (``relation_warmup``): else they never become ready, and such an alarm can only time out
+        warming = relation_warmup and relations and dev[r, REL_N] < min_relation
+        if (learn or warming) and relations:  # ---- learn the relations (EW mean and covariance, equal weights first)
             n_rel = dev[r, REL_N] + 1.0
             dev[r, REL_N] = n_rel
             a = max(1.0 / n_rel, relation_rate)

@@ -102,6 +102,9 @@ class RelationalNovelty(AnomalyDetector):
             that of the implicated features (else it follows its readings while theirs is frozen,
             and the relation drifts apart until a normal device looks broken); features the
             others do not explain keep following their readings.
+        relation_warmup: the relations learn their first ``min_relation`` readings even in alarm
+            (a cold start's early alarm would otherwise keep them from ever being ready, and only
+            time out).
         novelty: the per-feature channels' parameters.
 
     Examples:
@@ -142,6 +145,7 @@ class RelationalNovelty(AnomalyDetector):
         explain_along: float = 0.5,
         extreme_steps: float = 1.0,
         hold_related: bool = True,
+        relation_warmup: bool = True,
         novelty: CompactNovelty | None = None,
     ):
         self.threshold = threshold
@@ -160,6 +164,7 @@ class RelationalNovelty(AnomalyDetector):
         self.explain_along = explain_along
         self.extreme_steps = extreme_steps
         self.hold_related = hold_related
+        self.relation_warmup = relation_warmup
         self.novelty = CompactNovelty() if novelty is None else novelty
         self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
         self._rows: dict[tuple[str, ...], list[np.ndarray]] = {}
@@ -186,7 +191,7 @@ class RelationalNovelty(AnomalyDetector):
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
              float(self.rebase), self.explain_along, self.extreme_steps,
-             float(self.hold_related)],
+             float(self.hold_related), float(self.relation_warmup)],
             dtype=np.float64,
         )  # fmt: skip
 
