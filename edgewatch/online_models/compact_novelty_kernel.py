@@ -196,6 +196,18 @@ def _moves_predicted(rel, cov, r: int, features: int, largest: float, moved) -> 
 
 
 @njit(cache=True)
+def _bound_to(cov, r: int, features: int, f: int, implicated, explained: float) -> bool:  # pragma: no cover
+    """Whether feature ``f`` is related to an implicated feature: their squared correlation is at least
+    ``explained``."""
+    for g in range(features):
+        if g != f and implicated[g]:
+            vf, vg = cov[r, COV, f, f], cov[r, COV, g, g]
+            if vf > 0.0 and vg > 0.0 and cov[r, COV, f, g] * cov[r, COV, f, g] >= explained * vf * vg:
+                return True
+    return False
+
+
+@njit(cache=True)
 def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: int) -> None:  # pragma: no cover
     """Take the device's current state as its new normal: the alarm is cleared and learning resumes
     (the novelty channels learn the new state as they learn any normal reading); the relations
@@ -552,9 +564,9 @@ def detect(
         if not learn and alarms:  # in alarm, the features it does not implicate keep their level current
             a = max(1.0 / (dev[r, REL_N] + 1.0), relation_rate)
             for f in range(features):
-                # ... unless the others explain them (``hold_related``): a feature bound to the implicated
-                # ones keeps its mean with theirs, or their relation drifts apart while the device is normal
-                if not implicated[f] and not (hold_related and explains[f] >= explained):
+                # ... unless bound to an implicated one (``hold_related``): it keeps its mean with theirs,
+                # or their relation drifts apart while the device is normal again
+                if not implicated[f] and not (hold_related and _bound_to(cov, r, features, f, implicated, explained)):
                     rel[r, f, MU] += a * (x[i, f] - rel[r, f, MU])
         # an alarm raised before the relations are ready (a cold start's first readings) does not stop
         # them (``relation_warmup``): else they never become ready, and such an alarm can only time out

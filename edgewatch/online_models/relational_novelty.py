@@ -98,10 +98,10 @@ class RelationalNovelty(AnomalyDetector):
             counts only beyond this many of the feature's largest normal steps past its seen range
             (a slow cycle wandering on sets records a step at a time); a single feature has only
             its range.
-        hold_related: in alarm, the relations' mean of a feature the others explain stays with
-            that of the implicated features (else it follows its readings while theirs is frozen,
-            and the relation drifts apart until a normal device looks broken); features the
-            others do not explain keep following their readings.
+        hold_related: in alarm, the relations' mean of a feature correlated with an implicated
+            one (squared correlation at least ``explained``) stays with theirs (else it follows its
+            readings while theirs is frozen, and the relation drifts apart until a normal device
+            looks broken); the other features keep following their readings.
         relation_warmup: the relations learn their first ``min_relation`` readings even in alarm
             (a cold start's early alarm would otherwise keep them from ever being ready, and only
             time out).
