@@ -122,7 +122,7 @@ def score_learn(
 ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
-    "along_relations", "rebase", "explain_along", "extreme_steps", "hold_related",
+    "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup",
 )  # fmt: skip
 
@@ -229,31 +229,6 @@ def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: in
 
 
 @njit(cache=True)
-def rebase(s, profile, ring, mem, rel, r: int, features: int, levels, out: int) -> None:  # pragma: no cover
-    """Move the novelty channels of an accepted alarm's features to the new level: their shape memories,
-    recent blocks and profile bins translated by the accepted shift (``levels[out]``: before, after)."""
-    for f in range(features):
-        span = s[r, HI, f] - s[r, LO, f]
-        if rel[r, f, CAUSE] == 0.0 or span <= 0.0:
-            continue
-        dz = (levels[out, 1, f] - levels[out, 0, f]) / span
-        for k in range(ring.shape[1]):
-            for q in range(ring.shape[3]):
-                ring[r, k, f, q] += dz
-            for m in range(int(s[r, _scale_index(k, MEM_N), f])):
-                for q in range(mem.shape[4]):
-                    mem[r, k, f, m, q] += np.float32(dz)
-            s[r, _scale_index(k, ACC_SUM), f] += dz * s[r, _scale_index(k, ACC_N), f]
-            s[r, _scale_index(k, ACC_MAX), f] += dz
-            s[r, _scale_index(k, ACC_MIN), f] += dz
-        for b in range(profile.shape[2]):
-            m = half_to_double(profile[r, f, b])
-            if m == m:
-                profile[r, f, b] = double_to_half(m + dz)
-        s[r, RESID, f] = 0.0
-
-
-@njit(cache=True)
 def detect(
     s,
     profile,
@@ -294,9 +269,9 @@ def detect(
     threshold, clear_after, accept_readings = alarm_params[1], alarm_params[2], alarm_params[3]
     accept_after, relation_rate, smoothing = alarm_params[4], alarm_params[5], alarm_params[6]
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
-    explained, along_relations, rebase_shift = alarm_params[11], alarm_params[12], alarm_params[13] > 0.0
-    explain_along, extreme_steps, hold_related = alarm_params[14], alarm_params[15], alarm_params[16] > 0.0
-    relation_warmup = alarm_params[17] > 0.0
+    explained, along_relations = alarm_params[11], alarm_params[12]
+    explain_along, extreme_steps, hold_related = alarm_params[13], alarm_params[14], alarm_params[15] > 0.0
+    relation_warmup = alarm_params[16] > 0.0
     populating = mode == HISTORY_FILL
     history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
@@ -550,8 +525,6 @@ def detect(
                 info[i, 0], info[i, 1] = dev[r, START], dev[r, PEAK]
             if ev & (DRIFT_SHIFT | DRIFT_TIMEOUT):
                 accept(s, rel, cov, dev, r, features, (ev & DRIFT_TIMEOUT) != 0, levels, i)
-                if rebase_shift and ev & DRIFT_SHIFT:
-                    rebase(s, profile, ring, mem, rel, r, features, levels, i)
             elif ev & CLEARED:
                 dev[r, ALARM] = dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
             events[i] = ev

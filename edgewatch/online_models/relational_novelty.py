@@ -86,9 +86,6 @@ class RelationalNovelty(AnomalyDetector):
         along_relations: a shift keeps the relations when its Mahalanobis length (in the
             correlations) is at most this times its Euclidean length (in standard deviations),
             even when far along a relation each reading's residual is surprising (0: off).
-        rebase: a consistent shift's acceptance moves the accepted features' shape memories,
-            recent blocks and profile to the new level (else every channel sees the new level as
-            new until it has learned it, and raises the alarm again).
         explain_along: the shape and profile novelty of a feature the others explain
             (``explained``) whose shift their shifts predict (the unpredicted part at most this
             fraction of it) is a move along the relations, not evidence of a fault; while the whole
@@ -141,7 +138,6 @@ class RelationalNovelty(AnomalyDetector):
         fast_rate: float = 0.2,
         explained: float = 0.3,
         along_relations: float = 1.0,
-        rebase: bool = True,
         explain_along: float = 0.5,
         extreme_steps: float = 1.0,
         hold_related: bool = True,
@@ -160,7 +156,6 @@ class RelationalNovelty(AnomalyDetector):
         self.fast_rate = fast_rate
         self.explained = explained
         self.along_relations = along_relations
-        self.rebase = rebase
         self.explain_along = explain_along
         self.extreme_steps = extreme_steps
         self.hold_related = hold_related
@@ -190,7 +185,7 @@ class RelationalNovelty(AnomalyDetector):
             [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
-             float(self.rebase), self.explain_along, self.extreme_steps,
+             self.explain_along, self.extreme_steps,
              float(self.hold_related), float(self.relation_warmup)],
             dtype=np.float64,
         )  # fmt: skip
