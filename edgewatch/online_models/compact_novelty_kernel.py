@@ -122,6 +122,8 @@ def score_learn(
 ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
+    "along_relations", "explain_along", "extreme_steps", "hold_related",
+    "relation_warmup",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -164,6 +166,52 @@ def _refresh_precision(cov, r: int, d: int, ridge: float, m) -> None:  # pragma:
     for j in range(d):
         for k in range(d):
             cov[r, PREC, j, k] = m[j, d + k]
+
+
+@njit(cache=True)
+def _shift_along(rel, cov, r: int, features: int, along: float) -> bool:  # pragma: no cover - compiled
+    """Whether the device's shift (current level minus its normal mean, in standard deviations) runs
+    along its relations: its Mahalanobis length in the correlations is at most ``along`` times its
+    Euclidean length (1: no less probable per unit than if the features were unrelated; a shift across
+    a strong relation is 1 / (1 - R²) times longer). Judged on the shift, not on each reading's
+    residual: far along a relation, a slightly misestimated slope makes every reading's residual
+    significant while the direction of the move stays that of the relation."""
+    if along <= 0.0:
+        return False
+    euclid = mahalanobis = 0.0
+    for j in range(features):
+        dj = (rel[r, j, FAST] - rel[r, j, MU]) / math.sqrt(max(cov[r, COV, j, j], 1e-12))
+        euclid += dj * dj
+        for k in range(features):
+            dk = (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
+            mahalanobis += dj * cov[r, PREC, j, k] * dk
+    return euclid > 0.0 and mahalanobis <= along * euclid
+
+
+@njit(cache=True)
+def _moves_predicted(rel, cov, r: int, features: int, largest: float, moved) -> None:  # pragma: no cover
+    """``moved[f]``: feature ``f`` has shifted (current level minus normal mean) and the others' shifts
+    predict it: the part of its shift its relations leave unexplained (the regression residual of the
+    shift, in its standard deviations) is at most ``largest`` of the shift."""
+    for f in range(features):
+        pd = 0.0
+        for k in range(features):
+            pd += cov[r, PREC, f, k] * (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
+        shift = (rel[r, f, FAST] - rel[r, f, MU]) / math.sqrt(max(cov[r, COV, f, f], 1e-12))
+        unexplained = pd / max(cov[r, PREC, f, f], 1e-12)
+        moved[f] = shift != 0.0 and abs(unexplained) <= largest * abs(shift)
+
+
+@njit(cache=True)
+def _bound_to(cov, r: int, features: int, f: int, implicated, explained: float) -> bool:  # pragma: no cover
+    """Whether feature ``f`` is related to an implicated feature: their squared correlation is at least
+    ``explained``."""
+    for g in range(features):
+        if g != f and implicated[g]:
+            vf, vg = cov[r, COV, f, f], cov[r, COV, g, g]
+            if vf > 0.0 and vg > 0.0 and cov[r, COV, f, g] * cov[r, COV, f, g] >= explained * vf * vg:
+                return True
+    return False
 
 
 @njit(cache=True)
@@ -228,7 +276,9 @@ def detect(
     threshold, clear_after, accept_readings = alarm_params[1], alarm_params[2], alarm_params[3]
     accept_after, relation_rate, smoothing = alarm_params[4], alarm_params[5], alarm_params[6]
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
-    explained = alarm_params[11]
+    explained, along_relations = alarm_params[11], alarm_params[12]
+    explain_along, extreme_steps, hold_related = alarm_params[13], alarm_params[14], alarm_params[15] > 0.0
+    relation_warmup = alarm_params[16] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -251,6 +301,7 @@ def detect(
     us = np.empty(features)
     res = np.empty(features)
     implicated = np.zeros(features, np.bool_)
+    moved = np.zeros(features, np.bool_)  # each feature's shift is predicted by the others' (explain_along)
     devs = np.zeros(features)
     scratch = np.zeros((features, 2 * features))
     breaks = np.zeros(features)
@@ -299,6 +350,18 @@ def detect(
             if rel_ready:
                 zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
                 rel_surprise = gaussian_surprise(zr)
+        if alarms and not history:
+            for f in range(features):
+                rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
+        # the device moves along its relations (a new operating point): the relations' residuals far
+        # along them, and the novelty of each feature the others explain, are that move, not a fault
+        along = explain_along > 0.0 and rel_ready and _shift_along(rel, cov, r, features, along_relations)
+        if along:
+            rel_surprise = 0.0
+        if explain_along > 0.0 and rel_ready:
+            _moves_predicted(rel, cov, r, features, explain_along, moved)
+        else:
+            moved[:] = False
         # ---- evaluate (CompactNovelty._evaluate)
         for f in range(features):
             value = x[i, f]
@@ -352,8 +415,9 @@ def detect(
                         s[r, _scale_index(k, G_VAR), f],
                         min_blocks,
                     )
-                    zmax = max(zmax, zk)
-                    zfeat[f] = max(zfeat[f], zk)
+                    if not (moved[f] and explains[f] >= explained):
+                        zmax = max(zmax, zk)
+                        zfeat[f] = max(zfeat[f], zk)
             visited[f] = False
             if b >= 0:
                 m = half_to_double(profile[r, f, b])
@@ -369,8 +433,9 @@ def detect(
                     zp = _gauss_z(
                         abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], s[r, PROFILE_VAR, f], min_profile
                     )
-                    zmax = max(zmax, zp)
-                    zfeat[f] = max(zfeat[f], zp)
+                    if not (moved[f] and explains[f] >= explained):
+                        zmax = max(zmax, zp)
+                        zfeat[f] = max(zfeat[f], zp)
             # checks (CompactNovelty._checks)
             u = 0.0
             if n >= extreme_warmup:
@@ -381,8 +446,13 @@ def detect(
                 # visited yet (a setpoint, the ambient cycle), not a fault: the others explain this
                 # feature (R² >= ``explained``) and predict the reading (its residual is no surprise)
                 new_extreme = seen_span > 0 and excess > extreme_tolerance * seen_span and rare
+                # on a device with relations to check, a record one normal step beyond the seen range is
+                # a feature wandering on (a slow cycle), not a departure: it must exceed ``extreme_steps``
+                if relations:
+                    new_extreme = new_extreme and excess > extreme_steps * s[r, MAX_STEP, f]
+                predicted = moved[f] or gaussian_surprise(abs(es[f])) < tolerance
                 along = extremes_along_relations and explains[f] >= explained
-                if new_extreme and not (along and gaussian_surprise(abs(es[f])) < tolerance):
+                if new_extreme and not (along and predicted):
                     u = extreme_surprise
             if n >= warmup:
                 if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
@@ -401,8 +471,6 @@ def detect(
         # ---- alarm state: raised once, held while abnormal, cleared once; abnormal readings do not teach
         learn = True
         if alarms and not history:
-            for f in range(features):
-                rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
             ev = 0
             in_alarm = dev[r, ALARM] != 0.0 and hold_alarm  # not held: every reading is judged alone
             if in_alarm or score >= threshold:
@@ -433,7 +501,10 @@ def detect(
                 # a new operating point, not a fault: every feature of the alarm's cause is predicted by
                 # the others (its relations explain at least ``explained`` of its variance) and the
                 # relations hold
-                kept = rel_ready and rel_surprise < u_threshold  # the relations alone would not alarm
+                kept = rel_ready and (
+                    rel_surprise < u_threshold  # the relations alone would not alarm
+                    or _shift_along(rel, cov, r, features, along_relations)
+                )
                 for f in range(features):
                     if rel[r, f, CAUSE] > 0.0 and cov[r, PREC, f, f] * (1.0 - explained) < 1.0:
                         kept = False
@@ -477,9 +548,14 @@ def detect(
         if not learn and alarms:  # in alarm, the features it does not implicate keep their level current
             a = max(1.0 / (dev[r, REL_N] + 1.0), relation_rate)
             for f in range(features):
-                if not implicated[f]:
+                # ... unless bound to an implicated one (``hold_related``): it keeps its mean with theirs,
+                # or their relation drifts apart while the device is normal again
+                if not implicated[f] and not (hold_related and _bound_to(cov, r, features, f, implicated, explained)):
                     rel[r, f, MU] += a * (x[i, f] - rel[r, f, MU])
-        if learn and relations:  # ---- learn the relations (EW mean and covariance, equal weights at first)
+        # an alarm raised before the relations are ready (a cold start's first readings) does not stop
+        # them (``relation_warmup``): else they never become ready, and such an alarm can only time out
+        warming = relation_warmup and relations and dev[r, REL_N] < min_relation
+        if (learn or warming) and relations:  # ---- learn the relations (EW mean and covariance, equal weights first)
             n_rel = dev[r, REL_N] + 1.0
             dev[r, REL_N] = n_rel
             a = max(1.0 / n_rel, relation_rate)

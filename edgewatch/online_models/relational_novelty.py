@@ -83,6 +83,25 @@ class RelationalNovelty(AnomalyDetector):
         fast_rate: EW rate of the current level (what an acceptance moves the normal to).
         explained: smallest fraction of a feature's variance its relations to the others must
             explain for a change of that feature to count as a new operating point.
+        along_relations: a shift keeps the relations when its Mahalanobis length (in the
+            correlations) is at most this times its Euclidean length (in standard deviations),
+            even when far along a relation each reading's residual is surprising (0: off).
+        explain_along: the shape and profile novelty of a feature the others explain
+            (``explained``) whose shift their shifts predict (the unpredicted part at most this
+            fraction of it) is a move along the relations, not evidence of a fault; while the whole
+            shift runs along the relations (``along_relations``) so are the relations' residuals.
+            Jumps, stuck values and unexplained features still count (0: off).
+        extreme_steps: on a device with several features (relations to check), a new extreme
+            counts only beyond this many of the feature's largest normal steps past its seen range
+            (a slow cycle wandering on sets records a step at a time); a single feature has only
+            its range.
+        hold_related: in alarm, the relations' mean of a feature correlated with an implicated
+            one (squared correlation at least ``explained``) stays with theirs (else it follows its
+            readings while theirs is frozen, and the relation drifts apart until a normal device
+            looks broken); the other features keep following their readings.
+        relation_warmup: the relations learn their first ``min_relation`` readings even in alarm
+            (a cold start's early alarm would otherwise keep them from ever being ready, and only
+            time out).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -127,6 +146,11 @@ class RelationalNovelty(AnomalyDetector):
         ridge: float = 1e-7,
         fast_rate: float = 0.2,
         explained: float = 0.3,
+        along_relations: float = 1.0,
+        explain_along: float = 0.5,
+        extreme_steps: float = 1.0,
+        hold_related: bool = True,
+        relation_warmup: bool = True,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -144,6 +168,11 @@ class RelationalNovelty(AnomalyDetector):
         self.ridge = ridge
         self.fast_rate = fast_rate
         self.explained = explained
+        self.along_relations = along_relations
+        self.explain_along = explain_along
+        self.extreme_steps = extreme_steps
+        self.hold_related = hold_related
+        self.relation_warmup = relation_warmup
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -172,7 +201,9 @@ class RelationalNovelty(AnomalyDetector):
         params = np.array(
             [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
-             self.min_relation, self.ridge, self.fast_rate, self.explained],
+             self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
+             self.explain_along, self.extreme_steps,
+             float(self.hold_related), float(self.relation_warmup)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
