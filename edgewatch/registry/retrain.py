@@ -142,14 +142,14 @@ def as_running(champion: artifact_module.ModelArtifact, since: list[Reading]) ->
     flagged, 8 alarms) where the running champion raises next to none, so any candidate trained on
     the drifted readings passed validation by a wide margin, then met the real champion in the
     shadow (see tests/test_retrain.py)."""
-    from collections import Counter
+    from collections import defaultdict
 
-    from edgewatch.flows.lifecycle import RecentReadings, warmed
+    from edgewatch.flows.lifecycle import warmed
 
-    per_device = Counter(reading.device_id for reading in since)
-    recent = RecentReadings(max(per_device.values(), default=1), max(len(per_device), 1))
-    recent.add(since)
-    return warmed(lambda running: running, champion, champion.spec, recent)
+    by_device: dict[str, list[Reading]] = defaultdict(list)
+    for reading in since:
+        by_device[reading.device_id].append(reading)
+    return warmed(lambda running: running, champion, champion.spec, by_device)
 
 
 def shadow_trial(
