@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from edgewatch.cli import app
 from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT
+from edgewatch.online_models import artifact as artifact_module
 from edgewatch.registry.audit import AuditLog
 from edgewatch.registry.resolve import resolve_model
 from edgewatch.registry.retrain import retrain_loop
@@ -123,3 +124,24 @@ def test_the_shadow_step_decides_from_the_figures_of_the_flow_that_ran_the_chall
     assert [e["action"] for e in entries] == ["shadow-start", "shadow"] * 3
     assert [e["status"] for e in entries[1::2]] == ["passed", "failed", "failed"]
     assert entries[3]["figures"]["challenger_alarm_rate"] == 0.05 and entries[0]["seconds"] == 0.05
+
+
+def test_validation_compares_the_candidate_with_the_champion_as_it_runs(tmp_path):
+    """After a fleet drift the bare champion artifact flags most of the holdout; the champion as a
+    flow runs it (continued on the readings since its training) does not: that is the baseline a
+    retrained candidate must beat. With nothing newer than its training, it is the artifact."""
+    from edgewatch.online_models.registry import resolve_detector
+    from edgewatch.registry.retrain import as_running
+    from edgewatch.registry.validation import read_recorded, replay
+    from tests.support.registry import readings_of_file, shifted_copy
+
+    history, live = simulated_split(tmp_path / "h.jsonl", tmp_path / "l.jsonl", devices=4, history_ticks=200,
+                                    live_ticks=200, fault_rate=0.0)  # fmt: skip
+    champion = artifact_module.train(resolve_detector("relational-novelty"), readings_of_file(history))
+    hotter = readings_of_file(shifted_copy(live, tmp_path / "hot.jsonl", 25.0))
+    since, holdout = hotter[: 150 * 4], read_recorded([reading.raw for reading in hotter[150 * 4 :]])
+    bare, running = replay(champion, holdout).fleet, replay(as_running(champion, since), holdout).fleet
+    assert bare.flagged > 0.4 * bare.readings and running.flagged < 0.1 * running.readings, (bare, running)
+    assert running.alarms < bare.alarms
+    unchanged = replay(as_running(champion, readings_of_file(history)), holdout).fleet
+    assert (unchanged.flagged, unchanged.alarms) == (bare.flagged, bare.alarms)

@@ -304,7 +304,7 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
             ):  # the challenger takes over with what it learned beside the champion
                 new, self.shadow, self._shadow_generation = self.shadow, None, plan.shadow_generation
             else:
-                new = warmed(self._rebuild, plan.artifact, self._spec(plan.artifact), self.recent)
+                new = warmed(self._rebuild, plan.artifact, self._spec(plan.artifact), self.recent.by_device())
                 self.last_warm = self.recent.counts()
             self._retire(self.bank)
             self.bank, self._generation = new, plan.generation
@@ -324,7 +324,7 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
             else:
                 self._drop_shadow_pages()
                 if plan.shadow is not None:
-                    self.shadow = warmed(self._rebuild, plan.shadow, self._spec(plan.shadow), self.recent)
+                    self.shadow = warmed(self._rebuild, plan.shadow, self._spec(plan.shadow), self.recent.by_device())
             self._shadow_generation = plan.shadow_generation
 
     def _drop_shadow_pages(self) -> None:

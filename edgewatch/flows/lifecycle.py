@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge
 
 from edgewatch.online_models.artifact import ModelArtifact, continue_fit, fit_detector
 from edgewatch.online_models.registry import DetectorSpec
-from edgewatch.schema import BankResult, LabeledEvent, _source, _utc_datetime
+from edgewatch.schema import BankResult, LabeledEvent, Reading, _source, _utc_datetime
 from edgewatch.state import codec
 from edgewatch.state.recent import RecentReadings
 
@@ -40,9 +40,10 @@ __all__ = ["RecentReadings", "ShadowEvent", "ShadowTally", "warmed"]
 log = logging.getLogger(__name__)
 
 
-def warmed(rebuild, fitted: ModelArtifact | None, spec: DetectorSpec, recent: RecentReadings):
+def warmed(rebuild, fitted: ModelArtifact | None, spec: DetectorSpec, recent: Mapping[str, list[Reading]]):
     """The bank of ``fitted`` (``rebuild(artifact)`` makes it), each device's model warmed on the
-    device's recent normal readings before it labels anything:
+    device's recent readings (``recent``: by device, in time order, e.g.
+    :meth:`RecentReadings.by_device`) before it labels anything:
 
     * a device ``fitted`` has its own model for continues that model's training on its readings
       since the end of the training history (what it learned in training, then what the device
@@ -60,7 +61,7 @@ def warmed(rebuild, fitted: ModelArtifact | None, spec: DetectorSpec, recent: Re
     own = fitted.models if fitted is not None else {}
     trained_until = _training_end(fitted)
     models = {}
-    for device, rows in recent.by_device().items():
+    for device, rows in recent.items():
         if device in own:
             rows = [reading for reading in rows if reading.timestamp > trained_until]
             if len(rows) >= MIN_WARM_READINGS:
