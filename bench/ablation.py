@@ -9,7 +9,9 @@ The default detector is the registry's (``DEFAULT_DETECTOR``, relational-novelty
 * the alarm layer: the relations' score, the alarm state (held until it clears or is accepted;
   off: each reading judged alone against the threshold), protected learning (off: every
   reading teaches), consistent-shift acceptance, the ``accept_after`` timeout, new extremes
-  excused along the relations, the relations altogether;
+  excused along the relations, the relations altogether; the moves along the relations
+  (a shift judged as a whole, moves the others predict not counted as novelty, extreme steps,
+  held related means, the relations' warm-up);
 * the warm start (off: NAB's probation rows and SKAB's training rows stream cold instead);
 * each per-feature channel of CompactNovelty: weekly profile, shapes (shingles), new
   extremes, jumps, stuck values; and the per-feature channels alone (the registry's
@@ -104,6 +106,16 @@ VARIANTS = (
     Variant("no-timeout", "the accept_after timeout", {"accept_after": NEVER}),
     Variant("no-extremes-along-relations", "new extremes excused along the relations",
             {"extremes_along_relations": False}),
+    Variant("no-along-relations", "a shift judged along the relations as a whole (not reading by reading)",
+            {"along_relations": 0.0}),
+    Variant("no-explain-along", "moves the other features predict not counted as shape/profile novelty",
+            {"explain_along": 0.0}),
+    Variant("no-extreme-steps", "a record must go one normal step past the range (multi-feature devices)",
+            {"extreme_steps": 0.0}),
+    Variant("no-hold-related", "the relation means of correlated features held with the implicated ones",
+            {"hold_related": False}),
+    Variant("no-relation-warmup", "the relations learn their first readings even in alarm",
+            {"relation_warmup": False}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),
