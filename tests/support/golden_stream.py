@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import orjson
@@ -94,7 +95,7 @@ def golden_batches(messages: list[RawMessage]) -> list[list[RawMessage]]:
 class RecordingProducer:
     """Stands in for confluent_kafka.Producer in the flow's Kafka sinks: keeps what is produced."""
 
-    produced: list[tuple[str, bytes | None, bytes | None, list]] = []
+    produced: ClassVar[list[tuple[str, bytes | None, bytes | None, list]]] = []
 
     def __init__(self, config: dict):
         self.config = config
