@@ -180,7 +180,8 @@ class VectorBank:
         for features, indices in by_features.items():
             group_readings = [readings[i] for i in indices]
             detection = self._label_group(features, group_readings)
-            for index, event in zip(indices, self._events(features, group_readings, detection, alarms, drift)):
+            events = self._events(features, group_readings, detection, alarms, drift)
+            for index, event in zip(indices, events, strict=True):
                 labeled[index] = event
         events = [event for event in labeled if event is not None] if refused else labeled
         return BankResult(events, dead, alarms, drift)
