@@ -336,11 +336,20 @@ KAFKA_DOWN = Gauge("edgewatch_kafka_unreachable_seconds", "Seconds the Kafka sin
 
 
 class _KafkaSinkPartition(StatelessSinkPartition[list]):
-    def __init__(self, config: dict[str, str], to_record: Callable[[object], OutRecord]):
-        self._to_record = to_record
+    def __init__(
+        self,
+        config: dict[str, str],
+        to_record: Callable[[object], OutRecord],
+        to_records: Callable[[list], Iterable[OutRecord]] | None = None,
+    ):
+        self._to_records = to_records or (lambda items: map(to_record, items))
         self._bootstrap = config.get("bootstrap.servers", "?")
         self._errors: list[str] = []
-        self._producer = Producer({**config, **SINK_PRODUCER_CONFIG, "error_cb": self._on_error, "logger": KAFKA_LOG})
+        # delivery reports for failures only, to one callback: no Python call per message delivered
+        self._producer = Producer(
+            {**config, **SINK_PRODUCER_CONFIG, "error_cb": self._on_error, "logger": KAFKA_LOG,
+             "on_delivery": self._on_delivery, "delivery.report.only.error": "true"}
+        )  # fmt: skip
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -351,11 +360,14 @@ class _KafkaSinkPartition(StatelessSinkPartition[list]):
             self._errors.append(str(error))
 
     def write_batch(self, items: list[list]) -> None:
-        producer, to_record, delivered = self._producer, self._to_record, self._on_delivery
+        producer = self._producer
+        send = producer.produce
         for batch in items:
-            for item in batch:
-                topic, key, value, headers = to_record(item)
-                produce(producer, topic, value, key, headers=headers, on_delivery=delivered)
+            for topic, key, value, headers in self._to_records(batch):
+                try:
+                    send(topic, value, key, headers=headers)
+                except BufferError:  # local queue full: wait for room
+                    produce(producer, topic, value, key, headers=headers)
         self._flush()
 
     def _flush(self) -> None:
@@ -394,14 +406,22 @@ class KafkaSink(DynamicSink[list]):
     Args:
         config: librdkafka settings (:meth:`~edgewatch.config.KafkaSettings.client_config`).
         to_record: the :class:`OutRecord` for one item (its topic, key, value and headers).
+        to_records: the same records for a whole list of items at once, when items share work
+            (``to_record`` of each when not given).
     """
 
-    def __init__(self, config: dict[str, str], to_record: Callable[[object], OutRecord]):
+    def __init__(
+        self,
+        config: dict[str, str],
+        to_record: Callable[[object], OutRecord],
+        to_records: Callable[[list], Iterable[OutRecord]] | None = None,
+    ):
         self._config = dict(config)
         self._to_record = to_record
+        self._to_records = to_records
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaSinkPartition:
-        return _KafkaSinkPartition(self._config, self._to_record)
+        return _KafkaSinkPartition(self._config, self._to_record, self._to_records)
 
 
 @dataclass

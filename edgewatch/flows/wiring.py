@@ -34,6 +34,7 @@ from edgewatch.schema import (
     drift_event_json,
     forwarded_headers,
     labeled_event_json,
+    labeled_event_lines,
 )
 from edgewatch.store_forward import BufferPolicy
 
@@ -71,7 +72,8 @@ def replay_flow(app: Application, path: Path, labeled_path: Path) -> Dataflow:
 def to_kafka(streams: AnomalyStreams, settings: FlowSettings) -> None:
     """Labeled events and dead letters to their topics; alarms and drift events to theirs when set."""
     config = settings.client_config()
-    op.output("labeled-kafka", streams.labeled, KafkaSink(config, labeled_records(settings.out_topic)))
+    labeled = KafkaSink(config, labeled_records(settings.out_topic), labeled_batch_records(settings.out_topic))
+    op.output("labeled-kafka", streams.labeled, labeled)
     op.output("dead-letters-kafka", streams.dead_letters, KafkaSink(config, dead_letter_records(settings.dlq_topic)))
     if settings.alarms_topic:
         op.output(
@@ -187,6 +189,20 @@ def labeled_records(topic: str) -> Callable[[LabeledEvent], OutRecord]:
         return OutRecord(topic, raw.key or event.reading.device_id.encode(), labeled_event_json(event), headers)
 
     return record
+
+
+def labeled_batch_records(topic: str) -> Callable[[list[LabeledEvent]], list[OutRecord]]:
+    """:func:`labeled_records` for a whole batch (what the flow's Kafka sink uses): the same records,
+    serialized together (:func:`~edgewatch.schema.labeled_event_lines`)."""
+
+    def records(events: list[LabeledEvent]) -> list[OutRecord]:
+        return [
+            (topic, (raw := event.reading.raw).key or event.reading.device_id.encode(), value,
+             forwarded_headers(raw.headers))
+            for event, value in zip(events, labeled_event_lines(events), strict=True)
+        ]  # fmt: skip
+
+    return records
 
 
 def device_records(topic: str, to_json: Callable) -> Callable:
