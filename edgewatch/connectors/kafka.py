@@ -348,7 +348,7 @@ class _KafkaSinkPartition(StatelessSinkPartition[list]):
         # delivery reports for failures only, to one callback: no Python call per message delivered
         self._producer = Producer(
             {**config, **SINK_PRODUCER_CONFIG, "error_cb": self._on_error, "logger": KAFKA_LOG,
-             "on_delivery": self._on_delivery, "delivery.report.only.error": "true"}
+             "on_delivery": self._on_delivery, "delivery.report.only.error": True}
         )  # fmt: skip
 
     def _on_error(self, error: KafkaError) -> None:
