@@ -11,7 +11,7 @@ process, reading the topic from the start up to the offsets produced:
 1. ``null``: Bytewax's own KafkaSource → parse JSON → serialize → KafkaSink, per message.
 2. ``naive``: the same plus one River ``MinMaxScaler | HalfSpaceTrees(n_trees=25, height=8,
    window_size=250)`` per device in ``op.stateful_map`` (what the River and Bytewax docs show).
-3. ``edgewatch``: the product's flow with its default detector (compact-novelty).
+3. ``edgewatch``: the product's flow with its default detector (relational-novelty).
 4. ``ceiling``: plain confluent-kafka, consume every message and produce it again, no Bytewax,
    no parsing: the most a Python process gets through this broker on this machine.
 5. edgewatch with 1, 2 and 4 Bytewax workers in one process.

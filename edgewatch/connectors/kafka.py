@@ -21,7 +21,16 @@ from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_STORED,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Gauge
@@ -178,9 +187,31 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         if self._stop is not None and self._stop.is_set():
             raise StopIteration
         messages = self._consumer.consume(self._batch_size, 0)
+        if not messages:
+            return []
+        errors = list(map(Message.error, messages))
+        if errors.count(None) == len(errors) and (
+            self._stop_offset is None or messages[-1].offset() < self._stop_offset
+        ):  # the common case: no error, not at the end (messages of one partition, in offset order)
+            topic, partition = self._topic, self._partition
+            batch = [
+                RawMessage(msg.key(), msg.value(), msg.headers() or [], topic, partition, msg.offset(),
+                           ts if kind else None)
+                for msg in messages
+                for kind, ts in (msg.timestamp(),)
+            ]  # fmt: skip
+        else:
+            batch = self._checked(messages, errors)
+        if not batch:
+            return []  # Bytewax polls an idle partition again after 1 ms
+        self._offset = batch[-1].offset + 1
+        FLOW_METRICS.read_from(self._topic, self._partition, self._lag())
+        return [batch]
+
+    def _checked(self, messages: list, errors: list) -> list[RawMessage]:
+        """The messages of a poll up to the stop offset, errors logged (or raised when fatal)."""
         batch = []
-        for msg in messages:
-            error = msg.error()
+        for msg, error in zip(messages, errors, strict=True):
             if error is not None:
                 if error.fatal():
                     raise RuntimeError(f"Kafka error on {msg.topic()}[{msg.partition()}]: {error}")
@@ -191,11 +222,7 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
             if self._stop_offset is not None and msg.offset() >= self._stop_offset:
                 break
             batch.append(to_raw_message(msg))
-        if not batch:
-            return []  # Bytewax polls an idle partition again after 1 ms
-        self._offset = batch[-1].offset + 1
-        FLOW_METRICS.read_from(self._topic, self._partition, self._lag())
-        return [batch]
+        return batch
 
     def _lag(self) -> int | None:
         """Messages behind the partition's end, from the end offset the last fetch brought (no request)."""
