@@ -13,7 +13,9 @@ destinations::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Iterable
+from itertools import chain, repeat
 from pathlib import Path
 
 import bytewax.operators as op
@@ -191,18 +193,30 @@ def labeled_records(topic: str) -> Callable[[LabeledEvent], OutRecord]:
     return record
 
 
-def labeled_batch_records(topic: str) -> Callable[[list[LabeledEvent]], list[OutRecord]]:
+def labeled_batch_records(topic: str) -> Callable[[list[LabeledEvent]], Iterable[OutRecord]]:
     """:func:`labeled_records` for a whole batch (what the flow's Kafka sink uses): the same records,
-    serialized together (:func:`~edgewatch.schema.labeled_event_lines`)."""
+    serialized together (:func:`~edgewatch.schema.labeled_event_lines`), keys and headers taken in
+    C loops when, as usual, every message has a key and no sender wrote an ``edgewatch.error.*`` header."""
 
-    def records(events: list[LabeledEvent]) -> list[OutRecord]:
-        return [
-            (topic, (raw := event.reading.raw).key or event.reading.device_id.encode(), value,
-             forwarded_headers(raw.headers))
-            for event, value in zip(events, labeled_event_lines(events), strict=True)
-        ]  # fmt: skip
+    def records(events: list[LabeledEvent]) -> Iterable[OutRecord]:
+        raws = list(map(_RAW, events))
+        keys = list(map(_KEY, raws))
+        if None in keys or b"" in keys:
+            keys = [key or event.reading.device_id.encode() for key, event in zip(keys, events, strict=True)]
+        headers = list(map(_HEADERS, raws))
+        names = "\x00".join(map(_NAME, chain.from_iterable(headers)))
+        if _ERROR_HEADER in "\x00" + names:  # a header to rename: each event's own
+            headers = list(map(forwarded_headers, headers))
+        return zip(repeat(topic), keys, labeled_event_lines(events), headers, strict=False)  # repeat: endless
 
     return records
+
+
+_RAW = operator.attrgetter("reading.raw")
+_KEY = operator.attrgetter("key")
+_HEADERS = operator.attrgetter("headers")
+_NAME = operator.itemgetter(0)
+_ERROR_HEADER = "\x00edgewatch.error."
 
 
 def device_records(topic: str, to_json: Callable) -> Callable:
