@@ -108,7 +108,7 @@ def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
     """Labeled events to ``labeled_path`` (the topic's JSON, a line each) and dead letters to its
     ``.deadletter.jsonl`` sibling."""
     labeled_path = Path(labeled_path)
-    op.output("labeled-file", streams.labeled, JsonlSink(labeled_path, labeled_event_json))
+    op.output("labeled-file", streams.labeled, JsonlSink(labeled_path, labeled_event_json, labeled_event_lines))
     op.output(
         "dead-letters-file", streams.dead_letters, JsonlSink(sibling(labeled_path, "deadletter"), dead_letter_line)
     )
