@@ -13,12 +13,10 @@ flushes each batch, so everything written in an epoch is acknowledged before Byt
 from __future__ import annotations
 
 import logging
-import operator
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -27,7 +25,6 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
     OFFSET_STORED,
-    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -196,17 +193,13 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         if errors.count(None) == len(errors) and (
             self._stop_offset is None or messages[-1].offset() < self._stop_offset
         ):  # the common case: no error, not at the end (messages of one partition, in offset order)
-            headers = list(map(Message.headers, messages))
-            if None in headers:
-                headers = [found or [] for found in headers]
-            stamps = list(map(Message.timestamp, messages))
-            times = list(map(_SECOND, stamps))
-            if _NO_TIMESTAMP in map(_FIRST, stamps):
-                times = [ts if kind else None for kind, ts in stamps]
-            batch = list(
-                map(RawMessage, map(Message.key, messages), map(Message.value, messages), headers,
-                    repeat(self._topic), repeat(self._partition), map(Message.offset, messages), times)
-            )  # fmt: skip
+            topic, partition = self._topic, self._partition
+            batch = [
+                RawMessage(msg.key(), msg.value(), msg.headers() or [], topic, partition, msg.offset(),
+                           ts if kind else None)
+                for msg in messages
+                for kind, ts in (msg.timestamp(),)
+            ]  # fmt: skip
         else:
             batch = self._checked(messages, errors)
         if not batch:
@@ -267,9 +260,6 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
                 log.warning("could not commit %s[%d]@%d: %s", self._topic, self._partition, self._offset, exc)
         self._consumer.close()
 
-
-_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
-_NO_TIMESTAMP = TIMESTAMP_NOT_AVAILABLE
 
 #: where a partition starts without recovery state
 START_OFFSETS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END, "committed": OFFSET_STORED}
