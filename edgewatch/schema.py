@@ -821,6 +821,7 @@ def labeled_event_lines(events: list[LabeledEvent]) -> list[bytes]:
         if value_parts is not None:
             width, template = len(orders[0]), _labeled_template(orders[0])
     lines = []
+    last_name = last_version = last_topic = model = topic = None
     for index, event in enumerate(events):
         reading = event.reading
         raw = reading.raw
@@ -842,14 +843,17 @@ def labeled_event_lines(events: list[LabeledEvent]) -> list[bytes]:
         stamp = times.get(seconds)
         if stamp is None:
             stamp = times[seconds] = dumps(_utc_datetime(seconds), option=option)
-        model = models.get((event.model_name, event.model_version))
-        if model is None:
-            model = models[event.model_name, event.model_version] = dumps(
-                {"name": event.model_name, "version": event.model_version}
-            )
-        topic = topics.get(raw.topic)
-        if topic is None:
-            topic = topics[raw.topic] = dumps(raw.topic)
+        name, version, topic_name = event.model_name, event.model_version, raw.topic
+        if name is not last_name or version is not last_version:  # one model per batch, as a rule
+            model = models.get((name, version))
+            if model is None:
+                model = models[name, version] = dumps({"name": name, "version": version})
+            last_name, last_version = name, version
+        if topic_name is not last_topic:
+            topic = topics.get(topic_name)
+            if topic is None:
+                topic = topics[topic_name] = dumps(topic_name)
+            last_topic = topic_name
         explanation = event.explanation
         tail = (
             score_parts[index],
