@@ -1,7 +1,7 @@
 """Throughput, latency, memory and scaling of edgewatch, against references measured in the same run.
 
     python bench/throughput.py [--messages 100000] [--devices 50] [--broker kafka|tansu] [--bootstrap HOST:PORT]
-                               [--quick]
+                               [--quick] [--cpu-clock]
     edgewatch bench            (same thing)
 
 On one broker (Apache Kafka 4.x KRaft by default, started for the run), the same messages
@@ -11,7 +11,7 @@ process, reading the topic from the start up to the offsets produced:
 1. ``null``: Bytewax's own KafkaSource → parse JSON → serialize → KafkaSink, per message.
 2. ``naive``: the same plus one River ``MinMaxScaler | HalfSpaceTrees(n_trees=25, height=8,
    window_size=250)`` per device in ``op.stateful_map`` (what the River and Bytewax docs show).
-3. ``edgewatch``: the product's flow with its default detector (compact-novelty).
+3. ``edgewatch``: the product's flow with its default detector (relational-novelty).
 4. ``ceiling``: plain confluent-kafka, consume every message and produce it again, no Bytewax,
    no parsing: the most a Python process gets through this broker on this machine.
 5. edgewatch with 1, 2 and 4 Bytewax workers in one process.
@@ -19,7 +19,9 @@ process, reading the topic from the start up to the offsets produced:
    p50/p99 from the producer's send to the labeled event read back.
 7. memory: edgewatch over 10,000 devices: the bytes of model state and the process's peak RSS.
 
-events/s = messages / (end of flow - first message read). It ends with exactly:
+events/s = messages / (end of flow - first message read); with ``--cpu-clock``, the process's CPU
+time (all its threads) in that span instead of the wall clock: on a machine busy with other work,
+messages per CPU-second compare flows where wall-clock rates swing. It ends with exactly:
 
     bench: null=N naive=N edgewatch=N ratio_vs_naive=X ratio_vs_null=Y
 """
@@ -49,6 +51,7 @@ from edgewatch.simulator import Fleet  # noqa: E402
 from tests.support.processes import EdgewatchProcess  # noqa: E402
 
 FLOWS = ("null", "naive", "edgewatch")
+CLOCK = time.perf_counter  # the throughput clock of a child (--cpu-clock: time.process_time)
 PARTITIONS = 4
 
 
@@ -77,7 +80,7 @@ class _FirstBatchClock:
             def next_batch(self):
                 batch = self._inner.next_batch()
                 if clock.first is None and batch:
-                    clock.first = time.perf_counter()
+                    clock.first = CLOCK()
                 return batch
 
             def next_awake(self):
@@ -179,7 +182,7 @@ def run_flow(kind: str, bootstrap: str, topic: str, stop_offsets: dict, workers:
         clock = _FirstBatchClock(KafkaSource([bootstrap], [topic], tail=False))
         flow = _reference_flow(kind, bootstrap, out_topic, clock)
         cli_main(flow, workers_per_process=workers)
-    seconds = time.perf_counter() - clock.first
+    seconds = CLOCK() - clock.first
     messages = sum(stop_offsets.values())
     return {"messages": messages, "seconds": seconds, "events_per_s": messages / seconds}
 
@@ -199,14 +202,14 @@ def run_ceiling(bootstrap: str, topic: str, stop_offsets: dict) -> dict:
     while remaining:
         messages = consumer.consume(2000, 0.1)
         if messages and first is None:
-            first = time.perf_counter()
+            first = CLOCK()
         for msg in messages:
             if msg.error() is None:
                 producer.produce(out_topic, msg.value(), msg.key(), headers=msg.headers())
                 remaining -= 1
         producer.poll(0)
     producer.flush(60)
-    seconds = time.perf_counter() - first
+    seconds = CLOCK() - first
     consumer.close()
     messages = sum(stop_offsets.values())
     return {"messages": messages, "seconds": seconds, "events_per_s": messages / seconds}
@@ -318,8 +321,9 @@ def run_latency(bootstrap: str, rate: float = 10_000.0, seconds: float = 20.0, d
 
 
 def _child(kind: str, *args: str) -> dict:
+    clock = ["--cpu-clock"] if CLOCK is time.process_time else []
     result = subprocess.run(
-        [sys.executable, __file__, "--child", kind, *args], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--child", kind, *clock, *args], check=True, capture_output=True, text=True
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -426,11 +430,14 @@ if __name__ == "__main__":
     parser.add_argument("--bootstrap")
     parser.add_argument("--broker", default="kafka", choices=("kafka", "tansu"))
     parser.add_argument("--quick", action="store_true", help="throughput only (no latency, memory, scaling)")
+    parser.add_argument("--cpu-clock", action="store_true", help="messages per CPU-second instead of per second")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--offsets", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cpu_clock:
+        CLOCK = time.process_time
     if args.child:
         offsets = {(t, p): o for t, p, o in json.loads(args.offsets)} if args.offsets else {}
         if args.child in FLOWS:

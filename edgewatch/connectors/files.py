@@ -188,15 +188,15 @@ class FileSource(FixedPartitionedSource[list[RawMessage], int]):
 
 
 class _JsonlPartition(StatelessSinkPartition[list]):
-    def __init__(self, path: Path, to_line: Callable[[object], bytes]):
+    def __init__(self, path: Path, to_line: Callable[[object], bytes], to_lines: Callable | None = None):
         self._file = open(path, "ab")  # noqa: SIM115 (closed by close())
-        self._to_line = to_line
+        self._to_lines = to_lines or (lambda items: map(to_line, items))
 
     def write_batch(self, items: list[list]) -> None:
-        to_line, write = self._to_line, self._file.write
+        write = self._file.write
         for batch in items:
-            for item in batch:
-                write(to_line(item) + b"\n")
+            if batch:
+                write(b"\n".join(self._to_lines(batch)) + b"\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -218,12 +218,18 @@ class JsonlSink(DynamicSink[list]):
     ['{"a":1}', '{"a":2}']
     """
 
-    def __init__(self, path: Path, to_line: Callable[[object], bytes]):
+    def __init__(
+        self,
+        path: Path,
+        to_line: Callable[[object], bytes],
+        to_lines: Callable[[list], Iterable[bytes]] | None = None,
+    ):
         self.path = Path(path)
         self._to_line = to_line
+        self._to_lines = to_lines  # the lines of a whole list at once (``to_line`` of each when not given)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlPartition:
-        return _JsonlPartition(self.path, self._to_line)
+        return _JsonlPartition(self.path, self._to_line, self._to_lines)
 
 
 def dead_letter_line(dead: DeadLetter) -> bytes:

@@ -21,7 +21,16 @@ from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_STORED,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Gauge
@@ -178,9 +187,31 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         if self._stop is not None and self._stop.is_set():
             raise StopIteration
         messages = self._consumer.consume(self._batch_size, 0)
+        if not messages:
+            return []
+        errors = list(map(Message.error, messages))
+        if errors.count(None) == len(errors) and (
+            self._stop_offset is None or messages[-1].offset() < self._stop_offset
+        ):  # the common case: no error, not at the end (messages of one partition, in offset order)
+            topic, partition = self._topic, self._partition
+            batch = [
+                RawMessage(msg.key(), msg.value(), msg.headers() or [], topic, partition, msg.offset(),
+                           ts if kind else None)
+                for msg in messages
+                for kind, ts in (msg.timestamp(),)
+            ]  # fmt: skip
+        else:
+            batch = self._checked(messages, errors)
+        if not batch:
+            return []  # Bytewax polls an idle partition again after 1 ms
+        self._offset = batch[-1].offset + 1
+        FLOW_METRICS.read_from(self._topic, self._partition, self._lag())
+        return [batch]
+
+    def _checked(self, messages: list, errors: list) -> list[RawMessage]:
+        """The messages of a poll up to the stop offset, errors logged (or raised when fatal)."""
         batch = []
-        for msg in messages:
-            error = msg.error()
+        for msg, error in zip(messages, errors, strict=True):
             if error is not None:
                 if error.fatal():
                     raise RuntimeError(f"Kafka error on {msg.topic()}[{msg.partition()}]: {error}")
@@ -191,11 +222,7 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
             if self._stop_offset is not None and msg.offset() >= self._stop_offset:
                 break
             batch.append(to_raw_message(msg))
-        if not batch:
-            return []  # Bytewax polls an idle partition again after 1 ms
-        self._offset = batch[-1].offset + 1
-        FLOW_METRICS.read_from(self._topic, self._partition, self._lag())
-        return [batch]
+        return batch
 
     def _lag(self) -> int | None:
         """Messages behind the partition's end, from the end offset the last fetch brought (no request)."""
@@ -336,11 +363,20 @@ KAFKA_DOWN = Gauge("edgewatch_kafka_unreachable_seconds", "Seconds the Kafka sin
 
 
 class _KafkaSinkPartition(StatelessSinkPartition[list]):
-    def __init__(self, config: dict[str, str], to_record: Callable[[object], OutRecord]):
-        self._to_record = to_record
+    def __init__(
+        self,
+        config: dict[str, str],
+        to_record: Callable[[object], OutRecord],
+        to_records: Callable[[list], Iterable[OutRecord]] | None = None,
+    ):
+        self._to_records = to_records or (lambda items: map(to_record, items))
         self._bootstrap = config.get("bootstrap.servers", "?")
         self._errors: list[str] = []
-        self._producer = Producer({**config, **SINK_PRODUCER_CONFIG, "error_cb": self._on_error, "logger": KAFKA_LOG})
+        # delivery reports for failures only, to one callback: no Python call per message delivered
+        self._producer = Producer(
+            {**config, **SINK_PRODUCER_CONFIG, "error_cb": self._on_error, "logger": KAFKA_LOG,
+             "on_delivery": self._on_delivery, "delivery.report.only.error": True}
+        )  # fmt: skip
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -351,11 +387,14 @@ class _KafkaSinkPartition(StatelessSinkPartition[list]):
             self._errors.append(str(error))
 
     def write_batch(self, items: list[list]) -> None:
-        producer, to_record, delivered = self._producer, self._to_record, self._on_delivery
+        producer = self._producer
+        send = producer.produce
         for batch in items:
-            for item in batch:
-                topic, key, value, headers = to_record(item)
-                produce(producer, topic, value, key, headers=headers, on_delivery=delivered)
+            for topic, key, value, headers in self._to_records(batch):
+                try:
+                    send(topic, value, key, headers=headers)
+                except BufferError:  # local queue full: wait for room
+                    produce(producer, topic, value, key, headers=headers)
         self._flush()
 
     def _flush(self) -> None:
@@ -394,14 +433,22 @@ class KafkaSink(DynamicSink[list]):
     Args:
         config: librdkafka settings (:meth:`~edgewatch.config.KafkaSettings.client_config`).
         to_record: the :class:`OutRecord` for one item (its topic, key, value and headers).
+        to_records: the same records for a whole list of items at once, when items share work
+            (``to_record`` of each when not given).
     """
 
-    def __init__(self, config: dict[str, str], to_record: Callable[[object], OutRecord]):
+    def __init__(
+        self,
+        config: dict[str, str],
+        to_record: Callable[[object], OutRecord],
+        to_records: Callable[[list], Iterable[OutRecord]] | None = None,
+    ):
         self._config = dict(config)
         self._to_record = to_record
+        self._to_records = to_records
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaSinkPartition:
-        return _KafkaSinkPartition(self._config, self._to_record)
+        return _KafkaSinkPartition(self._config, self._to_record, self._to_records)
 
 
 @dataclass

@@ -137,10 +137,22 @@ def shard_of(device_id: str, shards: int) -> str:
 
 def shard_readings(readings: list[Reading], shards: int) -> Iterable[tuple[str, list[Reading]]]:
     """``(shard, readings)`` for every shard that has readings, each device's order kept."""
+    if shards == 1:  # one shard (one worker, the default): no hashing
+        return [(shard_of("", 1), readings)] if readings else []
     by_shard: dict[str, list[Reading]] = defaultdict(list)
+    known = _SHARDS.setdefault(shards, {})
+    if len(known) > 100_000:  # remembered per device: bounded
+        known.clear()
     for reading in readings:
-        by_shard[shard_of(reading.device_id, shards)].append(reading)
+        device = reading.device_id
+        shard = known.get(device)
+        if shard is None:
+            shard = known[device] = shard_of(device, shards)
+        by_shard[shard].append(reading)
     return by_shard.items()
+
+
+_SHARDS: dict[int, dict[str, str]] = {}  # shard count → device → shard key
 
 
 @dataclass

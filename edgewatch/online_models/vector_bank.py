@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from edgewatch.state.limits import DEVICES_EVICTED, DEVICES_HELD, StateLimits
 GROWTH_STEP = 256  # rows, once a group is that big
 FIRST_ROWS = 4  # a new feature set starts this small and doubles: 1,000 one-device sets stay cheap
 PAGE_ROWS = 64  # rows per page: the unit a snapshot rewrites
+_FEATURES = operator.attrgetter("features")
+_TIMESTAMP = operator.attrgetter("timestamp")
+_DEVICE_ID = operator.attrgetter("device_id")
 
 
 def group_key(features: tuple[str, ...]) -> str:
@@ -127,6 +131,7 @@ class VectorBank:
         self._devices = 0  # held in memory
         self._tick = 0  # one per label call: "least recently seen" without clocks
         self._deleted_pages: set[str] = set()
+        self._sorted_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # feature names as sent → sorted
 
     def __len__(self) -> int:
         return self._devices
@@ -140,9 +145,7 @@ class VectorBank:
         DEVICES_HELD.dec(len(throwaway))
 
     def label(self, readings: list[Reading]) -> BankResult:
-        by_features: dict[tuple[str, ...], list[int]] = {}
-        for index, reading in enumerate(readings):
-            by_features.setdefault(tuple(sorted(reading.features)), []).append(index)
+        by_features = self._by_features(readings)
         self._tick += 1
         dead: list[DeadLetter] = []
         refused: set[int] = set()
@@ -155,10 +158,11 @@ class VectorBank:
                 refused.update(indices)
             else:
                 planned.add(features)
+        whole = len(by_features) == 1 and not refused  # one feature set: the batch is the group
         if not self.alarms:
             scores = np.empty(len(readings))
             for features, indices in by_features.items():
-                scores[indices] = self._label_group(features, [readings[i] for i in indices])
+                scores[indices] = self._label_group(features, readings if whole else [readings[i] for i in indices])
             name, version, threshold = self.spec.name, self.version, self.threshold
             events = [
                 LabeledEvent(reading, score, score >= threshold, name, version)
@@ -166,35 +170,71 @@ class VectorBank:
                 if index not in refused
             ]
             return BankResult(events, dead, [], [])
-        labeled: list[LabeledEvent | None] = [None] * len(readings)
         alarms: list[AlarmEvent] = []
         drift: list[DriftEvent] = []
+        if whole:
+            (features,) = by_features
+            detection = self._label_group(features, readings)
+            return BankResult(self._events(features, readings, detection, alarms, drift), dead, alarms, drift)
+        labeled: list[LabeledEvent | None] = [None] * len(readings)
         for features, indices in by_features.items():
             group_readings = [readings[i] for i in indices]
             detection = self._label_group(features, group_readings)
-            self._events(features, group_readings, indices, detection, labeled, alarms, drift)
+            events = self._events(features, group_readings, detection, alarms, drift)
+            for index, event in zip(indices, events, strict=True):
+                labeled[index] = event
         events = [event for event in labeled if event is not None] if refused else labeled
         return BankResult(events, dead, alarms, drift)
+
+    def _by_features(self, readings: list[Reading]) -> dict[tuple[str, ...], list[int]]:
+        """Indices of the readings of each feature set (names sorted: the bank's column order), in
+        arrival order. Readings list their features in the order their messages did: grouped by
+        that first, then by set."""
+        keys = list(map(tuple, map(_FEATURES, readings)))
+        if keys and keys.count(keys[0]) == len(keys):  # the common case: one feature set, one order
+            return {self._sorted(keys[0]): list(range(len(keys)))}
+        by_keys: dict[tuple[str, ...], list[int]] = {}
+        for index, key in enumerate(keys):
+            by_keys.setdefault(key, []).append(index)
+        by_features: dict[tuple[str, ...], list[int]] = {}
+        for key, indices in by_keys.items():
+            features = self._sorted(key)
+            if features in by_features:  # the same set in another order: merged in arrival order
+                by_features[features] = sorted(by_features[features] + indices)
+            else:
+                by_features[features] = indices
+        return by_features
+
+    def _sorted(self, key: tuple[str, ...]) -> tuple[str, ...]:
+        features = self._sorted_keys.get(key)
+        if features is None:
+            if len(self._sorted_keys) >= 4096:  # feature names in many orders: start again
+                self._sorted_keys.clear()
+            features = self._sorted_keys[key] = tuple(sorted(key))
+        return features
 
     @property
     def alarms(self) -> bool:
         """Whether the detector keeps alarm states (its kernel returns a Detection)."""
         return hasattr(self.detector, "accept_row")
 
-    def _events(self, features, readings, indices, detection, labeled, alarms, drift) -> None:
-        """LabeledEvents (with explanations), AlarmEvents and DriftEvents from a group's Detection."""
+    def _events(self, features, readings, detection, alarms, drift) -> list[LabeledEvent]:
+        """A group's LabeledEvents (with explanations) from its Detection; its AlarmEvents and
+        DriftEvents appended to ``alarms`` and ``drift``. Only the readings with an event bit
+        (abnormal, an alarm raised or cleared, a drift) need more than a plain LabeledEvent."""
         name, version = self.spec.name, self.version
-        bits = detection.events
         scores = detection.scores.tolist()
-        for position, (reading, index, score, ev) in enumerate(
-            zip(readings, indices, scores, bits.tolist(), strict=True)
-        ):
-            if not ev:
-                labeled[index] = LabeledEvent(reading, score, False, name, version)
-                continue
-            shares = dict(zip(features, detection.shares[position].round(4).tolist(), strict=True))
-            abnormal = bool(ev & kernel.ABNORMAL)
-            labeled[index] = LabeledEvent(reading, score, abnormal, name, version, shares if abnormal else None)
+        labeled = list(map(LabeledEvent, readings, scores, repeat(False), repeat(name), repeat(version)))
+        bits = detection.events
+        flagged = np.flatnonzero(bits)
+        if not len(flagged):
+            return labeled
+        shares_of = detection.shares[flagged].round(4).tolist()
+        for position, ev, share_row in zip(flagged.tolist(), bits[flagged].tolist(), shares_of, strict=True):
+            reading = readings[position]
+            shares = dict(zip(features, share_row, strict=True))
+            if ev & kernel.ABNORMAL:
+                labeled[position] = LabeledEvent(reading, scores[position], True, name, version, shares)
             if ev & (kernel.RAISED | kernel.CLEARED):
                 start, peak = detection.alarm_info[position].tolist()
                 raised = bool(ev & kernel.RAISED)
@@ -212,6 +252,7 @@ class VectorBank:
                     DriftEvent(reading.device_id, reading.timestamp, list(features), level_before, level_after,
                                reason, name, version, reading.raw)
                 )  # fmt: skip
+        return labeled
 
     def accept(self, device_id: str, timestamp: float | None = None) -> BankResult:
         """An operator accepts the device's current state as its new normal: its alarm clears
@@ -248,12 +289,14 @@ class VectorBank:
         if group is None:
             group = self.groups[features] = _Group(features, {}, [])
         rows = self._rows_for(group, readings)
+        n = len(readings)
         pick = operator.itemgetter(*features)
         if len(features) == 1:
-            values = np.fromiter((pick(r.features) for r in readings), np.float64, len(readings))[:, None]
+            values = np.fromiter(map(pick, map(_FEATURES, readings)), np.float64, n)[:, None]
         else:
-            values = np.array([pick(r.features) for r in readings], dtype=np.float64)
-        times = np.fromiter((r.timestamp for r in readings), np.float64, len(readings))
+            flat = chain.from_iterable(map(pick, map(_FEATURES, readings)))
+            values = np.fromiter(flat, np.float64, n * len(features)).reshape(n, len(features))
+        times = np.fromiter(map(_TIMESTAMP, readings), np.float64, n)
         blocks = self.layout.by_field(group.blocks)
         if self.alarms:
             return self.detector.score_learn_rows(blocks, rows, values, times, threshold=self.threshold)
@@ -279,14 +322,15 @@ class VectorBank:
     def _rows_for(self, group: _Group, readings: list[Reading]) -> np.ndarray:
         """Each reading's state row (new devices get one), marked seen now and its page dirty."""
         rows_of = group.rows
+        devices = list(map(_DEVICE_ID, readings))
         try:
-            rows = np.fromiter((rows_of[r.device_id] for r in readings), np.int64, len(readings))
+            rows = np.fromiter(map(rows_of.__getitem__, devices), np.int64, len(readings))
         except KeyError:
-            for reading in readings:  # devices already here must not be evicted for the new ones
-                if (row := rows_of.get(reading.device_id)) is not None:
+            for device in devices:  # devices already here must not be evicted for the new ones
+                if (row := rows_of.get(device)) is not None:
                     group.last_seen[row] = self._tick
-            self._add_devices(group, [d for d in dict.fromkeys(r.device_id for r in readings) if d not in rows_of])
-            rows = np.fromiter((rows_of[r.device_id] for r in readings), np.int64, len(readings))
+            self._add_devices(group, [d for d in dict.fromkeys(devices) if d not in rows_of])
+            rows = np.fromiter(map(rows_of.__getitem__, devices), np.int64, len(readings))
         group.last_seen[rows] = self._tick
         group.dirty[rows // PAGE_ROWS] = True
         return rows
