@@ -2,7 +2,7 @@
 
 The stream is made here (not by :mod:`edgewatch.simulator`, which changes with the product) from
 one seeded generator: machines in the SimulatedTemperatureSensor shape (a spike, a broken
-temperature/pressure relation, a stuck sensor, a setpoint step along the relation, a fault that
+temperature/pressure relation, a stuck sensor, a fast load ramp along the relation, a fault that
 lasts past ``accept_after``), generic devices with one and two features (their keys in either
 order, device id in the body, no Kafka key), and malformed messages; batches of varied sizes.
 :func:`flow_outputs` runs the real flow on it in this process and returns every record it wrote:
@@ -44,8 +44,9 @@ def golden_messages(seed: int = 11) -> list[RawMessage]:
     for tick in range(TICKS):
         now = START + tick * TICK_SECONDS
         stamp = format_timestamp(now + 0.1234567 * (tick % 3))  # with and without a fraction
-        if tick == 350:
-            setpoint[5] += 12.0  # a setpoint step: temperature and pressure move together
+        if 350 <= tick < 390:
+            setpoint[5] += 2.0  # a fast load ramp: temperature and pressure climb together (along the relation)
+            temp[5] += 2.0
         temp += 0.5 * (setpoint + 3.0 * math.sin(tick / 30.0) - temp) + rng.normal(0.0, 0.2, MACHINES)
         for m in range(MACHINES):
             t = float(temp[m])
