@@ -2,20 +2,25 @@
 and a local artifact root (served by the server, ``mlflow-artifacts:/``) on 127.0.0.1:<free port>.
 
 The session fixture :func:`mlflow_tracking_uri` starts one when a test first asks for it and stops
-it when the session ends; a test that must take the server down (the offline edge) starts its own
-:class:`MlflowServer`. Every wait is bounded, and the server process dies with the test process
+it when the session ends; a test that must see the registry go away (the offline edge) reaches the
+session's server through a :class:`Relay` of its own and cuts it (a second server would cost it
+the ~50 s start). Every wait is bounded, and the server process dies with the test process
 (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -109,6 +114,79 @@ class MlflowServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+class Relay:
+    """A loopback TCP relay to ``target`` (``http://HOST:PORT``) on a port of its own, serving :attr:`uri`.
+
+    :meth:`stop` cuts it: open connections are closed and new ones refused, as when the server
+    behind it goes away, while that server goes on for the rest of the session.
+    """
+
+    def __init__(self, target: str):
+        parts = urlsplit(target)
+        self._target = (parts.hostname, parts.port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)  # the accept loop looks at _stopping this often
+        self.port = self._listener.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._stopping = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._acceptor = threading.Thread(target=self._accept, name="relay-accept", daemon=True)
+
+    def start(self) -> Relay:
+        self._acceptor.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._acceptor.is_alive()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), name="relay-pump", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._acceptor.join(5)
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def __enter__(self) -> Relay:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy ``source`` to ``sink`` until either end closes; then half-close ``sink``."""
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
 
 
 def _own_group_dying_with_parent() -> None:
