@@ -5,6 +5,10 @@ JVM, jars from Maven Central) or ``tansu`` (the embedded broker).
 ``EDGEWATCH_TEST_BOOTSTRAP=host:port`` uses a broker that is already running instead.
 
 The fixtures of one area live with that area's helpers in ``tests/support`` (registered below).
+
+Before the first test, the numba kernels are compiled into numba's cache by processes of their own
+(:mod:`tests.support.warm_up`, side by side while pytest collects); ``EDGEWATCH_TEST_WARM_UP=0``
+leaves that to whichever test needs a kernel first.
 """
 
 from __future__ import annotations
@@ -18,6 +22,32 @@ import pytest
 from edgewatch.config import data_dir
 
 pytest_plugins = ["tests.support.iothub", "tests.support.mlflow_server"]
+
+
+_warm_up = pytest.StashKey["WarmUp"]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if session.config.option.collectonly or os.environ.get("EDGEWATCH_TEST_WARM_UP", "1") == "0":
+        return
+    from tests.support.warm_up import WarmUp
+
+    session.config.stash[_warm_up] = WarmUp()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session):
+    warm_up = session.config.stash.get(_warm_up, None)
+    if warm_up is not None:
+        from tests.support.warm_up import DETECTORS
+
+        for problem in warm_up.wait(DETECTORS):
+            session.config.get_terminal_writer().line(f"warm-up: {problem}", yellow=True)
+    try:
+        return (yield)
+    finally:
+        if warm_up is not None:
+            warm_up.finish()
 
 
 @pytest.fixture(scope="session")
