@@ -21,7 +21,7 @@ import pytest
 
 from edgewatch.config import data_dir
 
-pytest_plugins = ["tests.support.iothub", "tests.support.mlflow_server"]
+pytest_plugins = ["tests.support.iothub", "tests.support.mlflow_server", "tests.support.eventhubs"]
 
 
 _warm_up = pytest.StashKey["WarmUp"]()
@@ -61,7 +61,15 @@ def broker_kind() -> str:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(broker_kind, tmp_path_factory) -> str:
+def kafka_eventhubs_listener(tmp_path_factory, pki):
+    """The Event Hubs-like listener the session's Apache Kafka carries (``tests.support.eventhubs``)."""
+    from tests.support.eventhubs import eventhubs_listener
+
+    return eventhubs_listener(tmp_path_factory.mktemp("eventhubs-listener"), pki)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request, broker_kind, tmp_path_factory) -> str:
     """HOST:PORT of the session's broker; the broker stops when the session ends."""
     if broker_kind == "external":
         yield os.environ["EDGEWATCH_TEST_BOOTSTRAP"]
@@ -73,7 +81,8 @@ def kafka_bootstrap(broker_kind, tmp_path_factory) -> str:
     else:
         from tests.kafka.apache_kafka import ApacheKafka
 
-        with ApacheKafka(tmp_path_factory.mktemp("kafka")) as broker:
+        eventhubs = request.getfixturevalue("kafka_eventhubs_listener")
+        with ApacheKafka(tmp_path_factory.mktemp("kafka"), eventhubs.properties, eventhubs.listeners) as broker:
             yield broker.bootstrap
 
 
