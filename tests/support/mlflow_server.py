@@ -1,8 +1,9 @@
 """A real MLflow tracking server for the registry tests: ``mlflow server`` with a SQLite backend
 and a local artifact root (served by the server, ``mlflow-artifacts:/``) on 127.0.0.1:<free port>.
 
-The session fixture :func:`mlflow_tracking_uri` starts one when a test first asks for it and stops
-it when the session ends; a test that must see the registry go away (the offline edge) reaches the
+The session's server is launched when collection ends if a collected test uses the fixture
+:func:`mlflow_tracking_uri` (it starts while the tests before the first of those run), else on
+first use, and stops when the session ends; a test that must see the registry go away (the offline edge) reaches the
 session's server through a :class:`Relay` of its own and cuts it (a second server would cost it
 the ~50 s start). Every wait is bounded, and the server process dies with the test process
 (``PR_SET_PDEATHSIG``).
@@ -11,11 +12,14 @@ the ~50 s start). Every wait is bounded, and the server process dies with the te
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -43,6 +47,11 @@ class MlflowServer:
         self._process: subprocess.Popen | None = None
 
     def start(self, timeout: float = START_TIMEOUT) -> MlflowServer:
+        """Launch the server and wait until it answers."""
+        return self.launch().wait_healthy(timeout)
+
+    def launch(self) -> MlflowServer:
+        """Launch the server without waiting for it (:meth:`wait_healthy` does)."""
         self.root.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "mlflow", "server",
@@ -62,6 +71,10 @@ class MlflowServer:
                 # no background job runner (huey consumers): the registry needs none
                 env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )
+        return self
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> MlflowServer:
+        """Wait until the launched server answers; stop it and raise if it does not in ``timeout`` s."""
         try:
             self._wait_healthy(timeout)
         except BaseException:
@@ -72,8 +85,9 @@ class MlflowServer:
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({self._process.returncode}):\n{self.tail()}")
+            if self._process is None or self._process.poll() is not None:
+                code = None if self._process is None else self._process.returncode
+                raise RuntimeError(f"mlflow server exited ({code}):\n{self.tail()}")
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
                     if answer.status == 200:
@@ -202,9 +216,31 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+_early_server = pytest.StashKey[MlflowServer]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When a collected test uses the session's server, launch it now: it starts (~50 s of imports and
+    schema on a busy 2-core box, one core) while the tests before the first registry test run."""
+    if session.config.option.collectonly or importlib.util.find_spec("mlflow") is None:
+        return
+    if any("mlflow_tracking_uri" in getattr(item, "fixturenames", ()) for item in session.items):
+        root = Path(tempfile.mkdtemp(prefix="edgewatch-mlflow-"))
+        session.config.stash[_early_server] = MlflowServer(root).launch()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    server = session.config.stash.get(_early_server, None)
+    if server is not None:  # launched early and never asked for (or asked for and stopped already)
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def mlflow_tracking_uri(tmp_path_factory) -> str:
-    """``http://127.0.0.1:<port>`` of the session's MLflow server (started on first use)."""
+def mlflow_tracking_uri(request, tmp_path_factory) -> str:
+    """``http://127.0.0.1:<port>`` of the session's MLflow server (launched when collection ends, if
+    a collected test uses it, else on first use)."""
     pytest.importorskip("mlflow", reason="the registry tests need mlflow (pip install -e '.[dev]')")
-    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+    server = request.config.stash.get(_early_server, None) or MlflowServer(tmp_path_factory.mktemp("mlflow")).launch()
+    with server.wait_healthy():
         yield server.uri
