@@ -9,10 +9,10 @@ UV := uv==0.13.8
 
 .PHONY: demo test faults lint bench nab clean
 
+# uv installs the same pins in seconds (parallel downloads, its own cache; pip took minutes here);
+# plain pip when uv cannot be had
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# uv installs the same pins in seconds (parallel downloads, its own cache; pip took minutes here);
-	# plain pip when uv cannot be had
 	( $(BIN)/python -m pip install --quiet $(UV) && $(BIN)/uv pip install --quiet --python $(BIN)/python --editable '.[dev]' ) \
 		|| $(BIN)/python -m pip install --quiet --editable '.[dev]'
 	rm -f $(VENV)/.installed-*
