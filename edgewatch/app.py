@@ -4,13 +4,14 @@ In the spirit of Quix Streams' ``Application``: built from the settings, it owns
 around the dataflow, in one place and in one order::
 
     start     logging → the warm-start model and the shadow's (checked before anything else
-              starts; the live controls of both) → the recovery
+              starts; the live controls of both; for the RUL flow its RUL model: the settings'
+              ``model_kind`` says which kind ``--model`` must be) → the recovery
               directory → the metrics server → GC tuned for streaming → SIGTERM/Ctrl-C → stop
     run       the dataflow, through Bytewax's public ``bytewax.run.cli_main``
     close     the resources registered with :meth:`Application.closing` (clients, buffers), in the
               reverse order of registration, also after an error
 
-``edgewatch run``, ``run --replay``, ``iotedge``, ``demo`` (its flow process), the
+``edgewatch run``, ``run --replay``, ``run-rul``, ``iotedge``, ``demo`` (its flow process), the
 ``python -m bytewax.run edgewatch.flows.anomaly:flow`` entry point and the bench all go through it.
 
 >>> from edgewatch.config import FlowSettings
@@ -76,9 +77,13 @@ class Application:
         self.single_process = single_process
         self.input_name = input_name or settings.in_topic
         self.stop_requested = threading.Event()
-        self.artifact: artifact_module.ModelArtifact | None = None
+        #: the model ``--model`` names, of the settings' ``model_kind``: a ModelArtifact (anomaly
+        #: flow) or a RulModel (RUL flow), resolved, verified and cached through the registry code
+        self.artifact = None
         #: the running flow's models and threshold (a module twin and ``retrain`` change them)
         self.controls: LiveControls | None = None
+        self.follower = None  # follows the registry's aliases (--registry-poll-seconds)
+        self._registry_versions: dict[str, str] = {}  # option → the registry version it resolved to
         self._handle_signals = handle_signals
         self._resources = contextlib.ExitStack()
         self._started = False
@@ -95,11 +100,15 @@ class Application:
         except ValueError as exc:
             raise SetupError(f"--detector: {exc}") from None
         self.artifact = self._load_model()
-        self.controls = LiveControls(threshold=self.settings.threshold, artifact=self.artifact)
-        challenger = self._resolve(self.settings.shadow_model, "--shadow")
-        if challenger is not None:
-            self.controls.shadow(challenger)
-        FLOW_METRICS.use_model(self.settings.detector, self.model_version)
+        if self.settings.model_kind == "anomaly":
+            self.controls = LiveControls(threshold=self.settings.threshold, artifact=self.artifact)
+            challenger = self._resolve(self.settings.shadow_model, "--shadow")
+            if challenger is not None:
+                self.controls.shadow(challenger)
+            self._follow_registry()
+            FLOW_METRICS.use_model(self.settings.detector, self.model_version)
+        else:
+            FLOW_METRICS.use_model(self.settings.model_kind, self.model_version)
         if self.settings.recovery_dir is not None:
             init_recovery_dir(
                 self.settings.recovery_dir, self.settings.shard_count, self.input_name, self.single_process
@@ -119,17 +128,33 @@ class Application:
             return self.artifact.version
         return resolve_detector(self.settings.detector).version
 
-    def _load_model(self) -> artifact_module.ModelArtifact | None:
-        fitted = self._resolve(self.settings.model_dir, "--model")
-        if fitted is None:
-            return None
+    def _load_model(self):
+        kind = self.settings.model_kind
+        fitted = self._resolve(self.settings.model_dir, "--model", kind)
+        if fitted is None or kind != "anomaly":
+            return fitted
         if "detector" in self.settings.model_fields_set and self.settings.detector != fitted.spec.name:
             raise SetupError(f"--model holds a {fitted.spec.name} detector, not {self.settings.detector}")
         self.settings.detector = fitted.spec.name
         return fitted
 
-    def _resolve(self, uri, option: str) -> artifact_module.ModelArtifact | None:
-        """A model directory or registry URI, resolved, verified and cached (``None``: none asked for)."""
+    def _follow_registry(self) -> None:
+        """With ``--registry-poll-seconds`` and a ``models:/NAME@ALIAS`` model: follow NAME's aliases."""
+        from edgewatch.registry.resolve import parse_uri
+
+        parsed = parse_uri(str(self.settings.model_dir)) if self.settings.model_dir is not None else None
+        if not self.settings.registry_poll_seconds or parsed is None:
+            return
+        from edgewatch.registry.follow import RegistryFollower
+
+        self.follower = RegistryFollower(
+            self.controls, parsed[0], self._registry_versions.get("--model"), self.settings.model_cache_dir,
+            self.settings.tracking_uri, self.settings.model_public_key, self.settings.registry_poll_seconds,
+        ).start()  # fmt: skip
+        self.closing(self.follower.stop)
+
+    def _resolve(self, uri, option: str, kind: str = "anomaly"):
+        """A ``kind`` model directory or registry URI, resolved, verified and cached (``None``: none asked for)."""
         if uri is None:
             return None
         from edgewatch.registry import RegistryError
@@ -137,12 +162,13 @@ class Application:
 
         try:  # refuse a bad artifact before anything starts; a registry URI is resolved, verified, cached
             resolved = resolve_model(
-                uri, self.settings.model_cache_dir, self.settings.tracking_uri, self.settings.model_public_key
+                uri, self.settings.model_cache_dir, self.settings.tracking_uri, self.settings.model_public_key, kind
             )
         except (artifact_module.ArtifactError, RegistryError) as exc:
             raise SetupError(f"{option}: {exc}" if option != "--model" else str(exc)) from None
         if resolved.version is not None:
             log.info("%s %s", option.lstrip("-"), resolved.describe())
+            self._registry_versions[option] = resolved.version
         return resolved.artifact
 
     def _start_metrics_server(self) -> None:

@@ -281,9 +281,10 @@ def _write_device_report(application, labeled: Path, replay: Path, folder: Path,
 
 #: settings of the anomaly flow that the RUL flow does not read
 ANOMALY_ONLY = [
-    *("detector", "threshold", "shards", "alarms_topic", "drift_topic", "out_topic", "model_dir", "model_public_key"),
-    *("max_features_per_device", "max_feature_sets", "max_devices", "iothub", "iothub_send", "iothub_output"),
-    *("iothub_ca_cert", "eventhubs_sink_hub", "eventhubs_sink_send"),
+    *("detector", "threshold", "shards", "alarms_topic", "drift_topic", "out_topic", "shadow_topic", "shadow_model"),
+    *("max_features_per_device", "max_feature_sets", "max_devices", "fleet_drift_topic", "fleet_drift_window"),
+    *("fleet_drift_psi", "training_store", "training_store_max_age_hours", "training_store_rows_per_device"),
+    "rollout_warm_readings",
 ]
 
 
@@ -296,21 +297,23 @@ def run_rul(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="with --replay: RUL estimates JSONL (default rul.jsonl)")] = None,
 ) -> None:
-    """Run the RUL flow: telemetry → per-reading remaining useful life (P10/P50/P90) and maintenance alerts."""
+    """Run the RUL flow: telemetry → per-reading remaining useful life (P10/P50/P90) and maintenance alerts
+    (+ IoT Hub, Event Hubs). --model: an `edgewatch train --task rul` directory or models:/NAME@ALIAS."""
     from edgewatch.connectors.kafka import ensure_topics
-    from edgewatch.flows.rul import kafka_rul_flow, load_fleet, replay_rul_flow
+    from edgewatch.flows.rul import build_fleet, kafka_rul_flow, replay_rul_flow
     from edgewatch.flows.wiring import sibling
-    from edgewatch.rul.artifact import ArtifactError as RulArtifactError
 
     if replay is not None:
         _check_readable(replay)
         _check_writable(out or Path("rul.jsonl"))
-    try:
-        fleet = load_fleet(settings)
-    except (OSError, ValueError, RulArtifactError) as exc:
-        raise _fail(str(exc)) from None
+    if settings.model_dir is None:
+        raise _fail("the RUL flow needs --model (an `edgewatch train --task rul` directory or models:/NAME@ALIAS)")
     application = _application(settings, input_name=replay.name if replay is not None else None)
-    application.closing(fleet.close)
+    try:
+        fleet = build_fleet(application)
+    except ValueError as exc:
+        application.close()
+        raise _fail(str(exc)) from None
     if replay is not None:
         estimates = out or Path("rul.jsonl")
         flow = replay_rul_flow(application, fleet, replay, estimates)
@@ -325,7 +328,8 @@ def run_rul(
         flow = kafka_rul_flow(application, fleet)
         alerts = settings.maintenance_alerts_topic
         where = f"{settings.in_topic}@{settings.bootstrap} → {settings.rul_topic}, alerts → {alerts}"
-    typer.echo(f"run-rul: {where}; model {fleet.model.version}, horizon {settings.horizon:g} cycles", err=True)
+    learned = f", {len(fleet.runs)} failed runs kept" if fleet.store is not None else ""
+    typer.echo(f"run-rul: {where}; model {fleet.model.version}{learned}, horizon {settings.horizon:g} cycles", err=True)
     application.run(flow)
     typer.echo("run-rul: stopped", err=True)
 
@@ -456,7 +460,7 @@ def train(
 ) -> None:
     """Batch-fit the detector on history, one model per device; `run --model` warm-starts from it."""
     if task == "rul":
-        return train_rul_command(input_path, out)
+        return train_rul_command(settings, input_path, out, sign_key, register, metrics)
     if task != "anomaly":
         raise typer.BadParameter(f"--task must be anomaly or rul, not {task!r}")
     from edgewatch.connectors.files import read_history
@@ -557,8 +561,17 @@ def evaluate_skab(
     typer.echo(run.line())
 
 
-def train_rul_command(input_path: Path, out: Path) -> None:
-    """`edgewatch train --task rul`: the fleet RUL model of run-to-failure histories (one run per device)."""
+def train_rul_command(
+    settings: RegistrySettings,
+    input_path: Path,
+    out: Path,
+    sign_key: Path | None = None,
+    register: str | None = None,
+    metrics: Path | None = None,
+) -> None:
+    """`edgewatch train --task rul`: the fleet RUL model of run-to-failure histories (one run per device);
+    with --register, logged to MLflow with its lineage and, when the C-MAPSS test files of the input
+    (test_X.txt, RUL_X.txt beside train_X.txt) are there, its `evaluate cmapss` figures as metrics."""
     from edgewatch.connectors.files import read_history
     from edgewatch.rul import artifact as rul_artifact
     from edgewatch.rul.train import train_rul
@@ -567,7 +580,7 @@ def train_rul_command(input_path: Path, out: Path) -> None:
         raise typer.BadParameter(f"{input_path} does not exist")
     try:
         readings, dead = read_history(input_path)
-        saved = rul_artifact.save(train_rul(readings, source=str(input_path)), out)
+        saved = rul_artifact.save(train_rul(readings, source=str(input_path)), out, sign_key=sign_key)
     except ImportError as exc:
         raise typer.BadParameter(f"training needs the train extra (pip install 'edgewatch[train]'): {exc}") from None
     except (OSError, ValueError) as exc:
@@ -579,6 +592,32 @@ def train_rul_command(input_path: Path, out: Path) -> None:
         f"regimes={training['regimes']} sensors={len(training['sensors'])} "
         f"band_margins={saved.lower_margin:.1f},{saved.upper_margin:.1f} out={out}"
     )
+    if register:
+        from edgewatch.registry.cli import register_trained
+
+        figures = _cmapss_figures(saved, input_path)
+        register_trained(settings, out, register, input_path, metrics, figures)
+
+
+def _cmapss_figures(model, train_path: Path) -> dict[str, float]:
+    """``evaluate cmapss`` figures of ``model`` on the test set beside ``train_path`` (``train_X.txt``:
+    ``test_X.txt`` and ``RUL_X.txt``), as metrics ``cmapss.X.rmse`` …; none when they are not there."""
+    from edgewatch.evaluation import cmapss
+
+    stem = train_path.stem
+    if not stem.startswith("train_"):
+        return {}
+    subset, root = stem.removeprefix("train_"), train_path.parent
+    if not all((root / f"{kind}_{subset}.txt").exists() for kind in ("test", "RUL")):
+        return {}
+    try:
+        result = cmapss.evaluate_files(model, root, subset)
+    except ValueError as exc:
+        raise typer.BadParameter(f"cannot score on the {subset} test set: {exc}") from None
+    figures = {"rmse": result.rmse, "score": result.score, "rmse_all_cycles": result.rmse_all_cycles,
+               "coverage": result.coverage, "engines": result.engines}  # fmt: skip
+    typer.echo(result.line())
+    return {f"cmapss.{subset}.{name}": float(value) for name, value in figures.items()}
 
 
 @evaluate_app.command("cmapss")

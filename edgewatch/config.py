@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,6 +119,18 @@ class RegistrySettings(RegistryClientSettings):
     policy_max_precision_drop: float = Field(
         0.05, ge=0, le=1, description="precision may fall below the baseline's by at most this"
     )
+    retrain_shadow_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="retrain: seconds a challenger that passed validation runs in the shadow of the "
+        "champion (flows following the registry) before it may be promoted; 0: no shadow step",
+    )
+    policy_min_shadow_readings: int = Field(
+        1000, ge=1, description="readings the shadow must have compared for its figures to decide"
+    )
+    policy_min_shadow_agreement: float = Field(
+        0.5, ge=0, le=1, description="share of readings the challenger must label as the champion does in the shadow"
+    )
 
 
 class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
@@ -126,6 +138,8 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     of the device banks are :class:`~edgewatch.state.limits.StateLimits`'."""
 
     model_config = _settings_config()  # not the bases' merged: StateLimits' has no secrets folder
+    #: the kind of model ``--model`` must be (the registry refuses the other kind)
+    model_kind: ClassVar[str] = "anomaly"
 
     in_topic: str = Field("telemetry", description="telemetry topic")
     out_topic: str = Field("labeled", description="labeled events topic")
@@ -144,6 +158,9 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     fleet_drift_psi: float = Field(
         0.25, gt=0, description="PSI of a feature's fleet window against the training reference that is drift"
     )
+    fleet_drift_confirm: int = Field(
+        2, ge=1, description="fleet windows above the threshold in a row before a feature is reported drifting"
+    )
     training_store: Path | None = Field(
         None, description="SQLite file of readings labeled normal, what `edgewatch retrain` trains on (empty: none)"
     )
@@ -156,7 +173,8 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     snapshot_seconds: float = Field(5.0, gt=0, description="epoch length: how often state is snapshotted")
     model_dir: Path | None = Field(
         None,
-        description="warm-start model: an `edgewatch train` directory, or models:/NAME@ALIAS | models:/NAME/N",
+        description="warm-start model: an `edgewatch train` directory (run-rul: `train --task rul`), "
+        "or models:/NAME@ALIAS | models:/NAME/N",
         json_schema_extra={"cli": "--model"},
     )
     shadow_model: Path | None = Field(
@@ -165,8 +183,14 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
         "a directory or models:/NAME@ALIAS | models:/NAME/N",
         json_schema_extra={"cli": "--shadow"},
     )
+    registry_poll_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="with --model models:/NAME@ALIAS: read NAME's aliases this often and follow them "
+        "live (challenger: shadow; champion: promote or roll out); 0: never",
+    )
     rollout_warm_readings: int = Field(
-        256, ge=0, le=100_000, description="recent readings per device a new model learns before it takes over"
+        48, ge=0, le=100_000, description="recent readings per device a new model learns before it takes over"
     )
     model_public_key: str | None = Field(
         None, description="ed25519 public key (PEM text or file): load only models signed by it (train --sign-key)"
@@ -198,14 +222,18 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
     iothub_connection_string: SecretStr | None = Field(
         None, description="send to IoT Hub as this device or module (GatewayHostName= allowed)"
     )
-    iothub_send: SendMode = Field("anomalies", description="which labeled events go to IoT Hub: anomalies | all")
+    iothub_send: SendMode = Field(
+        "anomalies", description="which events go to IoT Hub: anomalies (run-rul: maintenance alerts) | all"
+    )
     iothub_output: str = Field("labeled", description="module output of labeled events (IoT Edge routes)")
     iothub_ca_cert: Path | None = Field(None, description="CA to trust, e.g. a transparent gateway's")
     eventhubs_sink_hub: str | None = Field(None, description="also send labeled events to this event hub over AMQP")
     eventhubs_sink_connection_string: SecretStr | None = Field(
         None, description="namespace connection string of the AMQP sink (default: eventhubs_connection_string)"
     )
-    eventhubs_sink_send: SendMode = Field("all", description="which labeled events go to the event hub")
+    eventhubs_sink_send: SendMode = Field(
+        "all", description="which events go to the event hub: anomalies (run-rul: maintenance alerts) | all"
+    )
     buffer_dir: Path = Field(Path("edgewatch-buffer"), description="store-and-forward files (a persistent volume)")
     buffer_max_mb: float = Field(256.0, gt=0, description="buffer size limit; the oldest are dropped beyond it")
     buffer_max_age_hours: float = Field(24.0, gt=0, description="buffered events older than this are dropped")
@@ -219,10 +247,11 @@ class FlowSettings(KafkaSettings, RegistryClientSettings, StateLimits):
 
 
 class RulSettings(FlowSettings):
-    """Settings of the RUL flow (``edgewatch run-rul``): the flow's input, recovery, metrics and cloud
-    settings, and these."""
+    """Settings of the RUL flow (``edgewatch run-rul``): the flow's input, model (``--model``: an
+    RUL model, from a directory or the registry), recovery, metrics and cloud settings, and these."""
 
-    rul_model: Path | None = Field(None, description="`edgewatch train --task rul` output")
+    model_kind: ClassVar[str] = "rul"
+
     rul_topic: str = Field("rul", description="RUL estimates, one per reading (P10/P50/P90)")
     maintenance_alerts_topic: str = Field(
         "maintenance-alerts", description="one alert per run when P10 first falls below the horizon"
@@ -233,6 +262,9 @@ class RulSettings(FlowSettings):
     horizon: float = Field(30.0, gt=0, description="alert when the 10 % quantile of the RUL falls below this")
     refit_every: int | None = Field(
         None, ge=1, description="refit the fleet model after this many observed failures (needs the train extra)"
+    )
+    refit_max_rows: int = Field(
+        200_000, ge=1_000, description="readings of failed runs kept to refit from (oldest runs go first)"
     )
     replay_ends_in_failure: bool = Field(
         False, description="with --replay: every device's run ends in a failure at the end of the file"

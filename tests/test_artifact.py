@@ -62,6 +62,20 @@ def test_tampered_artifact_is_refused(history, tmp_path):
     assert result.exit_code == 2 and "sha256" in said(result)
 
 
+def test_a_model_from_before_a_later_switch_loads_and_other_parameters_are_refused(history, tmp_path):
+    """A parameter added since a model was trained takes its default; a parameter that differs refuses it."""
+    train(history, tmp_path / "model")
+    manifest = tmp_path / "model" / "model.json"
+    metadata = json.loads(manifest.read_text())
+    del metadata["parameters"]["clear_after"]
+    manifest.write_text(json.dumps(metadata))
+    assert artifact.load(tmp_path / "model").spec.name == "relational-novelty"
+    metadata["parameters"]["accept_after"] = 60.0
+    manifest.write_text(json.dumps(metadata))
+    with pytest.raises(artifact.ArtifactError, match="other relational-novelty parameters"):
+        artifact.load(tmp_path / "model")
+
+
 def test_missing_artifact_is_a_clear_error(tmp_path):
     with pytest.raises(artifact.ArtifactError, match="missing"):
         artifact.load(tmp_path)

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 import time
 
 import bytewax.operators as op
 import pytest
-from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
-from azure.eventhub.exceptions import ConnectError
+from azure.eventhub import EventHubProducerClient
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from confluent_kafka.admin import AdminClient
@@ -35,7 +33,7 @@ from edgewatch.connectors.broker import free_port
 from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord, ensure_topics
 from edgewatch.schema import labeled_event_json
 from edgewatch.store_forward import BufferPolicy, Envelope, StoreAndForward
-from tests.support.eventhubs import KEY
+from tests.support.eventhubs import KEY, FakeProducer
 from tests.support.events import labeled_event, run_sink
 
 NAMESPACE = "Endpoint=sb://factory-7.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;"
@@ -140,47 +138,6 @@ def test_the_endpoint_checks_the_key_and_the_certificate(eventhubs_kafka):
 
 
 # -- (b) the AMQP sink, at the SDK boundary ---------------------------------------------------------
-
-
-class RecordingBatch(EventDataBatch):
-    """The SDK's batch, also remembering what was added (EventDataBatch keeps that private)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.events: list[EventData] = []
-
-    def add(self, event_data) -> None:
-        super().add(event_data)  # raises ValueError when full, before we record
-        self.events.append(event_data)
-
-
-class FakeProducer:
-    """Stands in for EventHubProducerClient: real batches, sends recorded, failures on demand."""
-
-    def __init__(self, max_size_in_bytes: int = 1_048_576, failures: int = 0, stall_first_send: bool = False):
-        self.max_size_in_bytes = max_size_in_bytes
-        self.failures = failures
-        self.stall_first_send = stall_first_send
-        self.sent: list[tuple[str, list[EventData]]] = []
-        self.closed = False
-        self._release = threading.Event()
-
-    def create_batch(self, *, partition_key: str | None = None) -> RecordingBatch:
-        if self.failures:
-            self.failures -= 1
-            raise ConnectError("namespace unreachable")
-        return RecordingBatch(max_size_in_bytes=self.max_size_in_bytes, partition_key=partition_key)
-
-    def send_batch(self, batch: RecordingBatch, *, timeout: float | None = None) -> None:
-        if self.stall_first_send:
-            self.stall_first_send = False
-            self._release.wait(60)  # a send the SDK never finishes
-            raise ConnectError("too late")
-        self.sent.append((batch._partition_key, list(batch.events)))
-
-    def close(self) -> None:
-        self.closed = True
-        self._release.set()
 
 
 def sent_offsets(producers: list[FakeProducer]) -> list[tuple[str, int]]:

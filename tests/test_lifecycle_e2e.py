@@ -1,9 +1,13 @@
 """The issue's end-to-end loop against a real Kafka broker and a real MLflow server:
 train v1 → register → run the champion → the fleet drifts → fleet drift events → retrain →
-validate → shadow → promote v2 live → rollback to v1 live; no input lost, devices keep what they
-learned across both switches, the audit trail complete."""
+validate → shadow (for a set time, the flow following the registry) → promote v2 live → rollback
+to v1 live; no input lost, devices keep what they learned across both switches, the audit trail
+complete. The flow is driven by the registry only (``registry_poll_seconds``): no live control
+is called by the test."""
 
+import re
 import threading
+import time
 import uuid
 
 import orjson
@@ -15,17 +19,24 @@ from edgewatch.config import FlowSettings
 from edgewatch.connectors.files import read_jsonl
 from edgewatch.flows.wiring import kafka_flow
 from edgewatch.registry.audit import AuditLog
-from edgewatch.registry.resolve import resolve_model
 from tests.support.kafka import consume, produce
 from tests.support.registry import shifted_copy, simulated_split
 
 runner = CliRunner()
 DEVICES = 8
+SHADOW_SECONDS = 8
 
 
 def invoke(*args):
     result = runner.invoke(cli, [str(arg) for arg in args])
     return result
+
+
+def wait_for(condition, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def records_of(path, start=0, stop=None):
@@ -51,6 +62,7 @@ def test_the_lifecycle_loop_end_to_end(kafka_bootstrap, topic_names, mlflow_trac
         fleet_drift_topic=topics["fleet"], create_topics=True, start_from="earliest", status_seconds=0,
         model_dir=f"models:/{name}@champion", tracking_uri=mlflow_tracking_uri, model_cache_dir=tmp_path / "cache",
         training_store=tmp_path / "store.db", fleet_drift_window=800, batch_size=200, snapshot_seconds=0.5,
+        registry_poll_seconds=0.5,
     )  # fmt: skip
     from edgewatch.connectors.kafka import ensure_topics
 
@@ -83,27 +95,40 @@ def test_the_lifecycle_loop_end_to_end(kafka_bootstrap, topic_names, mlflow_trac
         assert temperature and max(temperature) > 3 and {e["reason"] for e in fleet} == {"fleet-psi"}
         print("fleet drift PSI:", sorted((e["feature"], e["psi"]) for e in fleet))
 
-        retrained = invoke("retrain", name, "--store", tmp_path / "store.db", "--work-dir", tmp_path / "rounds",
-                           "--no-promote", *registry, *audit, *cache)  # fmt: skip
-        assert "retrain (operator): challenger version 2" in retrained.output, retrained.output
-        challenger = resolve_model(f"models:/{name}@challenger", tmp_path / "cache", mlflow_tracking_uri).artifact
-        controls.shadow(challenger)
+        # retrain with the timed shadow step: the flow follows the registry's challenger alias, runs it in
+        # the shadow while the fleet keeps sending; after the shadow period retrain decides from its figures
+        outcome = {}
+        retrain_args = ["retrain", name, "--store", tmp_path / "store.db", "--work-dir", tmp_path / "rounds",
+                        "--retrain-shadow-seconds", SHADOW_SECONDS, "--policy-min-shadow-readings", 200,
+                        *registry, *audit, *cache]  # fmt: skip
+        retrain = threading.Thread(target=lambda: outcome.update(result=invoke(*retrain_args)), daemon=True)
+        retrain.start()
+        wait_for(lambda: controls.challenger is not None or not retrain.is_alive(), "the challenger in the shadow")
+        assert controls.challenger is not None, outcome["result"].output  # validation passed: it is shadowed
+        challenger = controls.challenger
         shadowed = phase(records_of(drifted, 400 * DEVICES, 450 * DEVICES))
         shadow = [orjson.loads(m.value) for m in consume(kafka_bootstrap, [topics["shadow"]], 50 * DEVICES)]
         assert len(shadow) == 50 * DEVICES and {s["challenger"]["model"]["version"] for s in shadow} == {
             challenger.version
         }
-
-        promote = ["models", "promote", name, "2", "--reason", "shadowed on the drifted fleet", *registry, *audit]
-        if invoke(*promote).exit_code != 0:  # the gate held it back: the operator overrides, on the record
-            assert invoke(*promote, "--force").exit_code == 0
-        controls.promote_shadow()  # live: the challenger's bank takes over, no restart
+        retrain.join(SHADOW_SECONDS + 60)
+        retrained = outcome["result"]
+        print(retrained.output)
+        compared = re.search(r"shadow of version 2: (\d+) readings", retrained.output)
+        assert compared and int(compared[1]) >= 200, retrained.output
+        if "promoted version 2" not in retrained.output:  # the policy held it back: the operator overrides
+            assert "challenger version 2" in retrained.output, retrained.output
+            forced = ["models", "promote", name, "2", "--reason", "shadowed on the drifted fleet", "--force"]
+            assert invoke(*forced, *registry, *audit).exit_code == 0
+        # live: the flow sees the champion alias on the version in its shadow; that bank takes over, no restart
+        wait_for(lambda: controls.plan.promoted == controls.generation == 1, "the shadow's promotion")
         promoted = phase(records_of(drifted, 450 * DEVICES, 525 * DEVICES))
         assert {e["model"]["version"] for e in promoted} == {challenger.version}
 
         assert invoke("models", "rollback", name, "--reason", "back to v1", *registry, *audit).exit_code == 0
-        back = resolve_model(f"models:/{name}@champion", tmp_path / "cache", mlflow_tracking_uri)
-        controls.use_artifact(back.artifact)  # live: each device's v1 model warmed on its recent readings
+        # live: each device's v1 model warmed on its recent readings
+        wait_for(lambda: controls.generation == 2, "the rollback")
+        assert controls.artifact.version == v1
         rolled_back = phase(records_of(drifted, 525 * DEVICES, 600 * DEVICES))
         assert {e["model"]["version"] for e in rolled_back} == {v1}
     finally:
@@ -123,4 +148,7 @@ def test_the_lifecycle_loop_end_to_end(kafka_bootstrap, topic_names, mlflow_trac
     print("anomaly rate:", figures)
     actions = [entry["action"] for entry in AuditLog(tmp_path / "audit.jsonl").entries()]
     assert actions[:2] == ["register", "promote"] and actions[-1] == "rollback"
-    assert {"retrain", "validate"} <= set(actions) and actions.count("register") == 2
+    assert {"retrain", "validate", "shadow-start", "shadow"} <= set(actions) and actions.count("register") == 2
+    assert actions.index("shadow-start") < actions.index("shadow") < len(actions) - 2  # before the promotion
+    print("followed:", flow_app.follower.applied)
+    assert [what for what, _ in flow_app.follower.applied] == ["shadow", "promote-shadow", "rollout"]

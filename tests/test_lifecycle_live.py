@@ -1,6 +1,8 @@
 """Lifecycle changes while the flow runs: --shadow on the CLI, the module twin's modelUri, shadowUri
 and promoteShadow."""
 
+import time
+
 import orjson
 import pytest
 from typer.testing import CliRunner
@@ -9,6 +11,7 @@ from edgewatch.azure.twin import TwinControls
 from edgewatch.cli import app
 from edgewatch.config import FlowSettings
 from edgewatch.flows.anomaly import LiveControls
+from edgewatch.flows.lifecycle import SHADOW_REPORT, read_shadow_report
 from edgewatch.online_models import artifact
 from edgewatch.online_models.registry import BUILTIN
 from edgewatch.schema import RawMessage, SourceRef, parse_message
@@ -43,7 +46,8 @@ def test_run_with_a_shadow_writes_the_challengers_labels_beside_the_champions(tm
     assert runner.invoke(app, args).exit_code == 0
     out = tmp_path / "labeled.jsonl"
     (v1, v1_version), (v2, v2_version) = models["v1"], models["v2"]
-    args = ["run", "--replay", str(stream), "--out", str(out), "--model", str(v1), "--shadow", str(v2)]
+    args = ["run", "--replay", str(stream), "--out", str(out), "--model", str(v1), "--shadow", str(v2),
+            "--model-cache-dir", str(tmp_path / "cache")]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     labeled = [orjson.loads(line) for line in out.read_bytes().splitlines()]
@@ -57,6 +61,9 @@ def test_run_with_a_shadow_writes_the_challengers_labels_beside_the_champions(tm
         assert s["champion"]["is_anomaly"] == by_offset[s["source"]["offset"]]["is_anomaly"]
         assert s["agrees"] == (s["champion"]["is_anomaly"] == s["challenger"]["is_anomaly"])
     assert max(s["device"]["readings"] for s in shadow) == 100
+    figures = read_shadow_report(tmp_path / "cache" / SHADOW_REPORT)  # what `edgewatch retrain` reads
+    assert figures["challenger"] == v2_version and figures["readings"] == 400
+    assert figures["agreement"] == sum(s["agrees"] for s in shadow) / 400
 
     bad = runner.invoke(app, ["run", "--replay", str(stream), "--out", str(out), "--shadow", str(tmp_path)])
     assert bad.exit_code != 0 and "--shadow" in bad.output and "Traceback" not in bad.output
@@ -92,3 +99,51 @@ def test_the_module_twin_rolls_out_shadows_and_promotes(tmp_path, models):
     reported = twin.apply({"$version": 6, "promoteShadow": None, "modelUri": str(v1)}, complete=False)
     assert reported["status"] == "ok" and reported["modelVersion"] == v1_version and reported["modelUri"] == str(v1)
     assert controls.artifact.version == v1_version and controls.generation == 2
+
+
+def test_a_flow_follows_the_registrys_aliases_and_keeps_its_models_when_it_is_out_of_reach(monkeypatch, tmp_path):
+    """What the registry says, applied live: a new challenger shadows, the champion moved onto it
+    promotes it, moved elsewhere rolls out, the challenger gone stops the shadow; a registry out of
+    reach changes nothing (the follower's thread logs it and tries again)."""
+    from edgewatch.registry import RegistryError
+    from edgewatch.registry import resolve as resolve_module
+    from edgewatch.registry.follow import RegistryFollower
+
+    fitted = {version: artifact.train(BUILTIN["robust-zscore"], fleet_readings(ticks=20)) for version in "123"}
+    for version, model in fitted.items():
+        model.version = f"m{version}"
+    aliases = {"champion": "1"}
+    monkeypatch.setattr(resolve_module, "alias_versions", lambda name, uri: dict(aliases))
+    monkeypatch.setattr(
+        resolve_module, "resolve_model", lambda uri, *a: type("R", (), {"artifact": fitted[uri.rsplit("/", 1)[1]]})
+    )
+    controls = LiveControls(artifact=fitted["1"])
+    follower = RegistryFollower(controls, "pumps", "1", tmp_path)
+    follower.check()
+    assert controls.generation == 0 and controls.challenger is None  # nothing changed
+    aliases["challenger"] = "2"
+    follower.check()
+    assert controls.challenger.version == "m2" and controls.generation == 0
+    aliases["champion"] = "2"
+    follower.check()
+    assert controls.plan.promoted == controls.generation == 1 and controls.artifact.version == "m2"
+    aliases.update(challenger="3")
+    follower.check()
+    del aliases["challenger"]
+    follower.check()
+    assert controls.challenger is None
+    aliases["champion"] = "1"
+
+    def unreachable(name, uri):
+        raise RegistryError("the registry is unreachable (connection refused)")
+
+    monkeypatch.setattr(resolve_module, "alias_versions", unreachable)
+    follower.every = 0.01
+    follower.start()
+    time.sleep(0.1)
+    follower.stop()
+    assert controls.artifact.version == "m2" and controls.generation == 1  # the running models stay
+    monkeypatch.setattr(resolve_module, "alias_versions", lambda name, uri: dict(aliases))
+    follower.check()
+    assert controls.artifact.version == "m1" and controls.generation == 2  # a rollout (warmed in the shards)
+    assert [what for what, _ in follower.applied] == ["shadow", "promote-shadow", "shadow", "shadow-stop", "rollout"]

@@ -84,10 +84,12 @@ def test_train_register_run_validate_promote_rollback(kafka_bootstrap, flow_topi
 
     window = FleetDriftLogic(lambda _version: None, 1, 0.25, tmp_path / "cache" / FLEET_DRIFT_REPORT)
     window._version, window._readings = "v1", 800
-    window._write_report(1.79e9, {"machine.temperature": 0.61, "ambient.humidity": 0.01}, ["machine.temperature"])
+    window.drifting = {"machine.temperature": 1.79e9}
+    window._write_report(1.79e9, {"machine.temperature": 0.61, "ambient.humidity": 0.01},
+                         {"machine.temperature": 0.3, "ambient.humidity": 0.25})  # fmt: skip
     cache = ["--model-cache-dir", str(tmp_path / "cache")]
     shown = invoke("models", "status", name, *registry, *cache)
-    assert "fleet drift of v1" in shown.output and "drifted (PSI >= 0.25): machine.temperature" in shown.output
+    assert "fleet drift of v1" in shown.output and "drifted: machine.temperature" in shown.output
 
     entries = AuditLog(tmp_path / "audit.jsonl").entries()
     refusal = [] if verdict["passed"] else ["promote-refused"]

@@ -55,7 +55,19 @@ def test_retrain_from_the_training_store_then_rollback(mlflow_tracking_uri, tmp_
     normal = sum(not e["is_anomaly"] for e in labeled)
     assert len(TrainingStore(store).messages()) == normal > 0.9 * len(labeled)
 
-    retrained = invoke("retrain", name, "--store", store, "--work-dir", tmp_path / "rounds", *registry, *audit, *cache)
+    retrained = invoke(
+        "retrain",
+        name,
+        "--store",
+        store,
+        "--work-dir",
+        tmp_path / "rounds",
+        "--retrain-shadow-seconds",
+        "0",
+        *registry,
+        *audit,
+        *cache,
+    )  # fmt: skip (the shadow step: test_lifecycle_e2e)
     print(retrained.output)
     assert retrained.exit_code == 0, retrained.output
     assert "retrain (operator): promoted version 2" in retrained.output
@@ -85,3 +97,29 @@ def test_auto_retrains_on_drift_and_on_schedule(tmp_path):
     calls, started = [], time.monotonic()
     retrain_loop(lambda t: calls.append(t) or {}, report, 3600, 0.01, stop=lambda: time.monotonic() - started > 0.3)
     assert calls == ["schedule"]  # a report older than the last round triggers nothing
+
+
+def test_the_shadow_step_decides_from_the_figures_of_the_flow_that_ran_the_challenger(tmp_path):
+    """What a flow following the registry wrote (the shadow report) decides, for the challenger it
+    names only; every step audited (the registry tags are best effort: this model is not registered)."""
+    from edgewatch.config import RegistrySettings
+    from edgewatch.flows.lifecycle import SHADOW_REPORT
+    from edgewatch.registry.retrain import shadow_trial
+
+    settings = RegistrySettings(model_cache_dir=tmp_path, audit_log=tmp_path / "audit.jsonl",
+                                retrain_shadow_seconds=0.05, tracking_uri=f"file:{tmp_path / 'mlruns'}")  # fmt: skip
+    audit = AuditLog(settings.audit_log)
+    figures = {"challenger": "m-2", "readings": 4000, "agreement": 0.9, "champion_alarm_rate": 0.02}
+    verdicts = {}
+    for case, challenger_rate, version in (("fewer false alarms", 0.004, "m-2"), ("more", 0.05, "m-2"),
+                                           ("another challenger's figures", 0.004, "m-3")):  # fmt: skip
+        (tmp_path / SHADOW_REPORT).write_text(json.dumps({**figures, "challenger_alarm_rate": challenger_rate}))
+        verdicts[case] = shadow_trial(settings, "pumps", "2", version, audit, "ana", "operator", poll_seconds=0.01)
+    assert verdicts["fewer false alarms"]["passed"] and "passed" in verdicts["fewer false alarms"]["line"]
+    assert not verdicts["more"]["passed"] and "alarm rate 50.00/1000 > 26.00 allowed" in verdicts["more"]["line"]
+    other = verdicts["another challenger's figures"]
+    assert not other["passed"] and other["readings"] == 0 and "fewer than 1000" in other["line"]
+    entries = audit.entries()
+    assert [e["action"] for e in entries] == ["shadow-start", "shadow"] * 3
+    assert [e["status"] for e in entries[1::2]] == ["passed", "failed", "failed"]
+    assert entries[3]["figures"]["challenger_alarm_rate"] == 0.05 and entries[0]["seconds"] == 0.05

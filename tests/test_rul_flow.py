@@ -11,14 +11,16 @@ from typer.testing import CliRunner
 
 from edgewatch.cli import app
 from edgewatch.connectors.kafka import ensure_topics
+from edgewatch.flows.rul import STORE_DIR
 from edgewatch.rul import artifact
+from edgewatch.rul.events import RunEnd
 from edgewatch.rul.online import RulFleet
+from edgewatch.rul.store import RefitStore
 from edgewatch.rul.train import train_runs
-from edgewatch.schema import CMAPSS_FEATURES
 from tests.support.cli import said
 from tests.support.kafka import consume, produce
 from tests.support.processes import EdgewatchProcess
-from tests.support.rul import SMALL, readings_of, synthetic_fleet, write_cmapss
+from tests.support.rul import SMALL, body, readings_of, synthetic_fleet, write_cmapss, write_jsonl_runs
 
 pytest.importorskip("lightgbm", reason="training needs the train extra (lightgbm)")
 runner = CliRunner()
@@ -39,7 +41,7 @@ def test_a_replayed_history_gets_an_estimate_per_reading_and_one_alert_per_run(r
     runs = synthetic_fleet(6, seed=9)
     history = write_cmapss(runs, tmp_path / "engines.txt")
     out = tmp_path / "rul.jsonl"
-    result = runner.invoke(app, ["run-rul", "--replay", str(history), "--out", str(out), "--rul-model", str(rul_model)])
+    result = runner.invoke(app, ["run-rul", "--replay", str(history), "--out", str(out), "--model", str(rul_model)])
     assert result.exit_code == 0, result.output
     estimates = lines(out)
     assert len(estimates) == sum(len(run.rows) for run in runs)
@@ -59,7 +61,7 @@ def test_runs_resume_from_recovery_state(rul_model, tmp_path):
     runs = synthetic_fleet(3, seed=4)
     first_half = [type(run)(run.device_id, run.rows[: len(run.rows) // 2]) for run in runs]
     state = tmp_path / "state"
-    args = ["run-rul", "--rul-model", str(rul_model), "--recovery-dir", str(state), "--snapshot-seconds", "0.2"]
+    args = ["run-rul", "--model", str(rul_model), "--recovery-dir", str(state), "--snapshot-seconds", "0.2"]
     history = tmp_path / "engines.txt"
     write_cmapss(first_half, history)
     assert runner.invoke(app, [*args, "--replay", str(history), "--out", str(tmp_path / "a.jsonl")]).exit_code == 0
@@ -90,12 +92,7 @@ def test_run_rul_needs_a_model_and_names_a_bad_one(tmp_path):
     assert result.exit_code == 2 and "expected a .jsonl" in said(result)
     (tmp_path / "x.txt").write_text("1 1 " + " ".join(["0"] * 24) + "\n")
     result = runner.invoke(app, ["run-rul", "--replay", str(tmp_path / "x.txt"), "--out", str(tmp_path / "o.jsonl")])
-    assert result.exit_code == 2 and "needs --rul-model" in said(result)
-
-
-def body(row, cycle: int) -> bytes:
-    """A C-MAPSS reading as the flow reads it from Kafka."""
-    return orjson.dumps({"CycleTime": cycle, **dict(zip(CMAPSS_FEATURES, row.tolist(), strict=True))})
+    assert result.exit_code == 2 and "needs --model" in said(result)
 
 
 def test_kafka_in_run_ends_start_a_new_run(rul_model, kafka_bootstrap, topic_names, tmp_path):
@@ -104,7 +101,7 @@ def test_kafka_in_run_ends_start_a_new_run(rul_model, kafka_bootstrap, topic_nam
     (run,) = synthetic_fleet(1, seed=5)
     readings = [(b"engine-1", body(row, cycle), []) for cycle, row in enumerate(run.rows[:50], 1)]
     produce(kafka_bootstrap, topics["telemetry"], readings)
-    args = ["run-rul", "--bootstrap", kafka_bootstrap, "--rul-model", str(rul_model), "--in-topic", topics["telemetry"],
+    args = ["run-rul", "--bootstrap", kafka_bootstrap, "--model", str(rul_model), "--in-topic", topics["telemetry"],
             "--rul-topic", topics["rul"], "--maintenance-alerts-topic", topics["alerts"],
             "--run-end-topic", topics["maintenance"], "--dlq-topic", topics["deadletter"],
             "--consumer-group", topic_names("group")]  # fmt: skip
@@ -119,3 +116,57 @@ def test_kafka_in_run_ends_start_a_new_run(rul_model, kafka_bootstrap, topic_nam
     assert [e["cycle"] for e in estimates[-5:]] == [1, 2, 3, 4, 5], "a new run after the maintenance"
     dead = [m for m in out if m.topic == topics["deadletter"]]
     assert len(dead) == 1 and "device_id" in dead[0].headers["edgewatch.error.reason"].decode()
+
+
+def test_what_the_fleet_learned_from_failures_survives_a_restart(tmp_path):
+    """Replayed runs to failure teach the fleet (a refit once the store holds as many runs as the model
+    was trained on); the process ends; restarted on the same recovery directory, it serves the refit
+    model from the first reading, still holds the failed runs, and counts on from where it was."""
+    model_dir = tmp_path / "model"
+    artifact.save(train_runs(synthetic_fleet(4, seed=21), SMALL), model_dir)
+    runs = synthetic_fleet(9, seed=22)
+    history, state = tmp_path / "engines.jsonl", tmp_path / "state"
+    args = ["run-rul", "--model", str(model_dir), "--recovery-dir", str(state), "--snapshot-seconds", "0.2",
+            "--refit-every", "3", "--replay-ends-in-failure", "--replay", str(history)]  # fmt: skip
+    write_jsonl_runs(runs[:6], history)
+    first = runner.invoke(app, [*args, "--out", str(tmp_path / "a.jsonl")])
+    assert first.exit_code == 0, first.output
+    store = RefitStore(state / STORE_DIR)
+    kept = store.load_failures()
+    # failures 1-3: too few runs to refit a 4-run model; the 4th refits; 5 and 6 count towards the next
+    assert (len(kept.runs), kept.refits, kept.since_refit) == (6, 1, 2)
+    refit = store.load_model()
+    assert refit.version.endswith("+refit1") and kept.base == artifact.load(model_dir).version
+
+    write_jsonl_runs(runs, history)  # the same file, grown by three engines: the flow resumes after what it read
+    second = runner.invoke(app, [*args, "--out", str(tmp_path / "b.jsonl")])
+    assert second.exit_code == 0, second.output
+    assert f"model {refit.version}, 6 failed runs kept" in second.output
+    resumed = lines(tmp_path / "b.jsonl")
+    assert {e["device_id"] for e in resumed} == {"engine-006", "engine-007", "engine-008"}
+    assert {e["model"]["version"] for e in resumed} == {refit.version}, "the refit model, not the deployed one"
+    kept = store.load_failures()
+    assert (len(kept.runs), kept.refits, kept.since_refit) == (9, 2, 2)
+    assert store.load_model().version == refit.version + "+refit2"
+
+
+def test_the_failure_store_is_bounded_and_a_new_deployed_model_is_served(tmp_path):
+    runs = synthetic_fleet(5, seed=23)
+    model = train_runs(runs[:2], SMALL)
+    model.version = "rul-a"
+    store = RefitStore(tmp_path / "rul")
+    fleet = RulFleet(model, refit_every=2, store=store, max_rows=sum(len(r.rows) for r in runs[2:]) - 1)
+    for run in runs[2:]:
+        fleet.update_many(readings_of([run]))
+        fleet.end_run(RunEnd(run.device_id, "failure"))
+    assert [r.device_id for r in fleet.runs] == ["engine-003", "engine-004"], "oldest runs leave first"
+    assert fleet.refits == 1 and store.load_model().version == "rul-a+refit1"
+    # the same failure seen again (a resumed flow replays the readings after its last snapshot)
+    fleet.update_many(readings_of([runs[4]]))
+    assert fleet.end_run(RunEnd(runs[4].device_id, "failure")) is None and fleet.failures_since_refit == 1
+    other = train_runs(runs[:3], SMALL)
+    other.version = "rul-b"  # a new champion deployed: it is served, the failed runs are kept
+    resumed = RulFleet(other, refit_every=2, store=store)
+    assert resumed.model.version == "rul-b" and len(resumed.runs) == 2 and resumed.failures_since_refit == 1
+    (tmp_path / "rul" / "failures.bin").write_bytes(b"\x02garbage")
+    assert len(RulFleet(other, store=store).runs) == 0, "a damaged store is skipped, not fatal"

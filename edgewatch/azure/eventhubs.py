@@ -22,7 +22,7 @@ from azure.eventhub import EventData, EventDataBatch, EventHubProducerClient
 from azure.eventhub.exceptions import EventHubError
 
 from edgewatch.azure.connection_string import EventHubsConnectionString
-from edgewatch.azure.messages import LabeledEventSink, SendMode
+from edgewatch.azure.messages import LabeledEventSink, Selection, SendMode, labeled_selection
 from edgewatch.store_forward import BufferPolicy, Envelope, StoreAndForward, Stored, call_with_timeout
 from edgewatch.store_forward.forwarder import close_in_background, close_quietly
 
@@ -144,6 +144,8 @@ class EventHubsSink(LabeledEventSink):
         send_timeout: longest wait for one batch.
         policy: buffer limits and retry timings.
         producer_factory: replaces ``EventHubProducerClient.from_connection_string`` (tests).
+        name: buffer name (file stem, metrics label); sinks of one name share a buffer and a producer.
+        select: which items go and as what (default: labeled events; see :mod:`edgewatch.azure.messages`).
     """
 
     def __init__(
@@ -155,6 +157,8 @@ class EventHubsSink(LabeledEventSink):
         send_timeout: float = 30.0,
         policy: BufferPolicy | None = None,
         producer_factory: Callable[[], EventHubProducerClient] | None = None,
+        name: str = "eventhubs",
+        select: Selection = labeled_selection,
     ):
         parsed = EventHubsConnectionString.parse(connection_string)
         if not (eventhub_name or parsed.entity_path):
@@ -164,4 +168,4 @@ class EventHubsSink(LabeledEventSink):
             return EventHubProducerClient.from_connection_string(connection_string, eventhub_name=eventhub_name)
 
         factory = producer_factory or producer
-        super().__init__("eventhubs", buffer_dir, lambda: EventHubsSender(factory, send_timeout), send, policy)
+        super().__init__(name, buffer_dir, lambda: EventHubsSender(factory, send_timeout), send, policy, select)

@@ -39,7 +39,7 @@ from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message
 from azure.iot.device.exceptions import ConnectionDroppedError, ConnectionFailedError, NoConnectionError
 
 from edgewatch.azure.connection_string import parse_connection_string
-from edgewatch.azure.messages import LabeledEventSink, SendMode
+from edgewatch.azure.messages import LabeledEventSink, Selection, SendMode, labeled_selection
 from edgewatch.store_forward import BufferPolicy, Envelope, StoreAndForward, Stored, call_with_timeout
 from edgewatch.store_forward.forwarder import close_in_background, close_quietly
 
@@ -226,7 +226,8 @@ class IoTHubSink(LabeledEventSink):
             identity holds one MQTT connection (edgeHub drops the older of two), so a module that
             also reads inputs and its twin shares one client; the sink then neither replaces nor
             shuts it down.
-        name: buffer name (file stem, metrics label).
+        name: buffer name (file stem, metrics label); sinks of one name share a buffer and a client.
+        select: which items go and as what (default: labeled events; see :mod:`edgewatch.azure.messages`).
     """
 
     def __init__(
@@ -241,12 +242,14 @@ class IoTHubSink(LabeledEventSink):
         client_options: dict | None = None,
         client: IoTHubClient | None = None,
         name: str = "iothub",
+        select: Selection = labeled_selection,
     ):
         target = IoTHubTarget(connection_string, output, Path(ca_cert) if ca_cert else None)
         self.target = target
         super().__init__(
-            name, buffer_dir, iothub_sender_factory(target, send_timeout, client, client_options), send, policy
-        )
+            name, buffer_dir, iothub_sender_factory(target, send_timeout, client, client_options), send, policy,
+            select,
+        )  # fmt: skip
 
 
 def iothub_sender_factory(

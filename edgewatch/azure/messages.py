@@ -1,10 +1,13 @@
-"""Labeled events and dead letters as cloud messages, and the sinks that store them for a link.
+"""Labeled events, RUL estimates, maintenance alerts and dead letters as cloud messages, and the
+sinks that store them for a link.
 
-Every cloud output of the flow is one :class:`~edgewatch.store_forward.ForwardingSink` over one
+Every cloud output of a flow is one :class:`~edgewatch.store_forward.ForwardingSink` over one
 typed stream: :class:`LabeledEventSink` (IoT Hub, Event Hubs; filtered by a send mode an
-operator may change while the flow runs) or :class:`DeadLetterSink` (an IoT Edge module's
-dead-letter output). Each item becomes an :class:`~edgewatch.store_forward.Envelope`: the body
-and the properties routing rules read, and a message id that names the input message.
+operator may change while the flow runs, and a *selection* that turns an item into its envelope:
+labeled events by default, :func:`rul_selection` and :func:`alert_selection` for the RUL flow's
+estimates and alerts) or :class:`DeadLetterSink` (an IoT Edge module's dead-letter output). Each
+item becomes an :class:`~edgewatch.store_forward.Envelope`: the body and the properties routing
+rules read, and a message id that names the input message.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from edgewatch.rul.events import MODEL_NAME, RulEstimate, maintenance_alert_json, rul_estimate_json
 from edgewatch.schema import DeadLetter, LabeledEvent, dead_letter_headers, labeled_event_json
 from edgewatch.store_forward import BufferPolicy, Envelope, ForwardingSink, Sender, source_message_id
 
 SendMode = Literal["anomalies", "all"]
 SEND_MODES: tuple[SendMode, ...] = ("anomalies", "all")
+#: an item and the link's send mode → its envelope, or ``None`` when this link does not take it
+Selection = Callable[[object, SendMode], Envelope | None]
 
 
 def labeled_envelope(event: LabeledEvent) -> Envelope:
@@ -44,6 +50,55 @@ def labeled_envelope(event: LabeledEvent) -> Envelope:
     )
 
 
+def rul_envelope(estimate: RulEstimate) -> Envelope:
+    """The RUL event JSON with ``event``/``deviceId``/``model``/``alert`` properties; the message id
+    names the input reading (``:rul`` appended: the anomaly flow's event of that reading differs).
+
+    >>> from edgewatch.schema import RawMessage
+    >>> raw = RawMessage(b"engine-7", b"{}", [], "telemetry", 0, 41)
+    >>> envelope = rul_envelope(RulEstimate("engine-7", 0.0, 12, 20.0, 35.0, 60.0, raw=raw))
+    >>> envelope.properties, envelope.message_id
+    ({'event': 'rul', 'deviceId': 'engine-7', 'model': 'rul', 'alert': 'false'}, 'telemetry:0:41:rul')
+    """
+    return _rul_event(estimate, "rul", rul_estimate_json(estimate))
+
+
+def maintenance_alert_envelope(estimate: RulEstimate) -> Envelope:
+    """The maintenance alert JSON (``event`` property ``maintenance-alert``, for routing queries)."""
+    return _rul_event(estimate, "maintenance-alert", maintenance_alert_json(estimate))
+
+
+def _rul_event(estimate: RulEstimate, event: str, body: bytes) -> Envelope:
+    raw = estimate.raw
+    position = source_message_id(raw.topic, raw.partition, raw.offset) if raw is not None else estimate.device_id
+    return Envelope(
+        device_id=estimate.device_id,
+        body=body,
+        properties={
+            "event": event,
+            "deviceId": estimate.device_id,
+            "model": MODEL_NAME,
+            "alert": "true" if estimate.alert else "false",
+        },
+        message_id=f"{position}:{event}",
+    )
+
+
+def labeled_selection(event: LabeledEvent, send: SendMode) -> Envelope | None:
+    """Anomalous labeled events, or every one with ``send="all"``."""
+    return labeled_envelope(event) if event.is_anomaly or send == "all" else None
+
+
+def rul_selection(estimate: RulEstimate, send: SendMode) -> Envelope | None:
+    """RUL estimates go only with ``send="all"`` (``anomalies``: the alerts alone matter)."""
+    return rul_envelope(estimate) if send == "all" else None
+
+
+def alert_selection(estimate: RulEstimate, send: SendMode) -> Envelope | None:
+    """Maintenance alerts go in either mode."""
+    return maintenance_alert_envelope(estimate)
+
+
 def dead_letter_envelope(dead: DeadLetter) -> Envelope:
     """A dead letter for a module output: the original body unchanged, the original and
     ``edgewatch.error.*`` headers as properties, the input position as message id.
@@ -62,10 +117,12 @@ def dead_letter_envelope(dead: DeadLetter) -> Envelope:
 
 
 class LabeledEventSink(ForwardingSink[LabeledEvent]):
-    """Labeled events for a cloud link: every one (``send="all"``) or only anomalies.
+    """Labeled events for a cloud link: every one (``send="all"``) or only anomalies; with another
+    ``select``, other events (the RUL flow's estimates and alerts) under the same send mode.
 
     ``send`` may be changed while the flow runs (e.g. from an IoT Edge module twin): every
-    event written after the change uses the new mode.
+    event written after the change uses the new mode. Two sinks of one name share one buffer
+    file and one link (the RUL flow's estimates and alerts: one connection per identity).
     """
 
     def __init__(
@@ -75,8 +132,10 @@ class LabeledEventSink(ForwardingSink[LabeledEvent]):
         sender_factory: Callable[[], Sender],
         send: SendMode = "anomalies",
         policy: BufferPolicy | None = None,
+        select: Selection = labeled_selection,
     ):
         self.send = send
+        self._select = select
         super().__init__(name, buffer_dir, sender_factory, self._envelope, policy)
 
     @property
@@ -90,8 +149,8 @@ class LabeledEventSink(ForwardingSink[LabeledEvent]):
             raise ValueError(f"send must be one of {SEND_MODES}, got {mode!r}")
         self._send = mode
 
-    def _envelope(self, event: LabeledEvent) -> Envelope | None:
-        return labeled_envelope(event) if event.is_anomaly or self._send == "all" else None
+    def _envelope(self, item) -> Envelope | None:
+        return self._select(item, self._send)
 
 
 class DeadLetterSink(ForwardingSink[DeadLetter]):

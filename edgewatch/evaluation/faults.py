@@ -13,6 +13,7 @@ Malformed payloads are dead letters, not faults.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,6 +147,23 @@ class FaultScore:
         )
 
 
+@functools.lru_cache(maxsize=1)
+def simulated_messages(devices: int, ticks: int, history_ticks: int, seed: int, options: tuple) -> tuple[list, list]:
+    """The fleet's records and their parsed readings (``options``: the Fleet's other arguments as
+    sorted items). The last fleet is kept: an ablation scores many detectors on the same one;
+    callers must not change them."""
+    from edgewatch.schema import RawMessage, parse_message
+    from edgewatch.simulator.fleet import Fleet
+
+    fleet = Fleet(devices=devices, seed=seed, warmup_ticks=history_ticks, **dict(options))
+    records = list(fleet.records(devices * ticks))
+    readings = []
+    for offset, record in enumerate(records):
+        raw = RawMessage(record.key, record.value, record.headers, "sim", 0, offset, record.timestamp_ms)
+        readings.append(parse_message(raw))
+    return records, readings
+
+
 def score_fleet(
     spec,
     devices: int = 50,
@@ -163,16 +181,9 @@ def score_fleet(
     too. Only the ticks after them are scored, the same messages either way."""
     from edgewatch.online_models import artifact
     from edgewatch.online_models.bank import new_bank
-    from edgewatch.schema import RawMessage, parse_message
-    from edgewatch.simulator.fleet import Fleet
 
     options = {"fault_rate": 0.002, "change_rate": 0.001, "ambient_period": 1800, **fleet_options}
-    fleet = Fleet(devices=devices, seed=seed, warmup_ticks=history_ticks, **options)
-    records = list(fleet.records(devices * ticks))
-    readings = []
-    for offset, record in enumerate(records):
-        raw = RawMessage(record.key, record.value, record.headers, "sim", 0, offset, record.timestamp_ms)
-        readings.append(parse_message(raw))
+    records, readings = simulated_messages(devices, ticks, history_ticks, seed, tuple(sorted(options.items())))
     split = devices * history_ticks
     fitted = artifact.train(spec, readings[:split], source="simulated history") if warm else None
     bank = new_bank(spec, artifact=fitted)

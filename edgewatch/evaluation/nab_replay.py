@@ -60,15 +60,19 @@ def replay(
     corpus: nab.NabCorpus,
     spec: DetectorSpec,
     progress: Callable[[int], None] = lambda rows: None,
+    warm: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Anomaly scores per file (0 on probation rows, which NAB does not score)."""
+    """Anomaly scores per file (0 on probation rows, which NAB does not score). ``warm=False``
+    streams the probation rows too instead of fitting on them (a cold start, for ablations)."""
     streams = {key: _readings(key, f) for key, f in corpus.files.items()}
-    history = [r for key, rows in streams.items() for r in rows[: corpus.files[key].probation]]
-    fitted = artifact.train(spec, history, source="NAB probationary rows")
+    fitted = None
+    if warm:
+        history = [r for key, rows in streams.items() for r in rows[: corpus.files[key].probation]]
+        fitted = artifact.train(spec, history, source="NAB probationary rows")
+        progress(len(history))
     bank = new_bank(spec, threshold=None, artifact=fitted)
-    progress(len(history))
     # all files at once, interleaved row by row, like devices sending at the same time
-    pending = [rows[corpus.files[key].probation :] for key, rows in streams.items()]
+    pending = [rows[corpus.files[key].probation if warm else 0 :] for key, rows in streams.items()]
     interleaved = [r for step in _round_robin(pending) for r in step]
     scores = {key: np.zeros(f.n_rows) for key, f in corpus.files.items()}
     for start in range(0, len(interleaved), BATCH):
@@ -76,7 +80,8 @@ def replay(
         if dead:
             raise RuntimeError(f"the detector refused NAB rows: {dead[0].reason}")
         for event in events:
-            scores[event.reading.device_id][event.reading.raw.offset] = event.score
+            if event.reading.raw.offset >= corpus.files[event.reading.device_id].probation:
+                scores[event.reading.device_id][event.reading.raw.offset] = event.score
         progress(len(events))
     return scores
 
@@ -99,8 +104,10 @@ def load(root: Path, groups: Sequence[str] | None = None) -> nab.NabCorpus:
     )
 
 
-def evaluate(corpus: nab.NabCorpus, spec: DetectorSpec, progress: Callable[[int], None] = lambda rows: None) -> NabRun:
-    scores = replay(corpus, spec, progress)
+def evaluate(
+    corpus: nab.NabCorpus, spec: DetectorSpec, progress: Callable[[int], None] = lambda rows: None, warm: bool = True
+) -> NabRun:
+    scores = replay(corpus, spec, progress, warm)
     return NabRun(corpus, scores, nab.evaluate(corpus, scores))
 
 

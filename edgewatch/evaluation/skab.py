@@ -199,16 +199,23 @@ def _readings(index: int, f: SkabFile) -> list[Reading]:
 
 
 def evaluate(
-    files: Sequence[SkabFile], spec: DetectorSpec, progress: Callable[[int], None] = lambda rows: None
+    files: Sequence[SkabFile],
+    spec: DetectorSpec,
+    progress: Callable[[int], None] = lambda rows: None,
+    warm: bool = True,
 ) -> SkabRun:
-    """Warm-start one device per file on its training rows, stream its test rows, score the verdicts."""
+    """Warm-start one device per file on its training rows, stream its test rows, score the verdicts.
+    ``warm=False`` streams the training rows too instead (a cold start, for ablations; still not scored)."""
     streams = [_readings(i, f) for i, f in enumerate(files)]
-    history = [r for rows in streams for r in rows[:TRAIN_ROWS]]
-    fitted = artifact.train(spec, history, source="SKAB training rows")
+    fitted = None
+    if warm:
+        history = [r for rows in streams for r in rows[:TRAIN_ROWS]]
+        fitted = artifact.train(spec, history, source="SKAB training rows")
+        progress(len(history))
     bank = new_bank(spec, threshold=None, artifact=fitted)
-    progress(len(history))
     longest = max(len(rows) for rows in streams)
-    interleaved = [rows[i] for i in range(TRAIN_ROWS, longest) for rows in streams if i < len(rows)]
+    first = TRAIN_ROWS if warm else 0
+    interleaved = [rows[i] for i in range(first, longest) for rows in streams if i < len(rows)]
     flags = [np.zeros(len(f.times), bool) for f in files]
     scores = [np.zeros(len(f.times)) for f in files]
     explanations: list[dict[int, dict[str, float]]] = [{} for _ in files]
@@ -220,7 +227,7 @@ def evaluate(
             raw = event.reading.raw
             flags[raw.partition][raw.offset] = event.is_anomaly
             scores[raw.partition][raw.offset] = event.score
-            if event.explanation:
+            if event.explanation and raw.offset >= TRAIN_ROWS:
                 explanations[raw.partition][raw.offset - TRAIN_ROWS] = event.explanation
         progress(len(result.events))
     return SkabRun(

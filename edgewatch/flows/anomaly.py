@@ -34,15 +34,16 @@ from bytewax.inputs import Source
 
 from edgewatch.config import FlowSettings
 from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT, FleetDriftEvent, FleetDriftLogic, bin_counts
-from edgewatch.flows.lifecycle import RecentReadings, ShadowEvent, ShadowTally, warmed
+from edgewatch.flows.lifecycle import SHADOW_METRICS, SHADOW_REPORT, RecentReadings, ShadowEvent, ShadowTally, warmed
 from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.bank import ModelBank, new_bank
 from edgewatch.online_models.reference import checked_reference
 from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import AlarmEvent, BankResult, DeadLetter, DriftEvent, LabeledEvent, RawMessage, Reading
 from edgewatch.schema import parse_batch as parse_messages
+from edgewatch.state import codec
 from edgewatch.state.limits import DEVICES_HELD
-from edgewatch.state.pages import ShardPages, manifest
+from edgewatch.state.pages import ShardPages, manifest, prefixed
 from edgewatch.telemetry import FLOW_METRICS
 
 
@@ -75,6 +76,7 @@ def build_flow(
     flow = Dataflow("edgewatch-anomaly")
     if artifact is None and settings.model_dir is not None:
         artifact = artifact_module.load(settings.model_dir, settings.model_public_key)
+    SHADOW_METRICS.report = settings.model_cache_dir / SHADOW_REPORT  # what `edgewatch retrain` watches
     batches = op.input("in", flow, source)
     parsed = op.map("parse", batches, parse)
     bad_input = op.filter_map("bad-input", parsed, lambda batch: batch[1] or None)
@@ -114,7 +116,9 @@ def fleet_drift(settings: FlowSettings, parsed: Stream, controls: LiveControls |
     window = op.stateful_batch(
         "fleet-drift",
         op.key_on("fleet", counts, lambda _counts: "fleet"),
-        lambda _state: FleetDriftLogic(reference_of, settings.fleet_drift_window, settings.fleet_drift_psi, report),
+        lambda _state: FleetDriftLogic(
+            reference_of, settings.fleet_drift_window, settings.fleet_drift_psi, report, settings.fleet_drift_confirm
+        ),
     )
     return op.key_rm("fleet-drift-events", window)
 
@@ -229,9 +233,11 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
 
     With a recovery directory, a snapshot writes the pages that changed to the shard's page
     store and gives Bytewax a small manifest (:mod:`edgewatch.state.pages`); without one,
-    nothing (Bytewax snapshots every epoch even when it keeps nothing). The challenger's bank
-    and the recent readings that warm a new model are not snapshotted: after a restart the
-    challenger starts again from its artifact."""
+    nothing (Bytewax snapshots every epoch even when it keeps nothing). The pages hold the
+    champion's bank, each device's recent readings (what warms a new model), and the
+    challenger's bank and tally while one runs in the shadow: after a restart a rollout still
+    warms every device, and the same challenger resumes where it was (a River-object bank is
+    snapshotted whole, without them)."""
 
     def __init__(
         self,
@@ -242,6 +248,7 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
         shards: int = 1,
         pages: ShardPages | None = None,
         recent: RecentReadings | None = None,
+        resumed_shadow: tuple[str, dict, dict] | None = None,
     ):
         self.bank = bank
         self.shadow = None  # the challenger's bank
@@ -253,7 +260,11 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
         self._accepted = controls.accepted_since(0)[0] if controls is not None else 0
         self._recovery_dir, self._shards, self._pages = recovery_dir, shards, pages
         self.recent = recent if recent is not None else RecentReadings(0)
-        self._tally = ShadowTally()
+        self._tally = ShadowTally(self.recent.max_devices)
+        # (challenger version, its bank's pages, its tally's pages) as of the manifest resumed from
+        self._resumed_shadow = resumed_shadow
+        self._rewrite = False  # a new lineage: the next snapshot writes every part whole
+        self._stale_pages: list[str] = []  # pages of a challenger gone, deleted by the next snapshot
         self.last_warm: dict[str, int] = {}  # readings each device's new model learned at the last switch
 
     def on_batch(self, values: list[list[Reading]]) -> tuple[list[BankResult | ShadowResult], bool]:
@@ -275,8 +286,13 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
         out: list[BankResult | ShadowResult] = [*accepted, result]
         if self.shadow is not None:
             out.append(ShadowResult(self._tally.compare(result, self.shadow.label(readings), self.bank.version)))
-        self.recent.add(result.events)
+        self.recent.add([event.reading for event in result.events])
         return out, op.StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[BankResult | ShadowResult], bool]:
+        if self.shadow is not None:  # the shadow's last figures, for `edgewatch retrain`
+            SHADOW_METRICS.flush()
+        return [], op.StatefulBatchLogic.RETAIN
 
     def _follow(self, plan: ModelPlan) -> None:
         """Switch to the models ``plan`` asks for; a new model learns the recent readings first."""
@@ -292,15 +308,29 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
                 self.last_warm = self.recent.counts()
             self._retire(self.bank)
             self.bank, self._generation = new, plan.generation
-            if self._pages is not None:  # the old devices' pages belong to the old model
+            if self._pages is not None:  # the old devices' pages belong to the old model: a new lineage
                 self._pages = ShardPages(self._recovery_dir, self._pages.shard)
+                self._rewrite, self._resumed_shadow = True, None
         if plan.shadow_generation != self._shadow_generation:
             self._retire(self.shadow)
             self.shadow = None
-            if plan.shadow is not None:
-                self.shadow = warmed(self._rebuild, plan.shadow, self._spec(plan.shadow), self.recent)
+            self._tally = ShadowTally(self.recent.max_devices)
+            resumed, self._resumed_shadow = self._resumed_shadow, None
+            if plan.shadow is not None and resumed is not None and resumed[0] == plan.shadow.version:
+                # the challenger the shard ran before a restart: resume it as it was
+                self.shadow = self._rebuild(plan.shadow)
+                self.shadow.load_pages(resumed[1].values())
+                self._tally.load_pages(resumed[2].values())
+            else:
+                self._drop_shadow_pages()
+                if plan.shadow is not None:
+                    self.shadow = warmed(self._rebuild, plan.shadow, self._spec(plan.shadow), self.recent)
             self._shadow_generation = plan.shadow_generation
-            self._tally = ShadowTally()
+
+    def _drop_shadow_pages(self) -> None:
+        """Delete the pages of the challenger that ran before (none after a new lineage)."""
+        if self._pages is not None and not self._rewrite:
+            self._stale_pages = [page for part in ("shadow/", "tally/") for page in self._pages.ids(part)]
 
     def _spec(self, fitted):
         return fitted.spec if fitted is not None else self.bank.spec
@@ -325,7 +355,29 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
             dirty_pages = getattr(self.bank, "dirty_pages", None)
             if dirty_pages is None or self._pages is None:  # River objects: the whole bank, as before
                 return self.bank.snapshot()
-            return self._pages.snapshot(dirty_pages())
+            every, self._rewrite = self._rewrite, False
+            changed = dict.fromkeys(self._stale_pages)
+            self._stale_pages = []
+            changed.update(every_page(self.bank) if every else dirty_pages())
+            changed.update(prefixed("recent/", self.recent.dirty_pages(every)))
+            shadow = self.shadow if hasattr(self.shadow, "dirty_pages") else None
+            if shadow is not None:
+                changed.update(prefixed("shadow/", every_page(shadow) if every else shadow.dirty_pages()))
+                changed.update(prefixed("tally/", self._tally.dirty_pages(every)))
+            elif self._resumed_shadow is not None:  # a challenger resumed but not asked for yet: kept
+                return self._pages.snapshot(changed, self._resumed_shadow[0])
+            return self._pages.snapshot(changed, shadow.version if shadow is not None else None)
+
+
+def every_page(bank) -> dict[str, bytes | None]:
+    """All of a paged bank's pages (its changed ones taken too): what a new lineage starts from."""
+    from edgewatch.online_models.vector_bank import group_key
+
+    pages = bank.dirty_pages()
+    for blob in codec.unpack(bank.snapshot())[0]["pages"]:
+        header = codec.unpack(blob)[0]
+        pages[f"{group_key(tuple(header['features']))}/{header['page']}"] = blob
+    return pages
 
 
 def bank_builder(settings: FlowSettings, controls: LiveControls | None = None, artifact=None):
@@ -347,16 +399,20 @@ def bank_builder(settings: FlowSettings, controls: LiveControls | None = None, a
 
     def build(state: bytes | None) -> ModelBankLogic:
         bank = new_bank(spec, settings.threshold, artifact, settings, shards)  # the settings hold the limits
-        pages = None
+        pages = resumed_shadow = None
+        recent = RecentReadings(settings.rollout_warm_readings, settings.devices_per_shard(shards))
         if state:
             found = manifest(state)
             if found is None:
                 bank.restore(state)
             else:  # the shard's pages as of the manifest Bytewax resumes from
                 pages = ShardPages.resume(settings.recovery_dir, found)
-                bank.load_pages(pages.read())
-        recent = RecentReadings(settings.rollout_warm_readings, settings.devices_per_shard(shards))
-        return ModelBankLogic(bank, controls, rebuild, settings.recovery_dir, shards, pages, recent)
+                parts = pages.read_parts()
+                bank.load_pages(parts[""].values())
+                recent.load_pages(parts["recent/"].values())
+                if found.get("shadow") is not None:
+                    resumed_shadow = (found["shadow"], parts["shadow/"], parts["tally/"])
+        return ModelBankLogic(bank, controls, rebuild, settings.recovery_dir, shards, pages, recent, resumed_shadow)
 
     return build
 

@@ -1,10 +1,11 @@
 """What a shard does for the model lifecycle: warm a new model before it takes over, run a
 challenger in the shadow of the champion.
 
-* :class:`RecentReadings` keeps each device's last normal readings (bounded: ``per_device``
-  each, and as many devices as the bank may hold). A rollout teaches them to each device's new
-  model before it labels anything (:func:`warmed`): it has seen the device's recent behaviour,
-  so there is no blind period and no burst of false alarms after a switch.
+* :class:`~edgewatch.state.recent.RecentReadings` keeps each device's last readings (a
+  float32 ring of ``rollout_warm_readings`` rows per device, as many devices as the bank may
+  hold, in the shard's snapshotted state). A rollout teaches them to each device's new model
+  before it labels anything (:func:`warmed`): it has seen the device's recent behaviour, so
+  there is no blind period and no burst of false alarms after a switch, also after a restart.
 * :func:`compare` pairs the champion's and the challenger's results on the same readings:
   :class:`ShadowEvent` per reading (the challenger's label, the champion's, and the device's
   running agreement and alarm rates) and fleet-level Prometheus metrics.
@@ -12,74 +13,31 @@ challenger in the shadow of the champion.
 
 from __future__ import annotations
 
+import itertools
+import json
+import logging
 import math
-from collections import deque
+import os
+import threading
+import time
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
+import numpy as np
 import orjson
 from prometheus_client import Counter, Gauge
 
 from edgewatch.online_models.artifact import ModelArtifact, continue_fit, fit_detector
 from edgewatch.online_models.registry import DetectorSpec
-from edgewatch.schema import BankResult, LabeledEvent, RawMessage, Reading, _source, _utc_datetime
+from edgewatch.schema import BankResult, LabeledEvent, _source, _utc_datetime
+from edgewatch.state import codec
+from edgewatch.state.recent import RecentReadings
 
-#: the raw message of a kept reading: it never reaches an output
-_REPLAYED = RawMessage(None, None, [], "warm-up", 0, 0, None)
-
-
-class RecentReadings:
-    """The last ``per_device`` readings of each device (time, features), for warming a new model
-    (the flow keeps those its champion labeled normal).
-
-    At most ``max_devices`` devices are kept; beyond that the tenth seen least recently is dropped.
-
-    >>> recent = RecentReadings(per_device=2)
-    >>> raw = RawMessage(None, None, [], "t", 0, 0, None)
-    >>> recent.add([LabeledEvent(Reading("pump-1", float(t), {"rpm": t}, raw), 0.0, False, "m", "1") for t in range(3)])
-    >>> [(r.timestamp, r.features) for r in recent.by_device()["pump-1"]]
-    [(1.0, {'rpm': 1}), (2.0, {'rpm': 2})]
-    """
-
-    def __init__(self, per_device: int = 256, max_devices: int = 100_000):
-        self.per_device = per_device
-        self.max_devices = max_devices
-        self._by_device: dict[str, deque] = {}
-        self._seen: dict[str, int] = {}
-        self._tick = 0
-
-    def __len__(self) -> int:
-        return len(self._by_device)
-
-    def add(self, events: list[LabeledEvent]) -> None:
-        """Keep the readings of ``events``."""
-        if self.per_device <= 0:
-            return
-        self._tick += 1
-        by_device, seen, tick = self._by_device, self._seen, self._tick
-        for event in events:
-            reading = event.reading
-            kept = by_device.get(reading.device_id)
-            if kept is None:
-                kept = by_device[reading.device_id] = deque(maxlen=self.per_device)
-            kept.append((reading.timestamp, reading.features))
-            seen[reading.device_id] = tick
-        if len(by_device) > self.max_devices:
-            oldest = sorted(seen, key=seen.__getitem__)[: len(by_device) - self.max_devices + self.max_devices // 10]
-            for device in oldest:
-                del by_device[device], seen[device]
-
-    def by_device(self) -> dict[str, list[Reading]]:
-        """The kept readings of each device, in time order."""
-        return {
-            device: [Reading(device, timestamp, features, _REPLAYED) for timestamp, features in kept]
-            for device, kept in self._by_device.items()
-        }
-
-    def counts(self) -> dict[str, int]:
-        """Readings kept per device."""
-        return {device: len(kept) for device, kept in self._by_device.items()}
+__all__ = ["RecentReadings", "ShadowEvent", "ShadowTally", "warmed"]
+log = logging.getLogger(__name__)
 
 
 def warmed(rebuild, fitted: ModelArtifact | None, spec: DetectorSpec, recent: RecentReadings):
@@ -210,7 +168,8 @@ def shadow_event_json(shadow: ShadowEvent) -> bytes:
 
 
 class ShadowMetrics:
-    """Fleet-level figures of the shadow comparison (Prometheus)."""
+    """Fleet-level figures of the shadow comparison (Prometheus): counters over the process's life,
+    gauges over the challenger in the shadow now (they start again when another one does)."""
 
     def __init__(self):
         self.readings = Counter("edgewatch_shadow_readings", "Readings labeled by both champion and challenger")
@@ -218,44 +177,125 @@ class ShadowMetrics:
         self.anomalies = Counter("edgewatch_shadow_anomalies", "Anomalous labels, by model role", ["role"])
         self.agreement = Gauge("edgewatch_shadow_agreement", "Share of readings both models labeled alike")
         self.alarm_rate = Gauge("edgewatch_shadow_alarm_rate", "Share of readings labeled anomalous", ["role"])
-        self._totals = [0, 0, 0, 0]  # readings, agreements, champion anomalies, challenger anomalies
+        self.challenger: str | None = None
+        self.totals = [0, 0, 0, 0]  # of ``challenger``: readings, agreements, champion/challenger anomalies
+        self.report: Path | None = None  # where the figures go for `edgewatch retrain` (the flow sets it)
+        self._started = 0.0
+        self._flush: threading.Timer | None = None  # writes the report a moment after figures change
+        self._lock = threading.Lock()
 
-    def count(self, readings: int, agreements: int, champion: int, challenger: int) -> None:
-        totals = self._totals
-        for index, value in enumerate((readings, agreements, champion, challenger)):
-            totals[index] += value
+    def count(self, challenger: str, readings: int, agreements: int, champion: int, anomalies: int) -> None:
+        with self._lock:  # shards of several workers count into one set of figures
+            if challenger != self.challenger:
+                self.challenger, self.totals, self._started = challenger, [0, 0, 0, 0], time.time()
+            totals = self.totals
+            for index, value in enumerate((readings, agreements, champion, anomalies)):
+                totals[index] += value
+            figures = list(totals)
+            if self.report is not None and self._flush is None:  # at most one write a second, none lost
+                self._flush = threading.Timer(REPORT_SECONDS, self._write)
+                self._flush.daemon = True
+                self._flush.start()
         self.readings.inc(readings)
         self.agreements.inc(agreements)
         self.anomalies.labels("champion").inc(champion)
-        self.anomalies.labels("challenger").inc(challenger)
-        if totals[0]:
-            self.agreement.set(totals[1] / totals[0])
-            self.alarm_rate.labels("champion").set(totals[2] / totals[0])
-            self.alarm_rate.labels("challenger").set(totals[3] / totals[0])
+        self.anomalies.labels("challenger").inc(anomalies)
+        if figures[0]:
+            self.agreement.set(figures[1] / figures[0])
+            self.alarm_rate.labels("champion").set(figures[2] / figures[0])
+            self.alarm_rate.labels("challenger").set(figures[3] / figures[0])
+
+    def flush(self) -> None:
+        """Write the report now (the input ended: a pending write would be lost with the process)."""
+        with self._lock:
+            pending, self._flush = self._flush, None
+        if pending is not None:
+            pending.cancel()
+            self._write()
+
+    def _write(self) -> None:
+        with self._lock:
+            challenger, figures, self._flush = self.challenger, list(self.totals), None
+        readings = figures[0]
+        report = {
+            "challenger": challenger,
+            "started": self._started,
+            "updated": time.time(),
+            "readings": readings,
+            "agreement": figures[1] / readings if readings else None,
+            "champion_alarm_rate": figures[2] / readings if readings else None,
+            "challenger_alarm_rate": figures[3] / readings if readings else None,
+        }
+        try:  # written whole, then renamed: a reader never sees half a report
+            self.report.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.report.with_suffix(".partial")
+            partial.write_text(json.dumps(report, indent=2))
+            os.replace(partial, self.report)
+        except OSError as exc:
+            log.warning("shadow: could not write %s: %s", self.report, exc)
 
 
 SHADOW_METRICS = ShadowMetrics()
+#: the shadow's figures, in the model cache directory (``edgewatch retrain`` reads them)
+SHADOW_REPORT = "shadow.json"
+REPORT_SECONDS = 1.0  # the report is rewritten at most this often
+
+
+def read_shadow_report(path: Path) -> dict | None:
+    """The shadow figures a flow wrote last, or ``None``."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+TALLY_PAGE_DEVICES = 64  # devices per page of the tally (on average: a device's page is a hash)
 
 
 class ShadowTally:
-    """Per-device counts of a shard's shadow comparison: readings, agreements, anomalies of each."""
+    """Per-device counts of a shard's shadow comparison: readings, agreements, anomalies of each.
 
-    def __init__(self):
-        self.devices: dict[str, list[int]] = {}
+    Bounded like the bank: at most ``max_devices`` devices, the least recently compared tenth
+    dropped beyond that (a device that comes back starts its figures again; the fleet figures,
+    :data:`SHADOW_METRICS`, are counted per batch and lose nothing). Snapshotted in pages: a
+    device's page is a hash of its id, a page changes when one of its devices was compared.
+
+    >>> tally = ShadowTally(max_devices=10)
+    >>> tally.devices["pump-1"] = [4, 3, 1, 0]
+    >>> restored = ShadowTally(max_devices=10)
+    >>> restored.load_pages(tally.dirty_pages(every=True).values())
+    >>> restored.devices
+    {'pump-1': [4, 3, 1, 0]}
+    """
+
+    def __init__(self, max_devices: int = 100_000):
+        self.max_devices = max_devices
+        self.devices: dict[str, list[int]] = {}  # in order of the last comparison: the oldest first
+        self._pages = max(1, -(-max_devices // TALLY_PAGE_DEVICES))
+        self._dirty: set[int] = set()
+
+    def _page(self, device: str) -> int:
+        return zlib.crc32(device.encode()) % self._pages
 
     def compare(self, champion: BankResult, challenger: BankResult, champion_version: str) -> list[ShadowEvent]:
         """Pair the two results reading by reading (by their raw messages: a reading one bank
         refused has no pair) and update the device and fleet figures."""
         by_raw = {id(event.reading.raw): event for event in champion.events}
+        devices = self.devices
         shadow: list[ShadowEvent] = []
+        seen: set[str] = set()
         agreements = champion_anomalies = challenger_anomalies = 0
         for event in challenger.events:
             paired = by_raw.get(id(event.reading.raw))
             if paired is None:
                 continue
-            counts = self.devices.get(event.reading.device_id)
-            if counts is None:
-                counts = self.devices[event.reading.device_id] = [0, 0, 0, 0]
+            device = event.reading.device_id
+            if device in seen:
+                counts = devices[device]
+            else:  # the most recently compared go last: the oldest are dropped first
+                seen.add(device)
+                counts = devices[device] = devices.pop(device, None) or [0, 0, 0, 0]
             agrees = paired.is_anomaly == event.is_anomaly
             counts[0] += 1
             counts[1] += agrees
@@ -269,5 +309,45 @@ class ShadowTally:
                 ShadowEvent(event, paired.score, paired.is_anomaly, champion_version, n, counts[1] / n,
                             counts[2] / n, counts[3] / n)
             )  # fmt: skip
-        SHADOW_METRICS.count(len(shadow), agreements, champion_anomalies, challenger_anomalies)
+        self._dirty.update(self._page(device) for device in seen)
+        if len(devices) > self.max_devices:
+            for device in list(itertools.islice(devices, len(devices) - self.max_devices + self.max_devices // 10)):
+                del devices[device]
+                self._dirty.add(self._page(device))
+        version = challenger.events[0].model_version if challenger.events else ""
+        SHADOW_METRICS.count(version, len(shadow), agreements, champion_anomalies, challenger_anomalies)
         return shadow
+
+    def dirty_pages(self, every: bool = False) -> dict[str, bytes | None]:
+        """Pages changed since the last call (``every``: all that hold devices); ``None``: emptied."""
+        pages = set(range(self._pages)) if every else self._dirty
+        by_page: dict[int, list[str]] = {page: [] for page in pages}
+        for device in self.devices:
+            page = self._page(device)
+            if page in by_page:
+                by_page[page].append(device)
+        self._dirty = set()
+        found: dict[str, bytes | None] = {}
+        for page, devices in by_page.items():
+            if devices:
+                counts = np.array([self.devices[d] for d in devices], np.int64).reshape(len(devices), 4)
+                found[str(page)] = codec.pack({"kind": "tally", "page": page, "devices": devices}, [counts])
+            elif not every:
+                found[str(page)] = None
+        return found
+
+    def load_pages(self, blobs) -> None:
+        """Add the devices of page ``blobs`` (from :meth:`dirty_pages`), checked."""
+        for blob in blobs:
+            header, arrays = codec.unpack(blob)
+            devices, page = codec.expect(header, "tally").get("devices"), header.get("page")
+            if not (isinstance(devices, list) and all(isinstance(d, str) for d in devices)):
+                raise codec.StateFormatError("shadow tally page devices are not names")
+            if [(a.dtype.str, a.shape) for a in arrays] != [("<i8", (len(devices), 4))] or (arrays[0] < 0).any():
+                raise codec.StateFormatError("shadow tally page counts do not match its devices")
+            if not (isinstance(page, int) and 0 <= page < 2**24):
+                raise codec.StateFormatError(f"shadow tally page number {page!r} out of range")
+            for device, counts in zip(devices, arrays[0].tolist(), strict=True):
+                self.devices[device] = counts
+                if self._page(device) != page:  # paged for another device limit: page it again
+                    self._dirty.update((self._page(device), page))

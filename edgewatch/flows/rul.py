@@ -8,11 +8,17 @@ Read top to bottom, this is the whole data path::
     estimate      one fleet model, one key: a batch of readings → one estimate each (P10/P50/P90),
                   a maintenance alert when P10 first falls below the horizon; a failure's run becomes
                   labeled data and, every ``refit_every`` failures, the fleet model is refit
-    outputs       typed streams — estimates, alerts, dead_letters — each a list per item
+    outputs       typed streams — estimates, alerts, dead_letters — each a list per item:
+                  Kafka topics (rul, maintenance-alerts, deadletter), and IoT Hub / Event Hubs
+                  as the anomaly flow's cloud settings ask (:func:`~edgewatch.flows.wiring.cloud_links`)
 
-The fleet's state (each device's current run) is snapshotted as data at every epoch with
-``--recovery-dir``. One key keeps the whole fleet in one worker: a refit needs every run, and
-the model runs at tens of thousands of readings per second in one process (``bench/rul_bench.py``).
+The model (``--model``: a directory or ``models:/NAME@ALIAS``) is resolved, verified and cached
+by the process owner through the registry code, as the anomaly flow's (it must be an RUL model).
+With ``--recovery-dir``, the fleet's state (each device's current run) is snapshotted as data at
+every epoch, and what it learned from failures (the failed runs, the refit model) is kept in
+``<recovery_dir>/rul`` (:class:`~edgewatch.rul.store.RefitStore`). One key keeps the whole fleet
+in one worker: a refit needs every run, and the model runs at tens of thousands of readings per
+second in one process (``bench/rul_bench.py``).
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ from edgewatch.config import RulSettings
 from edgewatch.connectors.files import FileSource, JsonlSink, dead_letter_line
 from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink
 from edgewatch.flows.anomaly import parse
-from edgewatch.flows.wiring import dead_letter_records, device_records, sibling
-from edgewatch.rul import artifact as rul_artifact
+from edgewatch.flows.wiring import cloud_links, dead_letter_records, device_records, sibling
 from edgewatch.rul.events import RulEstimate, RunEnd, maintenance_alert_json, parse_run_end, rul_estimate_json
 from edgewatch.rul.online import RulFleet
+from edgewatch.rul.store import RefitStore
 from edgewatch.schema import DeadLetter, RawMessage
 
 FLEET = "fleet"
@@ -101,9 +107,7 @@ class FleetLogic(op.StatefulBatchLogic[list, RulResult, bytes]):
             if readings:
                 batch = self.fleet.update_many(readings)
                 results.append(RulResult(batch.estimates, batch.rejected))
-            ends = [item for item in items if isinstance(item, RunEnd)]
-            for end in ends:
-                self.fleet.end_run(end)
+            self.fleet.end_runs([item for item in items if isinstance(item, RunEnd)])
             bad = [item for item in items if isinstance(item, DeadLetter)]
             if bad:
                 results.append(RulResult([], bad))
@@ -112,8 +116,7 @@ class FleetLogic(op.StatefulBatchLogic[list, RulResult, bytes]):
     def on_eof(self) -> tuple[list[RulResult], bool]:
         # a replayed run-to-failure history: every run ended in a failure at its last reading
         if self._ends_at_eof:
-            for device in self.fleet.active_devices():
-                self.fleet.end_run(RunEnd(device, "failure"))
+            self.fleet.end_runs([RunEnd(device, "failure") for device in self.fleet.active_devices()])
             self.fleet.wait_for_refit()
         return [], op.StatefulBatchLogic.RETAIN
 
@@ -130,11 +133,22 @@ def fleet_builder(settings: RulSettings, fleet: RulFleet):
     return build
 
 
-def load_fleet(settings: RulSettings) -> RulFleet:
-    """The fleet model of ``settings.rul_model`` (``ArtifactError``/``ValueError`` say why not)."""
-    if settings.rul_model is None:
-        raise ValueError("the RUL flow needs --rul-model (edgewatch train --task rul output)")
-    return RulFleet(rul_artifact.load(Path(settings.rul_model)), settings.horizon, settings.refit_every)
+#: the folder of the recovery directory where the fleet keeps what it learned from failures
+STORE_DIR = "rul"
+
+
+def build_fleet(app: Application) -> RulFleet:
+    """The fleet of the model ``app`` resolved (``--model``), resuming what ``<recovery_dir>/rul``
+    kept; closed with the process (``ValueError``: it cannot learn as asked)."""
+    settings: RulSettings = app.settings
+    if app.artifact is None:
+        raise ValueError("the RUL flow needs --model (an `edgewatch train --task rul` directory or models:/NAME@ALIAS)")
+    store = RefitStore(Path(settings.recovery_dir) / STORE_DIR) if settings.recovery_dir is not None else None
+    fleet = RulFleet(
+        app.artifact, settings.horizon, settings.refit_every, max_rows=settings.refit_max_rows, store=store
+    )
+    app.closing(fleet.close)
+    return fleet
 
 
 # -- run modes ----------------------------------------------------------------------------------
@@ -161,7 +175,18 @@ def kafka_rul_flow(app: Application, fleet: RulFleet) -> Dataflow:
     alerts = device_records(settings.maintenance_alerts_topic, maintenance_alert_json)
     op.output("alerts-kafka", streams.alerts, KafkaSink(config, alerts))
     op.output("dead-letters-kafka", streams.dead_letters, KafkaSink(config, dead_letter_records(settings.dlq_topic)))
+    to_cloud(streams, settings)
     return flow
+
+
+def to_cloud(streams: RulStreams, settings: RulSettings) -> None:
+    """Estimates and alerts to IoT Hub and Event Hubs, as the anomaly flow's cloud settings ask:
+    per link one buffer (``<link>-rul``), alerts always, estimates with send mode ``all``."""
+    from edgewatch.azure.messages import alert_selection, rul_selection
+
+    for link, sink in cloud_links(settings).items():
+        op.output(f"rul-{link}", streams.estimates, sink(f"{link}-rul", rul_selection))
+        op.output(f"alerts-{link}", streams.alerts, sink(f"{link}-rul", alert_selection))
 
 
 def replay_rul_flow(app: Application, fleet: RulFleet, path: Path, out: Path) -> Dataflow:

@@ -20,6 +20,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from edgewatch.app import Application
+from edgewatch.azure.messages import Selection, labeled_selection
 from edgewatch.config import FlowSettings
 from edgewatch.connectors.files import FileSource, JsonlSink, dead_letter_line
 from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord
@@ -35,7 +36,7 @@ from edgewatch.schema import (
     forwarded_headers,
     labeled_event_json,
 )
-from edgewatch.store_forward import BufferPolicy
+from edgewatch.store_forward import BufferPolicy, ForwardingSink
 
 
 def kafka_flow(app: Application) -> Dataflow:
@@ -134,33 +135,52 @@ def to_training_store(streams: AnomalyStreams, settings: FlowSettings) -> None:
 def to_cloud(streams: AnomalyStreams, settings: FlowSettings) -> None:
     """Labeled events to IoT Hub and Event Hubs (AMQP) as the settings ask, each behind a
     store-and-forward buffer in ``settings.buffer_dir``."""
+    for link, sink in cloud_links(settings).items():
+        op.output(f"labeled-{link}", streams.labeled, sink(link, labeled_selection))
+
+
+def cloud_links(settings: FlowSettings) -> dict[str, Callable[[str, Selection], ForwardingSink]]:
+    """The cloud links the settings ask for (``iothub``, ``eventhubs``): each a function of a buffer
+    name and a selection (which items go, as what) that builds a sink on that link. Sinks built with
+    one buffer name share its file and connection (the RUL flow's estimates and alerts)."""
     policy = buffer_policy(settings)
+    links: dict[str, Callable[[str, Selection], ForwardingSink]] = {}
     if settings.iothub or settings.iothub_connection_string:
         from edgewatch.azure.iothub import IoTHubSink
 
-        sink = IoTHubSink(
-            settings.buffer_dir,
-            secret(settings.iothub_connection_string),
-            settings.iothub_output,
-            settings.iothub_send,
-            settings.iothub_ca_cert,
-            policy=policy,
-        )
-        op.output("labeled-iothub", streams.labeled, sink)
+        def iothub(name: str, select: Selection) -> ForwardingSink:
+            return IoTHubSink(
+                settings.buffer_dir,
+                secret(settings.iothub_connection_string),
+                settings.iothub_output,
+                settings.iothub_send,
+                settings.iothub_ca_cert,
+                policy=policy,
+                name=name,
+                select=select,
+            )
+
+        links["iothub"] = iothub
     if settings.eventhubs_sink_hub:
         from edgewatch.azure.eventhubs import EventHubsSink
 
         connection_string = secret(settings.eventhubs_sink_connection_string or settings.eventhubs_connection_string)
         if not connection_string:
             raise ValueError("eventhubs_sink_hub needs eventhubs_sink_connection_string or eventhubs_connection_string")
-        sink = EventHubsSink(
-            settings.buffer_dir,
-            connection_string,
-            settings.eventhubs_sink_hub,
-            settings.eventhubs_sink_send,
-            policy=policy,
-        )
-        op.output("labeled-eventhubs", streams.labeled, sink)
+
+        def eventhubs(name: str, select: Selection) -> ForwardingSink:
+            return EventHubsSink(
+                settings.buffer_dir,
+                connection_string,
+                settings.eventhubs_sink_hub,
+                settings.eventhubs_sink_send,
+                policy=policy,
+                name=name,
+                select=select,
+            )
+
+        links["eventhubs"] = eventhubs
+    return links
 
 
 def buffer_policy(settings: FlowSettings) -> BufferPolicy:

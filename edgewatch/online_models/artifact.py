@@ -191,7 +191,7 @@ def load(model_dir: Path, public_key: str | Path | None = None) -> ModelArtifact
     spec = _builtin_spec(metadata.get("detector"))
     blob = _checked_file(model_dir, metadata, ARRAYS_FILE)
     expected = _parameters(spec.factory())
-    if metadata.get("parameters") != expected:
+    if _with_later_defaults(metadata.get("parameters"), expected) != expected:
         raise ArtifactError(
             f"{model_dir} was trained with other {spec.name} parameters than this edgewatch builds: retrain it"
         )
@@ -387,6 +387,16 @@ def _read_array(archive: zipfile.ZipFile, member: str, dtype: np.dtype, shape: t
     if len(data) != int(np.prod(shape)) * dtype.itemsize:
         raise ArtifactError(f"{path}: {member} holds {len(data)} bytes, not the {dtype} {shape} its header says")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _with_later_defaults(stored, expected):
+    """``stored`` parameters with the ones added since (absent from it) at today's defaults: a
+    switch added later whose default keeps the old behaviour does not invalidate older models."""
+    if isinstance(stored, dict) and isinstance(expected, dict):
+        return {**expected, **{key: _with_later_defaults(value, expected.get(key)) for key, value in stored.items()}}
+    if isinstance(stored, list) and isinstance(expected, list) and len(stored) == len(expected):
+        return [_with_later_defaults(value, default) for value, default in zip(stored, expected, strict=True)]
+    return stored
 
 
 def _parameters(model: AnomalyDetector) -> dict:

@@ -208,6 +208,8 @@ class CompactNovelty(AnomalyDetector):
         surprise_scale: surprise that maps to score 0.5.
         refractory: half-life (readings) of the debouncing level.
         refractory_factor: how much a score must exceed the debouncing level.
+        profile: whether the weekly profile channel runs (on by default; off measures what it
+            adds, ``bench/ablation.py``).
 
     Examples:
         >>> import math
@@ -253,6 +255,7 @@ class CompactNovelty(AnomalyDetector):
         surprise_scale: float = 10.0,
         refractory: float = 80.0,
         refractory_factor: float = 1.4,
+        profile: bool = True,
     ):
         self.scales = tuple(scales)
         self.summaries = tuple(summaries)
@@ -278,6 +281,7 @@ class CompactNovelty(AnomalyDetector):
         self.surprise_scale = surprise_scale
         self.refractory = refractory
         self.refractory_factor = refractory_factor
+        self.profile = profile
         self._bins = max(1, math.ceil(period / bin_width))
         self._features: dict[str, _Feature] = {}
         self._level = 0.0  # debouncing level
@@ -301,7 +305,7 @@ class CompactNovelty(AnomalyDetector):
         return (x - f.lo) / span if span > 0 else x - f.lo
 
     def _bin(self, t: float | None) -> int:
-        if t is None:
+        if t is None or not self.profile:
             return -1
         return int((float(t) % self.period) // self.bin_width)
 
@@ -527,7 +531,7 @@ class CompactNovelty(AnomalyDetector):
             rows,
             x,
             t,
-            True,
+            self.profile,
             np.array(self.scales, dtype=np.int64),
             np.array([summary == "extreme" for summary in self.summaries]),
             np.array(

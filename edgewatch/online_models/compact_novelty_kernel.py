@@ -123,6 +123,13 @@ ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
 )  # fmt: skip
+#: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
+#: bench/ablation.py), appended to ``alarm_params`` and read by name
+ALARM_SWITCHES = ("relation_score", "hold_alarm", "protected_learning", "extremes_along_relations")
+ALARM_PARAMS += ALARM_SWITCHES
+RELATION_SCORE, HOLD_ALARM, PROTECTED_LEARNING, EXTREMES_ALONG_RELATIONS = (
+    ALARM_PARAMS.index(name) for name in ALARM_SWITCHES
+)
 
 
 @njit(cache=True)
@@ -222,6 +229,9 @@ def detect(
     accept_after, relation_rate, smoothing = alarm_params[4], alarm_params[5], alarm_params[6]
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
     explained = alarm_params[11]
+    relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
+    protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
+    extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
     populating = mode == HISTORY_FILL
     history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
@@ -371,7 +381,8 @@ def detect(
                 # visited yet (a setpoint, the ambient cycle), not a fault: the others explain this
                 # feature (R² >= ``explained``) and predict the reading (its residual is no surprise)
                 new_extreme = seen_span > 0 and excess > extreme_tolerance * seen_span and rare
-                if new_extreme and not (explains[f] >= explained and gaussian_surprise(abs(es[f])) < tolerance):
+                along = extremes_along_relations and explains[f] >= explained
+                if new_extreme and not (along and gaussian_surprise(abs(es[f])) < tolerance):
                     u = extreme_surprise
             if n >= warmup:
                 if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
@@ -381,7 +392,7 @@ def detect(
             ufeat[f] = u
             surprise = max(surprise, u)
         # ---- score (CompactNovelty._score)
-        total = max(surprise, gaussian_surprise(zmax) - bonferroni, rel_surprise)
+        total = max(surprise, gaussian_surprise(zmax) - bonferroni, rel_surprise if relation_score else 0.0)
         raw = total / (total + surprise_scale)
         score = raw
         if score <= refractory_factor * dev[r, LEVEL] * decay:
@@ -393,13 +404,13 @@ def detect(
             for f in range(features):
                 rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
             ev = 0
-            in_alarm = dev[r, ALARM] != 0.0
+            in_alarm = dev[r, ALARM] != 0.0 and hold_alarm  # not held: every reading is judged alone
             if in_alarm or score >= threshold:
                 # each feature's surprise: its novelty channels and checks, its share of the relation residual
                 top = 0.0
                 for f in range(features):
                     c = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, 0.0)
-                    if rel_ready and ss > 0.0:
+                    if rel_ready and ss > 0.0 and relation_score:
                         c = max(c, rel_surprise * breaks[f] / ss)
                     contrib[i, f] = c
                     top = max(top, c)
@@ -457,7 +468,7 @@ def detect(
             elif ev & CLEARED:
                 dev[r, ALARM] = dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
             events[i] = ev
-            learn = (ev & ABNORMAL) == 0
+            learn = (ev & ABNORMAL) == 0 or not protected_learning
             dev[r, LAST_T] = t[i]
         if relations:
             for f in range(features):

@@ -84,6 +84,15 @@ class RelationalNovelty(AnomalyDetector):
         explained: smallest fraction of a feature's variance its relations to the others must
             explain for a change of that feature to count as a new operating point.
         novelty: the per-feature channels' parameters.
+        relation_score: whether the relations' surprise enters the score and the explanations (off,
+            they still judge consistent shifts and new extremes).
+        hold_alarm: whether an alarm is held until it clears or is accepted (off: every reading is
+            judged alone, abnormal when it scores at or above the threshold).
+        protected_learning: whether abnormal readings are kept from teaching the model (off: every reading does).
+        extremes_along_relations: whether a new extreme the relations predict is excused.
+
+    The four switches are on by default; turning one off measures what its part adds
+    (``bench/ablation.py``).
 
     Examples:
         >>> import math
@@ -119,6 +128,10 @@ class RelationalNovelty(AnomalyDetector):
         fast_rate: float = 0.2,
         explained: float = 0.3,
         novelty: CompactNovelty | None = None,
+        relation_score: bool = True,
+        hold_alarm: bool = True,
+        protected_learning: bool = True,
+        extremes_along_relations: bool = True,
     ):
         self.threshold = threshold
         self.clear_after = clear_after
@@ -132,6 +145,10 @@ class RelationalNovelty(AnomalyDetector):
         self.fast_rate = fast_rate
         self.explained = explained
         self.novelty = CompactNovelty() if novelty is None else novelty
+        self.relation_score = relation_score
+        self.hold_alarm = hold_alarm
+        self.protected_learning = protected_learning
+        self.extremes_along_relations = extremes_along_relations
         self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
         self._rows: dict[tuple[str, ...], list[np.ndarray]] = {}
         self._cache: tuple | None = None
@@ -152,12 +169,13 @@ class RelationalNovelty(AnomalyDetector):
         return fields
 
     def _alarm_params(self, threshold: float | None) -> np.ndarray:
-        return np.array(
+        params = np.array(
             [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained],
             dtype=np.float64,
         )  # fmt: skip
+        return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
 
     def score_learn_rows(
         self,
@@ -174,6 +192,7 @@ class RelationalNovelty(AnomalyDetector):
         out = Detection(np.empty(0), np.zeros(n, np.int64), np.zeros((n, features)), np.zeros((n, 2)),
                         np.zeros((n, 2, features)))  # fmt: skip
         nov = self.novelty
+        has_time = has_time and nov.profile  # the source time feeds only the weekly profile
         scores = kernel.detect(
             blocks["n"], blocks["profile"][:, 0].view(np.uint16), blocks["s0_ring"], blocks["s0_mem"],
             blocks["s0_used"], blocks["level"], blocks["rel"][:, 0], blocks["cov"], rows, x, t, has_time,

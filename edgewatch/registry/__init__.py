@@ -17,10 +17,16 @@ One concern per module:
   append-only log.
 - :mod:`~edgewatch.registry.cli`: ``edgewatch models validate|promote|rollback|status``.
 
+Both kinds of model go through it: anomaly models (``edgewatch train``) and RUL models
+(``edgewatch train --task rul``); the kind is recorded in ``model.json`` and as the version tag
+``edgewatch.kind``, and :func:`~edgewatch.registry.resolve.resolve_model` refuses a model of
+another kind than the caller runs.
+
 The edge runtime only needs :mod:`~edgewatch.registry.resolve`, which uses nothing beyond
 ``mlflow-skinny`` (extra ``registry-client``); logging and the pyfunc flavour need ``mlflow``
-(extra ``registry``). The model itself is read with :func:`edgewatch.online_models.artifact.load`
-(its own checks), never by unpickling the pyfunc wrapper.
+(extra ``registry``). The model itself is read with its kind's loader
+(:func:`edgewatch.online_models.artifact.load`, :func:`edgewatch.rul.artifact.load`: their own
+checks), never by unpickling the pyfunc wrapper.
 
 Where the rest of the lifecycle plugs in (not built here):
 

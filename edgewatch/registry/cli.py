@@ -164,24 +164,37 @@ def status(
             f"{row['training_rows']} rows; validation: {validation}"
         )
     if drift:
-        figures = ", ".join(f"{feature} {value}" for feature, value in drift.get("psi", {}).items())
+        limits = drift.get("thresholds") or {}
+        figures = ", ".join(
+            f"{feature} {value}" + (f" (threshold {limits[feature]})" if feature in limits else "")
+            for feature, value in drift.get("psi", {}).items()
+        )
         drifted = ", ".join(drift.get("drifted") or []) or "none"
         typer.echo(
             f"fleet drift of {drift.get('model_version')} (window of {drift.get('readings')} readings to "
-            f"{drift.get('window_end')}): PSI {figures}; drifted (PSI >= {drift.get('threshold')}): {drifted}"
+            f"{drift.get('window_end')}): PSI {figures}; drifted: {drifted}"
         )
 
 
-def register_trained(settings: RegistrySettings, model_dir: Path, name: str, data: Path, metrics: Path | None) -> None:
-    """``edgewatch train --register NAME``: log and register what train just wrote; audited."""
+def register_trained(
+    settings: RegistrySettings,
+    model_dir: Path,
+    name: str,
+    data: Path,
+    metrics: Path | None,
+    measured: dict[str, float] | None = None,
+) -> None:
+    """``edgewatch train --register NAME``: log and register what train just wrote (anomaly or RUL
+    model), with the figures of ``--metrics`` and those train ``measured``; audited."""
     from edgewatch.registry.publish import register_model
 
-    figures = None
+    figures = dict(measured or {}) or None
     if metrics is not None:
         try:
-            figures = {key: float(value) for key, value in json.loads(metrics.read_text()).items()}
+            given = {key: float(value) for key, value in json.loads(metrics.read_text()).items()}
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise typer.BadParameter(f"--metrics {metrics}: expected a JSON object of numbers ({exc})") from None
+        figures = {**(figures or {}), **given}
     try:
         registered = register_model(model_dir, name, settings.tracking_uri, data, figures)
     except RegistryError as exc:
@@ -213,7 +226,8 @@ def retrain(
     actor: Actor = None,
 ) -> None:
     """Train a candidate from the edge's training store, validate it against the champion, register it as
-    challenger and promote it when it passes; every step audited. Exit 1 when it did not pass."""
+    challenger, run it in the shadow for --retrain-shadow-seconds (flows that follow the registry) and promote
+    it when it passes; every step audited. Exit 1 when it did not pass."""
     from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT
     from edgewatch.online_models.artifact import ArtifactError
     from edgewatch.registry.retrain import retrain_loop, retrain_once
@@ -240,6 +254,11 @@ def retrain(
     if (
         outcomes
         and outcomes[-1]["decision"] not in ("promoted", "skipped")
-        and not (outcomes[-1]["decision"] == "challenger" and not promote and outcomes[-1]["validation"]["passed"])
+        and not (
+            outcomes[-1]["decision"] == "challenger"
+            and not promote
+            and outcomes[-1]["validation"]["passed"]
+            and outcomes[-1].get("shadow", {}).get("passed", True)
+        )
     ):
         raise typer.Exit(1)

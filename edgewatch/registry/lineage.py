@@ -1,7 +1,10 @@
 """What a model was trained on and with: the lineage logged with every registered version.
 
 Read from the model directory's ``model.json`` (whatever else the directory holds is opaque here)
-and from the training data itself (its sha256), plus the code that trained it.
+and from the training data itself (its sha256), plus the code that trained it. Both kinds of
+model are described: ``anomaly`` (``edgewatch train``: detector, parameters, devices, time
+range) and ``rul`` (``edgewatch train --task rul``: model family, training configuration, runs
+to failure, regimes, sensors); the kind is a param and a tag (``edgewatch.kind``).
 
 >>> import json, tempfile
 >>> folder = Path(tempfile.mkdtemp())
@@ -25,6 +28,8 @@ from edgewatch import __version__
 from edgewatch.registry import TAG, RegistryError
 
 METADATA_FILE = "model.json"
+#: the kinds of model edgewatch registers; a model.json without ``kind`` is an anomaly model
+KINDS = ("anomaly", "rul")
 #: MLflow refuses longer param values
 MAX_PARAM_LENGTH = 6000
 
@@ -51,22 +56,47 @@ def read_metadata(model_dir: Path) -> dict:
         raise RegistryError(f"cannot read {path}: {exc}") from None
 
 
+def model_kind(metadata: dict) -> str:
+    """``anomaly`` or ``rul``: what a ``model.json`` describes (an unknown kind is refused).
+
+    >>> model_kind({"detector": "robust-zscore"}), model_kind({"kind": "rul"})
+    ('anomaly', 'rul')
+    """
+    kind = metadata.get("kind") or "anomaly"
+    if kind not in KINDS:
+        raise RegistryError(f"{METADATA_FILE} names kind {kind!r}, not one of {', '.join(KINDS)}")
+    return kind
+
+
 def model_lineage(model_dir: Path, data_path: Path | None = None) -> Lineage:
     """The lineage of the model in ``model_dir``, trained on ``data_path`` when given."""
     metadata = read_metadata(model_dir)
-    training = metadata.get("training") or {}
-    params = {"detector": str(metadata.get("detector", "")), "threshold": str(metadata.get("threshold", ""))}
-    for name, value in (metadata.get("parameters") or {}).items():
+    kind = model_kind(metadata)
+    if kind == "rul":  # the RUL artifact keeps its training record under "metadata"
+        record = metadata.get("metadata") or {}
+        params = {"kind": kind, "family": str(record.get("family", "")), "cap": str(metadata.get("cap", ""))}
+        parameters = record.get("config") or {}
+        training = record.get("training") or {}
+    else:
+        params = {"kind": kind, "detector": str(metadata.get("detector", "")),
+                  "threshold": str(metadata.get("threshold", ""))}  # fmt: skip
+        parameters = metadata.get("parameters") or {}
+        training = metadata.get("training") or {}
+    for name, value in parameters.items():
         params[f"param.{name}"] = _text(value)[:MAX_PARAM_LENGTH]
     tags = {
+        f"{TAG}kind": kind,
         f"{TAG}model_version": str(metadata.get("version", "")),
-        f"{TAG}model_sha256": str(metadata.get("sha256", "")),
+        f"{TAG}model_sha256": str(metadata.get("sha256") or (metadata.get("files") or {}).get("arrays.npz", "")),
         f"{TAG}training.rows": str(training.get("rows", "")),
         f"{TAG}training.devices": str(training.get("devices", "")),
+        f"{TAG}training.runs": str(training.get("runs", "")),
+        f"{TAG}training.regimes": str(training.get("regimes", "")),
+        f"{TAG}training.sensors": ",".join(training.get("sensors") or []),
         f"{TAG}training.first_timestamp": str(training.get("first_timestamp", "")),
         f"{TAG}training.last_timestamp": str(training.get("last_timestamp", "")),
         f"{TAG}training.source": str(training.get("source", "")),
-        f"{TAG}code.version": str(metadata.get("edgewatch_version", __version__)),
+        f"{TAG}code.version": str(metadata.get("edgewatch_version") or record_version(metadata) or __version__),
     }
     commit = code_commit()
     if commit:
@@ -75,6 +105,11 @@ def model_lineage(model_dir: Path, data_path: Path | None = None) -> Lineage:
         tags[f"{TAG}training.data_sha256"] = file_sha256(data_path)
         tags[f"{TAG}training.data_file"] = Path(data_path).name
     return Lineage(params, {name: value for name, value in tags.items() if value}, metadata)
+
+
+def record_version(metadata: dict) -> str | None:
+    """The edgewatch version an RUL model's training record names."""
+    return (metadata.get("metadata") or {}).get("edgewatch_version")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -3,9 +3,11 @@
 ``edgewatch train --register NAME`` calls :func:`register_model`: one MLflow run (experiment
 ``edgewatch``) with the lineage as params and tags (:mod:`~edgewatch.registry.lineage`), the
 evaluation figures as metrics, and the model in the pyfunc flavour whose artifact
-``model_dir`` is the ``edgewatch train`` directory as it is (opaque here: the detector's own
-format and checks). The new version gets the lineage tags too and the alias ``challenger``:
-it becomes ``champion`` only through ``edgewatch models promote``.
+``model_dir`` is the ``edgewatch train`` directory as it is (opaque here: the model's own
+format and checks). Anomaly and RUL models (``train --task rul``) go the same way; the lineage's
+``edgewatch.kind`` tag says which, and picks the pyfunc wrapper. The new version gets the
+lineage tags too and the alias ``challenger``: it becomes ``champion`` only through
+``edgewatch models promote``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from edgewatch import __version__
 from edgewatch.registry import CHALLENGER, TAG, RegistryError
 from edgewatch.registry.lineage import model_lineage
-from edgewatch.registry.pyfunc import ARTIFACT_NAME, MODEL_CODE
+from edgewatch.registry.pyfunc import ARTIFACT_NAME, model_code
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def register_model(
         experiment_id = experiment.experiment_id if experiment else registry.create_experiment(EXPERIMENT)
         with tempfile.TemporaryDirectory() as scratch:
             code = Path(scratch) / "edgewatch_model.py"
-            code.write_text(MODEL_CODE)
+            code.write_text(model_code(lineage.tags[f"{TAG}kind"]))
             with mlflow.start_run(experiment_id=experiment_id, run_name=lineage.metadata.get("version")) as run:
                 mlflow.log_params(lineage.params)
                 mlflow.set_tags(lineage.tags)

@@ -13,6 +13,11 @@ generic telemetry shape, also work). The answer is a DataFrame, one row per inpu
 ``device_id``, ``timestamp``, ``score``, ``is_anomaly``, ``error`` (why a row was refused, else
 empty). Validation is the flow's: a row the flow would dead-letter is refused here the same way.
 
+An RUL model (``edgewatch train --task rul``) is logged with :class:`EdgewatchRulPyfunc`: the
+same readings in, one row per input row out: ``device_id``, ``timestamp``, ``cycle``, ``p10``,
+``p50``, ``p90``, ``error`` — each device's rows are one run, estimated in order through a fresh
+:class:`~edgewatch.rul.online.RulFleet`, as ``edgewatch run-rul`` would.
+
 The wrapper is logged as *code* (MLflow's models-from-code), not as a pickle.
 """
 
@@ -39,6 +44,12 @@ from edgewatch.registry.pyfunc import EdgewatchPyfunc
 mlflow.models.set_model(EdgewatchPyfunc())
 '''
 COLUMNS = ["device_id", "timestamp", "score", "is_anomaly", "error"]
+RUL_COLUMNS = ["device_id", "timestamp", "cycle", "p10", "p50", "p90", "error"]
+
+
+def model_code(kind: str) -> str:
+    """The models-from-code file of a model of ``kind`` (``anomaly`` or ``rul``)."""
+    return MODEL_CODE if kind == "anomaly" else MODEL_CODE.replace("EdgewatchPyfunc", "EdgewatchRulPyfunc")
 
 
 def readings_of(rows: Iterable[dict]) -> list[Reading | str]:
@@ -82,6 +93,25 @@ def score_batch(fitted: artifact_module.ModelArtifact, rows: Iterable[dict], thr
     return answer
 
 
+def estimate_batch(model, rows: Iterable[dict]) -> list:
+    """``[device_id, timestamp, cycle, p10, p50, p90, error]`` per row, through a fresh RUL fleet."""
+    from edgewatch.rul.online import RulFleet
+
+    parsed = readings_of(rows)
+    batch = RulFleet(model).update_many([item for item in parsed if isinstance(item, Reading)])
+    estimates = {id(estimate.raw): estimate for estimate in batch.estimates}
+    refused = {id(dead.raw): dead.reason for dead in batch.rejected}
+    answer = []
+    for item in parsed:
+        if isinstance(item, str):
+            answer.append([None, None, None, None, None, None, item])
+        elif (found := estimates.get(id(item.raw))) is not None:
+            answer.append([item.device_id, item.timestamp, found.cycle, found.p10, found.p50, found.p90, ""])
+        else:
+            answer.append([item.device_id, item.timestamp, None, None, None, None, refused.get(id(item.raw), "")])
+    return answer
+
+
 try:
     from mlflow.pyfunc import PythonModel
 except ImportError:  # the edge runtime (no mlflow): the flavour is only for the registry side
@@ -97,14 +127,34 @@ class EdgewatchPyfunc(PythonModel):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        if isinstance(model_input, pd.DataFrame):
-            rows = model_input.to_dict("records")
-        elif isinstance(model_input, dict):
-            rows = [model_input]
-        else:
-            rows = list(model_input)
+        rows = _rows(model_input)
         threshold = (params or {}).get("threshold")
         return pd.DataFrame(score_batch(self.fitted, rows, threshold), columns=COLUMNS)
+
+
+class EdgewatchRulPyfunc(PythonModel):
+    """MLflow pyfunc wrapper of an ``edgewatch train --task rul`` directory."""
+
+    def load_context(self, context) -> None:
+        from edgewatch.rul import artifact as rul_artifact
+
+        self.fitted = rul_artifact.load(Path(context.artifacts[ARTIFACT_NAME]))
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        rows = _rows(model_input)
+        return pd.DataFrame(estimate_batch(self.fitted, rows), columns=RUL_COLUMNS)
+
+
+def _rows(model_input) -> list[dict]:
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        return model_input.to_dict("records")
+    if isinstance(model_input, dict):
+        return [model_input]
+    return list(model_input)
 
 
 def _missing(value) -> bool:

@@ -2,8 +2,12 @@
 
 What ``edgewatch run --model`` (and ``models validate``) call. A registry URI is resolved to a
 version, the version's model directory is downloaded once into ``cache_dir/NAME/VERSION`` and
-verified by the model format's own :func:`~edgewatch.online_models.artifact.load` (a copy that
-fails is refused, never run). When the registry cannot be reached, the cached copy of that
+verified by its kind's own loader — :func:`edgewatch.online_models.artifact.load` for anomaly
+models, :func:`edgewatch.rul.artifact.load` for RUL models, both checking sha256 and, with a
+public key, the signature (a copy that fails is refused, never run). The caller says which kind
+it runs (``edgewatch run``: ``anomaly``, ``edgewatch run-rul``: ``rul``): a model of the other
+kind is refused by the version's ``edgewatch.kind`` tag before anything is downloaded, and by
+its ``model.json`` for a directory or a cached copy. When the registry cannot be reached, the cached copy of that
 version (for an alias: the version it last pointed at) is used, and a log line says so: an edge
 device that lost its uplink restarts on the model it was running.
 
@@ -25,8 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edgewatch.online_models import artifact as artifact_module
-from edgewatch.registry import RegistryError
-from edgewatch.registry.lineage import METADATA_FILE
+from edgewatch.registry import TAG, RegistryError
+from edgewatch.registry.lineage import METADATA_FILE, model_kind
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +45,45 @@ HTTP_DEFAULTS = {
 }
 
 
+#: what to run a model of each kind with, for the one-line refusal of the other kind
+RUNS_WITH = {"anomaly": "`edgewatch run --model`", "rul": "`edgewatch run-rul --model`"}
+
+
+def load_artifact(model_dir: Path, public_key: str | None = None, kind: str = "anomaly"):
+    """The model in ``model_dir``, read and verified by its kind's loader, after checking it is of
+    ``kind`` (an :class:`~edgewatch.online_models.artifact.ArtifactError` says why not)."""
+    found = _kind_of(Path(model_dir))
+    if found is not None and found != kind:
+        raise artifact_module.ArtifactError(
+            f"{model_dir} holds {_a(found)} model, not {_a(kind)} model: run it with {RUNS_WITH[found]}"
+        )
+    if kind == "rul":
+        from edgewatch.rul import artifact as rul_artifact
+
+        return rul_artifact.load(Path(model_dir), public_key)
+    return artifact_module.load(Path(model_dir), public_key)
+
+
+def _kind_of(model_dir: Path) -> str | None:
+    """The kind ``model.json`` names (``None``: unreadable, the loader says why)."""
+    try:
+        metadata = json.loads((model_dir / METADATA_FILE).read_bytes())
+        return model_kind(metadata) if isinstance(metadata, dict) else None
+    except (OSError, ValueError):  # RegistryError (unknown kind) is a ValueError too
+        return None
+
+
+def _a(kind: str) -> str:
+    return "an RUL" if kind == "rul" else f"an {kind}"
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A verified model: where it lies, what it is, and whether the registry was reached."""
 
     uri: str
     path: Path
-    artifact: artifact_module.ModelArtifact
+    artifact: object  # ModelArtifact (anomaly) or RulModel (rul)
     name: str | None = None
     version: str | None = None  # the registry's version number
     from_cache: bool = False
@@ -74,34 +110,38 @@ def parse_uri(uri: str) -> tuple[str, str | None, str | None] | None:
 
 
 def resolve_model(
-    uri: str | Path, cache_dir: Path, tracking_uri: str | None = None, public_key: str | None = None
+    uri: str | Path,
+    cache_dir: Path,
+    tracking_uri: str | None = None,
+    public_key: str | None = None,
+    kind: str = "anomaly",
 ) -> ResolvedModel:
-    """The verified model ``uri`` names (a ``models:/`` URI or a model directory); with
+    """The verified ``kind`` model ``uri`` names (a ``models:/`` URI or a model directory); with
     ``public_key``, only a model signed by it (checked on every load, the cached copy included)."""
     uri = str(uri)
     parsed = parse_uri(uri)
     if parsed is None:
-        return ResolvedModel(uri, Path(uri), artifact_module.load(Path(uri), public_key))
+        return ResolvedModel(uri, Path(uri), load_artifact(Path(uri), public_key, kind))
     name, alias, version = parsed
     cache = Path(cache_dir) / name
     try:
-        version = _registry_version(name, alias, version, tracking_uri)
+        version = _registry_version(name, alias, version, tracking_uri, kind)
     except _Unreachable as exc:
-        return _cached(uri, cache, name, alias, version, exc, public_key)
+        return _cached(uri, cache, name, alias, version, exc, public_key, kind)
     if alias is not None:
         _remember_alias(cache, alias, version)
     local = cache / version
     if local.is_dir():
         try:
-            return ResolvedModel(uri, local, artifact_module.load(local, public_key), name, version)
+            return ResolvedModel(uri, local, load_artifact(local, public_key, kind), name, version)
         except artifact_module.ArtifactError as exc:
             log.warning("cached %s version %s fails its check (%s): downloading it again", name, version, exc)
     try:
-        _download(name, version, tracking_uri, local, public_key)
+        _download(name, version, tracking_uri, local, public_key, kind)
     except _Unreachable as exc:
-        return _cached(uri, cache, name, alias, version, exc, public_key)
+        return _cached(uri, cache, name, alias, version, exc, public_key, kind)
     log.info("model %s version %s downloaded to %s", name, version, local)
-    return ResolvedModel(uri, local, artifact_module.load(local, public_key), name, version)
+    return ResolvedModel(uri, local, load_artifact(local, public_key, kind), name, version)
 
 
 class _Unreachable(Exception):
@@ -134,16 +174,37 @@ def _call(what: str, function, *args, **kwargs):
         raise _Unreachable(str(exc)[:300]) from None
 
 
-def _registry_version(name: str, alias: str | None, version: str | None, tracking_uri: str | None) -> str:
+def _registry_version(
+    name: str, alias: str | None, version: str | None, tracking_uri: str | None, kind: str = "anomaly"
+) -> str:
     registry = _mlflow_client(tracking_uri)
     if alias is not None:
         found = _call(f"models:/{name}@{alias}", registry.get_model_version_by_alias, name, alias)
     else:
         found = _call(f"models:/{name}/{version}", registry.get_model_version, name, version)
+    registered = (found.tags or {}).get(f"{TAG}kind")  # versions registered before kinds existed: no tag
+    if registered is not None and registered != kind:
+        raise RegistryError(
+            f"models:/{name}/{found.version} is {_a(registered)} model, not {_a(kind)} model: "
+            f"run it with {RUNS_WITH.get(registered, 'the command of its kind')}"
+        )
     return str(found.version)
 
 
-def _download(name: str, version: str, tracking_uri: str | None, local: Path, public_key: str | None) -> None:
+def alias_versions(name: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """The registered model's aliases and the versions they point at (one registry call);
+    :class:`RegistryError` when the registry refuses or cannot be reached."""
+    registry = _mlflow_client(tracking_uri)
+    try:
+        model = _call(f"models:/{name}", registry.get_registered_model, name)
+    except _Unreachable as exc:
+        raise RegistryError(f"the registry is unreachable ({exc})") from None
+    return {alias: str(version) for alias, version in (model.aliases or {}).items()}
+
+
+def _download(
+    name: str, version: str, tracking_uri: str | None, local: Path, public_key: str | None, kind: str = "anomaly"
+) -> None:
     """Download the version's model, keep its edgewatch directory (the one with model.json) as ``local``."""
     from mlflow.artifacts import download_artifacts
 
@@ -157,21 +218,28 @@ def _download(name: str, version: str, tracking_uri: str | None, local: Path, pu
         found = sorted(downloaded.rglob(METADATA_FILE))
         if len(found) != 1:
             raise RegistryError(f"models:/{name}/{version} holds {len(found)} {METADATA_FILE} files, expected one")
-        artifact_module.load(found[0].parent, public_key)  # verify before it enters the cache
+        load_artifact(found[0].parent, public_key, kind)  # verify before it enters the cache
         if local.exists():
             shutil.rmtree(local)
         os.replace(found[0].parent, local)
 
 
 def _cached(
-    uri: str, cache: Path, name: str, alias: str | None, version: str | None, why: Exception, public_key: str | None
+    uri: str,
+    cache: Path,
+    name: str,
+    alias: str | None,
+    version: str | None,
+    why: Exception,
+    public_key: str | None,
+    kind: str = "anomaly",
 ) -> ResolvedModel:
     if alias is not None:
         version = _read_aliases(cache).get(alias, {}).get("version")
     local = cache / version if version else None
     if local is None or not local.is_dir():
         raise RegistryError(f"{uri}: the registry is unreachable ({why}) and no cached copy exists") from None
-    fitted = artifact_module.load(local, public_key)
+    fitted = load_artifact(local, public_key, kind)
     log.warning("registry unreachable (%s): using the cached copy of %s version %s in %s", why, name, version, local)
     return ResolvedModel(uri, local, fitted, name, version, from_cache=True)
 

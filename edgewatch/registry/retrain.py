@@ -7,17 +7,22 @@ One round (:func:`retrain_once`)::
     train             the champion's detector, one model per device (as ``edgewatch train``)
     register          the next version, alias ``challenger``, lineage (the training data's sha256)
     validate          replay the holdout through candidate and champion; the settings' policy
-    promote           when it passed (and ``promote``): champion; otherwise it stays challenger
+    shadow            for ``retrain_shadow_seconds``, the flows that follow the registry run it
+                      beside the champion; their figures (agreement, alarm rates) against the policy
+    promote           when both passed (and ``promote``): champion (the flows that follow the
+                      registry promote their shadow live); otherwise it stays challenger
 
 Every step goes to the audit log (and the registry's tags): what triggered it, the figures, the
 decision. ``edgewatch retrain --auto`` runs rounds on a schedule and when the last fleet drift
 report (:mod:`edgewatch.flows.fleet_drift`) shows drifted features newer than the last round.
-The running flow picks the new champion up through its module twin (``modelUri``) or a restart;
-a challenger can first run in its shadow (``shadowUri``, ``--shadow``).
+A running flow picks the challenger and the new champion up by following the registry
+(``--registry-poll-seconds``, :mod:`edgewatch.registry.follow`), or through its module twin
+(``shadowUri``, ``modelUri``), or a restart.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +32,7 @@ from pathlib import Path
 from edgewatch.config import RegistrySettings
 from edgewatch.connectors.files import read_messages
 from edgewatch.online_models import artifact as artifact_module
-from edgewatch.registry import RegistryError
+from edgewatch.registry import TAG, RegistryError
 from edgewatch.registry.audit import AuditLog
 from edgewatch.registry.training_store import TrainingStore
 from edgewatch.schema import Reading, parse_message
@@ -61,6 +66,7 @@ def retrain_once(
     holdout: float = 0.2,
     promote: bool = True,
     min_readings: int = 200,
+    poll_seconds: float = 1.0,
 ) -> dict:
     """One round; returns its outcome (``decision``: promoted | challenger | skipped)."""
     from edgewatch.registry.lifecycle import promote as promote_version
@@ -109,15 +115,105 @@ def retrain_once(
     record_validation(settings.tracking_uri, name, registered.version, report.summary(), audit, actor, champion.version)
     outcome = {"version": registered.version, "candidate": candidate.version, "validation": report.summary(),
                "lines": report.lines()}  # fmt: skip
-    if not (report.passed and promote):
+    if not report.passed:
+        return {**outcome, "decision": "challenger"}
+    if settings.retrain_shadow_seconds > 0:
+        shadow = shadow_trial(settings, name, registered.version, candidate.version, audit, actor, trigger,
+                              poll_seconds)  # fmt: skip
+        outcome = {**outcome, "shadow": shadow, "lines": [*outcome["lines"], shadow["line"]]}
+        if not shadow["passed"]:
+            return {**outcome, "decision": "challenger"}
+    if not promote:
         return {**outcome, "decision": "challenger"}
     promote_version(settings.tracking_uri, name, registered.version, f"retrain ({trigger}): passed validation",
                     audit, actor)  # fmt: skip
     return {**outcome, "decision": "promoted"}
 
 
+def shadow_trial(
+    settings: RegistrySettings,
+    name: str,
+    version: str,
+    model_version: str,
+    audit: AuditLog,
+    actor: str,
+    trigger: str,
+    poll_seconds: float = 1.0,
+) -> dict:
+    """The challenger ``version`` (alias ``challenger`` since it was registered) runs in the shadow
+    of the champion for ``retrain_shadow_seconds`` in every flow that follows the registry
+    (:mod:`edgewatch.registry.follow`); then the figures a flow wrote (:data:`SHADOW_REPORT` in the
+    model cache directory) decide (:func:`shadow_failures`). Audited at the start and at the
+    decision, and tagged on the version."""
+    from edgewatch.flows.lifecycle import SHADOW_REPORT, read_shadow_report
+    from edgewatch.registry.publish import client
+
+    seconds = settings.retrain_shadow_seconds
+    audit.append("shadow-start", model=name, version=version, actor=actor, trigger=trigger, seconds=seconds,
+                 model_version=model_version)  # fmt: skip
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(poll_seconds, left))
+    report = read_shadow_report(settings.model_cache_dir / SHADOW_REPORT) or {}
+    figures = report if report.get("challenger") == model_version else {"readings": 0}
+    failed = shadow_failures(figures, settings)
+    summary = {
+        "passed": not failed,
+        "failures": failed,
+        "seconds": seconds,
+        **{key: figures.get(key) for key in ("readings", "agreement", "champion_alarm_rate", "challenger_alarm_rate")},
+    }
+    try:
+        registry = client(settings.tracking_uri)
+        registry.set_model_version_tag(name, version, f"{TAG}shadow.status", "passed" if not failed else "failed")
+        registry.set_model_version_tag(name, version, f"{TAG}shadow.summary", json.dumps(summary)[:4900])
+    except Exception as exc:  # the local audit log keeps the decision when the registry is out of reach
+        log.warning("shadow: could not tag %s version %s: %s", name, version, exc)
+    audit.append("shadow", model=name, version=version, actor=actor, trigger=trigger,
+                 status="passed" if not failed else "failed", figures=summary)  # fmt: skip
+    rates = (
+        f"alarm rate {_per_1000(figures.get('challenger_alarm_rate'))} vs champion "
+        f"{_per_1000(figures.get('champion_alarm_rate'))} /1000, agreement {figures.get('agreement') or 0:.3f}"
+    )
+    line = f"shadow of version {version}: {figures.get('readings', 0)} readings in {seconds:g} s, {rates}: " + (
+        "passed" if not failed else "failed (" + "; ".join(failed) + ")"
+    )
+    return {**summary, "line": line}
+
+
+def _per_1000(rate) -> str:
+    return f"{rate * 1000:.2f}" if isinstance(rate, int | float) else "-"
+
+
+def shadow_failures(figures: dict, settings: RegistrySettings) -> list[str]:
+    """Why the shadow's figures hold the challenger back (empty: it may be promoted): too few
+    readings compared, its alarm rate above the champion's by more than the policy allows (the
+    validation gate's ``policy_max_alarm_rate_increase``, plus one alarm in 1,000 readings), or
+    too little agreement with the champion.
+
+    >>> from edgewatch.config import RegistrySettings
+    >>> shadow_failures({"readings": 5000, "agreement": 0.97, "champion_alarm_rate": 0.01,
+    ...                  "challenger_alarm_rate": 0.011}, RegistrySettings())
+    []
+    """
+    readings = figures.get("readings") or 0
+    if readings < settings.policy_min_shadow_readings:
+        return [f"the shadow compared {readings} readings, fewer than {settings.policy_min_shadow_readings}"
+                " (does a flow follow the registry: --registry-poll-seconds?)"]  # fmt: skip
+    failed = []
+    champion, challenger = figures["champion_alarm_rate"], figures["challenger_alarm_rate"]
+    allowed = champion * (1 + settings.policy_max_alarm_rate_increase) + 0.001
+    if challenger > allowed:
+        failed.append(f"alarm rate {challenger * 1000:.2f}/1000 > {allowed * 1000:.2f} allowed")
+    if figures["agreement"] < settings.policy_min_shadow_agreement:
+        failed.append(f"agreement {figures['agreement']:.3f} < {settings.policy_min_shadow_agreement:g}")
+    return failed
+
+
 def drift_since(report_path: Path, since: float) -> list[str]:
-    """Features the fleet drift report calls drifted, if it was written after ``since`` (epoch s)."""
+    """Features whose fleet drift the report says began after ``since`` (epoch s): a drift that
+    lasts triggers one round, not one per window (a report without those times: every drifted
+    feature, if it was written after ``since``)."""
     from edgewatch.flows.fleet_drift import read_report
 
     try:
@@ -125,7 +221,12 @@ def drift_since(report_path: Path, since: float) -> list[str]:
     except OSError:
         return []
     report = read_report(report_path)
-    return list(report.get("drifted") or []) if report and written > since else []
+    if not report:
+        return []
+    reported = report.get("drift_reported")
+    if isinstance(reported, dict):
+        return sorted(f for f, at in reported.items() if isinstance(at, int | float) and at > since)
+    return list(report.get("drifted") or []) if written > since else []
 
 
 def retrain_loop(

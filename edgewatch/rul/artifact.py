@@ -5,11 +5,14 @@ A model directory holds
 * ``arrays.npz`` — the feature spec's and the forests' arrays (``numpy.savez``, read back
   with ``allow_pickle=False``: loading executes nothing);
 * ``model.json`` — format, kind, version, scalars, training record, and ``files``: the
-  sha256 of every other file.
+  sha256 of every other file;
+* ``model.sig`` (with ``sign_key``): an ed25519 signature of ``model.json``'s bytes.
 
-``load`` refuses a directory whose files are missing or do not match their checksums. The
-two functions only move named arrays and a JSON document, so they can merge with the anomaly
-models' artifact code (:mod:`edgewatch.online_models.artifact`) later.
+The integrity rules are the anomaly models' (:mod:`edgewatch.online_models.artifact`, whose
+signing, verification and :class:`ArtifactError` are used here): ``load`` refuses a directory
+whose files are missing or do not match their checksums and, with ``public_key``, one whose
+signature is missing or does not verify, before reading anything else. Both kinds go through
+the same registry (:mod:`edgewatch.registry`); ``kind`` in ``model.json`` keeps them apart.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgewatch.online_models.artifact import SIGNATURE_FILE, ArtifactError, sign, verify_signature
 from edgewatch.rul.features import FeatureSpec
 from edgewatch.rul.model import QUANTILES, RulModel
 from edgewatch.rul.trees import Forest
@@ -33,15 +37,17 @@ ARRAYS_FILE = "arrays.npz"
 METADATA_FILE = "model.json"
 
 
-class ArtifactError(ValueError):
-    """The model directory is missing, incomplete, of another kind or does not match its checksums."""
+__all__ = ["KIND", "ArtifactError", "load", "save"]
 
 
-def write_data_artifact(model_dir: Path, arrays: dict[str, np.ndarray], document: dict, kind: str) -> dict:
-    """Write ``arrays`` and ``document`` to ``model_dir``, adding ``version`` (kind, time, checksum),
-    ``created`` and ``files`` (the sha256 of each data file); the document as written."""
+def write_data_artifact(
+    model_dir: Path, arrays: dict[str, np.ndarray], document: dict, kind: str, version: str | None = None
+) -> dict:
+    """Write ``arrays`` and ``document`` to ``model_dir``, adding ``version`` (``version``, else kind,
+    time and checksum), ``created`` and ``files`` (the sha256 of each data file); the document as written."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / SIGNATURE_FILE).unlink(missing_ok=True)  # a signature of the previous model.json
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     blob = buffer.getvalue()
@@ -51,7 +57,7 @@ def write_data_artifact(model_dir: Path, arrays: dict[str, np.ndarray], document
     document = {
         **document,
         "kind": kind,
-        "version": f"{kind}-{created:%Y%m%dT%H%M%SZ}-{digest[:8]}",
+        "version": version or f"{kind}-{created:%Y%m%dT%H%M%SZ}-{digest[:8]}",
         "created": created.isoformat(),
         "files": {ARRAYS_FILE: digest},
     }
@@ -59,15 +65,24 @@ def write_data_artifact(model_dir: Path, arrays: dict[str, np.ndarray], document
     return document
 
 
-def read_data_artifact(model_dir: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and the document of ``model_dir``, after checking every file's sha256."""
+def read_data_artifact(model_dir: Path, public_key: str | Path | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and the document of ``model_dir``, after checking the signature of ``model.json``
+    (with ``public_key``) and every file's sha256."""
     model_dir = Path(model_dir)
     try:
-        document = json.loads((model_dir / METADATA_FILE).read_text())
+        manifest = (model_dir / METADATA_FILE).read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{model_dir} is not a model directory: {METADATA_FILE} is missing") from None
-    except json.JSONDecodeError as exc:
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {model_dir / METADATA_FILE}: {exc.strerror or exc}") from None
+    if public_key is not None:
+        verify_signature(model_dir, manifest, public_key)
+    try:
+        document = json.loads(manifest)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{model_dir / METADATA_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ArtifactError(f"{model_dir / METADATA_FILE} is not a JSON object")
     files = document.get("files")
     if not isinstance(files, dict) or ARRAYS_FILE not in files:
         raise ArtifactError(f"{model_dir / METADATA_FILE} lists no checksummed {ARRAYS_FILE}")
@@ -91,8 +106,9 @@ def read_data_artifact(model_dir: Path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, document
 
 
-def save(model: RulModel, model_dir: Path) -> RulModel:
-    """Write the model; its version names the kind, the time and the arrays' checksum."""
+def save(model: RulModel, model_dir: Path, sign_key: Path | None = None, keep_version: bool = False) -> RulModel:
+    """Write the model (signed with ``sign_key``, an ed25519 private key in PEM, when given); its
+    version names the kind, the time and the arrays' checksum (``keep_version``: the model's own)."""
     arrays = dict(model.spec.arrays())
     for name in QUANTILES:
         arrays.update(model.forests[name].arrays(name))
@@ -105,13 +121,16 @@ def save(model: RulModel, model_dir: Path) -> RulModel:
         "spec": model.spec.parameters(),
         "metadata": model.metadata,
     }
-    written = write_data_artifact(model_dir, arrays, document, KIND)
+    written = write_data_artifact(model_dir, arrays, document, KIND, model.version if keep_version else None)
+    if sign_key is not None:
+        sign(model_dir, sign_key)
     return dataclasses.replace(model, version=written["version"])
 
 
-def load(model_dir: Path) -> RulModel:
-    """Read a model written by :func:`save`, refusing it unless every checksum matches."""
-    arrays, document = read_data_artifact(model_dir)
+def load(model_dir: Path, public_key: str | Path | None = None) -> RulModel:
+    """Read a model written by :func:`save`, refusing it unless every checksum matches and, with
+    ``public_key`` (PEM text or file), its signature verifies."""
+    arrays, document = read_data_artifact(model_dir, public_key)
     if document.get("kind") != KIND:
         raise ArtifactError(f"{model_dir} holds a {document.get('kind')!r} model, not an RUL model")
     if document.get("format") != FORMAT:

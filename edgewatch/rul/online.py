@@ -8,10 +8,17 @@ quantile for the forests (the flow's path); ``update`` is the River-style one-re
 
 When a run ends (:class:`~edgewatch.rul.events.RunEnd`): a ``failure`` turns the run into
 labeled data (the RUL at each reading is the number of readings left), kept in a bounded store
-of the last ``max_runs`` runs (seeded with the training runs). Every ``refit_every`` failures
-the fleet model is refit on that store (bounded periodic refit, LightGBM from the ``train``
-extra), inline or in a background thread; when the new model is ready, every active device's
-state is rebuilt by replaying its run, so estimates continue without a gap.
+of the last ``max_runs`` runs and ``max_rows`` readings (seeded with ``history``, e.g. the
+training runs). Every ``refit_every`` failures the fleet model is refit on that store (bounded
+periodic refit, LightGBM from the ``train`` extra), inline or in a background thread, once the
+store holds as many runs as the model it replaces was trained on (a refit never learns from
+less); when the new model is ready, every active device's state is rebuilt by replaying its
+run, so estimates continue without a gap.
+
+With a :class:`~edgewatch.rul.store.RefitStore` (the flow's recovery directory), the failed
+runs, the counters and the refit model survive a restart: a fleet built on the same deployed
+model resumes with them; one built on another model (a new champion) keeps the runs and serves
+the new model.
 
 >>> from edgewatch.rul.train import Run
 >>> import numpy as np
@@ -43,6 +50,7 @@ API for the RUL flow (``flows/rul.py``)::
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
 import logging
@@ -56,6 +64,7 @@ import numpy as np
 
 from edgewatch.rul.events import RulEstimate, RunEnd
 from edgewatch.rul.model import RulModel
+from edgewatch.rul.store import RefitStore
 from edgewatch.rul.train import Run, TrainConfig, train_runs
 from edgewatch.schema import DeadLetter, Reading
 from edgewatch.state import codec
@@ -84,9 +93,11 @@ class RulFleet:
 
     ``horizon``: a device's maintenance alert is raised (once per run) when its P10 falls below it.
     ``refit_every``: refit after this many failures (``None``: never learn).
-    ``max_runs``: the labeled-run store keeps the most recent runs only.
+    ``max_runs``, ``max_rows``: the labeled-run store keeps the most recent runs only, at most
+    this many runs and readings.
     ``max_run_length``: a run longer than this is not kept for learning (memory bound).
     ``background``: refit in a thread, serving the old model meanwhile.
+    ``store``: keep the failed runs and the refit model there, and resume from what it holds.
     """
 
     def __init__(
@@ -99,6 +110,8 @@ class RulFleet:
         max_run_length: int = 5000,
         background: bool = False,
         refit: Callable[[RulModel, Sequence[Run]], RulModel] = lightgbm_refit,
+        max_rows: int = 200_000,
+        store: RefitStore | None = None,
     ):
         if refit_every is not None:
             if refit_every < 1:
@@ -106,13 +119,23 @@ class RulFleet:
             if refit is lightgbm_refit and importlib.util.find_spec("lightgbm") is None:
                 raise ValueError("learning from failures needs the train extra: pip install 'edgewatch[train]'")
         self.model = model
+        self.base_version = model.version  # the deployed model the refits descend from
         self.horizon = float(horizon)
         self.refit_every = refit_every
         self.max_run_length = max_run_length
-        self.runs: deque[Run] = deque(history, maxlen=max_runs)
+        self.max_runs, self.max_rows = max_runs, max_rows
+        self.runs: deque[Run] = deque()
+        self._kept: set[bytes] = set()  # digests of the runs in the store: a replayed failure is not new
+        self._rows_kept = 0
         self.failures_since_refit = 0
         self.refits = 0
+        # a refit never learns from fewer runs than the model it replaces (nor than the store can hold)
+        self.min_refit_runs = min(int(model.metadata.get("training", {}).get("runs", 2)), max_runs)
+        for run in history:
+            self._keep(run)
         self._refit = refit
+        self.store = store
+        self._deferred_save = False
         self._pick = operator.itemgetter(*model.columns)  # a reading's row, in the model's column order
         self._slots: dict[str, int] = {}
         self._rows: dict[str, list[np.ndarray]] = {}
@@ -121,6 +144,8 @@ class RulFleet:
         self._free: list[int] = list(range(len(self._state) - 1, -1, -1))
         self._executor = ThreadPoolExecutor(max_workers=1) if background else None
         self._pending: Future | None = None
+        if store is not None:
+            self._resume(store)
 
     # -- estimates -------------------------------------------------------------------------
 
@@ -171,6 +196,18 @@ class RulFleet:
 
     # -- run ends and learning -------------------------------------------------------------
 
+    def end_runs(self, events: Sequence[RunEnd]) -> list[Run | None]:
+        """:meth:`end_run` for each event, the store written once for all of them (a replayed
+        history ends every run at once; the store's write grows with the store)."""
+        self._deferred_save, ended = True, []
+        try:
+            ended = [self.end_run(event) for event in events]
+        finally:
+            self._deferred_save = False
+            if any(run is not None for run in ended):
+                self._save_failures()
+        return ended
+
     def end_run(self, event: RunEnd) -> Run | None:
         """End ``event.device_id``'s run; a failure's run as labeled data (``None`` otherwise).
 
@@ -184,16 +221,60 @@ class RulFleet:
         if event.kind != "failure" or len(history) < 2 or len(history) >= self.max_run_length:
             return None
         run = Run(event.device_id, np.array(history), failed=True)
-        self.runs.append(run)
+        if not self._keep(run):
+            return None  # a failure replayed after a restart: already learned from
         self.failures_since_refit += 1
-        if self.refit_every is not None and self.failures_since_refit >= self.refit_every and self._pending is None:
+        refits = self.refits
+        if (
+            self.refit_every is not None
+            and self.failures_since_refit >= self.refit_every
+            and len(self.runs) >= self.min_refit_runs
+            and self._pending is None
+        ):
             self._start_refit()
+        if self.refits == refits and not self._deferred_save:  # an inline refit has saved them with its model
+            self._save_failures()
         return run
+
+    def _keep(self, run: Run) -> bool:
+        """Add ``run`` to the bounded store (oldest runs go first); ``False`` if it is there already."""
+        digest = _run_digest(run)
+        if digest in self._kept:
+            return False
+        self.runs.append(run)
+        self._kept.add(digest)
+        self._rows_kept += len(run.rows)
+        while len(self.runs) > 1 and (len(self.runs) > self.max_runs or self._rows_kept > self.max_rows):
+            dropped = self.runs.popleft()
+            self._kept.discard(_run_digest(dropped))
+            self._rows_kept -= len(dropped.rows)
+        return True
+
+    def _save_failures(self) -> None:
+        if self.store is not None:
+            self.store.save_failures(list(self.runs), self.failures_since_refit, self.refits, self.base_version)
+
+    def _resume(self, store: RefitStore) -> None:
+        """Take up the failed runs, counters and refit model ``store`` kept (see the module doc)."""
+        kept = store.load_failures()
+        if kept is None:
+            return
+        for run in kept.runs:
+            self._keep(run)
+        self.failures_since_refit = kept.since_refit
+        refit = store.load_model() if kept.base == self.base_version and kept.refits else None
+        if refit is not None:
+            self._install(refit, kept.refits, persist=False)
+        elif kept.refits:
+            log.info("RUL model %s deployed (the kept refit descends from %s): serving it, keeping the %d failed "
+                     "runs", self.base_version, kept.base, len(kept.runs))  # fmt: skip
+        log.info("RUL store %s: %d failed runs kept, %d failures since the last refit, serving %s",
+                 store.folder, len(self.runs), self.failures_since_refit, self.model.version)  # fmt: skip
 
     def snapshot(self) -> bytes:
         """The devices' current runs as data (:mod:`edgewatch.state.codec`): their readings so far and
-        whether their alert was raised. The feature state is rebuilt from them on restore; the store
-        of past runs and a refit model are not kept (a restart serves the artifact's model)."""
+        whether their alert was raised. The feature state is rebuilt from them on restore. The failed
+        runs and a refit model are not in it: the ``store`` keeps them, written when they change."""
         devices = [device for device, rows in self._rows.items() if rows]
         lengths = [len(self._rows[device]) for device in devices]
         width = len(self.model.columns)
@@ -250,11 +331,16 @@ class RulFleet:
         except Exception:  # keep serving the current model; the next failures try again
             log.exception("RUL refit failed; keeping model %s", self.model.version)
 
-    def _install(self, model: RulModel) -> None:
-        """Serve ``model`` from now on: rebuild every active run's state under its features."""
+    def _install(self, model: RulModel, refits: int | None = None, persist: bool = True) -> None:
+        """Serve ``model`` from now on (the ``refits``-th refit, by default the next): rebuild every
+        active run's state under its features; keep it in the store."""
+        refits = self.refits + 1 if refits is None else refits
         if not model.version:
-            model.version = f"{self.model.version or 'rul'}+refit{self.refits + 1}"
-        self.model, self.refits = model, self.refits + 1
+            model.version = f"{self.model.version or 'rul'}+refit{refits}"
+        self.model, self.refits = model, refits
+        if persist and self.store is not None:
+            self.store.save_model(model)
+            self._save_failures()
         self._pick = operator.itemgetter(*model.columns)
         self._state = model.spec.new_state(len(self._state))
         for device, slot in self._slots.items():
@@ -274,3 +360,10 @@ class RulFleet:
             self._rows[device_id] = []
             self._alerted[device_id] = False
         return slot
+
+
+def _run_digest(run: Run) -> bytes:
+    """What identifies a run: its device and its readings."""
+    digest = hashlib.blake2b(run.device_id.encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(run.rows, dtype=np.float64).tobytes())
+    return digest.digest()

@@ -65,6 +65,15 @@ class PageStore:
         )
         return {page: blob for page, blob in rows if blob is not None}
 
+    def ids(self, generation: int, prefix: str = "") -> list[str]:
+        """The ids of the pages held as of ``generation`` that start with ``prefix``."""
+        rows = self._db.execute(
+            "SELECT page FROM pages p WHERE substr(page, 1, ?) = ? AND blob IS NOT NULL AND generation = "
+            "(SELECT max(generation) FROM pages q WHERE q.page = p.page AND q.generation <= ?)",
+            (len(prefix), prefix, generation),
+        )
+        return [page for (page,) in rows]
+
     def latest_generation(self) -> int:
         return self._db.execute("SELECT coalesce(max(generation), 0) FROM pages").fetchone()[0]
 

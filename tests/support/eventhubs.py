@@ -1,18 +1,25 @@
-"""An Event Hubs-like Kafka endpoint: a ``SASL_SSL://127.0.0.1:<port>`` listener, mechanism PLAIN,
-the only user ``$ConnectionString`` whose password is the connection string, TLS from a PKCS12
-keystore signed by the test CA — the way Event Hubs' Kafka endpoint authenticates.
+"""Event Hubs for the tests, both connectors.
 
-The session's Apache Kafka broker carries this listener next to its plaintext one (one JVM to
-start, not two); with another broker kind the fixture starts an Apache Kafka of its own for it.
+The Kafka endpoint: an Event Hubs-like listener, ``SASL_SSL://127.0.0.1:<port>``, mechanism PLAIN,
+the only user ``$ConnectionString`` whose password is the connection string, TLS from a PKCS12
+keystore signed by the test CA — the way Event Hubs' Kafka endpoint authenticates. The session's
+Apache Kafka broker carries this listener next to its plaintext one (one JVM to start, not two);
+with another broker kind the fixture starts an Apache Kafka of its own for it.
+
+The AMQP sink: a stand-in for ``EventHubProducerClient`` with the SDK's own batches (real size
+accounting, real "batch full" ``ValueError``) and events, the sends recorded.
 """
 
 from __future__ import annotations
 
 import base64
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from azure.eventhub import EventData, EventDataBatch
+from azure.eventhub.exceptions import ConnectError
 
 from edgewatch.connectors.broker import free_port
 
@@ -87,3 +94,47 @@ def eventhubs_kafka(request, broker_kind, tmp_path_factory, pki) -> EventHubsLik
     endpoint = eventhubs_listener(workdir, pki)
     with ApacheKafka(workdir / "kafka", endpoint.properties, endpoint.listeners):
         yield endpoint.endpoint
+
+
+# -- the AMQP sink's producer ------------------------------------------------------------------------
+
+
+class RecordingBatch(EventDataBatch):
+    """The SDK's batch, also remembering what was added (EventDataBatch keeps that private)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.events: list[EventData] = []
+
+    def add(self, event_data) -> None:
+        super().add(event_data)  # raises ValueError when full, before we record
+        self.events.append(event_data)
+
+
+class FakeProducer:
+    """Stands in for EventHubProducerClient: real batches, sends recorded, failures on demand."""
+
+    def __init__(self, max_size_in_bytes: int = 1_048_576, failures: int = 0, stall_first_send: bool = False):
+        self.max_size_in_bytes = max_size_in_bytes
+        self.failures = failures
+        self.stall_first_send = stall_first_send
+        self.sent: list[tuple[str, list[EventData]]] = []
+        self.closed = False
+        self._release = threading.Event()
+
+    def create_batch(self, *, partition_key: str | None = None) -> RecordingBatch:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectError("namespace unreachable")
+        return RecordingBatch(max_size_in_bytes=self.max_size_in_bytes, partition_key=partition_key)
+
+    def send_batch(self, batch: RecordingBatch, *, timeout: float | None = None) -> None:
+        if self.stall_first_send:
+            self.stall_first_send = False
+            self._release.wait(60)  # a send the SDK never finishes
+            raise ConnectError("too late")
+        self.sent.append((batch._partition_key, list(batch.events)))
+
+    def close(self) -> None:
+        self.closed = True
+        self._release.set()

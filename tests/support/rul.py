@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 
+from edgewatch.connectors.files import CMAPSS_EPOCH
 from edgewatch.rul.train import Run, TrainConfig
 from edgewatch.schema import CMAPSS_FEATURES, RawMessage, Reading
 
@@ -55,3 +57,42 @@ def readings_of(runs: list[Run], interleave: bool = True) -> list[Reading]:
 
 def raw_at(offset: int) -> RawMessage:
     return RawMessage(None, b"{}", [], "telemetry", 0, offset, None)
+
+
+def body(row: np.ndarray, cycle: int) -> bytes:
+    """A C-MAPSS reading as the flow reads it from Kafka."""
+    return orjson.dumps({"CycleTime": cycle, **dict(zip(CMAPSS_FEATURES, row.tolist(), strict=True))})
+
+
+def raw_messages(runs: list[Run], topic: str = "telemetry") -> list[RawMessage]:
+    """The runs as Kafka messages keyed by engine, cycle by cycle across engines (offsets in order)."""
+    items = sorted(
+        ((cycle, i, run.device_id, row) for i, run in enumerate(runs) for cycle, row in enumerate(run.rows, 1)),
+        key=lambda item: item[:2],
+    )
+    return [
+        RawMessage(device.encode(), body(row, cycle), [], topic, 0, offset, round((CMAPSS_EPOCH + cycle) * 1000))
+        for offset, (cycle, _, device, row) in enumerate(items)
+    ]
+
+
+def write_cmapss_split(runs: list[Run], test_runs: list[Run], root: Path, subset: str = "SYN") -> Path:
+    """``train_<subset>.txt`` of ``runs`` and, beside it, ``test_<subset>.txt`` of ``test_runs`` cut
+    at two thirds and ``RUL_<subset>.txt`` (the cycles they had left): a C-MAPSS-like folder."""
+    cut = [Run(run.device_id, run.rows[: len(run.rows) * 2 // 3]) for run in test_runs]
+    write_cmapss(cut, root / f"test_{subset}.txt")
+    left = [len(run.rows) - len(part.rows) for run, part in zip(test_runs, cut, strict=True)]
+    (root / f"RUL_{subset}.txt").write_text("".join(f"{cycles}\n" for cycles in left))
+    return write_cmapss(runs, root / f"train_{subset}.txt")
+
+
+def write_jsonl_runs(runs: list[Run], path: Path) -> Path:
+    """The runs as a recorded stream (``simulate --out`` JSONL), run after run: growing the file by
+    more runs only appends lines (a C-MAPSS .txt is replayed cycle by cycle across engines)."""
+    with open(path, "wb") as out:
+        for run in runs:
+            for cycle, row in enumerate(run.rows, start=1):
+                record = {"key": run.device_id, "value": body(row, cycle).decode(), "headers": {},
+                          "timestamp_ms": round((CMAPSS_EPOCH + cycle) * 1000)}  # fmt: skip
+                out.write(orjson.dumps(record) + b"\n")
+    return path
