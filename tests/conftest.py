@@ -5,6 +5,10 @@ JVM, jars from Maven Central) or ``tansu`` (the embedded broker).
 ``EDGEWATCH_TEST_BOOTSTRAP=host:port`` uses a broker that is already running instead.
 
 The fixtures of one area live with that area's helpers in ``tests/support`` (registered below).
+
+Before the first test, the numba kernels are compiled into numba's cache by processes of their own
+(:mod:`tests.support.warm_up`, side by side while pytest collects); ``EDGEWATCH_TEST_WARM_UP=0``
+leaves that to whichever test needs a kernel first.
 """
 
 from __future__ import annotations
@@ -17,7 +21,33 @@ import pytest
 
 from edgewatch.config import data_dir
 
-pytest_plugins = ["tests.support.iothub", "tests.support.mlflow_server"]
+pytest_plugins = ["tests.support.iothub", "tests.support.mlflow_server", "tests.support.eventhubs"]
+
+
+_warm_up = pytest.StashKey["WarmUp"]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if session.config.option.collectonly or os.environ.get("EDGEWATCH_TEST_WARM_UP", "1") == "0":
+        return
+    from tests.support.warm_up import WarmUp
+
+    session.config.stash[_warm_up] = WarmUp()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session):
+    warm_up = session.config.stash.get(_warm_up, None)
+    if warm_up is not None:
+        from tests.support.warm_up import DETECTORS
+
+        for problem in warm_up.wait(DETECTORS):
+            session.config.get_terminal_writer().line(f"warm-up: {problem}", yellow=True)
+    try:
+        return (yield)
+    finally:
+        if warm_up is not None:
+            warm_up.finish()
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +61,15 @@ def broker_kind() -> str:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(broker_kind, tmp_path_factory) -> str:
+def kafka_eventhubs_listener(tmp_path_factory, pki):
+    """The Event Hubs-like listener the session's Apache Kafka carries (``tests.support.eventhubs``)."""
+    from tests.support.eventhubs import eventhubs_listener
+
+    return eventhubs_listener(tmp_path_factory.mktemp("eventhubs-listener"), pki)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request, broker_kind, tmp_path_factory) -> str:
     """HOST:PORT of the session's broker; the broker stops when the session ends."""
     if broker_kind == "external":
         yield os.environ["EDGEWATCH_TEST_BOOTSTRAP"]
@@ -43,7 +81,8 @@ def kafka_bootstrap(broker_kind, tmp_path_factory) -> str:
     else:
         from tests.kafka.apache_kafka import ApacheKafka
 
-        with ApacheKafka(tmp_path_factory.mktemp("kafka")) as broker:
+        eventhubs = request.getfixturevalue("kafka_eventhubs_listener")
+        with ApacheKafka(tmp_path_factory.mktemp("kafka"), eventhubs.properties, eventhubs.listeners) as broker:
             yield broker.bootstrap
 
 

@@ -1,9 +1,9 @@
 """Azure Event Hubs, both connectors.
 
-(a) Kafka endpoint, against a real broker: a second Apache Kafka (this module's own fixture) with
-an Event Hubs-like listener — ``SASL_SSL://127.0.0.1:<port>``, mechanism PLAIN, the only user
-``$ConnectionString`` whose password is the connection string, TLS from a PKCS12 keystore signed
-by a CA made in the test. edgewatch's Kafka source and sink talk to it with the settings derived
+(a) Kafka endpoint, against a real broker: the session's Apache Kafka also has an Event Hubs-like
+listener (:mod:`tests.support.eventhubs`) — ``SASL_SSL://127.0.0.1:<port>``, mechanism PLAIN, the
+only user ``$ConnectionString`` whose password is the connection string, TLS from a PKCS12 keystore
+signed by a CA made in the test. edgewatch's Kafka source and sink talk to it with the settings derived
 from that one connection string, exactly as in Azure, only with ``ssl.ca.location`` = the test CA.
 
 (b) AMQP sink, at the SDK boundary: there is no local Event Hubs server without Docker, so the
@@ -17,8 +17,6 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import bytewax.operators as op
 import pytest
@@ -35,10 +33,9 @@ from edgewatch.connectors.broker import free_port
 from edgewatch.connectors.kafka import KafkaBatchSource, KafkaSink, OutRecord, ensure_topics
 from edgewatch.schema import labeled_event_json
 from edgewatch.store_forward import BufferPolicy, Envelope, StoreAndForward
-from tests.support.eventhubs import FakeProducer
+from tests.support.eventhubs import KEY, FakeProducer
 from tests.support.events import labeled_event, run_sink
 
-KEY = base64.b64encode(b"event hubs test key 0123456789ab").decode()
 NAMESPACE = "Endpoint=sb://factory-7.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;"
 
 
@@ -77,57 +74,6 @@ def test_settings_from_one_connection_string():
     ):
         with pytest.raises(ValueError):
             eventhubs_kafka_config(bad)
-
-
-@dataclass(frozen=True)
-class EventHubsLikeKafka:
-    connection_string: str
-    ca: Path
-
-
-def write_pkcs12(key_pem: Path, cert_pem: Path, ca_pem: Path, out: Path, password: str) -> None:
-    """A PKCS12 keystore (key, certificate, CA chain) the JDK can read."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.serialization import pkcs12
-
-    key = serialization.load_pem_private_key(key_pem.read_bytes(), None)
-    data = pkcs12.serialize_key_and_certificates(
-        b"localhost",
-        key,
-        x509.load_pem_x509_certificate(cert_pem.read_bytes()),
-        [x509.load_pem_x509_certificate(ca_pem.read_bytes())],
-        serialization.BestAvailableEncryption(password.encode()),
-    )
-    out.write_bytes(data)
-
-
-@pytest.fixture(scope="module")
-def eventhubs_kafka(tmp_path_factory, pki):
-    """A second Apache Kafka whose SASL_SSL listener authenticates like Event Hubs' Kafka endpoint."""
-    from tests.kafka.apache_kafka import ApacheKafka
-
-    workdir = tmp_path_factory.mktemp("eventhubs-kafka")
-    keystore, password = workdir / "broker.p12", "keystore-secret"
-    write_pkcs12(pki.key, pki.cert, pki.ca, keystore, password)
-    port = free_port()
-    cs = f"Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey={KEY}"
-    listener = "listener.name.sasl_ssl."
-    properties = {
-        "sasl.enabled.mechanisms": "PLAIN",
-        # JAAS: user_<name>="<password>"; '$' is a word character for Kafka's JAAS parser, and the
-        # connection string has no '"' or '\', so it needs no escaping in the JAAS or .properties syntax
-        f"{listener}plain.sasl.jaas.config": (
-            f'org.apache.kafka.common.security.plain.PlainLoginModule required user_$ConnectionString="{cs}";'
-        ),
-        f"{listener}ssl.keystore.type": "PKCS12",
-        f"{listener}ssl.keystore.location": str(keystore),
-        f"{listener}ssl.keystore.password": password,
-        f"{listener}ssl.key.password": password,
-    }
-    broker = ApacheKafka(workdir / "kafka", properties, [f"SASL_SSL://127.0.0.1:{port}"])
-    with broker:
-        yield EventHubsLikeKafka(cs, pki.ca)
 
 
 def test_produce_and_consume_through_the_eventhubs_endpoint(eventhubs_kafka, topic_names):

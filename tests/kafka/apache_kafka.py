@@ -8,10 +8,12 @@ of at most 512 MB, on free loopback ports, and dies with the Python process.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 from edgewatch.connectors.broker import _die_with_parent, free_port, stop_process, wait_for_kafka
@@ -113,13 +115,9 @@ class ApacheKafka:
         config = self.workdir / "server.properties"
         config.write_text(self._properties())
         classpath = f"{libs}/*"
-        cluster_id = subprocess.run(
-            [java(), "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout.split()[-1]
+        # what `kafka-storage random-uuid` prints (a random UUID, URL-safe base64 without padding),
+        # without starting a JVM for it
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
             [
                 java(),
