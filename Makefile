@@ -13,7 +13,7 @@ UV := uv==0.13.8
 # plain pip when uv cannot be had
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	( $(BIN)/python -m pip install --quiet $(UV) && $(BIN)/uv pip install --quiet --python $(BIN)/python --editable '.[dev]' ) \
+	( $(BIN)/python -m pip install --quiet $(UV) && $(BIN)/uv pip install --quiet --python $(BIN)/python $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) --editable '.[dev]' ) \
 		|| $(BIN)/python -m pip install --quiet --editable '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
