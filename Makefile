@@ -33,8 +33,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# the anomaly flow vs references, then the RUL flow over C-MAPSS (trains its model once; skipped without the data)
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/rul_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

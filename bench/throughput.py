@@ -72,6 +72,7 @@ class _FirstBatchClock:
 
         clock = self
         self.first: float | None = None
+        self.first_cpu: float | None = None  # the process's CPU time then (all its threads)
 
         class Partition(StatefulSourcePartition):
             def __init__(self, inner):
@@ -80,7 +81,7 @@ class _FirstBatchClock:
             def next_batch(self):
                 batch = self._inner.next_batch()
                 if clock.first is None and batch:
-                    clock.first = CLOCK()
+                    clock.first, clock.first_cpu = CLOCK(), time.process_time()
                 return batch
 
             def next_awake(self):
@@ -102,8 +103,32 @@ class _FirstBatchClock:
         self.source = Source()
 
 
-def _reference_flow(kind: str, bootstrap: str, out_topic: str, clock: _FirstBatchClock):
-    """The null and naive flows, written the way the Bytewax and River docs show."""
+def timing(clock: _FirstBatchClock, messages: int) -> dict:
+    """A child's figures from its first message to now: rate per second (``CLOCK``) and per CPU-second."""
+    seconds = CLOCK() - clock.first
+    cpu_seconds = time.process_time() - clock.first_cpu
+    return {
+        "messages": messages,
+        "seconds": seconds,
+        "events_per_s": messages / seconds,
+        "cpu_seconds": cpu_seconds,
+        "events_per_cpu_s": messages / cpu_seconds,
+    }
+
+
+def simulator_features(body: dict) -> dict:
+    """The null and naive flows' features of a simulator message."""
+    return {
+        "machine.temperature": body["machine"]["temperature"],
+        "machine.pressure": body["machine"]["pressure"],
+        "ambient.temperature": body["ambient"]["temperature"],
+        "ambient.humidity": body["ambient"]["humidity"],
+    }
+
+
+def _reference_flow(kind: str, bootstrap: str, out_topic: str, clock: _FirstBatchClock, features=simulator_features):
+    """The null and naive flows, written the way the Bytewax and River docs show; ``features``
+    picks a message body's features (a flat body such as C-MAPSS's: ``dict`` itself)."""
     import bytewax.operators as op
     import orjson
     from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
@@ -115,14 +140,7 @@ def _reference_flow(kind: str, bootstrap: str, out_topic: str, clock: _FirstBatc
     messages = op.input("in", flow, clock.source)
 
     def parse(msg):
-        body = orjson.loads(msg.value)
-        features = {
-            "machine.temperature": body["machine"]["temperature"],
-            "machine.pressure": body["machine"]["pressure"],
-            "ambient.temperature": body["ambient"]["temperature"],
-            "ambient.humidity": body["ambient"]["humidity"],
-        }
-        return msg.key.decode(), features
+        return msg.key.decode(), features(orjson.loads(msg.value))
 
     parsed = op.map("parse", messages, parse)
     if kind == "null":
@@ -168,8 +186,10 @@ def _edgewatch_app(bootstrap: str, topic: str, out_topic: str, stop_offsets: dic
     return app, flow, clock
 
 
-def run_flow(kind: str, bootstrap: str, topic: str, stop_offsets: dict, workers: int = 1) -> dict:
-    """Run one flow to the end in this process and time it."""
+def run_flow(
+    kind: str, bootstrap: str, topic: str, stop_offsets: dict, workers: int = 1, features=simulator_features
+) -> dict:
+    """Run one flow to the end in this process and time it (``features``: see :func:`_reference_flow`)."""
     from bytewax.connectors.kafka import KafkaSource
     from bytewax.run import cli_main
 
@@ -180,11 +200,9 @@ def run_flow(kind: str, bootstrap: str, topic: str, stop_offsets: dict, workers:
     else:
         ensure_topics({"bootstrap.servers": bootstrap}, [out_topic], PARTITIONS)
         clock = _FirstBatchClock(KafkaSource([bootstrap], [topic], tail=False))
-        flow = _reference_flow(kind, bootstrap, out_topic, clock)
+        flow = _reference_flow(kind, bootstrap, out_topic, clock, features)
         cli_main(flow, workers_per_process=workers)
-    seconds = CLOCK() - clock.first
-    messages = sum(stop_offsets.values())
-    return {"messages": messages, "seconds": seconds, "events_per_s": messages / seconds}
+    return timing(clock, sum(stop_offsets.values()))
 
 
 def run_ceiling(bootstrap: str, topic: str, stop_offsets: dict) -> dict:
@@ -320,12 +338,24 @@ def run_latency(bootstrap: str, rate: float = 10_000.0, seconds: float = 20.0, d
     }
 
 
-def _child(kind: str, *args: str) -> dict:
+def _child(kind: str, *args: str, script: str = __file__) -> dict:
+    """Run ``script --child kind args`` in its own process; its last line of output, as JSON."""
     clock = ["--cpu-clock"] if CLOCK is time.process_time else []
     result = subprocess.run(
-        [sys.executable, __file__, "--child", kind, *clock, *args], check=True, capture_output=True, text=True
+        [sys.executable, script, "--child", kind, *clock, *args], check=True, capture_output=True, text=True
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def start_broker(stack: ExitStack, broker_kind: str = "kafka") -> str:
+    """A broker for the run (closed with ``stack``): Apache Kafka 4.x, or the embedded ``tansu``; its bootstrap."""
+    if broker_kind == "tansu":
+        from edgewatch.connectors.broker import EmbeddedBroker
+
+        return stack.enter_context(EmbeddedBroker()).bootstrap
+    from tests.kafka.apache_kafka import ApacheKafka
+
+    return stack.enter_context(ApacheKafka(Path(tempfile.mkdtemp(prefix="bench-kafka-")))).bootstrap
 
 
 def _offsets_arg(stop_offsets: dict) -> str:
@@ -342,14 +372,7 @@ def main(
     """Every measurement in one run; ``quick`` skips latency, memory and scaling (smoke tests)."""
     with ExitStack() as stack:
         if bootstrap is None:
-            if broker_kind == "tansu":
-                from edgewatch.connectors.broker import EmbeddedBroker
-
-                bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
-            else:
-                from tests.kafka.apache_kafka import ApacheKafka
-
-                bootstrap = stack.enter_context(ApacheKafka(Path(tempfile.mkdtemp(prefix="bench-kafka-")))).bootstrap
+            bootstrap = start_broker(stack, broker_kind)
         topic = f"bench-{int(time.time())}"
         stop_offsets = produce_messages(bootstrap, topic, messages, devices)
         offsets = _offsets_arg(stop_offsets)

@@ -2,8 +2,12 @@
 
 import re
 
+from bench.rul_bench import main as rul_bench_main
 from bench.throughput import main as bench_main
+from edgewatch.rul import artifact
+from edgewatch.rul.train import train_runs
 from tests.support.processes import EdgewatchProcess
+from tests.support.rul import SMALL, synthetic_fleet, write_cmapss
 
 DEMO_LINE = re.compile(
     r"^demo: events=(\d+) labeled=(\d+) deadletter=(\d+) faults=(\d+) detected=(\d+) "
@@ -31,3 +35,17 @@ def test_bench_prints_its_summary_line(kafka_bootstrap, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"bench: null=\d+ naive=\d+ edgewatch=\d+ ratio_vs_naive=[\d.]+ ratio_vs_null=[\d.]+", last)
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_rul_bench_runs_the_rul_flow_to_its_summary_line(kafka_bootstrap, tmp_path, capsys):
+    # a small synthetic fleet and model: no data set needed, a few seconds
+    model = artifact.save(train_runs(synthetic_fleet(6, seed=3), SMALL), tmp_path / "model")
+    telemetry = write_cmapss(synthetic_fleet(4, seed=4), tmp_path / "test_SYN.txt")
+    figures = rul_bench_main(2000, kafka_bootstrap, quick=True, model=tmp_path / "model", input_file=telemetry)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"rul_bench: flow_readings_per_s=\d+ flow_readings_per_cpu_s=\d+ null_readings_per_s=\d+ "
+        r"null_readings_per_cpu_s=\d+ ratio_vs_null=[\d.]+ readings=2000 devices=\d+ alerts=\d+",
+        last,
+    )
+    assert model.version and figures["readings"] == 2000 and figures["flow_readings_per_s"] > 0
