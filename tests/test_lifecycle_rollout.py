@@ -50,7 +50,8 @@ def test_a_rollout_keeps_what_devices_learned(fleet, detector, trained_devices):
     print(f"\n{detector}: false alarms over 1,000 (first 100) readings x {DEVICES} devices, {trained_devices} trained: "
           f"no rollout {without}, rollout warmed {figures[256]}, rollout cold {figures[0]}")  # fmt: skip
     assert figures[256][0] <= without[0] and figures[256][1] <= without[1]
-    assert figures[0][1] > 3 * figures[256][1] + 5  # the ablation: the burst the warm-up prevents
+    # the ablation: a cold rollout bursts (above no rollout, twice the warmed one); the warm-up prevents it
+    assert figures[0][1] > without[1] + 5 and figures[0][1] > 2 * figures[256][1]
 
 
 def test_a_challenger_in_the_shadow_is_promoted_with_what_it_learned(fleet):

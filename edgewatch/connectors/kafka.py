@@ -190,7 +190,8 @@ class _KafkaBatchPartition(StatefulSourcePartition[list[RawMessage], int]):
         if not messages:
             return []
         errors = list(map(Message.error, messages))
-        if errors.count(None) == len(errors) and (
+        # (``is None``, not list.count(None): KafkaError's == against None leaves a Python error set)
+        if all(error is None for error in errors) and (
             self._stop_offset is None or messages[-1].offset() < self._stop_offset
         ):  # the common case: no error, not at the end (messages of one partition, in offset order)
             topic, partition = self._topic, self._partition
