@@ -248,15 +248,17 @@ def _size(value: object) -> int:
 def parse_batch(raws: list[RawMessage]) -> tuple[list[Reading], list[DeadLetter]]:
     """Parse a batch, keeping the order of the good and of the bad messages: the same result as
     :func:`parse_message` on each, with the well-formed SimulatedTemperatureSensor bodies decoded
-    together (:func:`_parse_simulated_batch`)."""
+    together (:func:`_parse_simulated_batch`) and well-formed CMAPSS rows in one typed decode each
+    (:func:`_parse_cmapss_row`), and flat generic bodies likewise (:func:`_parse_generic`)."""
     fast, missed = _parse_simulated_batch(raws)
     if not missed:
         return fast, []
     readings: list[Reading] = []
     dead: list[DeadLetter] = []
+    latest = time.time() + FUTURE_TOLERANCE  # once per batch: a batch spans milliseconds
     for raw, parsed in zip(raws, fast, strict=True):
         if parsed is None:
-            parsed = parse_message(raw)
+            parsed = _parse_cmapss_row(raw, latest) or _parse_generic(raw, latest) or parse_message(raw)
         (readings if type(parsed) is Reading else dead).append(parsed)
     return readings, dead
 
@@ -377,6 +379,119 @@ def _parse_simulated_batch(raws: list[RawMessage]) -> tuple[list, int]:
         return found, missed
     readings = iter(found)
     return [next(readings) if ok else None for ok in shaped], missed + len(raws) - len(candidates)
+
+
+#: A CMAPSS row as :func:`~edgewatch.connectors.files.read_cmapss` writes it: every field a number,
+#: no other field (an unknown, a null or a string one: the one-message path decides)
+_CmapssRow = msgspec.defstruct(
+    "_CmapssRow",
+    [
+        ("CycleTime", float),
+        *((name, float) for name in CMAPSS_FEATURES),
+        ("timestamp", float | msgspec.UnsetType, msgspec.UNSET),
+    ],
+    forbid_unknown_fields=True,
+    gc=False,
+)
+_CMAPSS_ROW = msgspec.json.Decoder(_CmapssRow)
+_CMAPSS_PREFIX = b'{"CycleTime"'
+_CMAPSS_COLONS = 1 + len(CMAPSS_FEATURES)
+
+
+def _parse_cmapss_row(raw: RawMessage, latest: float) -> Reading | None:
+    """A well-formed CMAPSS row in one typed decode (C), read as :func:`_parse` reads it; ``None``
+    for anything else (``latest``: the newest plausible time), left to :func:`parse_message`.
+
+    The typed decode takes numbers only and no unknown field, so the bytes' colons (no escapes) are
+    exactly those of the keys: one more than the fields decoded means a duplicate key."""
+    value = raw.value
+    if type(value) is not bytes or not value.startswith(_CMAPSS_PREFIX) or len(value) > MAX_MESSAGE_BYTES:
+        return None
+    if b"\\" in value:
+        return None
+    try:
+        row = _CMAPSS_ROW.decode(value)
+    except Exception:  # another shape, a null, a string, not UTF-8: the one-message path says
+        return None
+    fields = msgspec.structs.astuple(row)
+    stamp = fields[-1]
+    if value.count(b":") != _CMAPSS_COLONS + (stamp is not msgspec.UNSET):
+        return None
+    numbers = fields[:-1]
+    if not (min(numbers) >= -MAX_ABS_VALUE and max(numbers) <= MAX_ABS_VALUE):  # inf: out of range
+        return None
+    key = raw.key
+    if not key:  # the body has no deviceId: the headers name the device, the one-message path reads them
+        return None
+    device_id = _DEVICE_IDS.get(key) or _key_device_id(key)
+    if device_id is None:
+        return None
+    if stamp is msgspec.UNSET:
+        if raw.timestamp_ms is None:
+            return None
+        stamp = raw.timestamp_ms / 1000.0
+    if not EARLIEST_TIME <= stamp <= latest:
+        return None
+    return Reading(device_id, stamp, dict(zip(CMAPSS_FEATURES, numbers[1:], strict=True)), raw)
+
+
+class _GenericBody(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A generic body of numbers (``ts`` and the others: the one-message path)."""
+
+    values: dict[str, float]
+    timestamp: float | str | msgspec.UnsetType = msgspec.UNSET
+    deviceId: str | msgspec.UnsetType = msgspec.UNSET
+
+
+_GENERIC = msgspec.json.Decoder(_GenericBody)
+
+
+def _parse_generic(raw: RawMessage, latest: float) -> Reading | None:
+    """A well-formed generic body (``values`` of numbers, keyed by device) in one typed decode (C),
+    read as :func:`_parse` reads it; ``None`` for anything else, left to :func:`parse_message`.
+
+    Without escapes, the bytes' colons are those of the keys and those inside the strings: any
+    other count means a duplicate key (the decoder keeps the last one)."""
+    value = raw.value
+    key = raw.key
+    if not key or type(value) is not bytes or b'"values"' not in value or len(value) > MAX_MESSAGE_BYTES:
+        return None
+    if b"\\" in value:
+        return None
+    try:
+        body = _GENERIC.decode(value)
+    except Exception:  # another shape, a null, not UTF-8, a number out of range: the one-message path says
+        return None
+    values, stamp, device = body.values, body.timestamp, body.deviceId
+    if not values or len(values) > MAX_FEATURES:
+        return None
+    colons = 1 + len(values)
+    for name in values:
+        if not name or len(name) > MAX_FEATURE_NAME_LENGTH or not name.isprintable():
+            return None
+        colons += name.count(":")
+    if device is not msgspec.UNSET:
+        colons += 1 + device.count(":")
+    if stamp is msgspec.UNSET:
+        if raw.timestamp_ms is None:
+            return None
+        stamp = raw.timestamp_ms / 1000.0
+    else:
+        if type(stamp) is str:
+            colons += stamp.count(":")
+            stamp = _iso_seconds(stamp)
+            if stamp is None:
+                return None
+        colons += 1
+    if value.count(b":") != colons or not EARLIEST_TIME <= stamp <= latest:
+        return None
+    numbers = values.values()
+    if not (min(numbers) >= -MAX_ABS_VALUE and max(numbers) <= MAX_ABS_VALUE):  # inf: out of range
+        return None
+    device_id = _DEVICE_IDS.get(key) or _key_device_id(key)
+    if device_id is None:
+        return None
+    return Reading(device_id, stamp, values, raw)
 
 
 def _key_device_id(key: bytes) -> str | None:

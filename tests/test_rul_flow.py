@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from edgewatch.cli import app
 from edgewatch.connectors.kafka import ensure_topics
-from edgewatch.flows.rul import STORE_DIR
+from edgewatch.flows.rul import STORE_DIR, FleetLogic
 from edgewatch.rul import artifact
 from edgewatch.rul.events import RunEnd
 from edgewatch.rul.online import RulFleet
@@ -85,6 +85,13 @@ def test_a_fleet_snapshot_is_data_and_restores_the_runs(rul_model):
     restored.restore(blob)
     expected = [(e.cycle, round(e.p50, 9)) for e in fleet.update_many(tail).estimates]
     assert [(e.cycle, round(e.p50, 9)) for e in restored.update_many(tail).estimates] == expected
+
+
+def test_the_fleet_is_snapshotted_only_with_recovery(rul_model):
+    fleet = RulFleet(artifact.load(rul_model), horizon=30)
+    fleet.update_many(readings_of(synthetic_fleet(2, seed=3))[:50])
+    assert FleetLogic(fleet, False, recovery=False).snapshot() == b"", "Bytewax would throw it away"
+    assert FleetLogic(fleet, False, recovery=True).snapshot() == fleet.snapshot()
 
 
 def test_run_rul_needs_a_model_and_names_a_bad_one(tmp_path):

@@ -15,7 +15,7 @@ Read top to bottom, this is the whole data path::
 The model (``--model``: a directory or ``models:/NAME@ALIAS``) is resolved, verified and cached
 by the process owner through the registry code, as the anomaly flow's (it must be an RUL model).
 With ``--recovery-dir``, the fleet's state (each device's current run) is snapshotted as data at
-every epoch, and what it learned from failures (the failed runs, the refit model) is kept in
+every epoch (without it, not at all), and what it learned from failures (the failed runs, the refit model) is kept in
 ``<recovery_dir>/rul`` (:class:`~edgewatch.rul.store.RefitStore`). One key keeps the whole fleet
 in one worker: a refit needs every run, and the model runs at tens of thousands of readings per
 second in one process (``bench/rul_bench.py``).
@@ -96,9 +96,10 @@ def run_end_items(raws: list[RawMessage]) -> list[RunEnd | DeadLetter]:
 class FleetLogic(op.StatefulBatchLogic[list, RulResult, bytes]):
     """Bytewax glue for the fleet: readings are estimated in order, run ends end runs."""
 
-    def __init__(self, fleet: RulFleet, ends_at_eof: bool):
+    def __init__(self, fleet: RulFleet, ends_at_eof: bool, recovery: bool):
         self.fleet = fleet
         self._ends_at_eof = ends_at_eof
+        self._recovery = recovery
 
     def on_batch(self, values: list[list]) -> tuple[list[RulResult], bool]:
         results = []
@@ -121,14 +122,15 @@ class FleetLogic(op.StatefulBatchLogic[list, RulResult, bytes]):
         return [], op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return self.fleet.snapshot()
+        # Bytewax asks at every epoch, recovery or not: without it the snapshot is thrown away
+        return self.fleet.snapshot() if self._recovery else b""
 
 
 def fleet_builder(settings: RulSettings, fleet: RulFleet):
     def build(state: bytes | None) -> FleetLogic:
         if state:
             fleet.restore(state)
-        return FleetLogic(fleet, settings.replay_ends_in_failure)
+        return FleetLogic(fleet, settings.replay_ends_in_failure, settings.recovery_dir is not None)
 
     return build
 

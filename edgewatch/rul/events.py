@@ -26,6 +26,7 @@ lower bound of its RUL is known) and is not learned from. Either way the device 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import orjson
@@ -34,6 +35,8 @@ from edgewatch.schema import RawMessage, format_timestamp, parse_iso_utc
 
 RUN_END_KINDS = ("failure", "maintenance")
 MODEL_NAME = "rul"
+#: an event time as the events write it, remembered: a fleet's readings share times (a replay's cycles)
+_time_text = functools.lru_cache(maxsize=4096)(format_timestamp)
 
 
 @dataclass(slots=True)
@@ -74,7 +77,7 @@ def rul_estimate_json(estimate: RulEstimate) -> bytes:
     return orjson.dumps(
         {
             "device_id": estimate.device_id,
-            "timestamp": format_timestamp(estimate.timestamp),
+            "timestamp": _time_text(estimate.timestamp),
             "cycle": estimate.cycle,
             "rul": {"p10": estimate.p10, "p50": estimate.p50, "p90": estimate.p90},
             "model": {"name": MODEL_NAME, "version": estimate.model_version},
@@ -91,7 +94,7 @@ def maintenance_alert_json(estimate: RulEstimate) -> bytes:
         {
             "event": "maintenance-alert",
             "device_id": estimate.device_id,
-            "timestamp": format_timestamp(estimate.timestamp),
+            "timestamp": _time_text(estimate.timestamp),
             "cycle": estimate.cycle,
             "horizon": estimate.horizon,
             "rul": {"p10": estimate.p10, "p50": estimate.p50, "p90": estimate.p90},
