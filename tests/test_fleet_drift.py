@@ -7,7 +7,8 @@ import orjson
 from typer.testing import CliRunner
 
 from edgewatch.cli import app
-from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT, read_report
+from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT
+from edgewatch.flows.reports import read_report
 from edgewatch.online_models import artifact
 from edgewatch.online_models.reference import checked_reference, psi
 from tests.support.registry import shifted_copy, simulated_split, trained

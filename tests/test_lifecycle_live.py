@@ -11,7 +11,8 @@ from edgewatch.azure.twin import TwinControls
 from edgewatch.cli import app
 from edgewatch.config import FlowSettings
 from edgewatch.flows.anomaly import LiveControls
-from edgewatch.flows.lifecycle import SHADOW_REPORT, read_shadow_report
+from edgewatch.flows.lifecycle import SHADOW_REPORT
+from edgewatch.flows.reports import read_report
 from edgewatch.online_models import artifact
 from edgewatch.online_models.registry import BUILTIN
 from edgewatch.schema import RawMessage, SourceRef, parse_message
@@ -61,7 +62,7 @@ def test_run_with_a_shadow_writes_the_challengers_labels_beside_the_champions(tm
         assert s["champion"]["is_anomaly"] == by_offset[s["source"]["offset"]]["is_anomaly"]
         assert s["agrees"] == (s["champion"]["is_anomaly"] == s["challenger"]["is_anomaly"])
     assert max(s["device"]["readings"] for s in shadow) == 100
-    figures = read_shadow_report(tmp_path / "cache" / SHADOW_REPORT)  # what `edgewatch retrain` reads
+    figures = read_report(tmp_path / "cache" / SHADOW_REPORT)  # what `edgewatch retrain` reads
     assert figures["challenger"] == v2_version and figures["readings"] == 400
     assert figures["agreement"] == sum(s["agrees"] for s in shadow) / 400
 

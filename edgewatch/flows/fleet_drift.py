@@ -27,9 +27,7 @@ from what the model was trained on — no device, a different consumer (the retr
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 import orjson
 from prometheus_client import Counter, Gauge
 
+from edgewatch.flows.reports import write_report
 from edgewatch.online_models.reference import checked_reference, null_bound, psi
 from edgewatch.schema import Reading, _utc_datetime
 
@@ -184,22 +183,7 @@ class FleetDriftLogic(op.StatefulBatchLogic):
             "drifted": sorted(self.drifting),
             "drift_reported": {name: round(at, 3) for name, at in sorted(self.drifting.items())},
         }
-        try:  # written whole, then renamed: a reader never sees half a report
-            self.report.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.report.with_suffix(".partial")
-            partial.write_text(json.dumps(report, indent=2))
-            os.replace(partial, self.report)
-        except OSError as exc:
-            log.warning("fleet drift: could not write %s: %s", self.report, exc)
+        write_report(self.report, report, "fleet drift")
 
     def snapshot(self) -> bytes:
         return b""
-
-
-def read_report(path: Path) -> dict | None:
-    """The last fleet drift report, or ``None``."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None

@@ -14,10 +14,8 @@ challenger in the shadow of the champion.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-import os
 import threading
 import time
 import zlib
@@ -30,6 +28,7 @@ import numpy as np
 import orjson
 from prometheus_client import Counter, Gauge
 
+from edgewatch.flows.reports import write_report
 from edgewatch.online_models.artifact import ModelArtifact, continue_fit, fit_detector
 from edgewatch.online_models.registry import DetectorSpec
 from edgewatch.schema import BankResult, LabeledEvent, Reading, _source, _utc_datetime
@@ -227,28 +226,13 @@ class ShadowMetrics:
             "champion_alarm_rate": figures[2] / readings if readings else None,
             "challenger_alarm_rate": figures[3] / readings if readings else None,
         }
-        try:  # written whole, then renamed: a reader never sees half a report
-            self.report.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.report.with_suffix(".partial")
-            partial.write_text(json.dumps(report, indent=2))
-            os.replace(partial, self.report)
-        except OSError as exc:
-            log.warning("shadow: could not write %s: %s", self.report, exc)
+        write_report(self.report, report, "shadow")
 
 
 SHADOW_METRICS = ShadowMetrics()
 #: the shadow's figures, in the model cache directory (``edgewatch retrain`` reads them)
 SHADOW_REPORT = "shadow.json"
 REPORT_SECONDS = 1.0  # the report is rewritten at most this often
-
-
-def read_shadow_report(path: Path) -> dict | None:
-    """The shadow figures a flow wrote last, or ``None``."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None
 
 
 TALLY_PAGE_DEVICES = 64  # devices per page of the tally (on average: a device's page is a hash)

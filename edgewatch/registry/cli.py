@@ -139,7 +139,8 @@ def status(
 ) -> None:
     """Versions, aliases, champion history and the last validation of each version; the fleet drift
     a flow using this cache directory measured last."""
-    from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT, read_report
+    from edgewatch.flows.fleet_drift import FLEET_DRIFT_REPORT
+    from edgewatch.flows.reports import read_report
     from edgewatch.registry.lifecycle import status as run_status
 
     try:

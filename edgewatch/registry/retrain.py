@@ -167,7 +167,8 @@ def shadow_trial(
     (:mod:`edgewatch.registry.follow`); then the figures a flow wrote (:data:`SHADOW_REPORT` in the
     model cache directory) decide (:func:`shadow_failures`). Audited at the start and at the
     decision, and tagged on the version."""
-    from edgewatch.flows.lifecycle import SHADOW_REPORT, read_shadow_report
+    from edgewatch.flows.lifecycle import SHADOW_REPORT
+    from edgewatch.flows.reports import read_report
     from edgewatch.registry.publish import client
 
     seconds = settings.retrain_shadow_seconds
@@ -176,7 +177,7 @@ def shadow_trial(
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(poll_seconds, left))
-    report = read_shadow_report(settings.model_cache_dir / SHADOW_REPORT) or {}
+    report = read_report(settings.model_cache_dir / SHADOW_REPORT) or {}
     figures = report if report.get("challenger") == model_version else {"readings": 0}
     failed = shadow_failures(figures, settings)
     summary = {
@@ -236,7 +237,7 @@ def drift_since(report_path: Path, since: float) -> list[str]:
     """Features whose fleet drift the report says began after ``since`` (epoch s): a drift that
     lasts triggers one round, not one per window (a report without those times: every drifted
     feature, if it was written after ``since``)."""
-    from edgewatch.flows.fleet_drift import read_report
+    from edgewatch.flows.reports import read_report
 
     try:
         written = report_path.stat().st_mtime
