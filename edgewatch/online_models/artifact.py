@@ -171,20 +171,7 @@ def load(model_dir: Path, public_key: str | Path | None = None) -> ModelArtifact
     """Read a model directory as data, refusing it unless it is complete, matches its sha256
     and, with ``public_key`` (PEM text or a PEM file), carries a valid signature by that key."""
     model_dir = Path(model_dir)
-    try:
-        manifest = (model_dir / METADATA_FILE).read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"{model_dir} is not a model directory: {model_dir / METADATA_FILE} is missing") from None
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {model_dir / METADATA_FILE}: {exc.strerror or exc}") from None
-    if public_key is not None:
-        verify_signature(model_dir, manifest, public_key)
-    try:
-        metadata = json.loads(manifest)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{model_dir / METADATA_FILE} is not valid JSON: {exc}") from None
-    if not isinstance(metadata, dict):
-        raise ArtifactError(f"{model_dir / METADATA_FILE} is not a JSON object")
+    metadata = read_manifest(model_dir, public_key)
     if metadata.get("format") != FORMAT:
         hint = " (a pickled model from an older edgewatch: retrain it)" if metadata.get("format") == 1 else ""
         raise ArtifactError(f"unsupported artifact format {metadata.get('format')!r} (expected {FORMAT}){hint}")
@@ -203,6 +190,26 @@ def load(model_dir: Path, public_key: str | Path | None = None) -> ModelArtifact
     if not isinstance(version, str):
         raise ArtifactError(f"{model_dir / METADATA_FILE}: no version")
     return ModelArtifact(spec, models, default_device, version, metadata, dict(models.features))
+
+
+def read_manifest(model_dir: Path, public_key: str | Path | None = None) -> dict:
+    """The ``model.json`` of ``model_dir`` as a JSON object, its signature checked first with
+    ``public_key`` (every model kind's loader starts here)."""
+    try:
+        manifest = (model_dir / METADATA_FILE).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{model_dir} is not a model directory: {model_dir / METADATA_FILE} is missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {model_dir / METADATA_FILE}: {exc.strerror or exc}") from None
+    if public_key is not None:
+        verify_signature(model_dir, manifest, public_key)
+    try:
+        metadata = json.loads(manifest)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{model_dir / METADATA_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f"{model_dir / METADATA_FILE} is not a JSON object")
+    return metadata
 
 
 def sign(model_dir: Path, private_key: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgewatch.online_models.artifact import SIGNATURE_FILE, ArtifactError, sign, verify_signature
+from edgewatch.online_models.artifact import SIGNATURE_FILE, ArtifactError, read_manifest, sign
 from edgewatch.rul.features import FeatureSpec
 from edgewatch.rul.model import QUANTILES, RulModel
 from edgewatch.rul.trees import Forest
@@ -69,20 +69,7 @@ def read_data_artifact(model_dir: Path, public_key: str | Path | None = None) ->
     """The arrays and the document of ``model_dir``, after checking the signature of ``model.json``
     (with ``public_key``) and every file's sha256."""
     model_dir = Path(model_dir)
-    try:
-        manifest = (model_dir / METADATA_FILE).read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"{model_dir} is not a model directory: {METADATA_FILE} is missing") from None
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {model_dir / METADATA_FILE}: {exc.strerror or exc}") from None
-    if public_key is not None:
-        verify_signature(model_dir, manifest, public_key)
-    try:
-        document = json.loads(manifest)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{model_dir / METADATA_FILE} is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ArtifactError(f"{model_dir / METADATA_FILE} is not a JSON object")
+    document = read_manifest(model_dir, public_key)
     files = document.get("files")
     if not isinstance(files, dict) or ARRAYS_FILE not in files:
         raise ArtifactError(f"{model_dir / METADATA_FILE} lists no checksummed {ARRAYS_FILE}")
