@@ -70,6 +70,16 @@ def one_by_one(raws):
     return [r for r in each if isinstance(r, Reading)], [d for d in each if not isinstance(d, Reading)]
 
 
+def assert_batch_equals_one_by_one(messages) -> None:
+    """``parse_batch`` of ``messages`` gives what ``parse_message`` gives on each: readings (feature
+    order and exact times included) and dead letters with their reasons."""
+    raws = [RawMessage(key, value, headers, "t", 0, i, ts) for i, (key, value, headers, ts) in enumerate(messages)]
+    batch, each = normalized(parse_batch(raws)), normalized(one_by_one(raws))
+    assert batch == each
+    assert [list(r.features.items()) for r in batch[0]] == [list(r.features.items()) for r in each[0]]
+    assert [repr(r.timestamp) for r in batch[0]] == [repr(r.timestamp) for r in each[0]]
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_parse_batch_equals_parse_message_on_each(seed):
     rng = random.Random(seed)
@@ -78,8 +88,7 @@ def test_parse_batch_equals_parse_message_on_each(seed):
         if seed % 2:  # mixed with hostile messages of every shape
             messages += seeded_messages(seed * 100 + size, size // 3)
             rng.shuffle(messages)
-        raws = [RawMessage(key, value, headers, "t", 0, i, ts) for i, (key, value, headers, ts) in enumerate(messages)]
-        assert normalized(parse_batch(raws)) == normalized(one_by_one(raws))
+        assert_batch_equals_one_by_one(messages)
 
 
 def test_parse_batch_of_well_formed_bodies_takes_the_batch_path(monkeypatch):
@@ -135,11 +144,7 @@ def test_parse_batch_of_cmapss_rows_equals_parse_message_on_each(seed):
         if seed % 2:  # mixed with sensor bodies and hostile messages of every shape
             messages += [sensor_message(rng) for _ in range(size // 4)] + seeded_messages(seed * 100 + size, size // 3)
             rng.shuffle(messages)
-        raws = [RawMessage(key, value, headers, "t", 0, i, ts) for i, (key, value, headers, ts) in enumerate(messages)]
-        batch, each = normalized(parse_batch(raws)), normalized(one_by_one(raws))
-        assert batch == each
-        assert [list(r.features.items()) for r in batch[0]] == [list(r.features.items()) for r in each[0]]
-        assert [repr(r.timestamp) for r in batch[0]] == [repr(r.timestamp) for r in each[0]]
+        assert_batch_equals_one_by_one(messages)
 
 
 def test_parse_batch_of_well_formed_cmapss_rows_takes_the_batch_path(monkeypatch):
@@ -199,11 +204,7 @@ def test_parse_batch_of_generic_bodies_equals_parse_message_on_each(seed):
         if seed % 2:  # mixed with other shapes and hostile messages
             messages += [cmapss_message(rng) for _ in range(size // 4)] + seeded_messages(seed * 100 + size, size // 3)
             rng.shuffle(messages)
-        raws = [RawMessage(key, value, headers, "t", 0, i, ts) for i, (key, value, headers, ts) in enumerate(messages)]
-        batch, each = normalized(parse_batch(raws)), normalized(one_by_one(raws))
-        assert batch == each
-        assert [list(r.features.items()) for r in batch[0]] == [list(r.features.items()) for r in each[0]]
-        assert [repr(r.timestamp) for r in batch[0]] == [repr(r.timestamp) for r in each[0]]
+        assert_batch_equals_one_by_one(messages)
 
 
 def odd_event(rng: random.Random, names: tuple[str, ...]) -> LabeledEvent:
