@@ -61,7 +61,7 @@ def test_the_lifecycle_loop_end_to_end(kafka_bootstrap, topic_names, mlflow_trac
         alarms_topic=topics["alarms"], drift_topic=topics["drift"], shadow_topic=topics["shadow"],
         fleet_drift_topic=topics["fleet"], create_topics=True, start_from="earliest", status_seconds=0,
         model_dir=f"models:/{name}@champion", tracking_uri=mlflow_tracking_uri, model_cache_dir=tmp_path / "cache",
-        training_store=tmp_path / "store.db", fleet_drift_window=800, batch_size=200, snapshot_seconds=0.5,
+        training_store=tmp_path / "store.db", fleet_drift_window=400, batch_size=200, snapshot_seconds=0.5,
         registry_poll_seconds=0.5,
     )  # fmt: skip
     from edgewatch.connectors.kafka import ensure_topics
