@@ -256,3 +256,25 @@ def test_single_feature_devices_have_no_relations_and_still_alarm():
         model.learn_one(x)
         flags.append(model.abnormal)
     assert not any(flags[:100]) and flags[100] and not any(flags[120:])
+
+
+def spiky(i: int, shift: float = 0.0) -> dict[str, float]:
+    """A cycle with normal spikes of 4, 8, 12 and 16 every 61 readings (a heavy tail), plus ``shift``."""
+    spike = 4.0 * (1 + (i // 61) % 4) if i % 61 == 30 else 0.0
+    return {"v": math.sin(i / 5.0) + 0.05 * math.sin(i * 7.3) + spike + shift}
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_empirical_bound_a_deviation_no_larger_than_a_learned_one_is_no_alarm(bound):
+    """With the bound, the normal spikes (however far in the fitted Gaussian's tail) raise nothing; a
+    level shift larger than any learned deviation still does. Without it, a normal spike alarms."""
+    model = RelationalNovelty(empirical_bound=bound)
+    model.fit_history([spiky(i) for i in range(1200)], [60.0 * i for i in range(1200)])
+    flags = []
+    for i in range(1200, 1500):
+        x = spiky(i, shift=6.0 if 1400 <= i < 1450 else 0.0)
+        model.score_one(x, 60.0 * i)
+        model.learn_one(x, 60.0 * i)
+        flags.append(model.abnormal)
+    assert any(flags[200:250])  # the shift
+    assert any(flags[:200]) != bound  # a normal spike (1372) alarms only without the bound

@@ -41,6 +41,7 @@ import numpy as np
 from river.base import AnomalyDetector
 
 from edgewatch import __version__
+from edgewatch.online_models.compact_novelty_kernel import LATER_FIELDS
 from edgewatch.online_models.reference import reference_histograms
 from edgewatch.online_models.registry import BUILTIN, DetectorSpec
 from edgewatch.schema import Reading, format_timestamp
@@ -330,6 +331,9 @@ class _ArrayModels(Mapping):
                 fields = {}
                 for name, like in template.export_arrays(features).items():
                     member = f"g{index}.{name}.npy"
+                    if member not in members and _added_later(name):  # saved before the field existed
+                        fields[name] = np.repeat(np.asarray(like)[None], len(devices), axis=0)
+                        continue
                     if member not in members:
                         raise ArtifactError(f"{path}: {member} is missing")
                     members.discard(member)
@@ -394,6 +398,11 @@ def _read_array(archive: zipfile.ZipFile, member: str, dtype: np.dtype, shape: t
     if len(data) != int(np.prod(shape)) * dtype.itemsize:
         raise ArtifactError(f"{path}: {member} holds {len(data)} bytes, not the {dtype} {shape} its header says")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _added_later(field: str) -> bool:
+    """Whether a state field was added after models were saved (``s0_g_max`` is ``g_max`` of scale 0)."""
+    return field in LATER_FIELDS or field.partition("_")[2] in LATER_FIELDS
 
 
 def _with_later_defaults(stored, expected):

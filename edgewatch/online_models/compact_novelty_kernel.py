@@ -21,14 +21,16 @@ from edgewatch.online_models.halfprecision import double_to_half, half_to_double
 # per-feature float64 fields, in their column order in the bank's scalar block
 FEATURE_FIELDS = (
     "n", "lo", "hi", "fixed", "seen_min", "seen_max", "last", "run", "max_run", "p_repeat", "max_step",
-    "records", "record_n", "resid", "has_resid", "profile_n", "profile_mu", "profile_var",
+    "records", "record_n", "resid", "has_resid", "profile_n", "profile_mu", "profile_var", "profile_max",
 )  # fmt: skip
 # per-feature and per-scale float64 fields, after them (scale 0's, then scale 1's, ...)
-SCALE_FIELDS = ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "g_n", "g_mu", "g_var")
+SCALE_FIELDS = ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "g_n", "g_mu", "g_var", "g_max")
+#: fields added after models were saved: a saved model without them loads them at their initial value
+LATER_FIELDS = ("profile_max", "g_max")
 
 (N, LO, HI, FIXED, SEEN_MIN, SEEN_MAX, LAST, RUN, MAX_RUN, P_REPEAT, MAX_STEP, RECORDS, RECORD_N, RESID,
- HAS_RESID, PROFILE_N, PROFILE_MU, PROFILE_VAR) = range(len(FEATURE_FIELDS))  # fmt: skip
-ACC_SUM, ACC_MAX, ACC_MIN, ACC_N, BLOCKS, MEM_N, G_N, G_MU, G_VAR = range(len(SCALE_FIELDS))
+ HAS_RESID, PROFILE_N, PROFILE_MU, PROFILE_VAR, PROFILE_MAX) = range(len(FEATURE_FIELDS))  # fmt: skip
+ACC_SUM, ACC_MAX, ACC_MIN, ACC_N, BLOCKS, MEM_N, G_N, G_MU, G_VAR, G_MAX = range(len(SCALE_FIELDS))
 # per-device fields of the alarm layer (the ``dev`` block; column 0 is the debouncing level)
 DEVICE_FIELDS = (
     "level", "alarm", "start", "peak", "quiet", "consistent", "rel_n", "rg_n", "rg_mu", "rg_var", "last_t", "drifts",
@@ -84,6 +86,30 @@ def _gauss_update(s, r: int, j: int, f: int, d: float) -> None:
     s[r, j + 2, f] = (1.0 - a) * (s[r, j + 2, f] + a * delta * delta)
 
 
+@njit(cache=True)
+def _bounded_z(z: float, d: float, s, r: int, j: int, f: int) -> float:  # pragma: no cover - compiled
+    """``z`` of a novelty ``d`` calibrated by the Gaussian at ``s[r, j:j+4, f]`` (n, mean, variance, largest
+    normal value), bounded by what the learned values themselves show (``empirical_bound``): a novelty
+    no larger than one of the ``n`` learned has a tail probability of at least ``1 / (n + 1)`` whatever
+    the distribution (exchangeability), so it is worth at most ``log10(n + 1)`` decades however far in
+    the fitted Gaussian's tail it lies (a heavy tail: spikes the device shows normally). The largest
+    normal value is over the history and over learned values their own calibration found unsurprising
+    (below the alarm's surprise), so a fault learned unnoticed does not raise it."""
+    if z <= 0.0 or d > s[r, j + 3, f]:
+        return z
+    bound = math.log10(s[r, j, f] + 1.0)
+    if gaussian_surprise(z) <= bound:
+        return z
+    lo, hi = 0.0, z  # the z worth ``bound`` decades (bisection: only for bounded readings)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if gaussian_surprise(mid) < bound:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 @njit(cache=True, inline="always")
 def _device_gauss_update(dev, r: int, j: int, d: float) -> None:
     n = dev[r, j] + 1.0
@@ -127,9 +153,9 @@ ALARM_PARAMS = (
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
-ALARM_SWITCHES = ("relation_score", "hold_alarm", "protected_learning", "extremes_along_relations")
+ALARM_SWITCHES = ("relation_score", "hold_alarm", "protected_learning", "extremes_along_relations", "empirical_bound")
 ALARM_PARAMS += ALARM_SWITCHES
-RELATION_SCORE, HOLD_ALARM, PROTECTED_LEARNING, EXTREMES_ALONG_RELATIONS = (
+RELATION_SCORE, HOLD_ALARM, PROTECTED_LEARNING, EXTREMES_ALONG_RELATIONS, EMPIRICAL_BOUND = (
     ALARM_PARAMS.index(name) for name in ALARM_SWITCHES
 )
 
@@ -285,6 +311,7 @@ def detect(
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
+    empirical_bound = alarm_params[EMPIRICAL_BOUND] > 0.0
     populating = mode == HISTORY_FILL
     history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
@@ -300,6 +327,8 @@ def detect(
     relations = alarms and features >= 2
     scores = np.empty(readings)
     zfeat = np.empty(features)
+    zks = np.full((features, len(sizes)), -np.inf)  # each channel's calibrated z (unbounded)
+    zps = np.full(features, -np.inf)
     ufeat = np.empty(features)
     us = np.empty(features)
     res = np.empty(features)
@@ -377,8 +406,10 @@ def detect(
             z = (value - s[r, LO, f]) / span if span > 0 else value - s[r, LO, f]
             zs[f] = z
             zfeat[f] = -np.inf
+            zps[f] = -np.inf
             for k in range(scales):
                 js[f, k] = -1
+                zks[f, k] = -np.inf
                 if s[r, _scale_index(k, ACC_N), f] + 1 < sizes[k]:
                     completes[f, k] = False
                     continue
@@ -418,9 +449,11 @@ def detect(
                         s[r, _scale_index(k, G_VAR), f],
                         min_blocks,
                     )
+                    zks[f, k] = zk  # unbounded: whether the block may raise the largest normal value
+                    zb = _bounded_z(zk, ds[f, k], s, r, _scale_index(k, G_N), f) if empirical_bound else zk
                     if not (moved[f] and explains[f] >= explained):
-                        zmax = max(zmax, zk)
-                        zfeat[f] = max(zfeat[f], zk)
+                        zmax = max(zmax, zb)
+                        zfeat[f] = max(zfeat[f], zb)
             visited[f] = False
             if b >= 0:
                 m = half_to_double(profile[r, f, b])
@@ -436,9 +469,11 @@ def detect(
                     zp = _gauss_z(
                         abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], s[r, PROFILE_VAR, f], min_profile
                     )
+                    zps[f] = zp
+                    zb = _bounded_z(zp, abs(resid), s, r, PROFILE_N, f) if empirical_bound else zp
                     if not (moved[f] and explains[f] >= explained):
-                        zmax = max(zmax, zp)
-                        zfeat[f] = max(zfeat[f], zp)
+                        zmax = max(zmax, zb)
+                        zfeat[f] = max(zfeat[f], zb)
             # checks (CompactNovelty._checks)
             u = 0.0
             if n >= extreme_warmup:
@@ -612,6 +647,8 @@ def detect(
                         used[r, k, f, j] = np.int32(blocks)
                         if blocks >= 2 * w + min_blocks and not populating:
                             _gauss_update(s, r, _scale_index(k, G_N), f, ds[f, k])
+                            if not alarms or history or gaussian_surprise(zks[f, k]) < u_threshold:
+                                s[r, _scale_index(k, G_MAX), f] = max(s[r, _scale_index(k, G_MAX), f], ds[f, k])
                     if blocks < 2 * w:
                         continue
                     # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
@@ -657,6 +694,8 @@ def detect(
                         s[r, HAS_RESID, f] = 1.0
                         if not populating:
                             _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
+                            if not alarms or history or gaussian_surprise(zps[f]) < u_threshold:
+                                s[r, PROFILE_MAX, f] = max(s[r, PROFILE_MAX, f], abs(resids[f]))
             if protect:  # the jump check compares consecutive readings, whatever they are
                 s[r, LAST, f] = value
                 continue

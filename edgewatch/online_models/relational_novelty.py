@@ -63,6 +63,9 @@ class RelationalNovelty(AnomalyDetector):
     protected feature's blocks still complete; each is compared with the last normal context and
     dropped, so the alarm clears when the readings are normal again.
 
+    **Empirically bounded calibration.** The Gaussian calibration of the profile and shape channels
+    extrapolates a tail; values already seen as normal bound it (``empirical_bound``).
+
     **Extremes along the relations.** A new extreme of a feature the others explain (R² at
     least ``explained``) that they also predict (its residual below ``relation_tolerance``
     decades) is an operating point not visited yet (a setpoint, the ambient cycle), not a fault.
@@ -112,8 +115,13 @@ class RelationalNovelty(AnomalyDetector):
             judged alone, abnormal when it scores at or above the threshold).
         protected_learning: whether abnormal readings are kept from teaching the model (off: every reading does).
         extremes_along_relations: whether a new extreme the relations predict is excused.
+        empirical_bound: whether a calibrated channel's surprise is bounded by the values it learned:
+            a novelty no larger than the largest normal one (from the history, or learned without
+            surprise) is worth at most ``log10(n + 1)`` decades after ``n`` learned values — the tail
+            probability any distribution gives it (exchangeability) — however far in the fitted
+            Gaussian's tail: spikes a device shows normally do not alarm, however heavy their tail.
 
-    The four switches are on by default; turning one off measures what its part adds
+    The five switches are on by default; turning one off measures what its part adds
     (``bench/ablation.py``).
 
     Examples:
@@ -159,6 +167,7 @@ class RelationalNovelty(AnomalyDetector):
         hold_alarm: bool = True,
         protected_learning: bool = True,
         extremes_along_relations: bool = True,
+        empirical_bound: bool = True,
     ):
         self.threshold = threshold
         self.clear_after = clear_after
@@ -181,6 +190,7 @@ class RelationalNovelty(AnomalyDetector):
         self.hold_alarm = hold_alarm
         self.protected_learning = protected_learning
         self.extremes_along_relations = extremes_along_relations
+        self.empirical_bound = empirical_bound
         self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
         self._rows: dict[tuple[str, ...], list[np.ndarray]] = {}
         self._cache: tuple | None = None
