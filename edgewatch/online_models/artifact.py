@@ -328,12 +328,16 @@ class _ArrayModels(Mapping):
             for index, group in enumerate(groups):
                 features, devices = self._group_names(group, model_dir)
                 fields = {}
+                later = getattr(template, "LATER_FIELDS", frozenset())
                 for name, like in template.export_arrays(features).items():
                     member = f"g{index}.{name}.npy"
+                    like = np.asarray(like)
+                    if member not in members and name in later:  # a model saved before the field existed
+                        fields[name] = np.broadcast_to(like, (len(devices), *like.shape))
+                        continue
                     if member not in members:
                         raise ArtifactError(f"{path}: {member} is missing")
                     members.discard(member)
-                    like = np.asarray(like)
                     fields[name] = _read_array(archive, member, like.dtype, (len(devices), *like.shape), path)
                 self._groups.append((features, fields))
                 for row, device in enumerate(devices):

@@ -32,8 +32,13 @@ ACC_SUM, ACC_MAX, ACC_MIN, ACC_N, BLOCKS, MEM_N, G_N, G_MU, G_VAR = range(len(SC
 # per-device fields of the alarm layer (the ``dev`` block; column 0 is the debouncing level)
 DEVICE_FIELDS = (
     "level", "alarm", "start", "peak", "quiet", "consistent", "rel_n", "rg_n", "rg_mu", "rg_var", "last_t", "drifts",
+    "gap_n", "gap_mu", "gap_dev", "context_n",
 )  # fmt: skip
-(LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS) = range(len(DEVICE_FIELDS))
+(LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS,
+ GAP_N, GAP_MU, GAP_DEV, CONTEXT_N) = range(len(DEVICE_FIELDS))  # fmt: skip
+#: device fields added after models and snapshots were first saved: an older row takes their initial values
+#: (the interval's estimate starts anew; ``context_n`` inf: the temporal context of an older row is valid)
+LATER_DEVICE_FIELDS = {"gap_n": 0.0, "gap_mu": 0.0, "gap_dev": 0.0, "context_n": math.inf}
 # per-feature fields of the sensor relations (the ``rel`` block)
 RELATION_FIELDS = ("mu", "fast", "res", "peak_c", "cause", "dev")
 MU, FAST, RES, PEAK_C, CAUSE, DEV = range(len(RELATION_FIELDS))
@@ -123,7 +128,7 @@ ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
-    "relation_warmup",
+    "relation_warmup", "gap_spread", "interval_rate",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -236,6 +241,51 @@ def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: in
 
 
 @njit(cache=True)
+def _after_gap(dev, r: int, t: float, spread: float, rate: float, warmup: int) -> bool:  # pragma: no cover
+    """Learn the device's sampling interval and say whether its reading at ``t`` comes after a gap.
+
+    The interval is an EW mean and mean absolute deviation of the log time between readings (rate
+    ``rate``, equal weights at first): a scale-free, robust spread. After ``warmup`` intervals, a gap
+    is an interval more than twice the normal interval's upper end (mean + ``spread`` deviations): at
+    least one whole interval without a reading beyond the normal jitter, so the last reading no
+    longer tells where the next one should be (``spread`` 0: never). A gap is learned clipped at
+    that limit: one outage does not stretch the interval, a lasting slower rate still moves it."""
+    gap = False
+    k = dev[r, GAP_N]
+    dt = t - dev[r, LAST_T]
+    if k > 0.0 and dt > 0.0:
+        log_dt = math.log(dt)
+        limit = dev[r, GAP_MU] + spread * dev[r, GAP_DEV] + math.log(2.0)
+        if k > warmup:
+            gap = spread > 0.0 and log_dt > limit
+            log_dt = min(log_dt, limit)
+        a = max(1.0 / k, rate)
+        dev[r, GAP_MU] += a * (log_dt - dev[r, GAP_MU])
+        dev[r, GAP_DEV] += a * (abs(log_dt - dev[r, GAP_MU]) - dev[r, GAP_DEV])
+    if dt > 0.0 or k == 0.0:
+        dev[r, GAP_N] = k + 1.0
+        dev[r, LAST_T] = t
+    return gap
+
+
+@njit(cache=True)
+def _restart_context(s, rel, dev, r: int, features: int, scales: int) -> None:  # pragma: no cover - compiled
+    """After a gap, what compares a reading with the readings just before it starts anew: the partial
+    blocks and the shingles (scored again once refilled: ``CONTEXT_N``), the run of repeats, the
+    smoothed profile and relation residuals and the current level (jumps are not checked on the first
+    reading). The distribution state stays: ranges, memories, profile, relations, calibration."""
+    for f in range(features):
+        s[r, RUN, f] = s[r, RESID, f] = 0.0
+        for k in range(scales):
+            s[r, _scale_index(k, ACC_SUM), f] = s[r, _scale_index(k, ACC_N), f] = 0.0
+            s[r, _scale_index(k, ACC_MAX), f] = -np.inf
+            s[r, _scale_index(k, ACC_MIN), f] = np.inf
+        rel[r, f, RES] = rel[r, f, DEV] = 0.0
+        rel[r, f, FAST] = rel[r, f, MU]
+    dev[r, CONTEXT_N] = 0.0
+
+
+@njit(cache=True)
 def detect(
     s,
     profile,
@@ -279,6 +329,7 @@ def detect(
     explained, along_relations = alarm_params[11], alarm_params[12]
     explain_along, extreme_steps, hold_related = alarm_params[13], alarm_params[14], alarm_params[15] > 0.0
     relation_warmup = alarm_params[16] > 0.0
+    gap_spread, interval_rate = alarm_params[17], alarm_params[18]
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -321,6 +372,15 @@ def detect(
     for i in range(readings):
         r = rows[i]
         b = int((t[i] % period) // bin_width) if has_time else -1
+        # temporal context (last value, runs, shingles, smoothed residuals) holds while the stream is continuous
+        fresh = False
+        context = np.inf  # readings since the temporal context (re)started
+        if alarms:
+            fresh = _after_gap(dev, r, t[i], gap_spread, interval_rate, warmup)
+            if fresh:
+                _restart_context(s, rel, dev, r, features, scales)
+            dev[r, CONTEXT_N] += 1.0
+            context = dev[r, CONTEXT_N]
         surprise = 0.0
         zmax = -np.inf
         # sensor relations: standardized regression residual of each feature given the others
@@ -390,7 +450,7 @@ def detect(
                 ys[f, k] = y
                 ds[f, k] = np.nan
                 mem_n = int(s[r, _scale_index(k, MEM_N), f])
-                if mem_n == 0 or s[r, _scale_index(k, BLOCKS), f] + 1 < w:
+                if mem_n == 0 or s[r, _scale_index(k, BLOCKS), f] + 1 < w or context < w * sizes[k]:
                     continue
                 for q in range(w - 1):
                     query[q] = ring[r, k, f, w + 1 + q]
@@ -454,7 +514,7 @@ def detect(
                 along = extremes_along_relations and explains[f] >= explained
                 if new_extreme and not (along and predicted):
                     u = extreme_surprise
-            if n >= warmup:
+            if n >= warmup and not fresh:
                 if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
                     u = extreme_surprise
                 if value == s[r, LAST, f] and s[r, RUN, f] + 1 > s[r, MAX_RUN, f]:
@@ -608,7 +668,7 @@ def detect(
                         used[r, k, f, j] = np.int32(blocks)
                         if blocks >= 2 * w + min_blocks and not populating:
                             _gauss_update(s, r, _scale_index(k, G_N), f, ds[f, k])
-                    if blocks < 2 * w:
+                    if blocks < 2 * w or context < 2 * w * sizes[k]:  # the shingle w blocks ago is in context
                         continue
                     # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
                     for q in range(w):
@@ -664,7 +724,7 @@ def detect(
                     s[r, RECORDS, f] += 1
                 s[r, RECORD_N, f] += 1
             repeated = value == s[r, LAST, f]
-            if n > 0:
+            if n > 0 and not fresh:  # after a gap, no step and no repeat: the last reading is out of context
                 if not repeated and not protect:
                     s[r, MAX_RUN, f] = max(s[r, MAX_RUN, f], s[r, RUN, f])
                 s[r, RUN, f] = s[r, RUN, f] + 1 if repeated else 0.0
