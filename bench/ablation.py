@@ -116,6 +116,8 @@ VARIANTS = (
             {"hold_related": False}),
     Variant("no-relation-warmup", "the relations learn their first readings even in alarm",
             {"relation_warmup": False}),
+    Variant("no-gap-restart", "the temporal context restarted after a gap in a device's readings",
+            {"gap_spread": 0.0}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -32,13 +32,13 @@ ACC_SUM, ACC_MAX, ACC_MIN, ACC_N, BLOCKS, MEM_N, G_N, G_MU, G_VAR = range(len(SC
 # per-device fields of the alarm layer (the ``dev`` block; column 0 is the debouncing level)
 DEVICE_FIELDS = (
     "level", "alarm", "start", "peak", "quiet", "consistent", "rel_n", "rg_n", "rg_mu", "rg_var", "last_t", "drifts",
-    "gap_n", "gap_mu", "gap_dev", "context_n",
+    "gap_n", "gap_mu", "gap_dev",
 )  # fmt: skip
 (LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS,
- GAP_N, GAP_MU, GAP_DEV, CONTEXT_N) = range(len(DEVICE_FIELDS))  # fmt: skip
-#: device fields added after models and snapshots were first saved: an older row takes their initial values
-#: (the interval's estimate starts anew; ``context_n`` inf: the temporal context of an older row is valid)
-LATER_DEVICE_FIELDS = {"gap_n": 0.0, "gap_mu": 0.0, "gap_dev": 0.0, "context_n": math.inf}
+ GAP_N, GAP_MU, GAP_DEV) = range(len(DEVICE_FIELDS))  # fmt: skip
+#: device fields added after models and snapshots were first saved: an older row has them at 0 (its
+#: sampling interval is learned anew)
+LATER_DEVICE_FIELDS = frozenset({"gap_n", "gap_mu", "gap_dev"})
 # per-feature fields of the sensor relations (the ``rel`` block)
 RELATION_FIELDS = ("mu", "fast", "res", "peak_c", "cause", "dev")
 MU, FAST, RES, PEAK_C, CAUSE, DEV = range(len(RELATION_FIELDS))
@@ -269,20 +269,17 @@ def _after_gap(dev, r: int, t: float, spread: float, rate: float, warmup: int) -
 
 
 @njit(cache=True)
-def _restart_context(s, rel, dev, r: int, features: int, scales: int) -> None:  # pragma: no cover - compiled
-    """After a gap, what compares a reading with the readings just before it starts anew: the partial
-    blocks and the shingles (scored again once refilled: ``CONTEXT_N``), the run of repeats, the
-    smoothed profile and relation residuals and the current level (jumps are not checked on the first
-    reading). The distribution state stays: ranges, memories, profile, relations, calibration."""
+def _restart_context(s, rel, r: int, features: int) -> None:  # pragma: no cover - compiled
+    """After a gap, what expects a reading near the last ones starts anew: the smoothed profile and
+    relation residuals start from 0 (their normal mean), the current level from the normal mean (and
+    the first reading is no step: no jump checked, no step learned). The distribution state stays:
+    ranges, shape memories, profile, relations, calibration, alarm. A run of repeats goes on (a value
+    that repeats across an outage is still a repeat), and so do the shapes (restarting them left them
+    blind until refilled, for no measured gain)."""
     for f in range(features):
-        s[r, RUN, f] = s[r, RESID, f] = 0.0
-        for k in range(scales):
-            s[r, _scale_index(k, ACC_SUM), f] = s[r, _scale_index(k, ACC_N), f] = 0.0
-            s[r, _scale_index(k, ACC_MAX), f] = -np.inf
-            s[r, _scale_index(k, ACC_MIN), f] = np.inf
+        s[r, RESID, f] = 0.0
         rel[r, f, RES] = rel[r, f, DEV] = 0.0
         rel[r, f, FAST] = rel[r, f, MU]
-    dev[r, CONTEXT_N] = 0.0
 
 
 @njit(cache=True)
@@ -372,15 +369,10 @@ def detect(
     for i in range(readings):
         r = rows[i]
         b = int((t[i] % period) // bin_width) if has_time else -1
-        # temporal context (last value, runs, shingles, smoothed residuals) holds while the stream is continuous
-        fresh = False
-        context = np.inf  # readings since the temporal context (re)started
-        if alarms:
-            fresh = _after_gap(dev, r, t[i], gap_spread, interval_rate, warmup)
-            if fresh:
-                _restart_context(s, rel, dev, r, features, scales)
-            dev[r, CONTEXT_N] += 1.0
-            context = dev[r, CONTEXT_N]
+        # the last reading and the smoothed residuals are context only while the stream is continuous
+        fresh = alarms and _after_gap(dev, r, t[i], gap_spread, interval_rate, warmup)
+        if fresh:
+            _restart_context(s, rel, r, features)
         surprise = 0.0
         zmax = -np.inf
         # sensor relations: standardized regression residual of each feature given the others
@@ -450,7 +442,7 @@ def detect(
                 ys[f, k] = y
                 ds[f, k] = np.nan
                 mem_n = int(s[r, _scale_index(k, MEM_N), f])
-                if mem_n == 0 or s[r, _scale_index(k, BLOCKS), f] + 1 < w or context < w * sizes[k]:
+                if mem_n == 0 or s[r, _scale_index(k, BLOCKS), f] + 1 < w:
                     continue
                 for q in range(w - 1):
                     query[q] = ring[r, k, f, w + 1 + q]
@@ -514,8 +506,8 @@ def detect(
                 along = extremes_along_relations and explains[f] >= explained
                 if new_extreme and not (along and predicted):
                     u = extreme_surprise
-            if n >= warmup and not fresh:
-                if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
+            if n >= warmup:
+                if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f] and not fresh:
                     u = extreme_surprise
                 if value == s[r, LAST, f] and s[r, RUN, f] + 1 > s[r, MAX_RUN, f]:
                     u = max(u, -(s[r, RUN, f] + 1) * math.log10(max(s[r, P_REPEAT, f], repeat_floor)))
@@ -668,7 +660,7 @@ def detect(
                         used[r, k, f, j] = np.int32(blocks)
                         if blocks >= 2 * w + min_blocks and not populating:
                             _gauss_update(s, r, _scale_index(k, G_N), f, ds[f, k])
-                    if blocks < 2 * w or context < 2 * w * sizes[k]:  # the shingle w blocks ago is in context
+                    if blocks < 2 * w:
                         continue
                     # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
                     for q in range(w):
@@ -724,7 +716,7 @@ def detect(
                     s[r, RECORDS, f] += 1
                 s[r, RECORD_N, f] += 1
             repeated = value == s[r, LAST, f]
-            if n > 0 and not fresh:  # after a gap, no step and no repeat: the last reading is out of context
+            if n > 0:
                 if not repeated and not protect:
                     s[r, MAX_RUN, f] = max(s[r, MAX_RUN, f], s[r, RUN, f])
                 s[r, RUN, f] = s[r, RUN, f] + 1 if repeated else 0.0
@@ -732,7 +724,7 @@ def detect(
                 step = abs(value - s[r, LAST, f])
                 if n >= warmup and not history:
                     step = min(step, (1.0 + step_growth) * s[r, MAX_STEP, f])
-                if not protect:
+                if not protect and not fresh:  # a change across a gap is no step
                     s[r, MAX_STEP, f] = max(s[r, MAX_STEP, f], step)
             s[r, LAST, f] = value
             s[r, SEEN_MAX, f] = max(s[r, SEEN_MAX, f], value)

@@ -140,11 +140,9 @@ class RelationalNovelty(AnomalyDetector):
         (0, 100, 0)
     """
 
-    ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {
-        name: (np.float64, kernel.LATER_DEVICE_FIELDS.get(name, 0.0)) for name in kernel.DEVICE_FIELDS
-    }
-    #: state fields older models and snapshots lack (they load with the initial values)
-    LATER_FIELDS: ClassVar[frozenset] = frozenset(kernel.LATER_DEVICE_FIELDS)
+    ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
+    #: state fields older models and snapshots lack (they load with the fields' initial values)
+    LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS
 
     def __init__(
         self,
