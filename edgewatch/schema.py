@@ -147,8 +147,13 @@ class DeadLetter:
 class LabeledEvent:
     """A reading with the detector's verdict.
 
+    ``score`` is how abnormal this reading is (0..1, the detector's threshold marks abnormal);
     ``is_anomaly`` is the device's alarm state at this reading; ``explanation`` names the
     features that drove the score, with their shares (summing to 1), when the reading is abnormal.
+    ``detection`` (not sent) is the score debounced, where the detector debounces in an alarm
+    layer: 0 for a reading that adds nothing to the evidence the device showed just before (a
+    fault's every reading after the one that raised the alarm, unless it grows). Benchmarks that
+    count detections (NAB, SKAB's changepoints) take it; ``None``: the same as ``score``.
     """
 
     reading: Reading
@@ -157,6 +162,12 @@ class LabeledEvent:
     model_name: str
     model_version: str
     explanation: dict[str, float] | None = None
+    detection: float | None = None
+
+    @property
+    def detection_score(self) -> float:
+        """The score as a detection (``detection``, or ``score`` where the detector has none)."""
+        return self.score if self.detection is None else self.detection
 
 
 @dataclass(slots=True)

@@ -119,7 +119,7 @@ def score_learn(
     levels = np.zeros((1, 2, features))
     return detect(
         s, profile, ring, mem, used, dev, rel, cov, rows, x, t, has_time, sizes, extreme, int_params, float_params,
-        np.zeros(len(ALARM_PARAMS)), STREAM, events, contrib, info, levels,
+        np.zeros(len(ALARM_PARAMS)), STREAM, events, contrib, info, levels, np.empty(readings),
     )  # fmt: skip
 
 
@@ -306,9 +306,12 @@ def detect(
     contrib,
     info,
     levels,
+    surprises,
 ):  # pragma: no cover - compiled
     """Score each reading ``x[i]`` in state row ``rows[i]``, keep the device's alarm state, then
-    learn it unless it is abnormal; returns the scores.
+    learn it unless it is abnormal; returns the debounced scores (0 where a reading adds nothing
+    to the evidence the device showed just before: the detections) and writes each reading's own
+    score, not debounced, to ``surprises``.
 
     Besides :func:`score_learn`'s arrays: ``dev`` (devices, DEVICE_FIELDS) float64, ``rel``
     (devices, features, RELATION_FIELDS), ``cov`` (devices, 2, features, features). Outputs per
@@ -516,6 +519,7 @@ def detect(
         # ---- score (CompactNovelty._score)
         total = max(surprise, gaussian_surprise(zmax) - bonferroni, rel_surprise if relation_score else 0.0)
         raw = total / (total + surprise_scale)
+        surprises[i] = raw
         score = raw
         if score <= refractory_factor * dev[r, LEVEL] * decay:
             score = 0.0

@@ -20,13 +20,16 @@ THRESHOLD = 0.3426
 class Detection(NamedTuple):
     """What the kernel says about a batch: per reading its score, its event bits
     (:data:`~edgewatch.online_models.compact_novelty_kernel.ABNORMAL`, ``RAISED`` …), feature
-    shares (abnormal readings and alarm events), alarm start/peak, drift levels before/after."""
+    shares (abnormal readings and alarm events), alarm start/peak, drift levels before/after,
+    and its detection score (the score debounced: 0 where the reading adds nothing to the
+    evidence the device showed just before)."""
 
     scores: np.ndarray
     events: np.ndarray
     shares: np.ndarray
     alarm_info: np.ndarray
     drift_levels: np.ndarray
+    detections: np.ndarray
 
 
 class RelationalNovelty(AnomalyDetector):
@@ -235,20 +238,20 @@ class RelationalNovelty(AnomalyDetector):
     ) -> Detection:
         """Score, alarm and learn ``x[i]`` (features in the bank's column order) in state row ``rows[i]``."""
         n, features = x.shape
-        out = Detection(np.empty(0), np.zeros(n, np.int64), np.zeros((n, features)), np.zeros((n, 2)),
-                        np.zeros((n, 2, features)))  # fmt: skip
+        out = Detection(np.empty(n), np.zeros(n, np.int64), np.zeros((n, features)), np.zeros((n, 2)),
+                        np.zeros((n, 2, features)), np.empty(0))  # fmt: skip
         nov = self.novelty
         has_time = has_time and nov.profile  # the source time feeds only the weekly profile
-        scores = kernel.detect(
+        detections = kernel.detect(
             blocks["n"], blocks["profile"][:, 0].view(np.uint16), blocks["s0_ring"], blocks["s0_mem"],
             blocks["s0_used"], blocks["level"], blocks["rel"][:, 0], blocks["cov"], rows, x, t, has_time,
             np.array(nov.scales, dtype=np.int64), np.array([summary == "extreme" for summary in nov.summaries]),
             np.array([nov.window, nov.memory, nov.warmup, nov.min_blocks, nov.min_profile, nov.extreme_warmup],
                      dtype=np.int64),
             nov._float_params(), self._alarm_params(threshold), mode, out.events, out.shares, out.alarm_info,
-            out.drift_levels,
+            out.drift_levels, out.scores,
         )  # fmt: skip
-        return out._replace(scores=scores)
+        return out._replace(detections=detections)
 
     def accept_row(self, blocks: dict[str, np.ndarray], row: int, features: int) -> np.ndarray | None:
         """An operator accepts the state of device ``row`` as its new normal (relations learned anew);

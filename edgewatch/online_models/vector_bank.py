@@ -223,8 +223,10 @@ class VectorBank:
         DriftEvents appended to ``alarms`` and ``drift``. Only the readings with an event bit
         (abnormal, an alarm raised or cleared, a drift) need more than a plain LabeledEvent."""
         name, version = self.spec.name, self.version
-        scores = detection.scores.tolist()
-        labeled = list(map(LabeledEvent, readings, scores, repeat(False), repeat(name), repeat(version)))
+        scores, detections = detection.scores.tolist(), detection.detections.tolist()
+        labeled = list(
+            map(LabeledEvent, readings, scores, repeat(False), repeat(name), repeat(version), repeat(None), detections)
+        )
         bits = detection.events
         flagged = np.flatnonzero(bits)
         if not len(flagged):
@@ -234,7 +236,9 @@ class VectorBank:
             reading = readings[position]
             shares = dict(zip(features, share_row, strict=True))
             if ev & kernel.ABNORMAL:
-                labeled[position] = LabeledEvent(reading, scores[position], True, name, version, shares)
+                labeled[position] = LabeledEvent(
+                    reading, scores[position], True, name, version, shares, detections[position]
+                )
             if ev & (kernel.RAISED | kernel.CLEARED):
                 start, peak = detection.alarm_info[position].tolist()
                 raised = bool(ev & kernel.RAISED)
