@@ -579,8 +579,14 @@ def detect(
                     # protected: a feature of the alarm's cause that is itself surprising now
                     implicated[f] = rel[r, f, CAUSE] > 0.0 and contrib[i, f] >= tolerance
                     total_c += contrib[i, f]
+                # a held reading without evidence of its own (no feature at the alarm's level) is abnormal for
+                # the alarm's cause: its explanation is the alarm's (its peak's shares), not its noise's
+                held_only = not (ev & RAISED) and top < u_threshold
                 for f in range(features):
-                    contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
+                    if held_only:
+                        contrib[i, f] = rel[r, f, PEAK_C]
+                    else:
+                        contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
                 if ev & RAISED or raw > dev[r, PEAK]:
                     dev[r, PEAK] = raw
                     for f in range(features):
