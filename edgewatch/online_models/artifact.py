@@ -329,15 +329,15 @@ class _ArrayModels(Mapping):
             for index, group in enumerate(groups):
                 features, devices = self._group_names(group, model_dir)
                 fields = {}
+                later = getattr(template, "LATER_FIELDS", frozenset())
                 for name, like in template.export_arrays(features).items():
                     member = f"g{index}.{name}.npy"
-                    if member not in members and _added_later(name):  # saved before the field existed
+                    if member not in members and (name in later or _added_later(name)):  # saved before it existed
                         fields[name] = np.repeat(np.asarray(like)[None], len(devices), axis=0)
                         continue
                     if member not in members:
                         raise ArtifactError(f"{path}: {member} is missing")
                     members.discard(member)
-                    like = np.asarray(like)
                     fields[name] = _read_array(archive, member, like.dtype, (len(devices), *like.shape), path)
                 self._groups.append((features, fields))
                 for row, device in enumerate(devices):

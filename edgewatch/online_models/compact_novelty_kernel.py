@@ -34,8 +34,13 @@ ACC_SUM, ACC_MAX, ACC_MIN, ACC_N, BLOCKS, MEM_N, G_N, G_MU, G_VAR, G_MAX = range
 # per-device fields of the alarm layer (the ``dev`` block; column 0 is the debouncing level)
 DEVICE_FIELDS = (
     "level", "alarm", "start", "peak", "quiet", "consistent", "rel_n", "rg_n", "rg_mu", "rg_var", "last_t", "drifts",
+    "gap_n", "gap_mu", "gap_dev",
 )  # fmt: skip
-(LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS) = range(len(DEVICE_FIELDS))
+(LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS,
+ GAP_N, GAP_MU, GAP_DEV) = range(len(DEVICE_FIELDS))  # fmt: skip
+#: device fields added after models and snapshots were first saved: an older row has them at 0 (its
+#: sampling interval is learned anew)
+LATER_DEVICE_FIELDS = frozenset({"gap_n", "gap_mu", "gap_dev"})
 # per-feature fields of the sensor relations (the ``rel`` block)
 RELATION_FIELDS = ("mu", "fast", "res", "peak_c", "cause", "dev")
 MU, FAST, RES, PEAK_C, CAUSE, DEV = range(len(RELATION_FIELDS))
@@ -149,7 +154,7 @@ ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
-    "relation_warmup",
+    "relation_warmup", "gap_spread", "interval_rate",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -262,6 +267,48 @@ def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: in
 
 
 @njit(cache=True)
+def _after_gap(dev, r: int, t: float, spread: float, rate: float, warmup: int) -> bool:  # pragma: no cover
+    """Learn the device's sampling interval and say whether its reading at ``t`` comes after a gap.
+
+    The interval is an EW mean and mean absolute deviation of the log time between readings (rate
+    ``rate``, equal weights at first): a scale-free, robust spread. After ``warmup`` intervals, a gap
+    is an interval more than twice the normal interval's upper end (mean + ``spread`` deviations): at
+    least one whole interval without a reading beyond the normal jitter, so the last reading no
+    longer tells where the next one should be (``spread`` 0: never). A gap is learned clipped at
+    that limit: one outage does not stretch the interval, a lasting slower rate still moves it."""
+    gap = False
+    k = dev[r, GAP_N]
+    dt = t - dev[r, LAST_T]
+    if k > 0.0 and dt > 0.0:
+        log_dt = math.log(dt)
+        limit = dev[r, GAP_MU] + spread * dev[r, GAP_DEV] + math.log(2.0)
+        if k > warmup:
+            gap = spread > 0.0 and log_dt > limit
+            log_dt = min(log_dt, limit)
+        a = max(1.0 / k, rate)
+        dev[r, GAP_MU] += a * (log_dt - dev[r, GAP_MU])
+        dev[r, GAP_DEV] += a * (abs(log_dt - dev[r, GAP_MU]) - dev[r, GAP_DEV])
+    if dt > 0.0 or k == 0.0:
+        dev[r, GAP_N] = k + 1.0
+        dev[r, LAST_T] = t
+    return gap
+
+
+@njit(cache=True)
+def _restart_context(s, rel, r: int, features: int) -> None:  # pragma: no cover - compiled
+    """After a gap, what expects a reading near the last ones starts anew: the smoothed profile and
+    relation residuals start from 0 (their normal mean), the current level from the normal mean (and
+    the first reading is no step: no jump checked, no step learned). The distribution state stays:
+    ranges, shape memories, profile, relations, calibration, alarm. A run of repeats goes on (a value
+    that repeats across an outage is still a repeat), and so do the shapes (restarting them left them
+    blind until refilled, for no measured gain)."""
+    for f in range(features):
+        s[r, RESID, f] = 0.0
+        rel[r, f, RES] = rel[r, f, DEV] = 0.0
+        rel[r, f, FAST] = rel[r, f, MU]
+
+
+@njit(cache=True)
 def detect(
     s,
     profile,
@@ -308,6 +355,7 @@ def detect(
     explained, along_relations = alarm_params[11], alarm_params[12]
     explain_along, extreme_steps, hold_related = alarm_params[13], alarm_params[14], alarm_params[15] > 0.0
     relation_warmup = alarm_params[16] > 0.0
+    gap_spread, interval_rate = alarm_params[17], alarm_params[18]
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -353,6 +401,10 @@ def detect(
     for i in range(readings):
         r = rows[i]
         b = int((t[i] % period) // bin_width) if has_time else -1
+        # the last reading and the smoothed residuals are context only while the stream is continuous
+        fresh = alarms and _after_gap(dev, r, t[i], gap_spread, interval_rate, warmup)
+        if fresh:
+            _restart_context(s, rel, r, features)
         surprise = 0.0
         zmax = -np.inf
         # sensor relations: standardized regression residual of each feature given the others
@@ -493,7 +545,7 @@ def detect(
                 if new_extreme and not (along and predicted):
                     u = extreme_surprise
             if n >= warmup:
-                if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
+                if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f] and not fresh:
                     u = extreme_surprise
                 if value == s[r, LAST, f] and s[r, RUN, f] + 1 > s[r, MAX_RUN, f]:
                     u = max(u, -(s[r, RUN, f] + 1) * math.log10(max(s[r, P_REPEAT, f], repeat_floor)))
@@ -562,8 +614,14 @@ def detect(
                     # protected: a feature of the alarm's cause that is itself surprising now
                     implicated[f] = rel[r, f, CAUSE] > 0.0 and contrib[i, f] >= tolerance
                     total_c += contrib[i, f]
+                # a held reading without evidence of its own (no feature at the alarm's level) is abnormal for
+                # the alarm's cause: its explanation is the alarm's (its peak's shares), not its noise's
+                held_only = not (ev & RAISED) and top < u_threshold
                 for f in range(features):
-                    contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
+                    if held_only:
+                        contrib[i, f] = rel[r, f, PEAK_C]
+                    else:
+                        contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
                 if ev & RAISED or raw > dev[r, PEAK]:
                     dev[r, PEAK] = raw
                     for f in range(features):
@@ -715,7 +773,7 @@ def detect(
                 step = abs(value - s[r, LAST, f])
                 if n >= warmup and not history:
                     step = min(step, (1.0 + step_growth) * s[r, MAX_STEP, f])
-                if not protect:
+                if not protect and not fresh:  # a change across a gap is no step
                     s[r, MAX_STEP, f] = max(s[r, MAX_STEP, f], step)
             s[r, LAST, f] = value
             s[r, SEEN_MAX, f] = max(s[r, SEEN_MAX, f], value)

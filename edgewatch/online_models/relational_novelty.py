@@ -108,6 +108,15 @@ class RelationalNovelty(AnomalyDetector):
         relation_warmup: the relations learn their first ``min_relation`` readings even in alarm
             (a cold start's early alarm would otherwise keep them from ever being ready, and only
             time out).
+        gap_spread: the temporal context (last value and jump reference, run of repeats, shingles,
+            smoothed residuals) holds only while the stream is continuous. Each device learns its
+            sampling interval (EW mean and mean absolute deviation of the log time between
+            readings, rate ``interval_rate``, warm-started on the history); a reading more than twice
+            the normal interval's upper end (mean + ``gap_spread`` deviations) after the last one
+            (a restart, an outage, live data after the history it was trained on) is judged without
+            the readings before the gap: the context starts anew, the distribution state (ranges,
+            memories, profile, relations, calibration, alarm) stays (0: off).
+        interval_rate: smallest EW rate of the sampling interval's estimate.
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -143,6 +152,8 @@ class RelationalNovelty(AnomalyDetector):
     """
 
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
+    #: state fields older models and snapshots lack (they load with the fields' initial values)
+    LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS
 
     def __init__(
         self,
@@ -162,6 +173,8 @@ class RelationalNovelty(AnomalyDetector):
         extreme_steps: float = 1.0,
         hold_related: bool = True,
         relation_warmup: bool = True,
+        gap_spread: float = 4.0,
+        interval_rate: float = 0.01,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -185,6 +198,8 @@ class RelationalNovelty(AnomalyDetector):
         self.extreme_steps = extreme_steps
         self.hold_related = hold_related
         self.relation_warmup = relation_warmup
+        self.gap_spread = gap_spread
+        self.interval_rate = interval_rate
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -216,7 +231,7 @@ class RelationalNovelty(AnomalyDetector):
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
              self.explain_along, self.extreme_steps,
-             float(self.hold_related), float(self.relation_warmup)],
+             float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])

@@ -416,6 +416,8 @@ class VectorBank:
         """Add the devices of page ``blobs`` (from :meth:`dirty_pages`), checking every field."""
         for blob in blobs:
             header, arrays = codec.unpack(blob)
+            # a page written before fields were added to the state: those take their initial values
+            arrays = self.layout.with_later_fields(arrays, getattr(self.detector, "LATER_FIELDS", frozenset()))
             features, page, rows, devices = self._checked_page(codec.expect(header, "page"), arrays)
             group = self.groups.get(features)
             if group is None:
