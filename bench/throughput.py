@@ -3,6 +3,12 @@
     python bench/throughput.py [--messages 100000] [--devices 50] [--broker kafka|tansu] [--bootstrap HOST:PORT]
                                [--quick] [--cpu-clock]
     edgewatch bench            (same thing)
+    python bench/throughput.py --paired 7 --cpu-clock [--baseline DIR]
+
+``--paired N``: only the null flow and edgewatch, N rounds of one run each, back to back in a
+rotating order, and each round's ratio (and with ``--baseline``, the flow of another checkout,
+e.g. ``git archive main | tar -x -C DIR``, in the same rounds): a change's effect measured
+under the same load, where separate runs on a shared machine differ by more than the change.
 
 On one broker (Apache Kafka 4.x KRaft by default, started for the run), the same messages
 (simulated machines with faults, 4 partitions) are produced once; then, each in its own
@@ -362,6 +368,36 @@ def _offsets_arg(stop_offsets: dict) -> str:
     return json.dumps([[t, p, o] for (t, p), o in stop_offsets.items()])
 
 
+def paired(rounds: int, messages: int = 100_000, devices: int = 50, baseline: Path | None = None) -> list[dict]:
+    """``rounds`` rounds of the null flow and edgewatch (and ``baseline``'s edgewatch) on one broker."""
+    kinds = {"null": __file__, "edgewatch": __file__}
+    if baseline is not None:
+        kinds["baseline"] = str(Path(baseline) / "bench" / "throughput.py")  # its own checkout first on sys.path
+    with ExitStack() as stack:
+        bootstrap = start_broker(stack)
+        topic = f"bench-{int(time.time())}"
+        offsets = _offsets_arg(produce_messages(bootstrap, topic, messages, devices))
+        clock = "events per CPU-second" if CLOCK is time.process_time else "events/s"
+        print(f"paired: {messages} messages from {devices} devices, {rounds} rounds, {clock}", flush=True)
+        results = []
+        for round_ in range(rounds):
+            order = list(kinds)[round_ % len(kinds) :] + list(kinds)[: round_ % len(kinds)]
+            rates = {
+                kind: _child("edgewatch" if kind == "baseline" else kind, "--bootstrap", bootstrap, "--topic", topic,
+                             "--offsets", offsets, script=kinds[kind])["events_per_s"]
+                for kind in order
+            }  # fmt: skip
+            results.append(rates)
+            figures = [f"{kind}={rates[kind]:.0f}" for kind in kinds]
+            figures += [f"{kind}/null={rates[kind] / rates['null']:.2f}" for kind in kinds if kind != "null"]
+            print(f"  round {round_ + 1}: " + "  ".join(figures), flush=True)
+    for kind in kinds:
+        if kind != "null":
+            ratios = sorted(r[kind] / r["null"] for r in results)
+            print(f"paired: {kind}/null median={ratios[len(ratios) // 2]:.2f} min={ratios[0]:.2f} max={ratios[-1]:.2f}")
+    return results
+
+
 def main(
     messages: int = 100_000,
     devices: int = 50,
@@ -454,6 +490,8 @@ if __name__ == "__main__":
     parser.add_argument("--broker", default="kafka", choices=("kafka", "tansu"))
     parser.add_argument("--quick", action="store_true", help="throughput only (no latency, memory, scaling)")
     parser.add_argument("--cpu-clock", action="store_true", help="messages per CPU-second instead of per second")
+    parser.add_argument("--paired", type=int, metavar="ROUNDS", help="null vs edgewatch only, in paired rounds")
+    parser.add_argument("--baseline", type=Path, help="with --paired: another checkout's flow in the same rounds")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--offsets", help=argparse.SUPPRESS)
@@ -472,5 +510,7 @@ if __name__ == "__main__":
         else:
             outcome = run_latency(args.bootstrap)
         print(json.dumps(outcome))
+    elif args.paired:
+        paired(args.paired, args.messages, args.devices, args.baseline)
     else:
         main(args.messages, args.devices, args.bootstrap, args.broker, args.quick)
