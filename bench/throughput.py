@@ -464,7 +464,8 @@ def run_in_process(messages: int, devices: int, batch_size: int = 2000) -> dict:
             return Partition(parts[int(for_part)])
 
     kafka_connector.Producer = _CountingProducer
-    settings = FlowSettings(bootstrap="unused:9092", in_topic="bench", out_topic="bench-out", dlq_topic="bench-dlq")
+    settings = FlowSettings(bootstrap="unused:9092", in_topic="bench", out_topic="bench-out", dlq_topic="bench-dlq",
+                            model_cache_dir=Path(tempfile.mkdtemp(prefix="bench-in-process-")))  # fmt: skip
     app = Application(settings, handle_signals=False).start()
     flow, streams = build_flow(settings, Source())
     to_kafka(streams, settings)
