@@ -11,7 +11,7 @@ The default detector is the registry's (``DEFAULT_DETECTOR``, relational-novelty
   reading teaches), consistent-shift acceptance, the ``accept_after`` timeout, new extremes
   excused along the relations, the relations altogether; the moves along the relations
   (a shift judged as a whole, moves the others predict not counted as novelty, extreme steps,
-  held related means, the relations' warm-up);
+  held related means, the relations' warm-up, the cube root of their statistic);
 * the warm start (off: NAB's probation rows and SKAB's training rows stream cold instead);
 * each per-feature channel of CompactNovelty: weekly profile, shapes (shingles), new
   extremes, jumps, stuck values; and the per-feature channels alone (the registry's
@@ -116,6 +116,8 @@ VARIANTS = (
             {"hold_related": False}),
     Variant("no-relation-warmup", "the relations learn their first readings even in alarm",
             {"relation_warmup": False}),
+    Variant("no-relation-cube-root", "the relations' statistic calibrated as a square root (not a cube root)",
+            {"relation_cube_root": False}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -123,7 +123,7 @@ ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
-    "relation_warmup",
+    "relation_warmup", "relation_cube_root",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -278,7 +278,7 @@ def detect(
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
     explained, along_relations = alarm_params[11], alarm_params[12]
     explain_along, extreme_steps, hold_related = alarm_params[13], alarm_params[14], alarm_params[15] > 0.0
-    relation_warmup = alarm_params[16] > 0.0
+    relation_warmup, relation_cube_root = alarm_params[16] > 0.0, alarm_params[17] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -346,7 +346,12 @@ def detect(
                 breaks[f] = weight * res[f] * res[f]
                 ss += breaks[f]
                 weights += weight
-            stat = math.sqrt(ss / weights) if weights > 0.0 else 0.0
+            # their mean square is chi-square-like (with few features: skewed, with a heavier right tail than a
+            # Gaussian fitted to it): its cube root, nearly Gaussian (Wilson-Hilferty), is what is calibrated
+            if weights > 0.0:
+                stat = (ss / weights) ** (1.0 / 3.0) if relation_cube_root else math.sqrt(ss / weights)
+            else:
+                stat = 0.0
             if rel_ready:
                 zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
                 rel_surprise = gaussian_surprise(zr)

@@ -102,6 +102,10 @@ class RelationalNovelty(AnomalyDetector):
         relation_warmup: the relations learn their first ``min_relation`` readings even in alarm
             (a cold start's early alarm would otherwise keep them from ever being ready, and only
             time out).
+        relation_cube_root: the relations' statistic calibrated is the cube root of the residuals'
+            weighted mean square (Wilson-Hilferty: nearly Gaussian), not its square root: a mean square
+            of a few Gaussian residuals is chi-square-like, skewed, and a Gaussian tail fitted to its
+            square root underrates how often it is large (off: the square root, as before).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -151,6 +155,7 @@ class RelationalNovelty(AnomalyDetector):
         extreme_steps: float = 1.0,
         hold_related: bool = True,
         relation_warmup: bool = True,
+        relation_cube_root: bool = True,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -173,6 +178,7 @@ class RelationalNovelty(AnomalyDetector):
         self.extreme_steps = extreme_steps
         self.hold_related = hold_related
         self.relation_warmup = relation_warmup
+        self.relation_cube_root = relation_cube_root
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -203,7 +209,7 @@ class RelationalNovelty(AnomalyDetector):
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
              self.explain_along, self.extreme_steps,
-             float(self.hold_related), float(self.relation_warmup)],
+             float(self.hold_related), float(self.relation_warmup), float(self.relation_cube_root)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
