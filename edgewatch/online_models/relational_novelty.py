@@ -136,6 +136,10 @@ class RelationalNovelty(AnomalyDetector):
     """
 
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
+    #: parameters added since models were first saved whose default changes what saved fields mean: a
+    #: model saved without one starts those fields anew (the relations' calibration of the square root
+    #: of their statistic does not hold for its cube root: it recalibrates online, ``artifact.load``)
+    RESTARTED_WITHOUT: ClassVar[dict[str, tuple[str, ...]]] = {"relation_cube_root": ("rg_n", "rg_mu", "rg_var")}
 
     def __init__(
         self,
