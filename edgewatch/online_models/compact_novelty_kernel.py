@@ -74,6 +74,16 @@ def _gauss_z(d: float, n: float, mu: float, var: float, min_n: int) -> float:
     return (d - mu) / math.sqrt(var)
 
 
+@njit(cache=True)
+def _t_as_z(t: float, dof: float) -> float:
+    """The Gaussian z as improbable as Student's ``t`` with ``dof`` degrees of freedom (Wallace 1959:
+    ``sqrt(dof ln(1 + t²/dof)) (8 dof + 1) / (8 dof + 3)``): a standard score whose mean and variance were
+    estimated from ``dof + 1`` independent values, times ``sqrt(1 + 1 / (dof + 1))`` for the new one's."""
+    dof = max(dof, 1.0)
+    t = t / math.sqrt(1.0 + 1.0 / (dof + 1.0))
+    return math.sqrt(dof * math.log1p(t * t / dof)) * (8.0 * dof + 1.0) / (8.0 * dof + 3.0)
+
+
 @njit(cache=True, inline="always")
 def _gauss_update(s, r: int, j: int, f: int, d: float) -> None:
     n = s[r, j, f] + 1.0
@@ -123,7 +133,7 @@ ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
-    "relation_warmup", "relation_cube_root",
+    "relation_warmup", "relation_cube_root", "shape_effective",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -279,6 +289,7 @@ def detect(
     explained, along_relations = alarm_params[11], alarm_params[12]
     explain_along, extreme_steps, hold_related = alarm_params[13], alarm_params[14], alarm_params[15] > 0.0
     relation_warmup, relation_cube_root = alarm_params[16] > 0.0, alarm_params[17] > 0.0
+    shape_effective = alarm_params[18] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -420,6 +431,8 @@ def detect(
                         s[r, _scale_index(k, G_VAR), f],
                         min_blocks,
                     )
+                    if shape_effective and zk > 0.0:
+                        zk = _t_as_z(zk, s[r, _scale_index(k, G_N), f] / w - 1.0)
                     if not (moved[f] and explains[f] >= explained):
                         zmax = max(zmax, zk)
                         zfeat[f] = max(zfeat[f], zk)

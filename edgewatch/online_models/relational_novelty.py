@@ -106,6 +106,10 @@ class RelationalNovelty(AnomalyDetector):
             weighted mean square (Wilson-Hilferty: nearly Gaussian), not its square root: a mean square
             of a few Gaussian residuals is chi-square-like, skewed, and a Gaussian tail fitted to its
             square root underrates how often it is large (off: the square root, as before).
+        shape_effective: a shape channel's standard score is judged as Student's t with as many degrees of
+            freedom as independent shingles calibrated it (calibration distances / ``window``: consecutive
+            shingles share all but one block), not as a Gaussian z: a variance estimated from a few
+            shingles (a warm start's, a slow feature's long blocks) makes no z of 6 a sure fault.
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -160,6 +164,7 @@ class RelationalNovelty(AnomalyDetector):
         hold_related: bool = True,
         relation_warmup: bool = True,
         relation_cube_root: bool = True,
+        shape_effective: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -183,6 +188,7 @@ class RelationalNovelty(AnomalyDetector):
         self.hold_related = hold_related
         self.relation_warmup = relation_warmup
         self.relation_cube_root = relation_cube_root
+        self.shape_effective = shape_effective
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -213,7 +219,8 @@ class RelationalNovelty(AnomalyDetector):
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
              self.explain_along, self.extreme_steps,
-             float(self.hold_related), float(self.relation_warmup), float(self.relation_cube_root)],
+             float(self.hold_related), float(self.relation_warmup), float(self.relation_cube_root),
+             float(self.shape_effective)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
