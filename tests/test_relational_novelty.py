@@ -256,3 +256,12 @@ def test_single_feature_devices_have_no_relations_and_still_alarm():
         model.learn_one(x)
         flags.append(model.abnormal)
     assert not any(flags[:100]) and flags[100] and not any(flags[120:])
+
+
+def test_a_standard_score_from_few_calibration_values_is_judged_as_students_t():
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    # with many independent values t is a Gaussian z; from three, a z of 5.6 is a tail of about 1 in 20
+    assert abs(kernel._t_as_z(4.0, 10_000.0) - 4.0) < 0.01
+    assert kernel._t_as_z(5.6, 2.0) < 2.5 < kernel._t_as_z(5.6, 20.0)
+    assert kernel.gaussian_surprise(kernel._t_as_z(5.6, 2.0)) < 2.0
