@@ -11,7 +11,7 @@ The default detector is the registry's (``DEFAULT_DETECTOR``, relational-novelty
   reading teaches), consistent-shift acceptance, the ``accept_after`` timeout, new extremes
   excused along the relations, the relations altogether; the moves along the relations
   (a shift judged as a whole, moves the others predict not counted as novelty, extreme steps,
-  held related means, the relations' warm-up);
+  held related means, the relations' warm-up, the cube root of their statistic);
 * the warm start (off: NAB's probation rows and SKAB's training rows stream cold instead);
 * each per-feature channel of CompactNovelty: weekly profile, shapes (shingles), new
   extremes, jumps, stuck values; and the per-feature channels alone (the registry's
@@ -120,6 +120,10 @@ VARIANTS = (
             "log10(n + 1) decades", {"empirical_bound": False}),
     Variant("no-gap-restart", "the temporal context restarted after a gap in a device's readings",
             {"gap_spread": 0.0}),
+    Variant("no-relation-cube-root", "the relations' statistic calibrated as a square root (not a cube root)",
+            {"relation_cube_root": False}),
+    Variant("shape-effective", "(adds) shape scores judged as Student's t over the independent shingles calibrated",
+            {"shape_effective": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -76,6 +76,23 @@ def test_a_model_from_before_a_later_switch_loads_and_other_parameters_are_refus
         artifact.load(tmp_path / "model")
 
 
+def test_a_model_from_before_the_cube_root_recalibrates_its_relations(history, tmp_path):
+    """Saved before ``relation_cube_root``, a model's calibration of the relations' statistic (its square root)
+    does not hold for the cube root: it loads with that calibration started anew, the rest kept."""
+    train(history, tmp_path / "model")
+    device = artifact.load(tmp_path / "model").default_device
+    manifest = tmp_path / "model" / "model.json"
+    metadata = json.loads(manifest.read_text())
+    features = tuple(metadata["groups"][0]["features"])
+    current = artifact.load(tmp_path / "model").models[device].export_arrays(features)
+    del metadata["parameters"]["relation_cube_root"]
+    manifest.write_text(json.dumps(metadata))
+    older = artifact.load(tmp_path / "model").models[device].export_arrays(features)
+    assert current["rg_n"] > 0 and older["rg_n"] == older["rg_mu"] == older["rg_var"] == 0.0
+    np.testing.assert_array_equal(older["cov"], current["cov"])
+    np.testing.assert_array_equal(older["rel_n"], current["rel_n"])
+
+
 def test_missing_artifact_is_a_clear_error(tmp_path):
     with pytest.raises(artifact.ArtifactError, match="missing"):
         artifact.load(tmp_path)

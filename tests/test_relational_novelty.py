@@ -368,3 +368,12 @@ def test_a_held_reading_without_evidence_of_its_own_is_explained_by_its_alarm():
     held = [e for e in events if e.is_anomaly and e.score < THRESHOLD]
     assert [a.kind for a in alarms] == ["raised", "cleared"] and held
     assert all(e.explanation == alarms[-1].explanation for e in held)
+
+
+def test_a_standard_score_from_few_calibration_values_is_judged_as_students_t():
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    # with many independent values t is a Gaussian z; from three, a z of 5.6 is a tail of about 1 in 20
+    assert abs(kernel._t_as_z(4.0, 10_000.0) - 4.0) < 0.01
+    assert kernel._t_as_z(5.6, 2.0) < 2.5 < kernel._t_as_z(5.6, 20.0)
+    assert kernel.gaussian_surprise(kernel._t_as_z(5.6, 2.0)) < 2.0

@@ -183,7 +183,14 @@ def load(model_dir: Path, public_key: str | Path | None = None) -> ModelArtifact
         raise ArtifactError(
             f"{model_dir} was trained with other {spec.name} parameters than this edgewatch builds: retrain it"
         )
-    models = _ArrayModels(spec, blob, metadata.get("groups"), model_dir)
+    stored = metadata.get("parameters") if isinstance(metadata.get("parameters"), dict) else {}
+    restarted = {
+        name
+        for parameter, names in getattr(spec.factory(), "RESTARTED_WITHOUT", {}).items()
+        if parameter not in stored
+        for name in names
+    }
+    models = _ArrayModels(spec, blob, metadata.get("groups"), model_dir, restarted)
     default_device = metadata.get("default_device")
     if default_device not in models:
         raise ArtifactError(f"{model_dir / METADATA_FILE}: default_device {default_device!r} has no model")
@@ -306,12 +313,15 @@ def _checked_file(model_dir: Path, metadata: dict, name: str) -> bytes:
 
 
 class _ArrayModels(Mapping):
-    """Device → detector, each built on access from its row of the saved arrays (``import_arrays``).
+    """Device → detector, each built on access from its row of the saved arrays (``import_arrays``);
+    the ``restarted`` fields at their initial value (see ``RESTARTED_WITHOUT``).
 
     The arrays are validated once, here: names, dtypes and shapes must be exactly those the
     detector's own field table gives, so nothing in the file decides what is built."""
 
-    def __init__(self, spec: DetectorSpec, blob: bytes, groups: object, model_dir: Path):
+    def __init__(
+        self, spec: DetectorSpec, blob: bytes, groups: object, model_dir: Path, restarted: set[str] = frozenset()
+    ):
         self._spec = spec
         self._where: dict[str, tuple[int, int]] = {}  # device -> (group, row)
         self._groups: list[tuple[tuple[str, ...], dict[str, np.ndarray]]] = []
@@ -339,6 +349,8 @@ class _ArrayModels(Mapping):
                         raise ArtifactError(f"{path}: {member} is missing")
                     members.discard(member)
                     fields[name] = _read_array(archive, member, like.dtype, (len(devices), *like.shape), path)
+                    if name in restarted:  # saved before a parameter that changed its meaning: start it anew
+                        fields[name] = np.broadcast_to(like, fields[name].shape)
                 self._groups.append((features, fields))
                 for row, device in enumerate(devices):
                     if device in self._where:

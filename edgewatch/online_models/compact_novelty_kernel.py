@@ -81,6 +81,16 @@ def _gauss_z(d: float, n: float, mu: float, var: float, min_n: int) -> float:
     return (d - mu) / math.sqrt(var)
 
 
+@njit(cache=True)
+def _t_as_z(t: float, dof: float) -> float:
+    """The Gaussian z as improbable as Student's ``t`` with ``dof`` degrees of freedom (Wallace 1959:
+    ``sqrt(dof ln(1 + t²/dof)) (8 dof + 1) / (8 dof + 3)``): a standard score whose mean and variance were
+    estimated from ``dof + 1`` independent values, times ``sqrt(1 + 1 / (dof + 1))`` for the new one's."""
+    dof = max(dof, 1.0)
+    t = t / math.sqrt(1.0 + 1.0 / (dof + 1.0))
+    return math.sqrt(dof * math.log1p(t * t / dof)) * (8.0 * dof + 1.0) / (8.0 * dof + 3.0)
+
+
 @njit(cache=True, inline="always")
 def _gauss_update(s, r: int, j: int, f: int, d: float) -> None:
     n = s[r, j, f] + 1.0
@@ -154,7 +164,7 @@ ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
-    "relation_warmup", "gap_spread", "interval_rate",
+    "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -356,6 +366,7 @@ def detect(
     explain_along, extreme_steps, hold_related = alarm_params[13], alarm_params[14], alarm_params[15] > 0.0
     relation_warmup = alarm_params[16] > 0.0
     gap_spread, interval_rate = alarm_params[17], alarm_params[18]
+    relation_cube_root, shape_effective = alarm_params[19] > 0.0, alarm_params[20] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -430,7 +441,12 @@ def detect(
                 breaks[f] = weight * res[f] * res[f]
                 ss += breaks[f]
                 weights += weight
-            stat = math.sqrt(ss / weights) if weights > 0.0 else 0.0
+            # their mean square is chi-square-like (with few features: skewed, with a heavier right tail than a
+            # Gaussian fitted to it): its cube root, nearly Gaussian (Wilson-Hilferty), is what is calibrated
+            if weights > 0.0:
+                stat = (ss / weights) ** (1.0 / 3.0) if relation_cube_root else math.sqrt(ss / weights)
+            else:
+                stat = 0.0
             if rel_ready:
                 zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
                 rel_surprise = gaussian_surprise(zr)
@@ -501,6 +517,8 @@ def detect(
                         s[r, _scale_index(k, G_VAR), f],
                         min_blocks,
                     )
+                    if shape_effective and zk > 0.0:
+                        zk = _t_as_z(zk, s[r, _scale_index(k, G_N), f] / w - 1.0)
                     zks[f, k] = zk  # unbounded: whether the block may raise the largest normal value
                     zb = _bounded_z(zk, ds[f, k], s, r, _scale_index(k, G_N), f) if empirical_bound else zk
                     if not (moved[f] and explains[f] >= explained):

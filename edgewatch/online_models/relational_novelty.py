@@ -117,6 +117,14 @@ class RelationalNovelty(AnomalyDetector):
             the readings before the gap: the context starts anew, the distribution state (ranges,
             memories, profile, relations, calibration, alarm) stays (0: off).
         interval_rate: smallest EW rate of the sampling interval's estimate.
+        relation_cube_root: the relations' statistic calibrated is the cube root of the residuals'
+            weighted mean square (Wilson-Hilferty: nearly Gaussian), not its square root: a mean square
+            of a few Gaussian residuals is chi-square-like, skewed, and a Gaussian tail fitted to its
+            square root underrates how often it is large (off: the square root, as before).
+        shape_effective: a shape channel's standard score is judged as Student's t with as many degrees of
+            freedom as independent shingles calibrated it (calibration distances / ``window``: consecutive
+            shingles share all but one block), not as a Gaussian z: a variance estimated from a few
+            shingles (a warm start's, a slow feature's long blocks) makes no z of 6 a sure fault.
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -154,6 +162,10 @@ class RelationalNovelty(AnomalyDetector):
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
     #: state fields older models and snapshots lack (they load with the fields' initial values)
     LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS
+    #: parameters added since models were first saved whose default changes what saved fields mean: a
+    #: model saved without one starts those fields anew (the relations' calibration of the square root
+    #: of their statistic does not hold for its cube root: it recalibrates online, ``artifact.load``)
+    RESTARTED_WITHOUT: ClassVar[dict[str, tuple[str, ...]]] = {"relation_cube_root": ("rg_n", "rg_mu", "rg_var")}
 
     def __init__(
         self,
@@ -175,6 +187,8 @@ class RelationalNovelty(AnomalyDetector):
         relation_warmup: bool = True,
         gap_spread: float = 4.0,
         interval_rate: float = 0.01,
+        relation_cube_root: bool = True,
+        shape_effective: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -200,6 +214,8 @@ class RelationalNovelty(AnomalyDetector):
         self.relation_warmup = relation_warmup
         self.gap_spread = gap_spread
         self.interval_rate = interval_rate
+        self.relation_cube_root = relation_cube_root
+        self.shape_effective = shape_effective
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -231,7 +247,8 @@ class RelationalNovelty(AnomalyDetector):
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
              self.explain_along, self.extreme_steps,
-             float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate],
+             float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
+             float(self.relation_cube_root), float(self.shape_effective)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])

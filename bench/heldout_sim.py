@@ -1,0 +1,47 @@
+"""Simulator fleets a detector change was not tuned on: other seeds and a smaller fleet, cold and warm.
+
+    python bench/heldout_sim.py [--variants default,no-relation-cube-root] [--fleets 3:40,4:40,5:40,0:16]
+
+Each fleet is ``seed:devices`` (3000 ticks after 600 fault-free ones, as ``bench/ablation.py``); each
+variant is one of ``bench/ablation.py``'s. Prints per fleet and start the episode precision P, recall R
+and ``active_after_change`` (aac) from ``faults.score_fleet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.ablation import BY_NAME  # noqa: E402
+from edgewatch.evaluation.faults import score_fleet  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default="default", help="comma-separated bench/ablation.py variants")
+    parser.add_argument("--fleets", default="3:40,4:40,5:40,0:16,1:16,2:16", help="comma-separated seed:devices")
+    parser.add_argument("--ticks", type=int, default=3000)
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.variants.split(",") if name not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}: use {', '.join(BY_NAME)}")
+    try:
+        fleets = [tuple(int(part) for part in fleet.split(":")) for fleet in args.fleets.split(",")]
+    except ValueError:
+        parser.error(f"--fleets takes seed:devices pairs, got {args.fleets}")
+    for name in args.variants.split(","):
+        for seed, devices in fleets:
+            for warm in (False, True):
+                score = score_fleet(BY_NAME[name].spec(), devices=devices, ticks=args.ticks, seed=seed, warm=warm)
+                print(f"{name} seed={seed} devices={devices} {'warm' if warm else 'cold'} "
+                      f"P={score.episode_precision:.3f} R={score.recall:.3f} aac={score.active_after_change} "
+                      f"faults={score.faults} alarms={score.alarms}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
