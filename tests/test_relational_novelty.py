@@ -256,3 +256,18 @@ def test_single_feature_devices_have_no_relations_and_still_alarm():
         model.learn_one(x)
         flags.append(model.abnormal)
     assert not any(flags[:100]) and flags[100] and not any(flags[120:])
+
+
+def test_a_small_sustained_shift_of_a_noisy_feature_is_held_by_the_level_channel():
+    """A shift of 1.5 standard deviations of the noisy ambient no reading shows alone (no relation either):
+    its level over many readings, calibrated by what the history's levels were worth, does."""
+    rows = [machine(i) for i in range(800, 1800)]
+    for i in range(200, 600):
+        rows[i]["ambient"] += 0.45
+
+    def flags(**params):
+        return np.array([e.is_anomaly for e in run(warm_bank(**params), stream(rows, start=800))[0]])
+
+    level, blind = flags(), flags(level_rate=0.0)
+    assert level[260:600].mean() > 0.9 and blind[200:600].mean() < 0.2
+    assert not level[:200].any() and not level[660:].any()  # quiet before, and cleared soon after

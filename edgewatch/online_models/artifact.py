@@ -330,10 +330,14 @@ class _ArrayModels(Mapping):
                 fields = {}
                 for name, like in template.export_arrays(features).items():
                     member = f"g{index}.{name}.npy"
+                    like = np.asarray(like)
+                    if member not in members and name in getattr(template, "LATER_FIELDS", ()):
+                        # a state field added since the model was saved starts where a new device's does
+                        fields[name] = np.repeat(like[None], len(devices), axis=0)
+                        continue
                     if member not in members:
                         raise ArtifactError(f"{path}: {member} is missing")
                     members.discard(member)
-                    like = np.asarray(like)
                     fields[name] = _read_array(archive, member, like.dtype, (len(devices), *like.shape), path)
                 self._groups.append((features, fields))
                 for row, device in enumerate(devices):

@@ -102,6 +102,16 @@ class RelationalNovelty(AnomalyDetector):
         relation_warmup: the relations learn their first ``min_relation`` readings even in alarm
             (a cold start's early alarm would otherwise keep them from ever being ready, and only
             time out).
+        level_rate: EW rate of each feature's level channel (devices with relations): the level's
+            deviation from the relations' mean, against the null variance of an EW mean of the normal
+            readings' autocorrelated deviations and judged with their effective sample size (a slow
+            signal has seen few independent levels), enters the score as a per-feature channel: a
+            small sustained shift of a noisy feature shows, a slow drift does not (0: off). It counts while
+            the recent readings (the ``fast_rate`` level) depart too: an alarm ends when they are back to
+            normal, not when the slow level has forgotten.
+        level_hold: the recent readings count as back only when they also differ from the slow level by
+            more than chance (else a noisy fault's chance dip back to normal clears its alarm, and the
+            fault is then learned).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -132,6 +142,8 @@ class RelationalNovelty(AnomalyDetector):
     """
 
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
+    #: state fields added after models were first saved: a model without them loads with their initial values
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("drift",)
 
     def __init__(
         self,
@@ -151,6 +163,8 @@ class RelationalNovelty(AnomalyDetector):
         extreme_steps: float = 1.0,
         hold_related: bool = True,
         relation_warmup: bool = True,
+        level_rate: float = 0.05,
+        level_hold: bool = True,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -173,6 +187,8 @@ class RelationalNovelty(AnomalyDetector):
         self.extreme_steps = extreme_steps
         self.hold_related = hold_related
         self.relation_warmup = relation_warmup
+        self.level_rate = level_rate
+        self.level_hold = level_hold
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -195,6 +211,7 @@ class RelationalNovelty(AnomalyDetector):
         fields["rel"] = (np.float64, 0.0, (len(kernel.RELATION_FIELDS),))
         fields["cov"] = (np.float64, 0.0, ("features",))
         fields["prec"] = (np.float64, 0.0, ("features",))
+        fields["drift"] = (np.float64, 0.0, (len(kernel.LEVEL_FIELDS),))
         return fields
 
     def _alarm_params(self, threshold: float | None) -> np.ndarray:
@@ -203,7 +220,8 @@ class RelationalNovelty(AnomalyDetector):
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
              self.explain_along, self.extreme_steps,
-             float(self.hold_related), float(self.relation_warmup)],
+             float(self.hold_related), float(self.relation_warmup), self.level_rate,
+             float(self.level_hold)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
@@ -226,7 +244,8 @@ class RelationalNovelty(AnomalyDetector):
         has_time = has_time and nov.profile  # the source time feeds only the weekly profile
         scores = kernel.detect(
             blocks["n"], blocks["profile"][:, 0].view(np.uint16), blocks["s0_ring"], blocks["s0_mem"],
-            blocks["s0_used"], blocks["level"], blocks["rel"][:, 0], blocks["cov"], rows, x, t, has_time,
+            blocks["s0_used"], blocks["level"], blocks["rel"][:, 0], blocks["cov"],
+            blocks["drift"][:, self._layout.position("drift")], rows, x, t, has_time,
             np.array(nov.scales, dtype=np.int64), np.array([summary == "extreme" for summary in nov.summaries]),
             np.array([nov.window, nov.memory, nov.warmup, nov.min_blocks, nov.min_profile, nov.extreme_warmup],
                      dtype=np.int64),
