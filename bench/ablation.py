@@ -118,8 +118,10 @@ VARIANTS = (
             {"relation_warmup": False}),
     Variant("no-level", "the level channel (a feature's EW level against its effective-sample-size calibration)",
             {"level_rate": 0.0}),
-    Variant("no-level-hold", "a level alarm held through the recent readings' chance dips back to normal",
-            {"level_hold": False}),
+    Variant("level-hold", "(on, off by default) a level alarm held through the recent readings' chance dips "
+            "back to normal", {"level_hold": True}),
+    Variant("no-level-steps", "the level channel judging only departures that came as a step (not ramps)",
+            {"level_steps": False}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -41,8 +41,8 @@ MU, FAST, RES, PEAK_C, CAUSE, DEV = range(len(RELATION_FIELDS))
 # moments of the standardized deviations of normal readings that give its null variance and effective
 # sample size (count, last deviation — NaN after a reading not learned —, lag-1 product, square, and
 # the square of the level's own deviation)
-LEVEL_FIELDS = ("lv_ew", "lv_n", "lv_prev", "lv_c1", "lv_m2", "lv_d2")
-LV_EW, LV_N, LV_PREV, LV_C1, LV_M2, LV_D2 = range(len(LEVEL_FIELDS))
+LEVEL_FIELDS = ("lv_ew", "lv_n", "lv_prev", "lv_c1", "lv_m2", "lv_d2", "lv_step")
+LV_EW, LV_N, LV_PREV, LV_C1, LV_M2, LV_D2, LV_STEP = range(len(LEVEL_FIELDS))
 # the ``cov`` block: (devices, 2, features, features): EW covariance, precision of the correlations
 COV, PREC = 0, 1
 # what happened at a reading (bits of ``events``)
@@ -130,7 +130,7 @@ ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
-    "relation_warmup", "level_rate", "level_hold",
+    "relation_warmup", "level_rate", "level_hold", "level_steps",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -223,8 +223,17 @@ def _bound_to(cov, r: int, features: int, f: int, implicated, explained: float) 
 
 @njit(cache=True)
 def _level_deviate(
-    lv, r: int, f: int, d: float, rate: float, now: float, fast_rate: float, tolerance: float, min_n: float,
+    lv,
+    r: int,
+    f: int,
+    d: float,
+    rate: float,
+    now: float,
+    fast_rate: float,
+    tolerance: float,
+    min_n: float,
     hold: bool,
+    steps: bool,
 ) -> float:  # pragma: no cover - compiled
     """The level channel of feature ``f``: its EW level's deviation ``d`` (standard deviations of the
     readings) as an equivalent normal deviate, or -inf before ``min_n`` normal readings, or once the
@@ -262,8 +271,20 @@ def _level_deviate(
     if normal_now < tolerance and (
         not hold or (back > 0.0 and gaussian_surprise(_t_to_z(back * back / spread, nu)) >= tolerance)
     ):
+        lv[r, f, LV_STEP] = 0.0
         return -np.inf
-    return _t_to_z(d * d / (var * (1.0 + 1.0 / n_eff)), nu)
+    z = _t_to_z(d * d / (var * (1.0 + 1.0 / n_eff)), nu)
+    if steps:
+        # a departure that came as a step: the fast level left the slow one by more than chance (a ramp
+        # slow enough that both move together is a drift, not a fault); remembered while either departs
+        away = (now - d) if now > 0.0 else (d - now)
+        if away > 0.0 and gaussian_surprise(_t_to_z(away * away / spread, nu)) >= tolerance:
+            lv[r, f, LV_STEP] = 1.0
+        elif gaussian_surprise(z) < tolerance:
+            lv[r, f, LV_STEP] = 0.0
+        if lv[r, f, LV_STEP] == 0.0:
+            return -np.inf
+    return z
 
 
 @njit(cache=True, inline="always")
@@ -353,6 +374,7 @@ def detect(
     explained, along_relations = alarm_params[11], alarm_params[12]
     explain_along, extreme_steps, hold_related = alarm_params[13], alarm_params[14], alarm_params[15] > 0.0
     relation_warmup, level_rate, level_hold = alarm_params[16] > 0.0, alarm_params[17], alarm_params[18] > 0.0
+    level_steps = alarm_params[19] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -410,8 +432,8 @@ def detect(
                 us[f] = (x[i, f] - rel[r, f, MU]) / math.sqrt(var)
                 lu[f] = us[f]
                 if level_rate > 0.0:
-                    ew = x[i, f] if lv[r, f, LV_N] == 0.0 else lv[r, f, LV_EW] + level_rate * (x[i, f] - lv[r, f, LV_EW])
-                    lv[r, f, LV_EW] = ew
+                    ew = lv[r, f, LV_EW] + level_rate * (x[i, f] - lv[r, f, LV_EW])
+                    lv[r, f, LV_EW] = ew = x[i, f] if lv[r, f, LV_N] == 0.0 else ew
                     ld[f] = (ew - rel[r, f, MU]) / math.sqrt(var)
             for f in range(features):
                 e = 0.0
@@ -440,7 +462,9 @@ def detect(
                 # the recent readings (the fast level; the level itself in a history) must depart too
                 var = max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2)
                 now = ld[f] if history else (rel[r, f, FAST] - rel[r, f, MU]) / math.sqrt(var)
-                level_z[f] = _level_deviate(lv, r, f, ld[f], level_rate, now, fast_rate, tolerance, min_profile, level_hold)
+                level_z[f] = _level_deviate(
+                    lv, r, f, ld[f], level_rate, now, fast_rate, tolerance, min_profile, level_hold, level_steps
+                )
         # the device moves along its relations (a new operating point): the relations' residuals far
         # along them, and the novelty of each feature the others explain, are that move, not a fault
         along = explain_along > 0.0 and rel_ready and _shift_along(rel, cov, r, features, along_relations)

@@ -110,8 +110,11 @@ class RelationalNovelty(AnomalyDetector):
             the recent readings (the ``fast_rate`` level) depart too: an alarm ends when they are back to
             normal, not when the slow level has forgotten.
         level_hold: the recent readings count as back only when they also differ from the slow level by
-            more than chance (else a noisy fault's chance dip back to normal clears its alarm, and the
-            fault is then learned).
+            more than chance (off: a noisy fault's chance dip back to normal can clear its alarm, and the
+            fault is then learned; on, measured: SKAB and the simulator lose a little precision).
+        level_steps: the level channel judges departures that came as a step (the recent readings left
+            the slow level by more than chance), remembered while either level departs: a ramp slow
+            enough that both levels move together is a drift, not a fault.
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -164,7 +167,8 @@ class RelationalNovelty(AnomalyDetector):
         hold_related: bool = True,
         relation_warmup: bool = True,
         level_rate: float = 0.05,
-        level_hold: bool = True,
+        level_hold: bool = False,
+        level_steps: bool = True,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -189,6 +193,7 @@ class RelationalNovelty(AnomalyDetector):
         self.relation_warmup = relation_warmup
         self.level_rate = level_rate
         self.level_hold = level_hold
+        self.level_steps = level_steps
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -221,7 +226,7 @@ class RelationalNovelty(AnomalyDetector):
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
              self.explain_along, self.extreme_steps,
              float(self.hold_related), float(self.relation_warmup), self.level_rate,
-             float(self.level_hold)],
+             float(self.level_hold), float(self.level_steps)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
