@@ -122,6 +122,10 @@ VARIANTS = (
             "back to normal", {"level_hold": True}),
     Variant("no-level-steps", "the level channel judging only departures that came as a step (not ramps)",
             {"level_steps": False}),
+    Variant("no-empirical-bound", "a calibrated novelty no larger than a normal one learned is worth at most "
+            "log10(n + 1) decades", {"empirical_bound": False}),
+    Variant("no-gap-restart", "the temporal context restarted after a gap in a device's readings",
+            {"gap_spread": 0.0}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -20,7 +20,7 @@ import time
 
 import orjson
 
-from edgewatch.flows.anomaly import tune_gc_for_streaming
+from edgewatch.app import tune_gc_for_streaming
 from edgewatch.simulator import Fleet
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z

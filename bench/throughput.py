@@ -3,6 +3,16 @@
     python bench/throughput.py [--messages 100000] [--devices 50] [--broker kafka|tansu] [--bootstrap HOST:PORT]
                                [--quick] [--cpu-clock]
     edgewatch bench            (same thing)
+    python bench/throughput.py --paired 7 --cpu-clock [--baseline DIR]
+    python bench/throughput.py --in-process 5 [--baseline DIR]
+
+``--paired N``: only the null flow and edgewatch, N rounds of one run each, back to back in a
+rotating order, and each round's ratio (and with ``--baseline``, the flow of another checkout,
+e.g. ``git archive main | tar -x -C DIR``, in the same rounds): a change's effect measured
+under the same load, where separate runs on a shared machine differ by more than the change.
+``--in-process N``: the flow alone, without a broker (the messages made beforehand as the Kafka
+source makes them, 4 partitions; a producer that only counts stands in for librdkafka): messages
+per CPU-second of the flow's own Python work, N rounds (with ``--baseline``, interleaved).
 
 On one broker (Apache Kafka 4.x KRaft by default, started for the run), the same messages
 (simulated machines with faults, 4 partitions) are produced once; then, each in its own
@@ -362,6 +372,132 @@ def _offsets_arg(stop_offsets: dict) -> str:
     return json.dumps([[t, p, o] for (t, p), o in stop_offsets.items()])
 
 
+def paired(rounds: int, messages: int = 100_000, devices: int = 50, baseline: Path | None = None) -> list[dict]:
+    """``rounds`` rounds of the null flow and edgewatch (and ``baseline``'s edgewatch) on one broker."""
+    kinds = {"null": __file__, "edgewatch": __file__}
+    if baseline is not None:
+        kinds["baseline"] = str(Path(baseline) / "bench" / "throughput.py")  # its own checkout first on sys.path
+    with ExitStack() as stack:
+        bootstrap = start_broker(stack)
+        topic = f"bench-{int(time.time())}"
+        offsets = _offsets_arg(produce_messages(bootstrap, topic, messages, devices))
+        clock = "events per CPU-second" if CLOCK is time.process_time else "events/s"
+        print(f"paired: {messages} messages from {devices} devices, {rounds} rounds, {clock}", flush=True)
+        results = []
+        for round_ in range(rounds):
+            order = list(kinds)[round_ % len(kinds) :] + list(kinds)[: round_ % len(kinds)]
+            rates = {
+                kind: _child("edgewatch" if kind == "baseline" else kind, "--bootstrap", bootstrap, "--topic", topic,
+                             "--offsets", offsets, script=kinds[kind])["events_per_s"]
+                for kind in order
+            }  # fmt: skip
+            results.append(rates)
+            figures = [f"{kind}={rates[kind]:.0f}" for kind in kinds]
+            figures += [f"{kind}/null={rates[kind] / rates['null']:.2f}" for kind in kinds if kind != "null"]
+            print(f"  round {round_ + 1}: " + "  ".join(figures), flush=True)
+    for kind in kinds:
+        if kind != "null":
+            ratios = sorted(r[kind] / r["null"] for r in results)
+            print(f"paired: {kind}/null median={ratios[len(ratios) // 2]:.2f} min={ratios[0]:.2f} max={ratios[-1]:.2f}")
+    return results
+
+
+class _CountingProducer:
+    """Stands in for confluent_kafka.Producer in the flow's sinks (``--in-process``): counts."""
+
+    produced = 0
+
+    def __init__(self, config: dict):
+        pass
+
+    def produce(self, topic, value=None, key=None, headers=None, **_options) -> None:
+        _CountingProducer.produced += 1
+
+    def poll(self, _timeout: float = 0.0) -> int:
+        return 0
+
+    def flush(self, _timeout: float = 0.0) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+def run_in_process(messages: int, devices: int, batch_size: int = 2000) -> dict:
+    """The edgewatch flow over messages made beforehand (no broker); its CPU time."""
+    import zlib
+
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+    import edgewatch.connectors.kafka as kafka_connector
+    from edgewatch.app import Application
+    from edgewatch.config import FlowSettings
+    from edgewatch.flows.anomaly import build_flow
+    from edgewatch.flows.wiring import to_kafka
+    from edgewatch.schema import RawMessage
+
+    fleet = Fleet(devices=devices, seed=42, fault_rate=0.003, start_time=time.time() - messages // devices)
+    parts: list[list[RawMessage]] = [[] for _ in range(PARTITIONS)]
+    for record in fleet.records(messages):  # keyed as Kafka's default partitioner would spread them
+        part = parts[zlib.crc32(record.key) % PARTITIONS]
+        part.append(RawMessage(record.key, record.value, list(record.headers), "bench", 0, len(part),
+                               record.timestamp_ms))  # fmt: skip
+
+    class Partition(StatefulSourcePartition):
+        def __init__(self, raws):
+            self.raws, self.at = raws, 0
+
+        def next_batch(self):
+            if self.at >= len(self.raws):
+                raise StopIteration
+            self.at += batch_size
+            return [self.raws[self.at - batch_size : self.at]]
+
+        def snapshot(self):
+            return self.at
+
+    class Source(FixedPartitionedSource):
+        def list_parts(self):
+            return [str(i) for i in range(PARTITIONS)]
+
+        def build_part(self, step_id, for_part, resume_state):
+            return Partition(parts[int(for_part)])
+
+    kafka_connector.Producer = _CountingProducer
+    settings = FlowSettings(bootstrap="unused:9092", in_topic="bench", out_topic="bench-out", dlq_topic="bench-dlq",
+                            model_cache_dir=Path(tempfile.mkdtemp(prefix="bench-in-process-")))  # fmt: skip
+    app = Application(settings, handle_signals=False).start()
+    flow, streams = build_flow(settings, Source())
+    to_kafka(streams, settings)
+    started = time.process_time()
+    app.run(flow)
+    cpu_seconds = time.process_time() - started
+    return {"messages": messages, "produced": _CountingProducer.produced, "cpu_seconds": cpu_seconds,
+            "events_per_cpu_s": messages / cpu_seconds}  # fmt: skip
+
+
+def in_process(rounds: int, messages: int = 100_000, devices: int = 50, baseline: Path | None = None) -> None:
+    """``rounds`` in-process runs of this checkout's flow (and ``baseline``'s, interleaved)."""
+    scripts = {"edgewatch": __file__}
+    if baseline is not None:
+        scripts["baseline"] = str(Path(baseline) / "bench" / "throughput.py")
+    print(f"in-process: {messages} messages from {devices} devices, {rounds} rounds, events per CPU-second")
+    rates: dict[str, list[float]] = {kind: [] for kind in scripts}
+    for round_ in range(rounds):
+        for kind in list(scripts)[round_ % len(scripts) :] + list(scripts)[: round_ % len(scripts)]:
+            args = ("--messages", str(messages), "--devices", str(devices))
+            rates[kind].append(_child("in-process", *args, script=scripts[kind])["events_per_cpu_s"])
+        figures = [f"{kind}={r[-1]:.0f}" for kind, r in rates.items()]
+        if baseline is not None:
+            figures.append(f"edgewatch/baseline={rates['edgewatch'][-1] / rates['baseline'][-1]:.2f}")
+        print(f"  round {round_ + 1}: " + "  ".join(figures), flush=True)
+    for kind, found in rates.items():
+        print(f"in-process: {kind} median={sorted(found)[len(found) // 2]:.0f} events per CPU-second")
+    if baseline is not None:
+        ratios = sorted(a / b for a, b in zip(rates["edgewatch"], rates["baseline"], strict=True))
+        print(f"in-process: edgewatch/baseline median={ratios[len(ratios) // 2]:.2f}")
+
+
 def main(
     messages: int = 100_000,
     devices: int = 50,
@@ -454,6 +590,9 @@ if __name__ == "__main__":
     parser.add_argument("--broker", default="kafka", choices=("kafka", "tansu"))
     parser.add_argument("--quick", action="store_true", help="throughput only (no latency, memory, scaling)")
     parser.add_argument("--cpu-clock", action="store_true", help="messages per CPU-second instead of per second")
+    parser.add_argument("--paired", type=int, metavar="ROUNDS", help="null vs edgewatch only, in paired rounds")
+    parser.add_argument("--in-process", type=int, metavar="ROUNDS", help="the flow alone, without a broker")
+    parser.add_argument("--baseline", type=Path, help="with --paired/--in-process: another checkout's flow as well")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--offsets", help=argparse.SUPPRESS)
@@ -465,6 +604,8 @@ if __name__ == "__main__":
         offsets = {(t, p): o for t, p, o in json.loads(args.offsets)} if args.offsets else {}
         if args.child in FLOWS:
             outcome = run_flow(args.child, args.bootstrap, args.topic, offsets, args.workers)
+        elif args.child == "in-process":
+            outcome = run_in_process(args.messages, args.devices)
         elif args.child == "ceiling":
             outcome = run_ceiling(args.bootstrap, args.topic, offsets)
         elif args.child == "memory":
@@ -472,5 +613,9 @@ if __name__ == "__main__":
         else:
             outcome = run_latency(args.bootstrap)
         print(json.dumps(outcome))
+    elif args.paired:
+        paired(args.paired, args.messages, args.devices, args.baseline)
+    elif args.in_process:
+        in_process(args.in_process, args.messages, args.devices, args.baseline)
     else:
         main(args.messages, args.devices, args.bootstrap, args.broker, args.quick)

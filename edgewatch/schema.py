@@ -43,7 +43,6 @@ Nothing raises out of :func:`parse_message`: any other exception (a decoder's
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -51,7 +50,7 @@ import operator
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, repeat
 from typing import NamedTuple
 
 import msgspec
@@ -147,8 +146,13 @@ class DeadLetter:
 class LabeledEvent:
     """A reading with the detector's verdict.
 
+    ``score`` is how abnormal this reading is (0..1, the detector's threshold marks abnormal);
     ``is_anomaly`` is the device's alarm state at this reading; ``explanation`` names the
     features that drove the score, with their shares (summing to 1), when the reading is abnormal.
+    ``detection`` (not sent) is the score debounced, where the detector debounces in an alarm
+    layer: 0 for a reading that adds nothing to the evidence the device showed just before (a
+    fault's every reading after the one that raised the alarm, unless it grows). Benchmarks that
+    count detections (NAB, SKAB's changepoints) take it; ``None``: the same as ``score``.
     """
 
     reading: Reading
@@ -157,6 +161,12 @@ class LabeledEvent:
     model_name: str
     model_version: str
     explanation: dict[str, float] | None = None
+    detection: float | None = None
+
+    @property
+    def detection_score(self) -> float:
+        """The score as a detection (``detection``, or ``score`` where the detector has none)."""
+        return self.score if self.detection is None else self.detection
 
 
 @dataclass(slots=True)
@@ -916,103 +926,105 @@ def labeled_event_lines(events: list[LabeledEvent]) -> list[bytes]:
     """:func:`labeled_event_json` of each event, byte for byte, for a batch (what the flow's sinks
     write).
 
-    Each part of the JSON object is serialized by orjson as it would be inside the object and the
-    object put together by a ``bytes %`` template: the parts events share (device, time, model,
-    topic) once; the scores, and the feature values when every event names the same features in
-    the same order (the template then holds the names), in one orjson call each, split at the
-    commas (numbers have none; a count that does not match means a value that does, and the
-    features are then serialized per event). An event with fields of unusual types (not made by
-    the flow) goes through :func:`labeled_event_json`."""
-    dumps, option = orjson.dumps, orjson.OPT_UTC_Z
-    devices, times, models, topics = _JSON_DEVICES, {}, {}, {}
-    if len(devices) > 100_000:
-        devices.clear()
-    score_parts = _json_items([event.score for event in events])
-    features = [event.reading.features for event in events]
-    orders = list(map(tuple, features))
-    value_parts, width, template = None, 0, _labeled_template(None)
-    if orders and orders.count(orders[0]) == len(orders):  # one feature order: its names in the template
-        value_parts = _json_items(list(chain.from_iterable(map(dict.values, features))))
-        if value_parts is not None:
-            width, template = len(orders[0]), _labeled_template(orders[0])
-    lines = []
-    last_name = last_version = last_topic = model = topic = None
-    for index, event in enumerate(events):
-        reading = event.reading
-        raw = reading.raw
-        seconds, partition, offset, is_anomaly = reading.timestamp, raw.partition, raw.offset, event.is_anomaly
-        if not (
-            type(partition) is int
-            and type(offset) is int
-            and type(is_anomaly) is bool
-            and type(seconds) is float
-            and 0 <= partition < _INT64
-            and 0 <= offset < _INT64
-            and score_parts is not None
-        ):  # not as the flow makes them (orjson may refuse an integer): the one-event path
-            lines.append(labeled_event_json(event))
-            continue
-        device = devices.get(reading.device_id)
-        if device is None:
-            device = devices[reading.device_id] = dumps(reading.device_id)
-        stamp = times.get(seconds)
-        if stamp is None:
-            stamp = times[seconds] = dumps(_utc_datetime(seconds), option=option)
-        name, version, topic_name = event.model_name, event.model_version, raw.topic
-        if name is not last_name or version is not last_version:  # one model per batch, as a rule
-            model = models.get((name, version))
-            if model is None:
-                model = models[name, version] = dumps({"name": name, "version": version})
-            last_name, last_version = name, version
-        if topic_name is not last_topic:
-            topic = topics.get(topic_name)
-            if topic is None:
-                topic = topics[topic_name] = dumps(topic_name)
-            last_topic = topic_name
-        explanation = event.explanation
-        tail = (
-            score_parts[index],
-            b"true" if is_anomaly else b"false",
-            b"null" if explanation is None else dumps(explanation),
-            model,
-            topic,
-            partition,
-            offset,
-        )
-        if value_parts is not None:
-            lines.append(template % (device, stamp, *value_parts[index * width : (index + 1) * width], *tail))
-        else:
-            lines.append(template % (device, stamp, dumps(reading.features), *tail))
-    return lines
-
-
-def _json_items(values: list) -> list[bytes] | None:
-    """Each value's JSON (as orjson writes it inside an object), from one call; None when a value's
-    JSON holds a comma or orjson refuses one (each is then serialized on its own)."""
-    if not values:
+    The batch is serialized column by column, in C loops, and each line put together by one
+    ``bytes %`` template. The parts events share (device, time, model, topic) are serialized once
+    per distinct value; the others by one orjson call per column, a JSON array then split into
+    its items: the scores, flags and source numbers at the commas, the feature objects at
+    ``},{`` (an object's items are then the template's). A split that does not give one item per
+    event means an item holding the separator: that column is serialized event by event. A batch
+    with shared parts of unusual types (not made by the flow) goes through
+    :func:`labeled_event_json`, event by event."""
+    if not events:
         return []
+    count = len(events)
+    readings = list(map(_READING, events))
+    raws = list(map(_RAW, readings))
+    device_ids, seconds = list(map(_DEVICE_ID, readings)), list(map(_TIMESTAMP, readings))
+    topics = list(map(_TOPIC, raws))
+    models = list(zip(map(_MODEL_NAME, events), map(_MODEL_VERSION, events), strict=True))
+    distinct_devices, distinct_models, distinct_topics = set(device_ids), set(models), set(topics)
+    if not _only_str(distinct_devices, distinct_topics, chain.from_iterable(distinct_models)):
+        # a dict of JSON per value would take 1 and True for one another: the one-event path
+        return list(map(labeled_event_json, events))
+    dumps = orjson.dumps
+    devices = _JSON_DEVICES
+    new_devices = distinct_devices.difference(devices)
+    if len(devices) + len(new_devices) > 100_000:  # bounded
+        devices.clear()
+        new_devices = distinct_devices
+    devices.update(zip(new_devices, map(dumps, new_devices), strict=True))
+    stamps = {second: dumps(_utc_datetime(second), option=orjson.OPT_UTC_Z) for second in set(seconds)}
+    model_json = {model: dumps({"name": model[0], "version": model[1]}) for model in distinct_models}
+    topic_json = {topic: dumps(topic) for topic in distinct_topics}
+    features = list(map(_FEATURES, readings))
+    # (dicts only: any other value between two would hide a boundary)
+    feature_objects = _json_split(features, b"},{", 2) if set(map(type, features)) == {dict} else None
+    explanations = list(map(_EXPLANATION, events))
+    numbers = list(map(_SCORE, events)) + list(map(_IS_ANOMALY, events))
+    numbers += list(map(_PARTITION, raws)) + list(map(_OFFSET, raws))
+    number_items = _json_split(numbers, b",", 1)
+    if number_items is None:
+        number_items = list(map(dumps, numbers))
+    if explanations.count(None) == count:  # as a rule: no abnormal reading in the batch
+        explained = repeat(b"null")
+    else:
+        explained = [b"null" if explanation is None else dumps(explanation) for explanation in explanations]
+    columns = zip(
+        map(devices.get, device_ids),  # (``get``, a fast call, where ``__getitem__`` is a slow one)
+        map(stamps.get, seconds),
+        map(dumps, features) if feature_objects is None else feature_objects,
+        number_items[:count],
+        number_items[count : 2 * count],
+        explained,
+        _each(model_json, models),
+        _each(topic_json, topics),
+        number_items[2 * count : 3 * count],
+        number_items[3 * count :],
+        strict=False,  # repeat(): endless
+    )
+    template = _LABELED_TEMPLATE if feature_objects is None else _LABELED_TEMPLATE_OBJECTS
+    return list(map(template.__mod__, columns))
+
+
+def _json_split(values: list, separator: bytes, edge: int) -> list[bytes] | None:
+    """Each value's JSON (as orjson writes it inside an object, less ``edge`` bytes each side for a
+    ``},{`` split) from one call; None when a value's JSON holds the separator or orjson refuses one."""
     try:
-        parts = orjson.dumps(values)[1:-1].split(b",")
+        parts = orjson.dumps(values)[edge:-edge].split(separator)
     except TypeError:
         return None
     return parts if len(parts) == len(values) else None
 
 
-@functools.lru_cache(maxsize=256)
-def _labeled_template(features: tuple[str, ...] | None) -> bytes:
-    """The labeled-event JSON as a ``bytes %`` template: ``features`` named in it (one ``%b`` per
-    value), or one ``%b`` for the whole features object (``None``)."""
-    if features is None:
-        body = b"%b"
-    else:
-        body = b"{" + b",".join(orjson.dumps(name).replace(b"%", b"%%") + b":%b" for name in features) + b"}"
-    return (
-        b'{"device_id":%b,"timestamp":%b,"features":' + body + b',"score":%b,"is_anomaly":%b,"explanation":%b,'
-        b'"model":%b,"source":{"topic":%b,"partition":%d,"offset":%d}}'
-    )
+def _each(json_of: dict, values: list):
+    """The JSON of each value, from ``json_of`` (one value, as a rule: repeated)."""
+    return repeat(next(iter(json_of.values()))) if len(json_of) == 1 else map(json_of.get, values)
 
 
-_INT64 = 2**63
+def _only_str(*groups) -> bool:
+    """Whether every value of the groups is a ``str``."""
+    return set(map(type, chain(*groups))) <= {str}
+
+
+_READING = operator.attrgetter("reading")
+_RAW = operator.attrgetter("raw")
+_TIMESTAMP = operator.attrgetter("timestamp")
+_DEVICE_ID = operator.attrgetter("device_id")
+_FEATURES = operator.attrgetter("features")
+_MODEL_NAME = operator.attrgetter("model_name")
+_MODEL_VERSION = operator.attrgetter("model_version")
+_TOPIC = operator.attrgetter("topic")
+_PARTITION = operator.attrgetter("partition")
+_OFFSET = operator.attrgetter("offset")
+_SCORE = operator.attrgetter("score")
+_IS_ANOMALY = operator.attrgetter("is_anomaly")
+_EXPLANATION = operator.attrgetter("explanation")
+#: the labeled-event JSON as ``bytes %`` templates: with the features object, or with its items
+_LABELED_TEMPLATE = (
+    b'{"device_id":%b,"timestamp":%b,"features":%b,"score":%b,"is_anomaly":%b,"explanation":%b,'
+    b'"model":%b,"source":{"topic":%b,"partition":%b,"offset":%b}}'
+)
+_LABELED_TEMPLATE_OBJECTS = _LABELED_TEMPLATE.replace(b'"features":%b', b'"features":{%b}')
 _JSON_DEVICES: dict[str, bytes] = {}  # device id → its JSON string (bounded)
 
 

@@ -306,3 +306,24 @@ def test_an_archive_that_is_not_a_zip_is_refused(history, tmp_path):
     train(history, tmp_path / "model")
     forge(tmp_path / "model", {}, arrays=b"\x80\x04not a zip at all")
     refused_everywhere(tmp_path / "model", tmp_path / "pwned", "not a numpy archive of plain arrays")
+
+
+def test_a_model_saved_before_a_state_field_was_added_loads_with_its_initial_value(history, tmp_path):
+    """Arrays saved before a field existed (e.g. the calibrations' largest learned value): the field
+    starts at its initial value, the other fields are kept."""
+    train(history, tmp_path / "model")
+    blob = (tmp_path / "model" / "arrays.npz").read_bytes()
+    with np.load(io.BytesIO(blob)) as stored:
+        kept = {name: stored[name] for name in stored.files if not name.endswith(("profile_max", "_g_max"))}
+    assert len(kept) < len(np.load(io.BytesIO(blob)).files)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **kept)
+    (tmp_path / "model" / "arrays.npz").write_bytes(buffer.getvalue())
+    manifest = tmp_path / "model" / "model.json"
+    metadata = json.loads(manifest.read_text())
+    metadata["files"]["arrays.npz"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    manifest.write_text(json.dumps(metadata))
+    loaded = artifact.load(tmp_path / "model")
+    device = loaded.default_device
+    row = loaded.models[device].export_arrays(loaded.features[device])
+    assert not row["profile_max"].any() and row["n"].any()

@@ -3,6 +3,7 @@
 import re
 
 from bench.rul_bench import main as rul_bench_main
+from bench.throughput import _child as bench_child
 from bench.throughput import main as bench_main
 from edgewatch.rul import artifact
 from edgewatch.rul.train import train_runs
@@ -35,6 +36,13 @@ def test_bench_prints_its_summary_line(kafka_bootstrap, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"bench: null=\d+ naive=\d+ edgewatch=\d+ ratio_vs_naive=[\d.]+ ratio_vs_null=[\d.]+", last)
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_bench_in_process_runs_the_flow_without_a_broker():
+    # its own process, as `bench/throughput.py --in-process` runs it (the flow tunes the GC, sets metrics)
+    figures = bench_child("in-process", "--messages", "600", "--devices", "6")
+    assert figures["messages"] == 600 and figures["events_per_cpu_s"] > 0
+    assert figures["produced"] >= 600  # every message labeled (and any alarm or drift event) reached a sink
 
 
 def test_rul_bench_runs_the_rul_flow_to_its_summary_line(kafka_bootstrap, tmp_path, capsys):

@@ -50,8 +50,13 @@ def test_a_rollout_keeps_what_devices_learned(fleet, detector, trained_devices):
     print(f"\n{detector}: false alarms over 1,000 (first 100) readings x {DEVICES} devices, {trained_devices} trained: "
           f"no rollout {without}, rollout warmed {figures[256]}, rollout cold {figures[0]}")  # fmt: skip
     assert figures[256][0] <= without[0] and figures[256][1] <= without[1]
-    # the ablation: a cold rollout bursts (above no rollout, twice the warmed one); the warm-up prevents it
-    assert figures[0][1] > without[1] + 5 and figures[0][1] > 2 * figures[256][1]
+    # the ablation: a cold rollout (every device restarts from v2) does worse than the warmed one, and bursts
+    # (above no rollout, twice the warmed one) unless the detector restarts its temporal context after a gap:
+    # v2's history ended 500 ticks before, its last readings are no previous ones (relational-novelty's
+    # gap_spread; with every device trained its cold rollout now gives (184, 11) against (174, 11) warmed)
+    assert figures[0][0] > figures[256][0]
+    if detector == "compact-novelty" or trained_devices < DEVICES:
+        assert figures[0][1] > without[1] + 5 and figures[0][1] > 2 * figures[256][1]
 
 
 def test_a_challenger_in_the_shadow_is_promoted_with_what_it_learned(fleet):

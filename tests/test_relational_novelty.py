@@ -273,3 +273,115 @@ def test_a_small_sustained_shift_of_a_noisy_feature_is_held_by_the_level_channel
     assert not held[:200].any() and not held[660:].any()  # quiet before, and cleared soon after
     # without the hold, a chance dip of the recent readings back to normal may clear it (then it is learned)
     assert level[200:260].mean() > blind[200:260].mean() + 0.3 and not level[:200].any()
+
+
+def spiky(i: int, shift: float = 0.0) -> dict[str, float]:
+    """A cycle with normal spikes of 4, 8, 12 and 16 every 61 readings (a heavy tail), plus ``shift``."""
+    spike = 4.0 * (1 + (i // 61) % 4) if i % 61 == 30 else 0.0
+    return {"v": math.sin(i / 5.0) + 0.05 * math.sin(i * 7.3) + spike + shift}
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_empirical_bound_a_deviation_no_larger_than_a_learned_one_is_no_alarm(bound):
+    """With the bound, the normal spikes (however far in the fitted Gaussian's tail) raise nothing; a
+    level shift larger than any learned deviation still does. Without it, a normal spike alarms."""
+    model = RelationalNovelty(empirical_bound=bound)
+    model.fit_history([spiky(i) for i in range(1200)], [60.0 * i for i in range(1200)])
+    flags = []
+    for i in range(1200, 1500):
+        x = spiky(i, shift=6.0 if 1400 <= i < 1450 else 0.0)
+        model.score_one(x, 60.0 * i)
+        model.learn_one(x, 60.0 * i)
+        flags.append(model.abnormal)
+    assert any(flags[200:250])  # the shift
+    assert any(flags[:200]) != bound  # a normal spike (1372) alarms only without the bound
+
+
+def simulated(seed: int, start: float, ticks: int, devices: int = 10) -> list[Reading]:
+    """A fault-free simulated fleet, 10 readings a second per machine (as `edgewatch simulate`)."""
+    from edgewatch.schema import parse_message
+    from edgewatch.simulator import Fleet
+
+    fleet = Fleet(devices=devices, seed=seed, fault_rate=0.0, start_time=start, tick_seconds=0.1)
+    return [parse_message(RawMessage(r.key, r.value, r.headers, "sim", 0, i, r.timestamp_ms))
+            for i, r in enumerate(fleet.records(devices * ticks))]  # fmt: skip
+
+
+def test_a_warm_start_after_a_gap_does_not_take_the_history_s_last_readings_as_the_previous_ones():
+    """The README's recipe: train on fault-free history, run on fault-free live data 70 minutes later
+    (here the same machines' same readings). Without the restart every machine alarmed on its first
+    reading (a jump from the history's last one) and the warm start alarmed more than a cold one."""
+    history, live = simulated(1, 1_796_154_576.0, 600), simulated(1, 1_796_158_800.0, 600)
+
+    def first_readings_and_alarms(bank):
+        events, alarms, _ = run(bank, live)
+        return sum(e.is_anomaly for e in events[:10]), sum(a.kind == "raised" for a in alarms)
+
+    def warm(**params):
+        return first_readings_and_alarms(VectorBank(spec(**params), artifact=artifact.train(spec(**params), history)))
+
+    cold_first, cold_alarms = first_readings_and_alarms(VectorBank(spec()))
+    warm_first, warm_alarms = warm()
+    assert cold_first == warm_first == 0 and warm_alarms <= cold_alarms
+    assert warm(gap_spread=0.0)[0] >= 8  # the context kept across the gap: the first readings are jumps
+
+
+def test_a_machine_that_restarts_broken_alarms_on_its_first_readings():
+    """After a gap the temporal checks start anew, the distribution checks stay: a machine back from an
+    outage out of its range, or with its pressure off its relation to temperature, alarms at once."""
+    gap = 6 * 3600
+    for broken in ({"temp": 30.0}, {"pressure": 0.25}):
+        rows = [{name: value + broken.get(name, 0.0) for name, value in machine(i).items()} for i in range(800, 900)]
+        events, alarms, _ = run(warm_bank(), stream(rows, start=800 + gap))
+        assert events[0].is_anomaly and all(e.is_anomaly for e in events), broken
+        assert max(alarms[0].explanation, key=alarms[0].explanation.get) == next(iter(broken))
+    # the same machine back healthy after the same gap: nothing
+    events = run(warm_bank(), stream([machine(i) for i in range(800, 900)], start=800 + gap))[0]
+    assert not any(e.is_anomaly for e in events)
+
+
+def test_models_and_recovery_pages_saved_before_the_interval_fields_still_load(tmp_path):
+    """An older edgewatch saved no sampling interval: such rows load with it at 0 (learned anew)."""
+    import hashlib
+    import io
+    import json
+
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+    from edgewatch.state import codec
+
+    detector_spec = spec()
+    fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
+    saved = artifact.save(fitted, tmp_path / "model")
+    with np.load(tmp_path / "model" / "arrays.npz") as arrays:
+        kept = {name: arrays[name] for name in arrays.files if name.split(".")[1] not in kernel.LATER_DEVICE_FIELDS}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **kept)
+    (tmp_path / "model" / "arrays.npz").write_bytes(buffer.getvalue())
+    manifest = {**saved.metadata, "files": {"arrays.npz": hashlib.sha256(buffer.getvalue()).hexdigest()}}
+    (tmp_path / "model" / "model.json").write_text(json.dumps(manifest))
+    older = artifact.load(tmp_path / "model")
+    assert older.models["m1"].export_arrays(fitted.features["m1"])["gap_n"] == 0.0
+
+    live = stream([machine(i) for i in range(800, 1000)], start=800)
+    bank = VectorBank(detector_spec, artifact=older)
+    run(bank, live[:100])
+    device_block = [i for i, fields in enumerate(bank.layout.blocks.values()) if fields[-1][0] == "gap_dev"]
+    pages = []
+    for blob in bank.dirty_pages().values():  # as an older edgewatch wrote them: no interval columns
+        header, arrays = codec.unpack(blob)
+        arrays[device_block[0]] = arrays[device_block[0]][:, : -len(kernel.LATER_DEVICE_FIELDS)]
+        pages.append(codec.pack(header, arrays))
+    resumed = VectorBank(detector_spec)
+    resumed.load_pages(pages)
+    assert resumed.layout.by_field(resumed.groups[fitted.features["m1"]].blocks)["level"][0, kernel.GAP_N] == 0.0
+    assert [e.score for e in run(resumed, live[100:])[0]] == [e.score for e in run(bank, live[100:])[0]]
+
+
+def test_a_held_reading_without_evidence_of_its_own_is_explained_by_its_alarm():
+    """Readings held abnormal after the fault ends carry the alarm's explanation, not their own noise's
+    (it was the largest scrap of surprise, e.g. the ambient's, at a share of 1.0)."""
+    rows = [machine(i, offset=0.25 if 900 <= i < 950 else 0.0) for i in range(800, 1100)]
+    events, alarms, _ = run(warm_bank(), stream(rows, start=800))
+    held = [e for e in events if e.is_anomaly and e.score < THRESHOLD]
+    assert [a.kind for a in alarms] == ["raised", "cleared"] and held
+    assert all(e.explanation == alarms[-1].explanation for e in held)

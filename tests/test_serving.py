@@ -131,6 +131,23 @@ def test_scores_equal_the_flow_banks_and_state_is_kept_between_calls(make_client
     assert model == {"name": DETECTOR, "version": loaded.version, "threshold": loaded.spec.threshold}
 
 
+def test_a_reading_in_an_alarm_gets_its_own_score_and_the_features_that_drove_it(make_client):
+    """The issue's new user: a 900 °C reading right after an alarm scored 0.0 (the debounced score)."""
+    client = make_client(None)  # every device from a fresh default detector (relational-novelty)
+    normal = [pump_body("pump-9", step) for step in range(400)]
+    assert not any(r["is_anomaly"] for r in post(client, normal).get_json()["results"])
+    raised, hotter = (
+        post(client, [pump_body("pump-9", 400 + i, rpm=rpm)]).get_json() for i, rpm in ((0, 2900.0), (1, 9000.0))
+    )
+    threshold = raised["model"]["threshold"]
+    for answer in (raised, hotter):
+        (result,) = answer["results"]
+        assert result["is_anomaly"] and result["score"] >= threshold
+        assert max(result["explanation"], key=result["explanation"].get) == "rpm"
+        assert sum(result["explanation"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert "explanation" not in post(client, [pump_body("pump-8", 0)]).get_json()["results"][0]
+
+
 def test_model_one_folder_down_as_azure_ml_mounts_it(make_client, model_dir):
     client = make_client(model_dir.parent)  # AZUREML_MODEL_DIR/<registered folder>/model.json
     response = post(client, pump_body("pump-1", 301))

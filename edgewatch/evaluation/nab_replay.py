@@ -81,7 +81,7 @@ def replay(
             raise RuntimeError(f"the detector refused NAB rows: {dead[0].reason}")
         for event in events:
             if event.reading.raw.offset >= corpus.files[event.reading.device_id].probation:
-                scores[event.reading.device_id][event.reading.raw.offset] = event.score
+                scores[event.reading.device_id][event.reading.raw.offset] = event.detection_score
         progress(len(events))
     return scores
 

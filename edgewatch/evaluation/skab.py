@@ -226,7 +226,7 @@ def evaluate(
         for event in result.events:
             raw = event.reading.raw
             flags[raw.partition][raw.offset] = event.is_anomaly
-            scores[raw.partition][raw.offset] = event.score
+            scores[raw.partition][raw.offset] = event.detection_score
             if event.explanation and raw.offset >= TRAIN_ROWS:
                 explanations[raw.partition][raw.offset - TRAIN_ROWS] = event.explanation
         progress(len(result.events))

@@ -298,7 +298,11 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
         out: list[BankResult | ShadowResult] = [*accepted, result]
         if self.shadow is not None:
             out.append(ShadowResult(self._tally.compare(result, self.shadow.label(readings), self.bank.version)))
-        self.recent.add([event.reading for event in result.events])
+        columns = getattr(self.bank, "batch_columns", None)
+        if columns is not None:  # a vector bank: the readings it labeled, as the arrays it made of them
+            self.recent.add_columns(columns)
+        else:
+            self.recent.add([event.reading for event in result.events])
         return out, op.StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[BankResult | ShadowResult], bool]:

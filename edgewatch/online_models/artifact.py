@@ -41,6 +41,7 @@ import numpy as np
 from river.base import AnomalyDetector
 
 from edgewatch import __version__
+from edgewatch.online_models.compact_novelty_kernel import LATER_FIELDS
 from edgewatch.online_models.reference import reference_histograms
 from edgewatch.online_models.registry import BUILTIN, DetectorSpec
 from edgewatch.schema import Reading, format_timestamp
@@ -328,12 +329,11 @@ class _ArrayModels(Mapping):
             for index, group in enumerate(groups):
                 features, devices = self._group_names(group, model_dir)
                 fields = {}
+                later = getattr(template, "LATER_FIELDS", frozenset())
                 for name, like in template.export_arrays(features).items():
                     member = f"g{index}.{name}.npy"
-                    like = np.asarray(like)
-                    if member not in members and name in getattr(template, "LATER_FIELDS", ()):
-                        # a state field added since the model was saved starts where a new device's does
-                        fields[name] = np.repeat(like[None], len(devices), axis=0)
+                    if member not in members and (name in later or _added_later(name)):  # saved before it existed
+                        fields[name] = np.repeat(np.asarray(like)[None], len(devices), axis=0)
                         continue
                     if member not in members:
                         raise ArtifactError(f"{path}: {member} is missing")
@@ -398,6 +398,11 @@ def _read_array(archive: zipfile.ZipFile, member: str, dtype: np.dtype, shape: t
     if len(data) != int(np.prod(shape)) * dtype.itemsize:
         raise ArtifactError(f"{path}: {member} holds {len(data)} bytes, not the {dtype} {shape} its header says")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _added_later(field: str) -> bool:
+    """Whether a state field was added after models were saved (``s0_g_max`` is ``g_max`` of scale 0)."""
+    return field in LATER_FIELDS or field.partition("_")[2] in LATER_FIELDS
 
 
 def _with_later_defaults(stored, expected):

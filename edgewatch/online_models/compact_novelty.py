@@ -49,10 +49,11 @@ def _row_sums_of_squares(diff: np.ndarray) -> np.ndarray:
 class _Gauss:
     """Running mean and variance of a raw novelty, all values weighted equally."""
 
-    __slots__ = ("mu", "n", "var")
+    __slots__ = ("max", "mu", "n", "var")
 
     def __init__(self):
         self.n, self.mu, self.var = 0, 0.0, 0.0
+        self.max = 0.0  # the largest value (what the relational detector's empirical bound needs)
 
     def zscore(self, d: float, min_n: int) -> float:
         """Standard score of ``d`` (-inf until ``min_n`` values and a positive variance)."""
@@ -66,6 +67,7 @@ class _Gauss:
         delta = d - self.mu
         self.mu += a * delta
         self.var = (1.0 - a) * (self.var + a * delta * delta)
+        self.max = max(self.max, d)
 
 
 class _Scale:

@@ -21,19 +21,26 @@ from edgewatch.online_models.halfprecision import double_to_half, half_to_double
 # per-feature float64 fields, in their column order in the bank's scalar block
 FEATURE_FIELDS = (
     "n", "lo", "hi", "fixed", "seen_min", "seen_max", "last", "run", "max_run", "p_repeat", "max_step",
-    "records", "record_n", "resid", "has_resid", "profile_n", "profile_mu", "profile_var",
+    "records", "record_n", "resid", "has_resid", "profile_n", "profile_mu", "profile_var", "profile_max",
 )  # fmt: skip
 # per-feature and per-scale float64 fields, after them (scale 0's, then scale 1's, ...)
-SCALE_FIELDS = ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "g_n", "g_mu", "g_var")
+SCALE_FIELDS = ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "g_n", "g_mu", "g_var", "g_max")
+#: fields added after models were saved: a saved model without them loads them at their initial value
+LATER_FIELDS = ("profile_max", "g_max")
 
 (N, LO, HI, FIXED, SEEN_MIN, SEEN_MAX, LAST, RUN, MAX_RUN, P_REPEAT, MAX_STEP, RECORDS, RECORD_N, RESID,
- HAS_RESID, PROFILE_N, PROFILE_MU, PROFILE_VAR) = range(len(FEATURE_FIELDS))  # fmt: skip
-ACC_SUM, ACC_MAX, ACC_MIN, ACC_N, BLOCKS, MEM_N, G_N, G_MU, G_VAR = range(len(SCALE_FIELDS))
+ HAS_RESID, PROFILE_N, PROFILE_MU, PROFILE_VAR, PROFILE_MAX) = range(len(FEATURE_FIELDS))  # fmt: skip
+ACC_SUM, ACC_MAX, ACC_MIN, ACC_N, BLOCKS, MEM_N, G_N, G_MU, G_VAR, G_MAX = range(len(SCALE_FIELDS))
 # per-device fields of the alarm layer (the ``dev`` block; column 0 is the debouncing level)
 DEVICE_FIELDS = (
     "level", "alarm", "start", "peak", "quiet", "consistent", "rel_n", "rg_n", "rg_mu", "rg_var", "last_t", "drifts",
+    "gap_n", "gap_mu", "gap_dev",
 )  # fmt: skip
-(LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS) = range(len(DEVICE_FIELDS))
+(LEVEL, ALARM, START, PEAK, QUIET, CONSISTENT, REL_N, RG_N, RG_MU, RG_VAR, LAST_T, DRIFTS,
+ GAP_N, GAP_MU, GAP_DEV) = range(len(DEVICE_FIELDS))  # fmt: skip
+#: device fields added after models and snapshots were first saved: an older row has them at 0 (its
+#: sampling interval is learned anew)
+LATER_DEVICE_FIELDS = frozenset({"gap_n", "gap_mu", "gap_dev"})
 # per-feature fields of the sensor relations (the ``rel`` block)
 RELATION_FIELDS = ("mu", "fast", "res", "peak_c", "cause", "dev")
 MU, FAST, RES, PEAK_C, CAUSE, DEV = range(len(RELATION_FIELDS))
@@ -90,6 +97,30 @@ def _gauss_update(s, r: int, j: int, f: int, d: float) -> None:
     s[r, j + 2, f] = (1.0 - a) * (s[r, j + 2, f] + a * delta * delta)
 
 
+@njit(cache=True)
+def _bounded_z(z: float, d: float, s, r: int, j: int, f: int) -> float:  # pragma: no cover - compiled
+    """``z`` of a novelty ``d`` calibrated by the Gaussian at ``s[r, j:j+4, f]`` (n, mean, variance, largest
+    normal value), bounded by what the learned values themselves show (``empirical_bound``): a novelty
+    no larger than one of the ``n`` learned has a tail probability of at least ``1 / (n + 1)`` whatever
+    the distribution (exchangeability), so it is worth at most ``log10(n + 1)`` decades however far in
+    the fitted Gaussian's tail it lies (a heavy tail: spikes the device shows normally). The largest
+    normal value is over the history and over learned values their own calibration found unsurprising
+    (below the alarm's surprise), so a fault learned unnoticed does not raise it."""
+    if z <= 0.0 or d > s[r, j + 3, f]:
+        return z
+    bound = math.log10(s[r, j, f] + 1.0)
+    if gaussian_surprise(z) <= bound:
+        return z
+    lo, hi = 0.0, z  # the z worth ``bound`` decades (bisection: only for bounded readings)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if gaussian_surprise(mid) < bound:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 @njit(cache=True, inline="always")
 def _device_gauss_update(dev, r: int, j: int, d: float) -> None:
     n = dev[r, j] + 1.0
@@ -121,7 +152,7 @@ def score_learn(
     levels = np.zeros((1, 2, features))
     return detect(
         s, profile, ring, mem, used, dev, rel, cov, lv, rows, x, t, has_time, sizes, extreme, int_params,
-        float_params, np.zeros(len(ALARM_PARAMS)), STREAM, events, contrib, info, levels,
+        float_params, np.zeros(len(ALARM_PARAMS)), STREAM, events, contrib, info, levels, np.empty(readings),
     )  # fmt: skip
 
 
@@ -130,13 +161,13 @@ ALARM_PARAMS = (
     "enabled", "threshold", "clear_after", "accept_readings", "accept_after", "relation_rate", "relation_smoothing",
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
-    "relation_warmup", "level_rate", "level_hold", "level_steps",
+    "relation_warmup", "gap_spread", "interval_rate", "level_rate", "level_hold", "level_steps",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
-ALARM_SWITCHES = ("relation_score", "hold_alarm", "protected_learning", "extremes_along_relations")
+ALARM_SWITCHES = ("relation_score", "hold_alarm", "protected_learning", "extremes_along_relations", "empirical_bound")
 ALARM_PARAMS += ALARM_SWITCHES
-RELATION_SCORE, HOLD_ALARM, PROTECTED_LEARNING, EXTREMES_ALONG_RELATIONS = (
+RELATION_SCORE, HOLD_ALARM, PROTECTED_LEARNING, EXTREMES_ALONG_RELATIONS, EMPIRICAL_BOUND = (
     ALARM_PARAMS.index(name) for name in ALARM_SWITCHES
 )
 
@@ -330,6 +361,48 @@ def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: in
 
 
 @njit(cache=True)
+def _after_gap(dev, r: int, t: float, spread: float, rate: float, warmup: int) -> bool:  # pragma: no cover
+    """Learn the device's sampling interval and say whether its reading at ``t`` comes after a gap.
+
+    The interval is an EW mean and mean absolute deviation of the log time between readings (rate
+    ``rate``, equal weights at first): a scale-free, robust spread. After ``warmup`` intervals, a gap
+    is an interval more than twice the normal interval's upper end (mean + ``spread`` deviations): at
+    least one whole interval without a reading beyond the normal jitter, so the last reading no
+    longer tells where the next one should be (``spread`` 0: never). A gap is learned clipped at
+    that limit: one outage does not stretch the interval, a lasting slower rate still moves it."""
+    gap = False
+    k = dev[r, GAP_N]
+    dt = t - dev[r, LAST_T]
+    if k > 0.0 and dt > 0.0:
+        log_dt = math.log(dt)
+        limit = dev[r, GAP_MU] + spread * dev[r, GAP_DEV] + math.log(2.0)
+        if k > warmup:
+            gap = spread > 0.0 and log_dt > limit
+            log_dt = min(log_dt, limit)
+        a = max(1.0 / k, rate)
+        dev[r, GAP_MU] += a * (log_dt - dev[r, GAP_MU])
+        dev[r, GAP_DEV] += a * (abs(log_dt - dev[r, GAP_MU]) - dev[r, GAP_DEV])
+    if dt > 0.0 or k == 0.0:
+        dev[r, GAP_N] = k + 1.0
+        dev[r, LAST_T] = t
+    return gap
+
+
+@njit(cache=True)
+def _restart_context(s, rel, r: int, features: int) -> None:  # pragma: no cover - compiled
+    """After a gap, what expects a reading near the last ones starts anew: the smoothed profile and
+    relation residuals start from 0 (their normal mean), the current level from the normal mean (and
+    the first reading is no step: no jump checked, no step learned). The distribution state stays:
+    ranges, shape memories, profile, relations, calibration, alarm. A run of repeats goes on (a value
+    that repeats across an outage is still a repeat), and so do the shapes (restarting them left them
+    blind until refilled, for no measured gain)."""
+    for f in range(features):
+        s[r, RESID, f] = 0.0
+        rel[r, f, RES] = rel[r, f, DEV] = 0.0
+        rel[r, f, FAST] = rel[r, f, MU]
+
+
+@njit(cache=True)
 def detect(
     s,
     profile,
@@ -354,9 +427,12 @@ def detect(
     contrib,
     info,
     levels,
+    surprises,
 ):  # pragma: no cover - compiled
     """Score each reading ``x[i]`` in state row ``rows[i]``, keep the device's alarm state, then
-    learn it unless it is abnormal; returns the scores.
+    learn it unless it is abnormal; returns the debounced scores (0 where a reading adds nothing
+    to the evidence the device showed just before: the detections) and writes each reading's own
+    score, not debounced, to ``surprises``.
 
     Besides :func:`score_learn`'s arrays: ``dev`` (devices, DEVICE_FIELDS) float64, ``rel``
     (devices, features, RELATION_FIELDS), ``cov`` (devices, 2, features, features). Outputs per
@@ -373,11 +449,13 @@ def detect(
     tolerance, min_relation, ridge, fast_rate = alarm_params[7], alarm_params[8], alarm_params[9], alarm_params[10]
     explained, along_relations = alarm_params[11], alarm_params[12]
     explain_along, extreme_steps, hold_related = alarm_params[13], alarm_params[14], alarm_params[15] > 0.0
-    relation_warmup, level_rate, level_hold = alarm_params[16] > 0.0, alarm_params[17], alarm_params[18] > 0.0
-    level_steps = alarm_params[19] > 0.0
+    relation_warmup = alarm_params[16] > 0.0
+    gap_spread, interval_rate = alarm_params[17], alarm_params[18]
+    level_rate, level_hold, level_steps = alarm_params[19], alarm_params[20] > 0.0, alarm_params[21] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
+    empirical_bound = alarm_params[EMPIRICAL_BOUND] > 0.0
     populating = mode == HISTORY_FILL
     history = mode != STREAM
     w, memory, warmup = int_params[0], int_params[1], int_params[2]
@@ -393,6 +471,8 @@ def detect(
     relations = alarms and features >= 2
     scores = np.empty(readings)
     zfeat = np.empty(features)
+    zks = np.full((features, len(sizes)), -np.inf)  # each channel's calibrated z (unbounded)
+    zps = np.full(features, -np.inf)
     ufeat = np.empty(features)
     us = np.empty(features)
     res = np.empty(features)
@@ -420,6 +500,10 @@ def detect(
     for i in range(readings):
         r = rows[i]
         b = int((t[i] % period) // bin_width) if has_time else -1
+        # the last reading and the smoothed residuals are context only while the stream is continuous
+        fresh = alarms and _after_gap(dev, r, t[i], gap_spread, interval_rate, warmup)
+        if fresh:
+            _restart_context(s, rel, r, features)
         surprise = 0.0
         zmax = -np.inf
         # sensor relations: standardized regression residual of each feature given the others
@@ -489,8 +573,10 @@ def detect(
             if not (moved[f] and explains[f] >= explained):  # the level channel (relations' coordinates)
                 zmax = max(zmax, level_z[f])
                 zfeat[f] = level_z[f]
+            zps[f] = -np.inf
             for k in range(scales):
                 js[f, k] = -1
+                zks[f, k] = -np.inf
                 if s[r, _scale_index(k, ACC_N), f] + 1 < sizes[k]:
                     completes[f, k] = False
                     continue
@@ -530,9 +616,11 @@ def detect(
                         s[r, _scale_index(k, G_VAR), f],
                         min_blocks,
                     )
+                    zks[f, k] = zk  # unbounded: whether the block may raise the largest normal value
+                    zb = _bounded_z(zk, ds[f, k], s, r, _scale_index(k, G_N), f) if empirical_bound else zk
                     if not (moved[f] and explains[f] >= explained):
-                        zmax = max(zmax, zk)
-                        zfeat[f] = max(zfeat[f], zk)
+                        zmax = max(zmax, zb)
+                        zfeat[f] = max(zfeat[f], zb)
             visited[f] = False
             if b >= 0:
                 m = half_to_double(profile[r, f, b])
@@ -548,9 +636,11 @@ def detect(
                     zp = _gauss_z(
                         abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], s[r, PROFILE_VAR, f], min_profile
                     )
+                    zps[f] = zp
+                    zb = _bounded_z(zp, abs(resid), s, r, PROFILE_N, f) if empirical_bound else zp
                     if not (moved[f] and explains[f] >= explained):
-                        zmax = max(zmax, zp)
-                        zfeat[f] = max(zfeat[f], zp)
+                        zmax = max(zmax, zb)
+                        zfeat[f] = max(zfeat[f], zb)
             # checks (CompactNovelty._checks)
             u = 0.0
             if n >= extreme_warmup:
@@ -570,7 +660,7 @@ def detect(
                 if new_extreme and not (along and predicted):
                     u = extreme_surprise
             if n >= warmup:
-                if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f]:
+                if abs(value - s[r, LAST, f]) > jump_factor * s[r, MAX_STEP, f] and not fresh:
                     u = extreme_surprise
                 if value == s[r, LAST, f] and s[r, RUN, f] + 1 > s[r, MAX_RUN, f]:
                     u = max(u, -(s[r, RUN, f] + 1) * math.log10(max(s[r, P_REPEAT, f], repeat_floor)))
@@ -579,6 +669,7 @@ def detect(
         # ---- score (CompactNovelty._score)
         total = max(surprise, gaussian_surprise(zmax) - bonferroni, rel_surprise if relation_score else 0.0)
         raw = total / (total + surprise_scale)
+        surprises[i] = raw
         score = raw
         if score <= refractory_factor * dev[r, LEVEL] * decay:
             score = 0.0
@@ -638,8 +729,14 @@ def detect(
                     # protected: a feature of the alarm's cause that is itself surprising now
                     implicated[f] = rel[r, f, CAUSE] > 0.0 and contrib[i, f] >= tolerance
                     total_c += contrib[i, f]
+                # a held reading without evidence of its own (no feature at the alarm's level) is abnormal for
+                # the alarm's cause: its explanation is the alarm's (its peak's shares), not its noise's
+                held_only = not (ev & RAISED) and top < u_threshold
                 for f in range(features):
-                    contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
+                    if held_only:
+                        contrib[i, f] = rel[r, f, PEAK_C]
+                    else:
+                        contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
                 if ev & RAISED or raw > dev[r, PEAK]:
                     dev[r, PEAK] = raw
                     for f in range(features):
@@ -734,6 +831,8 @@ def detect(
                         used[r, k, f, j] = np.int32(blocks)
                         if blocks >= 2 * w + min_blocks and not populating:
                             _gauss_update(s, r, _scale_index(k, G_N), f, ds[f, k])
+                            if not alarms or history or gaussian_surprise(zks[f, k]) < u_threshold:
+                                s[r, _scale_index(k, G_MAX), f] = max(s[r, _scale_index(k, G_MAX), f], ds[f, k])
                     if blocks < 2 * w:
                         continue
                     # store the shingle that ended w blocks ago; an exact copy only refreshes its exemplar
@@ -779,6 +878,8 @@ def detect(
                         s[r, HAS_RESID, f] = 1.0
                         if not populating:
                             _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
+                            if not alarms or history or gaussian_surprise(zps[f]) < u_threshold:
+                                s[r, PROFILE_MAX, f] = max(s[r, PROFILE_MAX, f], abs(resids[f]))
             if protect:  # the jump check compares consecutive readings, whatever they are
                 s[r, LAST, f] = value
                 continue
@@ -798,7 +899,7 @@ def detect(
                 step = abs(value - s[r, LAST, f])
                 if n >= warmup and not history:
                     step = min(step, (1.0 + step_growth) * s[r, MAX_STEP, f])
-                if not protect:
+                if not protect and not fresh:  # a change across a gap is no step
                     s[r, MAX_STEP, f] = max(s[r, MAX_STEP, f], step)
             s[r, LAST, f] = value
             s[r, SEEN_MAX, f] = max(s[r, SEEN_MAX, f], value)

@@ -20,13 +20,16 @@ THRESHOLD = 0.3426
 class Detection(NamedTuple):
     """What the kernel says about a batch: per reading its score, its event bits
     (:data:`~edgewatch.online_models.compact_novelty_kernel.ABNORMAL`, ``RAISED`` …), feature
-    shares (abnormal readings and alarm events), alarm start/peak, drift levels before/after."""
+    shares (abnormal readings and alarm events), alarm start/peak, drift levels before/after,
+    and its detection score (the score debounced: 0 where the reading adds nothing to the
+    evidence the device showed just before)."""
 
     scores: np.ndarray
     events: np.ndarray
     shares: np.ndarray
     alarm_info: np.ndarray
     drift_levels: np.ndarray
+    detections: np.ndarray
 
 
 class RelationalNovelty(AnomalyDetector):
@@ -59,6 +62,9 @@ class RelationalNovelty(AnomalyDetector):
     learned as normal. Normal readings (the one that clears an alarm included) are learned. A
     protected feature's blocks still complete; each is compared with the last normal context and
     dropped, so the alarm clears when the readings are normal again.
+
+    **Empirically bounded calibration.** The Gaussian calibration of the profile and shape channels
+    extrapolates a tail; values already seen as normal bound it (``empirical_bound``).
 
     **Extremes along the relations.** A new extreme of a feature the others explain (R² at
     least ``explained``) that they also predict (its residual below ``relation_tolerance``
@@ -115,6 +121,15 @@ class RelationalNovelty(AnomalyDetector):
         level_steps: the level channel judges departures that came as a step (the recent readings left
             the slow level by more than chance), remembered while either level departs: a ramp slow
             enough that both levels move together is a drift, not a fault.
+        gap_spread: the temporal context (last value and jump reference, run of repeats, shingles,
+            smoothed residuals) holds only while the stream is continuous. Each device learns its
+            sampling interval (EW mean and mean absolute deviation of the log time between
+            readings, rate ``interval_rate``, warm-started on the history); a reading more than twice
+            the normal interval's upper end (mean + ``gap_spread`` deviations) after the last one
+            (a restart, an outage, live data after the history it was trained on) is judged without
+            the readings before the gap: the context starts anew, the distribution state (ranges,
+            memories, profile, relations, calibration, alarm) stays (0: off).
+        interval_rate: smallest EW rate of the sampling interval's estimate.
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -122,8 +137,13 @@ class RelationalNovelty(AnomalyDetector):
             judged alone, abnormal when it scores at or above the threshold).
         protected_learning: whether abnormal readings are kept from teaching the model (off: every reading does).
         extremes_along_relations: whether a new extreme the relations predict is excused.
+        empirical_bound: whether a calibrated channel's surprise is bounded by the values it learned:
+            a novelty no larger than the largest normal one (from the history, or learned without
+            surprise) is worth at most ``log10(n + 1)`` decades after ``n`` learned values — the tail
+            probability any distribution gives it (exchangeability) — however far in the fitted
+            Gaussian's tail: spikes a device shows normally do not alarm, however heavy their tail.
 
-    The four switches are on by default; turning one off measures what its part adds
+    The five switches are on by default; turning one off measures what its part adds
     (``bench/ablation.py``).
 
     Examples:
@@ -145,8 +165,8 @@ class RelationalNovelty(AnomalyDetector):
     """
 
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
-    #: state fields added after models were first saved: a model without them loads with their initial values
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("drift",)
+    #: state fields older models and snapshots lack (they load with the fields' initial values)
+    LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS | {"drift"}
 
     def __init__(
         self,
@@ -169,11 +189,14 @@ class RelationalNovelty(AnomalyDetector):
         level_rate: float = 0.05,
         level_hold: bool = False,
         level_steps: bool = True,
+        gap_spread: float = 4.0,
+        interval_rate: float = 0.01,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
         protected_learning: bool = True,
         extremes_along_relations: bool = True,
+        empirical_bound: bool = True,
     ):
         self.threshold = threshold
         self.clear_after = clear_after
@@ -194,11 +217,14 @@ class RelationalNovelty(AnomalyDetector):
         self.level_rate = level_rate
         self.level_hold = level_hold
         self.level_steps = level_steps
+        self.gap_spread = gap_spread
+        self.interval_rate = interval_rate
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
         self.protected_learning = protected_learning
         self.extremes_along_relations = extremes_along_relations
+        self.empirical_bound = empirical_bound
         self._layout = StateLayout(self.ARRAY_STATE, self.ARRAY_DEVICE_STATE)
         self._rows: dict[tuple[str, ...], list[np.ndarray]] = {}
         self._cache: tuple | None = None
@@ -225,8 +251,8 @@ class RelationalNovelty(AnomalyDetector):
              self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
              self.explain_along, self.extreme_steps,
-             float(self.hold_related), float(self.relation_warmup), self.level_rate,
-             float(self.level_hold), float(self.level_steps)],
+             float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
+             self.level_rate, float(self.level_hold), float(self.level_steps)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
@@ -243,11 +269,11 @@ class RelationalNovelty(AnomalyDetector):
     ) -> Detection:
         """Score, alarm and learn ``x[i]`` (features in the bank's column order) in state row ``rows[i]``."""
         n, features = x.shape
-        out = Detection(np.empty(0), np.zeros(n, np.int64), np.zeros((n, features)), np.zeros((n, 2)),
-                        np.zeros((n, 2, features)))  # fmt: skip
+        out = Detection(np.empty(n), np.zeros(n, np.int64), np.zeros((n, features)), np.zeros((n, 2)),
+                        np.zeros((n, 2, features)), np.empty(0))  # fmt: skip
         nov = self.novelty
         has_time = has_time and nov.profile  # the source time feeds only the weekly profile
-        scores = kernel.detect(
+        detections = kernel.detect(
             blocks["n"], blocks["profile"][:, 0].view(np.uint16), blocks["s0_ring"], blocks["s0_mem"],
             blocks["s0_used"], blocks["level"], blocks["rel"][:, 0], blocks["cov"],
             blocks["drift"][:, self._layout.position("drift")], rows, x, t, has_time,
@@ -255,9 +281,9 @@ class RelationalNovelty(AnomalyDetector):
             np.array([nov.window, nov.memory, nov.warmup, nov.min_blocks, nov.min_profile, nov.extreme_warmup],
                      dtype=np.int64),
             nov._float_params(), self._alarm_params(threshold), mode, out.events, out.shares, out.alarm_info,
-            out.drift_levels,
+            out.drift_levels, out.scores,
         )  # fmt: skip
-        return out._replace(scores=scores)
+        return out._replace(detections=detections)
 
     def accept_row(self, blocks: dict[str, np.ndarray], row: int, features: int) -> np.ndarray | None:
         """An operator accepts the state of device ``row`` as its new normal (relations learned anew);

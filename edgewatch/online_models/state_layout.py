@@ -52,6 +52,24 @@ class StateLayout:
             for index, (_, initial) in enumerate(names):
                 block[rows, index] = initial
 
+    def with_later_fields(self, arrays: list[np.ndarray], later: frozenset) -> list[np.ndarray]:
+        """Blocks saved before the ``later`` fields existed (they end their blocks), completed with
+        those fields' initial values; other blocks as they are (a mismatch is the caller's to refuse)."""
+        if len(arrays) != len(self.blocks):
+            return arrays
+        completed = []
+        for array, fields in zip(arrays, self.blocks.values(), strict=True):
+            added = 0
+            while added < len(fields) and fields[len(fields) - 1 - added][0] in later:
+                added += 1
+            if added and array.ndim >= 2 and array.shape[1] == len(fields) - added:
+                extra = np.empty((array.shape[0], added, *array.shape[2:]), array.dtype)
+                for index, (_, initial) in enumerate(fields[len(fields) - added :]):
+                    extra[:, index] = initial
+                array = np.concatenate([array, extra], axis=1)
+            completed.append(array)
+        return completed
+
     def row_shapes(self, features: int) -> list[tuple[str, tuple[int, ...]]]:
         """dtype and shape of one device's slice of each block (what a page must hold)."""
         return [

@@ -14,6 +14,7 @@ import hashlib
 import operator
 from dataclasses import dataclass, field
 from itertools import chain, repeat
+from typing import NamedTuple
 
 import numpy as np
 
@@ -97,6 +98,15 @@ class _Group:
         return rows[self.last_seen[page * PAGE_ROWS : stop] >= 0]
 
 
+class BatchColumns(NamedTuple):
+    """Readings of one feature set as columns: device ids, values (features in sorted order) and times."""
+
+    features: tuple[str, ...]
+    device_ids: list[str]
+    values: np.ndarray  # float64 (readings, features)
+    times: np.ndarray  # float64 source times
+
+
 class VectorBank:
     """The vectorized counterpart of :class:`~edgewatch.online_models.bank.ModelBank`.
 
@@ -132,6 +142,10 @@ class VectorBank:
         self._tick = 0  # one per label call: "least recently seen" without clocks
         self._deleted_pages: set[str] = set()
         self._sorted_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # feature names as sent → sorted
+        #: the readings the last :meth:`label` labeled, as columns per feature set: what the flow's
+        #: recent readings keep (:meth:`~edgewatch.state.recent.RecentReadings.add_columns`)
+        #: without going through the readings again
+        self.batch_columns: list[BatchColumns] = []
 
     def __len__(self) -> int:
         return self._devices
@@ -145,6 +159,7 @@ class VectorBank:
         DEVICES_HELD.dec(len(throwaway))
 
     def label(self, readings: list[Reading]) -> BankResult:
+        self.batch_columns = []
         by_features = self._by_features(readings)
         self._tick += 1
         dead: list[DeadLetter] = []
@@ -223,8 +238,10 @@ class VectorBank:
         DriftEvents appended to ``alarms`` and ``drift``. Only the readings with an event bit
         (abnormal, an alarm raised or cleared, a drift) need more than a plain LabeledEvent."""
         name, version = self.spec.name, self.version
-        scores = detection.scores.tolist()
-        labeled = list(map(LabeledEvent, readings, scores, repeat(False), repeat(name), repeat(version)))
+        scores, detections = detection.scores.tolist(), detection.detections.tolist()
+        labeled = list(
+            map(LabeledEvent, readings, scores, repeat(False), repeat(name), repeat(version), repeat(None), detections)
+        )
         bits = detection.events
         flagged = np.flatnonzero(bits)
         if not len(flagged):
@@ -234,7 +251,9 @@ class VectorBank:
             reading = readings[position]
             shares = dict(zip(features, share_row, strict=True))
             if ev & kernel.ABNORMAL:
-                labeled[position] = LabeledEvent(reading, scores[position], True, name, version, shares)
+                labeled[position] = LabeledEvent(
+                    reading, scores[position], True, name, version, shares, detections[position]
+                )
             if ev & (kernel.RAISED | kernel.CLEARED):
                 start, peak = detection.alarm_info[position].tolist()
                 raised = bool(ev & kernel.RAISED)
@@ -288,7 +307,8 @@ class VectorBank:
         group = self.groups.get(features)
         if group is None:
             group = self.groups[features] = _Group(features, {}, [])
-        rows = self._rows_for(group, readings)
+        devices = list(map(_DEVICE_ID, readings))
+        rows = self._rows_for(group, devices)
         n = len(readings)
         pick = operator.itemgetter(*features)
         if len(features) == 1:
@@ -297,6 +317,7 @@ class VectorBank:
             flat = chain.from_iterable(map(pick, map(_FEATURES, readings)))
             values = np.fromiter(flat, np.float64, n * len(features)).reshape(n, len(features))
         times = np.fromiter(map(_TIMESTAMP, readings), np.float64, n)
+        self.batch_columns.append(BatchColumns(features, devices, values, times))  # (the kernel only reads them)
         blocks = self.layout.by_field(group.blocks)
         if self.alarms:
             return self.detector.score_learn_rows(blocks, rows, values, times, threshold=self.threshold)
@@ -319,18 +340,17 @@ class VectorBank:
             )
         return None
 
-    def _rows_for(self, group: _Group, readings: list[Reading]) -> np.ndarray:
+    def _rows_for(self, group: _Group, devices: list[str]) -> np.ndarray:
         """Each reading's state row (new devices get one), marked seen now and its page dirty."""
         rows_of = group.rows
-        devices = list(map(_DEVICE_ID, readings))
         try:
-            rows = np.fromiter(map(rows_of.__getitem__, devices), np.int64, len(readings))
+            rows = np.fromiter(map(rows_of.__getitem__, devices), np.int64, len(devices))
         except KeyError:
             for device in devices:  # devices already here must not be evicted for the new ones
                 if (row := rows_of.get(device)) is not None:
                     group.last_seen[row] = self._tick
             self._add_devices(group, [d for d in dict.fromkeys(devices) if d not in rows_of])
-            rows = np.fromiter(map(rows_of.__getitem__, devices), np.int64, len(readings))
+            rows = np.fromiter(map(rows_of.__getitem__, devices), np.int64, len(devices))
         group.last_seen[rows] = self._tick
         group.dirty[rows // PAGE_ROWS] = True
         return rows
@@ -412,6 +432,8 @@ class VectorBank:
         """Add the devices of page ``blobs`` (from :meth:`dirty_pages`), checking every field."""
         for blob in blobs:
             header, arrays = codec.unpack(blob)
+            # a page written before fields were added to the state: those take their initial values
+            arrays = self.layout.with_later_fields(arrays, getattr(self.detector, "LATER_FIELDS", frozenset()))
             features, page, rows, devices = self._checked_page(codec.expect(header, "page"), arrays)
             group = self.groups.get(features)
             if group is None:

@@ -177,14 +177,17 @@ def parse_request(raw_data: str | bytes, received_at: float | None = None) -> li
 
 
 def event_result(event: LabeledEvent) -> dict:
-    """One scored reading as the response lists it."""
-    return {
+    """One scored reading as the response lists it (an abnormal one with its explanation)."""
+    result = {
         "index": event.reading.raw.offset,
         "device_id": event.reading.device_id,
         "timestamp": format_timestamp(event.reading.timestamp),
         "score": event.score,
         "is_anomaly": bool(event.is_anomaly),
     }
+    if event.explanation is not None:
+        result["explanation"] = event.explanation
+    return result
 
 
 def score(scorer: Scorer, readings: list[Reading]) -> dict:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Iterable
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -158,6 +159,23 @@ class _Table:
         return codec.pack(header, [array[rows] for array in self.arrays()], compress=True)
 
 
+def _by_feature_set(readings: list[Reading]) -> dict[tuple[str, ...], list[Reading]]:
+    """The readings of each feature set (names sorted), in arrival order; in C loops when, as a
+    rule, every reading lists the same features in the same order."""
+    orders = list(map(tuple, map(_FEATURES, readings)))
+    if orders.count(orders[0]) == len(orders):
+        return {tuple(sorted(orders[0])): readings}
+    by_features: dict[tuple[str, ...], list[Reading]] = {}
+    for reading, order in zip(readings, orders, strict=True):
+        by_features.setdefault(tuple(sorted(order)), []).append(reading)
+    return by_features
+
+
+_FEATURES = operator.attrgetter("features")
+_DEVICE_ID = operator.attrgetter("device_id")
+_TIMESTAMP = operator.attrgetter("timestamp")
+
+
 class RecentReadings:
     """The last ``per_device`` readings of each device (at most ``max_devices`` devices).
 
@@ -182,30 +200,41 @@ class RecentReadings:
         """Keep ``readings`` (each device's order kept)."""
         if self.per_device <= 0:
             return
-        by_features: dict[tuple[str, ...], list[Reading]] = {}
-        for reading in readings:
-            by_features.setdefault(tuple(sorted(reading.features)), []).append(reading)
-        if not by_features:
+        readings = list(readings)
+        if not readings:
+            return
+        columns = []
+        for features, group in _by_feature_set(readings).items():
+            count = len(group)
+            picked = map(operator.itemgetter(*features), map(_FEATURES, group))
+            if len(features) > 1:
+                picked = chain.from_iterable(picked)
+            values = np.fromiter(picked, np.float64, count * len(features)).reshape(count, len(features))
+            times = np.fromiter(map(_TIMESTAMP, group), np.float64, count)
+            columns.append((features, list(map(_DEVICE_ID, group)), values, times))
+        self.add_columns(columns)
+
+    def add_columns(self, columns: Iterable[tuple[tuple[str, ...], list[str], np.ndarray, np.ndarray]]) -> None:
+        """Keep readings given as columns per feature set (names sorted): ``(features, device ids,
+        values (readings, features), times)`` each, as a vector bank's ``batch_columns`` holds the
+        readings it labeled (each device's order kept)."""
+        columns = list(columns)
+        if self.per_device <= 0 or not columns:
             return
         self._tick += 1
-        for features, group in by_features.items():
+        for features, device_ids, values, times in columns:
             table = self.tables.get(features)
             if table is None:
                 table = self.tables[features] = _Table(features, self.per_device, self.max_devices)
             rows_of, tick = table.rows, self._tick
-            rows = np.fromiter(
-                (rows_of.get(r.device_id, -1) for r in group), np.int64, len(group)
-            )  # -1: a device new to this table
+            rows = np.fromiter(map(rows_of.get, device_ids, repeat(-1)), np.int64, len(device_ids))  # -1: new
             if (rows < 0).any():
                 for index in np.flatnonzero(rows < 0).tolist():
-                    device = group[index].device_id
+                    device = device_ids[index]
                     row = rows_of.get(device)
                     rows[index] = row if row is not None else table.add_device(device, tick)
             table.last_seen[rows] = tick
-            pick = operator.itemgetter(*features)
-            values = np.array([pick(r.features) for r in group], np.float32).reshape(len(group), len(features))
-            times = np.fromiter((r.timestamp for r in group), np.float64, len(group))
-            table.write(rows, values, times)
+            table.write(rows, values.astype(np.float32), times)
         if len(self) > self.max_devices:
             self._evict(len(self) - self.max_devices + self.max_devices // 10)
 
