@@ -116,6 +116,12 @@ VARIANTS = (
             {"hold_related": False}),
     Variant("no-relation-warmup", "the relations learn their first readings even in alarm",
             {"relation_warmup": False}),
+    Variant("no-level", "the level channel (a feature's EW level against its effective-sample-size calibration)",
+            {"level_rate": 0.0}),
+    Variant("level-hold", "(on, off by default) a level alarm held through the recent readings' chance dips "
+            "back to normal", {"level_hold": True}),
+    Variant("no-level-steps", "the level channel judging only departures that came as a step (not ramps)",
+            {"level_steps": False}),
     Variant("no-empirical-bound", "a calibrated novelty no larger than a normal one learned is worth at most "
             "log10(n + 1) decades", {"empirical_bound": False}),
     Variant("no-gap-restart", "the temporal context restarted after a gap in a device's readings",

@@ -211,6 +211,33 @@ def test_arrays_of_the_wrong_shape_are_refused(history, tmp_path):
     refused_everywhere(tmp_path / "model", tmp_path / "pwned", "g0.n.npy must be float64 (4, 4), found float64 (4, 1)")
 
 
+def test_a_model_saved_before_a_later_state_field_loads_it_at_its_initial_value(history, tmp_path):
+    """A model trained before the level channel (no ``level_rate``/``level_hold``, no ``drift`` arrays)
+    still loads; its devices start that channel empty, and any other missing array is still refused."""
+    train(history, tmp_path / "model")
+    with np.load(tmp_path / "model" / "arrays.npz") as stored:
+        arrays = {name: stored[name] for name in stored.files if not name.endswith(".drift")}
+    assert len(arrays) < len(np.load(tmp_path / "model" / "arrays.npz").files)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    metadata = json.loads((tmp_path / "model" / "model.json").read_text())
+    parameters = {k: v for k, v in metadata["parameters"].items() if k not in ("level_rate", "level_hold")}
+    forge(tmp_path / "model", {"parameters": parameters}, arrays=buffer.getvalue())
+    loaded = artifact.load(tmp_path / "model")
+    device = loaded.default_device
+    model = loaded.models[device]
+    features = loaded.features[device]
+    assert not model.export_arrays(features)["drift"].any()  # the initial value: nothing learned yet
+    bank = ModelBank(loaded.spec, artifact=loaded)
+    assert bank is not None
+    del arrays["g0.n"]
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    forge(tmp_path / "model", {}, arrays=buffer.getvalue())
+    with pytest.raises(artifact.ArtifactError, match=r"g0\.n\.npy is missing"):
+        artifact.load(tmp_path / "model")
+
+
 def test_a_forged_detector_name_imports_nothing(history, tmp_path, monkeypatch):
     train(history, tmp_path / "model")
     marker = tmp_path / "pwned"

@@ -44,6 +44,12 @@ LATER_DEVICE_FIELDS = frozenset({"gap_n", "gap_mu", "gap_dev"})
 # per-feature fields of the sensor relations (the ``rel`` block)
 RELATION_FIELDS = ("mu", "fast", "res", "peak_c", "cause", "dev")
 MU, FAST, RES, PEAK_C, CAUSE, DEV = range(len(RELATION_FIELDS))
+# per-feature fields of the level channel (the ``drift`` block): an EW level of the readings, and the
+# moments of the standardized deviations of normal readings that give its null variance and effective
+# sample size (count, last deviation — NaN after a reading not learned —, lag-1 product, square, and
+# the square of the level's own deviation)
+LEVEL_FIELDS = ("lv_ew", "lv_n", "lv_prev", "lv_c1", "lv_m2", "lv_d2", "lv_step")
+LV_EW, LV_N, LV_PREV, LV_C1, LV_M2, LV_D2, LV_STEP = range(len(LEVEL_FIELDS))
 # the ``cov`` block: (devices, 2, features, features): EW covariance, precision of the correlations
 COV, PREC = 0, 1
 # what happened at a reading (bits of ``events``)
@@ -148,14 +154,15 @@ def score_learn(
     """
     readings, features = x.shape
     rel = np.zeros((1, features, len(RELATION_FIELDS)))
+    lv = np.zeros((1, features, len(LEVEL_FIELDS)))
     cov = np.zeros((1, 2, features, features))
     events = np.zeros(readings, np.int64)
     contrib = np.zeros((1, features))
     info = np.zeros((1, 2))
     levels = np.zeros((1, 2, features))
     return detect(
-        s, profile, ring, mem, used, dev, rel, cov, rows, x, t, has_time, sizes, extreme, int_params, float_params,
-        np.zeros(len(ALARM_PARAMS)), STREAM, events, contrib, info, levels, np.empty(readings),
+        s, profile, ring, mem, used, dev, rel, cov, lv, rows, x, t, has_time, sizes, extreme, int_params,
+        float_params, np.zeros(len(ALARM_PARAMS)), STREAM, events, contrib, info, levels, np.empty(readings),
     )  # fmt: skip
 
 
@@ -165,6 +172,7 @@ ALARM_PARAMS = (
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
+    "level_rate", "level_hold", "level_steps",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -256,6 +264,93 @@ def _bound_to(cov, r: int, features: int, f: int, implicated, explained: float) 
 
 
 @njit(cache=True)
+def _level_deviate(
+    lv,
+    r: int,
+    f: int,
+    d: float,
+    rate: float,
+    now: float,
+    fast_rate: float,
+    tolerance: float,
+    min_n: float,
+    hold: bool,
+    steps: bool,
+) -> float:  # pragma: no cover - compiled
+    """The level channel of feature ``f``: its EW level's deviation ``d`` (standard deviations of the
+    readings) as an equivalent normal deviate, or -inf before ``min_n`` normal readings, or once the
+    fast level (rate ``fast_rate``, deviation ``now``) is back to normal (see below).
+
+    Its null variance is the larger of that of an EW mean (rate ``rate``) of an AR(1) series with the
+    lag-1 correlation ρ of the normal deviations, rate / (2 - rate) · (1 + ρc) / (1 - ρc) with
+    c = 1 - rate, and the level's own measured variance (slower wander than lag 1 shows). Its ratio
+    τ to the variance of an EW mean of independent readings says what the readings it was learned
+    from are worth: n_eff = n / τ independent ones. The deviation is then a Student t with
+    n_eff - 1 degrees of freedom (a prediction from n_eff samples), mapped to a normal deviate
+    (Wallace 1959): a slow signal has seen few levels, and its level is judged with the uncertainty
+    of a few samples, not of every reading. The slow level gives the power (a long average); the
+    fast one says whether the departure is still there: an alarm ends when the readings are back,
+    not a level's memory later."""
+    n, m2 = lv[r, f, LV_N], lv[r, f, LV_M2]
+    if n < min_n or m2 <= 0.0:
+        return -np.inf
+    rho = min(max(lv[r, f, LV_C1] / m2, 0.0), 0.999)
+    c = 1.0 - rate
+    white = rate / (2.0 - rate) * m2
+    var = max(white * (1.0 + rho * c) / (1.0 - rho * c), lv[r, f, LV_D2])
+    n_eff = n * white / var
+    if n_eff < 2.0:
+        return -np.inf
+    nu = n_eff - 1.0
+    # the departure is over, whatever the slow level still remembers, when the fast level is normal
+    # (within ``tolerance`` decades; its variance inflated as the slow one's) and, with ``hold``, that is
+    # no chance dip: it came back by more than the two levels differ by chance while the level holds still (EW means of
+    # the same readings at rates a and b differ by a/(2-a) + b/(2-b) - 2ab/(a+b-ab) in variance)
+    a, b, inflation = rate, fast_rate, m2 * var / white
+    back = (d - now) if d > 0.0 else (now - d)
+    spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * inflation
+    normal_now = gaussian_surprise(_t_to_z(now * now / (b / (2.0 - b) * inflation * (1.0 + 1.0 / n_eff)), nu))
+    if normal_now < tolerance and (
+        not hold or (back > 0.0 and gaussian_surprise(_t_to_z(back * back / spread, nu)) >= tolerance)
+    ):
+        lv[r, f, LV_STEP] = 0.0
+        return -np.inf
+    z = _t_to_z(d * d / (var * (1.0 + 1.0 / n_eff)), nu)
+    if steps:
+        # a departure that came as a step: the fast level left the slow one by more than chance (a ramp
+        # slow enough that both move together is a drift, not a fault); remembered while either departs
+        away = (now - d) if now > 0.0 else (d - now)
+        if away > 0.0 and gaussian_surprise(_t_to_z(away * away / spread, nu)) >= tolerance:
+            lv[r, f, LV_STEP] = 1.0
+        elif gaussian_surprise(z) < tolerance:
+            lv[r, f, LV_STEP] = 0.0
+        if lv[r, f, LV_STEP] == 0.0:
+            return -np.inf
+    return z
+
+
+@njit(cache=True, inline="always")
+def _t_to_z(tt: float, nu: float) -> float:
+    """A Student t (its square ``tt``, ``nu`` degrees of freedom) as a normal deviate (Wallace 1959)."""
+    return math.sqrt(nu * math.log1p(tt / nu)) * (8.0 * nu + 1.0) / (8.0 * nu + 3.0)
+
+
+@njit(cache=True)
+def _level_learn(lv, r: int, f: int, u: float, d: float, rate: float) -> None:  # pragma: no cover - compiled
+    """Learn a normal reading's standardized deviation ``u`` and its level's ``d`` into the level
+    channel's moments (equal weights, then EW at ``rate``)."""
+    n = lv[r, f, LV_N] + 1.0
+    lv[r, f, LV_N] = n
+    a = max(1.0 / n, rate)
+    lv[r, f, LV_M2] += a * (u * u - lv[r, f, LV_M2])
+    lv[r, f, LV_D2] += a * (d * d - lv[r, f, LV_D2])
+    prev = lv[r, f, LV_PREV]
+    if n > 1.0 and prev == prev:
+        lv[r, f, LV_C1] += a * (u * prev - lv[r, f, LV_C1])
+    lv[r, f, LV_PREV] = u
+
+
+@njit(cache=True)
 def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: int) -> None:  # pragma: no cover
     """Take the device's current state as its new normal: the alarm is cleared and learning resumes
     (the novelty channels learn the new state as they learn any normal reading); the relations
@@ -328,6 +423,7 @@ def detect(
     dev,
     rel,
     cov,
+    lv,
     rows,
     x,
     t,
@@ -367,6 +463,7 @@ def detect(
     relation_warmup = alarm_params[16] > 0.0
     gap_spread, interval_rate = alarm_params[17], alarm_params[18]
     relation_cube_root, shape_effective = alarm_params[19] > 0.0, alarm_params[20] > 0.0
+    level_rate, level_hold, level_steps = alarm_params[21], alarm_params[22] > 0.0, alarm_params[23] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -398,6 +495,9 @@ def detect(
     breaks = np.zeros(features)
     explains = np.zeros(features)  # R² of each feature given the others (0 before the relations score)
     es = np.zeros(features)  # each feature's standardized regression residual
+    lu = np.zeros(features)  # each feature's standardized deviation from the relations' mean
+    ld = np.zeros(features)  # each feature's level's (EW) standardized deviation
+    level_z = np.full(features, -np.inf)  # each feature's level channel (an equivalent normal deviate)
     zs = np.empty(features)
     ys = np.empty((features, scales))
     ds = np.empty((features, scales))
@@ -426,6 +526,11 @@ def detect(
             for f in range(features):
                 var = max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2)
                 us[f] = (x[i, f] - rel[r, f, MU]) / math.sqrt(var)
+                lu[f] = us[f]
+                if level_rate > 0.0:
+                    ew = lv[r, f, LV_EW] + level_rate * (x[i, f] - lv[r, f, LV_EW])
+                    lv[r, f, LV_EW] = ew = x[i, f] if lv[r, f, LV_N] == 0.0 else ew
+                    ld[f] = (ew - rel[r, f, MU]) / math.sqrt(var)
             for f in range(features):
                 e = 0.0
                 if rel_ready:
@@ -453,6 +558,14 @@ def detect(
         if alarms and not history:
             for f in range(features):
                 rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
+        if level_rate > 0.0 and rel_ready:
+            for f in range(features):
+                # the recent readings (the fast level; the level itself in a history) must depart too
+                var = max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2)
+                now = ld[f] if history else (rel[r, f, FAST] - rel[r, f, MU]) / math.sqrt(var)
+                level_z[f] = _level_deviate(
+                    lv, r, f, ld[f], level_rate, now, fast_rate, tolerance, min_profile, level_hold, level_steps
+                )
         # the device moves along its relations (a new operating point): the relations' residuals far
         # along them, and the novelty of each feature the others explain, are that move, not a fault
         along = explain_along > 0.0 and rel_ready and _shift_along(rel, cov, r, features, along_relations)
@@ -474,6 +587,9 @@ def detect(
             z = (value - s[r, LO, f]) / span if span > 0 else value - s[r, LO, f]
             zs[f] = z
             zfeat[f] = -np.inf
+            if not (moved[f] and explains[f] >= explained):  # the level channel (relations' coordinates)
+                zmax = max(zmax, level_z[f])
+                zfeat[f] = level_z[f]
             zps[f] = -np.inf
             for k in range(scales):
                 js[f, k] = -1
@@ -684,9 +800,20 @@ def detect(
                 _refresh_precision(cov, r, features, ridge, scratch)
             if rel_ready and not populating:
                 _device_gauss_update(dev, r, RG_N, stat)
+            if level_rate > 0.0 and rel_ready:  # (before, the deviations are those of a mean still settling)
+                for f in range(features):
+                    # a level already surprising (below the alarm) does not widen its own null: else a
+                    # slowly growing fault teaches the channel to expect it before it is significant
+                    if gaussian_surprise(level_z[f]) < tolerance:
+                        _level_learn(lv, r, f, lu[f], ld[f], relation_rate)
+                    else:
+                        lv[r, f, LV_PREV] = np.nan
         elif learn and alarms:
             for f in range(features):
                 rel[r, f, MU] += max(1.0 / (s[r, N, f] + 1.0), relation_rate) * (x[i, f] - rel[r, f, MU])
+        if relations and not (learn or warming):
+            for f in range(features):
+                lv[r, f, LV_PREV] = np.nan  # the lag-1 product pairs consecutive normal readings only
         # ---- learn (CompactNovelty._learn_plans and _learn_scale); in alarm, only the features
         # the alarm does not implicate
         for f in range(features):

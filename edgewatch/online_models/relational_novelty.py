@@ -108,6 +108,19 @@ class RelationalNovelty(AnomalyDetector):
         relation_warmup: the relations learn their first ``min_relation`` readings even in alarm
             (a cold start's early alarm would otherwise keep them from ever being ready, and only
             time out).
+        level_rate: EW rate of each feature's level channel (devices with relations): the level's
+            deviation from the relations' mean, against the null variance of an EW mean of the normal
+            readings' autocorrelated deviations and judged with their effective sample size (a slow
+            signal has seen few independent levels), enters the score as a per-feature channel: a
+            small sustained shift of a noisy feature shows, a slow drift does not (0: off). It counts while
+            the recent readings (the ``fast_rate`` level) depart too: an alarm ends when they are back to
+            normal, not when the slow level has forgotten.
+        level_hold: the recent readings count as back only when they also differ from the slow level by
+            more than chance (off: a noisy fault's chance dip back to normal can clear its alarm, and the
+            fault is then learned; on, measured: SKAB and the simulator lose a little precision).
+        level_steps: the level channel judges departures that came as a step (the recent readings left
+            the slow level by more than chance), remembered while either level departs: a ramp slow
+            enough that both levels move together is a drift, not a fault.
         gap_spread: the temporal context (last value and jump reference, run of repeats, shingles,
             smoothed residuals) holds only while the stream is continuous. Each device learns its
             sampling interval (EW mean and mean absolute deviation of the log time between
@@ -161,7 +174,7 @@ class RelationalNovelty(AnomalyDetector):
 
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
     #: state fields older models and snapshots lack (they load with the fields' initial values)
-    LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS
+    LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS | {"drift"}
     #: parameters added since models were first saved whose default changes what saved fields mean: a
     #: model saved without one starts those fields anew (the relations' calibration of the square root
     #: of their statistic does not hold for its cube root: it recalibrates online, ``artifact.load``)
@@ -185,6 +198,9 @@ class RelationalNovelty(AnomalyDetector):
         extreme_steps: float = 1.0,
         hold_related: bool = True,
         relation_warmup: bool = True,
+        level_rate: float = 0.05,
+        level_hold: bool = False,
+        level_steps: bool = True,
         gap_spread: float = 4.0,
         interval_rate: float = 0.01,
         relation_cube_root: bool = True,
@@ -212,6 +228,9 @@ class RelationalNovelty(AnomalyDetector):
         self.extreme_steps = extreme_steps
         self.hold_related = hold_related
         self.relation_warmup = relation_warmup
+        self.level_rate = level_rate
+        self.level_hold = level_hold
+        self.level_steps = level_steps
         self.gap_spread = gap_spread
         self.interval_rate = interval_rate
         self.relation_cube_root = relation_cube_root
@@ -239,6 +258,7 @@ class RelationalNovelty(AnomalyDetector):
         fields["rel"] = (np.float64, 0.0, (len(kernel.RELATION_FIELDS),))
         fields["cov"] = (np.float64, 0.0, ("features",))
         fields["prec"] = (np.float64, 0.0, ("features",))
+        fields["drift"] = (np.float64, 0.0, (len(kernel.LEVEL_FIELDS),))
         return fields
 
     def _alarm_params(self, threshold: float | None) -> np.ndarray:
@@ -248,7 +268,8 @@ class RelationalNovelty(AnomalyDetector):
              self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
              self.explain_along, self.extreme_steps,
              float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
-             float(self.relation_cube_root), float(self.shape_effective)],
+             float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
+             float(self.level_steps)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
@@ -271,7 +292,8 @@ class RelationalNovelty(AnomalyDetector):
         has_time = has_time and nov.profile  # the source time feeds only the weekly profile
         detections = kernel.detect(
             blocks["n"], blocks["profile"][:, 0].view(np.uint16), blocks["s0_ring"], blocks["s0_mem"],
-            blocks["s0_used"], blocks["level"], blocks["rel"][:, 0], blocks["cov"], rows, x, t, has_time,
+            blocks["s0_used"], blocks["level"], blocks["rel"][:, 0], blocks["cov"],
+            blocks["drift"][:, self._layout.position("drift")], rows, x, t, has_time,
             np.array(nov.scales, dtype=np.int64), np.array([summary == "extreme" for summary in nov.summaries]),
             np.array([nov.window, nov.memory, nov.warmup, nov.min_blocks, nov.min_profile, nov.extreme_warmup],
                      dtype=np.int64),

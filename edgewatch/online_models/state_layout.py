@@ -82,6 +82,10 @@ class StateLayout:
         """A field's shape with ``"features"`` replaced by the number of features."""
         return tuple(features if size == "features" else size for size in shape)
 
+    def position(self, name: str) -> int:
+        """Where field ``name`` sits in its block (fields of one dtype and shape share a block)."""
+        return next(index for names in self.blocks.values() for index, (field, _) in enumerate(names) if field == name)
+
     def by_field(self, blocks: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Each field's name mapped to the block that holds it (what a detector's kernel takes)."""
         return {name: block for block, names in zip(blocks, self.blocks.values(), strict=True) for name, _ in names}
