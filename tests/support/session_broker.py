@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kafka.apache_kafka import ApacheKafka
+from tests.kafka.apache_kafka import TEST_JVM_OPTIONS, ApacheKafka
 from tests.support.eventhubs import EventHubsListener, eventhubs_listener
 
 START_TIMEOUT = 150.0  # seconds: it starts beside the numba warm-up's compiles
@@ -33,7 +33,9 @@ class SessionKafka:
     def __init__(self, root: Path, pki):
         self.root = root
         self.listener: EventHubsListener = eventhubs_listener(root / "eventhubs-listener", pki)
-        self.broker = ApacheKafka(root / "kafka", self.listener.properties, self.listener.listeners)
+        self.broker = ApacheKafka(
+            root / "kafka", self.listener.properties, self.listener.listeners, jvm_options=TEST_JVM_OPTIONS
+        )
         self._started = threading.Event()
         self._stopping = threading.Event()
         self._error: BaseException | None = None
