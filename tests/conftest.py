@@ -6,6 +6,9 @@ JVM, jars from Maven Central) or ``tansu`` (the embedded broker).
 
 The fixtures of one area live with that area's helpers in ``tests/support`` (registered below).
 
+The session's Apache Kafka is launched when collection ends if a collected test uses it
+(:mod:`tests.support.session_broker`): the JVM starts while the warm-up and the first tests run.
+
 Before the first test, the numba kernels are compiled into numba's cache by processes of their own
 (:mod:`tests.support.warm_up`, side by side while pytest collects); ``EDGEWATCH_TEST_WARM_UP=0``
 leaves that to whichever test needs a kernel first.
@@ -50,8 +53,7 @@ def pytest_runtestloop(session: pytest.Session):
             warm_up.finish()
 
 
-@pytest.fixture(scope="session")
-def broker_kind() -> str:
+def chosen_broker_kind() -> str:
     if os.environ.get("EDGEWATCH_TEST_BOOTSTRAP"):
         return "external"
     kind = os.environ.get("EDGEWATCH_TEST_BROKER", "kafka")
@@ -60,12 +62,35 @@ def broker_kind() -> str:
     return kind
 
 
-@pytest.fixture(scope="session")
-def kafka_eventhubs_listener(tmp_path_factory, pki):
-    """The Event Hubs-like listener the session's Apache Kafka carries (``tests.support.eventhubs``)."""
-    from tests.support.eventhubs import eventhubs_listener
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When a collected test uses the session's Apache Kafka, launch it now (it starts while the
+    warm-up and the tests before the first Kafka test run)."""
+    if session.config.option.collectonly or chosen_broker_kind() != "kafka":
+        return
+    if any("kafka_bootstrap" in getattr(item, "fixturenames", ()) for item in session.items):
+        from tests.support.iothub import session_pki
+        from tests.support.session_broker import session_kafka
 
-    return eventhubs_listener(tmp_path_factory.mktemp("eventhubs-listener"), pki)
+        session_kafka(session.config, session_pki(session.config))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.support.session_broker import stop_session_kafka
+
+    stop_session_kafka(session.config)
+
+
+@pytest.fixture(scope="session")
+def broker_kind() -> str:
+    return chosen_broker_kind()
+
+
+@pytest.fixture(scope="session")
+def kafka_eventhubs_listener(request, pki):
+    """The Event Hubs-like listener the session's Apache Kafka carries (``tests.support.eventhubs``)."""
+    from tests.support.session_broker import session_kafka
+
+    return session_kafka(request.config, pki).listener
 
 
 @pytest.fixture(scope="session")
@@ -79,11 +104,11 @@ def kafka_bootstrap(request, broker_kind, tmp_path_factory) -> str:
         with EmbeddedBroker(log_file=tmp_path_factory.mktemp("tansu") / "tansu.log") as broker:
             yield broker.bootstrap
     else:
-        from tests.kafka.apache_kafka import ApacheKafka
+        from tests.support.session_broker import session_kafka
 
-        eventhubs = request.getfixturevalue("kafka_eventhubs_listener")
-        with ApacheKafka(tmp_path_factory.mktemp("kafka"), eventhubs.properties, eventhubs.listeners) as broker:
-            yield broker.bootstrap
+        kafka = session_kafka(request.config, request.getfixturevalue("pki"))  # launched early, or now
+        yield kafka.wait()
+        kafka.stop()
 
 
 @pytest.fixture

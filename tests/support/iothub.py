@@ -21,6 +21,7 @@ import hmac
 import http.server
 import ipaddress
 import json
+import shutil
 import signal
 import socket
 import socketserver
@@ -309,10 +310,28 @@ class FakeWorkloadApi:
 # -- fixtures -------------------------------------------------------------------------------------
 
 
+_session_pki = pytest.StashKey[Pki]()
+
+
+def session_pki(config: pytest.Config) -> Pki:
+    """The session's PKI, made on first call (before any fixture when the session's Kafka is launched
+    early: its Event Hubs-like listener serves the server certificate); removed with the session."""
+    pki = config.stash.get(_session_pki, None)
+    if pki is None:
+        pki = config.stash[_session_pki] = make_test_pki(Path(tempfile.mkdtemp(prefix="edgewatch-pki-")))
+    return pki
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    pki = config.stash.get(_session_pki, None)
+    if pki is not None:
+        shutil.rmtree(pki.ca.parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory) -> Pki:
+def pki(request) -> Pki:
     """The test CA and the server certificate of the session's TLS brokers."""
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
+    return session_pki(request.config)
 
 
 @pytest.fixture
