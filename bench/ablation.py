@@ -130,6 +130,8 @@ VARIANTS = (
             {"relation_cube_root": False}),
     Variant("shape-effective", "(adds) shape scores judged as Student's t over the independent shingles calibrated",
             {"shape_effective": True}),
+    Variant("no-residual-clip", "one reading's relation residual clipped at the alarm's standard score before "
+            "smoothing", {"residual_clip": False}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

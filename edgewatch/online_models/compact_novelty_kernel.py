@@ -88,6 +88,19 @@ def _gauss_z(d: float, n: float, mu: float, var: float, min_n: int) -> float:
 
 
 @njit(cache=True)
+def _z_of_surprise(u: float) -> float:
+    """The standard score whose two-sided Gaussian tail is ``u`` decades (bisection of gaussian_surprise)."""
+    lo, hi = 0.0, 40.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if gaussian_surprise(mid) < u:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+@njit(cache=True)
 def _t_as_z(t: float, dof: float) -> float:
     """The Gaussian z as improbable as Student's ``t`` with ``dof`` degrees of freedom (Wallace 1959:
     ``sqrt(dof ln(1 + t²/dof)) (8 dof + 1) / (8 dof + 3)``): a standard score whose mean and variance were
@@ -172,7 +185,7 @@ ALARM_PARAMS = (
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
-    "level_rate", "level_hold", "level_steps",
+    "level_rate", "level_hold", "level_steps", "residual_clip",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -477,6 +490,8 @@ def detect(
     step_growth, extreme_surprise, repeat_alpha = float_params[7], float_params[8], float_params[9]
     repeat_floor, surprise_scale, refractory_factor = float_params[10], float_params[11], float_params[12]
     u_threshold = threshold * surprise_scale / max(1.0 - threshold, 1e-9)  # the surprise that raises an alarm
+    # one reading's relation residual enters the smoothed one at most at the size that alone raises an alarm
+    z_clip = _z_of_surprise(u_threshold) if alarms and alarm_params[24] > 0.0 else 0.0
     decay, profile_clip = float_params[13], float_params[14]
     readings, features = x.shape
     scales = len(sizes)
@@ -537,7 +552,8 @@ def detect(
                     for k in range(features):
                         e += cov[r, PREC, f, k] * us[k]
                     e /= math.sqrt(max(cov[r, PREC, f, f], 1e-12))
-                res[f] = (1.0 - smoothing) * rel[r, f, RES] + smoothing * e
+                ec = min(max(e, -z_clip), z_clip) if z_clip > 0.0 else e
+                res[f] = (1.0 - smoothing) * rel[r, f, RES] + smoothing * ec
                 devs[f] = (1.0 - smoothing) * rel[r, f, DEV] + smoothing * us[f]
                 # relation evidence: the residual of each feature, weighted by how much of its variance
                 # the others explain (R²): a feature they do not predict carries a level, not a relation

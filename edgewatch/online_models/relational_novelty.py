@@ -138,6 +138,11 @@ class RelationalNovelty(AnomalyDetector):
             freedom as independent shingles calibrated it (calibration distances / ``window``: consecutive
             shingles share all but one block), not as a Gaussian z: a variance estimated from a few
             shingles (a warm start's, a slow feature's long blocks) makes no z of 6 a sure fault.
+        residual_clip: a reading's relation residual enters the smoothed residual at most at the
+            standard score that alone would raise an alarm (the threshold's surprise): a robust
+            (Huber-like) smoothing, so one spike's residual does not hold an alarm for the smoothing's
+            memory after the spike is over, while a sustained break still saturates far above normal
+            (off: unclipped, as before).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -205,6 +210,7 @@ class RelationalNovelty(AnomalyDetector):
         interval_rate: float = 0.01,
         relation_cube_root: bool = True,
         shape_effective: bool = False,
+        residual_clip: bool = True,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -235,6 +241,7 @@ class RelationalNovelty(AnomalyDetector):
         self.interval_rate = interval_rate
         self.relation_cube_root = relation_cube_root
         self.shape_effective = shape_effective
+        self.residual_clip = residual_clip
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -269,7 +276,7 @@ class RelationalNovelty(AnomalyDetector):
              self.explain_along, self.extreme_steps,
              float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
              float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
-             float(self.level_steps)],
+             float(self.level_steps), float(self.residual_clip)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
