@@ -289,6 +289,7 @@ def _level_deviate(
     min_n: float,
     hold: bool,
     steps: bool,
+    quiet2: float,
 ) -> float:  # pragma: no cover - compiled
     """The level channel of feature ``f``: its EW level's deviation ``d`` (standard deviations of the
     readings) as an equivalent normal deviate, or -inf before ``min_n`` normal readings, or once the
@@ -303,7 +304,8 @@ def _level_deviate(
     (Wallace 1959): a slow signal has seen few levels, and its level is judged with the uncertainty
     of a few samples, not of every reading. The slow level gives the power (a long average); the
     fast one says whether the departure is still there: an alarm ends when the readings are back,
-    not a level's memory later."""
+    not a level's memory later. ``quiet2``: a squared t below it is surely no surprise of ``tolerance``
+    (a t maps to a normal deviate no larger than itself): most readings skip the t mapping."""
     n, m2 = lv[r, f, LV_N], lv[r, f, LV_M2]
     if n < min_n or m2 <= 0.0:
         return -np.inf
@@ -322,7 +324,11 @@ def _level_deviate(
     a, b, inflation = rate, fast_rate, m2 * var / white
     back = (d - now) if d > 0.0 else (now - d)
     spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * inflation
-    normal_now = gaussian_surprise(_t_to_z(now * now / (b / (2.0 - b) * inflation * (1.0 + 1.0 / n_eff)), nu))
+    tt_now = now * now / (b / (2.0 - b) * inflation * (1.0 + 1.0 / n_eff))
+    if not hold and tt_now < quiet2:
+        lv[r, f, LV_STEP] = 0.0
+        return -np.inf
+    normal_now = gaussian_surprise(_t_to_z(tt_now, nu))
     if normal_now < tolerance and (
         not hold or (back > 0.0 and gaussian_surprise(_t_to_z(back * back / spread, nu)) >= tolerance)
     ):
@@ -333,7 +339,11 @@ def _level_deviate(
         # a departure that came as a step: the fast level left the slow one by more than chance (a ramp
         # slow enough that both move together is a drift, not a fault); remembered while either departs
         away = (now - d) if now > 0.0 else (d - now)
-        if away > 0.0 and gaussian_surprise(_t_to_z(away * away / spread, nu)) >= tolerance:
+        if (
+            away > 0.0
+            and away * away >= quiet2 * spread
+            and gaussian_surprise(_t_to_z(away * away / spread, nu)) >= tolerance
+        ):
             lv[r, f, LV_STEP] = 1.0
         elif gaussian_surprise(z) < tolerance:
             lv[r, f, LV_STEP] = 0.0
@@ -492,6 +502,7 @@ def detect(
     u_threshold = threshold * surprise_scale / max(1.0 - threshold, 1e-9)  # the surprise that raises an alarm
     # one reading's relation residual enters the smoothed one at most at the size that alone raises an alarm
     z_clip = _z_of_surprise(u_threshold) if alarms and alarm_params[24] > 0.0 else 0.0
+    quiet2 = (_z_of_surprise(tolerance) * (1.0 - 1e-9)) ** 2 if level_rate > 0.0 else 0.0
     decay, profile_clip = float_params[13], float_params[14]
     readings, features = x.shape
     scales = len(sizes)
@@ -580,7 +591,18 @@ def detect(
                 var = max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2)
                 now = ld[f] if history else (rel[r, f, FAST] - rel[r, f, MU]) / math.sqrt(var)
                 level_z[f] = _level_deviate(
-                    lv, r, f, ld[f], level_rate, now, fast_rate, tolerance, min_profile, level_hold, level_steps
+                    lv,
+                    r,
+                    f,
+                    ld[f],
+                    level_rate,
+                    now,
+                    fast_rate,
+                    tolerance,
+                    min_profile,
+                    level_hold,
+                    level_steps,
+                    quiet2,
                 )
         # the device moves along its relations (a new operating point): the relations' residuals far
         # along them, and the novelty of each feature the others explain, are that move, not a fault
