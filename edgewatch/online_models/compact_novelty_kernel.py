@@ -48,8 +48,8 @@ MU, FAST, RES, PEAK_C, CAUSE, DEV = range(len(RELATION_FIELDS))
 # moments of the standardized deviations of normal readings that give its null variance and effective
 # sample size (count, last deviation — NaN after a reading not learned —, lag-1 product, square, and
 # the square of the level's own deviation)
-LEVEL_FIELDS = ("lv_ew", "lv_n", "lv_prev", "lv_c1", "lv_m2", "lv_d2", "lv_step")
-LV_EW, LV_N, LV_PREV, LV_C1, LV_M2, LV_D2, LV_STEP = range(len(LEVEL_FIELDS))
+LEVEL_FIELDS = ("lv_ew", "lv_n", "lv_prev", "lv_c1", "lv_m2", "lv_d2", "lv_step", "lv_res")
+LV_EW, LV_N, LV_PREV, LV_C1, LV_M2, LV_D2, LV_STEP, LV_RES = range(len(LEVEL_FIELDS))
 # the ``cov`` block: (devices, 2, features, features): EW covariance, precision of the correlations
 COV, PREC = 0, 1
 # what happened at a reading (bits of ``events``)
@@ -514,6 +514,7 @@ def detect(
     ufeat = np.empty(features)
     us = np.empty(features)
     res = np.empty(features)
+    res_raw = np.empty(features)
     implicated = np.zeros(features, np.bool_)
     moved = np.zeros(features, np.bool_)  # each feature's shift is predicted by the others' (explain_along)
     devs = np.zeros(features)
@@ -542,11 +543,13 @@ def detect(
         fresh = alarms and _after_gap(dev, r, t[i], gap_spread, interval_rate, warmup)
         if fresh:
             _restart_context(s, rel, r, features)
+            for f in range(features):
+                lv[r, f, LV_RES] = 0.0
         surprise = 0.0
         zmax = -np.inf
         # sensor relations: standardized regression residual of each feature given the others
-        rel_surprise = 0.0
-        ss = stat = weights = 0.0
+        rel_surprise = rel_surprise_raw = 0.0
+        ss = stat = weights = ss_raw = 0.0
         rel_ready = relations and dev[r, REL_N] >= min_relation
         if relations:
             for f in range(features):
@@ -565,6 +568,9 @@ def detect(
                     e /= math.sqrt(max(cov[r, PREC, f, f], 1e-12))
                 ec = min(max(e, -z_clip), z_clip) if z_clip > 0.0 else e
                 res[f] = (1.0 - smoothing) * rel[r, f, RES] + smoothing * ec
+                # unclipped: whether the relations hold, judged on the break's whole size (a noisy break
+                # clipped would look smaller than it is, and be accepted as a consistent shift)
+                res_raw[f] = (1.0 - smoothing) * lv[r, f, LV_RES] + smoothing * e if z_clip > 0.0 else res[f]
                 devs[f] = (1.0 - smoothing) * rel[r, f, DEV] + smoothing * us[f]
                 # relation evidence: the residual of each feature, weighted by how much of its variance
                 # the others explain (R²): a feature they do not predict carries a level, not a relation
@@ -572,6 +578,7 @@ def detect(
                 explains[f], es[f] = weight, e
                 breaks[f] = weight * res[f] * res[f]
                 ss += breaks[f]
+                ss_raw += weight * res_raw[f] * res_raw[f]
                 weights += weight
             # their mean square is chi-square-like (with few features: skewed, with a heavier right tail than a
             # Gaussian fitted to it): its cube root, nearly Gaussian (Wilson-Hilferty), is what is calibrated
@@ -582,6 +589,13 @@ def detect(
             if rel_ready:
                 zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
                 rel_surprise = gaussian_surprise(zr)
+                rel_surprise_raw = rel_surprise
+                if (
+                    z_clip > 0.0 and ss_raw != ss and weights > 0.0
+                ):  # the same calibration: they differ only on clipped readings
+                    stat_raw = (ss_raw / weights) ** (1.0 / 3.0) if relation_cube_root else math.sqrt(ss_raw / weights)
+                    zr_raw = _gauss_z(stat_raw, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
+                    rel_surprise_raw = gaussian_surprise(zr_raw)
         if alarms and not history:
             for f in range(features):
                 rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
@@ -765,7 +779,7 @@ def detect(
                 # the others (its relations explain at least ``explained`` of its variance) and the
                 # relations hold
                 kept = rel_ready and (
-                    rel_surprise < u_threshold  # the relations alone would not alarm
+                    rel_surprise_raw < u_threshold  # the relations alone would not alarm
                     or _shift_along(rel, cov, r, features, along_relations)
                 )
                 for f in range(features):
@@ -814,6 +828,7 @@ def detect(
             for f in range(features):
                 rel[r, f, RES] = res[f]
                 rel[r, f, DEV] = devs[f]
+                lv[r, f, LV_RES] = res_raw[f]
         if not learn and alarms:  # in alarm, the features it does not implicate keep their level current
             a = max(1.0 / (dev[r, REL_N] + 1.0), relation_rate)
             for f in range(features):

@@ -142,7 +142,8 @@ class RelationalNovelty(AnomalyDetector):
             standard score that alone would raise an alarm (the threshold's surprise): a robust
             (Huber-like) smoothing, so one spike's residual does not hold an alarm for the smoothing's
             memory after the spike is over, while a sustained break still saturates far above normal
-            (off: unclipped, as before).
+            (off: unclipped, as before). Whether the relations hold (a consistent shift) is judged on
+            the unclipped residual: clipped, a noisy break looks smaller than it is.
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -316,6 +317,7 @@ class RelationalNovelty(AnomalyDetector):
             return None
         levels = np.zeros((1, 2, features))
         kernel.accept(blocks["n"], blocks["rel"][:, 0], blocks["cov"], blocks["level"], row, features, True, levels, 0)
+        blocks["drift"][row, self._layout.position("drift"), :, kernel.LV_RES] = 0.0  # the unclipped residuals too
         return levels[0]
 
     # ------------------------------------------------------------------ River view of one row
