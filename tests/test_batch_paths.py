@@ -124,14 +124,20 @@ def cmapss_message(rng: random.Random) -> tuple[bytes | None, bytes, list, int |
     text = orjson.dumps(body)
     if rng.random() < 0.05:
         text = text.replace(b'"Sensor3"', b'"Sensor3":0,"Sensor3"')  # a duplicate key
+    return odd_envelope(rng, text, (b"Sensor2", b"\\u0053ensor2"), b"641.82", b"engine")
+
+
+def odd_envelope(rng: random.Random, text: bytes, escaped: tuple[bytes, bytes], number: bytes, device: bytes):
+    """``text`` perhaps spaced out, with a name escaped (``escaped``: the name, its escape) or ``number``
+    overflowing, as a message of a key (of ``device`` or odd), perhaps a device header, and a time."""
     if rng.random() < 0.05:
         text = text.replace(b",", b", ") + b" "
     if rng.random() < 0.03:
-        text = text.replace(b"Sensor2", b"\\u0053ensor2")
+        text = text.replace(*escaped)
     if rng.random() < 0.03:
-        text = text.replace(b"641.82", b"1e400")
-    key = rng.choice([b"engine-001", b"engine-002", None, b"", b"\xff", b"x" * 300, b"tab\t"])
-    headers = [("deviceId", b"engine-009")] if rng.random() < 0.1 else []
+        text = text.replace(number, b"1e400")
+    key = rng.choice([device + b"-001", device + b"-002", None, b"", b"\xff", b"x" * 300, b"tab\t"])
+    headers = [("deviceId", device + b"-009")] if rng.random() < 0.1 else []
     timestamp_ms = rng.choice([1_767_225_600_000, None, 100])
     return key, text, headers, timestamp_ms
 
@@ -184,16 +190,7 @@ def generic_message(rng: random.Random) -> tuple[bytes | None, bytes, list, int 
         text = text.replace(b'"values":{', b'"values":{"rpm":1,')  # perhaps a duplicate key
     if rng.random() < 0.05:
         text = text.replace(b'{"values"', b'{"values":{"q":1},"values"')  # a duplicate object
-    if rng.random() < 0.05:
-        text = text.replace(b",", b", ") + b" "
-    if rng.random() < 0.03:
-        text = text.replace(b"rpm", b"\\u0072pm")
-    if rng.random() < 0.03:
-        text = text.replace(b"21.5", b"1e400")
-    key = rng.choice([b"pump-1", b"pump-2", None, b"", b"\xff", b"x" * 300, b"tab\t"])
-    headers = [("deviceId", b"pump-9")] if rng.random() < 0.1 else []
-    timestamp_ms = rng.choice([1_767_225_600_000, None, 100])
-    return key, text, headers, timestamp_ms
+    return odd_envelope(rng, text, (b"rpm", b"\\u0072pm"), b"21.5", b"pump")
 
 
 @pytest.mark.parametrize("seed", range(30))

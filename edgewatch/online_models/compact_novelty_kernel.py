@@ -88,16 +88,23 @@ def _gauss_z(d: float, n: float, mu: float, var: float, min_n: int) -> float:
 
 
 @njit(cache=True)
-def _z_of_surprise(u: float) -> float:
-    """The standard score whose two-sided Gaussian tail is ``u`` decades (bisection of gaussian_surprise)."""
-    lo, hi = 0.0, 40.0
-    for _ in range(60):
+def _bisect_surprise(u: float, hi: float, steps: int) -> tuple[float, float]:
+    """The bracket ``(lo, hi)`` within ``[0, hi]`` of the standard score whose two-sided Gaussian tail is
+    ``u`` decades, after ``steps`` halvings (``gaussian_surprise(lo) < u <= gaussian_surprise(hi)``)."""
+    lo = 0.0
+    for _ in range(steps):
         mid = 0.5 * (lo + hi)
         if gaussian_surprise(mid) < u:
             lo = mid
         else:
             hi = mid
-    return hi
+    return lo, hi
+
+
+@njit(cache=True)
+def _z_of_surprise(u: float) -> float:
+    """The standard score whose two-sided Gaussian tail is ``u`` decades."""
+    return _bisect_surprise(u, 40.0, 60)[1]
 
 
 @njit(cache=True)
@@ -134,14 +141,7 @@ def _bounded_z(z: float, d: float, s, r: int, j: int, f: int) -> float:  # pragm
     bound = math.log10(s[r, j, f] + 1.0)
     if gaussian_surprise(z) <= bound:
         return z
-    lo, hi = 0.0, z  # the z worth ``bound`` decades (bisection: only for bounded readings)
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if gaussian_surprise(mid) < bound:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return _bisect_surprise(bound, z, 40)[0]  # the z worth ``bound`` decades (only for bounded readings)
 
 
 @njit(cache=True, inline="always")
