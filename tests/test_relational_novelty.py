@@ -406,3 +406,81 @@ def test_a_standard_score_from_few_calibration_values_is_judged_as_students_t():
     assert abs(kernel._t_as_z(4.0, 10_000.0) - 4.0) < 0.01
     assert kernel._t_as_z(5.6, 2.0) < 2.5 < kernel._t_as_z(5.6, 20.0)
     assert kernel.gaussian_surprise(kernel._t_as_z(5.6, 2.0)) < 2.0
+
+
+def _cusum_surprises(residuals: np.ndarray, shift: float = 2.0, learned: int = 2000) -> np.ndarray:
+    """The residual CUSUM's surprise at each residual after its moments learned the first ``learned``."""
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    state = np.zeros((1, len(kernel.CUSUM_FIELDS), 1))
+    state[0, kernel.CU_PREV, 0] = np.nan
+    for e in residuals[:learned]:
+        kernel._cusum_learn(state, 0, 0, 0, float(e), 0.002)
+    # tolerance 0: the raw sums (no recent-level gate), uncapped
+    surprise = kernel._cusum_surprise
+    return np.array([surprise(state, 0, 0, 0, float(e), shift, 0.2, 0.0, 200.0, 5.3, 1e9) for e in residuals[learned:]])
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5])
+def test_the_residual_cusum_is_calibrated_in_decades_on_autocorrelated_residuals(rho):
+    """Under the null (AR(1) residuals, lag-1 correlation ``rho``), a surprise of u decades or more is about as
+    rare as 10^-u: the sums are standardized by the residuals' long-run deviation; a sustained shift of two
+    long-run deviations reaches the alarm's surprise within 20 readings."""
+    rng = np.random.default_rng(7)
+    noise = rng.normal(size=60_000)
+    residuals = np.empty_like(noise)
+    previous = 0.0
+    for i, z in enumerate(noise):
+        previous = rho * previous + math.sqrt(1.0 - rho * rho) * z
+        residuals[i] = previous
+    surprises = _cusum_surprises(residuals)
+    assert (surprises >= 3.0).mean() <= 3e-3 and (surprises >= 4.0).mean() <= 3e-4
+    long_run = math.sqrt((1.0 + rho) / (1.0 - rho))
+    shifted = np.concatenate([residuals[:2000], residuals[2000:2040] + 2.0 * long_run])
+    assert _cusum_surprises(shifted)[:20].max() >= 6.0
+
+
+def test_a_sustained_shift_no_reading_shows_is_held_by_the_residual_cusum():
+    """A shift of 1.5 standard deviations of the noisy ambient (which the other features do not predict: its
+    residual is its own deviation), the level channel off: without the residual CUSUM it is missed, with it
+    the alarm is raised within a few readings, held through nearly all of the shift (protected: the shift is
+    not learned) and cleared soon after it ends."""
+    rows = [machine(i) for i in range(800, 1800)]
+    for i in range(200, 600):
+        rows[i]["ambient"] += 0.45
+
+    def flags(**params):
+        return np.array([e.is_anomaly for e in run(warm_bank(level_rate=0.0, **params), stream(rows, start=800))[0]])
+
+    blind, cusum = flags(residual_cusum=0.0), flags(residual_cusum=2.0)
+    assert blind[200:600].mean() < 0.2
+    assert cusum[200:600].mean() > 0.9 and not cusum[:200].any() and not cusum[620:].any()
+
+
+def test_a_model_saved_before_the_residual_cusum_loads_it_empty(tmp_path):
+    """The CUSUM's fields end the scalar block: a model saved without them loads them at 0 (nothing learned)."""
+    import hashlib
+    import io
+    import json
+
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    detector_spec = spec(residual_cusum=2.0)
+    fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
+    assert fitted.models["m1"].export_arrays(fitted.features["m1"])["cusum_n"].min() > 0
+    saved = artifact.save(fitted, tmp_path / "model")
+    with np.load(tmp_path / "model" / "arrays.npz") as arrays:
+        kept = {name: arrays[name] for name in arrays.files if name.split(".")[1] not in kernel.CUSUM_FIELDS}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **kept)
+    (tmp_path / "model" / "arrays.npz").write_bytes(buffer.getvalue())
+    parameters = {k: v for k, v in saved.metadata["parameters"].items() if k != "residual_cusum"}
+    manifest = {
+        **saved.metadata,
+        "parameters": parameters,
+        "files": {"arrays.npz": hashlib.sha256(buffer.getvalue()).hexdigest()},
+    }
+    (tmp_path / "model" / "model.json").write_text(json.dumps(manifest))
+    older = artifact.load(tmp_path / "model")
+    assert older.models["m1"].export_arrays(fitted.features["m1"])["cusum_n"] == pytest.approx(0.0)
+    run(VectorBank(older.spec, artifact=older), stream([machine(i) for i in range(800, 900)], start=800))

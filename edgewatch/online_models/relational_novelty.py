@@ -144,6 +144,16 @@ class RelationalNovelty(AnomalyDetector):
             memory after the spike is over, while a sustained break still saturates far above normal
             (off: unclipped, as before). Whether the relations hold (a consistent shift) is judged on
             the unclipped residual: clipped, a noisy break looks smaller than it is.
+        residual_cusum: the design shift (long-run standard deviations) of a two-sided CUSUM on each
+            feature's standardized regression residual given the others (devices with relations; 0: off,
+            the default — measured: it finds SKAB's small flow drops but alarms on a cold simulated fleet's
+            ambient cycles, see docs/ablation.md). The residual is standardized by the long-run deviation of
+            the normal residuals (mean square and lag-1 correlation, learned like the calibrations: not
+            from readings already surprising), the reference value is half the shift plus the normal mean's
+            standard error, and a sum is worth its stationary null tail in decades (one scale with every
+            channel, one threshold): several small consistent deviations add up where no reading alone is
+            surprising. Sums are capped a ``clear_after``'s worth of readings above the alarm's level, and
+            count only while the recent residuals depart too, so an alarm ends with its fault.
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -180,7 +190,7 @@ class RelationalNovelty(AnomalyDetector):
 
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
     #: state fields older models and snapshots lack (they load with the fields' initial values)
-    LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS | {"drift"}
+    LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS | {"drift", *kernel.CUSUM_FIELDS}
     #: parameters added since models were first saved whose default changes what saved fields mean: a
     #: model saved without one starts those fields anew (the relations' calibration of the square root
     #: of their statistic does not hold for its cube root: it recalibrates online, ``artifact.load``)
@@ -212,6 +222,7 @@ class RelationalNovelty(AnomalyDetector):
         relation_cube_root: bool = True,
         shape_effective: bool = False,
         residual_clip: bool = True,
+        residual_cusum: float = 0.0,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -243,6 +254,7 @@ class RelationalNovelty(AnomalyDetector):
         self.relation_cube_root = relation_cube_root
         self.shape_effective = shape_effective
         self.residual_clip = residual_clip
+        self.residual_cusum = residual_cusum
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -267,6 +279,8 @@ class RelationalNovelty(AnomalyDetector):
         fields["cov"] = (np.float64, 0.0, ("features",))
         fields["prec"] = (np.float64, 0.0, ("features",))
         fields["drift"] = (np.float64, 0.0, (len(kernel.LEVEL_FIELDS),))
+        for name in kernel.CUSUM_FIELDS:  # scalars: they end the scalar block (the kernel finds them there)
+            fields[name] = (np.float64, 0.0)
         return fields
 
     def _alarm_params(self, threshold: float | None) -> np.ndarray:
@@ -277,7 +291,7 @@ class RelationalNovelty(AnomalyDetector):
              self.explain_along, self.extreme_steps,
              float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
              float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
-             float(self.level_steps), float(self.residual_clip)],
+             float(self.level_steps), float(self.residual_clip), self.residual_cusum],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
