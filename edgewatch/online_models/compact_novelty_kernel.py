@@ -469,6 +469,9 @@ def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: in
         rel[r, f, RES] = rel[r, f, DEV] = 0.0
         if cu >= 0:  # the new normal's level is no departure
             s[r, cu + CU_HI, f] = s[r, cu + CU_LO, f] = s[r, cu + CU_FAST, f] = 0.0
+            if reset:  # relations learned anew have residuals of their own
+                s[r, cu + CU_N, f] = s[r, cu + CU_M2, f] = s[r, cu + CU_C1, f] = 0.0
+                s[r, cu + CU_PREV, f] = np.nan
     if reset:
         for j in range(features):
             for k in range(features):
