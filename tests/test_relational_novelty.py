@@ -484,3 +484,21 @@ def test_a_model_saved_before_the_residual_cusum_loads_it_empty(tmp_path):
     older = artifact.load(tmp_path / "model")
     assert older.models["m1"].export_arrays(fitted.features["m1"])["cusum_n"] == pytest.approx(0.0)
     run(VectorBank(older.spec, artifact=older), stream([machine(i) for i in range(800, 900)], start=800))
+
+
+def test_an_accepted_state_restarts_the_residual_cusum():
+    """An operator's acceptance (relations learned anew) empties the sums and the residuals' moments."""
+    detector = RelationalNovelty(residual_cusum=2.0, level_rate=0.0)
+    detector.fit_history([machine(i) for i in range(800)])
+    for i in range(800, 900):
+        x = machine(i)
+        x["ambient"] += 0.45
+        detector.score_one(x)
+        detector.learn_one(x)
+    features = tuple(sorted(machine(0)))
+    before = detector.export_arrays(features)
+    assert detector.abnormal and max(before["cusum_hi"].max(), before["cusum_lo"].max()) > 0.0
+    assert before["cusum_n"].min() > 0.0
+    assert detector.accept()
+    after = detector.export_arrays(features)
+    assert not after["cusum_hi"].any() and not after["cusum_lo"].any() and not after["cusum_n"].any()
