@@ -144,6 +144,12 @@ class RelationalNovelty(AnomalyDetector):
             memory after the spike is over, while a sustained break still saturates far above normal
             (off: unclipped, as before). Whether the relations hold (a consistent shift) is judged on
             the unclipped residual: clipped, a noisy break looks smaller than it is.
+        resolution_spread: each feature learns its measurement resolution (the smallest nonzero step
+            between two of its readings); the profile channel judges a residual with the spread its
+            calibration learned plus what the readings' rounding alone gives the smoothed residual
+            (step² / 12 per reading, through the smoothing): a feature that reports whole numbers
+            moves by a whole unit whatever the truth, and a calibration learned from a short history
+            (a warm start) is too tight to judge such a move (off: the learned spread alone).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -180,7 +186,7 @@ class RelationalNovelty(AnomalyDetector):
 
     ARRAY_DEVICE_STATE: ClassVar[dict[str, tuple]] = {name: (np.float64, 0.0) for name in kernel.DEVICE_FIELDS}
     #: state fields older models and snapshots lack (they load with the fields' initial values)
-    LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS | {"drift"}
+    LATER_FIELDS: ClassVar[frozenset] = kernel.LATER_DEVICE_FIELDS | {"drift", kernel.RESOLUTION_FIELD}
     #: parameters added since models were first saved whose default changes what saved fields mean: a
     #: model saved without one starts those fields anew (the relations' calibration of the square root
     #: of their statistic does not hold for its cube root: it recalibrates online, ``artifact.load``)
@@ -212,6 +218,7 @@ class RelationalNovelty(AnomalyDetector):
         relation_cube_root: bool = True,
         shape_effective: bool = False,
         residual_clip: bool = True,
+        resolution_spread: bool = True,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -243,6 +250,7 @@ class RelationalNovelty(AnomalyDetector):
         self.relation_cube_root = relation_cube_root
         self.shape_effective = shape_effective
         self.residual_clip = residual_clip
+        self.resolution_spread = resolution_spread
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -277,7 +285,7 @@ class RelationalNovelty(AnomalyDetector):
              self.explain_along, self.extreme_steps,
              float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
              float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
-             float(self.level_steps), float(self.residual_clip)],
+             float(self.level_steps), float(self.residual_clip), float(self.resolution_spread)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
