@@ -132,8 +132,8 @@ VARIANTS = (
             {"shape_effective": True}),
     Variant("no-residual-clip", "one reading's relation residual clipped at the alarm's standard score before "
             "smoothing", {"residual_clip": False}),
-    Variant("no-resolution-spread", "the profile channel's spread widened by the rounding of a quantized feature's "
-            "readings (its smallest nonzero step)", {"resolution_spread": False}),
+    Variant("resolution-spread", "(adds) the profile channel's spread widened by the rounding of a quantized "
+            "feature's readings (its smallest nonzero step)", {"resolution_spread": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -475,8 +475,7 @@ def test_models_and_recovery_pages_saved_before_the_resolution_field_still_load(
     from edgewatch.online_models import compact_novelty_kernel as kernel
     from edgewatch.state import codec
 
-    detector_spec = spec()
-    fitted = artifact.train(detector_spec, stream([humid_machine(i, 0) for i in range(600)]))
+    fitted = artifact.train(BUILTIN[DEFAULT_DETECTOR], stream([humid_machine(i, 0) for i in range(600)]))
     saved = artifact.save(fitted, tmp_path / "model")
     with np.load(tmp_path / "model" / "arrays.npz") as arrays:
         kept = {name: arrays[name] for name in arrays.files if name.split(".")[1] != kernel.RESOLUTION_FIELD}
@@ -490,6 +489,7 @@ def test_models_and_recovery_pages_saved_before_the_resolution_field_still_load(
     assert set(older.models["m1"].export_arrays(features)[kernel.RESOLUTION_FIELD]) == {0.0}
 
     live = stream([humid_machine(i, 0) for i in range(600, 800)], start=600)
+    detector_spec = spec(resolution_spread=True)  # (on: the field is learned from the live readings)
     bank = VectorBank(detector_spec, artifact=older)
     run(bank, live[:100])
     scalars = bank.layout.by_field(bank.groups[features].blocks)["n"]

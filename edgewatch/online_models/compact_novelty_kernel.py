@@ -695,15 +695,13 @@ def detect(
                 ds[f, k] = math.sqrt(best / w)
                 js[f, k] = nearest
                 if n >= warmup:
-                    spread = s[r, _scale_index(k, G_VAR), f]
-                    if resolution_spread:
-                        # two shingles that differ by rounding alone: each block value rounded (a block's
-                        # extreme is one reading, its mean averages ``size``), so each compared pair
-                        # differs by 2 q, and their RMS distance by about 2 q / w in variance
-                        q = _rounding_variance(s[r, resolution, f], span) / (1.0 if extreme[k] else sizes[k])
-                        spread += 2.0 * q / w
-                    zk = _gauss_z(ds[f, k], s[r, _scale_index(k, G_N), f], s[r, _scale_index(k, G_MU), f], spread,
-                                  min_blocks)  # fmt: skip
+                    zk = _gauss_z(
+                        ds[f, k],
+                        s[r, _scale_index(k, G_N), f],
+                        s[r, _scale_index(k, G_MU), f],
+                        s[r, _scale_index(k, G_VAR), f],
+                        min_blocks,
+                    )
                     if shape_effective and zk > 0.0:
                         zk = _t_as_z(zk, s[r, _scale_index(k, G_N), f] / w - 1.0)
                     zks[f, k] = zk  # unbounded: whether the block may raise the largest normal value
