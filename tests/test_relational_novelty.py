@@ -408,6 +408,25 @@ def test_a_standard_score_from_few_calibration_values_is_judged_as_students_t():
     assert kernel.gaussian_surprise(kernel._t_as_z(5.6, 2.0)) < 2.0
 
 
+def test_a_feature_is_back_when_its_recent_level_is_no_surprise_for_the_level_channel():
+    """``clear_on_return``'s judge: the fast level against the normal mean, with the level channel's null
+    (autocorrelation, effective sample size): a slow signal seen over few independent levels is back at a
+    distance a white one is not; never before the level channel is ready."""
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    def returned(fast: float, rho: float, n: float = 1000.0, rate: float = 0.05) -> bool:
+        lv = np.zeros((1, 1, len(kernel.LEVEL_FIELDS)))
+        lv[0, 0, kernel.LV_N], lv[0, 0, kernel.LV_M2], lv[0, 0, kernel.LV_C1] = n, 1.0, rho
+        rel = np.zeros((1, 1, len(kernel.RELATION_FIELDS)))
+        rel[0, 0, kernel.FAST] = fast
+        cov = np.ones((1, 2, 1, 1))
+        return kernel._level_returned(lv, rel, cov, 0, 0, rate, 0.2, 2.0, 50.0)
+
+    assert returned(0.1, 0.0) and not returned(3.0, 0.0)  # white readings: 3 standard deviations is a departure
+    assert returned(3.0, 0.99)  # a slow signal: its level wanders that far by chance
+    assert not returned(0.0, 0.0, n=10.0) and not returned(0.0, 0.0, rate=0.0)  # not ready / no level channel
+
+
 def humid_machine(i: int, seed: int, fault: float = 0.0) -> dict[str, float]:
     """A machine with an ambient cycle (period 1800 readings) and a whole-number humidity against it."""
     rng = np.random.default_rng(seed * 100_003 + i)

@@ -198,7 +198,7 @@ ALARM_PARAMS = (
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
-    "level_rate", "level_hold", "level_steps", "residual_clip", "resolution_spread",
+    "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -290,6 +290,28 @@ def _bound_to(cov, r: int, features: int, f: int, implicated, explained: float) 
 
 
 @njit(cache=True)
+def _level_null(lv, r: int, f: int, rate: float, min_n: float) -> tuple[float, float, float]:  # pragma: no cover
+    """The level channel's null for feature ``f``: the variance of an EW mean (rate ``rate``) of independent
+    normal deviations, the larger of an AR(1) model's and the level's measured variance, and the effective
+    sample size ``n_eff`` their ratio gives (0 before ``min_n`` normal readings; see :func:`_level_deviate`)."""
+    n, m2 = lv[r, f, LV_N], lv[r, f, LV_M2]
+    if n < min_n or m2 <= 0.0:
+        return 0.0, 0.0, 0.0
+    rho = min(max(lv[r, f, LV_C1] / m2, 0.0), 0.999)
+    c = 1.0 - rate
+    white = rate / (2.0 - rate) * m2
+    var = max(white * (1.0 + rho * c) / (1.0 - rho * c), lv[r, f, LV_D2])
+    return white, var, n * white / var
+
+
+@njit(cache=True, inline="always")
+def _fast_tt(now: float, fast_rate: float, inflation: float, n_eff: float) -> float:
+    """The squared t of the fast level's deviation ``now``: the variance of an EW mean at ``fast_rate``,
+    times the null's ``inflation`` (autocorrelation) and the uncertainty of a mean from ``n_eff`` samples."""
+    return now * now / (fast_rate / (2.0 - fast_rate) * inflation * (1.0 + 1.0 / n_eff))
+
+
+@njit(cache=True)
 def _level_deviate(
     lv,
     r: int,
@@ -319,14 +341,7 @@ def _level_deviate(
     fast one says whether the departure is still there: an alarm ends when the readings are back,
     not a level's memory later. ``quiet2``: a squared t below it is surely no surprise of ``tolerance``
     (a t maps to a normal deviate no larger than itself): most readings skip the t mapping."""
-    n, m2 = lv[r, f, LV_N], lv[r, f, LV_M2]
-    if n < min_n or m2 <= 0.0:
-        return -np.inf
-    rho = min(max(lv[r, f, LV_C1] / m2, 0.0), 0.999)
-    c = 1.0 - rate
-    white = rate / (2.0 - rate) * m2
-    var = max(white * (1.0 + rho * c) / (1.0 - rho * c), lv[r, f, LV_D2])
-    n_eff = n * white / var
+    white, var, n_eff = _level_null(lv, r, f, rate, min_n)
     if n_eff < 2.0:
         return -np.inf
     nu = n_eff - 1.0
@@ -334,10 +349,10 @@ def _level_deviate(
     # (within ``tolerance`` decades; its variance inflated as the slow one's) and, with ``hold``, that is
     # no chance dip: it came back by more than the two levels differ by chance while the level holds still (EW means of
     # the same readings at rates a and b differ by a/(2-a) + b/(2-b) - 2ab/(a+b-ab) in variance)
-    a, b, inflation = rate, fast_rate, m2 * var / white
+    a, b, inflation = rate, fast_rate, lv[r, f, LV_M2] * var / white
     back = (d - now) if d > 0.0 else (now - d)
     spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * inflation
-    tt_now = now * now / (b / (2.0 - b) * inflation * (1.0 + 1.0 / n_eff))
+    tt_now = _fast_tt(now, b, inflation, n_eff)
     if not hold and tt_now < quiet2:
         lv[r, f, LV_STEP] = 0.0
         return -np.inf
@@ -363,6 +378,25 @@ def _level_deviate(
         if lv[r, f, LV_STEP] == 0.0:
             return -np.inf
     return z
+
+
+@njit(cache=True)
+def _level_returned(
+    lv, rel, cov, r: int, f: int, rate: float, fast_rate: float, tolerance: float, min_n: float
+) -> bool:  # pragma: no cover - compiled
+    """Whether feature ``f``'s recent readings (its fast level, rate ``fast_rate``) are back at its normal
+    level (the relations' mean): their deviation is no surprise of ``tolerance`` decades, judged as the
+    level channel judges it (the variance of an EW mean of autocorrelated readings, a Student t with the
+    effective sample size's degrees of freedom). False before the level channel is ready."""
+    if rate <= 0.0:
+        return False
+    white, var, n_eff = _level_null(lv, r, f, rate, min_n)
+    if n_eff < 2.0:
+        return False
+    sd = math.sqrt(max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2))
+    now = (rel[r, f, FAST] - rel[r, f, MU]) / sd
+    tt_now = _fast_tt(now, fast_rate, lv[r, f, LV_M2] * var / white, n_eff)
+    return gaussian_surprise(_t_to_z(tt_now, n_eff - 1.0)) < tolerance
 
 
 @njit(cache=True, inline="always")
@@ -500,7 +534,8 @@ def detect(
     gap_spread, interval_rate = alarm_params[17], alarm_params[18]
     relation_cube_root, shape_effective = alarm_params[19] > 0.0, alarm_params[20] > 0.0
     level_rate, level_hold, level_steps = alarm_params[21], alarm_params[22] > 0.0, alarm_params[23] > 0.0
-    resolution_spread = alarm_params[25] > 0.0
+    clear_on_return = alarm_params[25] > 0.0
+    resolution_spread = alarm_params[26] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -526,6 +561,7 @@ def detect(
     relations = alarms and features >= 2
     scores = np.empty(readings)
     zfeat = np.empty(features)
+    zspread = np.empty(features)  # each feature's largest channel that is not a level (spread, spikes: extreme shapes)
     zks = np.full((features, len(sizes)), -np.inf)  # each channel's calibrated z (unbounded)
     zps = np.full(features, -np.inf)
     ufeat = np.empty(features)
@@ -655,7 +691,7 @@ def detect(
             span = s[r, HI, f] - s[r, LO, f]
             z = (value - s[r, LO, f]) / span if span > 0 else value - s[r, LO, f]
             zs[f] = z
-            zfeat[f] = -np.inf
+            zfeat[f] = zspread[f] = -np.inf
             if not (moved[f] and explains[f] >= explained):  # the level channel (relations' coordinates)
                 zmax = max(zmax, level_z[f])
                 zfeat[f] = level_z[f]
@@ -709,6 +745,8 @@ def detect(
                     if not (moved[f] and explains[f] >= explained):
                         zmax = max(zmax, zb)
                         zfeat[f] = max(zfeat[f], zb)
+                        if extreme[k]:
+                            zspread[f] = max(zspread[f], zb)
             visited[f] = False
             if b >= 0:
                 m = half_to_double(profile[r, f, b])
@@ -791,7 +829,18 @@ def detect(
                 cause_surprise = 0.0
                 for f in range(features):
                     if rel[r, f, CAUSE] > 0.0:
-                        cause_surprise = max(cause_surprise, contrib[i, f])
+                        c = contrib[i, f]
+                        if clear_on_return and _level_returned(
+                            lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile
+                        ):
+                            # its recent readings are back at its normal level: what its level channels (the
+                            # level, the profile's smoothed residual, block means) still hold is the memory of
+                            # the fault's readings, not evidence that it lasts; spikes, spread, stuck values,
+                            # extremes and its share of a relation break still count
+                            c = max(ufeat[f], gaussian_surprise(zspread[f]) - bonferroni, 0.0)
+                            if rel_ready and ss > 0.0 and relation_score:
+                                c = max(c, rel_surprise * breaks[f] / ss)
+                        cause_surprise = max(cause_surprise, c)
                 dev[r, QUIET] = 0.0 if cause_surprise >= u_threshold else dev[r, QUIET] + 1.0
                 # a new operating point, not a fault: every feature of the alarm's cause is predicted by
                 # the others (its relations explain at least ``explained`` of its variance) and the

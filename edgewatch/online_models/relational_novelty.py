@@ -144,6 +144,14 @@ class RelationalNovelty(AnomalyDetector):
             memory after the spike is over, while a sustained break still saturates far above normal
             (off: unclipped, as before). Whether the relations hold (a consistent shift) is judged on
             the unclipped residual: clipped, a noisy break looks smaller than it is.
+        clear_on_return: in alarm, a cause feature whose recent readings (the ``fast_rate`` level) are back
+            at its normal level, as the level channel judges a level (autocorrelation, effective sample size;
+            no surprise of ``relation_tolerance`` decades), holds the alarm only by evidence that is not a
+            level: spikes and spread (extreme shapes), jumps, stuck values, new extremes, its share of a
+            relation break. What its level channels (the level, the profile's smoothed residual, block
+            means) still show is the memory of the fault's readings, or a level their independent-readings
+            calibration overrates on a slow signal: the alarm clears when the device is back, not when that
+            memory has faded (off: every channel holds, as before).
         resolution_spread: each feature learns its measurement resolution (the smallest nonzero step
             between two of its readings); the profile channel judges a residual with the spread its
             calibration learned plus what the readings' rounding alone gives the smoothed residual
@@ -222,6 +230,7 @@ class RelationalNovelty(AnomalyDetector):
         relation_cube_root: bool = True,
         shape_effective: bool = False,
         residual_clip: bool = True,
+        clear_on_return: bool = False,
         resolution_spread: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
@@ -254,6 +263,7 @@ class RelationalNovelty(AnomalyDetector):
         self.relation_cube_root = relation_cube_root
         self.shape_effective = shape_effective
         self.residual_clip = residual_clip
+        self.clear_on_return = clear_on_return
         self.resolution_spread = resolution_spread
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
@@ -289,7 +299,8 @@ class RelationalNovelty(AnomalyDetector):
              self.explain_along, self.extreme_steps,
              float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
              float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
-             float(self.level_steps), float(self.residual_clip), float(self.resolution_spread)],
+             float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
+             float(self.resolution_spread)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
