@@ -135,6 +135,8 @@ VARIANTS = (
     Variant("clear-on-return", "(adds) in alarm, a cause feature whose recent readings are back at its normal level "
             "holds the alarm only by spread, spikes, stuck values, extremes or a relation break",
             {"clear_on_return": True}),
+    Variant("resolution-spread", "(adds) the profile channel's spread widened by the rounding of a quantized "
+            "feature's readings (its smallest nonzero step)", {"resolution_spread": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

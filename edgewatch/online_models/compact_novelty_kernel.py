@@ -25,8 +25,11 @@ FEATURE_FIELDS = (
 )  # fmt: skip
 # per-feature and per-scale float64 fields, after them (scale 0's, then scale 1's, ...)
 SCALE_FIELDS = ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "g_n", "g_mu", "g_var", "g_max")
+#: per-feature float64 field after the scale fields (the last of the scalars' block): the feature's
+#: measurement resolution, the smallest nonzero step between two readings it has shown (0: none yet)
+RESOLUTION_FIELD = "resolution"
 #: fields added after models were saved: a saved model without them loads them at their initial value
-LATER_FIELDS = ("profile_max", "g_max")
+LATER_FIELDS = ("profile_max", "g_max", RESOLUTION_FIELD)
 
 (N, LO, HI, FIXED, SEEN_MIN, SEEN_MAX, LAST, RUN, MAX_RUN, P_REPEAT, MAX_STEP, RECORDS, RECORD_N, RESID,
  HAS_RESID, PROFILE_N, PROFILE_MU, PROFILE_VAR, PROFILE_MAX) = range(len(FEATURE_FIELDS))  # fmt: skip
@@ -145,6 +148,16 @@ def _bounded_z(z: float, d: float, s, r: int, j: int, f: int) -> float:  # pragm
 
 
 @njit(cache=True, inline="always")
+def _rounding_variance(step: float, span: float) -> float:
+    """The variance a reading carries from its rounding to a resolution ``step`` (uniform error over one
+    step: step² / 12), in the units the channels see (the feature normalized by ``span``; raw without
+    one). A feature that reports whole numbers moves by at least one unit whatever the truth, so a
+    residual no larger than its rounding is no evidence of novelty, however tight its calibration."""
+    q = step * step / 12.0
+    return q / (span * span) if span > 0.0 else q
+
+
+@njit(cache=True, inline="always")
 def _device_gauss_update(dev, r: int, j: int, d: float) -> None:
     n = dev[r, j] + 1.0
     dev[r, j] = n
@@ -185,7 +198,7 @@ ALARM_PARAMS = (
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
-    "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return",
+    "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -522,6 +535,7 @@ def detect(
     relation_cube_root, shape_effective = alarm_params[19] > 0.0, alarm_params[20] > 0.0
     level_rate, level_hold, level_steps = alarm_params[21], alarm_params[22] > 0.0, alarm_params[23] > 0.0
     clear_on_return = alarm_params[25] > 0.0
+    resolution_spread = alarm_params[26] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -541,6 +555,9 @@ def detect(
     decay, profile_clip = float_params[13], float_params[14]
     readings, features = x.shape
     scales = len(sizes)
+    resolution = len(FEATURE_FIELDS) + scales * len(SCALE_FIELDS)  # RESOLUTION_FIELD, after the scale fields
+    # a smoothed residual (EW rate c) of readings each rounded with variance q varies by at least c / (2 - c) q
+    rounding_gain = residual_rate / (2.0 - residual_rate)
     relations = alarms and features >= 2
     scores = np.empty(readings)
     zfeat = np.empty(features)
@@ -742,9 +759,10 @@ def detect(
                     else:
                         resid = rr
                     resids[f] = resid
-                    zp = _gauss_z(
-                        abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], s[r, PROFILE_VAR, f], min_profile
-                    )
+                    spread = s[r, PROFILE_VAR, f]
+                    if resolution_spread:  # the rounding of a quantized feature is no evidence (see below)
+                        spread += rounding_gain * _rounding_variance(s[r, resolution, f], span)
+                    zp = _gauss_z(abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], spread, min_profile)
                     zps[f] = zp
                     zb = _bounded_z(zp, abs(resid), s, r, PROFILE_N, f) if empirical_bound else zp
                     if not (moved[f] and explains[f] >= explained):
@@ -1018,6 +1036,8 @@ def detect(
                 s[r, RUN, f] = s[r, RUN, f] + 1 if repeated else 0.0
                 s[r, P_REPEAT, f] += max(repeat_alpha, 1.0 / n) * ((1.0 if repeated else 0.0) - s[r, P_REPEAT, f])
                 step = abs(value - s[r, LAST, f])
+                if resolution_spread and step > 0.0 and not (0.0 < s[r, resolution, f] <= step):
+                    s[r, resolution, f] = step  # the smallest nonzero step: the feature's resolution
                 if n >= warmup and not history:
                     step = min(step, (1.0 + step_growth) * s[r, MAX_STEP, f])
                 if not protect and not fresh:  # a change across a gap is no step
