@@ -1,6 +1,6 @@
 """Warm start versus cold start on fault-free live data, with and without a gap after the history.
 
-    python bench/warm_gap.py [--devices 50] [--ticks 1200] [--gap-spread 4.0]
+    python bench/warm_gap.py [--devices 50] [--ticks 1200] [--gap-spread 4.0] [--variant resolution-spread]
 
 The README's recipe in process: ``edgewatch simulate --devices 50 --rate 500 --duration 120
 --fault-rate 0`` (1,200 readings per machine, 10 a second) as the history, ``edgewatch train`` on it,
@@ -13,7 +13,8 @@ then fault-free live data through the flow's bank, warm-started or cold. Three l
 
 Printed per stream: abnormal readings, alarms raised and devices abnormal on their first live
 reading, warm and cold (all fault-free: every one is a false alarm). ``--gap-spread 0`` turns the
-restart of the temporal context after a gap off.
+restart of the temporal context after a gap off; ``--variant`` scores one of ``bench/ablation.py``'s
+variants instead of the default detector.
 """
 
 from __future__ import annotations
@@ -63,8 +64,18 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--ticks", type=int, default=1200)
     parser.add_argument("--gap-spread", type=float, default=None, help="RelationalNovelty's gap_spread")
+    parser.add_argument("--variant", help="one of bench/ablation.py's variants (default: the default detector)")
     args = parser.parse_args()
     spec = BUILTIN[DEFAULT_DETECTOR]
+    if args.variant is not None:
+        from bench.ablation import BY_NAME
+
+        if args.gap_spread is not None:
+            parser.error("--gap-spread and --variant: one of them")
+
+        if args.variant not in BY_NAME:
+            parser.error(f"unknown variant {args.variant}: use {', '.join(BY_NAME)}")
+        spec = BY_NAME[args.variant].spec()
     if args.gap_spread is not None:
         spec = dataclasses.replace(spec, factory=lambda: RelationalNovelty(gap_spread=args.gap_spread))
     devices, ticks = args.devices, args.ticks

@@ -408,6 +408,124 @@ def test_a_standard_score_from_few_calibration_values_is_judged_as_students_t():
     assert kernel.gaussian_surprise(kernel._t_as_z(5.6, 2.0)) < 2.0
 
 
+def test_a_feature_is_back_when_its_recent_level_is_no_surprise_for_the_level_channel():
+    """``clear_on_return``'s judge: the fast level against the normal mean, with the level channel's null
+    (autocorrelation, effective sample size): a slow signal seen over few independent levels is back at a
+    distance a white one is not; never before the level channel is ready."""
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    def returned(fast: float, rho: float, n: float = 1000.0, rate: float = 0.05) -> bool:
+        lv = np.zeros((1, 1, len(kernel.LEVEL_FIELDS)))
+        lv[0, 0, kernel.LV_N], lv[0, 0, kernel.LV_M2], lv[0, 0, kernel.LV_C1] = n, 1.0, rho
+        rel = np.zeros((1, 1, len(kernel.RELATION_FIELDS)))
+        rel[0, 0, kernel.FAST] = fast
+        cov = np.ones((1, 2, 1, 1))
+        return kernel._level_returned(lv, rel, cov, 0, 0, rate, 0.2, 2.0, 50.0)
+
+    assert returned(0.1, 0.0) and not returned(3.0, 0.0)  # white readings: 3 standard deviations is a departure
+    assert returned(3.0, 0.99)  # a slow signal: its level wanders that far by chance
+    assert not returned(0.0, 0.0, n=10.0) and not returned(0.0, 0.0, rate=0.0)  # not ready / no level channel
+
+
+def humid_machine(i: int, seed: int, fault: float = 0.0) -> dict[str, float]:
+    """A machine with an ambient cycle (period 1800 readings) and a whole-number humidity against it."""
+    rng = np.random.default_rng(seed * 100_003 + i)
+    temp = 60.0 + 3.0 * math.sin(i / 30.0) + rng.normal(0.0, 0.2)
+    cycle = 2.0 * math.sin(2.0 * math.pi * i / 1800.0)
+    return {
+        "temp": temp,
+        "pressure": 0.1 * temp + rng.normal(0.0, 0.01),
+        "ambient": 20.0 + cycle + rng.random() - 0.5,
+        "humidity": float(25 + rng.integers(0, 3) - round(cycle) + fault),
+    }
+
+
+def test_rounding_variance_of_a_resolution_step():
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    rounding_variance = kernel._rounding_variance.py_func
+    assert rounding_variance(1.0, 4.0) == pytest.approx(1.0 / 12.0 / 16.0)
+    assert rounding_variance(0.5, 0.0) == pytest.approx(0.25 / 12.0)  # no range yet: raw units
+    assert rounding_variance(0.0, 4.0) == 0.0  # no resolution known: nothing added
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_each_feature_learns_its_resolution_the_smallest_nonzero_step(on):
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    detector_spec = spec(resolution_spread=on)
+    fitted = artifact.train(detector_spec, stream([humid_machine(i, 0) for i in range(600)]))
+    features = fitted.features["m1"]
+    learned = dict(zip(features, fitted.models["m1"].export_arrays(features)[kernel.RESOLUTION_FIELD], strict=True))
+    if not on:  # off: not tracked (the state as before the parameter existed)
+        assert set(learned.values()) == {0.0}
+        return
+    assert learned["humidity"] == 1.0  # whole numbers
+    assert 0.0 < learned["temp"] < 0.01 and 0.0 < learned["ambient"] < 0.01  # continuous: tiny
+
+
+def test_a_warm_start_does_not_alarm_on_a_whole_number_feature_s_flicker_and_still_sees_its_faults():
+    """The ambient cycle moves a whole-number humidity by one unit at a time; a warm start's profile
+    calibration, learned from a short history, is too tight to judge a one-unit move: with the rounding's
+    spread (``resolution_spread``) such moves raise no alarm; a humidity fault still does, whole."""
+
+    def live(seed, on, fault_at=None):
+        detector_spec = spec(resolution_spread=on)
+        history = stream([humid_machine(i, seed) for i in range(600)])
+        bank = VectorBank(detector_spec, artifact=artifact.train(detector_spec, history))
+        faulty = range(fault_at, fault_at + 100) if fault_at else range(0)
+        rows = [humid_machine(i, seed, 4.0 if i in faulty else 0.0) for i in range(600, 3000)]
+        events, alarms, _ = run(bank, stream(rows, start=600))
+        return sum(a.kind == "raised" for a in alarms), sum(e.is_anomaly for e in events[faulty.start - 600 :][:100])
+
+    seeds = (1, 11)
+    assert sum(live(seed, on=False)[0] for seed in seeds) >= 2  # without it: alarms on the flicker
+    assert sum(live(seed, on=True)[0] for seed in seeds) == 0
+    assert all(live(seed, on=True, fault_at=2000)[1] >= 95 for seed in seeds)
+
+
+def test_models_and_recovery_pages_saved_before_the_resolution_field_still_load(tmp_path):
+    """An older edgewatch saved no resolution (the last of the scalars' block): such rows load with it at 0
+    (no rounding spread) and learn it from the readings that follow."""
+    import hashlib
+    import io
+    import json
+
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+    from edgewatch.state import codec
+
+    fitted = artifact.train(BUILTIN[DEFAULT_DETECTOR], stream([humid_machine(i, 0) for i in range(600)]))
+    saved = artifact.save(fitted, tmp_path / "model")
+    with np.load(tmp_path / "model" / "arrays.npz") as arrays:
+        kept = {name: arrays[name] for name in arrays.files if name.split(".")[1] != kernel.RESOLUTION_FIELD}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **kept)
+    (tmp_path / "model" / "arrays.npz").write_bytes(buffer.getvalue())
+    manifest = {**saved.metadata, "files": {"arrays.npz": hashlib.sha256(buffer.getvalue()).hexdigest()}}
+    (tmp_path / "model" / "model.json").write_text(json.dumps(manifest))
+    features = fitted.features["m1"]
+    older = artifact.load(tmp_path / "model")
+    assert set(older.models["m1"].export_arrays(features)[kernel.RESOLUTION_FIELD]) == {0.0}
+
+    live = stream([humid_machine(i, 0) for i in range(600, 800)], start=600)
+    detector_spec = spec(resolution_spread=True)  # (on: the field is learned from the live readings)
+    bank = VectorBank(detector_spec, artifact=older)
+    run(bank, live[:100])
+    scalars = bank.layout.by_field(bank.groups[features].blocks)["n"]
+    assert scalars[0, bank.layout.position(kernel.RESOLUTION_FIELD), features.index("humidity")] == 1.0  # learned
+    block = next(i for i, fields in enumerate(bank.layout.blocks.values()) if fields[0][0] == "n")
+    since = bank.layout.position(kernel.RESOLUTION_FIELD)
+    pages = []
+    for blob in bank.dirty_pages().values():  # as an older edgewatch wrote them: nothing from resolution on
+        header, arrays = codec.unpack(blob)
+        arrays[block] = arrays[block][:, :since]
+        pages.append(codec.pack(header, arrays))
+    resumed = VectorBank(detector_spec)
+    resumed.load_pages(pages)
+    assert not resumed.layout.by_field(resumed.groups[features].blocks)["n"][0, since:].any()
+    run(resumed, live[100:])
+
+
 def _cusum_surprises(residuals: np.ndarray, shift: float = 2.0, learned: int = 2000) -> np.ndarray:
     """The residual CUSUM's surprise at each residual after its moments learned the first ``learned``."""
     from edgewatch.online_models import compact_novelty_kernel as kernel
@@ -440,17 +558,35 @@ def test_the_residual_cusum_is_calibrated_in_decades_on_autocorrelated_residuals
     assert _cusum_surprises(shifted)[:20].max() >= 6.0
 
 
-def test_a_sustained_shift_no_reading_shows_is_held_by_the_residual_cusum():
+class _NoveltyWithMoreFields(CompactNovelty):
+    """CompactNovelty with two more per-feature scalars after its own (as a later version may add)."""
+
+    def _array_fields(self) -> dict[str, tuple]:
+        fields = super()._array_fields()
+        scalars = {name: field for name, field in fields.items() if len(field) == 2}
+        return {**scalars, "spare_a": (np.float64, 0.0), "spare_b": (np.float64, 0.0), **fields}
+
+
+@pytest.mark.parametrize("more_fields", [False, True])
+def test_a_sustained_shift_no_reading_shows_is_held_by_the_residual_cusum(more_fields):
     """A shift of 1.5 standard deviations of the noisy ambient (which the other features do not predict: its
     residual is its own deviation), the level channel off: without the residual CUSUM it is missed, with it
     the alarm is raised within a few readings, held through nearly all of the shift (protected: the shift is
-    not learned) and cleared soon after it ends."""
+    not learned) and cleared soon after it ends. The kernel is told where the CUSUM's fields are: fields
+    CompactNovelty adds to the scalar block neither turn it off nor are written by it."""
     rows = [machine(i) for i in range(800, 1800)]
     for i in range(200, 600):
         rows[i]["ambient"] += 0.45
 
     def flags(**params):
-        return np.array([e.is_anomaly for e in run(warm_bank(level_rate=0.0, **params), stream(rows, start=800))[0]])
+        novelty = _NoveltyWithMoreFields() if more_fields else CompactNovelty()
+        bank = warm_bank(level_rate=0.0, novelty=novelty, **params)
+        flagged = np.array([e.is_anomaly for e in run(bank, stream(rows, start=800))[0]])
+        scalars = bank.layout.by_field(next(iter(bank.groups.values())).blocks)["n"]
+        if more_fields:
+            assert not scalars[:, [bank.layout.position("spare_a"), bank.layout.position("spare_b")]].any()
+        assert (scalars[0, bank.layout.position("cusum_n")] > 0).all() == (params["residual_cusum"] > 0)
+        return flagged
 
     blind, cusum = flags(residual_cusum=0.0), flags(residual_cusum=2.0)
     assert blind[200:600].mean() < 0.2
@@ -464,6 +600,7 @@ def test_a_model_saved_before_the_residual_cusum_loads_it_empty(tmp_path):
     import json
 
     from edgewatch.online_models import compact_novelty_kernel as kernel
+    from edgewatch.state import codec
 
     detector_spec = spec(residual_cusum=2.0)
     fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
@@ -483,7 +620,23 @@ def test_a_model_saved_before_the_residual_cusum_loads_it_empty(tmp_path):
     (tmp_path / "model" / "model.json").write_text(json.dumps(manifest))
     older = artifact.load(tmp_path / "model")
     assert older.models["m1"].export_arrays(fitted.features["m1"])["cusum_n"] == pytest.approx(0.0)
-    run(VectorBank(older.spec, artifact=older), stream([machine(i) for i in range(800, 900)], start=800))
+    bank = VectorBank(detector_spec, artifact=older)  # (on: the moments are learned from the live readings)
+    run(bank, stream([machine(i) for i in range(800, 1100)], start=800))
+
+    # recovery pages written without them (every field before them kept) load them at 0 too
+    block = next(i for i, fields in enumerate(bank.layout.blocks.values()) if fields[0][0] == "n")
+    since = bank.layout.position(kernel.CUSUM_FIELDS[0])
+    pages = []
+    for blob in bank.dirty_pages().values():
+        header, arrays = codec.unpack(blob)
+        assert arrays[block][:, since:].any()  # (learned since)
+        arrays[block] = arrays[block][:, :since]
+        pages.append(codec.pack(header, arrays))
+    resumed = VectorBank(detector_spec)
+    resumed.load_pages(pages)
+    scalars = resumed.layout.by_field(next(iter(resumed.groups.values())).blocks)["n"]
+    assert not scalars[0, since:].any() and scalars[0, :since].any()
+    run(resumed, stream([machine(i) for i in range(900, 950)], start=900))
 
 
 def test_an_accepted_state_restarts_the_residual_cusum():

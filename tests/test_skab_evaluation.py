@@ -94,3 +94,28 @@ def test_evaluate_prints_the_line_and_writes_results_and_report(skab_root, tmp_p
 def test_missing_data_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["evaluate", "skab", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "no SKAB experiments" in said(result)
+
+
+def test_clear_on_return_a_drift_alarm_ends_before_the_fault_which_raises_its_own(files):
+    """valve1/15: the temperature drifts in the normal part and its profile channel raises an alarm that,
+    held by the profile's smoothed residual, spans the fault's onset (no changepoint detected there). With
+    ``clear_on_return`` the level channel, which knows what a slow signal's level is worth, finds the
+    temperature's recent level no departure: that alarm clears before the onset and the fault raises its
+    own within the first changepoint window, with fewer false alarm rows."""
+    from edgewatch.online_models.registry import DetectorSpec
+    from edgewatch.online_models.relational_novelty import THRESHOLD, RelationalNovelty
+
+    (f,) = [f for f in files if f.name == "valve1/15"]
+    truth, times = f.anomaly[f.test].astype(bool), f.times[f.test]
+    onset = int(np.argmax(truth))
+    runs = {}
+    for on in (False, True):
+        spec = DetectorSpec("relational-novelty", lambda on=on: RelationalNovelty(clear_on_return=on), THRESHOLD, "t")
+        runs[on] = skab.evaluate([f], spec).predictions[0]
+    raised = {on: np.flatnonzero(np.diff(p.astype(int), prepend=0) == 1) for on, p in runs.items()}
+    window = (times >= times[onset]) & (times <= times[onset] + skab.CHANGEPOINT_WINDOW)
+    assert runs[False][onset - 1] and not window[raised[False]].any()  # one alarm across the onset
+    assert not runs[True][onset - 1] and window[raised[True]].any()
+    assert skab.outlier_metrics(truth, runs[True])[1] < skab.outlier_metrics(truth, runs[False])[1]  # FAR
+    changepoints = {on: skab.changepoint_raw(times, f.changepoint[f.test], p, "standard")[0] for on, p in runs.items()}
+    assert changepoints[True] > changepoints[False] + 2.0

@@ -504,6 +504,9 @@ class CompactNovelty(AnomalyDetector):
             for name in kernel.SCALE_FIELDS:
                 initial = {"acc_max": -math.inf, "acc_min": math.inf}.get(name, 0.0)
                 fields[f"s{k}_{name}"] = (np.float64, initial)
+        # the smallest nonzero step a feature has shown (its measurement resolution): tracked by the
+        # relational detector's kernel (``resolution_spread``), last in the scalars' block (added later)
+        fields[kernel.RESOLUTION_FIELD] = (np.float64, 0.0)
         fields["profile"] = (np.float16, math.nan, (self._bins,))
         for k in range(len(self.scales)):
             fields[f"s{k}_ring"] = (np.float64, 0.0, (2 * w,))

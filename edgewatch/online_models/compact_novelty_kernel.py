@@ -25,8 +25,11 @@ FEATURE_FIELDS = (
 )  # fmt: skip
 # per-feature and per-scale float64 fields, after them (scale 0's, then scale 1's, ...)
 SCALE_FIELDS = ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "g_n", "g_mu", "g_var", "g_max")
+#: per-feature float64 field after the scale fields (the last of the scalars' block): the feature's
+#: measurement resolution, the smallest nonzero step between two readings it has shown (0: none yet)
+RESOLUTION_FIELD = "resolution"
 #: fields added after models were saved: a saved model without them loads them at their initial value
-LATER_FIELDS = ("profile_max", "g_max")
+LATER_FIELDS = ("profile_max", "g_max", RESOLUTION_FIELD)
 #: per-feature fields of the residual CUSUM (``residual_cusum``), at the end of the scalar block after every
 #: scale's (RelationalNovelty's state only): the upper and lower cumulative sums, then the moments of the normal
 #: readings' residuals that standardize them (count, mean square, lag-1 product, last residual — NaN after a
@@ -153,6 +156,16 @@ def _bounded_z(z: float, d: float, s, r: int, j: int, f: int) -> float:  # pragm
 
 
 @njit(cache=True, inline="always")
+def _rounding_variance(step: float, span: float) -> float:
+    """The variance a reading carries from its rounding to a resolution ``step`` (uniform error over one
+    step: step² / 12), in the units the channels see (the feature normalized by ``span``; raw without
+    one). A feature that reports whole numbers moves by at least one unit whatever the truth, so a
+    residual no larger than its rounding is no evidence of novelty, however tight its calibration."""
+    q = step * step / 12.0
+    return q / (span * span) if span > 0.0 else q
+
+
+@njit(cache=True, inline="always")
 def _device_gauss_update(dev, r: int, j: int, d: float) -> None:
     n = dev[r, j] + 1.0
     dev[r, j] = n
@@ -193,7 +206,8 @@ ALARM_PARAMS = (
     "relation_tolerance", "min_relation", "ridge", "fast_rate", "explained",
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
-    "level_rate", "level_hold", "level_steps", "residual_clip", "residual_cusum",
+    "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
+    "residual_cusum",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -285,6 +299,28 @@ def _bound_to(cov, r: int, features: int, f: int, implicated, explained: float) 
 
 
 @njit(cache=True)
+def _level_null(lv, r: int, f: int, rate: float, min_n: float) -> tuple[float, float, float]:  # pragma: no cover
+    """The level channel's null for feature ``f``: the variance of an EW mean (rate ``rate``) of independent
+    normal deviations, the larger of an AR(1) model's and the level's measured variance, and the effective
+    sample size ``n_eff`` their ratio gives (0 before ``min_n`` normal readings; see :func:`_level_deviate`)."""
+    n, m2 = lv[r, f, LV_N], lv[r, f, LV_M2]
+    if n < min_n or m2 <= 0.0:
+        return 0.0, 0.0, 0.0
+    rho = min(max(lv[r, f, LV_C1] / m2, 0.0), 0.999)
+    c = 1.0 - rate
+    white = rate / (2.0 - rate) * m2
+    var = max(white * (1.0 + rho * c) / (1.0 - rho * c), lv[r, f, LV_D2])
+    return white, var, n * white / var
+
+
+@njit(cache=True, inline="always")
+def _fast_tt(now: float, fast_rate: float, inflation: float, n_eff: float) -> float:
+    """The squared t of the fast level's deviation ``now``: the variance of an EW mean at ``fast_rate``,
+    times the null's ``inflation`` (autocorrelation) and the uncertainty of a mean from ``n_eff`` samples."""
+    return now * now / (fast_rate / (2.0 - fast_rate) * inflation * (1.0 + 1.0 / n_eff))
+
+
+@njit(cache=True)
 def _level_deviate(
     lv,
     r: int,
@@ -314,14 +350,7 @@ def _level_deviate(
     fast one says whether the departure is still there: an alarm ends when the readings are back,
     not a level's memory later. ``quiet2``: a squared t below it is surely no surprise of ``tolerance``
     (a t maps to a normal deviate no larger than itself): most readings skip the t mapping."""
-    n, m2 = lv[r, f, LV_N], lv[r, f, LV_M2]
-    if n < min_n or m2 <= 0.0:
-        return -np.inf
-    rho = min(max(lv[r, f, LV_C1] / m2, 0.0), 0.999)
-    c = 1.0 - rate
-    white = rate / (2.0 - rate) * m2
-    var = max(white * (1.0 + rho * c) / (1.0 - rho * c), lv[r, f, LV_D2])
-    n_eff = n * white / var
+    white, var, n_eff = _level_null(lv, r, f, rate, min_n)
     if n_eff < 2.0:
         return -np.inf
     nu = n_eff - 1.0
@@ -329,10 +358,10 @@ def _level_deviate(
     # (within ``tolerance`` decades; its variance inflated as the slow one's) and, with ``hold``, that is
     # no chance dip: it came back by more than the two levels differ by chance while the level holds still (EW means of
     # the same readings at rates a and b differ by a/(2-a) + b/(2-b) - 2ab/(a+b-ab) in variance)
-    a, b, inflation = rate, fast_rate, m2 * var / white
+    a, b, inflation = rate, fast_rate, lv[r, f, LV_M2] * var / white
     back = (d - now) if d > 0.0 else (now - d)
     spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * inflation
-    tt_now = now * now / (b / (2.0 - b) * inflation * (1.0 + 1.0 / n_eff))
+    tt_now = _fast_tt(now, b, inflation, n_eff)
     if not hold and tt_now < quiet2:
         lv[r, f, LV_STEP] = 0.0
         return -np.inf
@@ -360,6 +389,25 @@ def _level_deviate(
     return z
 
 
+@njit(cache=True)
+def _level_returned(
+    lv, rel, cov, r: int, f: int, rate: float, fast_rate: float, tolerance: float, min_n: float
+) -> bool:  # pragma: no cover - compiled
+    """Whether feature ``f``'s recent readings (its fast level, rate ``fast_rate``) are back at its normal
+    level (the relations' mean): their deviation is no surprise of ``tolerance`` decades, judged as the
+    level channel judges it (the variance of an EW mean of autocorrelated readings, a Student t with the
+    effective sample size's degrees of freedom). False before the level channel is ready."""
+    if rate <= 0.0:
+        return False
+    white, var, n_eff = _level_null(lv, r, f, rate, min_n)
+    if n_eff < 2.0:
+        return False
+    sd = math.sqrt(max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2))
+    now = (rel[r, f, FAST] - rel[r, f, MU]) / sd
+    tt_now = _fast_tt(now, fast_rate, lv[r, f, LV_M2] * var / white, n_eff)
+    return gaussian_surprise(_t_to_z(tt_now, n_eff - 1.0)) < tolerance
+
+
 @njit(cache=True, inline="always")
 def _t_to_z(tt: float, nu: float) -> float:
     """A Student t (its square ``tt``, ``nu`` degrees of freedom) as a normal deviate (Wallace 1959)."""
@@ -379,13 +427,6 @@ def _level_learn(lv, r: int, f: int, u: float, d: float, rate: float) -> None:  
     if n > 1.0 and prev == prev:
         lv[r, f, LV_C1] += a * (u * prev - lv[r, f, LV_C1])
     lv[r, f, LV_PREV] = u
-
-
-@njit(cache=True, inline="always")
-def _cusum_index(s) -> int:
-    """Where the CUSUM fields start in the scalar block ``s``, or -1 when it has none (CompactNovelty's)."""
-    extra = (s.shape[1] - len(FEATURE_FIELDS)) % len(SCALE_FIELDS)
-    return s.shape[1] - len(CUSUM_FIELDS) if extra == len(CUSUM_FIELDS) else -1
 
 
 @njit(cache=True)
@@ -457,12 +498,14 @@ def _cusum_learn(s, r: int, f: int, j: int, e: float, rate: float) -> None:  # p
 
 
 @njit(cache=True)
-def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: int) -> None:  # pragma: no cover
+def accept(
+    s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: int, cu: int
+) -> None:  # pragma: no cover - compiled
     """Take the device's current state as its new normal: the alarm is cleared and learning resumes
     (the novelty channels learn the new state as they learn any normal reading); the relations
     keep (a consistent shift) or are learned anew (a change that broke them: ``reset``).
-    ``levels[out]`` receives the levels before (the relations' mean) and after (the current level)."""
-    cu = _cusum_index(s)
+    ``levels[out]`` receives the levels before (the relations' mean) and after (the current level).
+    ``cu``: where the residual CUSUM's fields start in ``s`` (-1: the state has none)."""
     for f in range(features):
         levels[out, 0, f], levels[out, 1, f] = rel[r, f, MU], rel[r, f, FAST]
         rel[r, f, MU] = rel[r, f, FAST]
@@ -551,6 +594,7 @@ def detect(
     info,
     levels,
     surprises,
+    cusum_at: int = -1,
 ):  # pragma: no cover - compiled
     """Score each reading ``x[i]`` in state row ``rows[i]``, keep the device's alarm state, then
     learn it unless it is abnormal; returns the debounced scores (0 where a reading adds nothing
@@ -564,7 +608,9 @@ def detect(
     the surprise; ``info`` (readings, 2): the alarm's start and peak score at a RAISED/CLEARED
     reading; ``levels`` (readings, 2, features): levels before/after at a DRIFT reading.
     ``mode``: STREAM, or a history (every reading normal, no alarms): HISTORY_FILL (memories
-    and profile only, no calibration) then HISTORY_CALIBRATE.
+    and profile only, no calibration) then HISTORY_CALIBRATE. ``cusum_at``: where the residual CUSUM's
+    fields (``CUSUM_FIELDS``, consecutive) start in the scalar block ``s``, -1 when the state has none
+    (the layout's, passed explicitly: CompactNovelty may add fields of its own before them).
     """
     alarms = alarm_params[0] > 0.0
     threshold, clear_after, accept_readings = alarm_params[1], alarm_params[2], alarm_params[3]
@@ -576,7 +622,9 @@ def detect(
     gap_spread, interval_rate = alarm_params[17], alarm_params[18]
     relation_cube_root, shape_effective = alarm_params[19] > 0.0, alarm_params[20] > 0.0
     level_rate, level_hold, level_steps = alarm_params[21], alarm_params[22] > 0.0, alarm_params[23] > 0.0
-    cusum_shift = alarm_params[25]
+    clear_on_return = alarm_params[25] > 0.0
+    resolution_spread = alarm_params[26] > 0.0
+    cusum_shift = alarm_params[27]
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -596,9 +644,12 @@ def detect(
     decay, profile_clip = float_params[13], float_params[14]
     readings, features = x.shape
     scales = len(sizes)
+    resolution = len(FEATURE_FIELDS) + scales * len(SCALE_FIELDS)  # RESOLUTION_FIELD, after the scale fields
+    # a smoothed residual (EW rate c) of readings each rounded with variance q varies by at least c / (2 - c) q
+    rounding_gain = residual_rate / (2.0 - residual_rate)
     relations = alarms and features >= 2
-    cu = _cusum_index(s)
-    cusum = relations and cusum_shift > 0.0 and cu >= 0
+    cu = cusum_at
+    cusum = relations and cusum_shift > 0.0 and cu >= 0 and cu + len(CUSUM_FIELDS) <= s.shape[1]
     cus = np.zeros(features)  # each feature's residual CUSUM surprise (decades, before the features' Bonferroni)
     cusum_clip = cusum_cap = 0.0
     if cusum:
@@ -609,6 +660,7 @@ def detect(
         cusum_cap = alarm_sum - CUSUM_OVERSHOOT + clear_after * 0.5 * cusum_shift
     scores = np.empty(readings)
     zfeat = np.empty(features)
+    zspread = np.empty(features)  # each feature's largest channel that is not a level (spread, spikes: extreme shapes)
     zks = np.full((features, len(sizes)), -np.inf)  # each channel's calibrated z (unbounded)
     zps = np.full(features, -np.inf)
     ufeat = np.empty(features)
@@ -745,7 +797,7 @@ def detect(
             span = s[r, HI, f] - s[r, LO, f]
             z = (value - s[r, LO, f]) / span if span > 0 else value - s[r, LO, f]
             zs[f] = z
-            zfeat[f] = -np.inf
+            zfeat[f] = zspread[f] = -np.inf
             if not (moved[f] and explains[f] >= explained):  # the level channel (relations' coordinates)
                 zmax = max(zmax, level_z[f])
                 zfeat[f] = level_z[f]
@@ -799,6 +851,8 @@ def detect(
                     if not (moved[f] and explains[f] >= explained):
                         zmax = max(zmax, zb)
                         zfeat[f] = max(zfeat[f], zb)
+                        if extreme[k]:
+                            zspread[f] = max(zspread[f], zb)
             visited[f] = False
             if b >= 0:
                 m = half_to_double(profile[r, f, b])
@@ -811,9 +865,10 @@ def detect(
                     else:
                         resid = rr
                     resids[f] = resid
-                    zp = _gauss_z(
-                        abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], s[r, PROFILE_VAR, f], min_profile
-                    )
+                    spread = s[r, PROFILE_VAR, f]
+                    if resolution_spread:  # the rounding of a quantized feature is no evidence (see below)
+                        spread += rounding_gain * _rounding_variance(s[r, resolution, f], span)
+                    zp = _gauss_z(abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], spread, min_profile)
                     zps[f] = zp
                     zb = _bounded_z(zp, abs(resid), s, r, PROFILE_N, f) if empirical_bound else zp
                     if not (moved[f] and explains[f] >= explained):
@@ -883,7 +938,18 @@ def detect(
                 cause_surprise = 0.0
                 for f in range(features):
                     if rel[r, f, CAUSE] > 0.0:
-                        cause_surprise = max(cause_surprise, contrib[i, f])
+                        c = contrib[i, f]
+                        if clear_on_return and _level_returned(
+                            lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile
+                        ):
+                            # its recent readings are back at its normal level: what its level channels (the
+                            # level, the profile's smoothed residual, block means) still hold is the memory of
+                            # the fault's readings, not evidence that it lasts; spikes, spread, stuck values,
+                            # extremes and its share of a relation break still count
+                            c = max(ufeat[f], gaussian_surprise(zspread[f]) - bonferroni, 0.0)
+                            if rel_ready and ss > 0.0 and relation_score:
+                                c = max(c, rel_surprise * breaks[f] / ss)
+                        cause_surprise = max(cause_surprise, c)
                 dev[r, QUIET] = 0.0 if cause_surprise >= u_threshold else dev[r, QUIET] + 1.0
                 # a new operating point, not a fault: every feature of the alarm's cause is predicted by
                 # the others (its relations explain at least ``explained`` of its variance) and the
@@ -928,7 +994,7 @@ def detect(
             if ev & (RAISED | CLEARED):
                 info[i, 0], info[i, 1] = dev[r, START], dev[r, PEAK]
             if ev & (DRIFT_SHIFT | DRIFT_TIMEOUT):
-                accept(s, rel, cov, dev, r, features, (ev & DRIFT_TIMEOUT) != 0, levels, i)
+                accept(s, rel, cov, dev, r, features, (ev & DRIFT_TIMEOUT) != 0, levels, i, cu)
             elif ev & CLEARED:
                 dev[r, ALARM] = dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
             events[i] = ev
@@ -1088,6 +1154,8 @@ def detect(
                 s[r, RUN, f] = s[r, RUN, f] + 1 if repeated else 0.0
                 s[r, P_REPEAT, f] += max(repeat_alpha, 1.0 / n) * ((1.0 if repeated else 0.0) - s[r, P_REPEAT, f])
                 step = abs(value - s[r, LAST, f])
+                if resolution_spread and step > 0.0 and not (0.0 < s[r, resolution, f] <= step):
+                    s[r, resolution, f] = step  # the smallest nonzero step: the feature's resolution
                 if n >= warmup and not history:
                     step = min(step, (1.0 + step_growth) * s[r, MAX_STEP, f])
                 if not protect and not fresh:  # a change across a gap is no step
