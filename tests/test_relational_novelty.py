@@ -533,10 +533,14 @@ def _cusum_surprises(residuals: np.ndarray, shift: float = 2.0, learned: int = 2
     state = np.zeros((1, len(kernel.CUSUM_FIELDS), 1))
     state[0, kernel.CU_PREV, 0] = np.nan
     for e in residuals[:learned]:
+        kernel._cusum_follow(state, 0, 0, 0, float(e), 0.2)
         kernel._cusum_learn(state, 0, 0, 0, float(e), 0.002)
     # tolerance 0: the raw sums (no recent-level gate), uncapped
-    surprise = kernel._cusum_surprise
-    return np.array([surprise(state, 0, 0, 0, float(e), shift, 0.2, 0.0, 200.0, 5.3, 1e9) for e in residuals[learned:]])
+    surprises = []
+    for e in residuals[learned:]:
+        kernel._cusum_follow(state, 0, 0, 0, float(e), 0.2)
+        surprises.append(kernel._cusum_surprise(state, 0, 0, 0, float(e), shift, 0.2, 0.0, 200.0, 5.3, 1e9))
+    return np.array(surprises)
 
 
 @pytest.mark.parametrize("rho", [0.0, 0.5])

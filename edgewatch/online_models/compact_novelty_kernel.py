@@ -33,9 +33,10 @@ LATER_FIELDS = ("profile_max", "g_max", RESOLUTION_FIELD)
 #: per-feature fields of the residual CUSUM (``residual_cusum``), at the end of the scalar block after every
 #: scale's (RelationalNovelty's state only): the upper and lower cumulative sums, then the moments of the normal
 #: readings' residuals that standardize them (count, mean square, lag-1 product, last residual — NaN after a
-#: reading not learned —) and the residual's fast EW level
-CUSUM_FIELDS = ("cusum_hi", "cusum_lo", "cusum_n", "cusum_m2", "cusum_c1", "cusum_prev", "cusum_fast")
-CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST = range(len(CUSUM_FIELDS))
+#: reading not learned —), the residual's recent (fast EW) level and the normal readings' mean square of that
+#: level (the residual's persistence measured at the scale the CUSUM judges a departure as recent)
+CUSUM_FIELDS = ("cusum_hi", "cusum_lo", "cusum_n", "cusum_m2", "cusum_c1", "cusum_prev", "cusum_fast", "cusum_d2")
+CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST, CU_D2 = range(len(CUSUM_FIELDS))
 #: Siegmund's correction of a Gaussian CUSUM's boundary for the overshoot of its discrete steps (2 x 0.583)
 CUSUM_OVERSHOOT = 1.166
 
@@ -449,7 +450,13 @@ def _cusum_surprise(
 
     The residual is standardized by the long-run standard deviation of the normal residuals: their
     mean square times the AR(1) long-run factor (1 + ρ) / (1 - ρ) of their lag-1 correlation ρ, so the
-    sums of an autocorrelated residual grow as those of independent ones. A move along the relations
+    sums of an autocorrelated residual grow as those of independent ones. Lag-1 correlation misses a
+    persistence slower than one step (a slow cycle the relations' mean lags behind): the factor is at
+    least the one measured at the scale of the recent level (batch-means style): the normal readings'
+    mean square of the residual's EW mean at ``fast_rate`` over what independent residuals would give
+    it (b / (2 - b) of their mean square). Standardized so, a persistent component moves a step by at
+    most √(b / (2 - b)) (1/3 at b = 0.2) of its long-run deviation, below the reference value: a slow
+    wander alone no longer drives the sums, a shift does. A move along the relations
     (an operating point the others predict) leaves the residual small; a feature the others do not
     predict has its own deviation as residual. Each step is clipped at ``clip`` (a spike adds at most
     what alone raises an alarm: a robust CUSUM). The reference value is half the design ``shift`` plus
@@ -463,12 +470,12 @@ def _cusum_surprise(
     the sums have drained."""
     n, m2 = s[r, j + CU_N, f], s[r, j + CU_M2, f]
     b = fast_rate
-    s[r, j + CU_FAST, f] += b * (e - s[r, j + CU_FAST, f])
     if n < min_n or m2 <= 0.0:
         s[r, j + CU_HI, f] = s[r, j + CU_LO, f] = 0.0
         return 0.0
     rho = min(max(s[r, j + CU_C1, f] / m2, 0.0), 0.999)
     factor = (1.0 + rho) / (1.0 - rho)
+    factor = max(factor, s[r, j + CU_D2, f] / (b / (2.0 - b) * m2))
     v = min(max(e / math.sqrt(m2 * factor), -clip), clip)
     k = 0.5 * shift + math.sqrt(factor / n)
     hi = min(max(s[r, j + CU_HI, f] + v - k, 0.0), cap)
@@ -483,14 +490,21 @@ def _cusum_surprise(
     return max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0)
 
 
+@njit(cache=True, inline="always")
+def _cusum_follow(s, r: int, f: int, j: int, e: float, fast_rate: float) -> None:
+    """Every reading (a history's too): the residual ``e`` into its recent (fast EW) level."""
+    s[r, j + CU_FAST, f] += fast_rate * (e - s[r, j + CU_FAST, f])
+
+
 @njit(cache=True)
 def _cusum_learn(s, r: int, f: int, j: int, e: float, rate: float) -> None:  # pragma: no cover - compiled
-    """Learn a normal reading's residual ``e`` into the moments that standardize the residual CUSUM
-    (equal weights, then EW at ``rate``)."""
+    """Learn a normal reading's residual ``e`` (and the recent level :func:`_cusum_follow` updated with
+    it) into the moments that standardize the residual CUSUM (equal weights, then EW at ``rate``)."""
     n = s[r, j + CU_N, f] + 1.0
     s[r, j + CU_N, f] = n
     a = max(1.0 / n, rate)
     s[r, j + CU_M2, f] += a * (e * e - s[r, j + CU_M2, f])
+    s[r, j + CU_D2, f] += a * (s[r, j + CU_FAST, f] ** 2 - s[r, j + CU_D2, f])
     prev = s[r, j + CU_PREV, f]
     if n > 1.0 and prev == prev:
         s[r, j + CU_C1, f] += a * (e * prev - s[r, j + CU_C1, f])
@@ -513,7 +527,7 @@ def accept(
         if cu >= 0:  # the new normal's level is no departure
             s[r, cu + CU_HI, f] = s[r, cu + CU_LO, f] = s[r, cu + CU_FAST, f] = 0.0
             if reset:  # relations learned anew have residuals of their own
-                s[r, cu + CU_N, f] = s[r, cu + CU_M2, f] = s[r, cu + CU_C1, f] = 0.0
+                s[r, cu + CU_N, f] = s[r, cu + CU_M2, f] = s[r, cu + CU_C1, f] = s[r, cu + CU_D2, f] = 0.0
                 s[r, cu + CU_PREV, f] = np.nan
     if reset:
         for j in range(features):
@@ -779,13 +793,15 @@ def detect(
             _moves_predicted(rel, cov, r, features, explain_along, moved)
         else:
             moved[:] = False
-        if cusum and rel_ready and not history:
+        if cusum and rel_ready:
             for f in range(features):
                 # a move the others predict is the device's operating point moving along its relations: no evidence
                 e = 0.0 if (moved[f] and explains[f] >= explained) else es[f]
-                cus[f] = _cusum_surprise(
-                    s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap
-                )
+                _cusum_follow(s, r, f, cu, e, fast_rate)
+                if not history:
+                    cus[f] = _cusum_surprise(
+                        s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap
+                    )
         # ---- evaluate (CompactNovelty._evaluate)
         for f in range(features):
             value = x[i, f]
@@ -947,6 +963,8 @@ def detect(
                             # the fault's readings, not evidence that it lasts; spikes, spread, stuck values,
                             # extremes and its share of a relation break still count
                             c = max(ufeat[f], gaussian_surprise(zspread[f]) - bonferroni, 0.0)
+                            if cusum:  # the residual CUSUM counts only while its recent residuals depart: no memory
+                                c = max(c, cus[f] - bonferroni)
                             if rel_ready and ss > 0.0 and relation_score:
                                 c = max(c, rel_surprise * breaks[f] / ss)
                         cause_surprise = max(cause_surprise, c)
