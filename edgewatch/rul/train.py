@@ -224,10 +224,15 @@ def train_runs(runs: Sequence[Run], config: TrainConfig | None = None, source: s
     """The fleet model of these runs to failure, its band calibrated by cross-validation."""
     config = config or TrainConfig()
     labeled = [run for run in runs if run.failed]
-    margins = (0.0, 0.0)
     if config.folds >= 2 and len(labeled) >= config.folds:
-        margins = band_margins(labeled, out_of_fold(labeled, config), config.coverage)
-    model = _fit(labeled, config, margins)
+        # the model itself does not depend on the margins: it trains beside the folds
+        with ThreadPoolExecutor(max_workers=1) as beside:
+            trained = beside.submit(_fit, labeled, config, (0.0, 0.0))
+            margins = band_margins(labeled, out_of_fold(labeled, config), config.coverage)
+            model = trained.result()
+        model.lower_margin, model.upper_margin = margins
+    else:
+        model = _fit(labeled, config, (0.0, 0.0))
     model.metadata = {
         "edgewatch_version": __version__,
         "family": "lightgbm-quantile-forests",
