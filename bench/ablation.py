@@ -132,11 +132,13 @@ VARIANTS = (
             {"shape_effective": True}),
     Variant("no-residual-clip", "one reading's relation residual clipped at the alarm's standard score before "
             "smoothing", {"residual_clip": False}),
-    Variant("clear-on-return", "(adds) in alarm, a cause feature whose recent readings are back at its normal level "
+    Variant("no-clear-on-return", "in alarm, a cause feature whose recent readings are back at its normal level "
             "holds the alarm only by spread, spikes, stuck values, extremes or a relation break",
-            {"clear_on_return": True}),
-    Variant("resolution-spread", "(adds) the profile channel's spread widened by the rounding of a quantized "
-            "feature's readings (its smallest nonzero step)", {"resolution_spread": True}),
+            {"clear_on_return": False}),
+    Variant("no-resolution-spread", "the profile channel's spread widened by the rounding of a quantized "
+            "feature's readings (its smallest nonzero step)", {"resolution_spread": False}),
+    Variant("no-shape-resolution", "a shingle within one resolution (smallest nonzero step) of a known one is no "
+            "shape novelty (multi-feature devices)", {"shape_resolution": 0.0}),
     Variant("residual-cusum", "(adds, off by default) a CUSUM of each feature's relation residual, design shift 2 "
             "long-run deviations", {"residual_cusum": 2.0}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),

@@ -1,6 +1,6 @@
 """Warm start versus cold start on fault-free live data, with and without a gap after the history.
 
-    python bench/warm_gap.py [--devices 50] [--ticks 1200] [--gap-spread 4.0] [--variant resolution-spread]
+    python bench/warm_gap.py [--devices 50] [--ticks 1200] [--gap-spread 4.0] [--variant no-resolution-spread]
 
 The README's recipe in process: ``edgewatch simulate --devices 50 --rate 500 --duration 120
 --fault-rate 0`` (1,200 readings per machine, 10 a second) as the history, ``edgewatch train`` on it,

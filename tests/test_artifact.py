@@ -212,8 +212,8 @@ def test_arrays_of_the_wrong_shape_are_refused(history, tmp_path):
 
 
 def test_a_model_saved_before_a_later_state_field_loads_it_at_its_initial_value(history, tmp_path):
-    """A model trained before the level channel (no ``level_rate``/``level_hold``/``clear_on_return``, no
-    ``drift`` arrays) still loads with those parameters' defaults; its devices start that channel empty, and
+    """A model trained before the level channel (no ``level_rate``/``level_hold``/``clear_on_return``/...,
+    no ``drift`` arrays) still loads with those parameters' defaults; its devices start that channel empty, and
     any other missing array is still refused."""
     train(history, tmp_path / "model")
     with np.load(tmp_path / "model" / "arrays.npz") as stored:
@@ -222,14 +222,14 @@ def test_a_model_saved_before_a_later_state_field_loads_it_at_its_initial_value(
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     metadata = json.loads((tmp_path / "model" / "model.json").read_text())
-    later = ("level_rate", "level_hold", "clear_on_return")
+    later = ("level_rate", "level_hold", "clear_on_return", "resolution_spread", "shape_resolution")
     parameters = {k: v for k, v in metadata["parameters"].items() if k not in later}
     forge(tmp_path / "model", {"parameters": parameters}, arrays=buffer.getvalue())
     loaded = artifact.load(tmp_path / "model")
     device = loaded.default_device
     model = loaded.models[device]
     features = loaded.features[device]
-    assert not model.clear_on_return and model.level_rate == 0.05
+    assert model.clear_on_return and model.resolution_spread and model.level_rate == 0.05  # today's defaults
     assert not model.export_arrays(features)["drift"].any()  # the initial value: nothing learned yet
     bank = ModelBank(loaded.spec, artifact=loaded)
     assert bank is not None

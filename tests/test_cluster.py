@@ -6,7 +6,7 @@ import orjson
 
 from edgewatch.connectors.broker import free_port
 from edgewatch.simulator import Fleet
-from tests.support.kafka import consume, expected_scores, flow_env, position_of, produce
+from tests.support.kafka import consume, consume_all, expected_scores, flow_env, position_of, produce
 from tests.support.processes import EdgewatchProcess
 
 
@@ -31,10 +31,11 @@ def test_two_processes_of_two_workers_label_exactly_as_one_process(kafka_bootstr
     try:
         for process in processes:
             process.start()
-        out = consume(kafka_bootstrap, [topics["out"], topics["dlq"]], len(records), timeout=90, settle=2.0)
+        consume(kafka_bootstrap, [topics["out"], topics["dlq"]], len(records), timeout=90, settle=0)
     finally:
         for process in processes:
             process.kill()
+    out = consume_all(kafka_bootstrap, [topics["out"], topics["dlq"]])  # all the killed cluster wrote
 
     assert sorted(position_of(m) for m in out) == sorted(positions), "every input once, labeled or dead-lettered"
     expected = expected_scores(

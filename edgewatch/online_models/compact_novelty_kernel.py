@@ -208,7 +208,7 @@ ALARM_PARAMS = (
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
-    "residual_cusum",
+    "shape_resolution", "residual_cusum",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -637,8 +637,8 @@ def detect(
     relation_cube_root, shape_effective = alarm_params[19] > 0.0, alarm_params[20] > 0.0
     level_rate, level_hold, level_steps = alarm_params[21], alarm_params[22] > 0.0, alarm_params[23] > 0.0
     clear_on_return = alarm_params[25] > 0.0
-    resolution_spread = alarm_params[26] > 0.0
-    cusum_shift = alarm_params[27]
+    resolution_spread, shape_resolution = alarm_params[26] > 0.0, alarm_params[27]
+    cusum_shift = alarm_params[28]
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -864,6 +864,15 @@ def detect(
                         zk = _t_as_z(zk, s[r, _scale_index(k, G_N), f] / w - 1.0)
                     zks[f, k] = zk  # unbounded: whether the block may raise the largest normal value
                     zb = _bounded_z(zk, ds[f, k], s, r, _scale_index(k, G_N), f) if empirical_bound else zk
+                    # on a device with relations to check, a shingle within ``shape_resolution`` of the
+                    # feature's resolution (RMS) from a known one is that shape at a quantized sensor's next
+                    # level (an integer humidity following a cycle): no finer shape can show
+                    if (
+                        relations
+                        and shape_resolution > 0.0
+                        and ds[f, k] * (span if span > 0 else 1.0) <= (shape_resolution * s[r, resolution, f])
+                    ):
+                        zb = -np.inf
                     if not (moved[f] and explains[f] >= explained):
                         zmax = max(zmax, zb)
                         zfeat[f] = max(zfeat[f], zb)
@@ -1172,7 +1181,7 @@ def detect(
                 s[r, RUN, f] = s[r, RUN, f] + 1 if repeated else 0.0
                 s[r, P_REPEAT, f] += max(repeat_alpha, 1.0 / n) * ((1.0 if repeated else 0.0) - s[r, P_REPEAT, f])
                 step = abs(value - s[r, LAST, f])
-                if resolution_spread and step > 0.0 and not (0.0 < s[r, resolution, f] <= step):
+                if step > 0.0 and not (0.0 < s[r, resolution, f] <= step):
                     s[r, resolution, f] = step  # the smallest nonzero step: the feature's resolution
                 if n >= warmup and not history:
                     step = min(step, (1.0 + step_growth) * s[r, MAX_STEP, f])

@@ -164,16 +164,16 @@ class RelationalNovelty(AnomalyDetector):
             means) still show is the memory of the fault's readings, or a level their independent-readings
             calibration overrates on a slow signal: the alarm clears when the device is back, not when that
             memory has faded (off: every channel holds, as before).
-        resolution_spread: each feature learns its measurement resolution (the smallest nonzero step
-            between two of its readings); the profile channel judges a residual with the spread its
-            calibration learned plus what the readings' rounding alone gives the smoothed residual
-            (step² / 12 per reading, through the smoothing): a feature that reports whole numbers
-            moves by a whole unit whatever the truth, and a calibration learned from a short history
-            (a warm start) is too tight to judge such a move. Off by default (the learned spread alone):
-            measured, it removes most warm-start false alarms of the simulator's whole-number humidity
-            (every fleet, held-out ones included) and SKAB's Pressure flicker (FAR 11.70 → 11.43), NAB
-            unchanged, but SKAB's changepoint score falls 34.14 → 33.55 (one flicker alarm of valve1/2
-            had landed in a changepoint window): a gain on one benchmark and a loss on another.
+        resolution_spread: the profile channel judges a residual with the spread its calibration learned
+            plus what the readings' rounding to the feature's resolution (``resolution``: the smallest
+            nonzero step between two of its readings, learned by every feature) alone gives the smoothed
+            residual (step² / 12 per reading, through the smoothing): a feature that reports whole
+            numbers moves by a whole unit whatever the truth, and a calibration learned from a short
+            history (a warm start) is too tight to judge such a move.
+        shape_resolution: on a device with several features, a shingle no farther (RMS) from a known one
+            than this many of the feature's resolution is that shape at a quantized sensor's next level
+            (an integer humidity following the ambient cycle): no finer shape can show (0: off). On float
+            sensors the resolution is tiny and it never acts.
         residual_cusum: the design shift (long-run standard deviations) of a two-sided CUSUM on each
             feature's standardized regression residual given the others (devices with relations; 0: off,
             the default — measured: it finds SKAB's small flow drops but alarms on a cold simulated fleet's
@@ -256,8 +256,9 @@ class RelationalNovelty(AnomalyDetector):
         relation_cube_root: bool = True,
         shape_effective: bool = False,
         residual_clip: bool = True,
-        clear_on_return: bool = False,
-        resolution_spread: bool = False,
+        clear_on_return: bool = True,
+        resolution_spread: bool = True,
+        shape_resolution: float = 1.0,
         residual_cusum: float = 0.0,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
@@ -292,6 +293,7 @@ class RelationalNovelty(AnomalyDetector):
         self.residual_clip = residual_clip
         self.clear_on_return = clear_on_return
         self.resolution_spread = resolution_spread
+        self.shape_resolution = shape_resolution
         self.residual_cusum = residual_cusum
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
@@ -331,7 +333,7 @@ class RelationalNovelty(AnomalyDetector):
              float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
              float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
              float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
-             float(self.resolution_spread), self.residual_cusum],
+             float(self.resolution_spread), self.shape_resolution, self.residual_cusum],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])

@@ -90,6 +90,26 @@ def consume(
     return found
 
 
+def consume_all(bootstrap: str, topics: list[str], timeout: float = 60.0) -> list[Consumed]:
+    """Everything the topics hold now, from the start up to their end offsets. Once whatever writes
+    to them has stopped (a flow that ended, was stopped or killed), that is all it ever wrote: a
+    check for extra messages (exactly once) needs no settle time then, and misses none that came
+    late. (Offsets are one per message here: no producer in edgewatch is transactional.)"""
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tests", "enable.auto.commit": "false"})
+    try:
+        held = 0
+        for topic in topics:
+            for partition in metadata.topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                held += high - low
+    finally:
+        consumer.close()
+    found = consume(bootstrap, topics, held, timeout, settle=0)
+    assert len(found) == held, f"read {len(found)} of the {held} messages in {topics} within {timeout} s"
+    return found
+
+
 # -- what the flow answered -------------------------------------------------------------------------
 
 
