@@ -630,14 +630,14 @@ def test_the_residual_cusum_measures_a_slow_persistence_the_lag_one_correlation_
 
 @pytest.mark.parametrize("more_fields", [False, True])
 def test_a_sustained_shift_no_reading_shows_is_held_by_the_residual_cusum(more_fields):
-    """A shift of 1.5 standard deviations of the noisy ambient (which the other features do not predict: its
+    """A shift of 2 standard deviations of the noisy ambient (which the other features do not predict: its
     residual is its own deviation), the level channel off: without the residual CUSUM it is missed, with it
     the alarm is raised within a few readings, held through nearly all of the shift (protected: the shift is
     not learned) and cleared soon after it ends. The kernel is told where the CUSUM's fields are: fields
     CompactNovelty adds to the scalar block neither turn it off nor are written by it."""
     rows = [machine(i) for i in range(800, 1800)]
     for i in range(200, 600):
-        rows[i]["ambient"] += 0.45
+        rows[i]["ambient"] += 0.6
 
     def flags(**params):
         novelty = _NoveltyWithMoreFields() if more_fields else CompactNovelty()

@@ -475,7 +475,10 @@ def _cusum_surprise(
         return 0.0
     rho = min(max(s[r, j + CU_C1, f] / m2, 0.0), 0.999)
     factor = (1.0 + rho) / (1.0 - rho)
-    factor = max(factor, s[r, j + CU_D2, f] / (b / (2.0 - b) * m2))
+    # the batch-means factor is measured from only n b / (2 - b) independent recent levels: taken one
+    # standard error of a variance higher (the lag-1 one, from n residuals, is far more precise)
+    measured = s[r, j + CU_D2, f] / (b / (2.0 - b) * m2)
+    factor = max(factor, measured * (1.0 + math.sqrt(2.0 * (2.0 - b) / (b * n))))
     v = min(max(e / math.sqrt(m2 * factor), -clip), clip)
     k = 0.5 * shift + math.sqrt(factor / n)
     hi = min(max(s[r, j + CU_HI, f] + v - k, 0.0), cap)
