@@ -512,15 +512,16 @@ def test_models_and_recovery_pages_saved_before_the_resolution_field_still_load(
     run(bank, live[:100])
     scalars = bank.layout.by_field(bank.groups[features].blocks)["n"]
     assert scalars[0, bank.layout.position(kernel.RESOLUTION_FIELD), features.index("humidity")] == 1.0  # learned
-    block = next(i for i, fields in enumerate(bank.layout.blocks.values()) if fields[-1][0] == kernel.RESOLUTION_FIELD)
+    block = next(i for i, fields in enumerate(bank.layout.blocks.values()) if fields[0][0] == "n")
+    since = bank.layout.position(kernel.RESOLUTION_FIELD)
     pages = []
-    for blob in bank.dirty_pages().values():  # as an older edgewatch wrote them: no resolution column
+    for blob in bank.dirty_pages().values():  # as an older edgewatch wrote them: nothing from resolution on
         header, arrays = codec.unpack(blob)
-        arrays[block] = arrays[block][:, :-1]
+        arrays[block] = arrays[block][:, :since]
         pages.append(codec.pack(header, arrays))
     resumed = VectorBank(detector_spec)
     resumed.load_pages(pages)
-    assert not resumed.layout.by_field(resumed.groups[features].blocks)["n"][0, -1].any()
+    assert not resumed.layout.by_field(resumed.groups[features].blocks)["n"][0, since:].any()
     run(resumed, live[100:])
 
 
@@ -548,3 +549,170 @@ def test_shape_resolution_a_quantized_sensors_next_level_is_no_new_shape(resolut
               ((i, _with_humidity(i, level=1)) for i in range(1400, 1700))]  # fmt: skip
     _, alarms, _ = run(bank, stream(broken, start=1400))
     assert any(a.kind == "raised" and 1500.0 <= a.start < 1510.0 for a in alarms)
+
+
+def _cusum_surprises(residuals: np.ndarray, shift: float = 2.0, learned: int = 2000) -> np.ndarray:
+    """The residual CUSUM's surprise at each residual after its moments learned the first ``learned``."""
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    state = np.zeros((1, len(kernel.CUSUM_FIELDS), 1))
+    state[0, kernel.CU_PREV, 0] = np.nan
+    for e in residuals[:learned]:
+        kernel._cusum_follow(state, 0, 0, 0, float(e), 0.2)
+        kernel._cusum_learn(state, 0, 0, 0, float(e), 0.002)
+    # tolerance 0: the raw sums (no recent-level gate), uncapped
+    surprises = []
+    for e in residuals[learned:]:
+        kernel._cusum_follow(state, 0, 0, 0, float(e), 0.2)
+        surprises.append(kernel._cusum_surprise(state, 0, 0, 0, float(e), shift, 0.2, 0.0, 200.0, 5.3, 1e9))
+    return np.array(surprises)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5])
+def test_the_residual_cusum_is_calibrated_in_decades_on_autocorrelated_residuals(rho):
+    """Under the null (AR(1) residuals, lag-1 correlation ``rho``), a surprise of u decades or more is about as
+    rare as 10^-u: the sums are standardized by the residuals' long-run deviation; a sustained shift of two
+    long-run deviations reaches the alarm's surprise within 20 readings."""
+    rng = np.random.default_rng(7)
+    noise = rng.normal(size=60_000)
+    residuals = np.empty_like(noise)
+    previous = 0.0
+    for i, z in enumerate(noise):
+        previous = rho * previous + math.sqrt(1.0 - rho * rho) * z
+        residuals[i] = previous
+    surprises = _cusum_surprises(residuals)
+    assert (surprises >= 3.0).mean() <= 3e-3 and (surprises >= 4.0).mean() <= 3e-4
+    long_run = math.sqrt((1.0 + rho) / (1.0 - rho))
+    shifted = np.concatenate([residuals[:2000], residuals[2000:2040] + 2.0 * long_run])
+    assert _cusum_surprises(shifted)[:20].max() >= 6.0
+
+
+class _NoveltyWithMoreFields(CompactNovelty):
+    """CompactNovelty with two more per-feature scalars after its own (as a later version may add)."""
+
+    def _array_fields(self) -> dict[str, tuple]:
+        fields = super()._array_fields()
+        scalars = {name: field for name, field in fields.items() if len(field) == 2}
+        return {**scalars, "spare_a": (np.float64, 0.0), "spare_b": (np.float64, 0.0), **fields}
+
+
+def test_the_residual_cusum_measures_a_slow_persistence_the_lag_one_correlation_misses():
+    """Residuals with a slow AR(1) part (lag-1 0.98, deviation 0.5) under white noise: the lag-1
+    correlation of the sum is about 0.2, far below its persistence; standardized by it alone, 3 decades
+    come several times as often as 10^-3. The factor measured at the recent level's scale (batch-means)
+    keeps them about as rare as their worth."""
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    rng = np.random.default_rng(11)
+    n, phi = 40_000, 0.98
+    slow = np.zeros(n)
+    shocks = rng.normal(0.0, 0.5 * math.sqrt(1.0 - phi * phi), n)
+    for i in range(1, n):
+        slow[i] = phi * slow[i - 1] + shocks[i]
+    residuals = rng.normal(size=n) + slow
+
+    def surprises(lag1_only: bool) -> np.ndarray:
+        state = np.zeros((1, len(kernel.CUSUM_FIELDS), 1))
+        state[0, kernel.CU_PREV, 0] = np.nan
+        out = []
+        for i, e in enumerate(residuals):
+            kernel._cusum_follow(state, 0, 0, 0, float(e), 0.2)
+            if lag1_only:
+                state[0, kernel.CU_D2, 0] = 0.0
+            if i >= 4000:
+                out.append(kernel._cusum_surprise(state, 0, 0, 0, float(e), 2.0, 0.2, 0.0, 200.0, 5.3, 1e9))
+            kernel._cusum_learn(state, 0, 0, 0, float(e), 0.002)
+        return np.array(out)
+
+    assert (surprises(True) >= 3.0).mean() > 3e-3
+    assert (surprises(False) >= 3.0).mean() <= 1.5e-3
+
+
+@pytest.mark.parametrize("more_fields", [False, True])
+def test_a_sustained_shift_no_reading_shows_is_held_by_the_residual_cusum(more_fields):
+    """A shift of 2 standard deviations of the noisy ambient (which the other features do not predict: its
+    residual is its own deviation), the level channel off: without the residual CUSUM it is missed, with it
+    the alarm is raised within a few readings, held through nearly all of the shift (protected: the shift is
+    not learned) and cleared soon after it ends. The kernel is told where the CUSUM's fields are: fields
+    CompactNovelty adds to the scalar block neither turn it off nor are written by it."""
+    rows = [machine(i) for i in range(800, 1800)]
+    for i in range(200, 600):
+        rows[i]["ambient"] += 0.6
+
+    def flags(**params):
+        novelty = _NoveltyWithMoreFields() if more_fields else CompactNovelty()
+        bank = warm_bank(level_rate=0.0, novelty=novelty, **params)
+        flagged = np.array([e.is_anomaly for e in run(bank, stream(rows, start=800))[0]])
+        scalars = bank.layout.by_field(next(iter(bank.groups.values())).blocks)["n"]
+        if more_fields:
+            assert not scalars[:, [bank.layout.position("spare_a"), bank.layout.position("spare_b")]].any()
+        assert (scalars[0, bank.layout.position("cusum_n")] > 0).all() == (params["residual_cusum"] > 0)
+        return flagged
+
+    blind, cusum = flags(residual_cusum=0.0), flags(residual_cusum=2.0)
+    assert blind[200:600].mean() < 0.2
+    assert cusum[200:600].mean() > 0.9 and not cusum[:200].any() and not cusum[620:].any()
+
+
+def test_a_model_saved_before_the_residual_cusum_loads_it_empty(tmp_path):
+    """The CUSUM's fields end the scalar block: a model saved without them loads them at 0 (nothing learned)."""
+    import hashlib
+    import io
+    import json
+
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+    from edgewatch.state import codec
+
+    detector_spec = spec(residual_cusum=2.0)
+    fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
+    assert fitted.models["m1"].export_arrays(fitted.features["m1"])["cusum_n"].min() > 0
+    saved = artifact.save(fitted, tmp_path / "model")
+    with np.load(tmp_path / "model" / "arrays.npz") as arrays:
+        kept = {name: arrays[name] for name in arrays.files if name.split(".")[1] not in kernel.CUSUM_FIELDS}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **kept)
+    (tmp_path / "model" / "arrays.npz").write_bytes(buffer.getvalue())
+    parameters = {k: v for k, v in saved.metadata["parameters"].items() if k != "residual_cusum"}
+    manifest = {
+        **saved.metadata,
+        "parameters": parameters,
+        "files": {"arrays.npz": hashlib.sha256(buffer.getvalue()).hexdigest()},
+    }
+    (tmp_path / "model" / "model.json").write_text(json.dumps(manifest))
+    older = artifact.load(tmp_path / "model")
+    assert older.models["m1"].export_arrays(fitted.features["m1"])["cusum_n"] == pytest.approx(0.0)
+    bank = VectorBank(detector_spec, artifact=older)  # (on: the moments are learned from the live readings)
+    run(bank, stream([machine(i) for i in range(800, 1100)], start=800))
+
+    # recovery pages written without them (every field before them kept) load them at 0 too
+    block = next(i for i, fields in enumerate(bank.layout.blocks.values()) if fields[0][0] == "n")
+    since = bank.layout.position(kernel.CUSUM_FIELDS[0])
+    pages = []
+    for blob in bank.dirty_pages().values():
+        header, arrays = codec.unpack(blob)
+        assert arrays[block][:, since:].any()  # (learned since)
+        arrays[block] = arrays[block][:, :since]
+        pages.append(codec.pack(header, arrays))
+    resumed = VectorBank(detector_spec)
+    resumed.load_pages(pages)
+    scalars = resumed.layout.by_field(next(iter(resumed.groups.values())).blocks)["n"]
+    assert not scalars[0, since:].any() and scalars[0, :since].any()
+    run(resumed, stream([machine(i) for i in range(900, 950)], start=900))
+
+
+def test_an_accepted_state_restarts_the_residual_cusum():
+    """An operator's acceptance (relations learned anew) empties the sums and the residuals' moments."""
+    detector = RelationalNovelty(residual_cusum=2.0, level_rate=0.0)
+    detector.fit_history([machine(i) for i in range(800)])
+    for i in range(800, 900):
+        x = machine(i)
+        x["ambient"] += 0.45
+        detector.score_one(x)
+        detector.learn_one(x)
+    features = tuple(sorted(machine(0)))
+    before = detector.export_arrays(features)
+    assert detector.abnormal and max(before["cusum_hi"].max(), before["cusum_lo"].max()) > 0.0
+    assert before["cusum_n"].min() > 0.0
+    assert detector.accept()
+    after = detector.export_arrays(features)
+    assert not after["cusum_hi"].any() and not after["cusum_lo"].any() and not after["cusum_n"].any()

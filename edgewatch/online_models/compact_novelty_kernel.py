@@ -30,6 +30,15 @@ SCALE_FIELDS = ("acc_sum", "acc_max", "acc_min", "acc_n", "blocks", "mem_n", "g_
 RESOLUTION_FIELD = "resolution"
 #: fields added after models were saved: a saved model without them loads them at their initial value
 LATER_FIELDS = ("profile_max", "g_max", RESOLUTION_FIELD)
+#: per-feature fields of the residual CUSUM (``residual_cusum``), at the end of the scalar block after every
+#: scale's (RelationalNovelty's state only): the upper and lower cumulative sums, then the moments of the normal
+#: readings' residuals that standardize them (count, mean square, lag-1 product, last residual — NaN after a
+#: reading not learned —), the residual's recent (fast EW) level and the normal readings' mean square of that
+#: level (the residual's persistence measured at the scale the CUSUM judges a departure as recent)
+CUSUM_FIELDS = ("cusum_hi", "cusum_lo", "cusum_n", "cusum_m2", "cusum_c1", "cusum_prev", "cusum_fast", "cusum_d2")
+CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST, CU_D2 = range(len(CUSUM_FIELDS))
+#: Siegmund's correction of a Gaussian CUSUM's boundary for the overshoot of its discrete steps (2 x 0.583)
+CUSUM_OVERSHOOT = 1.166
 
 (N, LO, HI, FIXED, SEEN_MIN, SEEN_MAX, LAST, RUN, MAX_RUN, P_REPEAT, MAX_STEP, RECORDS, RECORD_N, RESID,
  HAS_RESID, PROFILE_N, PROFILE_MU, PROFILE_VAR, PROFILE_MAX) = range(len(FEATURE_FIELDS))  # fmt: skip
@@ -199,7 +208,7 @@ ALARM_PARAMS = (
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
-    "shape_resolution",
+    "shape_resolution", "residual_cusum",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -422,15 +431,107 @@ def _level_learn(lv, r: int, f: int, u: float, d: float, rate: float) -> None:  
 
 
 @njit(cache=True)
-def accept(s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: int) -> None:  # pragma: no cover
+def _cusum_surprise(
+    s,
+    r: int,
+    f: int,
+    j: int,
+    e: float,
+    shift: float,
+    fast_rate: float,
+    tolerance: float,
+    min_n: float,
+    clip: float,
+    cap: float,
+) -> float:  # pragma: no cover - compiled
+    """The residual CUSUM of feature ``f``: update its two one-sided sums ``s[r, j + CU_HI/CU_LO, f]`` with
+    the reading's standardized regression residual ``e`` (given the other features) and return their
+    surprise in decades (two-sided); 0 before ``min_n`` normal residuals were learned.
+
+    The residual is standardized by the long-run standard deviation of the normal residuals: their
+    mean square times the AR(1) long-run factor (1 + ρ) / (1 - ρ) of their lag-1 correlation ρ, so the
+    sums of an autocorrelated residual grow as those of independent ones. Lag-1 correlation misses a
+    persistence slower than one step (a slow cycle the relations' mean lags behind): the factor is at
+    least the one measured at the scale of the recent level (batch-means style): the normal readings'
+    mean square of the residual's EW mean at ``fast_rate`` over what independent residuals would give
+    it (b / (2 - b) of their mean square). Standardized so, a persistent component moves a step by at
+    most √(b / (2 - b)) (1/3 at b = 0.2) of its long-run deviation, below the reference value: a slow
+    wander alone no longer drives the sums, a shift does. A move along the relations
+    (an operating point the others predict) leaves the residual small; a feature the others do not
+    predict has its own deviation as residual. Each step is clipped at ``clip`` (a spike adds at most
+    what alone raises an alarm: a robust CUSUM). The reference value is half the design ``shift`` plus
+    the normal mean's own standard error (from n_eff = n / factor independent residuals: a slow
+    residual's mean is uncertain, and that error would otherwise drift the sums up under the null).
+    A sum s is as improbable as its stationary null tail exp(-shift (s + overshoot)) (a reflected walk
+    of drift -shift/2 and unit variance): ``shift (s + 1.166) / ln 10`` decades, less log10(2) for
+    two sides. A sum is capped at ``cap`` (readings back to normal bring it below the alarm's level
+    within ``clear_after`` readings), and counts only while the recent residuals (EW at ``fast_rate``)
+    depart too, by at least ``tolerance`` decades: an alarm ends when the readings are back, not when
+    the sums have drained."""
+    n, m2 = s[r, j + CU_N, f], s[r, j + CU_M2, f]
+    b = fast_rate
+    if n < min_n or m2 <= 0.0:
+        s[r, j + CU_HI, f] = s[r, j + CU_LO, f] = 0.0
+        return 0.0
+    rho = min(max(s[r, j + CU_C1, f] / m2, 0.0), 0.999)
+    factor = (1.0 + rho) / (1.0 - rho)
+    # the batch-means factor is measured from only n b / (2 - b) independent recent levels: taken one
+    # standard error of a variance higher (the lag-1 one, from n residuals, is far more precise)
+    measured = s[r, j + CU_D2, f] / (b / (2.0 - b) * m2)
+    factor = max(factor, measured * (1.0 + math.sqrt(2.0 * (2.0 - b) / (b * n))))
+    v = min(max(e / math.sqrt(m2 * factor), -clip), clip)
+    k = 0.5 * shift + math.sqrt(factor / n)
+    hi = min(max(s[r, j + CU_HI, f] + v - k, 0.0), cap)
+    lo = min(max(s[r, j + CU_LO, f] - v - k, 0.0), cap)
+    s[r, j + CU_HI, f], s[r, j + CU_LO, f] = hi, lo
+    top = max(hi, lo)
+    if top <= 0.0:
+        return 0.0
+    fast = abs(s[r, j + CU_FAST, f]) / math.sqrt(b / (2.0 - b) * m2 * factor)
+    if gaussian_surprise(fast) < tolerance:
+        return 0.0
+    return max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0)
+
+
+@njit(cache=True, inline="always")
+def _cusum_follow(s, r: int, f: int, j: int, e: float, fast_rate: float) -> None:
+    """Every reading (a history's too): the residual ``e`` into its recent (fast EW) level."""
+    s[r, j + CU_FAST, f] += fast_rate * (e - s[r, j + CU_FAST, f])
+
+
+@njit(cache=True)
+def _cusum_learn(s, r: int, f: int, j: int, e: float, rate: float) -> None:  # pragma: no cover - compiled
+    """Learn a normal reading's residual ``e`` (and the recent level :func:`_cusum_follow` updated with
+    it) into the moments that standardize the residual CUSUM (equal weights, then EW at ``rate``)."""
+    n = s[r, j + CU_N, f] + 1.0
+    s[r, j + CU_N, f] = n
+    a = max(1.0 / n, rate)
+    s[r, j + CU_M2, f] += a * (e * e - s[r, j + CU_M2, f])
+    s[r, j + CU_D2, f] += a * (s[r, j + CU_FAST, f] ** 2 - s[r, j + CU_D2, f])
+    prev = s[r, j + CU_PREV, f]
+    if n > 1.0 and prev == prev:
+        s[r, j + CU_C1, f] += a * (e * prev - s[r, j + CU_C1, f])
+    s[r, j + CU_PREV, f] = e
+
+
+@njit(cache=True)
+def accept(
+    s, rel, cov, dev, r: int, features: int, reset: bool, levels, out: int, cu: int
+) -> None:  # pragma: no cover - compiled
     """Take the device's current state as its new normal: the alarm is cleared and learning resumes
     (the novelty channels learn the new state as they learn any normal reading); the relations
     keep (a consistent shift) or are learned anew (a change that broke them: ``reset``).
-    ``levels[out]`` receives the levels before (the relations' mean) and after (the current level)."""
+    ``levels[out]`` receives the levels before (the relations' mean) and after (the current level).
+    ``cu``: where the residual CUSUM's fields start in ``s`` (-1: the state has none)."""
     for f in range(features):
         levels[out, 0, f], levels[out, 1, f] = rel[r, f, MU], rel[r, f, FAST]
         rel[r, f, MU] = rel[r, f, FAST]
         rel[r, f, RES] = rel[r, f, DEV] = 0.0
+        if cu >= 0:  # the new normal's level is no departure
+            s[r, cu + CU_HI, f] = s[r, cu + CU_LO, f] = s[r, cu + CU_FAST, f] = 0.0
+            if reset:  # relations learned anew have residuals of their own
+                s[r, cu + CU_N, f] = s[r, cu + CU_M2, f] = s[r, cu + CU_C1, f] = s[r, cu + CU_D2, f] = 0.0
+                s[r, cu + CU_PREV, f] = np.nan
     if reset:
         for j in range(features):
             for k in range(features):
@@ -510,6 +611,7 @@ def detect(
     info,
     levels,
     surprises,
+    cusum_at: int = -1,
 ):  # pragma: no cover - compiled
     """Score each reading ``x[i]`` in state row ``rows[i]``, keep the device's alarm state, then
     learn it unless it is abnormal; returns the debounced scores (0 where a reading adds nothing
@@ -523,7 +625,9 @@ def detect(
     the surprise; ``info`` (readings, 2): the alarm's start and peak score at a RAISED/CLEARED
     reading; ``levels`` (readings, 2, features): levels before/after at a DRIFT reading.
     ``mode``: STREAM, or a history (every reading normal, no alarms): HISTORY_FILL (memories
-    and profile only, no calibration) then HISTORY_CALIBRATE.
+    and profile only, no calibration) then HISTORY_CALIBRATE. ``cusum_at``: where the residual CUSUM's
+    fields (``CUSUM_FIELDS``, consecutive) start in the scalar block ``s``, -1 when the state has none
+    (the layout's, passed explicitly: CompactNovelty may add fields of its own before them).
     """
     alarms = alarm_params[0] > 0.0
     threshold, clear_after, accept_readings = alarm_params[1], alarm_params[2], alarm_params[3]
@@ -537,6 +641,7 @@ def detect(
     level_rate, level_hold, level_steps = alarm_params[21], alarm_params[22] > 0.0, alarm_params[23] > 0.0
     clear_on_return = alarm_params[25] > 0.0
     resolution_spread, shape_resolution = alarm_params[26] > 0.0, alarm_params[27]
+    cusum_shift = alarm_params[28]
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -560,6 +665,16 @@ def detect(
     # a smoothed residual (EW rate c) of readings each rounded with variance q varies by at least c / (2 - c) q
     rounding_gain = residual_rate / (2.0 - residual_rate)
     relations = alarms and features >= 2
+    cu = cusum_at
+    cusum = relations and cusum_shift > 0.0 and cu >= 0 and cu + len(CUSUM_FIELDS) <= s.shape[1]
+    cus = np.zeros(features)  # each feature's residual CUSUM surprise (decades, before the features' Bonferroni)
+    cusum_clip = cusum_cap = 0.0
+    if cusum:
+        # a step at most the standard score that alone raises an alarm; a sum at most what readings back to
+        # normal (each lowering it by at least shift / 2) bring below the alarm's sum within clear_after
+        cusum_clip = _z_of_surprise(u_threshold)
+        alarm_sum = (u_threshold + math.log10(max(1, features)) + math.log10(2.0)) * math.log(10.0) / cusum_shift
+        cusum_cap = alarm_sum - CUSUM_OVERSHOOT + clear_after * 0.5 * cusum_shift
     scores = np.empty(readings)
     zfeat = np.empty(features)
     zspread = np.empty(features)  # each feature's largest channel that is not a level (spread, spikes: extreme shapes)
@@ -681,6 +796,15 @@ def detect(
             _moves_predicted(rel, cov, r, features, explain_along, moved)
         else:
             moved[:] = False
+        if cusum and rel_ready:
+            for f in range(features):
+                # a move the others predict is the device's operating point moving along its relations: no evidence
+                e = 0.0 if (moved[f] and explains[f] >= explained) else es[f]
+                _cusum_follow(s, r, f, cu, e, fast_rate)
+                if not history:
+                    cus[f] = _cusum_surprise(
+                        s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap
+                    )
         # ---- evaluate (CompactNovelty._evaluate)
         for f in range(features):
             value = x[i, f]
@@ -805,6 +929,9 @@ def detect(
             surprise = max(surprise, u)
         # ---- score (CompactNovelty._score)
         total = max(surprise, gaussian_surprise(zmax) - bonferroni, rel_surprise if relation_score else 0.0)
+        if cusum:
+            for f in range(features):
+                total = max(total, cus[f] - bonferroni)
         raw = total / (total + surprise_scale)
         surprises[i] = raw
         score = raw
@@ -820,7 +947,7 @@ def detect(
                 # each feature's surprise: its novelty channels and checks, its share of the relation residual
                 top = 0.0
                 for f in range(features):
-                    c = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, 0.0)
+                    c = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, cus[f] - bonferroni, 0.0)
                     if rel_ready and ss > 0.0 and relation_score:
                         c = max(c, rel_surprise * breaks[f] / ss)
                     contrib[i, f] = c
@@ -848,6 +975,8 @@ def detect(
                             # the fault's readings, not evidence that it lasts; spikes, spread, stuck values,
                             # extremes and its share of a relation break still count
                             c = max(ufeat[f], gaussian_surprise(zspread[f]) - bonferroni, 0.0)
+                            if cusum:  # the residual CUSUM counts only while its recent residuals depart: no memory
+                                c = max(c, cus[f] - bonferroni)
                             if rel_ready and ss > 0.0 and relation_score:
                                 c = max(c, rel_surprise * breaks[f] / ss)
                         cause_surprise = max(cause_surprise, c)
@@ -895,7 +1024,7 @@ def detect(
             if ev & (RAISED | CLEARED):
                 info[i, 0], info[i, 1] = dev[r, START], dev[r, PEAK]
             if ev & (DRIFT_SHIFT | DRIFT_TIMEOUT):
-                accept(s, rel, cov, dev, r, features, (ev & DRIFT_TIMEOUT) != 0, levels, i)
+                accept(s, rel, cov, dev, r, features, (ev & DRIFT_TIMEOUT) != 0, levels, i, cu)
             elif ev & CLEARED:
                 dev[r, ALARM] = dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
             events[i] = ev
@@ -930,6 +1059,13 @@ def detect(
                 _refresh_precision(cov, r, features, ridge, scratch)
             if rel_ready and not populating:
                 _device_gauss_update(dev, r, RG_N, stat)
+            if cusum and rel_ready and not populating:
+                for f in range(features):
+                    # a residual already surprising (below the alarm) does not widen its own null
+                    if cus[f] - bonferroni < tolerance:
+                        _cusum_learn(s, r, f, cu, es[f], relation_rate)
+                    else:
+                        s[r, cu + CU_PREV, f] = np.nan
             if level_rate > 0.0 and rel_ready:  # (before, the deviations are those of a mean still settling)
                 for f in range(features):
                     # a level already surprising (below the alarm) does not widen its own null: else a
@@ -944,6 +1080,8 @@ def detect(
         if relations and not (learn or warming):
             for f in range(features):
                 lv[r, f, LV_PREV] = np.nan  # the lag-1 product pairs consecutive normal readings only
+                if cusum:
+                    s[r, cu + CU_PREV, f] = np.nan
         # ---- learn (CompactNovelty._learn_plans and _learn_scale); in alarm, only the features
         # the alarm does not implicate
         for f in range(features):

@@ -53,16 +53,18 @@ class StateLayout:
                 block[rows, index] = initial
 
     def with_later_fields(self, arrays: list[np.ndarray], later: frozenset) -> list[np.ndarray]:
-        """Blocks saved before the ``later`` fields existed (they end their blocks), completed with
-        those fields' initial values; other blocks as they are (a mismatch is the caller's to refuse)."""
+        """Blocks saved before some of the ``later`` fields existed (they end their blocks: a block saved
+        before the last k of them lacks those k), completed with those fields' initial values; other
+        blocks as they are (a mismatch is the caller's to refuse)."""
         if len(arrays) != len(self.blocks):
             return arrays
         completed = []
         for array, fields in zip(arrays, self.blocks.values(), strict=True):
-            added = 0
-            while added < len(fields) and fields[len(fields) - 1 - added][0] in later:
-                added += 1
-            if added and array.ndim >= 2 and array.shape[1] == len(fields) - added:
+            later_tail = 0
+            while later_tail < len(fields) and fields[len(fields) - 1 - later_tail][0] in later:
+                later_tail += 1
+            added = len(fields) - array.shape[1] if array.ndim >= 2 else 0
+            if 0 < added <= later_tail:
                 extra = np.empty((array.shape[0], added, *array.shape[2:]), array.dtype)
                 for index, (_, initial) in enumerate(fields[len(fields) - added :]):
                     extra[:, index] = initial
