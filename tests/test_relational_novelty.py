@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -353,26 +357,32 @@ def test_a_machine_that_restarts_broken_alarms_on_its_first_readings():
     assert not any(e.is_anomaly for e in events)
 
 
+def saved_without(fitted, directory: Path, fields, parameters=()):
+    """``fitted`` saved as an older edgewatch saved it: without the state ``fields`` (and the model
+    ``parameters``) added since; then loaded."""
+    saved = artifact.save(fitted, directory)
+    with np.load(directory / "arrays.npz") as arrays:
+        kept = {name: arrays[name] for name in arrays.files if name.split(".")[1] not in fields}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **kept)
+    (directory / "arrays.npz").write_bytes(buffer.getvalue())
+    manifest = {
+        **saved.metadata,
+        "parameters": {k: v for k, v in saved.metadata["parameters"].items() if k not in parameters},
+        "files": {"arrays.npz": hashlib.sha256(buffer.getvalue()).hexdigest()},
+    }
+    (directory / "model.json").write_text(json.dumps(manifest))
+    return artifact.load(directory)
+
+
 def test_models_and_recovery_pages_saved_before_the_interval_fields_still_load(tmp_path):
     """An older edgewatch saved no sampling interval: such rows load with it at 0 (learned anew)."""
-    import hashlib
-    import io
-    import json
-
     from edgewatch.online_models import compact_novelty_kernel as kernel
     from edgewatch.state import codec
 
     detector_spec = spec()
     fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
-    saved = artifact.save(fitted, tmp_path / "model")
-    with np.load(tmp_path / "model" / "arrays.npz") as arrays:
-        kept = {name: arrays[name] for name in arrays.files if name.split(".")[1] not in kernel.LATER_DEVICE_FIELDS}
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **kept)
-    (tmp_path / "model" / "arrays.npz").write_bytes(buffer.getvalue())
-    manifest = {**saved.metadata, "files": {"arrays.npz": hashlib.sha256(buffer.getvalue()).hexdigest()}}
-    (tmp_path / "model" / "model.json").write_text(json.dumps(manifest))
-    older = artifact.load(tmp_path / "model")
+    older = saved_without(fitted, tmp_path / "model", kernel.LATER_DEVICE_FIELDS)
     assert older.models["m1"].export_arrays(fitted.features["m1"])["gap_n"] == 0.0
 
     live = stream([machine(i) for i in range(800, 1000)], start=800)
@@ -486,24 +496,12 @@ def test_a_warm_start_does_not_alarm_on_a_whole_number_feature_s_flicker_and_sti
 def test_models_and_recovery_pages_saved_before_the_resolution_field_still_load(tmp_path):
     """An older edgewatch saved no resolution (the last of the scalars' block): such rows load with it at 0
     (no rounding spread) and learn it from the readings that follow."""
-    import hashlib
-    import io
-    import json
-
     from edgewatch.online_models import compact_novelty_kernel as kernel
     from edgewatch.state import codec
 
     fitted = artifact.train(BUILTIN[DEFAULT_DETECTOR], stream([humid_machine(i, 0) for i in range(600)]))
-    saved = artifact.save(fitted, tmp_path / "model")
-    with np.load(tmp_path / "model" / "arrays.npz") as arrays:
-        kept = {name: arrays[name] for name in arrays.files if name.split(".")[1] != kernel.RESOLUTION_FIELD}
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **kept)
-    (tmp_path / "model" / "arrays.npz").write_bytes(buffer.getvalue())
-    manifest = {**saved.metadata, "files": {"arrays.npz": hashlib.sha256(buffer.getvalue()).hexdigest()}}
-    (tmp_path / "model" / "model.json").write_text(json.dumps(manifest))
     features = fitted.features["m1"]
-    older = artifact.load(tmp_path / "model")
+    older = saved_without(fitted, tmp_path / "model", (kernel.RESOLUTION_FIELD,))
     assert set(older.models["m1"].export_arrays(features)[kernel.RESOLUTION_FIELD]) == {0.0}
 
     live = stream([humid_machine(i, 0) for i in range(600, 800)], start=600)
@@ -656,30 +654,13 @@ def test_a_sustained_shift_no_reading_shows_is_held_by_the_residual_cusum(more_f
 
 def test_a_model_saved_before_the_residual_cusum_loads_it_empty(tmp_path):
     """The CUSUM's fields end the scalar block: a model saved without them loads them at 0 (nothing learned)."""
-    import hashlib
-    import io
-    import json
-
     from edgewatch.online_models import compact_novelty_kernel as kernel
     from edgewatch.state import codec
 
     detector_spec = spec(residual_cusum=2.0)
     fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
     assert fitted.models["m1"].export_arrays(fitted.features["m1"])["cusum_n"].min() > 0
-    saved = artifact.save(fitted, tmp_path / "model")
-    with np.load(tmp_path / "model" / "arrays.npz") as arrays:
-        kept = {name: arrays[name] for name in arrays.files if name.split(".")[1] not in kernel.CUSUM_FIELDS}
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **kept)
-    (tmp_path / "model" / "arrays.npz").write_bytes(buffer.getvalue())
-    parameters = {k: v for k, v in saved.metadata["parameters"].items() if k != "residual_cusum"}
-    manifest = {
-        **saved.metadata,
-        "parameters": parameters,
-        "files": {"arrays.npz": hashlib.sha256(buffer.getvalue()).hexdigest()},
-    }
-    (tmp_path / "model" / "model.json").write_text(json.dumps(manifest))
-    older = artifact.load(tmp_path / "model")
+    older = saved_without(fitted, tmp_path / "model", kernel.CUSUM_FIELDS, parameters=("residual_cusum",))
     assert older.models["m1"].export_arrays(fitted.features["m1"])["cusum_n"] == pytest.approx(0.0)
     bank = VectorBank(detector_spec, artifact=older)  # (on: the moments are learned from the live readings)
     run(bank, stream([machine(i) for i in range(800, 1100)], start=800))
