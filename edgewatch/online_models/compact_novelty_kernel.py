@@ -157,6 +157,13 @@ def _bounded_z(z: float, d: float, s, r: int, j: int, f: int) -> float:  # pragm
 
 
 @njit(cache=True, inline="always")
+def _relation_variance(cov, rel, r: int, f: int) -> float:
+    """Feature ``f``'s variance as the relations learned it, floored (a constant feature: a millionth of
+    its mean, so its standardized deviations stay finite)."""
+    return max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2)
+
+
+@njit(cache=True, inline="always")
 def _rounding_variance(step: float, span: float) -> float:
     """The variance a reading carries from its rounding to a resolution ``step`` (uniform error over one
     step: step² / 12), in the units the channels see (the feature normalized by ``span``; raw without
@@ -403,7 +410,7 @@ def _level_returned(
     white, var, n_eff = _level_null(lv, r, f, rate, min_n)
     if n_eff < 2.0:
         return False
-    sd = math.sqrt(max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2))
+    sd = math.sqrt(_relation_variance(cov, rel, r, f))
     now = (rel[r, f, FAST] - rel[r, f, MU]) / sd
     tt_now = _fast_tt(now, fast_rate, lv[r, f, LV_M2] * var / white, n_eff)
     return gaussian_surprise(_t_to_z(tt_now, n_eff - 1.0)) < tolerance
@@ -722,7 +729,7 @@ def detect(
         rel_ready = relations and dev[r, REL_N] >= min_relation
         if relations:
             for f in range(features):
-                var = max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2)
+                var = _relation_variance(cov, rel, r, f)
                 us[f] = (x[i, f] - rel[r, f, MU]) / math.sqrt(var)
                 lu[f] = us[f]
                 if level_rate > 0.0:
@@ -771,7 +778,7 @@ def detect(
         if level_rate > 0.0 and rel_ready:
             for f in range(features):
                 # the recent readings (the fast level; the level itself in a history) must depart too
-                var = max(cov[r, COV, f, f], 1e-12 + (1e-6 * rel[r, f, MU]) ** 2)
+                var = _relation_variance(cov, rel, r, f)
                 now = ld[f] if history else (rel[r, f, FAST] - rel[r, f, MU]) / math.sqrt(var)
                 level_z[f] = _level_deviate(
                     lv,
