@@ -35,8 +35,7 @@ lint: $(STAMP)
 
 # the anomaly flow vs references, then the RUL flow over C-MAPSS (trains its model once; skipped without the data)
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/rul_bench.py
+	$(BIN)/edgewatch bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

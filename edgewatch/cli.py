@@ -423,15 +423,19 @@ def bench(
     ] = None,
     broker_kind: Annotated[str, typer.Option("--broker", help="kafka (Apache Kafka, JVM) | tansu")] = "kafka",
     quick: Annotated[bool, typer.Option("--quick", help="throughput only: no latency, memory or scaling")] = False,
+    rul: Annotated[bool, typer.Option(help="then the RUL flow's bench (bench/rul_bench.py), as `make bench`")] = True,
 ) -> None:
-    """Throughput of a null flow, the naive River flow and edgewatch, in one run (source checkout)."""
+    """Null flow, naive River flow and edgewatch in one run, then the RUL flow (from a source checkout)."""
     checkout = Path(__file__).resolve().parents[1]
     if not (checkout / "bench" / "throughput.py").exists():
         raise typer.BadParameter("edgewatch bench runs from a source checkout (bench/throughput.py)")
     sys.path.insert(0, str(checkout))
+    from bench.rul_bench import main as rul_bench_main
     from bench.throughput import main as bench_main
 
     bench_main(messages=messages, devices=devices, bootstrap=bootstrap, broker_kind=broker_kind, quick=quick)
+    if rul:
+        rul_bench_main(bootstrap=bootstrap, broker_kind=broker_kind, quick=quick)
 
 
 @app.command()
