@@ -7,7 +7,8 @@ snapshot left off (Bytewax assigns partitions itself; no consumer group, which a
 suits brokers with slow group rebalances such as Tansu).
 
 :class:`KafkaSink` produces the record of each item of one typed stream (made as it goes) and
-flushes each batch, so everything written in an epoch is acknowledged before Bytewax snapshots it.
+flushes each batch (in chunks below one producer batch: see ``write_batch``), so everything
+written in an epoch is acknowledged before Bytewax snapshots it.
 """
 
 from __future__ import annotations
