@@ -7,7 +7,8 @@ snapshot left off (Bytewax assigns partitions itself; no consumer group, which a
 suits brokers with slow group rebalances such as Tansu).
 
 :class:`KafkaSink` produces the record of each item of one typed stream (made as it goes) and
-flushes each batch, so everything written in an epoch is acknowledged before Bytewax snapshots it.
+flushes each batch (in chunks below one producer batch: see ``write_batch``), so everything
+written in an epoch is acknowledged before Bytewax snapshots it.
 """
 
 from __future__ import annotations
@@ -358,9 +359,25 @@ def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | No
             producer.poll(0.05)
 
 
+#: most bytes a sink's producer puts in one request to a partition (librdkafka's default, named here
+#: because the sink's flush chunks are measured against it)
+SINK_BATCH_BYTES = 1_000_000
+#: a sink flushes after this many bytes of values: a chunk must stay below one batch even when all
+#: of it goes to one partition (as the labeled events of one input partition do: same keys) with
+#: its keys, headers and record framing (~20 % more than the values for labeled events)
+SINK_FLUSH_BYTES = SINK_BATCH_BYTES // 2
+
 #: a sink's producer: idempotent (its retries never write a message twice) and patient (no
-#: message times out: while the broker is down the flow waits and resumes when it is back)
-SINK_PRODUCER_CONFIG = {"linger.ms": "2", "enable.idempotence": "true", "message.timeout.ms": "0"}
+#: message times out: while the broker is down the flow waits and resumes when it is back).
+#: It sends when the sink flushes (flush() sends at once, whatever linger.ms says), so linger.ms
+#: only has to outlast the production of one chunk: with a short one, a chunk left the producer in
+#: pieces while it was being made.
+SINK_PRODUCER_CONFIG = {
+    "linger.ms": "1000",
+    "batch.size": str(SINK_BATCH_BYTES),
+    "enable.idempotence": "true",
+    "message.timeout.ms": "0",
+}
 
 #: seconds between the log lines of one outage
 OUTAGE_LOG_SECONDS = 30.0
@@ -393,14 +410,28 @@ class _KafkaSinkPartition(StatelessSinkPartition[list]):
             self._errors.append(str(error))
 
     def write_batch(self, items: list[list]) -> None:
+        """Produce every record and wait until all are acknowledged, flushing after each
+        :data:`SINK_FLUSH_BYTES` of values.
+
+        Why in chunks: the idempotent producer keeps at most 5 requests in flight; once a partition
+        holds a full batch it cannot send yet, librdkafka wakes its broker thread for every message
+        enqueued after it (measured: 1–3 wake-ups per message, 0.1–0.3 CPU-s per 100,000 labeled
+        events). Below a full batch per partition nothing is ready until the flush sends it all.
+        """
         producer = self._producer
         send = producer.produce
+        pending = 0
         for batch in items:
             for topic, key, value, headers in self._to_records(batch):
                 try:
                     send(topic, value, key, headers=headers)
                 except BufferError:  # local queue full: wait for room
                     produce(producer, topic, value, key, headers=headers)
+                if value is not None:
+                    pending += len(value)
+                    if pending >= SINK_FLUSH_BYTES:
+                        self._flush()
+                        pending = 0
         self._flush()
 
     def _flush(self) -> None:

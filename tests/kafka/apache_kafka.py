@@ -127,8 +127,11 @@ class ApacheKafka:
         config.write_text(self._properties())
         classpath = f"{libs}/*"
         # what `kafka-storage random-uuid` prints (a random UUID, URL-safe base64 without padding),
-        # without starting a JVM for it
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # without starting a JVM for it; like Kafka's Uuid.randomUuid, never one starting with "-"
+        # (1 in 64: StorageTool then reads it as an option and the format fails)
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
             [
                 java(),
