@@ -8,6 +8,8 @@ The fixtures of one area live with that area's helpers in ``tests/support`` (reg
 
 The session's Apache Kafka is launched when collection ends if a collected test uses it
 (:mod:`tests.support.session_broker`): the JVM starts while the warm-up and the first tests run.
+The session's MLflow server (:mod:`tests.support.mlflow_server`) is launched once the warm-up is
+done: its first test comes minutes later, and its start would compete with the warm-up's compiles.
 
 Before the first test, the numba kernels are compiled into numba's cache by processes of their own
 (:mod:`tests.support.warm_up`, side by side while pytest collects); ``EDGEWATCH_TEST_WARM_UP=0``
@@ -46,6 +48,9 @@ def pytest_runtestloop(session: pytest.Session):
 
         for problem in warm_up.wait(DETECTORS):
             session.config.get_terminal_writer().line(f"warm-up: {problem}", yellow=True)
+    from tests.support.mlflow_server import launch_early
+
+    launch_early(session)  # beside the first tests, not the warm-up (its first test comes minutes later)
     try:
         return (yield)
     finally:
