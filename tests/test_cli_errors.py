@@ -30,18 +30,48 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def recording(tmp_path):
-    path = tmp_path / "stream.jsonl"
+def record(path):
     result = runner.invoke(app, ["simulate", "--devices", "2", "--rate", "100", "--duration", "1", "--out", str(path)])
     assert result.exit_code == 0, result.output
     return path
 
 
+@pytest.fixture
+def recording(tmp_path):
+    return record(tmp_path / "stream.jsonl")
+
+
+@pytest.fixture(scope="module")
+def without_broker(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """``run``, ``simulate`` and ``replay`` as a user runs them, against a broker that is not running:
+    the three processes side by side (each spends its time starting; one after another took three
+    starts of the suite's time)."""
+    recorded = record(tmp_path_factory.mktemp("recording") / "stream.jsonl")
+    commands = {"run": ["run"], "simulate": ["simulate", "--duration", "1"], "replay": ["replay", str(recorded)]}
+    started = {
+        command: subprocess.Popen(
+            [sys.executable, "-m", "edgewatch", *args, "--bootstrap", "127.0.0.1:1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command, args in commands.items()
+    }
+    try:
+        finished = {}
+        for command, process in started.items():
+            stdout, stderr = process.communicate(timeout=60)
+            finished[command] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        return finished
+    finally:
+        for process in started.values():
+            process.kill()
+            process.wait()
+
+
 @pytest.mark.parametrize("command", ["run", "simulate", "replay"])
-def test_a_broker_that_is_not_running(command, recording):
-    args = {"run": ["run"], "simulate": ["simulate", "--duration", "1"], "replay": ["replay", str(recording)]}[command]
-    result = edgewatch(*args, "--bootstrap", "127.0.0.1:1")
+def test_a_broker_that_is_not_running(command, without_broker):
+    result = without_broker[command]
     assert result.returncode == 1
     assert one_line(result.stderr) == (
         "error: cannot reach Kafka at 127.0.0.1:1: "

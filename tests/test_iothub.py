@@ -209,7 +209,7 @@ def test_broker_down_and_edgewatch_restarted_meanwhile(mqtt_broker, pki, tmp_pat
         assert len(mqtt_broker.wait_for_publishes(40, timeout=60)) >= 40, "edgewatch never reached the broker"
         mqtt_broker.stop()
         down_at = time.monotonic()
-        time.sleep(3)  # the stream goes on into the buffer
+        time.sleep(1.5)  # the stream goes on into the buffer (30 events)
         first.kill()  # edgewatch dies while the broker is down
         delivered = offsets_in(mqtt_broker.publishes(GATEWAY_DEVICE))
         with StoreAndForward(buffer_dir / "iothub.sqlite3", "inspect") as buffer:
@@ -218,7 +218,8 @@ def test_broker_down_and_edgewatch_restarted_meanwhile(mqtt_broker, pki, tmp_pat
         assert sorted(delivered + waiting) == list(range(max(waiting) + 1)), "nothing lost at the crash"
 
         resume_from = max(waiting) + 1
-        count = 20 * (outage + 6)  # 20 ev/s: still streaming when the broker comes back
+        # 20 ev/s for outage + 3 s from 1.5 s into the outage: still streaming when the broker comes back
+        count = 20 * (outage + 3)
         second = flow_process(resume_from, count, 120, "flow-2.log")
         second.wait_for_output("link down", timeout=60)  # the restarted edgewatch met the outage
         time.sleep(max(0.0, down_at + outage - time.monotonic()))

@@ -164,7 +164,10 @@ def test_resolve_downloads_verifies_and_caches(streams, tmp_path, mlflow_trackin
         resolve_model(f"models:/{model_name}", cache, mlflow_tracking_uri)
 
 
-def test_an_offline_edge_keeps_its_cached_model(streams, tmp_path, mlflow_tracking_uri, model_name, caplog):
+def test_an_offline_edge_keeps_its_cached_model(streams, tmp_path, mlflow_tracking_uri, model_name, caplog,
+                                                monkeypatch):  # fmt: skip
+    # MLflow's retries of a refused request stay (2), without their sleeps (2 s per resolve, three of them)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     cache = tmp_path / "cache"
     with Relay(mlflow_tracking_uri) as server:  # the registry as the edge reaches it, until the link is cut
         register(streams[0], tmp_path / "model", model_name, server.uri)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import orjson
@@ -116,7 +115,9 @@ def test_kafka_in_run_ends_start_a_new_run(rul_model, kafka_bootstrap, topic_nam
     with EdgewatchProcess(args, tmp_path / "rul.log"):
         consume(kafka_bootstrap, [topics["rul"]], expected=50, timeout=120, settle=0)
         produce(kafka_bootstrap, topics["maintenance"], ends)
-        time.sleep(3)  # the run end is applied before the next readings
+        # the run end is applied before the next readings: the fleet step has taken it once the malformed
+        # end sent after it comes out as that step's dead letter
+        consume(kafka_bootstrap, [topics["deadletter"]], expected=1, timeout=60, settle=0)
         produce(kafka_bootstrap, topics["telemetry"], readings[:5])
         consume(kafka_bootstrap, [topics["rul"], topics["deadletter"]], expected=56, timeout=120, settle=0)
     out = consume_all(kafka_bootstrap, [topics["rul"], topics["deadletter"]])  # all the stopped flow wrote

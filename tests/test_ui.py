@@ -229,6 +229,30 @@ def test_kafka_feed_says_when_kafka_is_unreachable():
     assert not thread.is_alive()
 
 
+def test_only_a_whole_metadata_timeout_says_kafka_is_unreachable():
+    """A short metadata try that gets no answer is tried again, longer, without a word on the page (a
+    slow broker is not an unreachable one); a try of the whole timeout says so."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from edgewatch.ui.feeds import FIRST_TRY_SECONDS, METADATA_SECONDS
+
+    class Silent:  # a consumer whose metadata requests all time out
+        def __init__(self):
+            self.timeouts = []
+
+        def list_topics(self, timeout):
+            self.timeouts.append(timeout)
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Local: Broker transport failure"))
+
+    feed, state, consumer = KafkaFeed({"bootstrap.servers": "127.0.0.1:9"}), FleetState(), Silent()
+    assert feed._assign_new_partitions(consumer, set(), state, FIRST_TRY_SECONDS) is False
+    feed._report(state)
+    assert feed._error is None and not state.feed.text.startswith("cannot reach")
+    assert feed._assign_new_partitions(consumer, set(), state, METADATA_SECONDS) is False
+    assert feed._error == "cannot reach Kafka at 127.0.0.1:9: Broker transport failure"
+    assert consumer.timeouts == [FIRST_TRY_SECONDS, METADATA_SECONDS]
+
+
 def test_kafka_feed_reads_recent_history_and_finds_topics_created_later(kafka_bootstrap, topic_names):
     from edgewatch.connectors.kafka import ensure_topics
     from tests.support.kafka import produce

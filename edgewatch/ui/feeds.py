@@ -28,6 +28,12 @@ from edgewatch.ui.state import KINDS, FleetState
 log = logging.getLogger(__name__)
 #: seconds between two log lines about one Kafka outage
 LOG_EVERY = 30.0
+#: a topic scan's metadata request first waits this long, then twice as long at each try that gets no
+#: answer, up to :data:`METADATA_SECONDS`: a refused connection is on the page after the first try (the
+#: consume between two tries serves the error callback that says why) and a stop waits for one short
+#: try, where a single 5 s request kept both waiting 5 s; a slow broker still gets the whole 5 s
+FIRST_TRY_SECONDS = 0.25
+METADATA_SECONDS = 5.0
 
 
 class Feed(ABC):
@@ -141,12 +147,14 @@ class KafkaFeed(Feed):
             }
         )
         assigned: set[tuple[str, int]] = set()
-        next_scan = 0.0
+        next_scan, try_seconds = 0.0, FIRST_TRY_SECONDS
         try:
             while not stop.is_set():
                 if time.monotonic() >= next_scan:
-                    next_scan = time.monotonic() + self.rescan_seconds
-                    self._assign_new_partitions(consumer, assigned, state)
+                    if self._assign_new_partitions(consumer, assigned, state, try_seconds):
+                        next_scan, try_seconds = time.monotonic() + self.rescan_seconds, FIRST_TRY_SECONDS
+                    else:  # tried again after this round's consume, twice as long
+                        try_seconds = min(2 * try_seconds, METADATA_SECONDS)
                 for msg in consumer.consume(500, 0.25):
                     if msg.error() is None:
                         self._error = None
@@ -155,11 +163,16 @@ class KafkaFeed(Feed):
         finally:
             consumer.close()
 
-    def _assign_new_partitions(self, consumer, assigned: set[tuple[str, int]], state: FleetState) -> None:
+    def _assign_new_partitions(
+        self, consumer, assigned: set[tuple[str, int]], state: FleetState, timeout: float = METADATA_SECONDS
+    ) -> bool:
+        """Assign the partitions of the topics that appeared since the last scan; ``False`` when the
+        metadata did not come within ``timeout`` s (only a whole :data:`METADATA_SECONDS` without an
+        answer says "cannot reach" by itself: a refusal is said by the error callback)."""
         from confluent_kafka import KafkaException, TopicPartition
 
         try:
-            metadata = consumer.list_topics(timeout=5)
+            metadata = consumer.list_topics(timeout=timeout)
             new = []
             for topic in self.topics:
                 found = metadata.topics.get(topic)
@@ -167,11 +180,14 @@ class KafkaFeed(Feed):
                     continue
                 for partition in found.partitions:
                     if (topic, partition) not in assigned:
-                        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                        low, high = consumer.get_watermark_offsets(
+                            TopicPartition(topic, partition), timeout=METADATA_SECONDS
+                        )
                         new.append(TopicPartition(topic, partition, max(low, high - self.history)))
         except KafkaException as exc:
-            self._error = f"cannot reach Kafka at {self.bootstrap}: {_short(exc.args[0].str())}"
-            return
+            if timeout >= METADATA_SECONDS:
+                self._error = f"cannot reach Kafka at {self.bootstrap}: {_short(exc.args[0].str())}"
+            return False
         if new:
             consumer.incremental_assign(new)
             assigned.update((tp.topic, tp.partition) for tp in new)
@@ -181,6 +197,7 @@ class KafkaFeed(Feed):
         parts = [f"reading {', '.join(present)}"] if present else []
         parts += [f"waiting for topic {', '.join(missing)}"] if missing else []
         state.set_feed_status(True, f"{'; '.join(parts)} at {self.bootstrap}")
+        return True
 
 
 def _short(reason: str) -> str:

@@ -1,12 +1,12 @@
 """A real MLflow tracking server for the registry tests: ``mlflow server`` with a SQLite backend
 and a local artifact root (served by the server, ``mlflow-artifacts:/``) on 127.0.0.1:<free port>.
 
-The session's server is launched when collection ends if a collected test uses the fixture
-:func:`mlflow_tracking_uri` (it starts while the tests before the first of those run), else on
-first use, and stops when the session ends; a test that must see the registry go away (the offline edge) reaches the
-session's server through a :class:`Relay` of its own and cuts it (a second server would cost it
-the ~50 s start). Every wait is bounded, and the server process dies with the test process
-(``PR_SET_PDEATHSIG``).
+The session's server is launched once the numba warm-up is done (:func:`launch_early`, called by
+``tests/conftest.py``) if a collected test uses the fixture :func:`mlflow_tracking_uri` (it starts
+while the tests before the first of those run), else on first use, and stops when the session
+ends; a test that must see the registry go away (the offline edge) reaches the session's server
+through a :class:`Relay` of its own and cuts it (a second server would cost it the ~50 s start).
+Every wait is bounded, and the server process dies with the test process (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -219,9 +219,13 @@ def _group_alive(pgid: int) -> bool:
 _early_server = pytest.StashKey[MlflowServer]()
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
+def launch_early(session: pytest.Session) -> None:
     """When a collected test uses the session's server, launch it now: it starts (~50 s of imports and
-    schema on a busy 2-core box, one core) while the tests before the first registry test run."""
+    schema on a busy 2-core box, one core) while the tests before the first registry test run.
+
+    Called when the warm-up is done, not when collection ends: the warm-up's compiles keep both cores
+    busy, and the server's ~13 CPU-s of start beside them held the first test back by several seconds;
+    beside the tests (mostly one core) it uses the idle one."""
     if session.config.option.collectonly or importlib.util.find_spec("mlflow") is None:
         return
     if any("mlflow_tracking_uri" in getattr(item, "fixturenames", ()) for item in session.items):
@@ -238,8 +242,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def mlflow_tracking_uri(request, tmp_path_factory) -> str:
-    """``http://127.0.0.1:<port>`` of the session's MLflow server (launched when collection ends, if
-    a collected test uses it, else on first use)."""
+    """``http://127.0.0.1:<port>`` of the session's MLflow server (launched when the warm-up is done,
+    if a collected test uses it, else on first use)."""
     pytest.importorskip("mlflow", reason="the registry tests need mlflow (pip install -e '.[dev]')")
     server = request.config.stash.get(_early_server, None) or MlflowServer(tmp_path_factory.mktemp("mlflow")).launch()
     with server.wait_healthy():

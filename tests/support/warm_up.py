@@ -4,10 +4,11 @@
 
 A fresh checkout (CI's clean clone) has no cache, and each detector's bank kernel takes 25-50 s to
 compile on a 2-core machine: paid by whichever test first labels a reading, and again by any test
-process that starts before the cache is written. :func:`start` runs one process per kernel when the
-session starts (the kernels compile side by side, while pytest collects); :func:`wait` holds the
-first test until they are done, so the tests and the processes they start load the kernels from the
-cache instead. The kernels are reached through the same public paths the tests take (the bank's
+process that starts before the cache is written. :class:`WarmUp` runs one process per detector's
+kernel when the session starts (they compile side by side, while pytest collects) and
+:meth:`WarmUp.wait` holds the first test until they are done, so the tests and the processes they
+start load the kernels from the cache instead; the RUL kernels compile after them, beside the first
+tests. The kernels are reached through the same public paths the tests take (the bank's
 ``warm_up``, RUL training and ``RulFleet.update_many``), so they compile for the same argument types.
 """
 
@@ -22,10 +23,13 @@ from pathlib import Path
 
 from tests.support.processes import PythonProcess
 
-#: what :func:`start` compiles, one process each; the first tests label readings with the detectors,
-#: the RUL tests come late (their process is not waited for before the first test)
+#: what :class:`WarmUp` compiles, one process each: the detectors when the session starts (the first
+#: tests label readings with them), the RUL kernels once those are done (the RUL tests come minutes
+#: later: compiled beside the first tests, on the core they leave idle, not beside the detectors' compiles
+#: that already keep both cores busy; nothing waits for them before the first test)
 DETECTORS = ("relational-novelty", "compact-novelty", "robust-zscore")
-KERNELS = (*DETECTORS, "rul")
+LATER = ("rul",)
+KERNELS = (*DETECTORS, *LATER)
 
 
 def compile_detector(name: str) -> None:
@@ -48,23 +52,26 @@ def compile_rul() -> None:
 
 
 class WarmUp:
-    """One process per kernel (:data:`KERNELS`), their output in a temporary directory that
-    :meth:`finish` removes."""
+    """One process per kernel (``kernels`` now, more with :meth:`start`), their output in a temporary
+    directory that :meth:`finish` removes."""
 
-    def __init__(self):
+    def __init__(self, kernels=DETECTORS):
         self.log_dir = Path(tempfile.mkdtemp(prefix="edgewatch-warm-up-"))
-        self.processes = {
-            kernel: PythonProcess("tests.support.warm_up", [kernel], self.log_dir / f"{kernel}.log").start()
-            for kernel in KERNELS
-        }
+        self.processes: dict[str, PythonProcess] = {}
+        self.start(kernels)
 
-    def wait(self, kernels=KERNELS, timeout: float = 300.0) -> list[str]:
-        """Wait for these kernels' processes (killing any still running after ``timeout`` s); what
-        went wrong, if anything. A failed warm-up costs time only: the first test to need the kernel
-        compiles it."""
+    def start(self, kernels) -> None:
+        for kernel in kernels:
+            log = self.log_dir / f"{kernel}.log"
+            self.processes[kernel] = PythonProcess("tests.support.warm_up", [kernel], log).start()
+
+    def wait(self, kernels=None, timeout: float = 300.0) -> list[str]:
+        """Wait for these kernels' processes (default: all started; killing any still running after
+        ``timeout`` s); what went wrong, if anything. A failed warm-up costs time only: the first test
+        to need the kernel compiles it."""
         deadline = time.monotonic() + timeout
         problems = []
-        for kernel in kernels:
+        for kernel in self.processes if kernels is None else kernels:
             process = self.processes[kernel]
             try:
                 code = process.wait(max(0.1, deadline - time.monotonic()))
