@@ -139,8 +139,10 @@ VARIANTS = (
             "feature's readings (its smallest nonzero step)", {"resolution_spread": False}),
     Variant("no-shape-resolution", "a shingle within one resolution (smallest nonzero step) of a known one is no "
             "shape novelty (multi-feature devices)", {"shape_resolution": 0.0}),
-    Variant("residual-cusum", "(adds, off by default) a CUSUM of each feature's relation residual, design shift 2 "
-            "long-run deviations", {"residual_cusum": 2.0}),
+    Variant("no-residual-cusum", "the CUSUM of each feature's relation residual (design shift 2 long-run deviations)",
+            {"residual_cusum": 0.0}),
+    Variant("no-cusum-steps", "the residual CUSUM counting only departures that came as a step (not slow drifts)",
+            {"cusum_steps": 0.0}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -183,10 +183,14 @@ def test_a_slow_cycle_wandering_past_its_range_is_no_fault():
 
 
 def test_a_change_that_breaks_relations_is_accepted_after_accept_after():
+    """Accepted after the timeout, the new state is normal: the relations learned anew, the residual CUSUM has
+    no evidence until they are ready and its moments restarted have learned them (once, it kept the evidence
+    from before the reset, re-raised and held a second timeout); a brief alarm as the new relations settle."""
     bank = warm_bank(accept_after=120.0)
     rows = [machine(i, offset=0.6 if i >= 1000 else 0.0) for i in range(800, 1400)]
-    _, alarms, drift = run(bank, stream(rows, start=800))
+    events, alarms, drift = run(bank, stream(rows, start=800))
     assert [d.reason for d in drift] == ["timeout"]
+    assert sum(e.is_anomaly for e in events[320:]) <= 10 and alarms[-1].kind == "cleared"
     assert drift[0].timestamp == pytest.approx(1120.0, abs=1.0)
     assert drift[0].level_after["pressure"] - drift[0].level_before["pressure"] > 0.3
     assert [a.kind for a in alarms[:2]] == ["raised", "cleared"]
@@ -274,7 +278,10 @@ def test_a_small_sustained_shift_of_a_noisy_feature_is_held_by_the_level_channel
         return np.array([e.is_anomaly for e in run(warm_bank(**params), stream(rows, start=800))[0]])
 
     # (clear_on_return judges the return on the recent level: a chance dip of it ends a held alarm too)
-    held, level, blind = flags(level_hold=True, clear_on_return=False), flags(), flags(level_rate=0.0)
+    # blind: neither the level channel nor the residual CUSUM (the ambient's residual is its own deviation, and
+    # several small consistent deviations add up in its sums: it sees this shift too)
+    held, level = flags(level_hold=True, clear_on_return=False), flags()
+    blind = flags(level_rate=0.0, residual_cusum=0.0)
     assert held[260:600].all() and blind[200:600].mean() < 0.2
     assert not held[:200].any() and not held[660:].any()  # quiet before, and cleared soon after
     # without the hold, a chance dip of the recent readings back to normal may clear it (then it is learned)
@@ -351,7 +358,16 @@ def test_a_machine_that_restarts_broken_alarms_on_its_first_readings():
         events, alarms, _ = run(warm_bank(), stream(rows, start=800 + gap))
         first = next(i for i, e in enumerate(events) if e.is_anomaly)
         assert first < within and all(e.is_anomaly for e in events[first:]), (broken, first)
-        assert max(alarms[0].explanation, key=alarms[0].explanation.get) == next(iter(broken))
+        explanation = alarms[0].explanation
+        if broken == {"temp": 30.0}:
+            assert max(explanation, key=explanation.get) == "temp"
+        else:
+            # a break of a two-feature relation shows in both residuals alike: which feature broke it is not in the
+            # relation (without the residual CUSUM the shares were an exact tie, 0.49/0.49, named by dict order).
+            # The pressure's shift is mostly along the temperature's here (the fast levels restart from the normal
+            # mean after the gap, the temperature's moving to the cycle's phase), so its novelty is excused, and
+            # the temperature's residual CUSUM names it first: the pressure is one of the alarm's causes
+            assert explanation["pressure"] >= 0.25 and explanation["pressure"] + explanation["temp"] > 0.95
     # the same machine back healthy after the same gap: nothing
     events = run(warm_bank(), stream([machine(i) for i in range(800, 900)], start=800 + gap))[0]
     assert not any(e.is_anomaly for e in events)
@@ -697,3 +713,72 @@ def test_an_accepted_state_restarts_the_residual_cusum():
     assert detector.accept()
     after = detector.export_arrays(features)
     assert not after["cusum_hi"].any() and not after["cusum_lo"].any() and not after["cusum_n"].any()
+
+
+def test_a_device_without_ready_relations_has_no_residual_cusum_evidence_of_another_s():
+    """Devices share a batch: one whose relations are not ready (a cold start, or learned anew after a
+    timeout) has no CUSUM evidence, neither the last reading's of another device (held in its alarm by its
+    sums here) nor its own from before the reset; it is judged as it is alone."""
+    shifted = [{**machine(i), "ambient": machine(i)["ambient"] + 0.6} for i in range(1000, 1150)]
+    newcomer = [machine(i, seed=3) for i in range(150)]
+
+    def newcomer_flags(with_the_other: bool) -> list[bool]:
+        bank = VectorBank(spec(level_rate=0.0))
+        if with_the_other:
+            run(bank, stream([machine(i) for i in range(1000)], device="a"))
+        readings = []
+        for i in range(150):
+            if with_the_other:
+                readings.append(Reading("a", 1000.0 + i, shifted[i], RAW))
+            readings.append(Reading("b", float(i), newcomer[i], RAW))
+        events = run(bank, readings)[0]
+        if with_the_other:
+            assert sum(e.is_anomaly for e in events if e.reading.device_id == "a") > 100  # held by the sums
+        return [e.is_anomaly for e in events if e.reading.device_id == "b"]
+
+    assert newcomer_flags(True) == newcomer_flags(False)
+
+
+def test_a_warm_start_learns_the_residual_s_persistence_of_related_features():
+    """The batch-means moment (the residual's recent level's mean square) is learned from the history for every
+    feature, related ones included (a history tracks no current level: no move along the relations to excuse)."""
+    detector = RelationalNovelty(residual_cusum=2.0)
+    detector.fit_history([machine(i) for i in range(800)])
+    learned = detector.export_arrays(tuple(sorted(machine(0))))
+    assert (learned["cusum_d2"] > 0.0).all() and (learned["cusum_n"] > 0.0).all()
+
+
+def test_cusum_steps_a_residual_that_drifts_slowly_is_rarely_summed_one_that_steps_is():
+    """The residual's recent level (EW 0.2) and slow level (EW ``cusum_steps``) move together on a slow ramp (a
+    cycle the relations' mean lags behind): no step, no evidence. Off, the sums add such a ramp up to an alarm's
+    worth nearly always; on, only where noise makes its onset look like a step (a statistical judgement: over 20
+    noise draws). A step of 2 long-run deviations is evidence within 20 readings and stays so while it lasts, a
+    dip back to normal included (the step is remembered while either level departs)."""
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    def surprises(residuals: np.ndarray, slow_rate: float) -> np.ndarray:
+        state = np.zeros((1, len(kernel.CUSUM_FIELDS), 1))
+        state[0, kernel.CU_PREV, 0] = np.nan
+        out = []
+        for i, e in enumerate(residuals):
+            kernel._cusum_follow(state, 0, 0, 0, float(e), 0.2, slow_rate)
+            if i < 2000:
+                kernel._cusum_learn(state, 0, 0, 0, float(e), 0.002)
+            else:
+                out.append(kernel._cusum_surprise(state, 0, 0, 0, float(e), 2.0, 0.2, 2.0, 200.0, 5.3, 1e9, slow_rate))
+        return np.array(out)
+
+    summed = {0.0: 0, 0.05: 0}
+    for seed in range(20):
+        normal = np.random.default_rng(seed).normal(size=2300)
+        ramp = normal + np.r_[np.zeros(2000), np.arange(300) * 0.004]  # 0.004 long-run deviations a reading
+        for slow_rate in summed:
+            summed[slow_rate] += surprises(ramp, slow_rate).max() >= 4.0
+        step = normal + np.r_[np.zeros(2000), np.full(300, 2.0)]
+        step[2150:2160] = 0.0  # a dip back to normal
+        held = surprises(step, 0.05)
+        # (the recent level's own noise may dip below its gate for a reading: ``fast_rate``'s, not the steps')
+        assert (
+            (held[20:150] >= 4.0).mean() > 0.95 and (held[155:160] == 0.0).all() and (held[180:] >= 4.0).mean() > 0.95
+        )
+    assert summed[0.0] >= 17 and summed[0.05] <= 12

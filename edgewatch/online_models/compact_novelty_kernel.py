@@ -34,9 +34,14 @@ LATER_FIELDS = ("profile_max", "g_max", RESOLUTION_FIELD)
 #: scale's (RelationalNovelty's state only): the upper and lower cumulative sums, then the moments of the normal
 #: readings' residuals that standardize them (count, mean square, lag-1 product, last residual — NaN after a
 #: reading not learned —), the residual's recent (fast EW) level and the normal readings' mean square of that
-#: level (the residual's persistence measured at the scale the CUSUM judges a departure as recent)
-CUSUM_FIELDS = ("cusum_hi", "cusum_lo", "cusum_n", "cusum_m2", "cusum_c1", "cusum_prev", "cusum_fast", "cusum_d2")
-CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST, CU_D2 = range(len(CUSUM_FIELDS))
+#: level (the residual's persistence measured at the scale the CUSUM judges a departure as recent); then
+#: (``cusum_steps``) the residual's slow EW level and whether its current departure came as a step (1; else
+#: minus the readings it has lasted)
+CUSUM_FIELDS = (
+    "cusum_hi", "cusum_lo", "cusum_n", "cusum_m2", "cusum_c1", "cusum_prev", "cusum_fast", "cusum_d2", "cusum_slow",
+    "cusum_step",
+)  # fmt: skip
+CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST, CU_D2, CU_SLOW, CU_STEP = range(len(CUSUM_FIELDS))
 #: Siegmund's correction of a Gaussian CUSUM's boundary for the overshoot of its discrete steps (2 x 0.583)
 CUSUM_OVERSHOOT = 1.166
 
@@ -215,7 +220,7 @@ ALARM_PARAMS = (
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
-    "shape_resolution", "residual_cusum",
+    "shape_resolution", "residual_cusum", "cusum_steps",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -450,6 +455,7 @@ def _cusum_surprise(
     min_n: float,
     clip: float,
     cap: float,
+    slow_rate: float = 0.0,
 ) -> float:  # pragma: no cover - compiled
     """The residual CUSUM of feature ``f``: update its two one-sided sums ``s[r, j + CU_HI/CU_LO, f]`` with
     the reading's standardized regression residual ``e`` (given the other features) and return their
@@ -474,7 +480,16 @@ def _cusum_surprise(
     two sides. A sum is capped at ``cap`` (readings back to normal bring it below the alarm's level
     within ``clear_after`` readings), and counts only while the recent residuals (EW at ``fast_rate``)
     depart too, by at least ``tolerance`` decades: an alarm ends when the readings are back, not when
-    the sums have drained."""
+    the sums have drained.
+
+    ``slow_rate`` > 0 (``cusum_steps``): the sums count only a departure that came as a step: the recent
+    level left the residual's slow level (EW at ``slow_rate``) by at least ``tolerance`` decades of what
+    two EW means of the same residuals differ by (their variance a/(2-a) + b/(2-b) - 2ab/(a+b-ab) times
+    the long-run variance) within the slow level's memory (1 / ``slow_rate`` readings) of the departure's
+    onset, remembered while either level departs (a chance dip of the recent level back to normal does not
+    make a lasting fault new again). A residual that wanders slowly
+    enough for both levels to move together (a slow cycle the relations' mean lags behind, the deviation
+    of a feature the others do not predict) is a drift the sums would otherwise add up, not a fault."""
     n, m2 = s[r, j + CU_N, f], s[r, j + CU_M2, f]
     b = fast_rate
     if n < min_n or m2 <= 0.0:
@@ -492,18 +507,35 @@ def _cusum_surprise(
     lo = min(max(s[r, j + CU_LO, f] - v - k, 0.0), cap)
     s[r, j + CU_HI, f], s[r, j + CU_LO, f] = hi, lo
     top = max(hi, lo)
-    if top <= 0.0:
-        return 0.0
     fast = abs(s[r, j + CU_FAST, f]) / math.sqrt(b / (2.0 - b) * m2 * factor)
     if gaussian_surprise(fast) < tolerance:
+        # the departure is over once the slow level is back too (a chance dip of the recent one is not)
+        if slow_rate > 0.0:
+            slow = abs(s[r, j + CU_SLOW, f]) / math.sqrt(slow_rate / (2.0 - slow_rate) * m2 * factor)
+            if gaussian_surprise(slow) < tolerance:
+                s[r, j + CU_STEP, f] = 0.0
+        return 0.0
+    if slow_rate > 0.0 and s[r, j + CU_STEP, f] <= 0.0:
+        # not (yet) a step: -(readings the departure has lasted); a step shows within the slow level's memory
+        # (1 / slow_rate readings) of the onset, later the slow level has caught up and a chance gap is noise
+        a = slow_rate
+        spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * m2 * factor
+        away = abs(s[r, j + CU_FAST, f] - s[r, j + CU_SLOW, f]) / math.sqrt(spread)
+        if -s[r, j + CU_STEP, f] < 1.0 / a and gaussian_surprise(away) >= tolerance:
+            s[r, j + CU_STEP, f] = 1.0
+        else:
+            s[r, j + CU_STEP, f] -= 1.0
+            return 0.0
+    if top <= 0.0:
         return 0.0
     return max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0)
 
 
 @njit(cache=True, inline="always")
-def _cusum_follow(s, r: int, f: int, j: int, e: float, fast_rate: float) -> None:
-    """Every reading (a history's too): the residual ``e`` into its recent (fast EW) level."""
+def _cusum_follow(s, r: int, f: int, j: int, e: float, fast_rate: float, slow_rate: float = 0.0) -> None:
+    """Every reading (a history's too): the residual ``e`` into its recent (fast EW) level and its slow one."""
     s[r, j + CU_FAST, f] += fast_rate * (e - s[r, j + CU_FAST, f])
+    s[r, j + CU_SLOW, f] += slow_rate * (e - s[r, j + CU_SLOW, f])
 
 
 @njit(cache=True)
@@ -536,6 +568,7 @@ def accept(
         rel[r, f, RES] = rel[r, f, DEV] = 0.0
         if cu >= 0:  # the new normal's level is no departure
             s[r, cu + CU_HI, f] = s[r, cu + CU_LO, f] = s[r, cu + CU_FAST, f] = 0.0
+            s[r, cu + CU_SLOW, f] = s[r, cu + CU_STEP, f] = 0.0
             if reset:  # relations learned anew have residuals of their own
                 s[r, cu + CU_N, f] = s[r, cu + CU_M2, f] = s[r, cu + CU_C1, f] = s[r, cu + CU_D2, f] = 0.0
                 s[r, cu + CU_PREV, f] = np.nan
@@ -648,7 +681,7 @@ def detect(
     level_rate, level_hold, level_steps = alarm_params[21], alarm_params[22] > 0.0, alarm_params[23] > 0.0
     clear_on_return = alarm_params[25] > 0.0
     resolution_spread, shape_resolution = alarm_params[26] > 0.0, alarm_params[27]
-    cusum_shift = alarm_params[28]
+    cusum_shift, cusum_steps = alarm_params[28], alarm_params[29]
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -723,6 +756,10 @@ def detect(
                 lv[r, f, LV_RES] = 0.0
         surprise = 0.0
         zmax = -np.inf
+        # this reading's own: a device whose relations are not ready (yet, or again after an acceptance) has
+        # no CUSUM evidence, not the last reading's (another device's, or its own before the reset)
+        cus[:] = 0.0
+        level_z[:] = -np.inf  # (the level channel's likewise)
         # sensor relations: standardized regression residual of each feature given the others
         rel_surprise = rel_surprise_raw = 0.0
         ss = stat = weights = ss_raw = 0.0
@@ -799,7 +836,8 @@ def detect(
         along = explain_along > 0.0 and rel_ready and _shift_along(rel, cov, r, features, along_relations)
         if along:
             rel_surprise = 0.0
-        if explain_along > 0.0 and rel_ready:
+        # (a history tracks no current level: its readings are normal, none has moved)
+        if explain_along > 0.0 and rel_ready and not history:
             _moves_predicted(rel, cov, r, features, explain_along, moved)
         else:
             moved[:] = False
@@ -807,11 +845,12 @@ def detect(
             for f in range(features):
                 # a move the others predict is the device's operating point moving along its relations: no evidence
                 e = 0.0 if (moved[f] and explains[f] >= explained) else es[f]
-                _cusum_follow(s, r, f, cu, e, fast_rate)
+                _cusum_follow(s, r, f, cu, e, fast_rate, cusum_steps)
                 if not history:
                     cus[f] = _cusum_surprise(
-                        s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap
-                    )
+                        s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap,
+                        cusum_steps,
+                    )  # fmt: skip
         # ---- evaluate (CompactNovelty._evaluate)
         for f in range(features):
             value = x[i, f]

@@ -175,8 +175,8 @@ class RelationalNovelty(AnomalyDetector):
             (an integer humidity following the ambient cycle): no finer shape can show (0: off). On float
             sensors the resolution is tiny and it never acts.
         residual_cusum: the design shift (long-run standard deviations) of a two-sided CUSUM on each
-            feature's standardized regression residual given the others (devices with relations; 0: off,
-            the default). The residual is standardized by the long-run deviation of the normal residuals
+            feature's standardized regression residual given the others (devices with relations whose relations
+            are ready; 0: off). The residual is standardized by the long-run deviation of the normal residuals
             (learned like the calibrations: not from readings already surprising): their mean square
             times the larger of the lag-1 (AR(1)) factor and the factor measured at the recent level's
             scale (batch-means, taken one standard error higher: it rests on few independent levels),
@@ -186,10 +186,16 @@ class RelationalNovelty(AnomalyDetector):
             deviations add up where no reading alone is surprising. Sums are capped a ``clear_after``'s
             worth of readings above the alarm's level and count only while the recent residuals depart
             too (so, unlike the level channels' memory, they still hold a returned feature under
-            ``clear_on_return``): an alarm ends with its fault. Off: measured at 2 on top of the other
-            defaults, SKAB F1 0.78 → 0.82, MAR 31.0 → 25.4, FAR 9.5 unchanged, but its changepoint score
-            37.1 → 35.8 (an alarm held across two changepoint windows raises in only one), and the simulator's
-            seed-2 cold fleet has two false alarms more (docs/architecture.md).
+            ``clear_on_return``): an alarm ends with its fault. Measured at 2 against off: SKAB F1 0.78 → 0.82,
+            MAR 31.0 → 25.4, FAR 9.5 unchanged, changepoint score 37.1 → 35.8 (valve1/5's fault raised
+            earlier, late in its first changepoint window rather than early in the second), the simulator's
+            recall and alarms after legitimate changes unchanged, a false alarm or two more on some fleets
+            (docs/architecture.md).
+        cusum_steps: the EW rate of the residual's slow level: the residual CUSUM counts a departure only if
+            it came as a step (its recent level left the slow one by more than chance within
+            ``1 / cusum_steps`` readings of the onset; remembered while either level departs): a residual
+            that drifts slowly (a slow cycle the relations' mean lags behind) is not summed into a fault,
+            as ``level_steps`` judges levels (0: off, every departure is summed).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -265,7 +271,8 @@ class RelationalNovelty(AnomalyDetector):
         clear_on_return: bool = True,
         resolution_spread: bool = True,
         shape_resolution: float = 1.0,
-        residual_cusum: float = 0.0,
+        residual_cusum: float = 2.0,
+        cusum_steps: float = 0.05,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -301,6 +308,7 @@ class RelationalNovelty(AnomalyDetector):
         self.resolution_spread = resolution_spread
         self.shape_resolution = shape_resolution
         self.residual_cusum = residual_cusum
+        self.cusum_steps = cusum_steps
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -339,7 +347,7 @@ class RelationalNovelty(AnomalyDetector):
              float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
              float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
              float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
-             float(self.resolution_spread), self.shape_resolution, self.residual_cusum],
+             float(self.resolution_spread), self.shape_resolution, self.residual_cusum, self.cusum_steps],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
