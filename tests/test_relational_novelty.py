@@ -697,3 +697,25 @@ def test_an_accepted_state_restarts_the_residual_cusum():
     assert detector.accept()
     after = detector.export_arrays(features)
     assert not after["cusum_hi"].any() and not after["cusum_lo"].any() and not after["cusum_n"].any()
+
+
+def test_history_fill_sets_where_a_warm_start_starts_calibrating(tmp_path):
+    """By default the first half of a history only fills the memories and the profile; ``history_fill=0``
+    calibrates every channel over all of it (the profile from its second reading, as a cold start would)."""
+    history = stream([machine(i) for i in range(800)])
+    fields = {}
+    for fill in (0.5, 0.0):
+        fitted = artifact.train(spec(history_fill=fill), history)
+        fields[fill] = fitted.models["m1"].export_arrays(fitted.features["m1"])
+    assert fields[0.5]["profile_n"] == pytest.approx(400.0)
+    assert fields[0.0]["profile_n"] == pytest.approx(799.0)  # every reading after the bin's first
+    assert (fields[0.0]["s0_g_n"] > fields[0.5]["s0_g_n"]).all()  # the shapes' calibration starts earlier too
+    np.testing.assert_array_equal(fields[0.0]["s0_mem"], fields[0.5]["s0_mem"])  # the same memories either way
+
+    with pytest.raises(ValueError, match="history_fill"):
+        RelationalNovelty(history_fill=1.0).fit_history([machine(i) for i in range(10)])
+
+    # a model saved before the parameter existed loads with its default (the split it was fitted with)
+    fitted = artifact.train(spec(), history)
+    older = saved_without(fitted, tmp_path / "model", (), parameters=("history_fill",))
+    assert older.models["m1"].history_fill == 0.5

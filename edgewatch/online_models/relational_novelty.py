@@ -190,6 +190,16 @@ class RelationalNovelty(AnomalyDetector):
             defaults, SKAB F1 0.78 → 0.82, MAR 31.0 → 25.4, FAR 9.5 unchanged, but its changepoint score
             37.1 → 35.8 (an alarm held across two changepoint windows raises in only one), and the simulator's
             seed-2 cold fleet has two false alarms more (docs/architecture.md).
+        history_fill: the fraction of a warm start's history (:meth:`fit_history`) that only fills the
+            shape memories and the profile before the channels' calibrations start learning (the rest
+            calibrates them). 0: every channel calibrates over the whole history as a cold start over the
+            same readings would, each once its own warm-up is over (the shapes after ``2 window +
+            min_blocks`` blocks, the profile and relations after their first readings): the history's
+            slower parts (a machine heating up, the first readings of a profile bin, distances to a memory
+            still filling) then widen the calibrations and raise the empirical bounds as they widen a cold
+            start's. Calibrated on the settled second half only, a warm start judged the live stream
+            with spreads a cold start never had (tighter), alarmed on changes the cold start took as
+            normal, and its larger scores held the debouncing above the next fault's.
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -266,6 +276,7 @@ class RelationalNovelty(AnomalyDetector):
         resolution_spread: bool = True,
         shape_resolution: float = 1.0,
         residual_cusum: float = 0.0,
+        history_fill: float = 0.5,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -301,6 +312,7 @@ class RelationalNovelty(AnomalyDetector):
         self.resolution_spread = resolution_spread
         self.shape_resolution = shape_resolution
         self.residual_cusum = residual_cusum
+        self.history_fill = history_fill
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -437,8 +449,10 @@ class RelationalNovelty(AnomalyDetector):
 
     def fit_history(self, rows: Iterable[dict], timestamps: Iterable[float] | None = None) -> None:
         """Warm start on a block of fault-free history: each feature's range (normalization), the
-        memories and profile (first half), the calibration of every channel (second half) and the
-        relations (all of it). No alarms, no debouncing carried over."""
+        memories and profile (all of it), the calibration of every channel (after the first
+        ``history_fill`` of it) and the relations (all of it). No alarms, no debouncing carried over."""
+        if not 0.0 <= self.history_fill < 1.0:
+            raise ValueError(f"history_fill must be in [0, 1), got {self.history_fill}")
         rows = list(rows)
         times = [None] * len(rows) if timestamps is None else [float(t) for t in timestamps]
         if len(times) != len(rows):
@@ -458,7 +472,7 @@ class RelationalNovelty(AnomalyDetector):
             scalars[lo] = np.where(fixed, np.minimum(scalars[lo], new_lo), new_lo)
             scalars[hi] = np.where(fixed, np.maximum(scalars[hi], new_hi), new_hi)
             scalars[kernel.FEATURE_FIELDS.index("fixed")] = 1.0
-            half = len(indices) // 2
+            half = int(len(indices) * self.history_fill)
             timed = times[indices[0]] is not None
             for part, mode in ((slice(0, half), kernel.HISTORY_FILL), (slice(half, None), kernel.HISTORY_CALIBRATE)):
                 if len(values[part]):
