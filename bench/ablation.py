@@ -141,6 +141,8 @@ VARIANTS = (
             "shape novelty (multi-feature devices)", {"shape_resolution": 0.0}),
     Variant("residual-cusum", "(adds, off by default) a CUSUM of each feature's relation residual, design shift 2 "
             "long-run deviations", {"residual_cusum": 2.0}),
+    Variant("no-profile-along", "a feature's profile novelty excused when the others explain it and predict its "
+            "reading (multi-feature devices)", {"profile_along": False}),
     Variant("history-fill-0", "(adds, off by default) a warm start calibrating on all of its history, as a cold "
             "start over it would (default: the first half fills memories and profile only)", {"history_fill": 0.0}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
