@@ -720,3 +720,21 @@ def test_history_fill_sets_where_a_warm_start_starts_calibrating(tmp_path):
     fitted = artifact.train(spec(), history)
     older = saved_without(fitted, tmp_path / "model", (), parameters=("history_fill",))
     assert older.models["m1"].history_fill == 0.5
+
+
+def test_a_ramp_along_the_relations_through_their_mean_is_no_profile_novelty():
+    """Temperature ramps from above its normal mean to below it (pressure following): its level is near the
+    relations' mean mid-ramp (no shift for ``explain_along`` to excuse), while its profile residual (the
+    departure from the bin's recent mean) is a slope the history never showed. The others predict every
+    reading (``profile_along``): no alarm; without it the ramp alarms."""
+
+    def setpoint(i):
+        return 6.0 if i < 1000 else max(6.0 - 12.0 * (i - 1000) / 20, -6.0)
+
+    rows = [machine(i, setpoint=setpoint(i)) for i in range(800, 1300)]
+    flags = {}
+    for on in (True, False):
+        events, _, _ = run(warm_bank(profile_along=on), stream(rows, start=800))
+        flags[on] = np.array([e.is_anomaly for e in events])
+    assert not flags[True][200:].any()  # (the first readings' step from the history's level alarms either way)
+    assert flags[False][200:].any()
