@@ -143,6 +143,10 @@ VARIANTS = (
             {"residual_cusum": 0.0}),
     Variant("no-cusum-steps", "the residual CUSUM counting only departures that came as a step (not slow drifts)",
             {"cusum_steps": 0.0}),
+    Variant("no-profile-along", "a feature's profile novelty excused when the others explain it and predict its "
+            "reading (multi-feature devices)", {"profile_along": False}),
+    Variant("history-fill-0", "(adds, off by default) a warm start calibrating on all of its history, as a cold "
+            "start over it would (default: the first half fills memories and profile only)", {"history_fill": 0.0}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -106,8 +106,9 @@ def test_a_setpoint_step_that_keeps_relations_is_a_new_normal_within_seconds():
     # the step itself is a jump (a few readings, cleared); the move along the relations explains the rest
     assert flags.sum() <= 10 and (not alarms or alarms[-1].kind == "cleared")
     assert {d.reason for d in drift} <= {"consistent-shift"}
-    # without that explanation every channel finds the new level new: abnormal until accepted as a shift
-    events, alarms, drift = run(warm_bank(explain_along=0.0), stream(rows, start=800))
+    # without those explanations (the shift's, and the predicted readings' for the profile) every channel
+    # finds the new level new: abnormal until accepted as a shift
+    events, alarms, drift = run(warm_bank(explain_along=0.0, profile_along=False), stream(rows, start=800))
     assert sum(e.is_anomaly for e in events) >= 30
     assert drift and {d.reason for d in drift} == {"consistent-shift"}
     assert drift[0].level_after["temp"] - drift[0].level_before["temp"] > 6.0
@@ -782,3 +783,43 @@ def test_cusum_steps_a_residual_that_drifts_slowly_is_rarely_summed_one_that_ste
             (held[20:150] >= 4.0).mean() > 0.95 and (held[155:160] == 0.0).all() and (held[180:] >= 4.0).mean() > 0.95
         )
     assert summed[0.0] >= 17 and summed[0.05] <= 12
+
+
+def test_history_fill_sets_where_a_warm_start_starts_calibrating(tmp_path):
+    """By default the first half of a history only fills the memories and the profile; ``history_fill=0``
+    calibrates every channel over all of it (the profile from its second reading, as a cold start would)."""
+    history = stream([machine(i) for i in range(800)])
+    fields = {}
+    for fill in (0.5, 0.0):
+        fitted = artifact.train(spec(history_fill=fill), history)
+        fields[fill] = fitted.models["m1"].export_arrays(fitted.features["m1"])
+    assert fields[0.5]["profile_n"] == pytest.approx(400.0)
+    assert fields[0.0]["profile_n"] == pytest.approx(799.0)  # every reading after the bin's first
+    assert (fields[0.0]["s0_g_n"] > fields[0.5]["s0_g_n"]).all()  # the shapes' calibration starts earlier too
+    np.testing.assert_array_equal(fields[0.0]["s0_mem"], fields[0.5]["s0_mem"])  # the same memories either way
+
+    with pytest.raises(ValueError, match="history_fill"):
+        RelationalNovelty(history_fill=1.0).fit_history([machine(i) for i in range(10)])
+
+    # a model saved before the parameter existed loads with its default (the split it was fitted with)
+    fitted = artifact.train(spec(), history)
+    older = saved_without(fitted, tmp_path / "model", (), parameters=("history_fill",))
+    assert older.models["m1"].history_fill == 0.5
+
+
+def test_a_ramp_along_the_relations_through_their_mean_is_no_profile_novelty():
+    """Temperature ramps from above its normal mean to below it (pressure following): its level is near the
+    relations' mean mid-ramp (no shift for ``explain_along`` to excuse), while its profile residual (the
+    departure from the bin's recent mean) is a slope the history never showed. The others predict every
+    reading (``profile_along``): no alarm; without it the ramp alarms."""
+
+    def setpoint(i):
+        return 6.0 if i < 1000 else max(6.0 - 12.0 * (i - 1000) / 20, -6.0)
+
+    rows = [machine(i, setpoint=setpoint(i)) for i in range(800, 1300)]
+    flags = {}
+    for on in (True, False):
+        events, _, _ = run(warm_bank(profile_along=on), stream(rows, start=800))
+        flags[on] = np.array([e.is_anomaly for e in events])
+    assert not flags[True][200:].any()  # (the first readings' step from the history's level alarms either way)
+    assert flags[False][200:].any()

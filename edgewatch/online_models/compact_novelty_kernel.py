@@ -220,7 +220,7 @@ ALARM_PARAMS = (
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
-    "shape_resolution", "residual_cusum", "cusum_steps",
+    "shape_resolution", "residual_cusum", "cusum_steps", "profile_along",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -682,6 +682,7 @@ def detect(
     clear_on_return = alarm_params[25] > 0.0
     resolution_spread, shape_resolution = alarm_params[26] > 0.0, alarm_params[27]
     cusum_shift, cusum_steps = alarm_params[28], alarm_params[29]
+    profile_along = alarm_params[30] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -945,7 +946,15 @@ def detect(
                     zp = _gauss_z(abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], spread, min_profile)
                     zps[f] = zp
                     zb = _bounded_z(zp, abs(resid), s, r, PROFILE_N, f) if empirical_bound else zp
-                    if not (moved[f] and explains[f] >= explained):
+                    # (profile_along) a feature the others explain whose reading they predict moves with them:
+                    # its departure from its bin's recent mean is the device's, not a fault of its own
+                    along_f = (
+                        profile_along
+                        and rel_ready
+                        and explains[f] >= explained
+                        and gaussian_surprise(abs(es[f])) < tolerance
+                    )
+                    if not (moved[f] and explains[f] >= explained) and not along_f:
                         zmax = max(zmax, zb)
                         zfeat[f] = max(zfeat[f], zb)
             # checks (CompactNovelty._checks)
