@@ -266,6 +266,8 @@ class RelationalNovelty(AnomalyDetector):
         resolution_spread: bool = True,
         shape_resolution: float = 1.0,
         residual_cusum: float = 0.0,
+        unfollowed_steps: bool = False,
+        centered_spread: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -301,6 +303,8 @@ class RelationalNovelty(AnomalyDetector):
         self.resolution_spread = resolution_spread
         self.shape_resolution = shape_resolution
         self.residual_cusum = residual_cusum
+        self.unfollowed_steps = unfollowed_steps
+        self.centered_spread = centered_spread
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -339,7 +343,8 @@ class RelationalNovelty(AnomalyDetector):
              float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
              float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
              float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
-             float(self.resolution_spread), self.shape_resolution, self.residual_cusum],
+             float(self.resolution_spread), self.shape_resolution, self.residual_cusum,
+             float(self.unfollowed_steps), float(self.centered_spread)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
