@@ -1073,7 +1073,9 @@ def detect(
                             # level, the profile's smoothed residual, block means) still hold is the memory of
                             # the fault's readings, not evidence that it lasts; spikes, spread, stuck values,
                             # extremes and its share of a relation break still count
-                            spread = zspread_c[f] if spread_centered else zspread[f]
+                            # while the device's relations hold, its spread and spikes wherever they sit
+                            centered = spread_centered and rel_ready and rel_surprise_raw < tolerance
+                            spread = zspread_c[f] if centered else zspread[f]
                             c = max(ufeat[f], gaussian_surprise(spread) - bonferroni, 0.0)
                             if cusum:  # the residual CUSUM counts only while its recent residuals depart: no memory
                                 c = max(c, cus[f] - bonferroni)
