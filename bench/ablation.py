@@ -141,14 +141,12 @@ VARIANTS = (
             "shape novelty (multi-feature devices)", {"shape_resolution": 0.0}),
     Variant("residual-cusum", "(adds, off by default) a CUSUM of each feature's relation residual, design shift 2 "
             "long-run deviations", {"residual_cusum": 2.0}),
-    Variant("unfollowed-steps", "(adds, off by default) a shift of features moving along their own relations "
-            "that the alarm's cause, normal by itself, did not follow is accepted (its cross-relations learned "
-            "anew)", {"unfollowed_steps": True}),
-    Variant("centered-spread", "(adds, off by default) in alarm, a cause feature back at its normal level holds "
-            "it by its spread and spikes judged wherever they sit (extreme shingles relative to their mean)",
-            {"centered_spread": True}),
-    Variant("act-zero", "(adds, off by default) unfollowed-steps and centered-spread together",
-            {"unfollowed_steps": True, "centered_spread": True}),
+    Variant("no-unfollowed-steps", "a shift of features moving along their own relations that the alarm's cause, "
+            "normal by itself, did not follow accepted as a consistent shift (their cross-relations learned anew)",
+            {"unfollowed_steps": False}),
+    Variant("centered-spread", "(adds, off by default) in alarm, a cause feature back at its normal level holds it "
+            "by its spread and spikes judged wherever they sit (extreme shingles relative to their mean) while the "
+            "device's relations hold", {"centered_spread": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -697,3 +697,50 @@ def test_an_accepted_state_restarts_the_residual_cusum():
     assert detector.accept()
     after = detector.export_arrays(features)
     assert not after["cusum_hi"].any() and not after["cusum_lo"].any() and not after["cusum_n"].any()
+
+
+def cycling(i: int, setpoint: float = 0.0, seed: int = 0) -> dict[str, float]:
+    """A machine whose temperature and the ambient follow the same slow cycle in its history (two slow
+    signals: a relation the history shows, not the machine's), pressure linear in temperature."""
+    rng = np.random.default_rng(seed * 100_003 + i)
+    cycle = math.sin(i / 120.0)
+    temp = 60.0 + setpoint + 3.0 * cycle + rng.normal(0.0, 0.2)
+    return {"temp": temp, "pressure": 0.1 * temp + rng.normal(0.0, 0.01), "ambient": 20.0 + cycle + rng.normal(0.0, 0.1)}
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_unfollowed_steps_a_setpoint_the_ambient_did_not_follow_is_a_new_normal(on):
+    detector_spec = spec(unfollowed_steps=on)
+    bank = VectorBank(detector_spec, artifact=artifact.train(detector_spec, stream([cycling(i) for i in range(800)])))
+    # the machine heats to a setpoint 12 degrees up at its usual rate, pressure following; the ambient does not
+    rows = [cycling(i, setpoint=min(12.0, 0.5 * max(0, i - 1000))) for i in range(800, 1600)]
+    events, alarms, drift = run(bank, stream(rows, start=800))
+    flags = np.array([e.is_anomaly for e in events])
+    assert flags[200:230].any()  # the learned ambient relation breaks: an alarm either way
+    if on:  # temperature and pressure moved together, the ambient (normal by itself) did not follow
+        assert [d.reason for d in drift] == ["consistent-shift"] and drift[0].timestamp < 1060.0
+        assert not flags[260:].any()  # its relation to them learned anew: no second alarm
+    else:  # held by the broken relation until accept_after
+        assert not drift and flags[260:].all()
+
+
+def test_unfollowed_steps_one_sensor_leaving_its_partners_stays_abnormal():
+    bank = warm_bank(unfollowed_steps=True)
+    rows = [machine(i, offset=0.6 if i >= 1000 else 0.0) for i in range(800, 2500)]
+    events, alarms, drift = run(bank, stream(rows, start=800))
+    assert all(e.is_anomaly for e in events[200:]) and not drift  # one feature departed: no step to excuse
+
+
+def test_a_centered_shingle_distance_ignores_where_the_shingle_sits():
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    w = 6
+    mem = np.zeros((1, 1, 1, 2, w), np.float32)
+    mem[0, 0, 0, 0] = [0.0, 0.1, 0.0, 0.5, 0.0, 0.1]  # a known form with a spike
+    mem[0, 0, 0, 1] = [0.3] * w  # a flat one
+    moved = np.array([0.0, 0.1, 0.0, 0.5, 0.0, 0.1]) + 2.0  # the known form two spans higher
+    assert kernel._centered_distance(mem, 0, 0, 0, 2, moved, w) == pytest.approx(0.0, abs=1e-6)
+    spiked = np.array([0.0, 0.0, 1.5, 0.0, 0.0, 0.0]) + 2.0  # a spike the memories do not hold, wherever it is
+    raw = min(np.sqrt(np.mean((mem[0, 0, 0, m] - spiked) ** 2)) for m in range(2))
+    centered = kernel._centered_distance(mem, 0, 0, 0, 2, spiked, w)
+    assert 0.3 < centered <= raw
