@@ -705,7 +705,8 @@ def cycling(i: int, setpoint: float = 0.0, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed * 100_003 + i)
     cycle = math.sin(i / 120.0)
     temp = 60.0 + setpoint + 3.0 * cycle + rng.normal(0.0, 0.2)
-    return {"temp": temp, "pressure": 0.1 * temp + rng.normal(0.0, 0.01), "ambient": 20.0 + cycle + rng.normal(0.0, 0.1)}
+    ambient = 20.0 + cycle + rng.normal(0.0, 0.1)
+    return {"temp": temp, "pressure": 0.1 * temp + rng.normal(0.0, 0.01), "ambient": ambient}
 
 
 @pytest.mark.parametrize("on", [False, True])
@@ -714,7 +715,7 @@ def test_unfollowed_steps_a_setpoint_the_ambient_did_not_follow_is_a_new_normal(
     bank = VectorBank(detector_spec, artifact=artifact.train(detector_spec, stream([cycling(i) for i in range(800)])))
     # the machine heats to a setpoint 12 degrees up at its usual rate, pressure following; the ambient does not
     rows = [cycling(i, setpoint=min(12.0, 0.5 * max(0, i - 1000))) for i in range(800, 1600)]
-    events, alarms, drift = run(bank, stream(rows, start=800))
+    events, _, drift = run(bank, stream(rows, start=800))
     flags = np.array([e.is_anomaly for e in events])
     assert flags[200:230].any()  # the learned ambient relation breaks: an alarm either way
     if on:  # temperature and pressure moved together, the ambient (normal by itself) did not follow
@@ -727,7 +728,7 @@ def test_unfollowed_steps_a_setpoint_the_ambient_did_not_follow_is_a_new_normal(
 def test_unfollowed_steps_one_sensor_leaving_its_partners_stays_abnormal():
     bank = warm_bank(unfollowed_steps=True)
     rows = [machine(i, offset=0.6 if i >= 1000 else 0.0) for i in range(800, 2500)]
-    events, alarms, drift = run(bank, stream(rows, start=800))
+    events, _, drift = run(bank, stream(rows, start=800))
     assert all(e.is_anomaly for e in events[200:]) and not drift  # one feature departed: no step to excuse
 
 
@@ -744,3 +745,13 @@ def test_a_centered_shingle_distance_ignores_where_the_shingle_sits():
     raw = min(np.sqrt(np.mean((mem[0, 0, 0, m] - spiked) ** 2)) for m in range(2))
     centered = kernel._centered_distance(mem, 0, 0, 0, 2, spiked, w)
     assert 0.3 < centered <= raw
+
+
+def test_a_model_saved_before_unfollowed_steps_and_centered_spread_loads_with_today_s_defaults(tmp_path):
+    """No state field is added: a model saved without the two parameters loads and runs with their defaults."""
+    detector_spec = spec()
+    fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
+    older = saved_without(fitted, tmp_path / "model", (), parameters=("unfollowed_steps", "centered_spread"))
+    model = older.models["m1"]
+    assert model.unfollowed_steps is True and model.centered_spread is False
+    run(VectorBank(detector_spec, artifact=older), stream([machine(i) for i in range(800, 900)], start=800))

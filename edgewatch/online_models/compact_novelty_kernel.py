@@ -175,8 +175,18 @@ def _rounding_variance(step: float, span: float) -> float:
 
 @njit(cache=True)
 def _shape_z(
-    d: float, s, r: int, j: int, f: int, w: int, min_blocks: int, effective: bool, bounded: bool, relations: bool,
-    resolution: float, span: float,
+    d: float,
+    s,
+    r: int,
+    j: int,
+    f: int,
+    w: int,
+    min_blocks: int,
+    effective: bool,
+    bounded: bool,
+    relations: bool,
+    resolution: float,
+    span: float,
 ) -> tuple[float, float]:  # pragma: no cover - compiled
     """A shape channel's calibrated z of a shingle at RMS distance ``d`` from its nearest memory (the
     calibration at ``s[r, j:j+4, f]``), unbounded and as scored: Student's t over the independent shingles
