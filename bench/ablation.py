@@ -147,6 +147,11 @@ VARIANTS = (
     Variant("centered-spread", "(adds, off by default) in alarm, a cause feature back at its normal level holds it "
             "by its spread and spikes judged wherever they sit (extreme shingles relative to their mean) while the "
             "device's relations hold", {"centered_spread": True}),
+    Variant("level-warmup", "(adds, off by default) the level channel learns its first readings even in alarm "
+            "(a cold start's early alarm otherwise keeps clear_on_return from ever judging the device back)",
+            {"level_warmup": True}),
+    Variant("level-warmup-centered", "(adds, off by default) level-warmup and centered-spread together",
+            {"level_warmup": True, "centered_spread": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -267,6 +267,7 @@ ALARM_PARAMS = (
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "unfollowed_steps", "centered_spread",
+    "level_warmup",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -752,6 +753,7 @@ def detect(
     cusum_shift = alarm_params[28]
     unfollowed_steps = alarm_params[29] > 0.0
     centered_spread = alarm_params[30] > 0.0
+    level_warmup = alarm_params[31] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -1210,6 +1212,11 @@ def detect(
                 rel[r, f, MU] += max(1.0 / (s[r, N, f] + 1.0), relation_rate) * (x[i, f] - rel[r, f, MU])
         if relations and not (learn or warming):
             for f in range(features):
+                if level_warmup and level_rate > 0.0 and rel_ready and lv[r, f, LV_N] < min_profile:
+                    # the level channel's first readings are learned even in alarm (``level_warmup``): an alarm
+                    # raised before it is ready keeps it from ever judging that the device is back
+                    _level_learn(lv, r, f, lu[f], ld[f], relation_rate)
+                    continue
                 lv[r, f, LV_PREV] = np.nan  # the lag-1 product pairs consecutive normal readings only
                 if cusum:
                     s[r, cu + CU_PREV, f] = np.nan

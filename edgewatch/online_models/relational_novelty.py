@@ -288,6 +288,7 @@ class RelationalNovelty(AnomalyDetector):
         residual_cusum: float = 0.0,
         unfollowed_steps: bool = True,
         centered_spread: bool = False,
+        level_warmup: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -325,6 +326,7 @@ class RelationalNovelty(AnomalyDetector):
         self.residual_cusum = residual_cusum
         self.unfollowed_steps = unfollowed_steps
         self.centered_spread = centered_spread
+        self.level_warmup = level_warmup
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -364,7 +366,7 @@ class RelationalNovelty(AnomalyDetector):
              float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
              float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
              float(self.resolution_spread), self.shape_resolution, self.residual_cusum,
-             float(self.unfollowed_steps), float(self.centered_spread)],
+             float(self.unfollowed_steps), float(self.centered_spread), float(self.level_warmup)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
