@@ -755,3 +755,25 @@ def test_a_model_saved_before_unfollowed_steps_and_centered_spread_loads_with_to
     model = older.models["m1"]
     assert model.unfollowed_steps is True and model.centered_spread is False
     run(VectorBank(detector_spec, artifact=older), stream([machine(i) for i in range(800, 900)], start=800))
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_level_warmup_the_level_channel_learns_its_first_readings_in_a_cold_start_s_early_alarm(on):
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    model = RelationalNovelty(level_warmup=on)
+
+    def level_readings():
+        blocks = model._layout.by_field(model._rows[("ambient", "pressure", "temp")])
+        return blocks["drift"][0, model._layout.position("drift"), :, kernel.LV_N].copy()
+
+    # cold: a fault right after the relations are ready (200 readings) raises the alarm
+    for i in range(206):
+        model.learn_one(machine(i, offset=0.6 if i >= 205 else 0.0), float(i))
+    assert model.abnormal
+    before = level_readings()
+    assert (before < model.novelty.min_profile).all()  # the level channel was not ready yet
+    for i in range(206, 230):
+        model.learn_one(machine(i, offset=0.6), float(i))
+    assert model.abnormal  # (still in alarm)
+    assert (level_readings() == before + 24).all() if on else (level_readings() == before).all()

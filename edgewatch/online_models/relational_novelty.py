@@ -210,6 +210,12 @@ class RelationalNovelty(AnomalyDetector):
             moving on to levels a cold start never saw otherwise holds its alarm to the end. Off: measured on,
             the simulator's last seed-2 cold alarm after a setpoint clears (act 0 everywhere), SKAB FAR 9.52 →
             6.55 and F1 0.78 → 0.79 but MAR 31.02 → 31.32 and changepoint 37.13 → 37.03 (docs/architecture.md).
+        level_warmup: the level channel learns its first ``novelty.min_profile`` readings after the relations are
+            ready even in alarm, as ``relation_warmup`` lets the relations: a cold start's alarm raised before it
+            is ready otherwise keeps ``clear_on_return`` from ever judging the device back, and only times out.
+            Off: measured with ``centered_spread`` (alone it changes nothing measured), a held-out 16-device seed-5
+            cold fleet's ambient alarm held from its first minutes to the end clears (act 4 → 0, precision 0.972 →
+            0.974); SKAB unchanged (its devices are warm-started: the channel is ready).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
