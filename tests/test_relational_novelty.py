@@ -751,7 +751,8 @@ def test_a_model_saved_before_unfollowed_steps_centered_spread_and_level_warmup_
     """No state field is added: a model saved without the three parameters loads and runs with their defaults."""
     detector_spec = spec()
     fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
-    older = saved_without(fitted, tmp_path / "model", (), parameters=("unfollowed_steps", "centered_spread", "level_warmup"))
+    later = ("unfollowed_steps", "centered_spread", "level_warmup")
+    older = saved_without(fitted, tmp_path / "model", (), parameters=later)
     model = older.models["m1"]
     assert model.unfollowed_steps is True and model.centered_spread is False and model.level_warmup is False
     run(VectorBank(detector_spec, artifact=older), stream([machine(i) for i in range(800, 900)], start=800))
