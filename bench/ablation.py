@@ -147,6 +147,17 @@ VARIANTS = (
             "reading (multi-feature devices)", {"profile_along": False}),
     Variant("history-fill-0", "(adds, off by default) a warm start calibrating on all of its history, as a cold "
             "start over it would (default: the first half fills memories and profile only)", {"history_fill": 0.0}),
+    Variant("no-unfollowed-steps", "a shift of features moving along their own relations that the alarm's cause, "
+            "normal by itself, did not follow accepted as a consistent shift (their cross-relations learned anew)",
+            {"unfollowed_steps": False}),
+    Variant("centered-spread", "(adds, off by default) in alarm, a cause feature back at its normal level holds it "
+            "by its spread and spikes judged wherever they sit (extreme shingles relative to their mean) while the "
+            "device's relations hold", {"centered_spread": True}),
+    Variant("level-warmup", "(adds, off by default) the level channel learns its first readings even in alarm "
+            "(a cold start's early alarm otherwise keeps clear_on_return from ever judging the device back)",
+            {"level_warmup": True}),
+    Variant("level-warmup-centered", "(adds, off by default) level-warmup and centered-spread together",
+            {"level_warmup": True, "centered_spread": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -823,3 +823,84 @@ def test_a_ramp_along_the_relations_through_their_mean_is_no_profile_novelty():
         flags[on] = np.array([e.is_anomaly for e in events])
     assert not flags[True][200:].any()  # (the first readings' step from the history's level alarms either way)
     assert flags[False][200:].any()
+
+
+def cycling(i: int, setpoint: float = 0.0, seed: int = 0) -> dict[str, float]:
+    """A machine whose temperature and the ambient follow the same slow cycle in its history (two slow
+    signals: a relation the history shows, not the machine's), pressure linear in temperature."""
+    rng = np.random.default_rng(seed * 100_003 + i)
+    cycle = math.sin(i / 120.0)
+    temp = 60.0 + setpoint + 3.0 * cycle + rng.normal(0.0, 0.2)
+    ambient = 20.0 + cycle + rng.normal(0.0, 0.1)
+    return {"temp": temp, "pressure": 0.1 * temp + rng.normal(0.0, 0.01), "ambient": ambient}
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_unfollowed_steps_a_setpoint_the_ambient_did_not_follow_is_a_new_normal(on):
+    detector_spec = spec(unfollowed_steps=on)
+    bank = VectorBank(detector_spec, artifact=artifact.train(detector_spec, stream([cycling(i) for i in range(800)])))
+    # the machine heats to a setpoint 12 degrees up at its usual rate, pressure following; the ambient does not
+    rows = [cycling(i, setpoint=min(12.0, 0.5 * max(0, i - 1000))) for i in range(800, 1600)]
+    events, _, drift = run(bank, stream(rows, start=800))
+    flags = np.array([e.is_anomaly for e in events])
+    assert flags[200:230].any()  # the learned ambient relation breaks: an alarm either way
+    if on:  # temperature and pressure moved together, the ambient (normal by itself) did not follow
+        assert [d.reason for d in drift] == ["consistent-shift"] and drift[0].timestamp < 1060.0
+        assert not flags[260:].any()  # its relation to them learned anew: no second alarm
+    else:  # held by the broken relation until accept_after
+        assert not drift and flags[260:].all()
+
+
+def test_unfollowed_steps_one_sensor_leaving_its_partners_stays_abnormal():
+    bank = warm_bank(unfollowed_steps=True)
+    rows = [machine(i, offset=0.6 if i >= 1000 else 0.0) for i in range(800, 2500)]
+    events, _, drift = run(bank, stream(rows, start=800))
+    assert all(e.is_anomaly for e in events[200:]) and not drift  # one feature departed: no step to excuse
+
+
+def test_a_centered_shingle_distance_ignores_where_the_shingle_sits():
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    w = 6
+    mem = np.zeros((1, 1, 1, 2, w), np.float32)
+    mem[0, 0, 0, 0] = [0.0, 0.1, 0.0, 0.5, 0.0, 0.1]  # a known form with a spike
+    mem[0, 0, 0, 1] = [0.3] * w  # a flat one
+    moved = np.array([0.0, 0.1, 0.0, 0.5, 0.0, 0.1]) + 2.0  # the known form two spans higher
+    assert kernel._centered_distance(mem, 0, 0, 0, 2, moved, w) == pytest.approx(0.0, abs=1e-6)
+    spiked = np.array([0.0, 0.0, 1.5, 0.0, 0.0, 0.0]) + 2.0  # a spike the memories do not hold, wherever it is
+    raw = min(np.sqrt(np.mean((mem[0, 0, 0, m] - spiked) ** 2)) for m in range(2))
+    centered = kernel._centered_distance(mem, 0, 0, 0, 2, spiked, w)
+    assert 0.3 < centered <= raw
+
+
+def test_a_model_saved_before_unfollowed_steps_centered_spread_and_level_warmup_loads_with_today_s_defaults(tmp_path):
+    """No state field is added: a model saved without the three parameters loads and runs with their defaults."""
+    detector_spec = spec()
+    fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
+    later = ("unfollowed_steps", "centered_spread", "level_warmup")
+    older = saved_without(fitted, tmp_path / "model", (), parameters=later)
+    model = older.models["m1"]
+    assert model.unfollowed_steps is True and model.centered_spread is False and model.level_warmup is False
+    run(VectorBank(detector_spec, artifact=older), stream([machine(i) for i in range(800, 900)], start=800))
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_level_warmup_the_level_channel_learns_its_first_readings_in_a_cold_start_s_early_alarm(on):
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    model = RelationalNovelty(level_warmup=on)
+
+    def level_readings():
+        blocks = model._layout.by_field(model._rows[("ambient", "pressure", "temp")])
+        return blocks["drift"][0, model._layout.position("drift"), :, kernel.LV_N].copy()
+
+    # cold: a fault right after the relations are ready (200 readings) raises the alarm
+    for i in range(206):
+        model.learn_one(machine(i, offset=0.6 if i >= 205 else 0.0), float(i))
+    assert model.abnormal
+    before = level_readings()
+    assert (before < model.novelty.min_profile).all()  # the level channel was not ready yet
+    for i in range(206, 230):
+        model.learn_one(machine(i, offset=0.6), float(i))
+    assert model.abnormal  # (still in alarm)
+    assert (level_readings() == before + 24).all() if on else (level_readings() == before).all()

@@ -178,6 +178,57 @@ def _rounding_variance(step: float, span: float) -> float:
     return q / (span * span) if span > 0.0 else q
 
 
+@njit(cache=True)
+def _shape_z(
+    d: float,
+    s,
+    r: int,
+    j: int,
+    f: int,
+    w: int,
+    min_blocks: int,
+    effective: bool,
+    bounded: bool,
+    relations: bool,
+    resolution: float,
+    span: float,
+) -> tuple[float, float]:  # pragma: no cover - compiled
+    """A shape channel's calibrated z of a shingle at RMS distance ``d`` from its nearest memory (the
+    calibration at ``s[r, j:j+4, f]``), unbounded and as scored: Student's t over the independent shingles
+    (``effective``: ``shape_effective``), bounded by the learned values (``bounded``: ``empirical_bound``),
+    and, on a device with relations, none within ``resolution`` (the feature's, times ``shape_resolution``)
+    of a known shingle: that shape at a quantized sensor's next level (an integer humidity following a cycle)."""
+    zk = _gauss_z(d, s[r, j, f], s[r, j + 1, f], s[r, j + 2, f], min_blocks)
+    if effective and zk > 0.0:
+        zk = _t_as_z(zk, s[r, j, f] / w - 1.0)
+    zb = _bounded_z(zk, d, s, r, j, f) if bounded else zk
+    if relations and resolution > 0.0 and d * (span if span > 0 else 1.0) <= resolution:
+        zb = -np.inf
+    return zk, zb
+
+
+@njit(cache=True)
+def _centered_distance(mem, r: int, k: int, f: int, mem_n: int, query, w: int) -> float:  # pragma: no cover
+    """The RMS distance from the shingle ``query`` to its nearest memory, each taken relative to its own mean:
+    the form of the shingle (spread, spikes) wherever its level sits. Never more than the raw distance."""
+    qm = 0.0
+    for q in range(w):
+        qm += query[q]
+    qm /= w
+    best = np.inf
+    for m in range(mem_n):
+        mm = 0.0
+        for q in range(w):
+            mm += np.float64(mem[r, k, f, m, q])
+        mm /= w
+        d2 = 0.0
+        for q in range(w):
+            diff = (np.float64(mem[r, k, f, m, q]) - mm) - (query[q] - qm)
+            d2 += diff * diff
+        best = min(best, d2)
+    return math.sqrt(best / w)
+
+
 @njit(cache=True, inline="always")
 def _device_gauss_update(dev, r: int, j: int, d: float) -> None:
     n = dev[r, j] + 1.0
@@ -220,7 +271,8 @@ ALARM_PARAMS = (
     "along_relations", "explain_along", "extreme_steps", "hold_related",
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
-    "shape_resolution", "residual_cusum", "cusum_steps", "profile_along",
+    "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
+    "centered_spread", "level_warmup",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -232,18 +284,19 @@ RELATION_SCORE, HOLD_ALARM, PROTECTED_LEARNING, EXTREMES_ALONG_RELATIONS, EMPIRI
 
 
 @njit(cache=True)
-def _refresh_precision(cov, r: int, d: int, ridge: float, m) -> None:  # pragma: no cover - compiled
-    """``cov[r, PREC]`` = inverse of (the correlation matrix of ``cov[r, COV]`` + ``ridge`` I), Gauss-Jordan
-    in the scratch ``m`` (d, 2d)."""
+def _invert_correlations(cov, r: int, idx, d: int, ridge: float, m) -> None:  # pragma: no cover - compiled
+    """The inverse of (the correlation matrix of ``cov[r, COV]`` over the features ``idx[:d]`` + ``ridge`` I),
+    Gauss-Jordan in the scratch ``m`` (at least d, 2d): the inverse is left in ``m[:d, d:2d]``."""
     m[:] = 0.0
-    for j in range(d):
-        for k in range(d):
+    for a in range(d):
+        for b in range(d):
+            j, k = idx[a], idx[b]
             cj, ck = cov[r, COV, j, j], cov[r, COV, k, k]
-            if j == k:
-                m[j, k] = 1.0 + ridge
+            if a == b:
+                m[a, b] = 1.0 + ridge
             elif cj > 0.0 and ck > 0.0:
-                m[j, k] = cov[r, COV, j, k] / math.sqrt(cj * ck)
-        m[j, d + j] = 1.0
+                m[a, b] = cov[r, COV, j, k] / math.sqrt(cj * ck)
+        m[a, d + a] = 1.0
     for c in range(d):
         pivot = c
         for j in range(c + 1, d):
@@ -260,6 +313,13 @@ def _refresh_precision(cov, r: int, d: int, ridge: float, m) -> None:  # pragma:
                 factor = m[j, c]
                 for k in range(2 * d):
                     m[j, k] -= factor * m[c, k]
+
+
+@njit(cache=True)
+def _refresh_precision(cov, r: int, d: int, ridge: float, m) -> None:  # pragma: no cover - compiled
+    """``cov[r, PREC]`` = inverse of (the correlation matrix of ``cov[r, COV]`` + ``ridge`` I), Gauss-Jordan
+    in the scratch ``m`` (d, 2d)."""
+    _invert_correlations(cov, r, np.arange(d), d, ridge, m)
     for j in range(d):
         for k in range(d):
             cov[r, PREC, j, k] = m[j, d + k]
@@ -282,6 +342,48 @@ def _shift_along(rel, cov, r: int, features: int, along: float) -> bool:  # prag
         for k in range(features):
             dk = (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
             mahalanobis += dj * cov[r, PREC, j, k] * dk
+    return euclid > 0.0 and mahalanobis <= along * euclid
+
+
+@njit(cache=True)
+def _unfollowed_step(
+    rel, cov, r: int, features: int, stepped, own, u_threshold: float, along: float, ridge: float, m
+) -> bool:  # pragma: no cover - compiled
+    """Whether the device's state is a shift of some of its features that the alarm's cause did not follow:
+    the features that departed (``stepped``: their recent level is off their normal level), at least two,
+    none of them a cause of the alarm (``rel[r, f, CAUSE]``), each cause showing nothing alarming by itself
+    (``own[f]``, decades: only its relation to the others breaks), and the departure runs along the departed
+    features' relations among themselves (its Mahalanobis length in their correlations, ``ridge`` added, at
+    most ``along`` times its Euclidean length, as :func:`_shift_along` judges a whole shift).
+
+    A setpoint moves the controlled features together and leaves an exogenous one (the ambient
+    temperature) where it was: if a relation learned from slow co-movement (two slow signals, few
+    independent levels) ties them, that relation breaks, not the device. A fault that moves one sensor
+    off its partners has one departed feature (or departs across their relations) and is not excused."""
+    count = 0
+    for f in range(features):
+        if rel[r, f, CAUSE] > 0.0 and (stepped[f] or own[f] >= u_threshold):
+            return False
+        if stepped[f]:
+            count += 1
+    if count < 2:
+        return False
+    idx = np.empty(count, np.int64)
+    c = 0
+    for f in range(features):
+        if stepped[f]:
+            idx[c] = f
+            c += 1
+    _invert_correlations(cov, r, idx, count, ridge, m)  # the stepped features' relations among themselves
+    euclid = mahalanobis = 0.0
+    for a in range(count):
+        j = idx[a]
+        dj = (rel[r, j, FAST] - rel[r, j, MU]) / math.sqrt(max(cov[r, COV, j, j], 1e-12))
+        euclid += dj * dj
+        for b in range(count):
+            k = idx[b]
+            dk = (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
+            mahalanobis += dj * m[a, count + b] * dk
     return euclid > 0.0 and mahalanobis <= along * euclid
 
 
@@ -683,6 +785,9 @@ def detect(
     resolution_spread, shape_resolution = alarm_params[26] > 0.0, alarm_params[27]
     cusum_shift, cusum_steps = alarm_params[28], alarm_params[29]
     profile_along = alarm_params[30] > 0.0
+    unfollowed_steps = alarm_params[31] > 0.0
+    centered_spread = alarm_params[32] > 0.0
+    level_warmup = alarm_params[33] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -706,6 +811,7 @@ def detect(
     # a smoothed residual (EW rate c) of readings each rounded with variance q varies by at least c / (2 - c) q
     rounding_gain = residual_rate / (2.0 - residual_rate)
     relations = alarms and features >= 2
+    spread_centered = centered_spread and clear_on_return and relations
     cu = cusum_at
     cusum = relations and cusum_shift > 0.0 and cu >= 0 and cu + len(CUSUM_FIELDS) <= s.shape[1]
     cus = np.zeros(features)  # each feature's residual CUSUM surprise (decades, before the features' Bonferroni)
@@ -719,6 +825,7 @@ def detect(
     scores = np.empty(readings)
     zfeat = np.empty(features)
     zspread = np.empty(features)  # each feature's largest channel that is not a level (spread, spikes: extreme shapes)
+    zspread_c = np.empty(features)  # the same, each shingle relative to its own mean (``centered_spread``)
     zks = np.full((features, len(sizes)), -np.inf)  # each channel's calibrated z (unbounded)
     zps = np.full(features, -np.inf)
     ufeat = np.empty(features)
@@ -726,6 +833,8 @@ def detect(
     res = np.empty(features)
     res_raw = np.empty(features)
     implicated = np.zeros(features, np.bool_)
+    own = np.zeros(features)  # in alarm, each feature's surprise from its own channels
+    stepped = np.zeros(features, np.bool_)  # the features whose departure came as a step (unfollowed_steps)
     moved = np.zeros(features, np.bool_)  # each feature's shift is predicted by the others' (explain_along)
     devs = np.zeros(features)
     scratch = np.zeros((features, 2 * features))
@@ -853,6 +962,7 @@ def detect(
                         cusum_steps,
                     )  # fmt: skip
         # ---- evaluate (CompactNovelty._evaluate)
+        in_alarm_now = alarms and not history and hold_alarm and dev[r, ALARM] != 0.0
         for f in range(features):
             value = x[i, f]
             if s[r, N, f] == 0.0:  # a feature's first reading
@@ -863,7 +973,7 @@ def detect(
             span = s[r, HI, f] - s[r, LO, f]
             z = (value - s[r, LO, f]) / span if span > 0 else value - s[r, LO, f]
             zs[f] = z
-            zfeat[f] = zspread[f] = -np.inf
+            zfeat[f] = zspread[f] = zspread_c[f] = -np.inf
             if not (moved[f] and explains[f] >= explained):  # the level channel (relations' coordinates)
                 zmax = max(zmax, level_z[f])
                 zfeat[f] = level_z[f]
@@ -903,31 +1013,23 @@ def detect(
                 ds[f, k] = math.sqrt(best / w)
                 js[f, k] = nearest
                 if n >= warmup:
-                    zk = _gauss_z(
-                        ds[f, k],
-                        s[r, _scale_index(k, G_N), f],
-                        s[r, _scale_index(k, G_MU), f],
-                        s[r, _scale_index(k, G_VAR), f],
-                        min_blocks,
-                    )
-                    if shape_effective and zk > 0.0:
-                        zk = _t_as_z(zk, s[r, _scale_index(k, G_N), f] / w - 1.0)
-                    zks[f, k] = zk  # unbounded: whether the block may raise the largest normal value
-                    zb = _bounded_z(zk, ds[f, k], s, r, _scale_index(k, G_N), f) if empirical_bound else zk
-                    # on a device with relations to check, a shingle within ``shape_resolution`` of the
-                    # feature's resolution (RMS) from a known one is that shape at a quantized sensor's next
-                    # level (an integer humidity following a cycle): no finer shape can show
-                    if (
-                        relations
-                        and shape_resolution > 0.0
-                        and ds[f, k] * (span if span > 0 else 1.0) <= (shape_resolution * s[r, resolution, f])
-                    ):
-                        zb = -np.inf
+                    zks[f, k], zb = _shape_z(
+                        ds[f, k], s, r, _scale_index(k, G_N), f, w, min_blocks, shape_effective, empirical_bound,
+                        relations, shape_resolution * s[r, resolution, f], span,
+                    )  # fmt: skip
                     if not (moved[f] and explains[f] >= explained):
                         zmax = max(zmax, zb)
                         zfeat[f] = max(zfeat[f], zb)
                         if extreme[k]:
                             zspread[f] = max(zspread[f], zb)
+                            if spread_centered and in_alarm_now and rel[r, f, CAUSE] > 0.0:
+                                # the block's spread and spikes wherever they sit (``centered_spread``)
+                                dc = _centered_distance(mem, r, k, f, mem_n, query, w)
+                                zc = _shape_z(
+                                    dc, s, r, _scale_index(k, G_N), f, w, min_blocks, shape_effective,
+                                    empirical_bound, relations, shape_resolution * s[r, resolution, f], span,
+                                )[1]  # fmt: skip
+                                zspread_c[f] = max(zspread_c[f], zc)
             visited[f] = False
             if b >= 0:
                 m = half_to_double(profile[r, f, b])
@@ -995,6 +1097,7 @@ def detect(
         scores[i] = score
         # ---- alarm state: raised once, held while abnormal, cleared once; abnormal readings do not teach
         learn = True
+        unfollowed = False
         if alarms and not history:
             ev = 0
             in_alarm = dev[r, ALARM] != 0.0 and hold_alarm  # not held: every reading is judged alone
@@ -1002,7 +1105,10 @@ def detect(
                 # each feature's surprise: its novelty channels and checks, its share of the relation residual
                 top = 0.0
                 for f in range(features):
-                    c = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, cus[f] - bonferroni, 0.0)
+                    own[f] = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, 0.0)
+                    # its own channels' (``own``), then its relation residual's: the CUSUM's and its share of
+                    # the relation break
+                    c = max(own[f], cus[f] - bonferroni)
                     if rel_ready and ss > 0.0 and relation_score:
                         c = max(c, rel_surprise * breaks[f] / ss)
                     contrib[i, f] = c
@@ -1029,7 +1135,10 @@ def detect(
                             # level, the profile's smoothed residual, block means) still hold is the memory of
                             # the fault's readings, not evidence that it lasts; spikes, spread, stuck values,
                             # extremes and its share of a relation break still count
-                            c = max(ufeat[f], gaussian_surprise(zspread[f]) - bonferroni, 0.0)
+                            # while the device's relations hold, its spread and spikes wherever they sit
+                            centered = spread_centered and rel_ready and rel_surprise_raw < tolerance
+                            spread = zspread_c[f] if centered else zspread[f]
+                            c = max(ufeat[f], gaussian_surprise(spread) - bonferroni, 0.0)
                             if cusum:  # the residual CUSUM counts only while its recent residuals depart: no memory
                                 c = max(c, cus[f] - bonferroni)
                             if rel_ready and ss > 0.0 and relation_score:
@@ -1046,6 +1155,18 @@ def detect(
                 for f in range(features):
                     if rel[r, f, CAUSE] > 0.0 and cov[r, PREC, f, f] * (1.0 - explained) < 1.0:
                         kept = False
+                # ... or a step of features moving along their own relations that the cause, by itself normal,
+                # did not follow (``unfollowed_steps``): the relation that ties it to them is not the device's
+                if not kept and unfollowed_steps and rel_ready and level_rate > 0.0:
+                    for f in range(features):
+                        # departed: its recent level is off its normal one, or it moves with those that are
+                        stepped[f] = (moved[f] and explains[f] >= explained) or not _level_returned(
+                            lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile
+                        )
+                    unfollowed = _unfollowed_step(
+                        rel, cov, r, features, stepped, own, u_threshold, along_relations, ridge, scratch
+                    )
+                kept = kept or unfollowed
                 dev[r, CONSISTENT] = dev[r, CONSISTENT] + 1.0 if kept else 0.0
                 if dev[r, QUIET] >= clear_after:
                     ev = CLEARED
@@ -1080,6 +1201,13 @@ def detect(
                 info[i, 0], info[i, 1] = dev[r, START], dev[r, PEAK]
             if ev & (DRIFT_SHIFT | DRIFT_TIMEOUT):
                 accept(s, rel, cov, dev, r, features, (ev & DRIFT_TIMEOUT) != 0, levels, i, cu)
+                if unfollowed and ev & DRIFT_SHIFT:
+                    # the stepped features' relations to the features that did not follow are learned anew
+                    for j in range(features):
+                        for k in range(features):
+                            if stepped[j] != stepped[k]:
+                                cov[r, COV, j, k] = 0.0
+                    _refresh_precision(cov, r, features, ridge, scratch)
             elif ev & CLEARED:
                 dev[r, ALARM] = dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
             events[i] = ev
@@ -1134,6 +1262,11 @@ def detect(
                 rel[r, f, MU] += max(1.0 / (s[r, N, f] + 1.0), relation_rate) * (x[i, f] - rel[r, f, MU])
         if relations and not (learn or warming):
             for f in range(features):
+                if level_warmup and level_rate > 0.0 and rel_ready and lv[r, f, LV_N] < min_profile:
+                    # the level channel's first readings are learned even in alarm (``level_warmup``): an alarm
+                    # raised before it is ready keeps it from ever judging that the device is back
+                    _level_learn(lv, r, f, lu[f], ld[f], relation_rate)
+                    continue
                 lv[r, f, LV_PREV] = np.nan  # the lag-1 product pairs consecutive normal readings only
                 if cusum:
                     s[r, cu + CU_PREV, f] = np.nan

@@ -217,6 +217,32 @@ class RelationalNovelty(AnomalyDetector):
             calibrated on a settled history, saw it at 47 decades. Measured (on): NAB identical (one
             feature: nothing explains it), SKAB identical, the simulator's cold fleets identical (seeds
             0-4), warm false alarms 3, 5, 4, 1, 2 -> 1, 3, 3, 0, 0 (seeds 0-4), recall unchanged.
+        unfollowed_steps: a shift that breaks the relations is also a consistent shift when the features that
+            departed (their recent level off their normal one, or moving with those that are) are at least two,
+            move along their relations among themselves (``along_relations``, judged on their own correlations),
+            and none of the alarm's cause features departed or shows anything alarming by itself: a setpoint
+            moved the controlled features together and an exogenous one (the ambient temperature) did not
+            follow a relation learned from slow co-movement (two slow signals chance-correlated over few
+            independent levels). On acceptance the departed features' relations to the others are learned anew
+            (their cross-covariances restart), those among each group kept. A fault that moves one sensor off its
+            partners has one departed feature, or departs across their relations, and stays abnormal. Measured
+            (on, the default): the simulator's seed-2 alarms still active 2 minutes after a setpoint 3 → 1 cold,
+            1 → 0 warm (held-out seed 4 5/4 → 1/0, 16-device seed 6 1/1 → 0/0), SKAB unchanged, NAB untouched
+            (single features); a few more short alarms (precision seed 2 0.977 → 0.971 cold, 0.966 warm).
+        centered_spread: under ``clear_on_return``, while the device's relations hold (relation surprise below
+            ``relation_tolerance``), a returned cause feature's extreme shapes are judged on each shingle
+            relative to its own mean, against the memories so centered (the same calibration: a centered
+            distance is never larger): its spread and spikes, wherever they sit. Protected learning keeps a
+            cause's shape memory from learning new levels; an exogenous slow cycle (the ambient temperature)
+            moving on to levels a cold start never saw otherwise holds its alarm to the end. Off: measured on,
+            the simulator's last seed-2 cold alarm after a setpoint clears (act 0 everywhere), SKAB FAR 9.52 →
+            6.55 and F1 0.78 → 0.79 but MAR 31.02 → 31.32 and changepoint 37.13 → 37.03 (docs/architecture.md).
+        level_warmup: the level channel learns its first ``novelty.min_profile`` readings after the relations are
+            ready even in alarm, as ``relation_warmup`` lets the relations: a cold start's alarm raised before it
+            is ready otherwise keeps ``clear_on_return`` from ever judging the device back, and only times out.
+            Off: measured with ``centered_spread`` (alone it changes nothing measured), a held-out 16-device seed-5
+            cold fleet's ambient alarm held from its first minutes to the end clears (act 4 → 0, precision 0.972 →
+            0.974); SKAB unchanged (its devices are warm-started: the channel is ready).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -296,6 +322,9 @@ class RelationalNovelty(AnomalyDetector):
         cusum_steps: float = 0.05,
         history_fill: float = 0.5,
         profile_along: bool = True,
+        unfollowed_steps: bool = True,
+        centered_spread: bool = False,
+        level_warmup: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -334,6 +363,9 @@ class RelationalNovelty(AnomalyDetector):
         self.cusum_steps = cusum_steps
         self.history_fill = history_fill
         self.profile_along = profile_along
+        self.unfollowed_steps = unfollowed_steps
+        self.centered_spread = centered_spread
+        self.level_warmup = level_warmup
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -373,7 +405,8 @@ class RelationalNovelty(AnomalyDetector):
              float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
              float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
              float(self.resolution_spread), self.shape_resolution, self.residual_cusum, self.cusum_steps,
-             float(self.profile_along)],
+             float(self.profile_along), float(self.unfollowed_steps), float(self.centered_spread),
+             float(self.level_warmup)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
