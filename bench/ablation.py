@@ -158,6 +158,12 @@ VARIANTS = (
             {"level_warmup": True}),
     Variant("level-warmup-centered", "(adds, off by default) level-warmup and centered-spread together",
             {"level_warmup": True, "centered_spread": True}),
+    Variant("level-from-mean", "(adds, off by default) the level channel's level starting at the relations' mean, "
+            "not at one reading", {"level_from_mean": True}),
+    Variant("level-scales", "(adds, off by default) the level channel's fast level and fast-vs-slow gap judged with "
+            "each scale's own persistence (a slow wander shared, not a factor)", {"level_scales": True}),
+    Variant("level-scales-from-mean", "(adds, off by default) both of the above",
+            {"level_from_mean": True, "level_scales": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

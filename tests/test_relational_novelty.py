@@ -289,6 +289,43 @@ def test_a_small_sustained_shift_of_a_noisy_feature_is_held_by_the_level_channel
     assert level[200:260].mean() > blind[200:260].mean() + 0.3 and not level[:200].any()
 
 
+def _fast_level_exceedances(scales: bool, wander: float, n: int = 40_000, learned: int = 20_000) -> float:
+    """How often the level channel's fast level (rate 0.2) of a null series (white noise plus a slow AR(1)
+    wander of standard deviation ``wander``) is judged a surprise of 2 decades (nominal: 1 %), after the
+    channel's moments learned the first ``learned`` readings."""
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    rng = np.random.default_rng(3)
+    lv = np.zeros((1, 1, len(kernel.LEVEL_FIELDS)))
+    lv[0, 0, kernel.LV_PREV] = np.nan
+    a, b = 0.05, 0.2
+    slow = level = fast = 0.0
+    hits = 0
+    for i in range(n):
+        slow = 0.995 * slow + math.sqrt(1.0 - 0.995**2) * wander * rng.normal()
+        x = slow + rng.normal()
+        level += a * (x - level)
+        fast += b * (x - fast)
+        if i < learned:
+            kernel._level_learn(lv, 0, 0, x, level, 0.002)
+            continue
+        white, var, n_eff = kernel._level_null(lv, 0, 0, a, 200.0)
+        inflation, _ = kernel._level_scales(lv, 0, 0, a, b, white, var, scales)
+        tt = kernel._fast_tt(fast, b, inflation, n_eff)
+        hits += kernel.gaussian_surprise(kernel._t_to_z(tt, n_eff - 1.0)) >= 2.0
+    return hits / (n - learned)
+
+
+def test_level_scales_the_fast_level_is_judged_with_its_own_scales_persistence():
+    """A slow wander is variance the fast level shares, not a factor on its variance: with ``level_scales`` the
+    fast level of a wandering null series is a 2-decade surprise about as often as nominal; without, the slow
+    level's variance ratio inflates it so far that it never is (the fast-level gate cannot see a departure).
+    Without wander both judge alike."""
+    assert _fast_level_exceedances(True, 0.0) == pytest.approx(_fast_level_exceedances(False, 0.0), abs=1e-3)
+    assert _fast_level_exceedances(False, 0.5) < 1e-3
+    assert 0.004 < _fast_level_exceedances(True, 0.5) < 0.04
+
+
 def spiky(i: int, shift: float = 0.0) -> dict[str, float]:
     """A cycle with normal spikes of 4, 8, 12 and 16 every 61 readings (a heavy tail), plus ``shift``."""
     spike = 4.0 * (1 + (i // 61) % 4) if i % 61 == 30 else 0.0

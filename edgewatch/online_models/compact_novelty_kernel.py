@@ -272,7 +272,7 @@ ALARM_PARAMS = (
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
-    "centered_spread", "level_warmup",
+    "centered_spread", "level_warmup", "level_from_mean", "level_scales",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -428,6 +428,29 @@ def _level_null(lv, r: int, f: int, rate: float, min_n: float) -> tuple[float, f
     return white, var, n * white / var
 
 
+@njit(cache=True)
+def _level_scales(lv, r: int, f: int, rate: float, fast_rate: float, white: float, var: float, scales: bool):
+    """The fast level's null variance (in units of ``fast_rate / (2 - fast_rate)``, :func:`_fast_tt`'s
+    ``inflation``) and the inflation of the gap between the fast and the slow level (``spread``'s).
+
+    Without ``scales``: both the slow level's variance ratio ``var / white`` (its persistence measured at
+    the slow level's scale, applied to every scale). With ``scales`` (``level_scales``): that ratio mixes
+    two things that act differently at a faster scale: the readings' short-range persistence (the
+    AR(1) factor of their lag-1 correlation, at each level's own rate) and a slow wander, the slow level's
+    variance beyond it. The wander is variance both levels share whole (not a factor on a faster mean's
+    variance, which it would overstate by the ratio of the rates), and it cancels from their gap."""
+    m2 = lv[r, f, LV_M2]
+    if not scales:
+        inflation = m2 * var / white
+        return inflation, inflation
+    rho = min(max(lv[r, f, LV_C1] / m2, 0.0), 0.999)
+    ca, cb = 1.0 - rate, 1.0 - fast_rate
+    ar_slow = (1.0 + rho * ca) / (1.0 - rho * ca)
+    ar_fast = (1.0 + rho * cb) / (1.0 - rho * cb)
+    wander = max(var - white * ar_slow, 0.0)
+    return m2 * ar_fast + wander * (2.0 - fast_rate) / fast_rate, m2 * ar_slow
+
+
 @njit(cache=True, inline="always")
 def _fast_tt(now: float, fast_rate: float, inflation: float, n_eff: float) -> float:
     """The squared t of the fast level's deviation ``now``: the variance of an EW mean at ``fast_rate``,
@@ -449,6 +472,7 @@ def _level_deviate(
     hold: bool,
     steps: bool,
     quiet2: float,
+    scales: bool = False,
 ) -> float:  # pragma: no cover - compiled
     """The level channel of feature ``f``: its EW level's deviation ``d`` (standard deviations of the
     readings) as an equivalent normal deviate, or -inf before ``min_n`` normal readings, or once the
@@ -470,12 +494,14 @@ def _level_deviate(
         return -np.inf
     nu = n_eff - 1.0
     # the departure is over, whatever the slow level still remembers, when the fast level is normal
-    # (within ``tolerance`` decades; its variance inflated as the slow one's) and, with ``hold``, that is
+    # (within ``tolerance`` decades; its variance inflated as the slow one's, or by each scale's own persistence with
+    # ``scales``: see _level_scales) and, with ``hold``, that is
     # no chance dip: it came back by more than the two levels differ by chance while the level holds still (EW means of
     # the same readings at rates a and b differ by a/(2-a) + b/(2-b) - 2ab/(a+b-ab) in variance)
-    a, b, inflation = rate, fast_rate, lv[r, f, LV_M2] * var / white
+    a, b = rate, fast_rate
+    inflation, gap_inflation = _level_scales(lv, r, f, a, b, white, var, scales)
     back = (d - now) if d > 0.0 else (now - d)
-    spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * inflation
+    spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * gap_inflation
     tt_now = _fast_tt(now, b, inflation, n_eff)
     if not hold and tt_now < quiet2:
         lv[r, f, LV_STEP] = 0.0
@@ -506,7 +532,7 @@ def _level_deviate(
 
 @njit(cache=True)
 def _level_returned(
-    lv, rel, cov, r: int, f: int, rate: float, fast_rate: float, tolerance: float, min_n: float
+    lv, rel, cov, r: int, f: int, rate: float, fast_rate: float, tolerance: float, min_n: float, scales: bool = False
 ) -> bool:  # pragma: no cover - compiled
     """Whether feature ``f``'s recent readings (its fast level, rate ``fast_rate``) are back at its normal
     level (the relations' mean): their deviation is no surprise of ``tolerance`` decades, judged as the
@@ -519,7 +545,7 @@ def _level_returned(
         return False
     sd = math.sqrt(_relation_variance(cov, rel, r, f))
     now = (rel[r, f, FAST] - rel[r, f, MU]) / sd
-    tt_now = _fast_tt(now, fast_rate, lv[r, f, LV_M2] * var / white, n_eff)
+    tt_now = _fast_tt(now, fast_rate, _level_scales(lv, r, f, rate, fast_rate, white, var, scales)[0], n_eff)
     return gaussian_surprise(_t_to_z(tt_now, n_eff - 1.0)) < tolerance
 
 
@@ -788,6 +814,7 @@ def detect(
     unfollowed_steps = alarm_params[31] > 0.0
     centered_spread = alarm_params[32] > 0.0
     level_warmup = alarm_params[33] > 0.0
+    level_from_mean, level_scales = alarm_params[34] > 0.0, alarm_params[35] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -880,8 +907,14 @@ def detect(
                 us[f] = (x[i, f] - rel[r, f, MU]) / math.sqrt(var)
                 lu[f] = us[f]
                 if level_rate > 0.0:
+                    if lv[r, f, LV_N] == 0.0:
+                        # (level_from_mean) the level starts at the relations' mean, its best estimate so far:
+                        # started at one reading, its first deviations carry that reading's whole variance (a
+                        # quantized feature's first reading is a whole step off) and the level's measured
+                        # variance (its null) learns that transient as wander
+                        lv[r, f, LV_EW] = rel[r, f, MU] if level_from_mean else x[i, f]
                     ew = lv[r, f, LV_EW] + level_rate * (x[i, f] - lv[r, f, LV_EW])
-                    lv[r, f, LV_EW] = ew = x[i, f] if lv[r, f, LV_N] == 0.0 else ew
+                    lv[r, f, LV_EW] = ew
                     ld[f] = (ew - rel[r, f, MU]) / math.sqrt(var)
             for f in range(features):
                 e = 0.0
@@ -940,6 +973,7 @@ def detect(
                     level_hold,
                     level_steps,
                     quiet2,
+                    level_scales,
                 )
         # the device moves along its relations (a new operating point): the relations' residuals far
         # along them, and the novelty of each feature the others explain, are that move, not a fault
@@ -1129,7 +1163,7 @@ def detect(
                     if rel[r, f, CAUSE] > 0.0:
                         c = contrib[i, f]
                         if clear_on_return and _level_returned(
-                            lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile
+                            lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile, level_scales
                         ):
                             # its recent readings are back at its normal level: what its level channels (the
                             # level, the profile's smoothed residual, block means) still hold is the memory of
