@@ -150,14 +150,13 @@ VARIANTS = (
     Variant("no-unfollowed-steps", "a shift of features moving along their own relations that the alarm's cause, "
             "normal by itself, did not follow accepted as a consistent shift (their cross-relations learned anew)",
             {"unfollowed_steps": False}),
-    Variant("centered-spread", "(adds, off by default) in alarm, a cause feature back at its normal level holds it "
-            "by its spread and spikes judged wherever they sit (extreme shingles relative to their mean) while the "
-            "device's relations hold", {"centered_spread": True}),
-    Variant("level-warmup", "(adds, off by default) the level channel learns its first readings even in alarm "
-            "(a cold start's early alarm otherwise keeps clear_on_return from ever judging the device back)",
-            {"level_warmup": True}),
-    Variant("level-warmup-centered", "(adds, off by default) level-warmup and centered-spread together",
-            {"level_warmup": True, "centered_spread": True}),
+    Variant("no-centered-spread", "in alarm, a cause feature back at its normal level holds it by its spread and "
+            "spikes judged wherever they sit (extreme shingles relative to their mean) while the device's relations "
+            "hold", {"centered_spread": False}),
+    Variant("no-level-warmup", "the level channel learns its first readings even in alarm (a cold start's early "
+            "alarm otherwise keeps clear_on_return from ever judging the device back)", {"level_warmup": False}),
+    Variant("no-level-warmup-centered", "level-warmup and centered-spread together",
+            {"level_warmup": False, "centered_spread": False}),
     Variant("level-from-mean", "(adds, off by default) the level channel's level starting at the relations' mean, "
             "not at one reading", {"level_from_mean": True}),
     Variant("level-scales", "(adds, off by default) the level channel's fast level and fast-vs-slow gap judged with "

@@ -234,13 +234,14 @@ class RelationalNovelty(AnomalyDetector):
             relative to its own mean, against the memories so centered (the same calibration: a centered
             distance is never larger): its spread and spikes, wherever they sit. Protected learning keeps a
             cause's shape memory from learning new levels; an exogenous slow cycle (the ambient temperature)
-            moving on to levels a cold start never saw otherwise holds its alarm to the end. Off: measured on,
-            the simulator's last seed-2 cold alarm after a setpoint clears (act 0 everywhere), SKAB FAR 9.52 →
-            6.55 and F1 0.78 → 0.79 but MAR 31.02 → 31.32 and changepoint 37.13 → 37.03 (docs/architecture.md).
+            moving on to levels a cold start never saw otherwise holds its alarm to the end. On (measured with
+            ``level_warmup``, the residual CUSUM on): alarms still active 2 minutes after a legitimate change 0
+            on every simulator fleet (seed-2 cold 1 → 0, held-out 16-device seed 5 cold 4 → 0), SKAB FAR 9.50 →
+            6.53 and F1 0.82 → 0.83, but MAR 25.42 → 25.73 and changepoint 35.82 → 35.72 (docs/architecture.md).
         level_warmup: the level channel learns its first ``novelty.min_profile`` readings after the relations are
             ready even in alarm, as ``relation_warmup`` lets the relations: a cold start's alarm raised before it
             is ready otherwise keeps ``clear_on_return`` from ever judging the device back, and only times out.
-            Off: measured with ``centered_spread`` (alone it changes nothing measured), a held-out 16-device seed-5
+            On: measured with ``centered_spread`` (alone it changes nothing measured), a held-out 16-device seed-5
             cold fleet's ambient alarm held from its first minutes to the end clears (act 4 → 0, precision 0.972 →
             0.974); SKAB unchanged (its devices are warm-started: the channel is ready).
         level_from_mean: the level channel's EW level starts at the relations' mean (its best estimate when the
@@ -339,8 +340,8 @@ class RelationalNovelty(AnomalyDetector):
         history_fill: float = 0.5,
         profile_along: bool = True,
         unfollowed_steps: bool = True,
-        centered_spread: bool = False,
-        level_warmup: bool = False,
+        centered_spread: bool = True,
+        level_warmup: bool = True,
         level_from_mean: bool = False,
         level_scales: bool = False,
         novelty: CompactNovelty | None = None,
