@@ -406,11 +406,18 @@ def demo(
     bootstrap: Annotated[
         str | None, typer.Option(help="use this Kafka instead of the embedded broker", show_default=False)
     ] = None,
+    history: Annotated[
+        int, typer.Option(help="ticks of fault-free history the models are fitted on first (0: a cold start)")
+    ] = 600,
 ) -> None:
     """Broker + simulated fleet + flow + live console; ends with a `demo:` summary line."""
     from edgewatch.demo import run_demo
 
-    summary = run_demo(seconds=seconds, devices=devices, rate=rate, seed=seed, bootstrap=bootstrap)
+    if history < 0:
+        raise typer.BadParameter("--history must be 0 or more ticks")
+    summary = run_demo(
+        seconds=seconds, devices=devices, rate=rate, seed=seed, bootstrap=bootstrap, history_ticks=history
+    )
     typer.echo(summary.line())
 
 

@@ -1,9 +1,11 @@
 """``edgewatch demo``: a fleet streams through Kafka into the flow, watched live.
 
-It starts the embedded broker (or uses ``--bootstrap``), the anomaly flow as its own
-process, the simulator in a thread, and reads the labeled and dead-letter topics back
-to show them and to score the labels against the simulator's ground truth. Everything
-it started is stopped when it returns, also on Ctrl-C or error.
+It fits the fleet's models on its fault-free history first (``edgewatch train``: the warm start a
+user makes from the machines' past telemetry; ``history_ticks=0`` starts cold), then starts the
+embedded broker (or uses ``--bootstrap``), the anomaly flow as its own process with that model,
+the simulator in a thread going on from the history, and reads the labeled and dead-letter topics
+back to show them and to score the labels against the simulator's ground truth. Everything it
+started is stopped when it returns, also on Ctrl-C or error.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ PARTITIONS = 4
 DRAIN_TIMEOUT = 60.0
 #: legitimate operating changes (setpoint and load steps) and a daily-like ambient cycle, labeled normal
 CHANGE_RATE = 0.001  # per machine and tick
+#: ticks of each machine's fault-free past the demo fits its models on before streaming
+HISTORY_TICKS = 600
 AMBIENT_PERIOD = 1800  # ticks
 
 
@@ -153,7 +157,20 @@ def _view(
     return Group(stats, latest, top)
 
 
-def _start_flow(bootstrap: str, topics: dict[str, str], log_path: Path) -> subprocess.Popen:
+def _fit_history(records: list, model_dir: Path) -> Path:
+    """The fleet's models fitted on its history's records (as ``edgewatch train`` fits them), saved."""
+    from edgewatch.online_models import artifact
+    from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR
+    from edgewatch.schema import RawMessage, Reading, parse_message
+
+    raws = (RawMessage(r.key, r.value, r.headers, "history", 0, i, r.timestamp_ms) for i, r in enumerate(records))
+    readings = [reading for reading in map(parse_message, raws) if isinstance(reading, Reading)]
+    fitted = artifact.train(BUILTIN[DEFAULT_DETECTOR], readings, source="the demo fleet's fault-free history")
+    artifact.save(fitted, model_dir)
+    return model_dir
+
+
+def _start_flow(bootstrap: str, topics: dict[str, str], log_path: Path, model_dir: Path | None) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
@@ -169,6 +186,7 @@ def _start_flow(bootstrap: str, topics: dict[str, str], log_path: Path) -> subpr
         topics["dlq"],
         "--partitions",
         str(PARTITIONS),
+        *(["--model", str(model_dir)] if model_dir else []),
     ]
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -183,32 +201,44 @@ def run_demo(
     seed: int = 0,
     bootstrap: str | None = None,
     console: Console | None = None,
+    history_ticks: int = HISTORY_TICKS,
 ) -> DemoSummary:
     """Run the demo for ``seconds`` of streaming and return its summary."""
     console = console or Console(stderr=True)
     workdir = Path(tempfile.mkdtemp(prefix="edgewatch-demo-"))
+    tick_seconds = devices / rate
+    fleet = Fleet(
+        devices=devices,
+        seed=seed,
+        fault_rate=0.003,
+        malformed_rate=0.002,
+        change_rate=CHANGE_RATE,
+        ambient_period=AMBIENT_PERIOD,
+        warmup_ticks=max(history_ticks, 50),  # no fault in the history (50: the simulator's own warm-up)
+        start_time=time.time() - history_ticks * tick_seconds,  # the history is the fleet's past
+        tick_seconds=tick_seconds,
+    )
+    records = fleet.records(devices * history_ticks + round(rate * seconds))
+    model_dir = None
+    if history_ticks > 0:
+        started = time.monotonic()
+        model_dir = _fit_history([next(records) for _ in range(devices * history_ticks)], workdir / "model")
+        console.print(
+            f"fitted {devices} machines' models on {history_ticks} ticks of fault-free history "
+            f"in {time.monotonic() - started:.1f} s"
+        )
     suffix = "" if bootstrap is None else f"-{os.getpid()}-{int(time.time())}"
     topics = {"in": f"telemetry{suffix}", "out": f"labeled{suffix}", "dlq": f"deadletter{suffix}"}
     with contextlib.ExitStack() as cleanup:
         if bootstrap is None:
             bootstrap = cleanup.enter_context(EmbeddedBroker(log_file=workdir / "broker.log")).bootstrap
         ensure_topics({"bootstrap.servers": bootstrap}, topics.values(), PARTITIONS)
-        flow = _start_flow(bootstrap, topics, workdir / "flow.log")
+        flow = _start_flow(bootstrap, topics, workdir / "flow.log", model_dir)
         cleanup.callback(stop_process, flow, 20.0)
 
         truth = FaultScore()
         watch = _Watch(bootstrap, topics["out"], topics["dlq"], truth)
         cleanup.callback(watch.close)
-        fleet = Fleet(
-            devices=devices,
-            seed=seed,
-            fault_rate=0.003,
-            malformed_rate=0.002,
-            change_rate=CHANGE_RATE,
-            ambient_period=AMBIENT_PERIOD,
-            start_time=time.time(),
-            tick_seconds=devices / rate,
-        )
         stop_sending = threading.Event()
         sent = Counter()
 
@@ -220,9 +250,13 @@ def run_demo(
         send_errors: list[BaseException] = []
 
         def send() -> None:
-            records = paced(fleet.records(round(rate * seconds)), stop=stop_sending.is_set, rate=rate)
             try:
-                publish(records, {"bootstrap.servers": bootstrap}, topics["in"], on_record)
+                publish(
+                    paced(records, stop=stop_sending.is_set, rate=rate),
+                    {"bootstrap.servers": bootstrap},
+                    topics["in"],
+                    on_record,
+                )
             except BaseException as exc:
                 send_errors.append(exc)
 
