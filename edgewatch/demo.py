@@ -187,6 +187,8 @@ def _start_flow(bootstrap: str, topics: dict[str, str], log_path: Path, model_di
         "--partitions",
         str(PARTITIONS),
         *(["--model", str(model_dir)] if model_dir else []),
+        "--model-cache-dir",  # what the flow keeps of its model (fleet drift) stays in the demo's directory
+        str(log_path.parent / "model-cache"),
     ]
     with open(log_path, "ab") as log:
         return subprocess.Popen(
