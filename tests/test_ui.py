@@ -234,7 +234,8 @@ def test_only_a_whole_metadata_timeout_says_kafka_is_unreachable():
     slow broker is not an unreachable one); a try of the whole timeout says so."""
     from confluent_kafka import KafkaError, KafkaException
 
-    from edgewatch.ui.feeds import FIRST_TRY_SECONDS, METADATA_SECONDS
+    from edgewatch.connectors.kafka import FIRST_TRY_SECONDS
+    from edgewatch.ui.feeds import METADATA_SECONDS
 
     class Silent:  # a consumer whose metadata requests all time out
         def __init__(self):

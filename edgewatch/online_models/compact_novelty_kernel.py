@@ -335,13 +335,23 @@ def _shift_along(rel, cov, r: int, features: int, along: float) -> bool:  # prag
     significant while the direction of the move stays that of the relation."""
     if along <= 0.0:
         return False
+    return _runs_along(rel, cov, r, np.arange(features), features, cov[r, PREC], along)
+
+
+@njit(cache=True)
+def _runs_along(rel, cov, r: int, idx, count: int, precision, along: float) -> bool:  # pragma: no cover - compiled
+    """Whether the shift of the features ``idx[:count]`` (current level minus normal mean, in standard
+    deviations) has a Mahalanobis length in ``precision`` (their inverse correlations) of at most ``along``
+    times its Euclidean length."""
     euclid = mahalanobis = 0.0
-    for j in range(features):
+    for a in range(count):
+        j = idx[a]
         dj = (rel[r, j, FAST] - rel[r, j, MU]) / math.sqrt(max(cov[r, COV, j, j], 1e-12))
         euclid += dj * dj
-        for k in range(features):
+        for b in range(count):
+            k = idx[b]
             dk = (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
-            mahalanobis += dj * cov[r, PREC, j, k] * dk
+            mahalanobis += dj * precision[a, b] * dk
     return euclid > 0.0 and mahalanobis <= along * euclid
 
 
@@ -375,16 +385,7 @@ def _unfollowed_step(
             idx[c] = f
             c += 1
     _invert_correlations(cov, r, idx, count, ridge, m)  # the stepped features' relations among themselves
-    euclid = mahalanobis = 0.0
-    for a in range(count):
-        j = idx[a]
-        dj = (rel[r, j, FAST] - rel[r, j, MU]) / math.sqrt(max(cov[r, COV, j, j], 1e-12))
-        euclid += dj * dj
-        for b in range(count):
-            k = idx[b]
-            dk = (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
-            mahalanobis += dj * m[a, count + b] * dk
-    return euclid > 0.0 and mahalanobis <= along * euclid
+    return _runs_along(rel, cov, r, idx, count, m[:count, count : 2 * count], along)
 
 
 @njit(cache=True)

@@ -28,11 +28,11 @@ from edgewatch.ui.state import KINDS, FleetState
 log = logging.getLogger(__name__)
 #: seconds between two log lines about one Kafka outage
 LOG_EVERY = 30.0
-#: a topic scan's metadata request first waits this long, then twice as long at each try that gets no
-#: answer, up to :data:`METADATA_SECONDS`: a refused connection is on the page after the first try (the
-#: consume between two tries serves the error callback that says why) and a stop waits for one short
-#: try, where a single 5 s request kept both waiting 5 s; a slow broker still gets the whole 5 s
-FIRST_TRY_SECONDS = 0.25
+#: a topic scan's metadata request first waits the connectors' first metadata try (``FIRST_TRY_SECONDS``),
+#: then twice as long at each try that gets no answer, up to this: a refused connection is on the page
+#: after the first try (the consume between two tries serves the error callback that says why) and a stop
+#: waits for one short try, where a single 5 s request kept both waiting 5 s; a slow broker still gets
+#: the whole 5 s
 METADATA_SECONDS = 5.0
 
 
@@ -135,6 +135,8 @@ class KafkaFeed(Feed):
 
     def run(self, state: FleetState, stop: threading.Event) -> None:
         from confluent_kafka import Consumer
+
+        from edgewatch.connectors.kafka import FIRST_TRY_SECONDS
 
         consumer = Consumer(
             {
