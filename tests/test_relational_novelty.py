@@ -488,7 +488,7 @@ def test_a_feature_is_back_when_its_recent_level_is_no_surprise_for_the_level_ch
         rel = np.zeros((1, 1, len(kernel.RELATION_FIELDS)))
         rel[0, 0, kernel.FAST] = fast
         cov = np.ones((1, 2, 1, 1))
-        return kernel._level_returned(lv, rel, cov, 0, 0, rate, 0.2, 2.0, 50.0)
+        return kernel._level_returned(lv, rel, cov, 0, 0, rate, 0.2, 2.0, 50.0, False)
 
     assert returned(0.1, 0.0) and not returned(3.0, 0.0)  # white readings: 3 standard deviations is a departure
     assert returned(3.0, 0.99)  # a slow signal: its level wanders that far by chance

@@ -473,7 +473,7 @@ def _level_deviate(
     hold: bool,
     steps: bool,
     quiet2: float,
-    scales: bool = False,
+    scales: bool,
 ) -> float:  # pragma: no cover - compiled
     """The level channel of feature ``f``: its EW level's deviation ``d`` (standard deviations of the
     readings) as an equivalent normal deviate, or -inf before ``min_n`` normal readings, or once the
@@ -533,7 +533,7 @@ def _level_deviate(
 
 @njit(cache=True)
 def _level_returned(
-    lv, rel, cov, r: int, f: int, rate: float, fast_rate: float, tolerance: float, min_n: float, scales: bool = False
+    lv, rel, cov, r: int, f: int, rate: float, fast_rate: float, tolerance: float, min_n: float, scales: bool
 ) -> bool:  # pragma: no cover - compiled
     """Whether feature ``f``'s recent readings (its fast level, rate ``fast_rate``) are back at its normal
     level (the relations' mean): their deviation is no surprise of ``tolerance`` decades, judged as the
@@ -1196,7 +1196,7 @@ def detect(
                     for f in range(features):
                         # departed: its recent level is off its normal one, or it moves with those that are
                         stepped[f] = (moved[f] and explains[f] >= explained) or not _level_returned(
-                            lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile
+                            lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile, level_scales
                         )
                     unfollowed = _unfollowed_step(
                         rel, cov, r, features, stepped, own, u_threshold, along_relations, ridge, scratch
