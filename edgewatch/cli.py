@@ -410,7 +410,8 @@ def demo(
         int, typer.Option(help="ticks of fault-free history the models are fitted on first (0: a cold start)")
     ] = 600,
 ) -> None:
-    """Broker + simulated fleet + flow + live console; ends with a `demo:` summary line."""
+    """Models fitted on the fleet's history, then broker + simulated fleet + flow + live console; ends with a
+    `demo:` summary line."""
     from edgewatch.demo import run_demo
 
     if history < 0:
