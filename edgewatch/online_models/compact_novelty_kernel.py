@@ -272,7 +272,7 @@ ALARM_PARAMS = (
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
-    "centered_spread", "level_warmup", "level_from_mean", "level_scales",
+    "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -816,6 +816,7 @@ def detect(
     centered_spread = alarm_params[32] > 0.0
     level_warmup = alarm_params[33] > 0.0
     level_from_mean, level_scales = alarm_params[34] > 0.0, alarm_params[35] > 0.0
+    rearm_on_return = alarm_params[36] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -835,6 +836,9 @@ def detect(
     decay, profile_clip = float_params[13], float_params[14]
     readings, features = x.shape
     scales = len(sizes)
+    rearm_after = clear_after  # (rearm_on_return) every channel judges the device back: one block of each scale
+    for k in range(scales):
+        rearm_after = max(rearm_after, sizes[k])
     resolution = len(FEATURE_FIELDS) + scales * len(SCALE_FIELDS)  # RESOLUTION_FIELD, after the scale fields
     # a smoothed residual (EW rate c) of readings each rounded with variance q varies by at least c / (2 - c) q
     rounding_gain = residual_rate / (2.0 - residual_rate)
@@ -1248,6 +1252,28 @@ def detect(
             events[i] = ev
             learn = (ev & ABNORMAL) == 0 or not protected_learning
             dev[r, LAST_T] = t[i]
+            if rearm_on_return and dev[r, ALARM] == 0.0 and rel_ready and level_rate > 0.0:
+                # (rearm_on_return) the debouncing holds back repeated raises of one episode. The episode is
+                # over once the device is back: every feature of the cleared alarm's cause at its normal level,
+                # and its readings unsurprising by every channel (the score before any debouncing below the
+                # threshold: no level memory, no other feature, that a raise would take up again) for as long
+                # as every channel takes to judge them again (``rearm_after``: the longest shape block; a block
+                # channel speaks once a block). The next raise is another episode, judged against no debouncing
+                # level (as a device that never alarmed). Outside an alarm ``QUIET`` counts those readings.
+                back = raw < threshold
+                cause = False
+                for f in range(features):
+                    if rel[r, f, CAUSE] > 0.0:
+                        cause = True
+                        if back and not _level_returned(
+                            lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile, level_scales
+                        ):
+                            back = False
+                dev[r, QUIET] = dev[r, QUIET] + 1.0 if cause and back else 0.0
+                if dev[r, QUIET] >= rearm_after:
+                    dev[r, LEVEL] = dev[r, QUIET] = 0.0
+                    for f in range(features):
+                        rel[r, f, CAUSE] = 0.0  # (read only in alarm: a raise sets it anew)
         if relations:
             for f in range(features):
                 rel[r, f, RES] = res[f]

@@ -344,6 +344,7 @@ class RelationalNovelty(AnomalyDetector):
         level_warmup: bool = True,
         level_from_mean: bool = False,
         level_scales: bool = False,
+        rearm_on_return: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -387,6 +388,7 @@ class RelationalNovelty(AnomalyDetector):
         self.level_warmup = level_warmup
         self.level_from_mean = level_from_mean
         self.level_scales = level_scales
+        self.rearm_on_return = rearm_on_return
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -427,7 +429,8 @@ class RelationalNovelty(AnomalyDetector):
              float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
              float(self.resolution_spread), self.shape_resolution, self.residual_cusum, self.cusum_steps,
              float(self.profile_along), float(self.unfollowed_steps), float(self.centered_spread),
-             float(self.level_warmup), float(self.level_from_mean), float(self.level_scales)],
+             float(self.level_warmup), float(self.level_from_mean), float(self.level_scales),
+             float(self.rearm_on_return)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
