@@ -124,6 +124,12 @@ def _z_of_surprise(u: float) -> float:
     return _bisect_surprise(u, 40.0, 60)[1]
 
 
+@njit(cache=True, inline="always")
+def _t_to_z(tt: float, nu: float) -> float:
+    """A Student t (its square ``tt``, ``nu`` degrees of freedom) as a normal deviate (Wallace 1959)."""
+    return math.sqrt(nu * math.log1p(tt / nu)) * (8.0 * nu + 1.0) / (8.0 * nu + 3.0)
+
+
 @njit(cache=True)
 def _t_as_z(t: float, dof: float) -> float:
     """The Gaussian z as improbable as Student's ``t`` with ``dof`` degrees of freedom (Wallace 1959:
@@ -131,7 +137,7 @@ def _t_as_z(t: float, dof: float) -> float:
     estimated from ``dof + 1`` independent values, times ``sqrt(1 + 1 / (dof + 1))`` for the new one's."""
     dof = max(dof, 1.0)
     t = t / math.sqrt(1.0 + 1.0 / (dof + 1.0))
-    return math.sqrt(dof * math.log1p(t * t / dof)) * (8.0 * dof + 1.0) / (8.0 * dof + 3.0)
+    return _t_to_z(t * t, dof)
 
 
 @njit(cache=True, inline="always")
@@ -548,12 +554,6 @@ def _level_returned(
     now = (rel[r, f, FAST] - rel[r, f, MU]) / sd
     tt_now = _fast_tt(now, fast_rate, _level_scales(lv, r, f, rate, fast_rate, white, var, scales)[0], n_eff)
     return gaussian_surprise(_t_to_z(tt_now, n_eff - 1.0)) < tolerance
-
-
-@njit(cache=True, inline="always")
-def _t_to_z(tt: float, nu: float) -> float:
-    """A Student t (its square ``tt``, ``nu`` degrees of freedom) as a normal deviate (Wallace 1959)."""
-    return math.sqrt(nu * math.log1p(tt / nu)) * (8.0 * nu + 1.0) / (8.0 * nu + 3.0)
 
 
 @njit(cache=True)
