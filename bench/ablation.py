@@ -166,6 +166,9 @@ VARIANTS = (
     Variant("rearm-on-return", "(adds, off by default) the debouncing level dropped once a cleared alarm's cause "
             "features are back at their normal level and every channel judged the device unsurprising for one "
             "longest block (a new episode is not debounced against the last)", {"rearm_on_return": True}),
+    Variant("unfollowed-core", "(adds, off by default) unfollowed-steps judging the step on the departed features' "
+            "largest departures: a smaller departure of a feature normal by itself (an exogenous slow wander) is "
+            "dropped from the step, down to two, instead of vetoing it", {"unfollowed_core": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

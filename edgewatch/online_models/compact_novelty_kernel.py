@@ -279,6 +279,7 @@ ALARM_PARAMS = (
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
     "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return",
+    "unfollowed_core",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -363,7 +364,17 @@ def _runs_along(rel, cov, r: int, idx, count: int, precision, along: float) -> b
 
 @njit(cache=True)
 def _unfollowed_step(
-    rel, cov, r: int, features: int, stepped, own, u_threshold: float, along: float, ridge: float, m
+    rel,
+    cov,
+    r: int,
+    features: int,
+    stepped,
+    own,
+    u_threshold: float,
+    along: float,
+    ridge: float,
+    m,
+    core: bool = False,
 ) -> bool:  # pragma: no cover - compiled
     """Whether the device's state is a shift of some of its features that the alarm's cause did not follow:
     the features that departed (``stepped``: their recent level is off their normal level), at least two,
@@ -375,7 +386,14 @@ def _unfollowed_step(
     A setpoint moves the controlled features together and leaves an exogenous one (the ambient
     temperature) where it was: if a relation learned from slow co-movement (two slow signals, few
     independent levels) ties them, that relation breaks, not the device. A fault that moves one sensor
-    off its partners has one departed feature (or departs across their relations) and is not excused."""
+    off its partners has one departed feature (or departs across their relations) and is not excused.
+
+    ``core`` (``unfollowed_core``): the step is the departed features' largest departures; a departed
+    feature that is not a cause and shows nothing alarming by itself, departing by less (an exogenous
+    slow signal wandering on its own: the ambient cycle moving humidity while a setpoint moves the
+    machine), is no part of it: while the departed features do not run along their relations, the
+    smallest departure (in its standard deviations) is dropped from them (``stepped`` false), down to
+    two. The step is then judged on what moved most, not vetoed by a small independent wander."""
     count = 0
     for f in range(features):
         if rel[r, f, CAUSE] > 0.0 and (stepped[f] or own[f] >= u_threshold):
@@ -390,8 +408,22 @@ def _unfollowed_step(
         if stepped[f]:
             idx[c] = f
             c += 1
-    _invert_correlations(cov, r, idx, count, ridge, m)  # the stepped features' relations among themselves
-    return _runs_along(rel, cov, r, idx, count, m[:count, count : 2 * count], along)
+    while True:
+        _invert_correlations(cov, r, idx, count, ridge, m)  # the stepped features' relations among themselves
+        if _runs_along(rel, cov, r, idx, count, m[:count, count : 2 * count], along):
+            return True
+        if not core or count <= 2:
+            return False
+        smallest, at = np.inf, 0
+        for a in range(count):
+            j = idx[a]
+            shift = abs(rel[r, j, FAST] - rel[r, j, MU]) / math.sqrt(max(cov[r, COV, j, j], 1e-12))
+            if shift < smallest:
+                smallest, at = shift, a
+        stepped[idx[at]] = False
+        for a in range(at, count - 1):
+            idx[a] = idx[a + 1]
+        count -= 1
 
 
 @njit(cache=True)
@@ -817,6 +849,7 @@ def detect(
     level_warmup = alarm_params[33] > 0.0
     level_from_mean, level_scales = alarm_params[34] > 0.0, alarm_params[35] > 0.0
     rearm_on_return = alarm_params[36] > 0.0
+    unfollowed_core = alarm_params[37] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -1203,7 +1236,17 @@ def detect(
                             lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile, level_scales
                         )
                     unfollowed = _unfollowed_step(
-                        rel, cov, r, features, stepped, own, u_threshold, along_relations, ridge, scratch
+                        rel,
+                        cov,
+                        r,
+                        features,
+                        stepped,
+                        own,
+                        u_threshold,
+                        along_relations,
+                        ridge,
+                        scratch,
+                        unfollowed_core,
                     )
                 kept = kept or unfollowed
                 dev[r, CONSISTENT] = dev[r, CONSISTENT] + 1.0 if kept else 0.0
