@@ -22,6 +22,8 @@ from edgewatch.simulator.fleet import MALFORMED
 
 AFTER_CHANGE = 300  # messages of the device after a change starts
 SETTLED_AFTER = 120  # messages (2 minutes at one reading a second)
+#: the simulated fleet's faults and legitimate changes (Fleet arguments) that score_fleet scores
+FLEET_OPTIONS = {"fault_rate": 0.002, "change_rate": 0.001, "ambient_period": 1800}
 
 
 @dataclass
@@ -182,7 +184,7 @@ def score_fleet(
     from edgewatch.online_models import artifact
     from edgewatch.online_models.bank import new_bank
 
-    options = {"fault_rate": 0.002, "change_rate": 0.001, "ambient_period": 1800, **fleet_options}
+    options = {**FLEET_OPTIONS, **fleet_options}
     records, readings = simulated_messages(devices, ticks, history_ticks, seed, tuple(sorted(options.items())))
     split = devices * history_ticks
     fitted = artifact.train(spec, readings[:split], source="simulated history") if warm else None
