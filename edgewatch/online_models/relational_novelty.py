@@ -260,6 +260,15 @@ class RelationalNovelty(AnomalyDetector):
             (even 24.30 -> 23.33, odd 26.51 -> 26.35), FAR 9.98 (even 13.13 -> 14.08), changepoint 35.51;
             NAB identical (one feature: no level channel); simulator seed 0 precision .995 -> .990 (cold and
             warm), seeds 1-4 identical. Neither moves valve1/1 or valve1/2 (docs/architecture.md).
+        relation_chi_square: the relations' weighted mean square itself calibrated, as the scaled chi-square
+            ``g χ²_h`` whose mean and variance match those it showed on the device's normal readings
+            (Satterthwaite; Box 1954), by its upper tail; overrides ``relation_cube_root`` (a Gaussian fitted to
+            a root of it). Off by default (measured: see docs/architecture.md, "Calibration of the relations").
+        profile_chi_square: the profile channel's smoothed residual judged by its square against the scaled
+            chi-square ``g χ²_h`` whose mean and variance match those of the squares learned (Satterthwaite: a
+            heavy-tailed residual gets fewer degrees of freedom, a heavier tail), not by a Gaussian fitted to its
+            absolute value (which, for a Gaussian residual, puts a 3.8-sigma residual at 6 decades instead of 4).
+            Off by default (measured: docs/architecture.md, "Calibration of the channels").
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -344,6 +353,8 @@ class RelationalNovelty(AnomalyDetector):
         level_warmup: bool = True,
         level_from_mean: bool = False,
         level_scales: bool = False,
+        relation_chi_square: bool = False,
+        profile_chi_square: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -387,6 +398,8 @@ class RelationalNovelty(AnomalyDetector):
         self.level_warmup = level_warmup
         self.level_from_mean = level_from_mean
         self.level_scales = level_scales
+        self.relation_chi_square = relation_chi_square
+        self.profile_chi_square = profile_chi_square
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -427,7 +440,8 @@ class RelationalNovelty(AnomalyDetector):
              float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
              float(self.resolution_spread), self.shape_resolution, self.residual_cusum, self.cusum_steps,
              float(self.profile_along), float(self.unfollowed_steps), float(self.centered_spread),
-             float(self.level_warmup), float(self.level_from_mean), float(self.level_scales)],
+             float(self.level_warmup), float(self.level_from_mean), float(self.level_scales),
+             float(self.relation_chi_square), float(self.profile_chi_square)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
