@@ -263,12 +263,13 @@ class RelationalNovelty(AnomalyDetector):
         relation_chi_square: the relations' weighted mean square itself calibrated, as the scaled chi-square
             ``g χ²_h`` whose mean and variance match those it showed on the device's normal readings
             (Satterthwaite; Box 1954), by its upper tail; overrides ``relation_cube_root`` (a Gaussian fitted to
-            a root of it). Off by default (measured: see docs/architecture.md, "Calibration of the relations").
+            a root of it). Off by default (measured, neutral: docs/architecture.md, "Calibration of the relations
+            and the channels").
         profile_chi_square: the profile channel's smoothed residual judged by its square against the scaled
             chi-square ``g χ²_h`` whose mean and variance match those of the squares learned (Satterthwaite: a
             heavy-tailed residual gets fewer degrees of freedom, a heavier tail), not by a Gaussian fitted to its
             absolute value (which, for a Gaussian residual, puts a 3.8-sigma residual at 6 decades instead of 4).
-            Off by default (measured: docs/architecture.md, "Calibration of the channels").
+            Off by default (measured: docs/architecture.md, "Calibration of the relations and the channels").
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
