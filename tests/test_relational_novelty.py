@@ -1027,3 +1027,17 @@ def test_chi_square_calibrations_keep_the_detectors_verdicts(params):
     assert not flags[:200].any() and flags[200:300].all() and not flags[320:].any()
     _, alarms, _ = run(warm_bank(**params), stream([machine(i) for i in range(800, 3800)], start=800))
     assert sum(a.kind == "raised" for a in alarms) <= 1
+
+
+def test_a_model_saved_before_the_chi_square_calibrations_loads_with_them_off(tmp_path):
+    """No state field is added: a model saved without ``relation_chi_square`` and ``profile_chi_square`` loads
+    with both off, its calibrations (moments of the cube root and of |residual|) read as before."""
+    detector_spec = spec()
+    fitted = artifact.train(detector_spec, stream([machine(i) for i in range(800)]))
+    older = saved_without(fitted, tmp_path / "model", (), parameters=("relation_chi_square", "profile_chi_square"))
+    model = older.models["m1"]
+    assert model.relation_chi_square is False and model.profile_chi_square is False
+    events, alarms, _ = run(
+        VectorBank(detector_spec, artifact=older), stream([machine(i) for i in range(800, 900)], start=800)
+    )
+    assert len(events) == 100 and not alarms
