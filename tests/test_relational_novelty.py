@@ -973,12 +973,12 @@ def test_rearm_on_return_a_new_fault_after_the_device_is_back_is_not_debounced_a
     assert [e.detection_score for e in alone] == [e.detection_score for e in run(VectorBank(spec()), single)[0]]
 
 
-def test_a_model_saved_before_rearm_on_return_loads_with_it_off(tmp_path):
+def test_a_model_saved_before_rearm_on_return_loads_with_it_on(tmp_path):
     """No state field is added (outside an alarm the alarm's quiet count is reused): a model saved without the
-    parameter loads with it off and runs."""
+    parameter loads with today's default (on) and runs."""
     fitted = artifact.train(spec(), stream([machine(i) for i in range(800)]))
     older = saved_without(fitted, tmp_path / "model", (), parameters=("rearm_on_return",))
-    assert older.models["m1"].rearm_on_return is False
+    assert older.models["m1"].rearm_on_return is True
     run(VectorBank(spec(), artifact=older), stream([machine(i) for i in range(800, 900)], start=800))
 
 

@@ -271,10 +271,10 @@ class RelationalNovelty(AnomalyDetector):
             debouncing as before. Diagnosed on the simulator: every fault a warm start missed and a cold start found
             was a spike, dip, stuck value or failure 30-90 readings after another fault of the same sensor had
             cleared, debounced by that alarm's peak, which a warm start's tighter calibration makes higher (0.89-0.98
-            against the cold start's 0.75, the jump check's fixed surprise that the next fault also scores). Off by
-            default (measured): simulator recall warm = cold on every fleet (seed 1 0.972/0.978 -> 0.994/0.994,
-            seed 2 0.977/0.994 -> 1.0/1.0, seed 4 warm 0.970 -> 1.0), precision unchanged; NAB identical; SKAB
-            FAR 6.53 -> 6.81, MAR 25.73 -> 25.30, changepoint 35.72 -> 36.07 (docs/architecture.md).
+            against the cold start's 0.75, the jump check's fixed surprise that the next fault also scores). On by
+            default (measured, off -> on): simulator recall warm = cold on every fleet (seed 1 0.972/0.978 ->
+            0.994/0.994, seed 2 0.977/0.994 -> 1.0/1.0, seed 4 warm 0.970 -> 1.0), precision unchanged; NAB
+            identical; SKAB FAR 6.53 -> 6.81, MAR 25.73 -> 25.30, changepoint 35.72 -> 36.07 (docs/architecture.md).
         relation_chi_square: the relations' weighted mean square itself calibrated, as the scaled chi-square
             ``g χ²_h`` whose mean and variance match those it showed on the device's normal readings
             (Satterthwaite; Box 1954), by its upper tail; overrides ``relation_cube_root`` (a Gaussian fitted to
@@ -369,7 +369,7 @@ class RelationalNovelty(AnomalyDetector):
         level_warmup: bool = True,
         level_from_mean: bool = False,
         level_scales: bool = False,
-        rearm_on_return: bool = False,
+        rearm_on_return: bool = True,
         relation_chi_square: bool = False,
         profile_chi_square: bool = False,
         novelty: CompactNovelty | None = None,
