@@ -172,13 +172,15 @@ def score_fleet(
     seed: int = 0,
     warm: bool = False,
     progress: Callable[[int], None] = lambda rows: None,
+    observe: Callable[[object], None] | None = None,
     **fleet_options,
 ) -> FaultScore:
     """A simulated fleet with faults and legitimate operating changes through the flow's bank.
 
     The first ``history_ticks`` ticks are fault-free (the fleet's warm-up); ``warm`` fits each
     machine's detector on them (``edgewatch train``), else the bank starts cold and streams them
-    too. Only the ticks after them are scored, the same messages either way."""
+    too. Only the ticks after them are scored, the same messages either way. ``observe`` is given
+    each batch's ``BankResult`` (its alarm events and explanations: ``bench/explanations.py``)."""
     from edgewatch.online_models import artifact
     from edgewatch.online_models.bank import new_bank
 
@@ -193,6 +195,8 @@ def score_fleet(
     stream = readings if not warm else readings[split:]
     for start in range(0, len(stream), 1000):
         result = bank.label(stream[start : start + 1000])
+        if observe is not None:
+            observe(result)
         for event in result.events:
             offset = event.reading.raw.offset
             if offset >= split:
