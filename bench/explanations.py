@@ -2,14 +2,14 @@
 
     python bench/explanations.py [--set name=value ...] [--fleets 0:40,1:40,2:40,3:16,4:16] [--no-skab]
 
-Simulator (``faults.score_fleet``: 3000 ticks after 600 fault-free ones, cold and warm): every fault kind
-corrupts known sensors (``simulator.fleet.FAULT_SENSORS``: the temperature sensor for spike, dip, stuck
-and drift; a failure is the machine's, temperature or pressure). For each detected fault episode whose
-alarm was raised inside it, the top feature of the explanation is checked against them: ``raise`` is the
-raising AlarmEvent's explanation (the raising reading's shares), ``alarm`` the cleared AlarmEvent's (the
-alarm's peak's shares; alarms still open at the end are left out). Episodes first labeled abnormal
-inside an alarm raised before them are counted apart (``held``). Printed per fleet and start, then per
-fault kind over all fleets: correct/counted and the share.
+Simulator (``faults.score_attribution`` over ``faults.score_fleet``'s fleets: 3000 ticks after 600
+fault-free ones, cold and warm): every fault kind corrupts known sensors (``simulator.fleet.FAULT_SENSORS``:
+the temperature sensor for spike, dip, stuck and drift; a failure is the machine's, temperature or
+pressure). For each detected fault episode whose alarm was raised inside it, the top feature of the
+explanation is checked against them: ``raise`` is the raising AlarmEvent's explanation (the raising
+reading's shares), ``alarm`` the cleared AlarmEvent's (the alarm's peak's shares; alarms still open at the
+end are left out). Episodes first labeled abnormal inside an alarm raised before them are counted apart
+(``held``). Printed per fleet and start, then per fault kind over all fleets: correct/counted and the share.
 
 SKAB (``edgewatch evaluate skab``'s run; valve1 faults act on the flow and valve, no per-feature ground
 truth): how often each feature is named first at an alarm's raise inside a labeled fault, at a raise
@@ -36,12 +36,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ablation import build_detector  # noqa: E402
-from edgewatch.evaluation.faults import score_fleet, simulated_messages  # noqa: E402
+from edgewatch.evaluation.faults import score_attribution  # noqa: E402
 from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR, DetectorSpec  # noqa: E402
-from edgewatch.simulator.fleet import FAULT_KINDS, FAULT_SENSORS  # noqa: E402
+from edgewatch.simulator.fleet import FAULT_KINDS  # noqa: E402
 
 TICKS, HISTORY = 3000, 600
-FAULT_OPTIONS = {"fault_rate": 0.002, "change_rate": 0.001, "ambient_period": 1800}  # score_fleet's defaults
 
 
 def detector(changes: dict) -> DetectorSpec:
@@ -56,64 +55,10 @@ def top(shares: dict[str, float] | None) -> str | None:
     return max(shares, key=shares.get) if shares else None
 
 
-def episodes(records: list, devices: int) -> list[tuple[str, str, int, int]]:
-    """(device, kind, first tick, last tick) of each fault episode in the scored ticks (as ``FaultScore``)."""
-    found: list[tuple[str, str, int, int]] = []
-    last: dict[str, int] = {}  # device -> index in found of its episode still running
-    for offset in range(devices * HISTORY, len(records)):
-        record, tick = records[offset], offset // devices
-        device = record.key.decode()
-        kind = record.fault if record.fault in FAULT_SENSORS else ""
-        at = last.get(device)
-        if kind and at is not None and found[at][1] == kind and found[at][3] == tick - 1:
-            found[at] = (*found[at][:3], tick)
-        elif kind:
-            last[device] = len(found)
-            found.append((device, kind, tick, tick))
-        else:
-            last.pop(device, None)
-    return found
-
-
 def fleet_attribution(case: tuple[int, int, bool, dict]) -> dict:
-    """Per fault kind: counted, correct at raise, correct at the alarm event, held, missed."""
     seed, devices, warm, changes = case
-    abnormal: dict[str, set[int]] = defaultdict(set)
-    alarms: dict[str, list[list]] = defaultdict(list)  # device -> [raise tick, raise shares, clear shares]
-
-    def observe(result) -> None:
-        for event in result.events:
-            if event.is_anomaly:
-                abnormal[event.reading.device_id].add(event.reading.raw.offset // devices)
-        for alarm in result.alarms:
-            if alarm.kind == "raised":
-                alarms[alarm.device_id].append([alarm.raw.offset // devices, alarm.explanation, None])
-            elif alarms[alarm.device_id]:
-                alarms[alarm.device_id][-1][2] = alarm.explanation
-
-    score_fleet(detector(changes), devices=devices, ticks=TICKS, history_ticks=HISTORY, seed=seed, warm=warm,
-                observe=observe)  # fmt: skip
-    records, _ = simulated_messages(devices, TICKS, HISTORY, seed, tuple(sorted(FAULT_OPTIONS.items())))
-    tally: dict[str, Counter] = defaultdict(Counter)
-    for device, kind, first, last in episodes(records, devices):
-        hits = sorted(tick for tick in abnormal[device] if first <= tick <= last)
-        counts = tally[kind]
-        counts["faults"] += 1
-        if not hits:
-            counts["missed"] += 1
-            continue
-        raised = [a for a in alarms[device] if a[0] <= hits[0]]
-        if not raised or raised[-1][0] < first:
-            counts["held"] += 1
-            continue
-        _, at_raise, at_clear = raised[-1]
-        counts["raise"] += 1
-        counts["raise_ok"] += top(at_raise) in FAULT_SENSORS[kind]
-        counts["raise_temp"] += top(at_raise) == "machine.temperature"
-        if at_clear is not None:
-            counts["alarm"] += 1
-            counts["alarm_ok"] += top(at_clear) in FAULT_SENSORS[kind]
-        counts[f"named:{top(at_raise)}"] += 1
+    tally = score_attribution(detector(changes), devices=devices, ticks=TICKS, history_ticks=HISTORY, seed=seed,
+                              warm=warm)  # fmt: skip
     return {"seed": seed, "devices": devices, "warm": warm, "tally": {k: dict(v) for k, v in tally.items()}}
 
 

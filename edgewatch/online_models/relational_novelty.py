@@ -260,6 +260,13 @@ class RelationalNovelty(AnomalyDetector):
             (even 24.30 -> 23.33, odd 26.51 -> 26.35), FAR 9.98 (even 13.13 -> 14.08), changepoint 35.51;
             NAB identical (one feature: no level channel); simulator seed 0 precision .995 -> .990 (cold and
             warm), seeds 1-4 identical. Neither moves valve1/1 or valve1/2 (docs/architecture.md).
+        move_attribution: explanations give the relations' evidence to the likeliest culprit rather than to
+            every feature whose residual departs: a relation break shows in the residuals of all the features it
+            ties (a sensor drifting off its partner makes the partner's residual depart as much), so the break is
+            pooled and shared by each feature's residual part times its recent move off its own fast level
+            (squared) times 10^(its own channels' surprise) (``kernel._attribute_relations``). Explanations
+            only: scores, alarms and learning are the same either way. On: simulator fault episodes whose
+            alarm names the faulted sensor first (``bench/explanations.py``) ... (see docs/architecture.md).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -344,6 +351,7 @@ class RelationalNovelty(AnomalyDetector):
         level_warmup: bool = True,
         level_from_mean: bool = False,
         level_scales: bool = False,
+        move_attribution: bool = True,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -387,6 +395,7 @@ class RelationalNovelty(AnomalyDetector):
         self.level_warmup = level_warmup
         self.level_from_mean = level_from_mean
         self.level_scales = level_scales
+        self.move_attribution = move_attribution
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -427,7 +436,8 @@ class RelationalNovelty(AnomalyDetector):
              float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
              float(self.resolution_spread), self.shape_resolution, self.residual_cusum, self.cusum_steps,
              float(self.profile_along), float(self.unfollowed_steps), float(self.centered_spread),
-             float(self.level_warmup), float(self.level_from_mean), float(self.level_scales)],
+             float(self.level_warmup), float(self.level_from_mean), float(self.level_scales),
+             float(self.move_attribution)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
