@@ -756,7 +756,7 @@ def _restart_context(s, rel, r: int, features: int) -> None:  # pragma: no cover
 
 @njit(cache=True)
 def _attribute_relations(
-    shares, own, cus, breaks, ss, rel_surprise, bonferroni, x, rel, cov, r: int, features: int, weights
+    shares, own, cus, breaks, ss, rel_surprise, bonferroni, x, s, rel, cov, r: int, features: int, weights
 ):
     """Each feature's part of an abnormal reading's explanation (``move_attribution``): its own channels'
     surprise, or its part of the relations' evidence if larger, that evidence given to the likeliest culprits.
@@ -765,8 +765,9 @@ def _attribute_relations(
     makes the partner's residual (predicted from the drifted one) depart as much (two features: the same size;
     tightly related ones: nearly), so residuals alone name either. Each feature's hypothesis "this sensor
     broke the relations" is weighed by three factors: how much of the break its residual carries (its part
-    of the relation evidence), how far its recent readings left their own fast level (squared, in its standard
-    deviations: the others then moved with the operating point, a smaller normal move than its own), and its
+    of the relation evidence), how far its recent readings left their own fast level (squared, in its largest
+    normal step: how unusual the move is for this sensor's own dynamics — the others then moved with the
+    operating point, a smaller move for theirs than its own for it), and its
     own channels' surprise (10^decades: a likelihood ratio; a stuck sensor that stopped moving while the
     machine went on is named by its run of repeats, not by the partner that moved). The relations' evidence
     (the calibrated surprise split by conditional residuals, and the residual CUSUM's) is pooled and shared by
@@ -776,7 +777,8 @@ def _attribute_relations(
     best = -np.inf
     for f in range(features):
         part = max(cus[f] - bonferroni, rel_surprise * breaks[f] / ss if ss > 0.0 else 0.0, 0.0)
-        move = (x[f] - rel[r, f, FAST]) / math.sqrt(_relation_variance(cov, rel, r, f))
+        step = s[r, MAX_STEP, f]
+        move = (x[f] - rel[r, f, FAST]) / (step if step > 0.0 else math.sqrt(_relation_variance(cov, rel, r, f)))
         pooled += part
         # log10 of the hypothesis' weight (-inf: no part in the break, or no move)
         weights[f] = math.log10(part * move * move) + own[f] if part * move * move > 0.0 else -np.inf
@@ -1259,8 +1261,8 @@ def detect(
                 shares[:] = evidence
                 if move_attribution and rel_ready:
                     _attribute_relations(
-                        shares, own, cus, breaks, ss, rel_surprise if relation_score else 0.0, bonferroni, x[i], rel,
-                        cov, r, features, hypotheses,
+                        shares, own, cus, breaks, ss, rel_surprise if relation_score else 0.0, bonferroni, x[i], s,
+                        rel, cov, r, features, hypotheses,
                     )  # fmt: skip
                 total_c = 0.0
                 for f in range(features):
