@@ -766,10 +766,10 @@ def _attribute_relations(
     tightly related ones: nearly), so residuals alone name either. Each feature's hypothesis "this sensor
     broke the relations" is weighed by three factors: how much of the break its residual carries (its part
     of the relation evidence), how far its recent readings left their own fast level (squared, in its largest
-    normal step: how unusual the move is for this sensor's own dynamics — the others then moved with the
-    operating point, a smaller move for theirs than its own for it), and its
-    own channels' surprise (10^decades: a likelihood ratio; a stuck sensor that stopped moving while the
-    machine went on is named by its run of repeats, not by the partner that moved). The relations' evidence
+    normal step: how unusual the move is for this sensor's own dynamics — the others then moved only with the
+    operating point), and its own channels' surprise (10^decades: a likelihood ratio; a stuck sensor that
+    stopped moving while the machine went on is named by its run of repeats, not by the partner that moved).
+    The relations' evidence
     (the calibrated surprise split by conditional residuals, and the residual CUSUM's) is pooled and shared by
     those weights; where no feature moved, by the residuals alone, as without this. Only explanations
     change: the decisions are taken on the evidence before this."""
@@ -830,8 +830,10 @@ def detect(
     (devices, features, RELATION_FIELDS), ``cov`` (devices, 2, features, features). Outputs per
     reading: ``events`` (bits ABNORMAL, RAISED, CLEARED, DRIFT_SHIFT, DRIFT_TIMEOUT), and for
     abnormal readings and alarm events ``contrib`` (readings, features): each feature's share of
-    the surprise; ``info`` (readings, 2): the alarm's start and peak score at a RAISED/CLEARED
-    reading; ``levels`` (readings, 2, features): levels before/after at a DRIFT reading.
+    the evidence (the explanation; with ``move_attribution`` the relations' evidence given by
+    :func:`_attribute_relations`, after the decisions); ``info`` (readings, 2): the alarm's start
+    and peak score at a RAISED/CLEARED reading; ``levels`` (readings, 2, features): levels
+    before/after at a DRIFT reading.
     ``mode``: STREAM, or a history (every reading normal, no alarms): HISTORY_FILL (memories
     and profile only, no calibration) then HISTORY_CALIBRATE. ``cusum_at``: where the residual CUSUM's
     fields (``CUSUM_FIELDS``, consecutive) start in the scalar block ``s``, -1 when the state has none

@@ -266,7 +266,9 @@ class RelationalNovelty(AnomalyDetector):
             pooled and shared by each feature's residual part times its recent move off its own fast level
             (squared) times 10^(its own channels' surprise) (``kernel._attribute_relations``). Explanations
             only: scores, alarms and learning are the same either way. On: simulator fault episodes whose
-            alarm names the faulted sensor first (``bench/explanations.py``) ... (see docs/architecture.md).
+            alarm names the faulted sensor first (``bench/explanations.py``, seeds 0-4) at the raise 0.90 ->
+            0.99 cold, 0.91 -> 0.99 warm (drifts 0.52 -> 0.98), in the alarm event 0.92 -> 1.00 cold, 0.94 ->
+            1.00 warm (docs/architecture.md).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
