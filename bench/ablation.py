@@ -163,6 +163,9 @@ VARIANTS = (
             "each scale's own persistence (a slow wander shared, not a factor)", {"level_scales": True}),
     Variant("level-scales-from-mean", "(adds, off by default) both of the above",
             {"level_from_mean": True, "level_scales": True}),
+    Variant("rearm-on-return", "(adds, off by default) the debouncing level dropped once a cleared alarm's cause "
+            "features are back at their normal level and every channel judged the device unsurprising for one "
+            "longest block (a new episode is not debounced against the last)", {"rearm_on_return": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -969,3 +969,39 @@ def test_level_warmup_the_level_channel_learns_its_first_readings_in_a_cold_star
         model.learn_one(machine(i, offset=0.6), float(i))
     assert model.abnormal  # (still in alarm)
     assert (level_readings() == before + 24).all() if on else (level_readings() == before).all()
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_rearm_on_return_a_new_fault_after_the_device_is_back_is_not_debounced_against_the_last(on):
+    """A warm start's large spike raises an alarm with a high peak; a smaller spike of the same sensor 12 readings
+    after it is the same episode (the device not yet back for a whole block): debounced either way. One 60 readings
+    after it, the device back since, is another episode: with ``rearm_on_return`` it raises its own alarm,
+    without it the first alarm's peak still debounces it. A single-feature device (no level channel to judge a
+    return) is debounced as before."""
+
+    def spiked(i: int) -> dict[str, float]:
+        x = machine(i)
+        x["temp"] += {1000: 15.0, 1012: 3.0, 1060: 3.0}.get(i, 0.0)
+        return x
+
+    events, alarms, _ = run(warm_bank(rearm_on_return=on), stream([spiked(i) for i in range(800, 1200)], start=800))
+    by_time = {e.reading.timestamp: e for e in events}
+    assert by_time[1000.0].detection_score > by_time[1060.0].score >= THRESHOLD  # (the first peak is the larger)
+    assert by_time[1012.0].detection_score == 0.0 and not by_time[1012.0].is_anomaly
+    raised = [a.start for a in alarms if a.kind == "raised"]
+    assert raised == ([1000.0, 1060.0] if on else [1000.0])
+    assert by_time[1060.0].is_anomaly is on and (by_time[1060.0].detection_score > 0.0) is on
+    # one feature: debounced as before (the same detections on or off; the third spike's is 0)
+    single = stream([{"temp": spiked(i)["temp"]} for i in range(1200)])
+    alone = run(VectorBank(spec(rearm_on_return=on)), single)[0]
+    assert alone[1060].score >= THRESHOLD and alone[1060].detection_score == 0.0
+    assert [e.detection_score for e in alone] == [e.detection_score for e in run(VectorBank(spec()), single)[0]]
+
+
+def test_a_model_saved_before_rearm_on_return_loads_with_it_off(tmp_path):
+    """No state field is added (outside an alarm the alarm's quiet count is reused): a model saved without the
+    parameter loads with it off and runs."""
+    fitted = artifact.train(spec(), stream([machine(i) for i in range(800)]))
+    older = saved_without(fitted, tmp_path / "model", (), parameters=("rearm_on_return",))
+    assert older.models["m1"].rearm_on_return is False
+    run(VectorBank(spec(), artifact=older), stream([machine(i) for i in range(800, 900)], start=800))

@@ -124,6 +124,12 @@ def _z_of_surprise(u: float) -> float:
     return _bisect_surprise(u, 40.0, 60)[1]
 
 
+@njit(cache=True, inline="always")
+def _t_to_z(tt: float, nu: float) -> float:
+    """A Student t (its square ``tt``, ``nu`` degrees of freedom) as a normal deviate (Wallace 1959)."""
+    return math.sqrt(nu * math.log1p(tt / nu)) * (8.0 * nu + 1.0) / (8.0 * nu + 3.0)
+
+
 @njit(cache=True)
 def _t_as_z(t: float, dof: float) -> float:
     """The Gaussian z as improbable as Student's ``t`` with ``dof`` degrees of freedom (Wallace 1959:
@@ -131,7 +137,7 @@ def _t_as_z(t: float, dof: float) -> float:
     estimated from ``dof + 1`` independent values, times ``sqrt(1 + 1 / (dof + 1))`` for the new one's."""
     dof = max(dof, 1.0)
     t = t / math.sqrt(1.0 + 1.0 / (dof + 1.0))
-    return math.sqrt(dof * math.log1p(t * t / dof)) * (8.0 * dof + 1.0) / (8.0 * dof + 3.0)
+    return _t_to_z(t * t, dof)
 
 
 @njit(cache=True, inline="always")
@@ -272,7 +278,7 @@ ALARM_PARAMS = (
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
-    "centered_spread", "level_warmup", "level_from_mean", "level_scales", "move_attribution",
+    "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return", "move_attribution",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -548,12 +554,6 @@ def _level_returned(
     now = (rel[r, f, FAST] - rel[r, f, MU]) / sd
     tt_now = _fast_tt(now, fast_rate, _level_scales(lv, r, f, rate, fast_rate, white, var, scales)[0], n_eff)
     return gaussian_surprise(_t_to_z(tt_now, n_eff - 1.0)) < tolerance
-
-
-@njit(cache=True, inline="always")
-def _t_to_z(tt: float, nu: float) -> float:
-    """A Student t (its square ``tt``, ``nu`` degrees of freedom) as a normal deviate (Wallace 1959)."""
-    return math.sqrt(nu * math.log1p(tt / nu)) * (8.0 * nu + 1.0) / (8.0 * nu + 3.0)
 
 
 @njit(cache=True)
@@ -857,7 +857,8 @@ def detect(
     centered_spread = alarm_params[32] > 0.0
     level_warmup = alarm_params[33] > 0.0
     level_from_mean, level_scales = alarm_params[34] > 0.0, alarm_params[35] > 0.0
-    move_attribution = alarm_params[36] > 0.0
+    rearm_on_return = alarm_params[36] > 0.0
+    move_attribution = alarm_params[37] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -877,6 +878,9 @@ def detect(
     decay, profile_clip = float_params[13], float_params[14]
     readings, features = x.shape
     scales = len(sizes)
+    rearm_after = clear_after  # (rearm_on_return) every channel judges the device back: one block of each scale
+    for k in range(scales):
+        rearm_after = max(rearm_after, sizes[k])
     resolution = len(FEATURE_FIELDS) + scales * len(SCALE_FIELDS)  # RESOLUTION_FIELD, after the scale fields
     # a smoothed residual (EW rate c) of readings each rounded with variance q varies by at least c / (2 - c) q
     rounding_gain = residual_rate / (2.0 - residual_rate)
@@ -1300,6 +1304,28 @@ def detect(
             events[i] = ev
             learn = (ev & ABNORMAL) == 0 or not protected_learning
             dev[r, LAST_T] = t[i]
+            if rearm_on_return and dev[r, ALARM] == 0.0 and rel_ready and level_rate > 0.0:
+                # (rearm_on_return) the debouncing holds back repeated raises of one episode. The episode is
+                # over once the device is back: every feature of the cleared alarm's cause at its normal level,
+                # and its readings unsurprising by every channel (the score before any debouncing below the
+                # threshold: no level memory, no other feature, that a raise would take up again) for as long
+                # as every channel takes to judge them again (``rearm_after``: the longest shape block; a block
+                # channel speaks once a block). The next raise is another episode, judged against no debouncing
+                # level (as a device that never alarmed). Outside an alarm ``QUIET`` counts those readings.
+                back = raw < threshold
+                cause = False
+                for f in range(features):
+                    if rel[r, f, CAUSE] > 0.0:
+                        cause = True
+                        if back and not _level_returned(
+                            lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile, level_scales
+                        ):
+                            back = False
+                dev[r, QUIET] = dev[r, QUIET] + 1.0 if cause and back else 0.0
+                if dev[r, QUIET] >= rearm_after:
+                    dev[r, LEVEL] = dev[r, QUIET] = 0.0
+                    for f in range(features):
+                        rel[r, f, CAUSE] = 0.0  # (read only in alarm: a raise sets it anew)
         if relations:
             for f in range(features):
                 rel[r, f, RES] = res[f]
