@@ -15,6 +15,10 @@ SKAB (``edgewatch evaluate skab``'s run; valve1 faults act on the flow and valve
 truth): how often each feature is named first at an alarm's raise inside a labeled fault, at a raise
 outside one, and over every abnormal row inside a fault.
 
+``--swap-sensors``: the same fleets with the machine's temperature and pressure readings exchanged in every
+reading (the sensor faults then corrupt the sensor named ``machine.pressure``, third in the bank's column
+order instead of fourth): explanations must not favour a name or a position.
+
 ``--set`` changes the default detector's parameters (JSON values), as bench/ablation.py's variants do.
 Two processes; about 4 minutes on two idle cores. Data (SKAB) from ``EDGEWATCH_DATA_DIR``.
 """
@@ -22,6 +26,7 @@ Two processes; about 4 minutes on two idle cores. Data (SKAB) from ``EDGEWATCH_D
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -38,7 +43,7 @@ if str(ROOT) not in sys.path:
 from bench.ablation import build_detector  # noqa: E402
 from edgewatch.evaluation.faults import score_attribution  # noqa: E402
 from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR, DetectorSpec  # noqa: E402
-from edgewatch.simulator.fleet import FAULT_KINDS  # noqa: E402
+from edgewatch.simulator.fleet import FAULT_KINDS, FAULT_SENSORS  # noqa: E402
 
 TICKS, HISTORY = 3000, 600
 
@@ -55,8 +60,32 @@ def top(shares: dict[str, float] | None) -> str | None:
     return max(shares, key=shares.get) if shares else None
 
 
-def fleet_attribution(case: tuple[int, int, bool, dict]) -> dict:
-    seed, devices, warm, changes = case
+SWAPPED = {"machine.temperature": "machine.pressure", "machine.pressure": "machine.temperature"}
+
+
+def swap_sensors() -> None:
+    """In this (worker) process: the simulated readings with temperature and pressure exchanged, and the
+    faults' ground truth with them."""
+    from edgewatch.evaluation import faults
+
+    simulated = faults.simulated_messages
+
+    @functools.lru_cache(maxsize=1)
+    def swapped(*args):
+        records, readings = simulated(*args)
+        exchanged = [
+            dataclasses.replace(r, features={SWAPPED.get(k, k): v for k, v in r.features.items()}) for r in readings
+        ]
+        return records, exchanged
+
+    faults.simulated_messages = swapped
+    faults.FAULT_SENSORS = {kind: tuple(SWAPPED.get(s, s) for s in sensors) for kind, sensors in FAULT_SENSORS.items()}
+
+
+def fleet_attribution(case: tuple[int, int, bool, dict, bool]) -> dict:
+    seed, devices, warm, changes, swap = case
+    if swap:
+        swap_sensors()
     tally = score_attribution(detector(changes), devices=devices, ticks=TICKS, history_ticks=HISTORY, seed=seed,
                               warm=warm)  # fmt: skip
     return {"seed": seed, "devices": devices, "warm": warm, "tally": {k: dict(v) for k, v in tally.items()}}
@@ -126,10 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], help="name=value (JSON) of the default detector")
     parser.add_argument("--fleets", default="0:40,1:40,2:40,3:16,4:16", help="comma-separated seed:devices")
     parser.add_argument("--no-skab", action="store_true", help="the simulator only")
+    parser.add_argument("--swap-sensors", action="store_true", help="temperature and pressure readings exchanged")
     args = parser.parse_args(argv)
     changes = {name: json.loads(value) for name, _, value in (item.partition("=") for item in args.set)}
     fleets = [tuple(int(part) for part in fleet.split(":")) for fleet in args.fleets.split(",")]
-    cases = [(seed, devices, warm, changes) for seed, devices in fleets for warm in (False, True)]
+    cases = [(seed, devices, warm, changes, args.swap_sensors) for seed, devices in fleets for warm in (False, True)]
     with ProcessPoolExecutor(2) as pool:
         print_simulator(list(pool.map(fleet_attribution, cases)))
     if not args.no_skab:
