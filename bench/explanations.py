@@ -68,6 +68,8 @@ def swap_sensors() -> None:
     faults' ground truth with them."""
     from edgewatch.evaluation import faults
 
+    if getattr(faults.simulated_messages, "swapped", False):  # (a worker scores several fleets)
+        return
     simulated = faults.simulated_messages
 
     @functools.lru_cache(maxsize=1)
@@ -78,6 +80,7 @@ def swap_sensors() -> None:
         ]
         return records, exchanged
 
+    swapped.swapped = True
     faults.simulated_messages = swapped
     faults.FAULT_SENSORS = {kind: tuple(SWAPPED.get(s, s) for s in sensors) for kind, sensors in FAULT_SENSORS.items()}
 
