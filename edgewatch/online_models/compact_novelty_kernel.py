@@ -131,6 +131,67 @@ def _t_to_z(tt: float, nu: float) -> float:
 
 
 @njit(cache=True)
+def chi_square_surprise(x: float, dof: float) -> float:
+    """``-log10 P(X >= x)`` for ``X`` chi-square with ``dof`` (any positive real) degrees of freedom: the
+    regularized upper incomplete gamma ``Q(dof / 2, x / 2)`` (Numerical Recipes' series below ``dof / 2 + 1``,
+    Lentz's continued fraction above it, in logarithms so a far tail keeps its decades)."""
+    if x <= 0.0 or dof <= 0.0:
+        return 0.0
+    a, y = 0.5 * dof, 0.5 * x
+    log_front = -y + a * math.log(y) - math.lgamma(a)
+    if y < a + 1.0:  # the lower tail's series: Q = 1 - P, not small here
+        ap, term = a, 1.0 / a
+        total = term
+        for _ in range(500):
+            ap += 1.0
+            term *= y / ap
+            total += term
+            if abs(term) < abs(total) * 1e-15:
+                break
+        lower = total * math.exp(log_front)
+        return -math.log10(max(1.0 - lower, 1e-300))
+    tiny = 1e-300
+    b = y + 1.0 - a
+    c = 1.0 / tiny
+    d = 1.0 / b
+    h = d
+    for i in range(1, 500):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return -(log_front + math.log(h)) / math.log(10.0)
+
+
+@njit(cache=True, inline="always")
+def _scaled_chi_square_surprise(q: float, n: float, mean: float, var: float, min_n: int) -> float:
+    """The surprise (decades) of a mean square ``q`` under the scaled chi-square ``g χ²_h`` whose mean and
+    variance are those measured (``n`` values, ``mean``, ``var``): Satterthwaite's ``g = var / (2 mean)``,
+    ``h = 2 mean² / var`` (Box 1954: a weighted sum of squared, correlated Gaussians), its upper tail."""
+    if n < min_n or var <= 0.0 or mean <= 0.0:
+        return 0.0
+    return chi_square_surprise(q * 2.0 * mean / var, 2.0 * mean * mean / var)
+
+
+@njit(cache=True)
+def _chi_square_z(q: float, n: float, mean: float, var: float, min_n: int) -> float:
+    """The standard score as improbable (two-sided, as :func:`gaussian_surprise` reads it) as a square ``q``
+    under the scaled chi-square of the squares measured (:func:`_scaled_chi_square_surprise`); ``-inf``
+    before ``min_n`` of them."""
+    if n < min_n or var <= 0.0 or mean <= 0.0:
+        return -np.inf
+    u = _scaled_chi_square_surprise(q, n, mean, var, min_n)
+    return _z_of_surprise(u) if u > 0.0 else 0.0
+
+
+@njit(cache=True)
 def _t_as_z(t: float, dof: float) -> float:
     """The Gaussian z as improbable as Student's ``t`` with ``dof`` degrees of freedom (Wallace 1959:
     ``sqrt(dof ln(1 + t²/dof)) (8 dof + 1) / (8 dof + 3)``): a standard score whose mean and variance were
@@ -165,6 +226,26 @@ def _bounded_z(z: float, d: float, s, r: int, j: int, f: int) -> float:  # pragm
     if gaussian_surprise(z) <= bound:
         return z
     return _bisect_surprise(bound, z, 40)[0]  # the z worth ``bound`` decades (only for bounded readings)
+
+
+@njit(cache=True, inline="always")
+def _relation_stat(ss: float, weights: float, chi_square: bool, cube_root: bool) -> float:
+    """The relations' statistic calibrated: their weighted mean square (``chi_square``), its cube root or its
+    square root."""
+    if weights <= 0.0:
+        return 0.0
+    q = ss / weights
+    if chi_square:
+        return q
+    return q ** (1.0 / 3.0) if cube_root else math.sqrt(q)
+
+
+@njit(cache=True, inline="always")
+def _relation_surprise(stat: float, dev, r: int, chi_square: bool, min_n: int) -> float:
+    """The relations' surprise (decades) of ``stat`` against the device's calibration of it (``RG_*``)."""
+    if chi_square:
+        return _scaled_chi_square_surprise(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_n)
+    return gaussian_surprise(_gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_n))
 
 
 @njit(cache=True, inline="always")
@@ -278,7 +359,8 @@ ALARM_PARAMS = (
     "relation_warmup", "gap_spread", "interval_rate", "relation_cube_root", "shape_effective",
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
-    "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return", "move_attribution",
+    "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return",
+    "relation_chi_square", "profile_chi_square", "move_attribution",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -858,7 +940,8 @@ def detect(
     level_warmup = alarm_params[33] > 0.0
     level_from_mean, level_scales = alarm_params[34] > 0.0, alarm_params[35] > 0.0
     rearm_on_return = alarm_params[36] > 0.0
-    move_attribution = alarm_params[37] > 0.0
+    relation_chi_square, profile_chi_square = alarm_params[37] > 0.0, alarm_params[38] > 0.0
+    move_attribution = alarm_params[39] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -988,20 +1071,17 @@ def detect(
                 weights += weight
             # their mean square is chi-square-like (with few features: skewed, with a heavier right tail than a
             # Gaussian fitted to it): its cube root, nearly Gaussian (Wilson-Hilferty), is what is calibrated
-            if weights > 0.0:
-                stat = (ss / weights) ** (1.0 / 3.0) if relation_cube_root else math.sqrt(ss / weights)
-            else:
-                stat = 0.0
+            # (``relation_chi_square``: the mean square itself, calibrated as the scaled chi-square its measured
+            # mean and variance make it)
+            stat = _relation_stat(ss, weights, relation_chi_square, relation_cube_root)
             if rel_ready:
-                zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
-                rel_surprise = gaussian_surprise(zr)
+                rel_surprise = _relation_surprise(stat, dev, r, relation_chi_square, min_profile)
                 rel_surprise_raw = rel_surprise
                 if (
                     z_clip > 0.0 and ss_raw != ss and weights > 0.0
                 ):  # the same calibration: they differ only on clipped readings
-                    stat_raw = (ss_raw / weights) ** (1.0 / 3.0) if relation_cube_root else math.sqrt(ss_raw / weights)
-                    zr_raw = _gauss_z(stat_raw, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
-                    rel_surprise_raw = gaussian_surprise(zr_raw)
+                    stat_raw = _relation_stat(ss_raw, weights, relation_chi_square, relation_cube_root)
+                    rel_surprise_raw = _relation_surprise(stat_raw, dev, r, relation_chi_square, min_profile)
         if alarms and not history:
             for f in range(features):
                 rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
@@ -1126,10 +1206,19 @@ def detect(
                     else:
                         resid = rr
                     resids[f] = resid
-                    spread = s[r, PROFILE_VAR, f]
-                    if resolution_spread:  # the rounding of a quantized feature is no evidence (see below)
-                        spread += rounding_gain * _rounding_variance(s[r, resolution, f], span)
-                    zp = _gauss_z(abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], spread, min_profile)
+                    rounding = (
+                        rounding_gain * _rounding_variance(s[r, resolution, f], span) if resolution_spread else 0.0
+                    )
+                    if profile_chi_square:
+                        # (``profile_chi_square``) its square against the scaled chi-square of the squares learned,
+                        # the rounding's variance (see below) added to their mean
+                        zp = _chi_square_z(
+                            resid * resid, s[r, PROFILE_N, f], s[r, PROFILE_MU, f] + rounding, s[r, PROFILE_VAR, f],
+                            min_profile,
+                        )  # fmt: skip
+                    else:  # (the rounding of a quantized feature is no evidence: see below)
+                        spread = s[r, PROFILE_VAR, f] + rounding
+                        zp = _gauss_z(abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], spread, min_profile)
                     zps[f] = zp
                     zb = _bounded_z(zp, abs(resid), s, r, PROFILE_N, f) if empirical_bound else zp
                     # (profile_along) a feature the others explain whose reading they predict moves with them:
@@ -1465,7 +1554,8 @@ def detect(
                         s[r, RESID, f] = resids[f]
                         s[r, HAS_RESID, f] = 1.0
                         if not populating:
-                            _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
+                            learned = resids[f] * resids[f] if profile_chi_square else abs(resids[f])
+                            _gauss_update(s, r, PROFILE_N, f, learned)
                             if not alarms or history or gaussian_surprise(zps[f]) < u_threshold:
                                 s[r, PROFILE_MAX, f] = max(s[r, PROFILE_MAX, f], abs(resids[f]))
             if protect:  # the jump check compares consecutive readings, whatever they are

@@ -271,10 +271,20 @@ class RelationalNovelty(AnomalyDetector):
             debouncing as before. Diagnosed on the simulator: every fault a warm start missed and a cold start found
             was a spike, dip, stuck value or failure 30-90 readings after another fault of the same sensor had
             cleared, debounced by that alarm's peak, which a warm start's tighter calibration makes higher (0.89-0.98
-            against the cold start's 0.75, the jump check's fixed surprise that the next fault also scores). Off by
-            default (measured): simulator recall warm = cold on every fleet (seed 1 0.972/0.978 -> 0.994/0.994,
-            seed 2 0.977/0.994 -> 1.0/1.0, seed 4 warm 0.970 -> 1.0), precision unchanged; NAB identical; SKAB
-            FAR 6.53 -> 6.81, MAR 25.73 -> 25.30, changepoint 35.72 -> 36.07 (docs/architecture.md).
+            against the cold start's 0.75, the jump check's fixed surprise that the next fault also scores). On by
+            default (measured, off -> on): simulator recall warm = cold on every fleet (seed 1 0.972/0.978 ->
+            0.994/0.994, seed 2 0.977/0.994 -> 1.0/1.0, seed 4 warm 0.970 -> 1.0), precision unchanged; NAB
+            identical; SKAB FAR 6.53 -> 6.81, MAR 25.73 -> 25.30, changepoint 35.72 -> 36.07 (docs/architecture.md).
+        relation_chi_square: the relations' weighted mean square itself calibrated, as the scaled chi-square
+            ``g χ²_h`` whose mean and variance match those it showed on the device's normal readings
+            (Satterthwaite; Box 1954), by its upper tail; overrides ``relation_cube_root`` (a Gaussian fitted to
+            a root of it). Off by default (measured, neutral: docs/architecture.md, "Calibration of the relations
+            and the channels").
+        profile_chi_square: the profile channel's smoothed residual judged by its square against the scaled
+            chi-square ``g χ²_h`` whose mean and variance match those of the squares learned (Satterthwaite: a
+            heavy-tailed residual gets fewer degrees of freedom, a heavier tail), not by a Gaussian fitted to its
+            absolute value (which, for a Gaussian residual, puts a 3.8-sigma residual at 6 decades instead of 4).
+            Off by default (measured: docs/architecture.md, "Calibration of the relations and the channels").
         move_attribution: explanations give the relations' evidence to the likeliest culprit rather than to
             every feature whose residual departs: a relation break shows in the residuals of all the features it
             ties (a sensor drifting off its partner makes the partner's residual depart as much), so the break is
@@ -368,7 +378,9 @@ class RelationalNovelty(AnomalyDetector):
         level_warmup: bool = True,
         level_from_mean: bool = False,
         level_scales: bool = False,
-        rearm_on_return: bool = False,
+        rearm_on_return: bool = True,
+        relation_chi_square: bool = False,
+        profile_chi_square: bool = False,
         move_attribution: bool = True,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
@@ -414,6 +426,8 @@ class RelationalNovelty(AnomalyDetector):
         self.level_from_mean = level_from_mean
         self.level_scales = level_scales
         self.rearm_on_return = rearm_on_return
+        self.relation_chi_square = relation_chi_square
+        self.profile_chi_square = profile_chi_square
         self.move_attribution = move_attribution
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
@@ -456,7 +470,8 @@ class RelationalNovelty(AnomalyDetector):
              float(self.resolution_spread), self.shape_resolution, self.residual_cusum, self.cusum_steps,
              float(self.profile_along), float(self.unfollowed_steps), float(self.centered_spread),
              float(self.level_warmup), float(self.level_from_mean), float(self.level_scales),
-             float(self.rearm_on_return), float(self.move_attribution)],
+             float(self.rearm_on_return), float(self.relation_chi_square), float(self.profile_chi_square),
+             float(self.move_attribution)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
