@@ -420,7 +420,7 @@ def test_alarms_on_a_simulated_fleet_name_the_faulted_sensor():
     """The simulator's sensor faults corrupt the temperature (``FAULT_SENSORS``); a drifting or stuck sensor breaks
     its relation to the pressure, whose residual departs as much. With ``move_attribution`` the alarm names the
     temperature first, at its raise and in its event; by the residuals alone, drifts often name the pressure
-    (fleets of bench/explanations.py: drift raises 0.52 -> 0.91 cold; here held-out seeds, a busier fleet)."""
+    (fleets of bench/explanations.py: drift raises 0.51 -> 0.96 cold; here held-out seeds, a busier fleet)."""
     from edgewatch.evaluation.faults import score_attribution
 
     def named_right(move_attribution: bool) -> float:

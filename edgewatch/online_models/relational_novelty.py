@@ -292,7 +292,7 @@ class RelationalNovelty(AnomalyDetector):
             (squared) times 10^(its own channels' surprise) (``kernel._attribute_relations``). Explanations
             only: scores, alarms and learning are the same either way. On: simulator fault episodes whose
             alarm names the faulted sensor first (``bench/explanations.py``, seeds 0-4) at the raise 0.90 ->
-            0.99 cold, 0.91 -> 0.99 warm (drifts 0.52 -> 0.98), in the alarm event 0.92 -> 1.00 cold, 0.94 ->
+            0.99 cold, 0.91 -> 0.99 warm (drifts 0.51 -> 0.96), in the alarm event 0.91 -> 1.00 cold, 0.93 ->
             1.00 warm (docs/architecture.md).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
