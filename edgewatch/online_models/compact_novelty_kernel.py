@@ -360,7 +360,7 @@ ALARM_PARAMS = (
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
     "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return",
-    "relation_chi_square", "profile_chi_square",
+    "relation_chi_square", "profile_chi_square", "move_attribution",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -837,6 +837,45 @@ def _restart_context(s, rel, r: int, features: int) -> None:  # pragma: no cover
 
 
 @njit(cache=True)
+def _attribute_relations(
+    shares, own, cus, breaks, ss, rel_surprise, bonferroni, x, s, rel, cov, r: int, features: int, weights
+):
+    """Each feature's part of an abnormal reading's explanation (``move_attribution``): its own channels'
+    surprise, or its part of the relations' evidence if larger, that evidence given to the likeliest culprits.
+
+    A break of a relation shows in the residual of every feature it ties: a sensor that drifts off its partner
+    makes the partner's residual (predicted from the drifted one) depart as much (two features: the same size;
+    tightly related ones: nearly), so residuals alone name either. Each feature's hypothesis "this sensor
+    broke the relations" is weighed by three factors: how much of the break its residual carries (its part
+    of the relation evidence), how far its recent readings left their own fast level (squared, in its largest
+    normal step: how unusual the move is for this sensor's own dynamics — the others then moved only with the
+    operating point), and its own channels' surprise (10^decades: a likelihood ratio; a stuck sensor that
+    stopped moving while the machine went on is named by its run of repeats, not by the partner that moved).
+    The relations' evidence
+    (the calibrated surprise split by conditional residuals, and the residual CUSUM's) is pooled and shared by
+    those weights; where no feature moved, by the residuals alone, as without this. Only explanations
+    change: the decisions are taken on the evidence before this."""
+    pooled = 0.0
+    best = -np.inf
+    for f in range(features):
+        part = max(cus[f] - bonferroni, rel_surprise * breaks[f] / ss if ss > 0.0 else 0.0, 0.0)
+        step = s[r, MAX_STEP, f]
+        move = (x[f] - rel[r, f, FAST]) / (step if step > 0.0 else math.sqrt(_relation_variance(cov, rel, r, f)))
+        pooled += part
+        # log10 of the hypothesis' weight (-inf: no part in the break, or no move)
+        weights[f] = math.log10(part * move * move) + own[f] if part * move * move > 0.0 else -np.inf
+        best = max(best, weights[f])
+    if pooled <= 0.0 or best == -np.inf:
+        return
+    total = 0.0
+    for f in range(features):
+        weights[f] = 10.0 ** (weights[f] - best) if weights[f] > -np.inf else 0.0
+        total += weights[f]
+    for f in range(features):
+        shares[f] = max(own[f], pooled * weights[f] / total)
+
+
+@njit(cache=True)
 def detect(
     s,
     profile,
@@ -873,8 +912,10 @@ def detect(
     (devices, features, RELATION_FIELDS), ``cov`` (devices, 2, features, features). Outputs per
     reading: ``events`` (bits ABNORMAL, RAISED, CLEARED, DRIFT_SHIFT, DRIFT_TIMEOUT), and for
     abnormal readings and alarm events ``contrib`` (readings, features): each feature's share of
-    the surprise; ``info`` (readings, 2): the alarm's start and peak score at a RAISED/CLEARED
-    reading; ``levels`` (readings, 2, features): levels before/after at a DRIFT reading.
+    the evidence (the explanation; with ``move_attribution`` the relations' evidence given by
+    :func:`_attribute_relations`, after the decisions); ``info`` (readings, 2): the alarm's start
+    and peak score at a RAISED/CLEARED reading; ``levels`` (readings, 2, features): levels
+    before/after at a DRIFT reading.
     ``mode``: STREAM, or a history (every reading normal, no alarms): HISTORY_FILL (memories
     and profile only, no calibration) then HISTORY_CALIBRATE. ``cusum_at``: where the residual CUSUM's
     fields (``CUSUM_FIELDS``, consecutive) start in the scalar block ``s``, -1 when the state has none
@@ -900,6 +941,7 @@ def detect(
     level_from_mean, level_scales = alarm_params[34] > 0.0, alarm_params[35] > 0.0
     rearm_on_return = alarm_params[36] > 0.0
     relation_chi_square, profile_chi_square = alarm_params[37] > 0.0, alarm_params[38] > 0.0
+    move_attribution = alarm_params[39] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -949,6 +991,9 @@ def detect(
     res_raw = np.empty(features)
     implicated = np.zeros(features, np.bool_)
     own = np.zeros(features)  # in alarm, each feature's surprise from its own channels
+    evidence = np.zeros(features)  # each feature's surprise, its own and its share of the relations' (decisions)
+    shares = np.zeros(features)  # each feature's part of the explanation (``move_attribution``)
+    hypotheses = np.zeros(features)  # (_attribute_relations' weights)
     stepped = np.zeros(features, np.bool_)  # the features whose departure came as a step (unfollowed_steps)
     moved = np.zeros(features, np.bool_)  # each feature's shift is predicted by the others' (explain_along)
     devs = np.zeros(features)
@@ -1239,7 +1284,7 @@ def detect(
                     c = max(own[f], cus[f] - bonferroni)
                     if rel_ready and ss > 0.0 and relation_score:
                         c = max(c, rel_surprise * breaks[f] / ss)
-                    contrib[i, f] = c
+                    evidence[f] = c
                     top = max(top, c)
             if not in_alarm:
                 if score >= threshold:
@@ -1248,14 +1293,14 @@ def detect(
                     dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
                     # the alarm's cause: the features that dominate the raising reading
                     for f in range(features):
-                        rel[r, f, CAUSE] = 1.0 if contrib[i, f] >= 0.5 * top else 0.0
+                        rel[r, f, CAUSE] = 1.0 if evidence[f] >= 0.5 * top else 0.0
             else:
                 # the alarm lasts while its cause does (the features that raised it); the other features
                 # keep learning: a slow drift elsewhere is not this fault
                 cause_surprise = 0.0
                 for f in range(features):
                     if rel[r, f, CAUSE] > 0.0:
-                        c = contrib[i, f]
+                        c = evidence[f]
                         if clear_on_return and _level_returned(
                             lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile, level_scales
                         ):
@@ -1305,11 +1350,18 @@ def detect(
                 else:
                     ev = ABNORMAL
             if ev & ABNORMAL:
-                total_c = 0.0
                 for f in range(features):
                     # protected: a feature of the alarm's cause that is itself surprising now
-                    implicated[f] = rel[r, f, CAUSE] > 0.0 and contrib[i, f] >= tolerance
-                    total_c += contrib[i, f]
+                    implicated[f] = rel[r, f, CAUSE] > 0.0 and evidence[f] >= tolerance
+                shares[:] = evidence
+                if move_attribution and rel_ready:
+                    _attribute_relations(
+                        shares, own, cus, breaks, ss, rel_surprise if relation_score else 0.0, bonferroni, x[i], s,
+                        rel, cov, r, features, hypotheses,
+                    )  # fmt: skip
+                total_c = 0.0
+                for f in range(features):
+                    total_c += shares[f]
                 # a held reading without evidence of its own (no feature at the alarm's level) is abnormal for
                 # the alarm's cause: its explanation is the alarm's (its peak's shares), not its noise's
                 held_only = not (ev & RAISED) and top < u_threshold
@@ -1317,7 +1369,7 @@ def detect(
                     if held_only:
                         contrib[i, f] = rel[r, f, PEAK_C]
                     else:
-                        contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
+                        contrib[i, f] = shares[f] / total_c if total_c > 0.0 else 1.0 / features
                 if ev & RAISED or raw > dev[r, PEAK]:
                     dev[r, PEAK] = raw
                     for f in range(features):
