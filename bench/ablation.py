@@ -163,9 +163,17 @@ VARIANTS = (
             "each scale's own persistence (a slow wander shared, not a factor)", {"level_scales": True}),
     Variant("level-scales-from-mean", "(adds, off by default) both of the above",
             {"level_from_mean": True, "level_scales": True}),
-    Variant("rearm-on-return", "(adds, off by default) the debouncing level dropped once a cleared alarm's cause "
-            "features are back at their normal level and every channel judged the device unsurprising for one "
-            "longest block (a new episode is not debounced against the last)", {"rearm_on_return": True}),
+    Variant("no-rearm-on-return", "the debouncing level dropped once a cleared alarm's cause features are back at "
+            "their normal level and every channel judged the device unsurprising for one longest block (a new "
+            "episode is not debounced against the last)", {"rearm_on_return": False}),
+    Variant("relation-chi-square", "(adds, off by default) the relations' mean square calibrated as the scaled "
+            "chi-square matching its mean and variance (Satterthwaite), not a Gaussian fitted to its cube root",
+            {"relation_chi_square": True}),
+    Variant("relation-chi-square-level", "(adds, off by default) relation-chi-square with level-scales-from-mean",
+            {"relation_chi_square": True, "level_from_mean": True, "level_scales": True}),
+    Variant("profile-chi-square", "(adds, off by default) the profile residual's square calibrated as the scaled "
+            "chi-square matching the squares learned (Satterthwaite), not a Gaussian fitted to its absolute value",
+            {"profile_chi_square": True}),
     Variant("unfollowed-core", "(adds, off by default) unfollowed-steps judging the step on the departed features' "
             "largest departures: a smaller departure of a feature normal by itself (an exogenous slow wander) is "
             "dropped from the step, down to two, instead of vetoing it", {"unfollowed_core": True}),

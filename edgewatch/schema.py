@@ -901,7 +901,8 @@ def _source(raw: RawMessage | None) -> dict | None:
 
 def labeled_event_json(event: LabeledEvent) -> bytes:
     """The labeled-event JSON written to the out topic (schema in the README): ``explanation`` maps
-    each feature to its share of the surprise (shares sum to 1) when ``is_anomaly``, else null."""
+    each feature to its share of the evidence (shares sum to 1; docs/architecture.md, "Explanations")
+    when ``is_anomaly``, else null."""
     reading = event.reading
     return orjson.dumps(
         {

@@ -14,11 +14,11 @@ Malformed payloads are dead letters, not faults.
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgewatch.simulator.fleet import MALFORMED
+from edgewatch.simulator.fleet import FAULT_SENSORS, MALFORMED
 
 AFTER_CHANGE = 300  # messages of the device after a change starts
 SETTLED_AFTER = 120  # messages (2 minutes at one reading a second)
@@ -174,13 +174,15 @@ def score_fleet(
     seed: int = 0,
     warm: bool = False,
     progress: Callable[[int], None] = lambda rows: None,
+    observe: Callable[[object], None] | None = None,
     **fleet_options,
 ) -> FaultScore:
     """A simulated fleet with faults and legitimate operating changes through the flow's bank.
 
     The first ``history_ticks`` ticks are fault-free (the fleet's warm-up); ``warm`` fits each
     machine's detector on them (``edgewatch train``), else the bank starts cold and streams them
-    too. Only the ticks after them are scored, the same messages either way."""
+    too. Only the ticks after them are scored, the same messages either way. ``observe`` is given
+    each batch's ``BankResult`` (its alarm events and explanations: ``bench/explanations.py``)."""
     from edgewatch.online_models import artifact
     from edgewatch.online_models.bank import new_bank
 
@@ -195,9 +197,95 @@ def score_fleet(
     stream = readings if not warm else readings[split:]
     for start in range(0, len(stream), 1000):
         result = bank.label(stream[start : start + 1000])
+        if observe is not None:
+            observe(result)
         for event in result.events:
             offset = event.reading.raw.offset
             if offset >= split:
                 score.labeled(event.reading.device_id, offset // devices, event.is_anomaly)
         progress(len(result.events))
     return score
+
+
+def _top(shares: dict[str, float] | None) -> str | None:
+    return max(shares, key=shares.get) if shares else None
+
+
+def fault_episodes(records: list, devices: int, history_ticks: int) -> list[tuple[str, str, int, int]]:
+    """(device, kind, first tick, last tick) of each fault episode after the history (as ``FaultScore``)."""
+    found: list[tuple[str, str, int, int]] = []
+    running: dict[str, int] = {}  # device -> index in found of its episode still running
+    for offset in range(devices * history_ticks, len(records)):
+        record, tick = records[offset], offset // devices
+        device = record.key.decode()
+        kind = record.fault if record.fault in FAULT_SENSORS else ""
+        at = running.get(device)
+        if kind and at is not None and found[at][1] == kind and found[at][3] == tick - 1:
+            found[at] = (*found[at][:3], tick)
+        elif kind:
+            running[device] = len(found)
+            found.append((device, kind, tick, tick))
+        else:
+            running.pop(device, None)
+    return found
+
+
+def score_attribution(
+    spec,
+    devices: int = 50,
+    ticks: int = 3000,
+    history_ticks: int = 600,
+    seed: int = 0,
+    warm: bool = False,
+    **fleet_options,
+) -> dict[str, Counter]:
+    """Do alarms name the sensor the fault corrupted (``simulator.fleet.FAULT_SENSORS``)? The fleet of
+    :func:`score_fleet` (same arguments); per fault kind a Counter: ``faults``, ``missed``, ``held`` (first
+    labeled abnormal inside an alarm raised before the episode), ``raise`` (alarms raised inside a detected
+    episode) and ``raise_ok`` (the raising AlarmEvent's top feature is one of the faulted sensors), ``alarm``
+    and ``alarm_ok`` (the same for the cleared AlarmEvent: the alarm's peak's explanation; alarms still open at
+    the end left out), and ``named:<feature>`` (the top feature at the raise).
+
+    >>> from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR
+    >>> counts = score_attribution(BUILTIN[DEFAULT_DETECTOR], devices=4, ticks=300, history_ticks=100,
+    ...                            fault_rate=0.01)
+    >>> all(c["raise_ok"] <= c["raise"] <= c["faults"] - c["missed"] for c in counts.values())
+    True
+    """
+    abnormal: dict[str, set[int]] = defaultdict(set)
+    alarms: dict[str, list[list]] = defaultdict(list)  # device -> [[raise tick, raise shares, clear shares]]
+
+    def observe(result) -> None:
+        for event in result.events:
+            if event.is_anomaly:
+                abnormal[event.reading.device_id].add(event.reading.raw.offset // devices)
+        for alarm in result.alarms:
+            if alarm.kind == "raised":
+                alarms[alarm.device_id].append([alarm.raw.offset // devices, alarm.explanation, None])
+            elif alarms[alarm.device_id]:
+                alarms[alarm.device_id][-1][2] = alarm.explanation
+
+    options = {"fault_rate": 0.002, "change_rate": 0.001, "ambient_period": 1800, **fleet_options}
+    score_fleet(spec, devices=devices, ticks=ticks, history_ticks=history_ticks, seed=seed, warm=warm,
+                observe=observe, **options)  # fmt: skip
+    records, _ = simulated_messages(devices, ticks, history_ticks, seed, tuple(sorted(options.items())))
+    tally: dict[str, Counter] = defaultdict(Counter)
+    for device, kind, first, last in fault_episodes(records, devices, history_ticks):
+        counts = tally[kind]
+        counts["faults"] += 1
+        hits = [tick for tick in abnormal[device] if first <= tick <= last]
+        if not hits:
+            counts["missed"] += 1
+            continue
+        raised = [alarm for alarm in alarms[device] if alarm[0] <= min(hits)]
+        if not raised or raised[-1][0] < first:
+            counts["held"] += 1
+            continue
+        _, at_raise, at_clear = raised[-1]
+        counts["raise"] += 1
+        counts["raise_ok"] += _top(at_raise) in FAULT_SENSORS[kind]
+        counts[f"named:{_top(at_raise)}"] += 1
+        if at_clear is not None:
+            counts["alarm"] += 1
+            counts["alarm_ok"] += _top(at_clear) in FAULT_SENSORS[kind]
+    return dict(tally)

@@ -131,6 +131,67 @@ def _t_to_z(tt: float, nu: float) -> float:
 
 
 @njit(cache=True)
+def chi_square_surprise(x: float, dof: float) -> float:
+    """``-log10 P(X >= x)`` for ``X`` chi-square with ``dof`` (any positive real) degrees of freedom: the
+    regularized upper incomplete gamma ``Q(dof / 2, x / 2)`` (Numerical Recipes' series below ``dof / 2 + 1``,
+    Lentz's continued fraction above it, in logarithms so a far tail keeps its decades)."""
+    if x <= 0.0 or dof <= 0.0:
+        return 0.0
+    a, y = 0.5 * dof, 0.5 * x
+    log_front = -y + a * math.log(y) - math.lgamma(a)
+    if y < a + 1.0:  # the lower tail's series: Q = 1 - P, not small here
+        ap, term = a, 1.0 / a
+        total = term
+        for _ in range(500):
+            ap += 1.0
+            term *= y / ap
+            total += term
+            if abs(term) < abs(total) * 1e-15:
+                break
+        lower = total * math.exp(log_front)
+        return -math.log10(max(1.0 - lower, 1e-300))
+    tiny = 1e-300
+    b = y + 1.0 - a
+    c = 1.0 / tiny
+    d = 1.0 / b
+    h = d
+    for i in range(1, 500):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return -(log_front + math.log(h)) / math.log(10.0)
+
+
+@njit(cache=True, inline="always")
+def _scaled_chi_square_surprise(q: float, n: float, mean: float, var: float, min_n: int) -> float:
+    """The surprise (decades) of a mean square ``q`` under the scaled chi-square ``g χ²_h`` whose mean and
+    variance are those measured (``n`` values, ``mean``, ``var``): Satterthwaite's ``g = var / (2 mean)``,
+    ``h = 2 mean² / var`` (Box 1954: a weighted sum of squared, correlated Gaussians), its upper tail."""
+    if n < min_n or var <= 0.0 or mean <= 0.0:
+        return 0.0
+    return chi_square_surprise(q * 2.0 * mean / var, 2.0 * mean * mean / var)
+
+
+@njit(cache=True)
+def _chi_square_z(q: float, n: float, mean: float, var: float, min_n: int) -> float:
+    """The standard score as improbable (two-sided, as :func:`gaussian_surprise` reads it) as a square ``q``
+    under the scaled chi-square of the squares measured (:func:`_scaled_chi_square_surprise`); ``-inf``
+    before ``min_n`` of them."""
+    if n < min_n or var <= 0.0 or mean <= 0.0:
+        return -np.inf
+    u = _scaled_chi_square_surprise(q, n, mean, var, min_n)
+    return _z_of_surprise(u) if u > 0.0 else 0.0
+
+
+@njit(cache=True)
 def _t_as_z(t: float, dof: float) -> float:
     """The Gaussian z as improbable as Student's ``t`` with ``dof`` degrees of freedom (Wallace 1959:
     ``sqrt(dof ln(1 + t²/dof)) (8 dof + 1) / (8 dof + 3)``): a standard score whose mean and variance were
@@ -165,6 +226,26 @@ def _bounded_z(z: float, d: float, s, r: int, j: int, f: int) -> float:  # pragm
     if gaussian_surprise(z) <= bound:
         return z
     return _bisect_surprise(bound, z, 40)[0]  # the z worth ``bound`` decades (only for bounded readings)
+
+
+@njit(cache=True, inline="always")
+def _relation_stat(ss: float, weights: float, chi_square: bool, cube_root: bool) -> float:
+    """The relations' statistic calibrated: their weighted mean square (``chi_square``), its cube root or its
+    square root."""
+    if weights <= 0.0:
+        return 0.0
+    q = ss / weights
+    if chi_square:
+        return q
+    return q ** (1.0 / 3.0) if cube_root else math.sqrt(q)
+
+
+@njit(cache=True, inline="always")
+def _relation_surprise(stat: float, dev, r: int, chi_square: bool, min_n: int) -> float:
+    """The relations' surprise (decades) of ``stat`` against the device's calibration of it (``RG_*``)."""
+    if chi_square:
+        return _scaled_chi_square_surprise(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_n)
+    return gaussian_surprise(_gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_n))
 
 
 @njit(cache=True, inline="always")
@@ -279,7 +360,7 @@ ALARM_PARAMS = (
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
     "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return",
-    "unfollowed_core",
+    "relation_chi_square", "profile_chi_square", "move_attribution", "unfollowed_core",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -787,6 +868,45 @@ def _restart_context(s, rel, r: int, features: int) -> None:  # pragma: no cover
 
 
 @njit(cache=True)
+def _attribute_relations(
+    shares, own, cus, breaks, ss, rel_surprise, bonferroni, x, s, rel, cov, r: int, features: int, weights
+):
+    """Each feature's part of an abnormal reading's explanation (``move_attribution``): its own channels'
+    surprise, or its part of the relations' evidence if larger, that evidence given to the likeliest culprits.
+
+    A break of a relation shows in the residual of every feature it ties: a sensor that drifts off its partner
+    makes the partner's residual (predicted from the drifted one) depart as much (two features: the same size;
+    tightly related ones: nearly), so residuals alone name either. Each feature's hypothesis "this sensor
+    broke the relations" is weighed by three factors: how much of the break its residual carries (its part
+    of the relation evidence), how far its recent readings left their own fast level (squared, in its largest
+    normal step: how unusual the move is for this sensor's own dynamics — the others then moved only with the
+    operating point), and its own channels' surprise (10^decades: a likelihood ratio; a stuck sensor that
+    stopped moving while the machine went on is named by its run of repeats, not by the partner that moved).
+    The relations' evidence
+    (the calibrated surprise split by conditional residuals, and the residual CUSUM's) is pooled and shared by
+    those weights; where no feature moved, by the residuals alone, as without this. Only explanations
+    change: the decisions are taken on the evidence before this."""
+    pooled = 0.0
+    best = -np.inf
+    for f in range(features):
+        part = max(cus[f] - bonferroni, rel_surprise * breaks[f] / ss if ss > 0.0 else 0.0, 0.0)
+        step = s[r, MAX_STEP, f]
+        move = (x[f] - rel[r, f, FAST]) / (step if step > 0.0 else math.sqrt(_relation_variance(cov, rel, r, f)))
+        pooled += part
+        # log10 of the hypothesis' weight (-inf: no part in the break, or no move)
+        weights[f] = math.log10(part * move * move) + own[f] if part * move * move > 0.0 else -np.inf
+        best = max(best, weights[f])
+    if pooled <= 0.0 or best == -np.inf:
+        return
+    total = 0.0
+    for f in range(features):
+        weights[f] = 10.0 ** (weights[f] - best) if weights[f] > -np.inf else 0.0
+        total += weights[f]
+    for f in range(features):
+        shares[f] = max(own[f], pooled * weights[f] / total)
+
+
+@njit(cache=True)
 def detect(
     s,
     profile,
@@ -823,8 +943,10 @@ def detect(
     (devices, features, RELATION_FIELDS), ``cov`` (devices, 2, features, features). Outputs per
     reading: ``events`` (bits ABNORMAL, RAISED, CLEARED, DRIFT_SHIFT, DRIFT_TIMEOUT), and for
     abnormal readings and alarm events ``contrib`` (readings, features): each feature's share of
-    the surprise; ``info`` (readings, 2): the alarm's start and peak score at a RAISED/CLEARED
-    reading; ``levels`` (readings, 2, features): levels before/after at a DRIFT reading.
+    the evidence (the explanation; with ``move_attribution`` the relations' evidence given by
+    :func:`_attribute_relations`, after the decisions); ``info`` (readings, 2): the alarm's start
+    and peak score at a RAISED/CLEARED reading; ``levels`` (readings, 2, features): levels
+    before/after at a DRIFT reading.
     ``mode``: STREAM, or a history (every reading normal, no alarms): HISTORY_FILL (memories
     and profile only, no calibration) then HISTORY_CALIBRATE. ``cusum_at``: where the residual CUSUM's
     fields (``CUSUM_FIELDS``, consecutive) start in the scalar block ``s``, -1 when the state has none
@@ -849,7 +971,9 @@ def detect(
     level_warmup = alarm_params[33] > 0.0
     level_from_mean, level_scales = alarm_params[34] > 0.0, alarm_params[35] > 0.0
     rearm_on_return = alarm_params[36] > 0.0
-    unfollowed_core = alarm_params[37] > 0.0
+    relation_chi_square, profile_chi_square = alarm_params[37] > 0.0, alarm_params[38] > 0.0
+    move_attribution = alarm_params[39] > 0.0
+    unfollowed_core = alarm_params[40] > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -899,6 +1023,9 @@ def detect(
     res_raw = np.empty(features)
     implicated = np.zeros(features, np.bool_)
     own = np.zeros(features)  # in alarm, each feature's surprise from its own channels
+    evidence = np.zeros(features)  # each feature's surprise, its own and its share of the relations' (decisions)
+    shares = np.zeros(features)  # each feature's part of the explanation (``move_attribution``)
+    hypotheses = np.zeros(features)  # (_attribute_relations' weights)
     stepped = np.zeros(features, np.bool_)  # the features whose departure came as a step (unfollowed_steps)
     moved = np.zeros(features, np.bool_)  # each feature's shift is predicted by the others' (explain_along)
     devs = np.zeros(features)
@@ -976,20 +1103,17 @@ def detect(
                 weights += weight
             # their mean square is chi-square-like (with few features: skewed, with a heavier right tail than a
             # Gaussian fitted to it): its cube root, nearly Gaussian (Wilson-Hilferty), is what is calibrated
-            if weights > 0.0:
-                stat = (ss / weights) ** (1.0 / 3.0) if relation_cube_root else math.sqrt(ss / weights)
-            else:
-                stat = 0.0
+            # (``relation_chi_square``: the mean square itself, calibrated as the scaled chi-square its measured
+            # mean and variance make it)
+            stat = _relation_stat(ss, weights, relation_chi_square, relation_cube_root)
             if rel_ready:
-                zr = _gauss_z(stat, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
-                rel_surprise = gaussian_surprise(zr)
+                rel_surprise = _relation_surprise(stat, dev, r, relation_chi_square, min_profile)
                 rel_surprise_raw = rel_surprise
                 if (
                     z_clip > 0.0 and ss_raw != ss and weights > 0.0
                 ):  # the same calibration: they differ only on clipped readings
-                    stat_raw = (ss_raw / weights) ** (1.0 / 3.0) if relation_cube_root else math.sqrt(ss_raw / weights)
-                    zr_raw = _gauss_z(stat_raw, dev[r, RG_N], dev[r, RG_MU], dev[r, RG_VAR], min_profile)
-                    rel_surprise_raw = gaussian_surprise(zr_raw)
+                    stat_raw = _relation_stat(ss_raw, weights, relation_chi_square, relation_cube_root)
+                    rel_surprise_raw = _relation_surprise(stat_raw, dev, r, relation_chi_square, min_profile)
         if alarms and not history:
             for f in range(features):
                 rel[r, f, FAST] += fast_rate * (x[i, f] - rel[r, f, FAST])
@@ -1114,10 +1238,19 @@ def detect(
                     else:
                         resid = rr
                     resids[f] = resid
-                    spread = s[r, PROFILE_VAR, f]
-                    if resolution_spread:  # the rounding of a quantized feature is no evidence (see below)
-                        spread += rounding_gain * _rounding_variance(s[r, resolution, f], span)
-                    zp = _gauss_z(abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], spread, min_profile)
+                    rounding = (
+                        rounding_gain * _rounding_variance(s[r, resolution, f], span) if resolution_spread else 0.0
+                    )
+                    if profile_chi_square:
+                        # (``profile_chi_square``) its square against the scaled chi-square of the squares learned,
+                        # the rounding's variance (see below) added to their mean
+                        zp = _chi_square_z(
+                            resid * resid, s[r, PROFILE_N, f], s[r, PROFILE_MU, f] + rounding, s[r, PROFILE_VAR, f],
+                            min_profile,
+                        )  # fmt: skip
+                    else:  # (the rounding of a quantized feature is no evidence: see below)
+                        spread = s[r, PROFILE_VAR, f] + rounding
+                        zp = _gauss_z(abs(resid), s[r, PROFILE_N, f], s[r, PROFILE_MU, f], spread, min_profile)
                     zps[f] = zp
                     zb = _bounded_z(zp, abs(resid), s, r, PROFILE_N, f) if empirical_bound else zp
                     # (profile_along) a feature the others explain whose reading they predict moves with them:
@@ -1183,7 +1316,7 @@ def detect(
                     c = max(own[f], cus[f] - bonferroni)
                     if rel_ready and ss > 0.0 and relation_score:
                         c = max(c, rel_surprise * breaks[f] / ss)
-                    contrib[i, f] = c
+                    evidence[f] = c
                     top = max(top, c)
             if not in_alarm:
                 if score >= threshold:
@@ -1192,14 +1325,14 @@ def detect(
                     dev[r, QUIET] = dev[r, CONSISTENT] = 0.0
                     # the alarm's cause: the features that dominate the raising reading
                     for f in range(features):
-                        rel[r, f, CAUSE] = 1.0 if contrib[i, f] >= 0.5 * top else 0.0
+                        rel[r, f, CAUSE] = 1.0 if evidence[f] >= 0.5 * top else 0.0
             else:
                 # the alarm lasts while its cause does (the features that raised it); the other features
                 # keep learning: a slow drift elsewhere is not this fault
                 cause_surprise = 0.0
                 for f in range(features):
                     if rel[r, f, CAUSE] > 0.0:
-                        c = contrib[i, f]
+                        c = evidence[f]
                         if clear_on_return and _level_returned(
                             lv, rel, cov, r, f, level_rate, fast_rate, tolerance, min_profile, level_scales
                         ):
@@ -1259,11 +1392,18 @@ def detect(
                 else:
                     ev = ABNORMAL
             if ev & ABNORMAL:
-                total_c = 0.0
                 for f in range(features):
                     # protected: a feature of the alarm's cause that is itself surprising now
-                    implicated[f] = rel[r, f, CAUSE] > 0.0 and contrib[i, f] >= tolerance
-                    total_c += contrib[i, f]
+                    implicated[f] = rel[r, f, CAUSE] > 0.0 and evidence[f] >= tolerance
+                shares[:] = evidence
+                if move_attribution and rel_ready:
+                    _attribute_relations(
+                        shares, own, cus, breaks, ss, rel_surprise if relation_score else 0.0, bonferroni, x[i], s,
+                        rel, cov, r, features, hypotheses,
+                    )  # fmt: skip
+                total_c = 0.0
+                for f in range(features):
+                    total_c += shares[f]
                 # a held reading without evidence of its own (no feature at the alarm's level) is abnormal for
                 # the alarm's cause: its explanation is the alarm's (its peak's shares), not its noise's
                 held_only = not (ev & RAISED) and top < u_threshold
@@ -1271,7 +1411,7 @@ def detect(
                     if held_only:
                         contrib[i, f] = rel[r, f, PEAK_C]
                     else:
-                        contrib[i, f] = contrib[i, f] / total_c if total_c > 0.0 else 1.0 / features
+                        contrib[i, f] = shares[f] / total_c if total_c > 0.0 else 1.0 / features
                 if ev & RAISED or raw > dev[r, PEAK]:
                     dev[r, PEAK] = raw
                     for f in range(features):
@@ -1456,7 +1596,8 @@ def detect(
                         s[r, RESID, f] = resids[f]
                         s[r, HAS_RESID, f] = 1.0
                         if not populating:
-                            _gauss_update(s, r, PROFILE_N, f, abs(resids[f]))
+                            learned = resids[f] * resids[f] if profile_chi_square else abs(resids[f])
+                            _gauss_update(s, r, PROFILE_N, f, learned)
                             if not alarms or history or gaussian_surprise(zps[f]) < u_threshold:
                                 s[r, PROFILE_MAX, f] = max(s[r, PROFILE_MAX, f], abs(resids[f]))
             if protect:  # the jump check compares consecutive readings, whatever they are

@@ -271,10 +271,29 @@ class RelationalNovelty(AnomalyDetector):
             debouncing as before. Diagnosed on the simulator: every fault a warm start missed and a cold start found
             was a spike, dip, stuck value or failure 30-90 readings after another fault of the same sensor had
             cleared, debounced by that alarm's peak, which a warm start's tighter calibration makes higher (0.89-0.98
-            against the cold start's 0.75, the jump check's fixed surprise that the next fault also scores). Off by
-            default (measured): simulator recall warm = cold on every fleet (seed 1 0.972/0.978 -> 0.994/0.994,
-            seed 2 0.977/0.994 -> 1.0/1.0, seed 4 warm 0.970 -> 1.0), precision unchanged; NAB identical; SKAB
-            FAR 6.53 -> 6.81, MAR 25.73 -> 25.30, changepoint 35.72 -> 36.07 (docs/architecture.md).
+            against the cold start's 0.75, the jump check's fixed surprise that the next fault also scores). On by
+            default (measured, off -> on): simulator recall warm = cold on every fleet (seed 1 0.972/0.978 ->
+            0.994/0.994, seed 2 0.977/0.994 -> 1.0/1.0, seed 4 warm 0.970 -> 1.0), precision unchanged; NAB
+            identical; SKAB FAR 6.53 -> 6.81, MAR 25.73 -> 25.30, changepoint 35.72 -> 36.07 (docs/architecture.md).
+        relation_chi_square: the relations' weighted mean square itself calibrated, as the scaled chi-square
+            ``g χ²_h`` whose mean and variance match those it showed on the device's normal readings
+            (Satterthwaite; Box 1954), by its upper tail; overrides ``relation_cube_root`` (a Gaussian fitted to
+            a root of it). Off by default (measured, neutral: docs/architecture.md, "Calibration of the relations
+            and the channels").
+        profile_chi_square: the profile channel's smoothed residual judged by its square against the scaled
+            chi-square ``g χ²_h`` whose mean and variance match those of the squares learned (Satterthwaite: a
+            heavy-tailed residual gets fewer degrees of freedom, a heavier tail), not by a Gaussian fitted to its
+            absolute value (which, for a Gaussian residual, puts a 3.8-sigma residual at 6 decades instead of 4).
+            Off by default (measured: docs/architecture.md, "Calibration of the relations and the channels").
+        move_attribution: explanations give the relations' evidence to the likeliest culprit rather than to
+            every feature whose residual departs: a relation break shows in the residuals of all the features it
+            ties (a sensor drifting off its partner makes the partner's residual depart as much), so the break is
+            pooled and shared by each feature's residual part times its recent move off its own fast level
+            (squared) times 10^(its own channels' surprise) (``kernel._attribute_relations``). Explanations
+            only: scores, alarms and learning are the same either way. On: simulator fault episodes whose
+            alarm names the faulted sensor first (``bench/explanations.py``, seeds 0-4) at the raise 0.90 ->
+            0.99 cold, 0.91 -> 0.99 warm (drifts 0.51 -> 0.96), in the alarm event 0.91 -> 1.00 cold, 0.93 ->
+            1.00 warm (docs/architecture.md).
         unfollowed_core: how ``unfollowed_steps`` picks the step: its departed features, while they do not run
             along their relations, lose their smallest departure (in standard deviations), down to two; the step
             is judged on what moved most. A feature normal by itself that departs a little on its own (an
@@ -371,7 +390,10 @@ class RelationalNovelty(AnomalyDetector):
         level_warmup: bool = True,
         level_from_mean: bool = False,
         level_scales: bool = False,
-        rearm_on_return: bool = False,
+        rearm_on_return: bool = True,
+        relation_chi_square: bool = False,
+        profile_chi_square: bool = False,
+        move_attribution: bool = True,
         unfollowed_core: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
@@ -417,6 +439,9 @@ class RelationalNovelty(AnomalyDetector):
         self.level_from_mean = level_from_mean
         self.level_scales = level_scales
         self.rearm_on_return = rearm_on_return
+        self.relation_chi_square = relation_chi_square
+        self.profile_chi_square = profile_chi_square
+        self.move_attribution = move_attribution
         self.unfollowed_core = unfollowed_core
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
@@ -459,7 +484,8 @@ class RelationalNovelty(AnomalyDetector):
              float(self.resolution_spread), self.shape_resolution, self.residual_cusum, self.cusum_steps,
              float(self.profile_along), float(self.unfollowed_steps), float(self.centered_spread),
              float(self.level_warmup), float(self.level_from_mean), float(self.level_scales),
-             float(self.rearm_on_return), float(self.unfollowed_core)],
+             float(self.rearm_on_return), float(self.relation_chi_square), float(self.profile_chi_square),
+             float(self.move_attribution), float(self.unfollowed_core)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])

@@ -50,6 +50,15 @@ import orjson
 from edgewatch.schema import format_timestamp
 
 FAULT_KINDS = ("spike", "dip", "stuck", "drift", "failure")
+#: The sensors each fault kind makes misbehave (``Fleet._apply``): a sensor fault corrupts the temperature
+#: reading alone; a failure is the machine's (it overheats, its pressure following the temperature).
+FAULT_SENSORS = {
+    "spike": ("machine.temperature",),
+    "dip": ("machine.temperature",),
+    "stuck": ("machine.temperature",),
+    "drift": ("machine.temperature",),
+    "failure": ("machine.temperature", "machine.pressure"),
+}
 CHANGE_KINDS = ("setpoint", "load")
 FAULT_HEADER = "edgewatch-fault"
 CHANGE_HEADER = "edgewatch-change"
