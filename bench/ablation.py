@@ -174,9 +174,9 @@ VARIANTS = (
     Variant("profile-chi-square", "(adds, off by default) the profile residual's square calibrated as the scaled "
             "chi-square matching the squares learned (Satterthwaite), not a Gaussian fitted to its absolute value",
             {"profile_chi_square": True}),
-    Variant("unfollowed-core", "(adds, off by default) unfollowed-steps judging the step on the departed features' "
-            "largest departures: a smaller departure of a feature normal by itself (an exogenous slow wander) is "
-            "dropped from the step, down to two, instead of vetoing it", {"unfollowed_core": True}),
+    Variant("no-unfollowed-core", "unfollowed-steps judging the step on the departed features' largest "
+            "departures: a smaller departure of a feature normal by itself (an exogenous slow wander) is dropped "
+            "from the step, down to two, instead of vetoing it", {"unfollowed_core": False}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -1137,9 +1137,9 @@ def test_a_model_saved_before_the_chi_square_calibrations_loads_with_them_off(tm
     assert len(events) == 100 and not alarms
 
 
-def test_a_model_saved_before_unfollowed_core_loads_with_it_off(tmp_path):
-    """No state field is added: a model saved without the parameter loads with it off and runs."""
+def test_a_model_saved_before_unfollowed_core_loads_with_it_on(tmp_path):
+    """No state field is added: a model saved without the parameter loads with today's default (on) and runs."""
     fitted = artifact.train(spec(), stream([machine(i) for i in range(800)]))
     older = saved_without(fitted, tmp_path / "model", (), parameters=("unfollowed_core",))
-    assert older.models["m1"].unfollowed_core is False
+    assert older.models["m1"].unfollowed_core is True
     run(VectorBank(spec(), artifact=older), stream([machine(i) for i in range(800, 900)], start=800))

@@ -301,9 +301,9 @@ class RelationalNovelty(AnomalyDetector):
             vetoes the step whenever its level flickers past the tolerance, and a chance relation between the
             ambient and the machine holds the alarm until ``accept_after``. The cause must still show nothing
             alarming by itself and the step keeps at least two features running along their relations: one sensor
-            leaving its partners, or two departing across their relation, stay abnormal. Off by default
-            (measured): held-out simulator fleets (40 devices seeds 6-8, 24 devices seeds 9-10, cold and warm)
-            identical but seed 7 cold: a 1,089-reading false alarm after a setpoint (machine-0030) becomes 30
+            leaving its partners, or two departing across their relation, stay abnormal. On by default
+            (measured, off -> on): held-out simulator fleets (40 devices seeds 6-8, 24 devices seeds 9-10, cold and
+            warm) identical but seed 7 cold: a 1,089-reading false alarm after a setpoint (machine-0030) becomes 30
             readings, alarms still active 2 minutes after a change 5 -> 4 (the 4 left, on every fleet, are fault
             alarms clearing after their fault: see docs/architecture.md); SKAB and NAB identical.
         novelty: the per-feature channels' parameters.
@@ -394,7 +394,7 @@ class RelationalNovelty(AnomalyDetector):
         relation_chi_square: bool = False,
         profile_chi_square: bool = False,
         move_attribution: bool = True,
-        unfollowed_core: bool = False,
+        unfollowed_core: bool = True,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
