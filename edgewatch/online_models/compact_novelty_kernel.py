@@ -844,8 +844,23 @@ def _restart_context(s, rel, r: int, features: int) -> None:  # pragma: no cover
 
 @njit(cache=True)
 def _attribute_relations(
-    shares, own, cus, breaks, ss, rel_surprise, bonferroni, x, s, rel, cov, r: int, features: int, log_weights,
-    explains, explained: float, resolution: int,
+    shares,
+    own,
+    cus,
+    breaks,
+    ss,
+    rel_surprise,
+    bonferroni,
+    x,
+    s,
+    rel,
+    cov,
+    r: int,
+    features: int,
+    log_weights,
+    explains,
+    explained: float,
+    resolution: int,
 ):
     """Each feature's part of an abnormal reading's explanation (``move_attribution``): its own channels'
     surprise, or its part of the relations' evidence if larger, that evidence given to the likeliest culprits.
