@@ -44,6 +44,11 @@ CUSUM_FIELDS = (
 CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST, CU_D2, CU_SLOW, CU_STEP = range(len(CUSUM_FIELDS))
 #: Siegmund's correction of a Gaussian CUSUM's boundary for the overshoot of its discrete steps (2 x 0.583)
 CUSUM_OVERSHOOT = 1.166
+#: (``move_attribution``) the smallest move a hypothesis is weighed by, in the feature's largest normal step
+MOVE_FLOOR = 1e-3
+#: the largest surprise (decades) a reading scores: a finite reading far beyond any float's tail (1e160) would
+#: overflow to inf and give NaN scores and shares; capped, its score is 1.0 and its shares are finite
+MAX_SURPRISE = 1e100
 
 (N, LO, HI, FIXED, SEEN_MIN, SEEN_MAX, LAST, RUN, MAX_RUN, P_REPEAT, MAX_STEP, RECORDS, RECORD_N, RESID,
  HAS_RESID, PROFILE_N, PROFILE_MU, PROFILE_VAR, PROFILE_MAX) = range(len(FEATURE_FIELDS))  # fmt: skip
@@ -94,7 +99,8 @@ def gaussian_surprise(z: float) -> float:
     poly = _ERFC[9]
     for i in range(8, -1, -1):
         poly = _ERFC[i] + t * poly
-    return -(math.log(t) - x * x + poly) / math.log(10.0)
+    # (a z beyond 1e154 overflows x * x: the largest surprise, not inf)
+    return min(-(math.log(t) - x * x + poly) / math.log(10.0), MAX_SURPRISE)
 
 
 @njit(cache=True, inline="always")
@@ -869,41 +875,68 @@ def _restart_context(s, rel, r: int, features: int) -> None:  # pragma: no cover
 
 @njit(cache=True)
 def _attribute_relations(
-    shares, own, cus, breaks, ss, rel_surprise, bonferroni, x, s, rel, cov, r: int, features: int, weights
+    shares,
+    own,
+    cus,
+    breaks,
+    ss,
+    rel_surprise,
+    bonferroni,
+    x,
+    s,
+    rel,
+    cov,
+    r: int,
+    features: int,
+    log_weights,
+    explains,
+    explained: float,
+    resolution: int,
 ):
     """Each feature's part of an abnormal reading's explanation (``move_attribution``): its own channels'
     surprise, or its part of the relations' evidence if larger, that evidence given to the likeliest culprits.
 
     A break of a relation shows in the residual of every feature it ties: a sensor that drifts off its partner
     makes the partner's residual (predicted from the drifted one) depart as much (two features: the same size;
-    tightly related ones: nearly), so residuals alone name either. Each feature's hypothesis "this sensor
-    broke the relations" is weighed by three factors: how much of the break its residual carries (its part
-    of the relation evidence), how far its recent readings left their own fast level (squared, in its largest
-    normal step: how unusual the move is for this sensor's own dynamics — the others then moved only with the
-    operating point), and its own channels' surprise (10^decades: a likelihood ratio; a stuck sensor that
-    stopped moving while the machine went on is named by its run of repeats, not by the partner that moved).
-    The relations' evidence
-    (the calibrated surprise split by conditional residuals, and the residual CUSUM's) is pooled and shared by
-    those weights; where no feature moved, by the residuals alone, as without this. Only explanations
-    change: the decisions are taken on the evidence before this."""
+    tightly related ones: nearly), so residuals alone name either. Each feature the relations tie (R² at least
+    ``explained``) is a hypothesis "this sensor broke the relations", weighed by three factors: how much of the
+    break its residual carries (its part of the relation evidence), how far the current reading is from its own
+    fast level (squared, in its largest normal step: how unusual the move is for this sensor's own dynamics —
+    the others then moved only with the operating point; floored at its resolution and at ``MOVE_FLOOR`` of a
+    step, so a sensor that stopped moving keeps a hypothesis), and its own channels' surprise (10^decades: a
+    likelihood ratio; a stuck sensor whose fast level settled on the stuck value is named by its run of
+    repeats, not by the partner that moved). The weights are taken in logs (no overflow). The relations'
+    evidence of the tied features (the calibrated surprise split by conditional residuals, and the residual
+    CUSUM's) is pooled and shared by those weights; a feature the relations do not tie keeps its own evidence
+    (its residual is no evidence of a break it is not part of). Only explanations change: the decisions are
+    taken on the evidence before this."""
     pooled = 0.0
     best = -np.inf
     for f in range(features):
+        log_weights[f] = -np.inf
+        if explains[f] < explained:
+            continue
         part = max(cus[f] - bonferroni, rel_surprise * breaks[f] / ss if ss > 0.0 else 0.0, 0.0)
+        if not part > 0.0:
+            continue
         step = s[r, MAX_STEP, f]
-        move = (x[f] - rel[r, f, FAST]) / (step if step > 0.0 else math.sqrt(_relation_variance(cov, rel, r, f)))
+        unit = step if step > 0.0 else math.sqrt(_relation_variance(cov, rel, r, f))
+        move = abs(x[f] - rel[r, f, FAST]) / unit if unit > 0.0 else 0.0
+        floor = max(MOVE_FLOOR, s[r, resolution, f] / unit if unit > 0.0 else 0.0)
+        if not move >= floor:  # (also a NaN move)
+            move = floor
         pooled += part
-        # log10 of the hypothesis' weight (-inf: no part in the break, or no move)
-        weights[f] = math.log10(part * move * move) + own[f] if part * move * move > 0.0 else -np.inf
-        best = max(best, weights[f])
-    if pooled <= 0.0 or best == -np.inf:
+        log_weights[f] = math.log10(part) + 2.0 * math.log10(move) + own[f]
+        best = max(best, log_weights[f])
+    if not (pooled > 0.0 and math.isfinite(pooled) and math.isfinite(best)):
         return
     total = 0.0
     for f in range(features):
-        weights[f] = 10.0 ** (weights[f] - best) if weights[f] > -np.inf else 0.0
-        total += weights[f]
+        log_weights[f] = 10.0 ** (log_weights[f] - best) if log_weights[f] > -np.inf else 0.0
+        total += log_weights[f]
     for f in range(features):
-        shares[f] = max(own[f], pooled * weights[f] / total)
+        if explains[f] >= explained:
+            shares[f] = max(own[f], pooled * log_weights[f] / total)
 
 
 @njit(cache=True)
@@ -1025,7 +1058,7 @@ def detect(
     own = np.zeros(features)  # in alarm, each feature's surprise from its own channels
     evidence = np.zeros(features)  # each feature's surprise, its own and its share of the relations' (decisions)
     shares = np.zeros(features)  # each feature's part of the explanation (``move_attribution``)
-    hypotheses = np.zeros(features)  # (_attribute_relations' weights)
+    hypotheses = np.zeros(features)  # (_attribute_relations' log-weights)
     stepped = np.zeros(features, np.bool_)  # the features whose departure came as a step (unfollowed_steps)
     moved = np.zeros(features, np.bool_)  # each feature's shift is predicted by the others' (explain_along)
     devs = np.zeros(features)
@@ -1294,6 +1327,8 @@ def detect(
         if cusum:
             for f in range(features):
                 total = max(total, cus[f] - bonferroni)
+        if not total <= MAX_SURPRISE:  # an overflow (inf, or NaN from inf - inf): the largest surprise, raw 1.0
+            total = MAX_SURPRISE
         raw = total / (total + surprise_scale)
         surprises[i] = raw
         score = raw
@@ -1311,12 +1346,14 @@ def detect(
                 top = 0.0
                 for f in range(features):
                     own[f] = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, 0.0)
+                    if not own[f] <= MAX_SURPRISE:  # (an overflow: finite shares)
+                        own[f] = MAX_SURPRISE
                     # its own channels' (``own``), then its relation residual's: the CUSUM's and its share of
                     # the relation break
                     c = max(own[f], cus[f] - bonferroni)
                     if rel_ready and ss > 0.0 and relation_score:
                         c = max(c, rel_surprise * breaks[f] / ss)
-                    evidence[f] = c
+                    evidence[f] = c if c <= MAX_SURPRISE else MAX_SURPRISE  # (an overflow: finite shares)
                     top = max(top, c)
             if not in_alarm:
                 if score >= threshold:
@@ -1399,10 +1436,12 @@ def detect(
                 if move_attribution and rel_ready:
                     _attribute_relations(
                         shares, own, cus, breaks, ss, rel_surprise if relation_score else 0.0, bonferroni, x[i], s,
-                        rel, cov, r, features, hypotheses,
+                        rel, cov, r, features, hypotheses, explains, explained, resolution,
                     )  # fmt: skip
                 total_c = 0.0
                 for f in range(features):
+                    if not shares[f] <= MAX_SURPRISE:  # (an overflow: finite shares summing to 1)
+                        shares[f] = MAX_SURPRISE
                     total_c += shares[f]
                 # a held reading without evidence of its own (no feature at the alarm's level) is abnormal for
                 # the alarm's cause: its explanation is the alarm's (its peak's shares), not its noise's

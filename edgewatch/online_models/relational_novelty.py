@@ -287,13 +287,15 @@ class RelationalNovelty(AnomalyDetector):
             Off by default (measured: docs/architecture.md, "Calibration of the relations and the channels").
         move_attribution: explanations give the relations' evidence to the likeliest culprit rather than to
             every feature whose residual departs: a relation break shows in the residuals of all the features it
-            ties (a sensor drifting off its partner makes the partner's residual depart as much), so the break is
-            pooled and shared by each feature's residual part times its recent move off its own fast level
-            (squared) times 10^(its own channels' surprise) (``kernel._attribute_relations``). Explanations
-            only: scores, alarms and learning are the same either way. On: simulator fault episodes whose
-            alarm names the faulted sensor first (``bench/explanations.py``, seeds 0-4) at the raise 0.90 ->
-            0.99 cold, 0.91 -> 0.99 warm (drifts 0.51 -> 0.96), in the alarm event 0.91 -> 1.00 cold, 0.93 ->
-            1.00 warm (docs/architecture.md).
+            ties (a sensor drifting off its partner makes the partner's residual depart as much), so the break of
+            the features the relations tie (R² >= ``explained``) is pooled and shared by each one's residual part
+            times its current reading's move off its own fast level (squared, floored at its resolution and at
+            1e-3 of its largest normal step: a stuck sensor keeps its hypothesis) times 10^(its own channels'
+            surprise), in logs (``kernel._attribute_relations``); a feature they do not tie keeps its own
+            evidence. Explanations only: scores, alarms and learning are the same either way. On: simulator fault
+            episodes whose alarm names the faulted sensor first (``bench/explanations.py``, seeds 0-4) at the
+            raise 0.90 -> 0.99 cold, 0.91 -> 0.99 warm (drifts 0.51 -> 0.96), in the alarm event 0.91 -> 1.00
+            cold, 0.93 -> 1.00 warm (docs/architecture.md).
         unfollowed_core: how ``unfollowed_steps`` picks the step: its departed features, while they do not run
             along their relations, lose their smallest departure (in standard deviations), down to two; the step
             is judged on what moved most. A feature normal by itself that departs a little on its own (an
