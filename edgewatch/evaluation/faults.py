@@ -222,21 +222,14 @@ def top_feature(shares: dict[str, float] | None) -> str | None:
     return max(shares, key=shares.get) if shares else None
 
 
-def score_attribution(
-    spec,
-    devices: int = 50,
-    ticks: int = 3000,
-    history_ticks: int = 600,
-    seed: int = 0,
-    warm: bool = False,
-    **fleet_options,
-) -> dict[str, Counter]:
+def score_attribution(spec, devices: int = 50, **fleet_arguments) -> dict[str, Counter]:
     """Do alarms name the sensor the fault corrupted (``simulator.fleet.FAULT_SENSORS``)? The fleet of
-    :func:`score_fleet` (same arguments); per fault kind a Counter: ``faults``, ``missed``, ``held`` (first
-    labeled abnormal inside an alarm raised before the episode), ``raise`` (alarms raised inside a detected
-    episode) and ``raise_ok`` (the raising AlarmEvent's top feature is one of the faulted sensors), ``alarm``
-    and ``alarm_ok`` (the same for the cleared AlarmEvent: the alarm's peak's explanation; alarms still open at
-    the end left out), and ``named:<feature>`` (the top feature at the raise).
+    :func:`score_fleet` (``fleet_arguments``: its other arguments, ``ticks``, ``seed``, ``warm``...); per
+    fault kind a Counter: ``faults``, ``missed``, ``held`` (first labeled abnormal inside an alarm raised
+    before the episode), ``raise`` (alarms raised inside a detected episode) and ``raise_ok`` (the raising
+    AlarmEvent's top feature is one of the faulted sensors), ``alarm`` and ``alarm_ok`` (the same for the
+    cleared AlarmEvent: the alarm's peak's explanation; alarms still open at the end left out), and
+    ``named:<feature>`` (the top feature at the raise).
 
     Four machines, a fault every 100 readings or so and no operating change: every fault raises its own
     alarm, and each names a sensor the fault corrupted (the temperature, or the pressure for a failure):
@@ -265,8 +258,7 @@ def score_attribution(
             elif alarms[alarm.device_id]:
                 alarms[alarm.device_id][-1][2] = alarm.explanation
 
-    score = score_fleet(spec, devices=devices, ticks=ticks, history_ticks=history_ticks, seed=seed, warm=warm,
-                        observe=observe, **fleet_options)  # fmt: skip
+    score = score_fleet(spec, devices=devices, observe=observe, **fleet_arguments)
     tally: dict[str, Counter] = defaultdict(Counter)
     for device, kind, first, last in score.episodes:
         counts = tally[kind]
