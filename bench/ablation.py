@@ -124,6 +124,17 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
                         "repeatable")  # fmt: skip
 
 
+def fleets_option(text: str) -> list[tuple[int, int]]:
+    """argparse type of ``--fleets``: comma-separated seed:devices pairs."""
+    try:
+        fleets = [(int(seed), int(devices)) for seed, devices in (fleet.split(":") for fleet in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated SEED:DEVICES pairs") from None
+    if any(devices < 1 for _, devices in fleets):
+        raise argparse.ArgumentTypeError(f"{text!r}: a fleet needs at least one device")
+    return fleets
+
+
 def spec_from_sets(parser: argparse.ArgumentParser, sets: list[tuple[str, object]]) -> DetectorSpec:
     """The detector ``--set`` describes; a value the detector refuses is a one-line usage error."""
     spec = spec_with(dict(sets))

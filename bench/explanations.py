@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ablation import add_set_option, spec_from_sets, spec_with  # noqa: E402
+from bench.ablation import add_set_option, fleets_option, spec_from_sets, spec_with  # noqa: E402
 from edgewatch.evaluation.faults import score_attribution, top_feature  # noqa: E402
 from edgewatch.simulator.fleet import FAULT_KINDS, FAULT_SENSORS  # noqa: E402
 
@@ -138,17 +138,6 @@ def print_skab(changes: dict) -> None:
     print(f"skab named first at a raise inside a fault:  {shares(inside_raise)}")
     print(f"skab named first at a raise outside a fault: {shares(outside_raise)}")
     print(f"skab named first on abnormal rows in faults: {shares(inside_rows)}")
-
-
-def fleets_option(text: str) -> list[tuple[int, int]]:
-    """argparse type of ``--fleets``: comma-separated seed:devices pairs."""
-    try:
-        fleets = [(int(seed), int(devices)) for seed, devices in (fleet.split(":") for fleet in text.split(","))]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated SEED:DEVICES pairs") from None
-    if any(devices < 1 for _, devices in fleets):
-        raise argparse.ArgumentTypeError(f"{text!r}: a fleet needs at least one device")
-    return fleets
 
 
 def main(argv: list[str] | None = None) -> None:
