@@ -42,19 +42,19 @@ PROFILE: list[list[float]] = []  # (row key, row, feature, residual, rounding va
 _PROBES = (
     (
         "        if alarms and not history:\n            for f in range(features):\n                rel[r, f, FAST]",
-        "        _RELATIONS.append([id(rel), r, ss / weights if weights > 0.0 else -1.0, float(rel_ready),"
+        "        _RELATIONS.append([rel.ctypes.data, r, ss / weights if weights > 0.0 else -1.0, float(rel_ready),"
         " float(history), 0.0])\n",
         True,
     ),
     ("                _device_gauss_update(dev, r, RG_N, stat)\n", "                _RELATIONS[-1][5] = 1.0\n", False),
     (
         "                    zps[f] = zp\n",
-        "                    _PROFILE.append([id(s), r, f, resid, rounding, float(history), 0.0])\n",
+        "                    _PROFILE.append([s.ctypes.data, r, f, resid, rounding, float(history), 0.0])\n",
         False,
     ),
     (
         "                            _gauss_update(s, r, PROFILE_N, f, learned)\n",
-        "                            _profile_learned(id(s), r, f)\n",
+        "                            _profile_learned(s.ctypes.data, r, f)\n",
         False,
     ),
 )
