@@ -41,6 +41,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import inspect
+import json
 import math
 import multiprocessing
 import subprocess
@@ -90,6 +92,57 @@ def build_detector(detector: str, relational: dict, novelty: dict):
     if novelty:
         changes["novelty"] = model.novelty.clone(novelty)
     return model.clone(changes)
+
+
+def spec_with(changes: dict) -> DetectorSpec:
+    """The default detector with ``changes`` to its parameters (a benchmark's ``--set``), picklable."""
+    return Variant("set", "parameters given on the command line", relational=changes).spec()
+
+
+@functools.cache
+def _parameters() -> frozenset[str]:
+    return frozenset(inspect.signature(type(BUILTIN[DEFAULT_DETECTOR].factory())).parameters)
+
+
+def detector_setting(item: str) -> tuple[str, object]:
+    """argparse type of ``--set name=value``: a parameter of the default detector and its JSON value."""
+    name, equals, text = item.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"{item!r} is not name=value")
+    if name not in _parameters():
+        raise argparse.ArgumentTypeError(f"{name!r} is not a parameter of {DEFAULT_DETECTOR} (see its docstring)")
+    try:
+        return name, json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{item!r}: the value is not JSON (e.g. true, 0.5, 10)") from None
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    """The benchmarks' ``--set name=value`` (repeatable), read back by :func:`spec_from_sets`."""
+    parser.add_argument("--set", action="append", default=[], type=detector_setting, metavar="NAME=VALUE",
+                        help=f"change a parameter of the default detector ({DEFAULT_DETECTOR}); JSON value; "
+                        "repeatable")  # fmt: skip
+
+
+def fleets_option(text: str) -> list[tuple[int, int]]:
+    """argparse type of ``--fleets``: comma-separated seed:devices pairs."""
+    try:
+        fleets = [(int(seed), int(devices)) for seed, devices in (fleet.split(":") for fleet in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated SEED:DEVICES pairs") from None
+    if any(devices < 1 for _, devices in fleets):
+        raise argparse.ArgumentTypeError(f"{text!r}: a fleet needs at least one device")
+    return fleets
+
+
+def spec_from_sets(parser: argparse.ArgumentParser, sets: list[tuple[str, object]]) -> DetectorSpec:
+    """The detector ``--set`` describes; a value the detector refuses is a one-line usage error."""
+    spec = spec_with(dict(sets))
+    try:
+        spec.factory()
+    except (TypeError, ValueError) as error:
+        parser.error(f"argument --set: {error}")
+    return spec
 
 
 VARIANTS = (

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edgewatch.evaluation.faults import FLEET_OPTIONS, SETTLED_AFTER  # noqa: E402
+from edgewatch.evaluation.faults import FLEET_DEFAULTS, SETTLED_AFTER  # noqa: E402
 from edgewatch.online_models.relational_novelty import RelationalNovelty  # noqa: E402
 from edgewatch.simulator.fleet import MALFORMED, Fleet  # noqa: E402
 
@@ -29,7 +29,7 @@ from edgewatch.simulator.fleet import MALFORMED, Fleet  # noqa: E402
 def tail_changes(devices: int, seed: int, ticks: int = 3000, history_ticks: int = 600) -> tuple[int, int]:
     """(changes, changes whose SETTLED_AFTER-th reading is within the clearing tail after a fault episode)."""
     tail = RelationalNovelty().clear_after - 1
-    fleet = Fleet(devices=devices, seed=seed, warmup_ticks=history_ticks, **FLEET_OPTIONS)
+    fleet = Fleet(devices=devices, seed=seed, warmup_ticks=history_ticks, **FLEET_DEFAULTS)
     faulty, changes = defaultdict(set), defaultdict(list)
     for offset, record in enumerate(fleet.records(devices * ticks)):
         tick = offset // devices

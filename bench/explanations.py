@@ -1,6 +1,7 @@
 """Do explanations name the sensor that went wrong? Attribution accuracy on the simulator, SKAB's distribution.
 
-    python bench/explanations.py [--set name=value ...] [--fleets 0:40,1:40,2:40,3:16,4:16] [--no-skab]
+    python bench/explanations.py [--set NAME=VALUE ...] [--fleets 0:40,1:40,2:40,3:16,4:16] [--no-skab]
+                                 [--swap-sensors]
 
 Simulator (``faults.score_attribution`` over ``faults.score_fleet``'s fleets: 3000 ticks after 600
 fault-free ones, cold and warm): every fault kind corrupts known sensors (``simulator.fleet.FAULT_SENSORS``:
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -40,24 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ablation import build_detector  # noqa: E402
-from edgewatch.evaluation.faults import score_attribution  # noqa: E402
-from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR, DetectorSpec  # noqa: E402
+from bench.ablation import add_set_option, fleets_option, spec_from_sets, spec_with  # noqa: E402
+from edgewatch.evaluation.faults import score_attribution, top_feature  # noqa: E402
 from edgewatch.simulator.fleet import FAULT_KINDS, FAULT_SENSORS  # noqa: E402
 
 TICKS, HISTORY = 3000, 600
-
-
-def detector(changes: dict) -> DetectorSpec:
-    base = BUILTIN[DEFAULT_DETECTOR]
-    if not changes:
-        return base
-    return DetectorSpec(base.name, functools.partial(build_detector, DEFAULT_DETECTOR, changes, {}),
-                        base.threshold, base.version)  # fmt: skip
-
-
-def top(shares: dict[str, float] | None) -> str | None:
-    return max(shares, key=shares.get) if shares else None
 
 
 SWAPPED = {"machine.temperature": "machine.pressure", "machine.pressure": "machine.temperature"}
@@ -89,7 +76,7 @@ def fleet_attribution(case: tuple[int, int, bool, dict, bool]) -> dict:
     seed, devices, warm, changes, swap = case
     if swap:
         swap_sensors()
-    tally = score_attribution(detector(changes), devices=devices, ticks=TICKS, history_ticks=HISTORY, seed=seed,
+    tally = score_attribution(spec_with(changes), devices=devices, ticks=TICKS, history_ticks=HISTORY, seed=seed,
                               warm=warm)  # fmt: skip
     return {"seed": seed, "devices": devices, "warm": warm, "tally": {k: dict(v) for k, v in tally.items()}}
 
@@ -133,15 +120,15 @@ def print_skab(changes: dict) -> None:
     from edgewatch.evaluation import skab
 
     files = skab.load(data_dir() / "skab")
-    run = skab.evaluate(files, detector(changes))
+    run = skab.evaluate(files, spec_with(changes))
     inside_raise, outside_raise, inside_rows = Counter(), Counter(), Counter()
     for f, predicted, explanations in zip(run.files, run.predictions, run.explanations, strict=True):
         truth = f.anomaly[f.test].astype(bool)
         raises = np.flatnonzero(predicted & ~np.concatenate([[False], predicted[:-1]]))
         for j in raises.tolist():
-            (inside_raise if truth[j] else outside_raise)[top(explanations.get(j))] += 1
+            (inside_raise if truth[j] else outside_raise)[top_feature(explanations.get(j))] += 1
         for j in np.flatnonzero(predicted & truth).tolist():
-            inside_rows[top(explanations.get(j))] += 1
+            inside_rows[top_feature(explanations.get(j))] += 1
 
     def shares(counter: Counter) -> str:
         n = sum(counter.values())
@@ -155,14 +142,16 @@ def print_skab(changes: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", action="append", default=[], help="name=value (JSON) of the default detector")
-    parser.add_argument("--fleets", default="0:40,1:40,2:40,3:16,4:16", help="comma-separated seed:devices")
+    add_set_option(parser)
+    parser.add_argument("--fleets", default="0:40,1:40,2:40,3:16,4:16", type=fleets_option, metavar="SEED:DEVICES,...",
+                        help="the simulated fleets, comma-separated (default 0:40,1:40,2:40,3:16,4:16)")  # fmt: skip
     parser.add_argument("--no-skab", action="store_true", help="the simulator only")
     parser.add_argument("--swap-sensors", action="store_true", help="temperature and pressure readings exchanged")
     args = parser.parse_args(argv)
-    changes = {name: json.loads(value) for name, _, value in (item.partition("=") for item in args.set)}
-    fleets = [tuple(int(part) for part in fleet.split(":")) for fleet in args.fleets.split(",")]
-    cases = [(seed, devices, warm, changes, args.swap_sensors) for seed, devices in fleets for warm in (False, True)]
+    spec_from_sets(parser, args.set)  # a value the detector refuses: a usage error here, not in a worker
+    changes = dict(args.set)
+    swap = args.swap_sensors
+    cases = [(seed, devices, warm, changes, swap) for seed, devices in args.fleets for warm in (False, True)]
     with ProcessPoolExecutor(2) as pool:
         print_simulator(list(pool.map(fleet_attribution, cases)))
     if not args.no_skab:

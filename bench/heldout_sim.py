@@ -17,23 +17,28 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ablation import BY_NAME  # noqa: E402
+from bench.ablation import BY_NAME, fleets_option  # noqa: E402
 from edgewatch.evaluation.faults import score_fleet  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default="default", help="comma-separated bench/ablation.py variants")
-    parser.add_argument("--fleets", default="3:40,4:40,5:40,0:16,1:16,2:16", help="comma-separated seed:devices")
-    parser.add_argument("--ticks", type=int, default=3000)
+    parser.add_argument(
+        "--fleets",
+        default="3:40,4:40,5:40,0:16,1:16,2:16",
+        type=fleets_option,
+        metavar="SEED:DEVICES,...",
+        help="the simulated fleets, comma-separated (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ticks", type=int, default=3000, help="ticks per device, the 600 fault-free ones included (default 3000)"
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.variants.split(",") if name not in BY_NAME]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}: use {', '.join(BY_NAME)}")
-    try:
-        fleets = [tuple(int(part) for part in fleet.split(":")) for fleet in args.fleets.split(",")]
-    except ValueError:
-        parser.error(f"--fleets takes seed:devices pairs, got {args.fleets}")
+    fleets = args.fleets
     for name in args.variants.split(","):
         for seed, devices in fleets:
             for warm in (False, True):

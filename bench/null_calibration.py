@@ -1,6 +1,6 @@
 """How well the relations' and the profile channel's surprises are calibrated on fault-free data.
 
-    NUMBA_DISABLE_JIT=1 python bench/null_calibration.py [--set name=value ...]
+    NUMBA_DISABLE_JIT=1 python bench/null_calibration.py [--set NAME=VALUE ...]
 
 A surprise of d decades should come about as rarely as 10^-d on readings known normal. This replays
 SKAB's anomaly-free recording (trained on its first 400 rows, the rest streamed) and every valve1 file's
@@ -21,39 +21,40 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
-import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-if not __import__("os").environ.get("NUMBA_DISABLE_JIT"):
+if not os.environ.get("NUMBA_DISABLE_JIT"):
     sys.exit("run with NUMBA_DISABLE_JIT=1 (the kernel's probes are Python)")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from edgewatch.online_models import compact_novelty_kernel as kernel  # noqa: E402
+from edgewatch.online_models.compact_novelty import _Gauss  # noqa: E402
 
 RELATIONS: list[list[float]] = []  # (row key, row, mean square or -1, ready, history, learned)
 PROFILE: list[list[float]] = []  # (row key, row, feature, residual, rounding variance, history, learned)
 _PROBES = (
     (
         "        if alarms and not history:\n            for f in range(features):\n                rel[r, f, FAST]",
-        "        _RELATIONS.append([id(rel), r, ss / weights if weights > 0.0 else -1.0, float(rel_ready),"
+        "        _RELATIONS.append([rel.ctypes.data, r, ss / weights if weights > 0.0 else -1.0, float(rel_ready),"
         " float(history), 0.0])\n",
         True,
     ),
     ("                _device_gauss_update(dev, r, RG_N, stat)\n", "                _RELATIONS[-1][5] = 1.0\n", False),
     (
         "                    zps[f] = zp\n",
-        "                    _PROFILE.append([id(s), r, f, resid, rounding, float(history), 0.0])\n",
+        "                    _PROFILE.append([s.ctypes.data, r, f, resid, rounding, float(history), 0.0])\n",
         False,
     ),
     (
         "                            _gauss_update(s, r, PROFILE_N, f, learned)\n",
-        "                            _profile_learned(id(s), r, f)\n",
+        "                            _profile_learned(s.ctypes.data, r, f)\n",
         False,
     ),
 )
@@ -76,24 +77,17 @@ def _install_probes() -> None:
     exec(compile(source, kernel.__file__, "exec"), kernel.__dict__)
 
 
-class _Moments:
-    """Equal-weight running mean and variance (the kernel's ``_gauss_update``)."""
+class _Moments(_Gauss):
+    """Equal-weight running mean and variance (``update``: the kernel's ``_gauss_update``) and the
+    surprises the calibrations read from them."""
 
-    def __init__(self) -> None:
-        self.n, self.mean, self.var = 0, 0.0, 0.0
-
-    def add(self, x: float) -> None:
-        self.n += 1
-        a = 1.0 / self.n
-        delta = x - self.mean
-        self.mean += a * delta
-        self.var = (1.0 - a) * (self.var + a * delta * delta)
+    __slots__ = ()
 
     def gauss(self, x: float) -> float:
-        return kernel.gaussian_surprise((x - self.mean) / math.sqrt(self.var)) if self.var > 0.0 else 0.0
+        return kernel.gaussian_surprise((x - self.mu) / math.sqrt(self.var)) if self.var > 0.0 else 0.0
 
     def chi_square(self, q: float, extra: float = 0.0) -> float:
-        return kernel._scaled_chi_square_surprise(q, self.n, self.mean + extra, self.var, 0)
+        return kernel._scaled_chi_square_surprise(q, self.n, self.mu + extra, self.var, 0)
 
 
 def relation_surprises(min_n: int = 50) -> dict[str, np.ndarray]:
@@ -106,9 +100,9 @@ def relation_surprises(min_n: int = 50) -> dict[str, np.ndarray]:
             out["square root"].append(root.gauss(math.sqrt(q)))
             out["chi-square"].append(square.chi_square(q))
         if learned and q >= 0.0:
-            cube.add(q ** (1.0 / 3.0))
-            root.add(math.sqrt(q))
-            square.add(q)
+            cube.update(q ** (1.0 / 3.0))
+            root.update(math.sqrt(q))
+            square.update(q)
     return {name: np.array(values) for name, values in out.items()}
 
 
@@ -119,12 +113,12 @@ def profile_surprises(min_n: int = 50) -> dict[str, np.ndarray]:
         absolute, square = moments.setdefault((key, r, f), (_Moments(), _Moments()))
         if not history and absolute.n >= min_n:
             var = absolute.var + rounding
-            z = (abs(resid) - absolute.mean) / math.sqrt(var) if var > 0.0 else 0.0
+            z = (abs(resid) - absolute.mu) / math.sqrt(var) if var > 0.0 else 0.0
             out["|residual|"].append(kernel.gaussian_surprise(z))
             out["chi-square"].append(square.chi_square(resid * resid, rounding))
         if learned:
-            absolute.add(abs(resid))
-            square.add(resid * resid)
+            absolute.update(abs(resid))
+            square.update(resid * resid)
     return {name: np.array(values) for name, values in out.items()}
 
 
@@ -140,25 +134,18 @@ def table(title: str, surprises: dict[str, np.ndarray], decades=(1, 2, 3, 4, 5.2
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", action="append", default=[], metavar="name=value")
-    args = parser.parse_args(argv)
-    _install_probes()
-    import functools
-
-    from bench.ablation import build_detector
+    _install_probes()  # before anything imports the kernel's functions by name
+    from bench.ablation import add_set_option, spec_from_sets
     from edgewatch.config import data_dir
     from edgewatch.evaluation import skab
     from edgewatch.online_models import artifact
     from edgewatch.online_models.bank import new_bank
-    from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR, DetectorSpec
     from edgewatch.schema import RawMessage, Reading
 
-    changes = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
-    spec = BUILTIN[DEFAULT_DETECTOR]
-    if changes:
-        factory = functools.partial(build_detector, DEFAULT_DETECTOR, changes, {})
-        spec = DetectorSpec(spec.name, factory, spec.threshold, spec.version)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_set_option(parser)
+    args = parser.parse_args(argv)
+    spec = spec_from_sets(parser, args.set)
 
     def readings(f, lo: int, hi: int, index: int = 0) -> list[Reading]:
         rows = zip(f.times[lo:hi].tolist(), f.values[lo:hi].tolist(), strict=True)

@@ -1,21 +1,19 @@
 """Per-file diagnosis of SKAB's changepoint score: where the detector's predictions land.
 
-    python bench/skab_changepoints.py [--set clear_on_return=true ...]
+    python bench/skab_changepoints.py [--set NAME=VALUE ...]
 
 SKAB derives changepoint predictions from the outlier labels (every raise and every clear of an
 alarm is one; see ``edgewatch.evaluation.skab``). For each valve1 file this prints its windows'
 first predictions (seconds after the window's start, ``R`` a raise, ``C`` a clear, ``miss``), the
 predictions outside every window (each costs ``A_fp``) with the features that drove them, the file's
 raw score and its F1/FAR/MAR; then the figures over all files and the even and odd halves.
-``--set name=value`` (JSON values) changes the default detector's parameters, as bench/ablation.py's
+``--set NAME=VALUE`` (JSON values) changes the default detector's parameters, as bench/ablation.py's
 variants do. Data from ``EDGEWATCH_DATA_DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import sys
 from pathlib import Path
 
@@ -25,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.ablation import build_detector  # noqa: E402
+from bench.ablation import add_set_option, spec_from_sets  # noqa: E402
 from edgewatch.config import data_dir  # noqa: E402
 from edgewatch.evaluation import skab  # noqa: E402
-from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR, DetectorSpec  # noqa: E402
+from edgewatch.evaluation.faults import top_feature  # noqa: E402
 
 
 def file_lines(run: skab.SkabRun) -> list[str]:
@@ -47,8 +45,7 @@ def file_lines(run: skab.SkabRun) -> list[str]:
             if not any(start <= times[j] <= end for start, end in windows):
                 explanation = (run.explanations or [{}] * len(run.files))[index]
                 shares = explanation.get(j) or explanation.get(j - 1) or {}
-                top = max(shares, key=shares.get) if shares else "?"
-                outside.append(f"{'R' if predicted[j] else 'C'}@{j}({top})")
+                outside.append(f"{'R' if predicted[j] else 'C'}@{j}({top_feature(shares) or '?'})")
         raw, _, _, _ = skab.changepoint_raw(times, changepoint, predicted, "standard")
         f1, far, mar = skab.outlier_metrics(truth, predicted)
         lines.append(
@@ -60,14 +57,9 @@ def file_lines(run: skab.SkabRun) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", action="append", default=[], help="name=value (JSON) of the default detector")
+    add_set_option(parser)
     args = parser.parse_args(argv)
-    changes = {name: json.loads(value) for name, _, value in (item.partition("=") for item in args.set)}
-    base = BUILTIN[DEFAULT_DETECTOR]
-    spec = base
-    if changes:
-        factory = functools.partial(build_detector, DEFAULT_DETECTOR, changes, {})
-        spec = DetectorSpec(base.name, factory, base.threshold, base.version)
+    spec = spec_from_sets(parser, args.set)
     files = skab.load(data_dir() / "skab")
     run = skab.evaluate(files, spec)
     print("\n".join(file_lines(run)))

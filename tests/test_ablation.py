@@ -95,3 +95,22 @@ def test_profile_switch_turns_the_channel_off_in_objects_and_kernel_alike():
         np.testing.assert_allclose(arrays, objects, rtol=0, atol=1e-9)
         scores[profile] = np.array(arrays)
     assert not np.array_equal(scores[True], scores[False])
+
+
+def test_set_option_gives_the_detector_or_a_one_line_usage_error(capsys):
+    """The benchmarks' ``--set NAME=VALUE``: a parameter of the default detector with a JSON value, else
+    argparse's usage error naming what is wrong (no traceback)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bench")
+    ablation.add_set_option(parser)
+    for bad, reason in (("hold_alarm", "is not name=value"), ("no_such=1", "is not a parameter"),
+                        ("hold_alarm=flase", "is not JSON")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["--set", bad])
+        assert exit_.value.code == 2
+        assert reason in capsys.readouterr().err.splitlines()[-1]
+    args = parser.parse_args(["--set", "hold_alarm=false", "--set", "clear_after=7"])
+    model = ablation.spec_from_sets(parser, args.set).factory()
+    assert model.hold_alarm is False and model.clear_after == 7
+    assert ablation.spec_from_sets(parser, []) is BUILTIN[DEFAULT_DETECTOR]
