@@ -432,6 +432,12 @@ def _shift_along(rel, cov, r: int, features: int, along: float) -> bool:  # prag
     return _runs_along(rel, cov, r, np.arange(features), features, cov[r, PREC], along)
 
 
+@njit(cache=True, inline="always")
+def _shift_sd(rel, cov, r: int, f: int) -> float:
+    """Feature ``f``'s shift: its current (fast) level minus its normal mean, in its standard deviations."""
+    return (rel[r, f, FAST] - rel[r, f, MU]) / math.sqrt(max(cov[r, COV, f, f], 1e-12))
+
+
 @njit(cache=True)
 def _runs_along(rel, cov, r: int, idx, count: int, precision, along: float) -> bool:  # pragma: no cover - compiled
     """Whether the shift of the features ``idx[:count]`` (current level minus normal mean, in standard
@@ -440,11 +446,11 @@ def _runs_along(rel, cov, r: int, idx, count: int, precision, along: float) -> b
     euclid = mahalanobis = 0.0
     for a in range(count):
         j = idx[a]
-        dj = (rel[r, j, FAST] - rel[r, j, MU]) / math.sqrt(max(cov[r, COV, j, j], 1e-12))
+        dj = _shift_sd(rel, cov, r, j)
         euclid += dj * dj
         for b in range(count):
             k = idx[b]
-            dk = (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
+            dk = _shift_sd(rel, cov, r, k)
             mahalanobis += dj * precision[a, b] * dk
     return euclid > 0.0 and mahalanobis <= along * euclid
 
@@ -504,7 +510,7 @@ def _unfollowed_step(
         smallest, at = np.inf, 0
         for a in range(count):
             j = idx[a]
-            shift = abs(rel[r, j, FAST] - rel[r, j, MU]) / math.sqrt(max(cov[r, COV, j, j], 1e-12))
+            shift = abs(_shift_sd(rel, cov, r, j))
             if shift < smallest:
                 smallest, at = shift, a
         stepped[idx[at]] = False
@@ -521,8 +527,8 @@ def _moves_predicted(rel, cov, r: int, features: int, largest: float, moved) -> 
     for f in range(features):
         pd = 0.0
         for k in range(features):
-            pd += cov[r, PREC, f, k] * (rel[r, k, FAST] - rel[r, k, MU]) / math.sqrt(max(cov[r, COV, k, k], 1e-12))
-        shift = (rel[r, f, FAST] - rel[r, f, MU]) / math.sqrt(max(cov[r, COV, f, f], 1e-12))
+            pd += cov[r, PREC, f, k] * _shift_sd(rel, cov, r, k)
+        shift = _shift_sd(rel, cov, r, f)
         unexplained = pd / max(cov[r, PREC, f, f], 1e-12)
         moved[f] = shift != 0.0 and abs(unexplained) <= largest * abs(shift)
 
