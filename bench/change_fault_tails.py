@@ -1,6 +1,6 @@
 """Changes whose 2-minute mark falls in a fault alarm's clearing tail: a floor of ``active_after_change``.
 
-    python bench/change_fault_tails.py [--fleets 40:6,40:7,24:9 ...]
+    python bench/change_fault_tails.py [--fleets 6:40,7:40,9:24 ...]
 
 ``faults.FaultScore.active_after_change`` counts the legitimate changes after which the device is
 labeled anomalous ``SETTLED_AFTER`` readings later, outside any fault's labeled readings. An alarm a
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.ablation import fleets_option  # noqa: E402
 from edgewatch.evaluation.faults import FLEET_DEFAULTS, SETTLED_AFTER  # noqa: E402
 from edgewatch.online_models.relational_novelty import RelationalNovelty  # noqa: E402
 from edgewatch.simulator.fleet import MALFORMED, Fleet  # noqa: E402
@@ -50,11 +51,11 @@ def tail_changes(devices: int, seed: int, ticks: int = 3000, history_ticks: int 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fleets", default="40:0,40:1,40:2,16:3,16:4,16:5,16:6,40:6,40:7,40:8,24:9,24:10",
-                        help="comma-separated devices:seed")  # fmt: skip
+    parser.add_argument("--fleets", type=fleets_option, metavar="SEED:DEVICES,...",
+                        default="0:40,1:40,2:40,3:16,4:16,5:16,6:16,6:40,7:40,8:40,9:24,10:24",
+                        help="the simulated fleets, comma-separated (as bench/heldout_sim.py's)")  # fmt: skip
     args = parser.parse_args()
-    for fleet in args.fleets.split(","):
-        devices, seed = map(int, fleet.split(":"))
+    for seed, devices in args.fleets:
         changes, counted = tail_changes(devices, seed)
         print(f"devices={devices} seed={seed} changes={changes} in_fault_alarm_tail={counted}", flush=True)
 
