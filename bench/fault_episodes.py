@@ -28,25 +28,25 @@ if str(ROOT) not in sys.path:
 
 from bench.ablation import add_set_option, spec_from_sets  # noqa: E402
 from edgewatch.evaluation import faults  # noqa: E402
-from edgewatch.online_models import artifact  # noqa: E402
-from edgewatch.online_models.bank import new_bank  # noqa: E402
 from edgewatch.simulator.fleet import FAULT_KINDS  # noqa: E402
 
 HISTORY, TICKS = 600, 3000
 
 
-def labeled(spec, readings, split: int, devices: int, warm: bool) -> dict[str, dict[int, tuple]]:
-    """Per device and tick: (score, detection, abnormal, explanation)."""
-    fitted = artifact.train(spec, readings[:split], source="simulated history") if warm else None
-    bank = new_bank(spec, artifact=fitted)
-    stream = readings[split:] if warm else readings
+def labeled(spec, devices: int, seed: int, warm: bool) -> tuple[dict[str, dict[int, tuple]], faults.FaultScore]:
+    """``score_fleet``'s run of the fleet, and per device and tick: (score, detection, abnormal, explanation)."""
     out: dict[str, dict[int, tuple]] = defaultdict(dict)
-    for start in range(0, len(stream), 1000):
-        for e in bank.label(stream[start : start + 1000]).events:
+
+    def collect(result) -> None:
+        for e in result.events:
             out[e.reading.device_id][e.reading.raw.offset // devices] = (
                 e.score, e.detection_score, e.is_anomaly, e.explanation,
             )  # fmt: skip
-    return out
+
+    score = faults.score_fleet(
+        spec, devices=devices, ticks=TICKS, history_ticks=HISTORY, seed=seed, warm=warm, observe=collect
+    )
+    return out, score
 
 
 def level_origins(ticks: dict[int, tuple], decay: float) -> dict[int, tuple[float, int | None]]:
@@ -95,17 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     decay, factor = 0.5 ** (1.0 / novelty.refractory), novelty.refractory_factor
     devices = args.devices
     options = tuple(sorted(faults.FLEET_DEFAULTS.items()))
-    records, readings = faults.simulated_messages(devices, TICKS, HISTORY, args.seed, options)
+    records, _ = faults.simulated_messages(devices, TICKS, HISTORY, args.seed, options)  # (kept: score_fleet reuses it)
     truth: dict[str, dict[int, tuple[str, str]]] = defaultdict(dict)
     for offset, record in enumerate(records):
         truth[record.key.decode()][offset // devices] = (record.fault, record.change)
-    split = devices * HISTORY
-    result = {start: labeled(spec, readings, split, devices, start == "warm") for start in ("cold", "warm")}
+    started = {start: labeled(spec, devices, args.seed, start == "warm") for start in ("cold", "warm")}
+    result = {start: run[0] for start, run in started.items()}
     origins = {start: {d: level_origins(t, decay) for d, t in result[start].items()} for start in result}
-    sent = faults.FaultScore()  # the fault episodes after the history, as score_fleet counts them
-    for offset in range(split, len(records)):
-        sent.sent(records[offset].key.decode(), offset // devices, records[offset].fault)
-    found = sorted(sent.episodes, key=lambda e: (e[0], e[2]))
+    found = sorted(started["cold"][1].episodes, key=lambda e: (e[0], e[2]))  # the fault episodes after the history
 
     def hit(start: str, episode) -> bool:
         device, _, first, last = episode
