@@ -4,7 +4,8 @@
 
 Each fleet is ``seed:devices`` (3000 ticks after 600 fault-free ones, as ``bench/ablation.py``); each
 variant is one of ``bench/ablation.py``'s. Prints per fleet and start the episode precision P, recall R
-and ``active_after_change`` (aac) from ``faults.score_fleet``.
+and ``active_after_change`` (aac) from ``faults.score_fleet``, the false alarms (episodes overlapping
+no fault) and ``fpr``, messages labeled anomalous outside faults per 1,000 normal messages.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
                 score = score_fleet(BY_NAME[name].spec(), devices=devices, ticks=args.ticks, seed=seed, warm=warm)
                 print(f"{name} seed={seed} devices={devices} {'warm' if warm else 'cold'} "
                       f"P={score.episode_precision:.3f} R={score.recall:.3f} aac={score.active_after_change} "
-                      f"faults={score.faults} alarms={score.alarms}", flush=True)  # fmt: skip
+                      f"faults={score.faults} alarms={score.alarms} false={score.false_alarms} "
+                      f"fpr={score.false_alarm_rate:.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -39,9 +39,12 @@ class FaultScore:
     (2, 1, 0.5, 1, 1.0)
     >>> score.episodes
     [('m1', 'spike', 1, 1), ('m1', 'stuck', 3, 4)]
+    >>> score.false_alarms, score.normal, round(score.false_alarm_rate, 1)  # seq 2: flagged, normal
+    (0, 3, 333.3)
     """
 
     faults: int = 0
+    normal: int = 0
     flagged: int = 0
     true_positives: int = 0
     changes: int = 0
@@ -58,6 +61,7 @@ class FaultScore:
             self.changes += 1
             self._changes[device].append(sequence)
         if not fault or fault == MALFORMED:
+            self.normal += fault != MALFORMED
             self._last.pop(device, None)
             return
         previous = self._last.get(device)
@@ -122,14 +126,28 @@ class FaultScore:
         """Alarm episodes: runs of consecutive anomalous messages of a device."""
         return len(self._alarm_runs())
 
+    def _false_runs(self) -> list[tuple[str, int, int]]:
+        return [
+            (device, start, end)
+            for device, start, end in self._alarm_runs()
+            if not any((device, s) in self._episode_of for s in range(start, end + 1))
+        ]
+
     @property
     def episode_precision(self) -> float:
         """Per episode: alarms that overlap a fault."""
-        runs = self._alarm_runs()
-        if not runs:
-            return 1.0
-        hits = sum(any((device, s) in self._episode_of for s in range(start, end + 1)) for device, start, end in runs)
-        return hits / len(runs)
+        alarms = self.alarms
+        return 1.0 - len(self._false_runs()) / alarms if alarms else 1.0
+
+    @property
+    def false_alarms(self) -> int:
+        """Alarm episodes that overlap no fault."""
+        return len(self._false_runs())
+
+    @property
+    def false_alarm_rate(self) -> float:
+        """Messages labeled anomalous outside faults, per 1,000 normal messages."""
+        return 1000.0 * (self.flagged - self.true_positives) / self.normal if self.normal else 0.0
 
     @property
     def alarmed_after_change(self) -> int:
