@@ -563,7 +563,7 @@ def evaluate_skab(
         spec = resolve_detector(detector)
         files = skab.load(root)
     except ValueError as exc:
-        raise typer.BadParameter(f"{exc} (is {root} a SKAB root?)") from None
+        raise typer.BadParameter(str(exc)) from None
     with Progress(transient=True) as bar:
         task = bar.add_task("replaying SKAB", total=sum(len(f.times) for f in files))
         run = skab.evaluate(files, spec, lambda rows: bar.advance(task, rows))

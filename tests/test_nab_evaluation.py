@@ -1,5 +1,6 @@
 """`edgewatch evaluate nab`: the flow's detector replayed on NAB and scored the NAB way."""
 
+import json
 import re
 
 import numpy as np
@@ -108,3 +109,67 @@ def test_replay_never_looks_ahead():
     second = nab_replay.replay(synthetic_corpus(altered), spec)["synthetic/a.csv"]
     np.testing.assert_array_equal(first[:900], second[:900])
     assert second[900] > first[900]
+
+
+PROFILES = {
+    name: {"CostMatrix": {"tpWeight": 1.0, "fpWeight": fp, "fnWeight": fn}}
+    for name, fp, fn in [("standard", 0.11, 1.0), ("reward_low_FP_rate", 0.22, 1.0), ("reward_low_FN_rate", 0.11, 2.0)]
+}
+
+
+def small_nab_root(tmp_path, data_row: str | None = None, labels: str | None = None, profiles=PROFILES):
+    """A NAB root of one file (100 hourly rows), its row 50 replaced by ``data_row``."""
+    rows = [f"2024-01-{1 + i // 24:02d} {i % 24:02d}:00:00,{i % 7}.5" for i in range(100)]
+    if data_row is not None:
+        rows[48] = data_row  # line 50 of the file
+    (tmp_path / "data" / "g").mkdir(parents=True)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "data" / "g" / "f.csv").write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    window = '[["2024-01-03 00:00:00", "2024-01-03 05:00:00"]]'
+    (tmp_path / "labels" / "combined_windows.json").write_text(labels or f'{{"g/f.csv": {window}}}')
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "profiles.json").write_text(json.dumps(profiles))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("data_row", "labels", "expected"),
+    [
+        ("2024-01-03 00:00:00,abc", None, "line 50: value 'abc' is not a finite number"),
+        ("2024-01-03 00:00:00,nan", None, "line 50: value 'nan' is not a finite number"),
+        ("garbage", None, "line 50: 1 fields, the header has 2"),
+        ("2024-99-03 00:00:00,1", None, "line 50: '2024-99-03 00:00:00' is not a time"),
+        (None, "{", "cannot read"),
+        (None, '{"g/f.csv": []}', "no anomaly windows in these files"),
+    ],
+)
+def test_a_corrupted_file_is_named_with_its_line(tmp_path, data_row, labels, expected):
+    root = small_nab_root(tmp_path, data_row, labels)
+    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert expected in said(result), said(result)
+
+
+@pytest.mark.parametrize(
+    ("profiles", "expected"),
+    [
+        ({"standard": PROFILES["standard"]}, "lacks NAB's profile(s) reward_low_FN_rate, reward_low_FP_rate"),
+        ({"standard": {"CostMatrix": {}}}, "not NAB's profiles"),
+    ],
+)
+def test_profiles_nab_scores_by_are_checked(tmp_path, profiles, expected):
+    root = small_nab_root(tmp_path, profiles=profiles)
+    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert expected in said(result), said(result)
+
+
+def test_the_error_names_the_file_and_line(tmp_path):
+    with pytest.raises(ValueError, match=r"g/f\.csv line 50: 1 fields, the header has 2"):
+        nab_replay.load(small_nab_root(tmp_path, "garbage"))
+
+
+def test_a_small_corpus_is_scored(tmp_path):
+    root = small_nab_root(tmp_path)
+    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0 and "files=1" in result.output, result.output

@@ -121,3 +121,42 @@ def test_clear_on_return_a_drift_alarm_ends_before_the_fault_which_raises_its_ow
     # (+1.3: without clear_on_return the residual CUSUM also raises a second alarm near the fault's end, whose
     # raise lands in a window; with the CUSUM off the gain was above 2)
     assert changepoints[True] > changepoints[False] + 1.0
+
+
+def small_skab_root(tmp_path, row: str | None = None, rows: int = 450):
+    """A SKAB root of one experiment (``rows`` rows), its row 50 replaced by ``row``."""
+    header = "datetime;Pressure;Temperature;anomaly;changepoint"
+    lines = [f"2020-03-09 10:{i // 60:02d}:{i % 60:02d};0.{i % 9};70.{i % 5};0.0;0.0" for i in range(rows)]
+    if row is not None:
+        lines[48] = row  # line 50 of the file
+    (tmp_path / "valve1").mkdir()
+    (tmp_path / "valve1" / "0.csv").write_text("\n".join([header, *lines]) + "\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("row", "rows", "expected"),
+    [
+        ("2020-03-09 10:00:48;0.1", 450, "line 50: 2 fields, the header has 5"),
+        ("2020-03-09 10:00:48;0.1;x;0.0;0.0", 450, "line 50: 'x' is not a finite number"),
+        ("2020-03-09 10:00:48;0.1;inf;0.0;0.0", 450, "line 50: 'inf' is not a finite number"),
+        ("2020-13-09 10:00:48;0.1;70;0.0;0.0", 450, "line 50: '2020-13-09 10:00:48' is not a time"),
+        (None, 300, "300 rows, the protocol needs more than 400"),
+    ],
+)
+def test_a_corrupted_file_is_named_with_its_line(tmp_path, row, rows, expected):
+    root = small_skab_root(tmp_path, row, rows)
+    result = runner.invoke(app, ["evaluate", "skab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert expected in said(result), said(result)
+
+
+def test_the_error_names_the_file_and_line(tmp_path):
+    with pytest.raises(ValueError, match=r"valve1/0\.csv line 50: 'x' is not a finite number"):
+        skab.load(small_skab_root(tmp_path, "2020-03-09 10:00:48;0.1;x;0.0;0.0"))
+
+
+def test_a_small_experiment_is_scored(tmp_path):
+    root = small_skab_root(tmp_path)
+    result = runner.invoke(app, ["evaluate", "skab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0 and "files=1" in result.output, result.output

@@ -232,17 +232,19 @@ def perfect_score(corpus: NabCorpus, profile: Profile | str, keys: Iterable[str]
 
 def load_profiles(path) -> dict[str, Profile]:
     """Read NAB's ``config/profiles.json``."""
-    with open(path) as fh:
-        raw = json.load(fh)
-    return {
-        name: Profile(
-            name=name,
-            tp_weight=float(spec["CostMatrix"]["tpWeight"]),
-            fp_weight=float(spec["CostMatrix"]["fpWeight"]),
-            fn_weight=float(spec["CostMatrix"]["fnWeight"]),
-        )
-        for name, spec in raw.items()
-    }
+    raw = _read_json(Path(path))
+    try:
+        return {
+            name: Profile(
+                name=name,
+                tp_weight=float(spec["CostMatrix"]["tpWeight"]),
+                fp_weight=float(spec["CostMatrix"]["fpWeight"]),
+                fn_weight=float(spec["CostMatrix"]["fnWeight"]),
+            )
+            for name, spec in raw.items()
+        }
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not NAB's profiles (CostMatrix tpWeight/fpWeight/fnWeight): {exc!r}") from None
 
 
 def load_corpus(
@@ -255,8 +257,7 @@ def load_corpus(
     ``keys`` restricts the corpus to some ``"group/file.csv"``; by default every data file.
     """
     root = Path(root)
-    with open(root / "labels" / "combined_windows.json") as fh:
-        all_windows: dict[str, list[list[str]]] = json.load(fh)
+    all_windows: dict[str, list[list[str]]] = _read_json(root / "labels" / "combined_windows.json")
     profiles_path = root / "config" / "profiles.json"
     profiles = load_profiles(profiles_path) if profiles_path.exists() else {}
 
@@ -599,15 +600,50 @@ def _check_scores(nab_file: NabFile, anomaly_scores) -> np.ndarray:
 
 
 def _read_data_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    """A NAB data file's ``timestamp`` and ``value`` columns; a file or row that cannot be read
+    raises ``ValueError`` naming the file and the line."""
     timestamps, values = [], []
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        t_col, v_col = header.index("timestamp"), header.index("value")
-        for row in reader:
-            timestamps.append(row[t_col])
-            values.append(float(row[v_col]))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            if "timestamp" not in header or "value" not in header:
+                raise ValueError(f"{path} is not a NAB data file (expected a header timestamp,value)")
+            t_col, v_col = header.index("timestamp"), header.index("value")
+            for row in reader:
+                if row:
+                    timestamp, value = _row(path, reader.line_num, row, len(header), t_col, v_col)
+                    timestamps.append(timestamp)
+                    values.append(value)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
     return timestamps, np.asarray(values, dtype=np.float64)
+
+
+def _row(path: Path, line: int, row: list[str], width: int, t_col: int, v_col: int) -> tuple[str, float]:
+    """One data row's timestamp and value, or a ``ValueError`` that says which line and why."""
+    if len(row) != width:
+        raise ValueError(f"{path} line {line}: {len(row)} fields, the header has {width}")
+    try:
+        np.datetime64(row[t_col].strip(), "us")
+    except ValueError:
+        raise ValueError(f"{path} line {line}: {row[t_col]!r} is not a time (YYYY-MM-DD HH:MM:SS)") from None
+    try:
+        value = float(row[v_col])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"{path} line {line}: value {row[v_col]!r} is not a finite number")
+    return row[t_col], value
+
+
+def _read_json(path: Path):
+    """A NAB JSON file (labels, profiles), or a ``ValueError`` naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
 
 
 def _to_datetime64(timestamps: Sequence[str]) -> np.ndarray:

@@ -94,14 +94,18 @@ def _round_robin(lists: Sequence[list]) -> list[list]:
 def load(root: Path, groups: Sequence[str] | None = None) -> nab.NabCorpus:
     """The NAB corpus at ``root``, or only its files in ``groups``."""
     corpus = nab.load_corpus(root)
-    if not groups:
-        return corpus
-    unknown = set(groups) - {key.split("/")[0] for key in corpus.keys}
-    if unknown:
-        raise ValueError(f"no such NAB group(s): {', '.join(sorted(unknown))}")
-    return nab.NabCorpus(
-        {k: f for k, f in corpus.files.items() if k.split("/")[0] in groups}, corpus.profiles, corpus.root
-    )
+    missing = sorted({"standard", "reward_low_FP_rate", "reward_low_FN_rate"} - set(corpus.profiles))
+    if missing:
+        raise ValueError(f"{Path(root) / 'config' / 'profiles.json'} lacks NAB's profile(s) {', '.join(missing)}")
+    if groups:
+        unknown = set(groups) - {key.split("/")[0] for key in corpus.keys}
+        if unknown:
+            raise ValueError(f"no such NAB group(s): {', '.join(sorted(unknown))}")
+        chosen = {k: f for k, f in corpus.files.items() if k.split("/")[0] in groups}
+        corpus = nab.NabCorpus(chosen, corpus.profiles, corpus.root)
+    if not any(f.windows for f in corpus.files.values()):  # NAB normalizes by the windows' reward
+        raise ValueError("no anomaly windows in these files: NAB's score needs some (add a group that has them)")
+    return corpus
 
 
 def evaluate(

@@ -62,17 +62,31 @@ class SkabFile:
 
 
 def read_file(path: Path) -> SkabFile:
-    """One SKAB CSV (``;``-separated, ``datetime`` first, ``anomaly`` and ``changepoint`` last)."""
+    """One SKAB CSV (``;``-separated, ``datetime`` first, ``anomaly`` and ``changepoint`` last).
+
+    A file that is not one, or a row that cannot be read (a field missing, a value that is not a
+    finite number, a bad time), raises ``ValueError`` naming the file and the line."""
     path = Path(path)
-    with open(path) as handle:
-        header = handle.readline().strip().split(";")
-        rows = [line.strip().split(";") for line in handle if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    header = lines[0].strip().split(";") if lines else []
     if not header or header[0] != "datetime" or "anomaly" not in header:
         raise ValueError(f"{path} is not a SKAB file (expected datetime;...;anomaly;changepoint)")
     labels = [header.index("anomaly"), header.index("changepoint")] if "changepoint" in header else []
     sensors = [i for i in range(1, len(header)) if i not in labels]
-    times = np.array([row[0].replace(" ", "T") for row in rows], dtype="datetime64[s]").astype(np.int64)
-    table = np.array([[float(row[i]) for i in range(1, len(header))] for row in rows], dtype=np.float64)
+    stamps, table = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if line.strip():
+            stamp, values = _row(path, number, line.strip().split(";"), len(header))
+            stamps.append(stamp)
+            table.append(values)
+    if len(table) <= TRAIN_ROWS:
+        raise ValueError(f"{path}: {len(table)} rows, the protocol needs more than {TRAIN_ROWS} (training + test)")
+    times = np.array(stamps, dtype="datetime64[s]").astype(np.int64)
+    table = np.array(table, dtype=np.float64)
     column = {name: i - 1 for i, name in enumerate(header) if i > 0}
     return SkabFile(
         path.stem,
@@ -80,8 +94,28 @@ def read_file(path: Path) -> SkabFile:
         tuple(header[i] for i in sensors),
         table[:, [i - 1 for i in sensors]],
         table[:, column["anomaly"]].astype(np.int8),
-        table[:, column["changepoint"]].astype(np.int8) if "changepoint" in column else np.zeros(len(rows), np.int8),
+        table[:, column["changepoint"]].astype(np.int8) if "changepoint" in column else np.zeros(len(table), np.int8),
     )
+
+
+def _row(path: Path, number: int, fields: list[str], width: int) -> tuple[np.datetime64, list[float]]:
+    """One row's time and numbers, or a ``ValueError`` that says which line and why."""
+    if len(fields) != width:
+        raise ValueError(f"{path} line {number}: {len(fields)} fields, the header has {width}")
+    try:
+        stamp = np.datetime64(fields[0].replace(" ", "T"), "s")
+    except ValueError:
+        raise ValueError(f"{path} line {number}: {fields[0]!r} is not a time (YYYY-MM-DD HH:MM:SS)") from None
+    values = []
+    for text in fields[1:]:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"{path} line {number}: {text!r} is not a finite number")
+        values.append(value)
+    return stamp, values
 
 
 def load(root: Path, subsets: Sequence[str] = ("valve1",)) -> list[SkabFile]:
@@ -91,7 +125,7 @@ def load(root: Path, subsets: Sequence[str] = ("valve1",)) -> list[SkabFile]:
         folder = Path(root) / subset
         paths = sorted(folder.glob("*.csv"), key=lambda p: (len(p.stem), p.stem))
         if not paths:
-            raise ValueError(f"no SKAB experiments in {folder}")
+            raise ValueError(f"no SKAB experiments in {folder} (is {root} a SKAB root?)")
         for path in paths:
             files.append(read_file(path))
             files[-1].name = f"{subset}/{path.stem}"
