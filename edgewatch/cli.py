@@ -66,6 +66,19 @@ def _say_skipped(dead) -> None:
         )
 
 
+def _warn_future_history(last_timestamp: str) -> None:
+    """A history that ends after now (``simulate --out`` records from now on) is not a past: live
+    readings timed before its end do not follow it, and a warm-started device takes the jump from
+    its last trained reading back to them for a fault (every device alarms on its first reading)."""
+    if datetime.fromisoformat(last_timestamp) > datetime.now(UTC):
+        typer.echo(
+            f"train: warning: the history ends in the future ({last_timestamp});\n"
+            "  live readings timed before that do not follow it and may all alarm at first.\n"
+            "  Record history before the live data (e.g. simulate --start-time).",
+            err=True,
+        )
+
+
 def _check_readable(path: Path) -> None:
     """A recorded stream that can be read: it exists and is of a kind edgewatch reads."""
     if not path.is_file():
@@ -491,6 +504,7 @@ def train(
         f"train: version={saved.version} rows={training['rows']} devices={training['devices']} "
         f"from={training['first_timestamp']} to={training['last_timestamp']} out={out}"
     )
+    _warn_future_history(training["last_timestamp"])
     if register:
         from edgewatch.registry.cli import register_trained
 

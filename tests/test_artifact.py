@@ -52,6 +52,18 @@ def test_train_writes_a_versioned_checksummed_artifact(history, tmp_path):
     assert "skipped" in result.stderr
 
 
+def test_a_history_that_ends_in_the_future_is_flagged(history, tmp_path):
+    """`simulate --out` records from now on: trained at once, that history ends after now, and live
+    readings timed before its end alarm every device of the README's recipe on its first reading."""
+    assert "warning" not in train(history, tmp_path / "past").stderr
+    recording = tmp_path / "from-now.jsonl"
+    args = ["simulate", "--devices", "2", "--rate", "2", "--duration", "600", "--fault-rate", "0", "--out"]
+    assert runner.invoke(app, [*args, str(recording)]).exit_code == 0
+    warned = train(recording, tmp_path / "future").stderr
+    assert "the history ends in the future" in warned and "simulate --start-time" in warned
+    assert max(map(len, warned.splitlines())) <= 80
+
+
 def test_tampered_artifact_is_refused(history, tmp_path):
     train(history, tmp_path / "model")
     blob = (tmp_path / "model" / "arrays.npz").read_bytes()
