@@ -18,7 +18,7 @@ from edgewatch.online_models.compact_novelty import CompactNovelty
 from edgewatch.online_models.registry import BUILTIN, DEFAULT_DETECTOR, DetectorSpec
 from edgewatch.online_models.relational_novelty import THRESHOLD, RelationalNovelty
 from edgewatch.online_models.vector_bank import VectorBank
-from edgewatch.schema import RawMessage, Reading, SourceRef
+from edgewatch.schema import RawMessage, Reading, SourceRef, alarm_event_json, drift_event_json
 
 RAW = RawMessage(b"", b"", [], *SourceRef("t", 0, 0))
 
@@ -208,6 +208,9 @@ def test_an_operator_accepts_a_device():
     result = bank.accept("m1")
     assert [a.kind for a in result.alarms] == ["cleared"] and result.alarms[0].raw is None
     assert [(d.reason, d.device_id, d.raw) for d in result.drift] == [("operator", "m1", None)]
+    cleared = json.loads(alarm_event_json(result.alarms[0]))  # numpy scalars once made this raise
+    assert cleared["peak_score"] > THRESHOLD and cleared["source"] is None
+    assert json.loads(drift_event_json(result.drift[0]))["reason"] == "operator"
     assert bank.accept("m1").drift == [] and bank.accept("unknown").drift == []
 
 

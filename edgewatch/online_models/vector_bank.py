@@ -287,7 +287,8 @@ class VectorBank:
                 continue
             blocks = self.layout.by_field(group.blocks)
             device = blocks["level"][row]
-            start, peak, last_t = device[kernel.START], device[kernel.PEAK], device[kernel.LAST_T]
+            # Python floats: the events' JSON (orjson) refuses numpy scalars
+            start, peak, last_t = device[[kernel.START, kernel.PEAK, kernel.LAST_T]].tolist()
             shares = dict(zip(features, blocks["rel"][row, 0, :, kernel.PEAK_C].round(4).tolist(), strict=True))
             levels = self.detector.accept_row(blocks, row, len(features))
             if levels is None:
