@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import threading
 import time
@@ -23,10 +24,12 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlencode
 
 import pytest
-from azure.iot.device import Message
+from azure.iot.device import IoTHubModuleClient, Message
+from bytewax.testing import run_main
 
 from edgewatch.azure.edgehub import EdgeHubInput, EdgeHubSource, raw_message
 from edgewatch.azure.messages import LabeledEventSink, dead_letter_envelope
+from edgewatch.azure.module import build_module_flow
 from edgewatch.azure.twin import TwinControls
 from edgewatch.config import FlowSettings
 from edgewatch.flows.anomaly import LiveControls
@@ -257,6 +260,68 @@ def test_a_dead_letter_becomes_an_output_message():
     assert envelope.body == b"\xff not json" and envelope.message_id == "telemetry:0:17"
     assert envelope.properties["deviceId"] == SENSOR_ID and envelope.properties["edgewatch.error.reason"] == "not JSON"
     assert envelope.properties["sequenceNumber"] == "3" and envelope.properties["edgewatch.error.stage"] == "parse"
+
+
+class RecordingModuleClient(IoTHubModuleClient):
+    """A module client that records what the module sends on each output (no connection)."""
+
+    def __init__(self):  # the SDK's needs a pipeline; nothing here is sent anywhere
+        self.sent: list[tuple[str, Message]] = []
+
+    def send_message_to_output(self, message, output_name):
+        self.sent.append((output_name, message))
+
+    def on_output(self, output: str) -> list[Output]:
+        sent = [m for name, m in list(self.sent) if name == output]
+        return [Output(m.custom_properties | {"$.mid": m.message_id}, m.data.decode()) for m in sent]
+
+
+def test_alarms_and_drift_events_leave_on_their_module_outputs(tmp_path):
+    """An alarm raised and cleared, and an operator's acceptance through the twin's control (an
+    alarm cleared and a drift event, reason operator) go out on the outputs ``alarms`` and ``drift``."""
+    client, queue, controls = RecordingModuleClient(), EdgeHubInput("telemetry"), LiveControls()
+    module = f"HostName=127.0.0.1;DeviceId={EDGE_DEVICE};ModuleId={MODULE};SharedAccessKey={KEY}"
+    settings = FlowSettings(buffer_dir=tmp_path, batch_size=100, iothub_connection_string=module)
+    flow, _ = build_module_flow(settings, client, queue, controls)
+
+    noise = random.Random(3)
+
+    def reading(device: str, n: int, temperature: float, pressure: float) -> Message:
+        values = {"temp": temperature + noise.gauss(0, 0.3), "pressure": pressure + noise.gauss(0, 0.01)}
+        body = {"deviceId": device, "timestamp": 1_795_000_000 + n, "values": values}
+        return sdk_message(json.dumps(body).encode(), {"$.cdid": EDGE_DEVICE})
+
+    def feed() -> None:
+        for n in range(600):  # pump-1: a 10-reading spike; pump-2: its pressure leaves its relation for good
+            queue.handle(reading("pump-1", n, 120.0 if 500 <= n < 510 else 50.0, 5.0))
+            queue.handle(reading("pump-2", n, 50.0, 9.0 if n >= 500 else 5.0))
+        wait_until(lambda: ("pump-2", "alarm-raised") in alarms_sent(), 30, "pump-2's alarm")
+        controls.accept("pump-2")
+        for n in range(600, 610):
+            queue.handle(reading("pump-2", n, 50.0, 9.0))
+        queue.close()
+
+    def alarms_sent() -> list[tuple[str, str]]:
+        return [(a.properties["deviceId"], a.properties["event"]) for a in client.on_output("alarms")]
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    run_main(flow)
+    feeder.join(30)
+    wait_until(lambda: alarms_sent()[-1:] == [("pump-2", "alarm-cleared")], 30, "the operator's clearing")
+    alarms = client.on_output("alarms")
+    for device in ("pump-1", "pump-2"):  # each alarm raised once, then cleared once (a cold start has its own)
+        kinds = [a.body["event"] for a in alarms if a.body["device_id"] == device]
+        assert kinds and kinds == ["raised", "cleared"] * (len(kinds) // 2), (device, kinds)
+    spike = [a.body for a in alarms if a.body["device_id"] == "pump-1"][-2:]
+    assert spike[0]["features"]["temp"] > 100 and spike[1]["end"] is not None and spike[1]["peak_score"] > 0.9
+    accepted = alarms[-1]
+    assert accepted.body["source"] is None and accepted.properties["deviceId"] == "pump-2"
+    (drift,) = wait_until(lambda: client.on_output("drift"), 10, "the drift event")
+    assert drift.body["reason"] == drift.properties["reason"] == "operator" and drift.body["device_id"] == "pump-2"
+    assert set(drift.body["level_before"]) == {"pressure", "temp"}
+    raised = [a for a in alarms if a.body["event"] == "raised"]
+    assert all(a.properties["$.mid"].startswith("telemetry:0:") for a in raised), "ids name the input reading"
 
 
 @pytest.fixture

@@ -1,24 +1,37 @@
-"""Labeled events, RUL estimates, maintenance alerts and dead letters as cloud messages, and the
-sinks that store them for a link.
+"""Labeled events, alarm and drift events, RUL estimates, maintenance alerts and dead letters as
+cloud messages, and the sinks that store them for a link.
 
 Every cloud output of a flow is one :class:`~edgewatch.store_forward.ForwardingSink` over one
 typed stream: :class:`LabeledEventSink` (IoT Hub, Event Hubs; filtered by a send mode an
 operator may change while the flow runs, and a *selection* that turns an item into its envelope:
-labeled events by default, :func:`rul_selection` and :func:`alert_selection` for the RUL flow's
-estimates and alerts) or :class:`DeadLetterSink` (an IoT Edge module's dead-letter output). Each
+labeled events by default, :func:`alarm_selection` and :func:`drift_selection` for alarm and
+drift events, :func:`rul_selection` and :func:`alert_selection` for the RUL flow's estimates and
+alerts) or :class:`DeadLetterSink` (an IoT Edge module's dead-letter output). Each
 item becomes an :class:`~edgewatch.store_forward.Envelope`: the body and the properties routing
 rules read, and a message id that names the input message.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from edgewatch.rul.events import MODEL_NAME, RulEstimate, maintenance_alert_json, rul_estimate_json
-from edgewatch.schema import DeadLetter, LabeledEvent, dead_letter_headers, labeled_event_json
+from edgewatch.schema import (
+    AlarmEvent,
+    DeadLetter,
+    DriftEvent,
+    LabeledEvent,
+    RawMessage,
+    alarm_event_json,
+    dead_letter_headers,
+    drift_event_json,
+    labeled_event_json,
+)
 from edgewatch.store_forward import BufferPolicy, Envelope, ForwardingSink, Sender, source_message_id
+from edgewatch.store_forward.queue import MAX_MESSAGE_ID
 
 SendMode = Literal["anomalies", "all"]
 SEND_MODES: tuple[SendMode, ...] = ("anomalies", "all")
@@ -82,6 +95,60 @@ def _rul_event(estimate: RulEstimate, event: str, body: bytes) -> Envelope:
         },
         message_id=f"{position}:{event}",
     )
+
+
+def alarm_envelope(event: AlarmEvent) -> Envelope:
+    """The alarm event JSON with ``event`` (``alarm-raised`` | ``alarm-cleared``), ``deviceId`` and
+    ``model`` properties; the message id names the reading that raised or cleared it (an operator's
+    acceptance: the device and the alarm's start).
+
+    >>> raw = RawMessage(b"pump-1", b"{}", [], "telemetry", 0, 7)
+    >>> alarm = AlarmEvent("raised", "pump-1", 0.0, None, 0.8, {"rpm": 1450.0}, {"rpm": 1.0}, "m", "1", raw)
+    >>> envelope = alarm_envelope(alarm)
+    >>> envelope.properties, envelope.message_id
+    ({'event': 'alarm-raised', 'deviceId': 'pump-1', 'model': 'm'}, 'telemetry:0:7:alarm-raised')
+    """
+    kind = f"alarm-{event.kind}"
+    return Envelope(
+        device_id=event.device_id,
+        body=alarm_event_json(event),
+        properties={"event": kind, "deviceId": event.device_id, "model": event.model_name},
+        message_id=_event_message_id(event.raw, event.device_id, event.start, kind),
+    )
+
+
+def drift_envelope(event: DriftEvent) -> Envelope:
+    """The drift event JSON with ``event`` (``drift``), ``reason``, ``deviceId`` and ``model`` properties.
+
+    >>> drift = DriftEvent("pump-1", 60.0, ["rpm"], {"rpm": 1.0}, {"rpm": 2.0}, "operator", "m", "1")
+    >>> envelope = drift_envelope(drift)
+    >>> envelope.properties["reason"], envelope.message_id
+    ('operator', 'pump-1:60.0:drift')
+    """
+    return Envelope(
+        device_id=event.device_id,
+        body=drift_event_json(event),
+        properties={"event": "drift", "reason": event.reason, "deviceId": event.device_id, "model": event.model_name},
+        message_id=_event_message_id(event.raw, event.device_id, event.timestamp, "drift"),
+    )
+
+
+def _event_message_id(raw: RawMessage | None, device_id: str, when: float, kind: str) -> str:
+    """The input position of the reading an event came with (else its device and time), and its kind:
+    the same on every resend; hashed beyond Azure's 128 characters."""
+    position = source_message_id(raw.topic, raw.partition, raw.offset) if raw is not None else f"{device_id}:{when}"
+    message_id = f"{position}:{kind}"
+    return message_id if len(message_id) <= MAX_MESSAGE_ID else hashlib.sha256(message_id.encode()).hexdigest()
+
+
+def alarm_selection(event: AlarmEvent, send: SendMode) -> Envelope | None:
+    """Alarm events go in either mode: few, and each one matters."""
+    return alarm_envelope(event)
+
+
+def drift_selection(event: DriftEvent, send: SendMode) -> Envelope | None:
+    """Drift events go in either mode."""
+    return drift_envelope(event)
 
 
 def labeled_selection(event: LabeledEvent, send: SendMode) -> Envelope | None:

@@ -4,14 +4,19 @@
 with edgeHub in place of Kafka::
 
     input "telemetry" ─► EdgeHubSource ─► parse ─► detect ─┬─► IoT Hub sink ─► output "labeled"   (sendMode)
+                                                           ├─► alarm events ─► output "alarms"    (alarms_topic)
+                                                           ├─► drift events ─► output "drift"     (drift_topic)
                                                            └─► dead letters ─► output "deadletter"
 
 and applies the module twin's desired properties while it runs (:mod:`edgewatch.azure.twin`).
 
 **One connection.** A module identity holds one MQTT connection to edgeHub (a second one
 with the same identity disconnects the first), so a single module client carries the input,
-the twin, the ``labeled`` output (an :class:`~edgewatch.azure.iothub.IoTHubSink` given that
-client) and the ``deadletter`` output. None of the sinks shuts it down or replaces it;
+the twin, the ``labeled``, ``alarms`` and ``drift`` outputs (each an
+:class:`~edgewatch.azure.iothub.IoTHubSink` given that client) and the ``deadletter`` output.
+The alarm and drift outputs are named by the ``alarms_topic`` and ``drift_topic`` settings
+(empty: not sent); an operator's ``accept`` in the twin leaves as an ``alarm-cleared`` and a
+``drift`` message there. None of the sinks shuts it down or replaces it;
 :func:`run_iotedge` does, after the flow has drained.
 """
 
@@ -35,6 +40,7 @@ from edgewatch.azure.edgehub import (
     OutputRejecter,
 )
 from edgewatch.azure.iothub import IoTHubClient, IoTHubSink, IoTHubTarget
+from edgewatch.azure.messages import alarm_selection, drift_selection
 from edgewatch.azure.twin import ModuleTwin, TwinControls, set_handler
 from edgewatch.config import FlowSettings
 from edgewatch.flows.anomaly import LiveControls, build_flow
@@ -81,7 +87,8 @@ def build_module_flow(
     artifact=None,
 ) -> tuple[Dataflow, IoTHubSink]:
     """The anomaly flow reading ``queue``: labeled events to the module output ``settings.iothub_output``
-    (filtered by send mode) and dead letters to ``deadletter_output``, both on ``client``."""
+    (filtered by send mode), alarm and drift events to the outputs ``settings.alarms_topic`` and
+    ``settings.drift_topic`` (when set) and dead letters to ``deadletter_output``, all on ``client``."""
     policy = buffer_policy(settings)
     connection_string = secret(settings.iothub_connection_string)
     flow, streams = build_flow(settings, EdgeHubSource(queue, settings.batch_size), controls, artifact)
@@ -95,6 +102,14 @@ def build_module_flow(
         client=client,
     )
     op.output("labeled-edgehub", streams.labeled, labeled_sink)
+    for kind, output, stream, select in [
+        ("alarms", settings.alarms_topic, streams.alarms, alarm_selection),
+        ("drift", settings.drift_topic, streams.drift, drift_selection),
+    ]:
+        if output:  # a buffer of its own: the flood of labeled events never pushes an alarm out
+            sink = IoTHubSink(settings.buffer_dir, connection_string, output, "all", settings.iothub_ca_cert,
+                              policy=policy, client=client, name=f"edgehub-{kind}", select=select)  # fmt: skip
+            op.output(f"{kind}-edgehub", stream, sink)
     dead_letters = DeadLetterOutputSink(
         settings.buffer_dir, client, deadletter_output, connection_string, policy=policy
     )

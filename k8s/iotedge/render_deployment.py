@@ -33,7 +33,7 @@ MAX_CHUNKS = 8
 #: The inputs and outputs each module of the template has: what routes may name.
 MODULE_ENDPOINTS = {
     "SimulatedTemperatureSensor": {"inputs": {"control"}, "outputs": {"temperatureOutput"}},
-    "edgewatch": {"inputs": {"telemetry"}, "outputs": {"labeled", "deadletter"}},
+    "edgewatch": {"inputs": {"telemetry"}, "outputs": {"labeled", "alarms", "drift", "deadletter"}},
 }
 
 
