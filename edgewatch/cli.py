@@ -253,6 +253,8 @@ def run(
     application = _application(settings, input_name=replay.name if replay is not None else None)
     if replay is not None:  # the embedded mode: a file in, JSONL out, no broker
         labeled = out or Path("labeled.jsonl")
+        if settings.recovery_dir is None:  # a run from the file's start: its outputs start empty
+            _start_empty(labeled)  # (the sinks append: a resumed run continues what it wrote)
         flow = replay_flow(application, replay, labeled)
         where = f"{replay} → {labeled} (dead letters, alarms, drift → {sibling(labeled, '*')})"
     else:
@@ -273,6 +275,15 @@ def run(
     typer.echo("run: stopped", err=True)
     if replay is not None and report is not None:
         _write_device_report(application, labeled, replay, report, before)
+
+
+def _start_empty(labeled: Path) -> None:
+    """Empty ``labeled.jsonl`` and its siblings from an earlier run (else a second run doubles them)."""
+    from edgewatch.flows.wiring import OUTPUT_FILE_KINDS, sibling
+
+    for path in [labeled, *(sibling(labeled, kind) for kind in OUTPUT_FILE_KINDS)]:
+        if path.is_file():
+            path.write_bytes(b"")
 
 
 def _write_device_report(application, labeled: Path, replay: Path, folder: Path, before: dict) -> None:

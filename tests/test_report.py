@@ -92,10 +92,12 @@ def test_run_replay_report_plots_every_device_from_what_the_flow_wrote(tmp_path)
         c = report.alarm_counts(t.alarm, t.truth)
         assert f"<td>{t.name}</td><td>{len(t.times)}</td>" in index
         assert f"<td>{c.hits}</td><td>{c.false_alarms}</td><td>{c.missed}</td>" in index
-    # a second run to the same files (the sinks append) reports that run only, not both
+    # a second run to the same files starts them anew (once they doubled) and reports that run
+    alarms = labeled.with_suffix(".alarms.jsonl").read_bytes()
     again = runner.invoke(app, ["run", "--replay", str(stream), "--out", str(labeled), "--report", str(folder)])
     assert again.exit_code == 0, again.output
-    assert len(labeled.read_bytes().splitlines()) == 2 * len(events)
+    assert len(labeled.read_bytes().splitlines()) == len(events)
+    assert labeled.with_suffix(".alarms.jsonl").read_bytes() == alarms
     assert (folder / "index.html").read_text() == index
 
 

@@ -105,19 +105,26 @@ def output_topics(settings: FlowSettings) -> list[str]:
     return [t for t in topics if t]
 
 
+#: the siblings of ``labeled.jsonl`` a replay writes (``labeled.<kind>.jsonl``)
+OUTPUT_FILE_KINDS = ("deadletter", "alarms", "drift", "shadow", "fleet-drift")
+
+
 def to_files(streams: AnomalyStreams, labeled_path: Path) -> None:
-    """Labeled events to ``labeled_path`` (the topic's JSON, a line each) and dead letters to its
-    ``.deadletter.jsonl`` sibling."""
+    """Labeled events to ``labeled_path`` (the topic's JSON, a line each), the other streams to its
+    siblings (:data:`OUTPUT_FILE_KINDS`); every file is appended to."""
     labeled_path = Path(labeled_path)
     op.output("labeled-file", streams.labeled, JsonlSink(labeled_path, labeled_event_json, labeled_event_lines))
-    op.output(
-        "dead-letters-file", streams.dead_letters, JsonlSink(sibling(labeled_path, "deadletter"), dead_letter_line)
-    )
-    op.output("alarms-file", streams.alarms, JsonlSink(sibling(labeled_path, "alarms"), alarm_event_json))
-    op.output("drift-file", streams.drift, JsonlSink(sibling(labeled_path, "drift"), drift_event_json))
-    op.output("shadow-file", streams.shadow, JsonlSink(sibling(labeled_path, "shadow"), shadow_event_json))
-    fleet_drift = JsonlSink(sibling(labeled_path, "fleet-drift"), fleet_drift_event_json)
-    op.output("fleet-drift-file", streams.fleet_drift, fleet_drift)
+    lines = {
+        "deadletter": (streams.dead_letters, dead_letter_line),
+        "alarms": (streams.alarms, alarm_event_json),
+        "drift": (streams.drift, drift_event_json),
+        "shadow": (streams.shadow, shadow_event_json),
+        "fleet-drift": (streams.fleet_drift, fleet_drift_event_json),
+    }
+    for kind in OUTPUT_FILE_KINDS:
+        stream, to_line = lines[kind]
+        step = "dead-letters-file" if kind == "deadletter" else f"{kind}-file"
+        op.output(step, stream, JsonlSink(sibling(labeled_path, kind), to_line))
 
 
 def sibling(labeled_path: Path, kind: str) -> Path:
