@@ -183,6 +183,7 @@ def simulate(
         seed=settings.seed,
         fault_rate=settings.fault_rate,
         malformed_rate=settings.malformed_rate,
+        change_rate=settings.change_rate,
         start_time=begin.timestamp(),
         tick_seconds=settings.devices / settings.rate,
     )
@@ -212,7 +213,7 @@ def simulate(
         where = f"{settings.topic}@{settings.bootstrap}"
     typer.echo(
         f"simulate: sent={stats.messages} faults={fleet.faults_started} fault_messages={tally.fault_messages} "
-        f"malformed={tally.malformed} to={where} seconds={stats.seconds:.1f}"
+        f"changes={fleet.changes_started} malformed={tally.malformed} to={where} seconds={stats.seconds:.1f}"
     )
 
 

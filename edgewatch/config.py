@@ -282,6 +282,13 @@ class SimulatorSettings(KafkaSettings):
     seed: int = Field(0, description="random seed; same seed, same stream")
     fault_rate: float = Field(0.002, ge=0, le=1, description="chance per machine and tick that a fault starts")
     malformed_rate: float = Field(0.0, ge=0, le=1, description="chance that a message is a broken payload")
+    change_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="chance per machine and tick that a legitimate operating change (setpoint or load step, "
+        "labeled normal) starts; the demo uses 0.001",
+    )
     iothub_connection_string: SecretStr | None = Field(
         None, description="send to IoT Hub as this device, like the SimulatedTemperatureSensor module"
     )
