@@ -115,3 +115,23 @@ def test_live_controls_change_threshold_and_roll_out_a_new_model():
     (result,), _ = logic.on_batch([stream[1500:]])
     third = result.events
     assert {e.model_version for e in third} == {"rolled-out"}
+
+
+def test_a_device_that_switches_features_is_named_in_a_warning(caplog):
+    """A sensor added mid-stream: the device's readings go to a new model for the new feature set,
+    started cold (its old model, and an alarm that one holds, stay): said once, not silently."""
+    bank = VectorBank(BUILTIN["relational-novelty"])
+    raw = RawMessage(b"", b"", [], "telemetry", 0, 0)
+
+    def batch(device: str, start: int, features: tuple[str, ...]) -> list[Reading]:
+        return [
+            Reading(device, float(t), {f: 1.0 + 0.01 * (t % 7) for f in features}, raw) for t in range(start, start + 5)
+        ]
+
+    bank.label(batch("pump-1", 0, ("press", "temp")) + batch("pump-2", 0, ("flow", "press", "temp")))
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="edgewatch.online_models.vector_bank"):
+        bank.label(batch("pump-1", 5, ("flow", "press", "temp")))
+        bank.label(batch("pump-1", 10, ("flow", "press", "temp")))  # said once
+    (record,) = caplog.records
+    assert "1 device(s) switched features (press,temp → flow,press,temp, e.g. pump-1)" in record.getMessage()

@@ -11,6 +11,7 @@ equal those of one River object per device (:class:`ModelBank`; the tests compar
 from __future__ import annotations
 
 import hashlib
+import logging
 import operator
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -25,6 +26,8 @@ from edgewatch.online_models.state_layout import StateLayout
 from edgewatch.schema import AlarmEvent, BankResult, DeadLetter, DriftEvent, LabeledEvent, RawMessage, Reading
 from edgewatch.state import codec
 from edgewatch.state.limits import DEVICES_EVICTED, DEVICES_HELD, StateLimits
+
+log = logging.getLogger(__name__)
 
 GROWTH_STEP = 256  # rows, once a group is that big
 FIRST_ROWS = 4  # a new feature set starts this small and doubles: 1,000 one-device sets stay cheap
@@ -357,6 +360,8 @@ class VectorBank:
         return rows
 
     def _add_devices(self, group: _Group, devices: list[str]) -> None:
+        if len(self.groups) > 1:
+            self._say_moved(group, devices)
         excess = self._devices + len(devices) - self.max_devices
         if excess > 0:  # free a tenth of the room at once: evictions stay rare
             self._evict(excess + self.max_devices // 10, keep=group)
@@ -371,6 +376,19 @@ class VectorBank:
                 self.layout.write_row(group.blocks, row, model.export_arrays(group.features))
         self._devices += len(devices)
         DEVICES_HELD.inc(len(devices))
+
+    def _say_moved(self, group: _Group, devices: list[str]) -> None:
+        """A warning for devices that held a model for other features (a sensor added or removed):
+        the new feature set gets a model of its own, started cold; the other keeps its state (and an
+        alarm it holds) until the device sends those features again or is evicted."""
+        for other in self.groups.values():
+            moved = [device for device in devices if device in other.rows] if other is not group else []
+            if moved:
+                log.warning(
+                    "%d device(s) switched features (%s → %s, e.g. %s): a new model, started cold; the "
+                    "old one and any alarm it holds stay",
+                    len(moved), ",".join(other.features), ",".join(group.features), moved[0],
+                )  # fmt: skip
 
     def _evict(self, count: int, keep: _Group) -> None:
         """Drop the ``count`` least recently seen devices (none seen in the current call)."""
