@@ -98,6 +98,18 @@ def _check_writable(path: Path) -> None:
         raise _fail(f"cannot write {path}: folder {folder} is not writable")
 
 
+def _make_folder(folder: Path) -> None:
+    """A results folder that exists or can be made, checked before minutes of work are spent."""
+    import os
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(f"cannot write results to {folder}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise _fail(f"cannot write results to {folder}: not writable")
+
+
 def _application(settings: FlowSettings, input_name: str | None = None):
     """The process owner for a flow command; a setup problem becomes a one-line error."""
     from edgewatch.app import Application, SetupError
@@ -558,6 +570,7 @@ def evaluate_nab(
         corpus = nab_replay.load(root, groups.split(",") if groups else None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    _make_folder(out)
     with Progress(transient=True) as bar:
         task = bar.add_task("replaying NAB", total=sum(f.n_rows for f in corpus.files.values()))
         run = nab_replay.evaluate(corpus, spec, lambda rows: bar.advance(task, rows))
@@ -590,6 +603,7 @@ def evaluate_skab(
         files = skab.load(root)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    _make_folder(out)
     with Progress(transient=True) as bar:
         task = bar.add_task("replaying SKAB", total=sum(len(f.times) for f in files))
         run = skab.evaluate(files, spec, lambda rows: bar.advance(task, rows))

@@ -160,3 +160,13 @@ def test_a_small_experiment_is_scored(tmp_path):
     root = small_skab_root(tmp_path)
     result = runner.invoke(app, ["evaluate", "skab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0 and "files=1" in result.output, result.output
+
+
+def test_an_unwritable_results_folder_is_refused_before_the_replay(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    root = small_skab_root(tmp_path)
+    result = runner.invoke(
+        app, ["evaluate", "skab", "--data-dir", str(root), "--out", str(tmp_path / "a-file" / "out")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot write results to" in said(result) and "Not a directory" in said(result)
