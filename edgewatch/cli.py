@@ -83,8 +83,18 @@ def _check_readable(path: Path) -> None:
     """A recorded stream that can be read: it exists and is of a kind edgewatch reads."""
     if not path.is_file():
         raise _fail(f"{path} does not exist or is not a file")
-    if path.suffix.lower() not in (".jsonl", ".csv", ".txt"):
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv", ".txt"):
         raise _fail(f"{path}: expected a .jsonl (simulate --out), .csv or CMAPSS .txt file")
+    if suffix != ".jsonl":  # a bad CSV header or CMAPSS row stops the file: say so now, not mid-flow
+        from collections import deque
+
+        from edgewatch.connectors.files import read_messages
+
+        try:  # a CSV's header is read with its first row; a CMAPSS file is read whole (sorted)
+            deque(read_messages(path), maxlen=0) if suffix == ".txt" else next(read_messages(path), None)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise _fail(str(exc)) from None
 
 
 def _check_writable(path: Path) -> None:

@@ -10,6 +10,7 @@ from edgewatch.cli import app
 from edgewatch.config import data_dir
 from edgewatch.connectors.files import read_messages
 from edgewatch.schema import RawMessage, Reading, parse_message
+from tests.support.cli import said
 from tests.support.kafka import consume_all
 
 runner = CliRunner()
@@ -99,3 +100,45 @@ def test_simulated_temperature_sensor_messages_through_iot_hubs_event_hubs_endpo
     assert reading.device_id == "edge-gw-1/SimulatedTemperatureSensor"
     assert reading.features["machine.temperature"] == 101.9394875236429
     assert reading.timestamp == pytest.approx(1795395900.123456)
+
+
+def test_a_broken_line_of_a_recording_is_a_dead_letter_not_the_end_of_the_run(tmp_path):
+    """Truncated records, bytes that are not UTF-8, a CSV row too short or too long: each one
+    a dead letter with its reason, the rest labeled (each once stopped the flow with a traceback)."""
+    stream = record(tmp_path, seconds=2, devices=2)
+    good = stream.read_bytes().splitlines()
+    bare = b'{"deviceId": "pump-5", "timestamp": 1796100000, "values": {"rpm": 1450}}'
+    stream.write_bytes(b"\n".join([good[0], b'{"key": "a", "value":', b"\xff\xfe garbage", bare, *good[1:]]) + b"\n")
+    table = tmp_path / "pump.csv"
+    table.write_text("timestamp,rpm\n2026-01-01T00:00:00,1450\n2026-01-01T00:00:01\n2026-01-01T00:00:02,1,2\n")
+    reasons = {}
+    for path in (stream, table):
+        out = tmp_path / f"{path.stem}.labeled.jsonl"
+        result = runner.invoke(app, ["run", "--replay", str(path), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        dead = [
+            orjson.loads(line)["headers"] for line in out.with_suffix(".deadletter.jsonl").read_bytes().splitlines()
+        ]
+        reasons[path.suffix] = [d["edgewatch.error.reason"] for d in dead]
+        labeled = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+        assert len(labeled) + len(dead) == len(list(read_messages(path)))
+    assert [r.split(":")[0] for r in reasons[".jsonl"]] == ["not JSON", "not UTF-8"]  # the bare message is labeled
+    assert reasons[".csv"] == [
+        "values.rpm must be a number, got null",
+        "values.(fields beyond the header) must be a number, got array",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("engines.txt", "1 1 " + " ".join(["0.5"] * 24) + "\n1 2 0.5\n", "expected 26 columns, got 3"),
+        ("engines.txt", "1 1 " + " ".join(["x"] * 24) + "\n", "expected an engine, a cycle and numbers"),
+        ("pump.csv", "time,rpm\n1,2\n", "a CSV history needs a header row with a 'timestamp' column"),
+    ],
+)
+def test_a_file_that_cannot_be_replayed_is_refused_before_the_flow_starts(tmp_path, name, text, expected):
+    (tmp_path / name).write_text(text)
+    result = runner.invoke(app, ["run", "--replay", str(tmp_path / name), "--out", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 2, result.output
+    assert expected in said(result)

@@ -42,19 +42,28 @@ CMAPSS_EPOCH = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
 
 
 def read_jsonl(path: Path) -> Iterator[RawMessage]:
-    """Messages of a recorded stream (``edgewatch simulate --out``)."""
+    """Messages of a recorded stream (``edgewatch simulate --out``). A line that is not such a
+    record (broken, truncated, not UTF-8, or a bare message) is taken as the message itself: the
+    flow then labels it, or dead-letters it with the reason, instead of stopping at it."""
     topic = Path(path).name
     with open(path, "rb") as lines:
         for number, line in enumerate(lines):
             if not line.strip():
                 continue
-            record = orjson.loads(line)
-            value = base64.b64decode(record["value_b64"]) if "value_b64" in record else record["value"].encode("utf-8")
-            key = record.get("key")
-            headers = [(name, str(v).encode()) for name, v in (record.get("headers") or {}).items()]
-            yield RawMessage(
-                key.encode() if key is not None else None, value, headers, topic, 0, number, record.get("timestamp_ms")
-            )
+            try:
+                yield _recorded(orjson.loads(line), topic, number)
+            except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+                yield RawMessage(None, line.rstrip(b"\r\n"), [], topic, 0, number, None)
+
+
+def _recorded(record: dict, topic: str, number: int) -> RawMessage:
+    """One ``simulate --out`` record (``key``, ``value`` or ``value_b64``, ``headers``, ``timestamp_ms``)."""
+    value = base64.b64decode(record["value_b64"], validate=True) if "value_b64" in record else record["value"].encode()
+    key, stamp = record.get("key"), record.get("timestamp_ms")
+    if stamp is not None and not isinstance(stamp, int):
+        raise TypeError("timestamp_ms is not an integer")
+    headers = [(name, str(v).encode()) for name, v in (record.get("headers") or {}).items()]
+    return RawMessage(key.encode() if key is not None else None, value, headers, topic, 0, number, stamp)
 
 
 def read_csv(path: Path, default_device: str | None = None) -> Iterator[RawMessage]:
@@ -62,18 +71,21 @@ def read_csv(path: Path, default_device: str | None = None) -> Iterator[RawMessa
     path = Path(path)
     topic = path.name
     device = default_device or path.stem
-    with open(path, newline="") as handle:
+    with open(path, newline="", errors="replace") as handle:  # a bad byte: a bad value, dead-lettered
         rows = csv.DictReader(handle)
         if rows.fieldnames is None or "timestamp" not in rows.fieldnames:
             raise ValueError(f"{path}: a CSV history needs a header row with a 'timestamp' column")
         device_column = next((c for c in DEVICE_COLUMNS if c in rows.fieldnames), None)
         for number, row in enumerate(rows):
             stamp = _csv_time(row.pop("timestamp"))
+            extra = row.pop(None, None)  # fields beyond the header: refused by validation, named
             body = {
                 "deviceId": row.pop(device_column) if device_column else device,
                 "timestamp": stamp,
                 "values": {name: _csv_number(value) for name, value in row.items()},
             }
+            if extra is not None:
+                body["values"]["(fields beyond the header)"] = extra
             yield RawMessage(None, orjson.dumps(body), [], topic, 0, number, _epoch_ms(stamp))
 
 
@@ -88,8 +100,11 @@ def read_cmapss(path: Path, cycle_seconds: float = 1.0) -> Iterator[RawMessage]:
                 continue
             if len(fields) != 2 + len(CMAPSS_FEATURES):
                 raise ValueError(f"{path}:{number + 1}: expected {2 + len(CMAPSS_FEATURES)} columns, got {len(fields)}")
-            unit, cycle = int(fields[0]), int(fields[1])
-            rows.append((cycle, unit, number, [float(v) for v in fields[2:]]))
+            try:
+                unit, cycle = int(fields[0]), int(fields[1])
+                rows.append((cycle, unit, number, [float(v) for v in fields[2:]]))
+            except ValueError:
+                raise ValueError(f"{path}:{number + 1}: expected an engine, a cycle and numbers") from None
     rows.sort()
     for cycle, unit, number, values in rows:
         source_time = CMAPSS_EPOCH + cycle * cycle_seconds
@@ -238,14 +253,18 @@ def dead_letter_line(dead: DeadLetter) -> bytes:
     return orjson.dumps({"value_b64": base64.b64encode(dead.raw.value or b"").decode(), "headers": headers})
 
 
-def _csv_time(text: str) -> float | str:
+def _csv_time(text: str | None) -> float | str | None:
+    if text is None:  # a short row: no time, refused by validation
+        return None
     try:
         return float(text)
     except ValueError:
         return text.strip()  # ISO-8601 (naive = UTC) is checked by the schema like any message
 
 
-def _epoch_ms(stamp: float | str) -> int | None:
+def _epoch_ms(stamp: float | str | None) -> int | None:
+    if stamp is None:
+        return None
     if isinstance(stamp, float):
         return round(stamp * 1000)
     try:
@@ -254,7 +273,9 @@ def _epoch_ms(stamp: float | str) -> int | None:
         return None
 
 
-def _csv_number(text: str) -> float | str:
+def _csv_number(text: str | None) -> float | str | None:
+    if text is None:  # a short row: the column has no value (null), refused by validation
+        return None
     try:
         return float(text)
     except ValueError:
