@@ -64,6 +64,33 @@ def test_a_history_that_ends_in_the_future_is_flagged(history, tmp_path):
     assert max(map(len, warned.splitlines())) <= 80
 
 
+def test_a_replay_older_than_the_models_history_is_flagged(history, tmp_path, caplog, monkeypatch):
+    """The model's own history replayed through it: every device steps back in time to its first
+    reading and alarms; the flow says why once (not for live data recorded after the history)."""
+    import threading
+
+    from edgewatch.flows import anomaly
+
+    train(history, tmp_path / "model")
+    later = tmp_path / "later.jsonl"
+    args = ["simulate", "--devices", "4", "--rate", "40", "--duration", "5", "--seed", "5", "--fault-rate", "0"]
+    assert runner.invoke(app, [*args, "--start-time", "2026-01-01T01:00:00", "--out", str(later)]).exit_code == 0
+    said = {}
+    for name, stream in [("later", later), ("own history", history)]:
+        monkeypatch.setattr(anomaly, "_said_before_history_end", threading.Event())
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="edgewatch.flows.anomaly"):
+            out = tmp_path / f"{stream.stem}-labeled.jsonl"
+            run = ["run", "--replay", str(stream), "--model", str(tmp_path / "model"), "--out", str(out)]
+            assert runner.invoke(app, run).exit_code == 0
+        said[name] = [
+            r.getMessage() for r in caplog.records if "before the end of the model's history" in r.getMessage()
+        ]
+    assert said["later"] == []
+    (message,) = said["own history"]
+    assert message.startswith("readings from 2026-01-01T00:00:00.000000Z, before the end of the model's history")
+
+
 def test_tampered_artifact_is_refused(history, tmp_path):
     train(history, tmp_path / "model")
     blob = (tmp_path / "model" / "arrays.npz").read_bytes()

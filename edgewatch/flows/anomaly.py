@@ -20,6 +20,7 @@ Run it with ``edgewatch run`` or ``python -m bytewax.run edgewatch.flows.anomaly
 
 from __future__ import annotations
 
+import logging
 import threading
 import zlib
 from collections import defaultdict
@@ -39,12 +40,24 @@ from edgewatch.online_models import artifact as artifact_module
 from edgewatch.online_models.bank import ModelBank, new_bank
 from edgewatch.online_models.reference import checked_reference
 from edgewatch.online_models.registry import resolve_detector
-from edgewatch.schema import AlarmEvent, BankResult, DeadLetter, DriftEvent, LabeledEvent, RawMessage, Reading
+from edgewatch.schema import (
+    AlarmEvent,
+    BankResult,
+    DeadLetter,
+    DriftEvent,
+    LabeledEvent,
+    RawMessage,
+    Reading,
+    format_timestamp,
+    parse_iso_utc,
+)
 from edgewatch.schema import parse_batch as parse_messages
 from edgewatch.state import codec
 from edgewatch.state.limits import DEVICES_HELD
 from edgewatch.state.pages import ShardPages, manifest, prefixed
 from edgewatch.telemetry import FLOW_METRICS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -261,8 +274,11 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
         pages: ShardPages | None = None,
         recent: RecentReadings | None = None,
         resumed_shadow: tuple[str, dict, dict] | None = None,
+        history_end: float | None = None,
     ):
         self.bank = bank
+        #: the end of the warm-start model's history (epoch s), checked against the first batch
+        self._history_end = history_end
         self.shadow = None  # the challenger's bank
         self._controls = controls
         self._rebuild = rebuild
@@ -294,6 +310,9 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
         # one call for everything that arrived (polls of several partitions): the bank's kernel
         # then runs once per activation; each device's order is kept
         readings = values[0] if len(values) == 1 else [reading for batch in values for reading in batch]
+        if self._history_end is not None:  # the first batch only
+            _say_before_history_end(readings, self._history_end)
+            self._history_end = None
         result = self.bank.label(readings)
         out: list[BankResult | ShadowResult] = [*accepted, result]
         if self.shadow is not None:
@@ -385,6 +404,24 @@ class ModelBankLogic(op.StatefulBatchLogic[list[Reading], BankResult | ShadowRes
             return self._pages.snapshot(changed, shadow.version if shadow is not None else None)
 
 
+_said_before_history_end = threading.Event()  # once per process, not once per shard
+
+
+def _say_before_history_end(readings: list[Reading], history_end: float) -> None:
+    """A warning when a freshly warm-started flow's first readings precede the end of the model's
+    history (its own history replayed, or one recorded into the future): a device takes them as
+    continuing that history, not as coming after a gap, and the step back alarms it at once."""
+    first = min(reading.timestamp for reading in readings)
+    if first < history_end and not _said_before_history_end.is_set():
+        _said_before_history_end.set()
+        log.warning(
+            "readings from %s, before the end of the model's history (%s): warm-started devices take "
+            "them as continuing it, and the step back may alarm them; give the model live data recorded "
+            "after its history",
+            format_timestamp(first), format_timestamp(history_end),
+        )  # fmt: skip
+
+
 def every_page(bank) -> dict[str, bytes | None]:
     """All of a paged bank's pages (its changed ones taken too): what a new lineage starts from."""
     from edgewatch.online_models.vector_bank import group_key
@@ -428,9 +465,18 @@ def bank_builder(settings: FlowSettings, controls: LiveControls | None = None, a
                 recent.load_pages(parts["recent/"].values())
                 if found.get("shadow") is not None:
                     resumed_shadow = (found["shadow"], parts["shadow/"], parts["tally/"])
-        return ModelBankLogic(bank, controls, rebuild, settings.recovery_dir, shards, pages, recent, resumed_shadow)
+        history_end = None if state or artifact is None else _history_end(artifact)  # a resume has gone on since
+        return ModelBankLogic(
+            bank, controls, rebuild, settings.recovery_dir, shards, pages, recent, resumed_shadow, history_end
+        )
 
     return build
+
+
+def _history_end(fitted: artifact_module.ModelArtifact) -> float | None:
+    """When the model's training history ended (epoch s), if its metadata says."""
+    stamp = (fitted.metadata.get("training") or {}).get("last_timestamp")
+    return parse_iso_utc(stamp).timestamp() if isinstance(stamp, str) else None
 
 
 def __getattr__(name: str) -> Dataflow:
