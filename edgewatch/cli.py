@@ -854,14 +854,42 @@ def data_fetch(
 
 
 def main() -> None:
+    """The ``edgewatch`` command: a user's mistake is one line (``error: ...``, exit code 2), not a
+    usage block and a box of wrapped text; ``--help``, and a group run without a command, print
+    their help as usual."""
+    from typer import rich_utils
+
     from edgewatch.connectors.kafka import KafkaUnavailable
 
     try:
-        app()
+        code = app(standalone_mode=False)
     except KafkaUnavailable as exc:  # one line a person can act on, not librdkafka's trace
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
+    except typer.TyperException as exc:  # click's errors (typer vendors click: its base is public)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `edgewatch evaluate`: the group's help
+            rich_utils.rich_format_error(exc)
+        else:
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        raise SystemExit(1) from None
+    if isinstance(code, int) and not isinstance(code, bool) and code:  # typer.Exit(code)
+        raise SystemExit(code)
 
+
+def _one_line(exc: Exception) -> str:
+    """A CLI error as one line; an unknown option or a missing argument points at the help."""
+    if isinstance(exc, typer.BadParameter) and exc.param is None and exc.param_hint is None:
+        text = exc.message  # edgewatch's own message: no "Invalid value:" before it
+    else:
+        text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    message = " ".join(text.split())
+    context = getattr(exc, "ctx", None)
+    if context is not None and not isinstance(exc, typer.BadParameter):
+        message += f" (see {context.command_path} --help)"
+    return message
 
 if __name__ == "__main__":
     main()

@@ -193,3 +193,31 @@ def test_a_run_that_reads_nothing_says_so(kafka_bootstrap, topic_names, tmp_path
         run.wait_for_output(re.escape(f"no message yet from '{topic}'"), timeout=60)
     log = (tmp_path / "run.log").read_text()
     assert "status: 0 msg/s, received 0" in log and "summary: received 0" in log
+
+
+def test_a_users_mistake_is_one_line_from_the_real_command(tmp_path):
+    """Through `main` (what the installed `edgewatch` runs): `error: ...` on one line and exit 2,
+    not click's usage block and a box of wrapped text; a group without a command shows its help."""
+    commands = {
+        "bad value": ["evaluate", "skab", "--data-dir", str(tmp_path)],
+        "unknown option": ["run", "--accept-after", "60"],
+        "group": ["evaluate"],
+    }
+    started = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "edgewatch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, args in commands.items()
+    }
+    finished = {name: (process.communicate(timeout=60), process.returncode) for name, process in started.items()}
+    (_, stderr), code = finished["bad value"]
+    assert (
+        code == 2
+        and one_line(stderr) == f"error: no SKAB experiments in {tmp_path / 'valve1'} (is {tmp_path} a SKAB root?)"
+    )
+    (_, stderr), code = finished["unknown option"]
+    assert (
+        code == 2 and one_line(stderr) == "error: No such option: --accept-after (see python -m edgewatch run --help)"
+    )
+    (stdout, stderr), code = finished["group"]
+    assert "Usage: python -m edgewatch evaluate" in stdout + stderr and "skab" in stdout + stderr
