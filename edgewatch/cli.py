@@ -891,5 +891,6 @@ def _one_line(exc: Exception) -> str:
         message += f" (see {context.command_path} --help)"
     return message
 
+
 if __name__ == "__main__":
     main()
