@@ -927,9 +927,20 @@ def test_history_effective_widens_a_warm_starts_calibrations_by_their_effective_
     for name in ("s0_g_var", "s1_g_var", "profile_var", "rg_var"):
         assert (b[name] >= a[name]).all() and (b[name] > a[name]).any(), name
     # the scale of 16-reading blocks: ~25 values of overlapping shingles, fewer than min_blocks (8) independent
-    # ones: widened as a calibration on min_blocks values (the least a channel scores on), about 2.9x in spread
-    expected = predictive_inflation(8.0, kernel._z_of_surprise(THRESHOLD * 10.0 / (1.0 - THRESHOLD)))
-    np.testing.assert_allclose(np.sqrt(b["s1_g_var"] / a["s1_g_var"]), expected, rtol=1e-9)
+    # ones: widened as a calibration on min_blocks values (the least a channel scores on) over one on its
+    # count (the kernel scores its Gaussian at its count; only the overcount is corrected), ~2.3x in spread
+    z_alarm = kernel._z_of_surprise(THRESHOLD * 10.0 / (1.0 - THRESHOLD))
+    counts = a["s1_g_n"].ravel()
+    assert (counts > 8).all()
+    expected = [predictive_inflation(8.0, z_alarm) / predictive_inflation(float(n), z_alarm) for n in counts]
+    np.testing.assert_allclose(np.sqrt(b["s1_g_var"] / a["s1_g_var"]).ravel(), expected, rtol=1e-9)
+    # a shorter history: fewer 16-reading values than the channel needs to score (as thin as a cold start's
+    # first ones, which the kernel does not score yet): not widened; the 4-reading scale's still are
+    short = stream([machine(i) for i in range(200)])
+    a, b = (artifact.train(spec(history_effective=on), short).models["m1"].export_arrays(features) for on in (0, 1))
+    assert (a["s1_g_n"] < 8).all()
+    np.testing.assert_array_equal(a["s1_g_var"], b["s1_g_var"])
+    assert (b["s0_g_var"] > a["s0_g_var"]).any()
     assert effective_samples(np.arange(50.0)) < 5 < effective_samples(np.random.default_rng(1).normal(size=50))
 
     # a cold start has no history to count: the same detector either way

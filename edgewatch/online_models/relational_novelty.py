@@ -259,8 +259,10 @@ class RelationalNovelty(AnomalyDetector):
         history_effective: a warm start's calibrations (the shape and profile channels' and the relations'
             Gaussians, :meth:`fit_history`) count the history's calibration values in effective independent
             samples (``n`` over their integrated autocorrelation time: consecutive shingles share all but
-            one block, a smoothed residual carries the last ones) and widen each to the Student-t predictive
-            of that many samples, matched at the alarm's threshold. One settled session's values are few
+            one block, a smoothed residual carries the last ones) and widen each by the Student-t
+            predictive of that many samples over the one of the count it is credited with, matched at the
+            alarm's threshold: only the history's overcount is corrected (the threshold is set on
+            calibrations scored at their counts, cold or warm). One settled session's values are few
             independent draws of what a new session shows; the stream's own values then dilute the widening
             as they are learned. Off by default (measured: docs/architecture.md, "Warm start").
         profile_along: the profile novelty of a feature the others explain (R² at least ``explained``) whose
@@ -702,7 +704,8 @@ class RelationalNovelty(AnomalyDetector):
     def _calibrate_effective(self, blocks: dict[str, np.ndarray], x: np.ndarray, t: np.ndarray, timed: bool) -> None:
         """The history's calibrating part, one reading at a time, keeping each calibration's values (a value
         is what moved its running mean: ``n mu_n - (n - 1) mu_{n-1}``), then each calibration's variance
-        widened to the Student-t predictive of its values' effective sample size (``history_effective``)."""
+        widened by the Student-t predictive of its values' effective sample size over the one of its count
+        (``history_effective``)."""
         calibrations = self._calibrations(blocks)
         learned: list[list[list[float]]] = [[[] for _ in np.atleast_1d(block[j])] for block, j, _ in calibrations]
         rows = np.zeros(1, np.int64)
@@ -719,9 +722,14 @@ class RelationalNovelty(AnomalyDetector):
         for (block, j, least), values in zip(calibrations, learned, strict=True):
             for f, series in enumerate(values):
                 if len(series) >= 2:
-                    # (never judged on fewer than the count a channel needs to score at all)
-                    n_eff = max(effective_samples(np.asarray(series)), float(least))
-                    widen = predictive_inflation(n_eff, z_alarm) ** 2
+                    # The kernel already scores a Gaussian on ``count`` values as exact (the cold start
+                    # does too, and the threshold is set for it): only the history's overcount is
+                    # corrected, the t predictive at its effective samples over the one at the count it is
+                    # credited with (never judged on fewer than the count a channel needs to score at
+                    # all: a calibration on fewer values is as thin as a cold start's, not widened).
+                    count = max(float(np.atleast_1d(block[j])[f]), float(least))
+                    n_eff = min(max(effective_samples(np.asarray(series)), float(least)), count)
+                    widen = (predictive_inflation(n_eff, z_alarm) / predictive_inflation(count, z_alarm)) ** 2
                     if block.ndim == 2:
                         block[j + 2, f] *= widen
                     else:
