@@ -200,6 +200,9 @@ VARIANTS = (
             "reading (multi-feature devices)", {"profile_along": False}),
     Variant("history-fill-0", "(adds, off by default) a warm start calibrating on all of its history, as a cold "
             "start over it would (default: the first half fills memories and profile only)", {"history_fill": 0.0}),
+    Variant("history-effective", "(adds, off by default) a warm start's calibrations widened by the Student-t "
+            "predictive of their history values' effective sample size (autocorrelation) over the one of their "
+            "count", {"history_effective": True}),
     Variant("no-unfollowed-steps", "a shift of features moving along their own relations that the alarm's cause, "
             "normal by itself, did not follow accepted as a consistent shift (their cross-relations learned anew)",
             {"unfollowed_steps": False}),

@@ -44,6 +44,54 @@ def _scalar_offset(layout: StateLayout, names: tuple[str, ...]) -> int:
     return start
 
 
+def effective_samples(values: np.ndarray) -> float:
+    """The independent samples ``values`` (a series) are worth: their count over the integrated
+    autocorrelation time ``1 + 2 sum rho_k``, summed up to the first lag whose autocorrelation is not
+    positive (Geyer's initial positive sequence, its simplest form); between 1 and ``len(values)``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> round(effective_samples(rng.normal(size=400)))  # independent: about all of them
+    400
+    >>> walk = np.convolve(rng.normal(size=405), np.ones(6), "valid")  # each shares 5 draws with the next
+    >>> 40 < effective_samples(walk) < 120
+    True
+    """
+    n = len(values)
+    x = np.asarray(values, np.float64) - np.mean(values)
+    c0 = float(x @ x)
+    if n < 3 or c0 <= 0.0:
+        return float(n)
+    tau = 1.0
+    for lag in range(1, n - 1):
+        rho = float(x[:-lag] @ x[lag:]) / c0
+        if rho <= 0.0:
+            break
+        tau += 2.0 * rho
+    return float(min(max(n / tau, 1.0), n))
+
+
+def predictive_inflation(n_eff: float, z_alarm: float) -> float:
+    """The factor on a Gaussian calibration's standard deviation (mean and spread estimated from ``n_eff``
+    independent values) that makes a new value's Gaussian z reach ``z_alarm`` exactly where its Student-t
+    predictive (``n_eff - 1`` degrees of freedom, scale ``sqrt(1 + 1 / n_eff)``) is as improbable: the
+    fitted Gaussian's alarm moved out to the t's, where the decision is made.
+
+    >>> [round(predictive_inflation(n, 4.52), 2) for n in (8.0, 20.0, 50.0, 1000.0)]
+    [2.9, 1.4, 1.13, 1.01]
+    """
+    nu = max(n_eff - 1.0, 1.0)
+    lo, hi = 0.0, z_alarm
+    while kernel._t_to_z(hi * hi, nu) < z_alarm:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if kernel._t_to_z(mid * mid, nu) < z_alarm:
+            lo = mid
+        else:
+            hi = mid
+    return hi * float(np.sqrt(1.0 + 1.0 / max(n_eff, 1.0))) / z_alarm
+
+
 class RelationalNovelty(AnomalyDetector):
     """Per-device novelty with sensor relations, an alarm state and protected learning.
 
@@ -208,6 +256,15 @@ class RelationalNovelty(AnomalyDetector):
             normal, and its larger scores held the debouncing above the next fault's. Kept at 0.5 (measured,
             docs/architecture.md): with 0 the simulator's warm fleets have half the false alarms and the cold
             start's recall, but NAB standard 75.22 -> 71.92 and SKAB FAR 9.52 -> 12.75, changepoint -4.
+        history_effective: a warm start's calibrations (the shape and profile channels' and the relations'
+            Gaussians, :meth:`fit_history`) count the history's calibration values in effective independent
+            samples (``n`` over their integrated autocorrelation time: consecutive shingles share all but
+            one block, a smoothed residual carries the last ones) and widen each by the Student-t
+            predictive of that many samples over the one of the count it is credited with, matched at the
+            alarm's threshold: only the history's overcount is corrected (the threshold is set on
+            calibrations scored at their counts, cold or warm). One settled session's values are few
+            independent draws of what a new session shows; the stream's own values then dilute the widening
+            as they are learned. Off by default (measured: docs/architecture.md, "Warm start").
         profile_along: the profile novelty of a feature the others explain (R² at least ``explained``) whose
             reading they predict (its regression residual no surprise of ``relation_tolerance`` decades) is
             the device moving along its relations, not evidence of a fault: the extremes check's rule
@@ -386,6 +443,7 @@ class RelationalNovelty(AnomalyDetector):
         residual_cusum: float = 2.0,
         cusum_steps: float = 0.05,
         history_fill: float = 0.5,
+        history_effective: bool = False,
         profile_along: bool = True,
         unfollowed_steps: bool = True,
         centered_spread: bool = True,
@@ -434,6 +492,7 @@ class RelationalNovelty(AnomalyDetector):
         self.residual_cusum = residual_cusum
         self.cusum_steps = cusum_steps
         self.history_fill = history_fill
+        self.history_effective = history_effective
         self.profile_along = profile_along
         self.unfollowed_steps = unfollowed_steps
         self.centered_spread = centered_spread
@@ -610,16 +669,71 @@ class RelationalNovelty(AnomalyDetector):
             scalars[kernel.FEATURE_FIELDS.index("fixed")] = 1.0
             half = int(len(indices) * self.history_fill)
             timed = times[indices[0]] is not None
-            for part, mode in ((slice(0, half), kernel.HISTORY_FILL), (slice(half, None), kernel.HISTORY_CALIBRATE)):
-                if len(values[part]):
-                    self.score_learn_rows(
-                        blocks, np.zeros(len(values[part]), np.int64), values[part], stamps[part], mode=mode,
-                        has_time=timed,
-                    )  # fmt: skip
+            if half:
+                self.score_learn_rows(
+                    blocks, np.zeros(half, np.int64), values[:half], stamps[:half], mode=kernel.HISTORY_FILL,
+                    has_time=timed,
+                )  # fmt: skip
+            if half < len(values) and self.history_effective:
+                self._calibrate_effective(blocks, values[half:], stamps[half:], timed)
+            elif half < len(values):
+                self.score_learn_rows(
+                    blocks, np.zeros(len(values) - half, np.int64), values[half:], stamps[half:],
+                    mode=kernel.HISTORY_CALIBRATE, has_time=timed,
+                )  # fmt: skip
             device = blocks["level"][0]
             device[:] = np.where(np.arange(len(device)) >= kernel.REL_N, device, 0.0)  # no alarm, no debouncing
             blocks["rel"][0, 0, :, kernel.FAST] = blocks["rel"][0, 0, :, kernel.MU]
         self._cache = None
+
+    def _calibrations(self, blocks: dict[str, np.ndarray]) -> list[tuple[np.ndarray, int, int]]:
+        """The Gaussian calibrations ``history_effective`` widens, each as (its block's row 0, the index of
+        its count — mean and variance follow —, the count it needs to score): the shape channels' per
+        scale and the profile's (per feature, unless their values are judged otherwise: ``shape_effective``,
+        ``profile_chi_square``), and the relations' (``relation_chi_square``: not a Gaussian)."""
+        scalars, device, nov = blocks["n"][0], blocks["level"][0], self.novelty
+        out = []
+        if not self.shape_effective:
+            out += [(scalars, kernel._scale_index(k, kernel.G_N), nov.min_blocks) for k in range(len(nov.scales))]
+        if not self.profile_chi_square:
+            out.append((scalars, kernel.PROFILE_N, nov.min_profile))
+        if not self.relation_chi_square:
+            out.append((device, kernel.RG_N, nov.min_profile))
+        return out
+
+    def _calibrate_effective(self, blocks: dict[str, np.ndarray], x: np.ndarray, t: np.ndarray, timed: bool) -> None:
+        """The history's calibrating part, one reading at a time, keeping each calibration's values (a value
+        is what moved its running mean: ``n mu_n - (n - 1) mu_{n-1}``), then each calibration's variance
+        widened by the Student-t predictive of its values' effective sample size over the one of its count
+        (``history_effective``)."""
+        calibrations = self._calibrations(blocks)
+        learned: list[list[list[float]]] = [[[] for _ in np.atleast_1d(block[j])] for block, j, _ in calibrations]
+        rows = np.zeros(1, np.int64)
+        for i in range(len(x)):
+            before = [(np.array(block[j], ndmin=1), np.array(block[j + 1], ndmin=1)) for block, j, _ in calibrations]
+            self.score_learn_rows(blocks, rows, x[i : i + 1], t[i : i + 1], mode=kernel.HISTORY_CALIBRATE,
+                                  has_time=timed)  # fmt: skip
+            for (block, j, _), (n0, mu0), values in zip(calibrations, before, learned, strict=True):
+                n1, mu1 = np.array(block[j], ndmin=1), np.array(block[j + 1], ndmin=1)
+                for f in np.flatnonzero(n1 > n0):
+                    values[f].append(n1[f] * mu1[f] - n0[f] * mu0[f])
+        nov = self.novelty
+        z_alarm = kernel._z_of_surprise(self.threshold * nov.surprise_scale / max(1.0 - self.threshold, 1e-9))
+        for (block, j, least), values in zip(calibrations, learned, strict=True):
+            for f, series in enumerate(values):
+                if len(series) >= 2:
+                    # The kernel already scores a Gaussian on ``count`` values as exact (the cold start
+                    # does too, and the threshold is set for it): only the history's overcount is
+                    # corrected, the t predictive at its effective samples over the one at the count it is
+                    # credited with (never judged on fewer than the count a channel needs to score at
+                    # all: a calibration on fewer values is as thin as a cold start's, not widened).
+                    count = max(float(np.atleast_1d(block[j])[f]), float(least))
+                    n_eff = min(max(effective_samples(np.asarray(series)), float(least)), count)
+                    widen = (predictive_inflation(n_eff, z_alarm) / predictive_inflation(count, z_alarm)) ** 2
+                    if block.ndim == 2:
+                        block[j + 2, f] *= widen
+                    else:
+                        block[j + 2] *= widen
 
     def export_arrays(self, features: Sequence[str]) -> dict[str, np.ndarray]:
         """The state row for ``features`` (in the bank's column order): how a warm-started device
