@@ -36,12 +36,16 @@ LATER_FIELDS = ("profile_max", "g_max", RESOLUTION_FIELD)
 #: reading not learned —), the residual's recent (fast EW) level and the normal readings' mean square of that
 #: level (the residual's persistence measured at the scale the CUSUM judges a departure as recent); then
 #: (``cusum_steps``) the residual's slow EW level and whether its current departure came as a step (1; else
-#: minus the readings it has lasted)
+#: minus the readings it has lasted); then (``step_cusum``) the anchored step's: the level a step is judged
+#: against (the residual's slow level, learned while the step's sums find no departure), that level when
+#: they were last empty (NaN: to be set once the readings settle after a departure the residual CUSUM alarmed
+#: on), and its upper and lower sums
 CUSUM_FIELDS = (
     "cusum_hi", "cusum_lo", "cusum_n", "cusum_m2", "cusum_c1", "cusum_prev", "cusum_fast", "cusum_d2", "cusum_slow",
-    "cusum_step",
+    "cusum_step", "cusum_anchor", "cusum_before", "cusum_step_hi", "cusum_step_lo",
 )  # fmt: skip
-CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST, CU_D2, CU_SLOW, CU_STEP = range(len(CUSUM_FIELDS))
+(CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST, CU_D2, CU_SLOW, CU_STEP, CU_ANCHOR, CU_BEFORE, CU_STEP_HI,
+ CU_STEP_LO) = range(len(CUSUM_FIELDS))  # fmt: skip
 #: Siegmund's correction of a Gaussian CUSUM's boundary for the overshoot of its discrete steps (2 x 0.583)
 CUSUM_OVERSHOOT = 1.166
 #: (``move_attribution``) the smallest move a hypothesis is weighed by, in the feature's largest normal step
@@ -366,7 +370,7 @@ ALARM_PARAMS = (
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
     "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return",
-    "relation_chi_square", "profile_chi_square", "move_attribution", "unfollowed_core",
+    "relation_chi_square", "profile_chi_square", "move_attribution", "unfollowed_core", "step_cusum",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -785,6 +789,88 @@ def _cusum_surprise(
     return max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0)
 
 
+@njit(cache=True)
+def _step_surprise(
+    s,
+    r: int,
+    f: int,
+    j: int,
+    e: float,
+    shift: float,
+    fast_rate: float,
+    slow_rate: float,
+    tolerance: float,
+    min_n: float,
+    clip: float,
+    cap: float,
+    seen: bool,
+    quantum: float,
+) -> float:  # pragma: no cover - compiled
+    """The anchored step CUSUM of feature ``f`` (``step_cusum``): a step of its residual ``e`` judged against
+    the level it left and the short-run noise, in decades (two-sided; before the features' Bonferroni).
+
+    The residual CUSUM judges a departure from the relations' mean with the residual's long-run deviation
+    (its persistence measured at the recent level's scale): a feature whose level wanders between sessions
+    has a long-run deviation several times its readings' own, and a sustained shift of one or two reading
+    deviations (a valve half-closed: SKAB valve1/2's flow) stays below its reference value for good. A step
+    is other evidence: it leaves the level the feature had just before, and from that level the readings
+    scatter by their short-run deviation (the lag-1 AR factor of the residual's moments).
+
+    The *anchor* follows the residual (EW at ``slow_rate``, ``cusum_steps``) while the sums find no departure
+    (below ``tolerance`` decades). Two one-sided sums of the residual minus the anchor, less one ``quantum``
+    (a quantized sensor's smallest step in residual units: a whole-unit move is no evidence), in short-run
+    deviations (each step clipped at ``clip``), with the reference value half the design ``shift`` (the
+    tolerance's deviate in recent-level spreads: the smallest departure the channels call one) plus the
+    anchor's standard error (an EW mean at ``slow_rate`` of residuals whose persistence is the long-run factor),
+    are worth their stationary null tail as the residual CUSUM's, capped at ``cap``. Once they reach the
+    tolerance the anchor goes back to where it was when they were last empty (the departure's first readings
+    never teach the level it is judged against) and holds while the departure lasts: protected learning.
+
+    ``seen``: the residual CUSUM alone alarms on this feature: the departure is large enough for the long-run
+    judgement, which also judges its end (``clear_on_return``); the sums are dropped and the anchor is set
+    again (pending, NaN) once the readings after it have settled (the recent level no longer departs from the
+    slow one by ``tolerance`` decades): a level a big fault returns to is where the next step starts from."""
+    n, m2 = s[r, j + CU_N, f], s[r, j + CU_M2, f]
+    b, a = fast_rate, slow_rate
+    if n < min_n or m2 <= 0.0:
+        s[r, j + CU_STEP_HI, f] = s[r, j + CU_STEP_LO, f] = 0.0
+        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = s[r, j + CU_FAST, f]
+        return 0.0
+    rho = min(max(s[r, j + CU_C1, f] / m2, 0.0), 0.999)
+    short = (1.0 + rho) / (1.0 - rho)
+    measured = s[r, j + CU_D2, f] / (b / (2.0 - b) * m2)
+    long_run = max(short, measured * (1.0 + math.sqrt(2.0 * (2.0 - b) / (b * n))))
+    if seen:
+        # a departure the residual CUSUM alone alarms on is its to judge (its end too: ``clear_on_return``); the
+        # level the readings settle at after it is where the next step starts from (pending: NaN)
+        s[r, j + CU_STEP_HI, f] = s[r, j + CU_STEP_LO, f] = 0.0
+        s[r, j + CU_BEFORE, f] = np.nan
+        return 0.0
+    if s[r, j + CU_BEFORE, f] != s[r, j + CU_BEFORE, f]:
+        # pending: anchored once the recent level has settled (no longer departs from the slow one)
+        spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * m2 * short
+        if gaussian_surprise(abs(s[r, j + CU_FAST, f] - s[r, j + CU_SLOW, f]) / math.sqrt(spread)) >= tolerance:
+            return 0.0
+        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = s[r, j + CU_FAST, f]
+    anchor = s[r, j + CU_ANCHOR, f]
+    d = e - anchor
+    d = max(abs(d) - quantum, 0.0) * (1.0 if d >= 0.0 else -1.0)  # a quantized sensor moves whole steps
+    v = min(max(d / math.sqrt(m2 * short), -clip), clip)
+    k = 0.5 * shift + math.sqrt(a / (2.0 - a) * long_run / short)
+    hi = min(max(s[r, j + CU_STEP_HI, f] + v - k, 0.0), cap)
+    lo = min(max(s[r, j + CU_STEP_LO, f] - v - k, 0.0), cap)
+    s[r, j + CU_STEP_HI, f], s[r, j + CU_STEP_LO, f] = hi, lo
+    top = max(hi, lo)
+    u = max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0) if top > 0.0 else 0.0
+    if u < tolerance:  # no departure: the anchor follows the readings
+        s[r, j + CU_ANCHOR, f] = anchor + a * (e - anchor)
+        if top <= 0.0:  # no excursion open: the level a next one leaves
+            s[r, j + CU_BEFORE, f] = s[r, j + CU_ANCHOR, f]
+    else:  # a departure: its readings (since the sums were last empty) never taught the level it left
+        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f]
+    return u
+
+
 @njit(cache=True, inline="always")
 def _cusum_follow(s, r: int, f: int, j: int, e: float, fast_rate: float, slow_rate: float = 0.0) -> None:
     """Every reading (a history's too): the residual ``e`` into its recent (fast EW) level and its slow one."""
@@ -823,6 +909,8 @@ def accept(
         if cu >= 0:  # the new normal's level is no departure
             s[r, cu + CU_HI, f] = s[r, cu + CU_LO, f] = s[r, cu + CU_FAST, f] = 0.0
             s[r, cu + CU_SLOW, f] = s[r, cu + CU_STEP, f] = 0.0
+            s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = 0.0
+            s[r, cu + CU_STEP_HI, f] = s[r, cu + CU_STEP_LO, f] = 0.0
             if reset:  # relations learned anew have residuals of their own
                 s[r, cu + CU_N, f] = s[r, cu + CU_M2, f] = s[r, cu + CU_C1, f] = s[r, cu + CU_D2, f] = 0.0
                 s[r, cu + CU_PREV, f] = np.nan
@@ -1013,6 +1101,7 @@ def detect(
     relation_chi_square, profile_chi_square = alarm_params[37] > 0.0, alarm_params[38] > 0.0
     move_attribution = alarm_params[39] > 0.0
     unfollowed_core = alarm_params[40] > 0.0
+    step_cusum = alarm_params[41] > 0.0 and cusum_steps > 0.0
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -1043,13 +1132,20 @@ def detect(
     cu = cusum_at
     cusum = relations and cusum_shift > 0.0 and cu >= 0 and cu + len(CUSUM_FIELDS) <= s.shape[1]
     cus = np.zeros(features)  # each feature's residual CUSUM surprise (decades, before the features' Bonferroni)
-    cusum_clip = cusum_cap = 0.0
+    held = np.zeros(features)  # (the residual CUSUM's alone, without ``step_cusum``'s)
+    cusum_clip = cusum_cap = step_shift = step_cap = 0.0
     if cusum:
         # a step at most the standard score that alone raises an alarm; a sum at most what readings back to
         # normal (each lowering it by at least shift / 2) bring below the alarm's sum within clear_after
         cusum_clip = _z_of_surprise(u_threshold)
         alarm_sum = (u_threshold + math.log10(max(1, features)) + math.log10(2.0)) * math.log(10.0) / cusum_shift
         cusum_cap = alarm_sum - CUSUM_OVERSHOOT + clear_after * 0.5 * cusum_shift
+        if step_cusum:
+            # (step_cusum) its design shift: the smallest departure of the recent level the channels call one (the
+            # tolerance's deviate in the recent level's spreads, in short-run deviations); capped likewise
+            step_shift = _z_of_surprise(tolerance) * math.sqrt(fast_rate / (2.0 - fast_rate))
+            step_sum = alarm_sum * cusum_shift / step_shift
+            step_cap = step_sum - CUSUM_OVERSHOOT + clear_after * 0.5 * step_shift
     scores = np.empty(readings)
     zfeat = np.empty(features)
     zspread = np.empty(features)  # each feature's largest channel that is not a level (spread, spikes: extreme shapes)
@@ -1100,6 +1196,7 @@ def detect(
         # this reading's own: a device whose relations are not ready (yet, or again after an acceptance) has
         # no CUSUM evidence, not the last reading's (another device's, or its own before the reset)
         cus[:] = 0.0
+        held[:] = 0.0
         level_z[:] = -np.inf  # (the level channel's likewise)
         # sensor relations: standardized regression residual of each feature given the others
         rel_surprise = rel_surprise_raw = 0.0
@@ -1191,11 +1288,30 @@ def detect(
                 # a move the others predict is the device's operating point moving along its relations: no evidence
                 e = 0.0 if (moved[f] and explains[f] >= explained) else es[f]
                 _cusum_follow(s, r, f, cu, e, fast_rate, cusum_steps)
+                if step_cusum and history:  # (a history's readings are normal: the anchor is their slow level)
+                    s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = s[r, cu + CU_SLOW, f]
                 if not history:
                     cus[f] = _cusum_surprise(
                         s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap,
                         cusum_steps,
                     )  # fmt: skip
+                    held[f] = cus[f]
+                    if step_cusum and explains[f] < explained:
+                        # (a feature the others do not predict: its level is its only evidence) one resolution, a
+                        # quantized sensor's smallest step, in the residual's standard units
+                        quantum = s[r, resolution, f] * math.sqrt(
+                            max(cov[r, PREC, f, f], 1e-12) / _relation_variance(cov, rel, r, f)
+                        )
+                        cus[f] = max(
+                            cus[f],
+                            _step_surprise(
+                                s, r, f, cu, e, step_shift, fast_rate, cusum_steps, tolerance, min_relation,
+                                cusum_clip, step_cap, held[f] - bonferroni >= u_threshold, quantum,
+                            ),
+                        )  # fmt: skip
+                    elif step_cusum:  # (a feature the others predict: a step breaks its relations) no step open
+                        s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = s[r, cu + CU_SLOW, f]
+                        s[r, cu + CU_STEP_HI, f] = s[r, cu + CU_STEP_LO, f] = 0.0
         # ---- evaluate (CompactNovelty._evaluate)
         in_alarm_now = alarms and not history and hold_alarm and dev[r, ALARM] != 0.0
         for f in range(features):
