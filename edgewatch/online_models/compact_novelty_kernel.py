@@ -803,7 +803,6 @@ def _step_surprise(
     min_n: float,
     clip: float,
     cap: float,
-    seen: bool,
     quantum: float,
 ) -> float:  # pragma: no cover - compiled
     """The anchored step CUSUM of feature ``f`` (``step_cusum``): a step of its residual ``e`` judged against
@@ -840,9 +839,10 @@ def _step_surprise(
     short = (1.0 + rho) / (1.0 - rho)
     measured = s[r, j + CU_D2, f] / (b / (2.0 - b) * m2)
     long_run = max(short, measured * (1.0 + math.sqrt(2.0 * (2.0 - b) / (b * n))))
-    if seen:
-        # a departure the residual CUSUM alone alarms on is its to judge (its end too: ``clear_on_return``); the
-        # level the readings settle at after it is where the next step starts from (pending: NaN)
+    if abs(e - s[r, j + CU_BEFORE, f]) >= clip * math.sqrt(m2 * short):
+        # a reading off the anchor by what alone raises an alarm: a departure the other channels judge by
+        # themselves, its end too (``clear_on_return``); the level the readings settle at after it is where the
+        # next step starts from (pending: NaN)
         s[r, j + CU_STEP_HI, f] = s[r, j + CU_STEP_LO, f] = 0.0
         s[r, j + CU_BEFORE, f] = np.nan
         return 0.0
@@ -853,7 +853,8 @@ def _step_surprise(
             return 0.0
         s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = s[r, j + CU_FAST, f]
     anchor = s[r, j + CU_ANCHOR, f]
-    d = e - anchor
+    # judged against the level when the open excursion began: its readings teach the anchor only provisionally
+    d = e - s[r, j + CU_BEFORE, f]
     d = max(abs(d) - quantum, 0.0) * (1.0 if d >= 0.0 else -1.0)  # a quantized sensor moves whole steps
     v = min(max(d / math.sqrt(m2 * short), -clip), clip)
     k = 0.5 * shift + math.sqrt(a / (2.0 - a) * long_run / short)
@@ -1306,7 +1307,7 @@ def detect(
                             cus[f],
                             _step_surprise(
                                 s, r, f, cu, e, step_shift, fast_rate, cusum_steps, tolerance, min_relation,
-                                cusum_clip, step_cap, held[f] - bonferroni >= u_threshold, quantum,
+                                cusum_clip, step_cap, quantum,
                             ),
                         )  # fmt: skip
                     elif step_cusum:  # (a feature the others predict: a step breaks its relations) no step open
