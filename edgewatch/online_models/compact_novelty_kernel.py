@@ -38,8 +38,8 @@ LATER_FIELDS = ("profile_max", "g_max", RESOLUTION_FIELD)
 #: (``cusum_steps``) the residual's slow EW level and whether its current departure came as a step (1; else
 #: minus the readings it has lasted); then (``step_cusum``) the anchored step's: the level a step is judged
 #: against (the residual's slow level, learned while the step's sums find no departure), that level when
-#: they were last empty (NaN: to be set once the readings settle after a departure the residual CUSUM alarmed
-#: on), and its upper and lower sums
+#: they were last empty (NaN: to be set once the readings settle after a departure beyond the alarm's standard
+#: score), and its upper and lower sums
 CUSUM_FIELDS = (
     "cusum_hi", "cusum_lo", "cusum_n", "cusum_m2", "cusum_c1", "cusum_prev", "cusum_fast", "cusum_d2", "cusum_slow",
     "cusum_step", "cusum_anchor", "cusum_before", "cusum_step_hi", "cusum_step_lo",
@@ -815,20 +815,21 @@ def _step_surprise(
     is other evidence: it leaves the level the feature had just before, and from that level the readings
     scatter by their short-run deviation (the lag-1 AR factor of the residual's moments).
 
-    The *anchor* follows the residual (EW at ``slow_rate``, ``cusum_steps``) while the sums find no departure
-    (below ``tolerance`` decades). Two one-sided sums of the residual minus the anchor, less one ``quantum``
-    (a quantized sensor's smallest step in residual units: a whole-unit move is no evidence), in short-run
-    deviations (each step clipped at ``clip``), with the reference value half the design ``shift`` (the
-    tolerance's deviate in recent-level spreads: the smallest departure the channels call one) plus the
-    anchor's standard error (an EW mean at ``slow_rate`` of residuals whose persistence is the long-run factor),
-    are worth their stationary null tail as the residual CUSUM's, capped at ``cap``. Once they reach the
-    tolerance the anchor goes back to where it was when they were last empty (the departure's first readings
-    never teach the level it is judged against) and holds while the departure lasts: protected learning.
+    Two one-sided sums of the residual minus the level the open excursion started from (the *anchor* when
+    the sums were last empty, ``CU_BEFORE``), less one ``quantum`` (a quantized sensor's smallest step in
+    residual units: a whole-unit move is no evidence), in short-run deviations (each step clipped at
+    ``clip``), with the reference value half the design ``shift`` (the tolerance's deviate in recent-level
+    spreads: the smallest departure the channels call one) plus the anchor's standard error (an EW mean at
+    ``slow_rate`` of residuals whose persistence is the long-run factor), are worth their stationary null tail
+    as the residual CUSUM's, capped at ``cap``. The anchor follows the residual (EW at ``slow_rate``,
+    ``cusum_steps``'s) while the sums stay below ``tolerance`` decades; once they reach it, it goes back to the
+    excursion's start and holds while the departure lasts (protected learning: a departure never teaches the
+    level it is judged against). A slow drift the anchor follows stays below the reference value.
 
-    ``seen``: the residual CUSUM alone alarms on this feature: the departure is large enough for the long-run
-    judgement, which also judges its end (``clear_on_return``); the sums are dropped and the anchor is set
-    again (pending, NaN) once the readings after it have settled (the recent level no longer departs from the
-    slow one by ``tolerance`` decades): a level a big fault returns to is where the next step starts from."""
+    A reading off that level by the alarm's own standard score (``clip`` short-run deviations) is a departure
+    the other channels judge by themselves, its end too (``clear_on_return``): the sums are dropped and the
+    anchor is set anew (pending: NaN) once the readings have settled (the recent level no longer departs from
+    the slow one by ``tolerance`` decades) — the level a big fault returns to is where the next step starts."""
     n, m2 = s[r, j + CU_N, f], s[r, j + CU_M2, f]
     b, a = fast_rate, slow_rate
     if n < min_n or m2 <= 0.0:
@@ -1133,7 +1134,6 @@ def detect(
     cu = cusum_at
     cusum = relations and cusum_shift > 0.0 and cu >= 0 and cu + len(CUSUM_FIELDS) <= s.shape[1]
     cus = np.zeros(features)  # each feature's residual CUSUM surprise (decades, before the features' Bonferroni)
-    held = np.zeros(features)  # (the residual CUSUM's alone, without ``step_cusum``'s)
     cusum_clip = cusum_cap = step_shift = step_cap = 0.0
     if cusum:
         # a step at most the standard score that alone raises an alarm; a sum at most what readings back to
@@ -1197,7 +1197,6 @@ def detect(
         # this reading's own: a device whose relations are not ready (yet, or again after an acceptance) has
         # no CUSUM evidence, not the last reading's (another device's, or its own before the reset)
         cus[:] = 0.0
-        held[:] = 0.0
         level_z[:] = -np.inf  # (the level channel's likewise)
         # sensor relations: standardized regression residual of each feature given the others
         rel_surprise = rel_surprise_raw = 0.0
@@ -1296,7 +1295,6 @@ def detect(
                         s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap,
                         cusum_steps,
                     )  # fmt: skip
-                    held[f] = cus[f]
                     if step_cusum and explains[f] < explained:
                         # (a feature the others do not predict: its level is its only evidence) one resolution, a
                         # quantized sensor's smallest step, in the residual's standard units
