@@ -233,6 +233,9 @@ VARIANTS = (
     Variant("step-cusum", "(adds, off by default) a step of a feature's relation residual also judged against the "
             "level it left (held while the step lasts) and its short-run noise, not only against the relations' "
             "mean and its long-run deviation", {"step_cusum": True}),
+    Variant("step-cusum-level", "(adds, off by default) step-cusum judging a feature the others do not predict "
+            "by its own level (its standardized deviation and the level channel's moments), not its regression "
+            "residual", {"step_cusum": True, "step_level": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

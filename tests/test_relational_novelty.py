@@ -1210,17 +1210,21 @@ def test_step_cusum_a_step_is_judged_against_the_level_it_left_which_it_never_te
     shift = kernel._z_of_surprise(tolerance) * math.sqrt(rate / (2.0 - rate))
     clip = kernel._z_of_surprise(5.2)
 
+    moments = np.array([1000.0, 1.0, 0.0, rate / (2.0 - rate), rate])  # (white: no persistence beyond a reading)
+
     def state():
-        s = np.zeros((1, len(kernel.CUSUM_FIELDS), 1))
-        s[0, kernel.CU_N, 0], s[0, kernel.CU_M2, 0] = 1000.0, 1.0
-        s[0, kernel.CU_D2, 0] = rate / (2.0 - rate)  # (white: no persistence beyond one reading)
-        return s
+        return np.zeros((1, len(kernel.CUSUM_FIELDS), 1))
 
     def feed(s, residuals, quantum=0.0):
         out = []
         for e in residuals:
             kernel._cusum_follow(s, 0, 0, 0, e, rate, slow)
-            out.append(kernel._step_surprise(s, 0, 0, 0, e, shift, rate, slow, tolerance, 200.0, clip, 30.0, quantum))
+            fast, slow_level = s[0, kernel.CU_FAST, 0], s[0, kernel.CU_SLOW, 0]
+            out.append(
+                kernel._step_surprise(
+                    s, 0, 0, 0, e, fast, slow_level, moments, shift, rate, slow, tolerance, 200.0, clip, 30.0, quantum
+                )
+            )
         return np.array(out)
 
     rng = np.random.default_rng(7)

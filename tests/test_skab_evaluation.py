@@ -123,12 +123,14 @@ def test_clear_on_return_a_drift_alarm_ends_before_the_fault_which_raises_its_ow
     assert changepoints[True] > changepoints[False] + 1.0
 
 
-def test_step_cusum_holds_valve1_2_whose_flow_steps_down_less_than_its_level_wanders(files):
+@pytest.mark.parametrize("level", [False, True])
+def test_step_cusum_holds_valve1_2_whose_flow_steps_down_less_than_its_level_wanders(files, level):
     """valve1/2: the valve's flow drops 1.4 training deviations (31.8 -> 31.1 l/min) for the whole fault; the
     flow's level wanders between sessions by about as much, so judged against the relations' mean and its
     long-run deviation (level channel, residual CUSUM) nothing of it is visible and every fault row is missed.
     As a step from the level the flow had just before, in its short-run deviations, it is: with ``step_cusum``
-    the fault is labeled for most of its rows, and the rows after it stay normal."""
+    the fault is labeled for most of its rows, and the rows after it stay normal; judged on the flow's
+    regression residual or (``step_level``) on its own level alike."""
     from edgewatch.online_models.registry import DetectorSpec
     from edgewatch.online_models.relational_novelty import THRESHOLD, RelationalNovelty
 
@@ -136,7 +138,9 @@ def test_step_cusum_holds_valve1_2_whose_flow_steps_down_less_than_its_level_wan
     truth = f.anomaly[f.test].astype(bool)
     runs = {}
     for on in (False, True):
-        spec = DetectorSpec("relational-novelty", lambda on=on: RelationalNovelty(step_cusum=on), THRESHOLD, "t")
+        spec = DetectorSpec(
+            "relational-novelty", lambda on=on: RelationalNovelty(step_cusum=on, step_level=level), THRESHOLD, "t"
+        )
         runs[on] = skab.evaluate([f], spec).predictions[0].astype(bool)
     assert not runs[False][truth].any()
     assert runs[True][truth].mean() > 0.5

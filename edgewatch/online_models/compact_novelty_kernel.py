@@ -371,6 +371,7 @@ ALARM_PARAMS = (
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
     "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return",
     "relation_chi_square", "profile_chi_square", "move_attribution", "unfollowed_core", "step_cusum",
+    "step_level",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -796,6 +797,9 @@ def _step_surprise(
     f: int,
     j: int,
     e: float,
+    fast: float,
+    slow: float,
+    moments,
     shift: float,
     fast_rate: float,
     slow_rate: float,
@@ -830,16 +834,17 @@ def _step_surprise(
     the other channels judge by themselves, its end too (``clear_on_return``): the sums are dropped and the
     anchor is set anew (pending: NaN) once the readings have settled (the recent level no longer departs from
     the slow one by ``tolerance`` decades) — the level a big fault returns to is where the next step starts."""
-    n, m2 = s[r, j + CU_N, f], s[r, j + CU_M2, f]
+    n, m2, c1, d2, c = moments[0], moments[1], moments[2], moments[3], moments[4]
     b, a = fast_rate, slow_rate
     if n < min_n or m2 <= 0.0:
         s[r, j + CU_STEP_HI, f] = s[r, j + CU_STEP_LO, f] = 0.0
-        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = s[r, j + CU_FAST, f]
+        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = fast
         return 0.0
-    rho = min(max(s[r, j + CU_C1, f] / m2, 0.0), 0.999)
+    rho = min(max(c1 / m2, 0.0), 0.999)
     short = (1.0 + rho) / (1.0 - rho)
-    measured = s[r, j + CU_D2, f] / (b / (2.0 - b) * m2)
-    long_run = max(short, measured * (1.0 + math.sqrt(2.0 * (2.0 - b) / (b * n))))
+    # (the variance ratio measured on an EW level of the normal readings at rate c, one standard error higher)
+    measured = d2 / (c / (2.0 - c) * m2)
+    long_run = max(short, measured * (1.0 + math.sqrt(2.0 * (2.0 - c) / (c * n))))
     if abs(e - s[r, j + CU_BEFORE, f]) >= clip * math.sqrt(m2 * short):
         # a reading off the anchor by what alone raises an alarm: a departure the other channels judge by
         # themselves, its end too (``clear_on_return``); the level the readings settle at after it is where the
@@ -850,9 +855,9 @@ def _step_surprise(
     if s[r, j + CU_BEFORE, f] != s[r, j + CU_BEFORE, f]:
         # pending: anchored once the recent level has settled (no longer departs from the slow one)
         spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * m2 * short
-        if gaussian_surprise(abs(s[r, j + CU_FAST, f] - s[r, j + CU_SLOW, f]) / math.sqrt(spread)) >= tolerance:
+        if gaussian_surprise(abs(fast - slow) / math.sqrt(spread)) >= tolerance:
             return 0.0
-        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = s[r, j + CU_FAST, f]
+        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = fast
     anchor = s[r, j + CU_ANCHOR, f]
     # judged against the level when the open excursion began: its readings teach the anchor only provisionally
     d = e - s[r, j + CU_BEFORE, f]
@@ -1103,7 +1108,9 @@ def detect(
     relation_chi_square, profile_chi_square = alarm_params[37] > 0.0, alarm_params[38] > 0.0
     move_attribution = alarm_params[39] > 0.0
     unfollowed_core = alarm_params[40] > 0.0
-    step_cusum = alarm_params[41] > 0.0 and cusum_steps > 0.0
+    step_level = alarm_params[42] > 0.0
+    # (the residual's slow level is cusum_steps'; the feature's own is the level channel's)
+    step_cusum = alarm_params[41] > 0.0 and (level_rate > 0.0 if step_level else cusum_steps > 0.0)
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -1134,6 +1141,7 @@ def detect(
     cu = cusum_at
     cusum = relations and cusum_shift > 0.0 and cu >= 0 and cu + len(CUSUM_FIELDS) <= s.shape[1]
     cus = np.zeros(features)  # each feature's residual CUSUM surprise (decades, before the features' Bonferroni)
+    step_moments = np.zeros(5)  # (step_cusum) count, mean square, lag-1 product, level's mean square, its rate
     cusum_clip = cusum_cap = step_shift = step_cap = 0.0
     if cusum:
         # a step at most the standard score that alone raises an alarm; a sum at most what readings back to
@@ -1289,27 +1297,41 @@ def detect(
                 e = 0.0 if (moved[f] and explains[f] >= explained) else es[f]
                 _cusum_follow(s, r, f, cu, e, fast_rate, cusum_steps)
                 if step_cusum and history:  # (a history's readings are normal: the anchor is their slow level)
-                    s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = s[r, cu + CU_SLOW, f]
+                    s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = ld[f] if step_level else s[r, cu + CU_SLOW, f]
                 if not history:
                     cus[f] = _cusum_surprise(
                         s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap,
                         cusum_steps,
                     )  # fmt: skip
                     if step_cusum and explains[f] < explained:
-                        # (a feature the others do not predict: its level is its only evidence) one resolution, a
-                        # quantized sensor's smallest step, in the residual's standard units
-                        quantum = s[r, resolution, f] * math.sqrt(
-                            max(cov[r, PREC, f, f], 1e-12) / _relation_variance(cov, rel, r, f)
-                        )
-                        cus[f] = max(
-                            cus[f],
-                            _step_surprise(
-                                s, r, f, cu, e, step_shift, fast_rate, cusum_steps, tolerance, min_relation,
-                                cusum_clip, step_cap, quantum,
-                            ),
-                        )  # fmt: skip
+                        sd = math.sqrt(_relation_variance(cov, rel, r, f))
+                        if step_level:
+                            # (``step_level``) a feature the others do not predict carries a level, not a relation:
+                            # its own standardized deviation (its regression residual carries the others' moves
+                            # through chance coefficients), its recent and slow levels, the level channel's moments
+                            step_moments[0], step_moments[1] = lv[r, f, LV_N], lv[r, f, LV_M2]
+                            step_moments[2], step_moments[3] = lv[r, f, LV_C1], lv[r, f, LV_D2]
+                            step_moments[4] = level_rate
+                            u_step = _step_surprise(
+                                s, r, f, cu, lu[f], (rel[r, f, FAST] - rel[r, f, MU]) / sd, ld[f], step_moments,
+                                step_shift, fast_rate, level_rate, tolerance, min_relation, cusum_clip, step_cap,
+                                s[r, resolution, f] / sd,
+                            )  # fmt: skip
+                        else:  # its regression residual, its recent and slow levels, the residual CUSUM's moments
+                            step_moments[0], step_moments[1] = s[r, cu + CU_N, f], s[r, cu + CU_M2, f]
+                            step_moments[2], step_moments[3] = s[r, cu + CU_C1, f], s[r, cu + CU_D2, f]
+                            step_moments[4] = fast_rate
+                            u_step = _step_surprise(
+                                s, r, f, cu, e, s[r, cu + CU_FAST, f], s[r, cu + CU_SLOW, f], step_moments,
+                                step_shift, fast_rate, cusum_steps, tolerance, min_relation, cusum_clip, step_cap,
+                                s[r, resolution, f] * math.sqrt(max(cov[r, PREC, f, f], 1e-12)) / sd,
+                            )  # fmt: skip
+                        # (one resolution, a quantized sensor's smallest step, in the same units: no evidence)
+                        cus[f] = max(cus[f], u_step)
                     elif step_cusum:  # (a feature the others predict: a step breaks its relations) no step open
-                        s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = s[r, cu + CU_SLOW, f]
+                        s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = (
+                            ld[f] if step_level else s[r, cu + CU_SLOW, f]
+                        )
                         s[r, cu + CU_STEP_HI, f] = s[r, cu + CU_STEP_LO, f] = 0.0
         # ---- evaluate (CompactNovelty._evaluate)
         in_alarm_now = alarms and not history and hold_alarm and dev[r, ALARM] != 0.0

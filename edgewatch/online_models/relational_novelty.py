@@ -412,6 +412,7 @@ class RelationalNovelty(AnomalyDetector):
         move_attribution: bool = True,
         unfollowed_core: bool = True,
         step_cusum: bool = False,
+        step_level: bool = False,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -461,6 +462,7 @@ class RelationalNovelty(AnomalyDetector):
         self.move_attribution = move_attribution
         self.unfollowed_core = unfollowed_core
         self.step_cusum = step_cusum
+        self.step_level = step_level
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -504,7 +506,7 @@ class RelationalNovelty(AnomalyDetector):
              float(self.level_warmup), float(self.level_from_mean), float(self.level_scales),
              float(self.rearm_on_return), float(self.relation_chi_square), float(self.profile_chi_square),
              float(self.move_attribution), float(self.unfollowed_core),
-             float(self.step_cusum)],
+             float(self.step_cusum), float(self.step_level)],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
