@@ -233,6 +233,12 @@ VARIANTS = (
     Variant("no-unfollowed-core", "unfollowed-steps judging the step on the departed features' largest "
             "departures: a smaller departure of a feature normal by itself (an exogenous slow wander) is dropped "
             "from the step, down to two, instead of vetoing it", {"unfollowed_core": False}),
+    Variant("step-cusum", "(adds, off by default) a step of a feature's relation residual also judged against the "
+            "level it left (held while the step lasts) and its short-run noise, not only against the relations' "
+            "mean and its long-run deviation", {"step_cusum": True}),
+    Variant("step-cusum-level", "(adds, off by default) step-cusum judging a feature the others do not predict "
+            "by its own level (its standardized deviation and the level channel's moments), not its regression "
+            "residual", {"step_cusum": True, "step_level": True}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

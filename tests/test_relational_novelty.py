@@ -1253,3 +1253,52 @@ def test_a_model_saved_before_unfollowed_core_loads_with_it_on(tmp_path):
     older = saved_without(fitted, tmp_path / "model", (), parameters=("unfollowed_core",))
     assert older.models["m1"].unfollowed_core is True
     run(VectorBank(spec(), artifact=older), stream([machine(i) for i in range(800, 900)], start=800))
+
+
+def test_step_cusum_a_step_is_judged_against_the_level_it_left_which_it_never_teaches():
+    """``kernel._step_surprise`` on a unit-variance white residual (moments learned): noise stays below the
+    alarm and the anchor follows it; a sustained step of 1.5 deviations reaches the alarm within tens of
+    readings and holds it while the anchor stays at the level before the step (protected); the same step as one
+    quantum of a quantized sensor is no evidence; a departure beyond the alarm's standard score is left to the
+    other channels, and the level the readings settle at after it is where the next step starts from."""
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    rate, slow, tolerance = 0.2, 0.05, 2.0
+    shift = kernel._z_of_surprise(tolerance) * math.sqrt(rate / (2.0 - rate))
+    clip = kernel._z_of_surprise(5.2)
+
+    moments = np.array([1000.0, 1.0, 0.0, rate / (2.0 - rate), rate])  # (white: no persistence beyond a reading)
+
+    def state():
+        return np.zeros((1, len(kernel.CUSUM_FIELDS), 1))
+
+    def feed(s, residuals, quantum=0.0):
+        out = []
+        for e in residuals:
+            kernel._cusum_follow(s, 0, 0, 0, e, rate, slow)
+            fast, slow_level = s[0, kernel.CU_FAST, 0], s[0, kernel.CU_SLOW, 0]
+            out.append(
+                kernel._step_surprise(
+                    s, 0, 0, 0, e, fast, slow_level, moments, shift, rate, slow, tolerance, 200.0, clip, 30.0, quantum
+                )
+            )
+        return np.array(out)
+
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0.0, 1.0, 1300)
+    s = state()
+    quiet = feed(s, noise[:300])
+    assert quiet.max() < 5.2 and abs(s[0, kernel.CU_ANCHOR, 0]) < 0.5
+    stepped = feed(s, noise[300:] - 1.5)
+    assert stepped[:60].max() > 6.0 and (stepped[60:] > 5.2).mean() > 0.9  # found, and held while it lasts
+    assert abs(s[0, kernel.CU_BEFORE, 0]) < 0.5  # the level it left, not the step's
+
+    s = state()
+    quantized = feed(s, np.r_[np.zeros(300), np.full(600, -1.5)] + 0.3 * noise[:900], quantum=1.5)
+    assert quantized.max() < tolerance
+
+    s = state()
+    feed(s, noise[:300])
+    big = feed(s, np.r_[noise[300:400] - 20.0, noise[400:800] - 1.0])
+    assert big[:100].max() < 5.2  # the other channels' to judge (after it settled, the step's anchor is there)
+    assert big[200:].max() < 5.2 and abs(s[0, kernel.CU_BEFORE, 0] + 1.0) < 0.5  # anchored where it settled

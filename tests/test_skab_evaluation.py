@@ -170,3 +170,28 @@ def test_an_unwritable_results_folder_is_refused_before_the_replay(tmp_path):
     )
     assert result.exit_code == 2, result.output
     assert "cannot write results to" in said(result) and "Not a directory" in said(result)
+
+
+@pytest.mark.parametrize("level", [False, True])
+def test_step_cusum_holds_valve1_2_whose_flow_steps_down_less_than_its_level_wanders(files, level):
+    """valve1/2: the valve's flow drops 1.4 training deviations (31.8 -> 31.1 l/min) for the whole fault; the
+    flow's level wanders between sessions by about as much, so judged against the relations' mean and its
+    long-run deviation (level channel, residual CUSUM) nothing of it is visible and every fault row is missed.
+    As a step from the level the flow had just before, in its short-run deviations, it is: with ``step_cusum``
+    the fault is labeled for most of its rows, and the rows after it stay normal; judged on the flow's
+    regression residual or (``step_level``) on its own level alike."""
+    from edgewatch.online_models.registry import DetectorSpec
+    from edgewatch.online_models.relational_novelty import THRESHOLD, RelationalNovelty
+
+    (f,) = [f for f in files if f.name == "valve1/2"]
+    truth = f.anomaly[f.test].astype(bool)
+    runs = {}
+    for on in (False, True):
+        spec = DetectorSpec(
+            "relational-novelty", lambda on=on: RelationalNovelty(step_cusum=on, step_level=level), THRESHOLD, "t"
+        )
+        runs[on] = skab.evaluate([f], spec).predictions[0].astype(bool)
+    assert not runs[False][truth].any()
+    assert runs[True][truth].mean() > 0.5
+    end = int(np.flatnonzero(truth)[-1])
+    assert not runs[True][end + 20 :].any()  # no false alarm once the flow is back

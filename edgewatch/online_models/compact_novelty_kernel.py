@@ -36,12 +36,16 @@ LATER_FIELDS = ("profile_max", "g_max", RESOLUTION_FIELD)
 #: reading not learned —), the residual's recent (fast EW) level and the normal readings' mean square of that
 #: level (the residual's persistence measured at the scale the CUSUM judges a departure as recent); then
 #: (``cusum_steps``) the residual's slow EW level and whether its current departure came as a step (1; else
-#: minus the readings it has lasted)
+#: minus the readings it has lasted); then (``step_cusum``) the anchored step's: the level a step is judged
+#: against (the residual's slow level, learned while the step's sums find no departure), that level when
+#: they were last empty (NaN: to be set once the readings settle after a departure beyond the alarm's standard
+#: score), and its upper and lower sums
 CUSUM_FIELDS = (
     "cusum_hi", "cusum_lo", "cusum_n", "cusum_m2", "cusum_c1", "cusum_prev", "cusum_fast", "cusum_d2", "cusum_slow",
-    "cusum_step",
+    "cusum_step", "cusum_anchor", "cusum_before", "cusum_step_hi", "cusum_step_lo",
 )  # fmt: skip
-CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST, CU_D2, CU_SLOW, CU_STEP = range(len(CUSUM_FIELDS))
+(CU_HI, CU_LO, CU_N, CU_M2, CU_C1, CU_PREV, CU_FAST, CU_D2, CU_SLOW, CU_STEP, CU_ANCHOR, CU_BEFORE, CU_STEP_HI,
+ CU_STEP_LO) = range(len(CUSUM_FIELDS))  # fmt: skip
 #: Siegmund's correction of a Gaussian CUSUM's boundary for the overshoot of its discrete steps (2 x 0.583)
 CUSUM_OVERSHOOT = 1.166
 #: (``move_attribution``) the smallest move a hypothesis is weighed by, in the feature's largest normal step
@@ -366,7 +370,8 @@ ALARM_PARAMS = (
     "level_rate", "level_hold", "level_steps", "residual_clip", "clear_on_return", "resolution_spread",
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
     "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return",
-    "relation_chi_square", "profile_chi_square", "move_attribution", "unfollowed_core",
+    "relation_chi_square", "profile_chi_square", "move_attribution", "unfollowed_core", "step_cusum",
+    "step_level",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -785,6 +790,94 @@ def _cusum_surprise(
     return max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0)
 
 
+@njit(cache=True)
+def _step_surprise(
+    s,
+    r: int,
+    f: int,
+    j: int,
+    e: float,
+    fast: float,
+    slow: float,
+    moments,
+    shift: float,
+    fast_rate: float,
+    slow_rate: float,
+    tolerance: float,
+    min_n: float,
+    clip: float,
+    cap: float,
+    quantum: float,
+) -> float:  # pragma: no cover - compiled
+    """The anchored step CUSUM of feature ``f`` (``step_cusum``): a step of its residual ``e`` judged against
+    the level it left and the short-run noise, in decades (two-sided; before the features' Bonferroni).
+
+    The residual CUSUM judges a departure from the relations' mean with the residual's long-run deviation
+    (its persistence measured at the recent level's scale): a feature whose level wanders between sessions
+    has a long-run deviation several times its readings' own, and a sustained shift of one or two reading
+    deviations (a valve half-closed: SKAB valve1/2's flow) stays below its reference value for good. A step
+    is other evidence: it leaves the level the feature had just before, and from that level the readings
+    scatter by their short-run deviation (the lag-1 AR factor of the residual's moments).
+
+    Two one-sided sums of the residual minus the level the open excursion started from (the *anchor* when
+    the sums were last empty, ``CU_BEFORE``), less one ``quantum`` (a quantized sensor's smallest step in
+    residual units: a whole-unit move is no evidence), in short-run deviations (each step clipped at
+    ``clip``), with the reference value half the design ``shift`` (the tolerance's deviate in recent-level
+    spreads: the smallest departure the channels call one) plus the anchor's standard error (an EW mean at
+    ``slow_rate`` of residuals whose persistence is the long-run factor), are worth their stationary null tail
+    as the residual CUSUM's, capped at ``cap``. The anchor follows the residual (EW at ``slow_rate``,
+    ``cusum_steps``'s) while the sums stay below ``tolerance`` decades; once they reach it, it goes back to the
+    excursion's start and holds while the departure lasts (protected learning: a departure never teaches the
+    level it is judged against). A slow drift the anchor follows stays below the reference value.
+
+    A reading off that level by the alarm's own standard score (``clip`` short-run deviations) is a departure
+    the other channels judge by themselves, its end too (``clear_on_return``): the sums are dropped and the
+    anchor is set anew (pending: NaN) once the readings have settled (the recent level no longer departs from
+    the slow one by ``tolerance`` decades) — the level a big fault returns to is where the next step starts."""
+    n, m2, c1, d2, c = moments[0], moments[1], moments[2], moments[3], moments[4]
+    b, a = fast_rate, slow_rate
+    if n < min_n or m2 <= 0.0:
+        s[r, j + CU_STEP_HI, f] = s[r, j + CU_STEP_LO, f] = 0.0
+        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = fast
+        return 0.0
+    rho = min(max(c1 / m2, 0.0), 0.999)
+    short = (1.0 + rho) / (1.0 - rho)
+    # (the variance ratio measured on an EW level of the normal readings at rate c, one standard error higher)
+    measured = d2 / (c / (2.0 - c) * m2)
+    long_run = max(short, measured * (1.0 + math.sqrt(2.0 * (2.0 - c) / (c * n))))
+    if abs(e - s[r, j + CU_BEFORE, f]) >= clip * math.sqrt(m2 * short):
+        # a reading off the anchor by what alone raises an alarm: a departure the other channels judge by
+        # themselves, its end too (``clear_on_return``); the level the readings settle at after it is where the
+        # next step starts from (pending: NaN)
+        s[r, j + CU_STEP_HI, f] = s[r, j + CU_STEP_LO, f] = 0.0
+        s[r, j + CU_BEFORE, f] = np.nan
+        return 0.0
+    if s[r, j + CU_BEFORE, f] != s[r, j + CU_BEFORE, f]:
+        # pending: anchored once the recent level has settled (no longer departs from the slow one)
+        spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * m2 * short
+        if gaussian_surprise(abs(fast - slow) / math.sqrt(spread)) >= tolerance:
+            return 0.0
+        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = fast
+    anchor = s[r, j + CU_ANCHOR, f]
+    # judged against the level when the open excursion began: its readings teach the anchor only provisionally
+    d = e - s[r, j + CU_BEFORE, f]
+    d = max(abs(d) - quantum, 0.0) * (1.0 if d >= 0.0 else -1.0)  # a quantized sensor moves whole steps
+    v = min(max(d / math.sqrt(m2 * short), -clip), clip)
+    k = 0.5 * shift + math.sqrt(a / (2.0 - a) * long_run / short)
+    hi = min(max(s[r, j + CU_STEP_HI, f] + v - k, 0.0), cap)
+    lo = min(max(s[r, j + CU_STEP_LO, f] - v - k, 0.0), cap)
+    s[r, j + CU_STEP_HI, f], s[r, j + CU_STEP_LO, f] = hi, lo
+    top = max(hi, lo)
+    u = max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0) if top > 0.0 else 0.0
+    if u < tolerance:  # no departure: the anchor follows the readings
+        s[r, j + CU_ANCHOR, f] = anchor + a * (e - anchor)
+        if top <= 0.0:  # no excursion open: the level a next one leaves
+            s[r, j + CU_BEFORE, f] = s[r, j + CU_ANCHOR, f]
+    else:  # a departure: its readings (since the sums were last empty) never taught the level it left
+        s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f]
+    return u
+
+
 @njit(cache=True, inline="always")
 def _cusum_follow(s, r: int, f: int, j: int, e: float, fast_rate: float, slow_rate: float = 0.0) -> None:
     """Every reading (a history's too): the residual ``e`` into its recent (fast EW) level and its slow one."""
@@ -823,6 +916,8 @@ def accept(
         if cu >= 0:  # the new normal's level is no departure
             s[r, cu + CU_HI, f] = s[r, cu + CU_LO, f] = s[r, cu + CU_FAST, f] = 0.0
             s[r, cu + CU_SLOW, f] = s[r, cu + CU_STEP, f] = 0.0
+            s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = 0.0
+            s[r, cu + CU_STEP_HI, f] = s[r, cu + CU_STEP_LO, f] = 0.0
             if reset:  # relations learned anew have residuals of their own
                 s[r, cu + CU_N, f] = s[r, cu + CU_M2, f] = s[r, cu + CU_C1, f] = s[r, cu + CU_D2, f] = 0.0
                 s[r, cu + CU_PREV, f] = np.nan
@@ -1013,6 +1108,9 @@ def detect(
     relation_chi_square, profile_chi_square = alarm_params[37] > 0.0, alarm_params[38] > 0.0
     move_attribution = alarm_params[39] > 0.0
     unfollowed_core = alarm_params[40] > 0.0
+    step_level = alarm_params[42] > 0.0
+    # (the residual's slow level is cusum_steps'; the feature's own is the level channel's)
+    step_cusum = alarm_params[41] > 0.0 and (level_rate > 0.0 if step_level else cusum_steps > 0.0)
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -1043,13 +1141,20 @@ def detect(
     cu = cusum_at
     cusum = relations and cusum_shift > 0.0 and cu >= 0 and cu + len(CUSUM_FIELDS) <= s.shape[1]
     cus = np.zeros(features)  # each feature's residual CUSUM surprise (decades, before the features' Bonferroni)
-    cusum_clip = cusum_cap = 0.0
+    step_moments = np.zeros(5)  # (step_cusum) count, mean square, lag-1 product, level's mean square, its rate
+    cusum_clip = cusum_cap = step_shift = step_cap = 0.0
     if cusum:
         # a step at most the standard score that alone raises an alarm; a sum at most what readings back to
         # normal (each lowering it by at least shift / 2) bring below the alarm's sum within clear_after
         cusum_clip = _z_of_surprise(u_threshold)
         alarm_sum = (u_threshold + math.log10(max(1, features)) + math.log10(2.0)) * math.log(10.0) / cusum_shift
         cusum_cap = alarm_sum - CUSUM_OVERSHOOT + clear_after * 0.5 * cusum_shift
+        if step_cusum:
+            # (step_cusum) its design shift: the smallest departure of the recent level the channels call one (the
+            # tolerance's deviate in the recent level's spreads, in short-run deviations); capped likewise
+            step_shift = _z_of_surprise(tolerance) * math.sqrt(fast_rate / (2.0 - fast_rate))
+            step_sum = alarm_sum * cusum_shift / step_shift
+            step_cap = step_sum - CUSUM_OVERSHOOT + clear_after * 0.5 * step_shift
     scores = np.empty(readings)
     zfeat = np.empty(features)
     zspread = np.empty(features)  # each feature's largest channel that is not a level (spread, spikes: extreme shapes)
@@ -1191,11 +1296,43 @@ def detect(
                 # a move the others predict is the device's operating point moving along its relations: no evidence
                 e = 0.0 if (moved[f] and explains[f] >= explained) else es[f]
                 _cusum_follow(s, r, f, cu, e, fast_rate, cusum_steps)
+                if step_cusum and history:  # (a history's readings are normal: the anchor is their slow level)
+                    s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = ld[f] if step_level else s[r, cu + CU_SLOW, f]
                 if not history:
                     cus[f] = _cusum_surprise(
                         s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap,
                         cusum_steps,
                     )  # fmt: skip
+                    if step_cusum and explains[f] < explained:
+                        sd = math.sqrt(_relation_variance(cov, rel, r, f))
+                        if step_level:
+                            # (``step_level``) a feature the others do not predict carries a level, not a relation:
+                            # its own standardized deviation (its regression residual carries the others' moves
+                            # through chance coefficients), its recent and slow levels, the level channel's moments
+                            step_moments[0], step_moments[1] = lv[r, f, LV_N], lv[r, f, LV_M2]
+                            step_moments[2], step_moments[3] = lv[r, f, LV_C1], lv[r, f, LV_D2]
+                            step_moments[4] = level_rate
+                            u_step = _step_surprise(
+                                s, r, f, cu, lu[f], (rel[r, f, FAST] - rel[r, f, MU]) / sd, ld[f], step_moments,
+                                step_shift, fast_rate, level_rate, tolerance, min_relation, cusum_clip, step_cap,
+                                s[r, resolution, f] / sd,
+                            )  # fmt: skip
+                        else:  # its regression residual, its recent and slow levels, the residual CUSUM's moments
+                            step_moments[0], step_moments[1] = s[r, cu + CU_N, f], s[r, cu + CU_M2, f]
+                            step_moments[2], step_moments[3] = s[r, cu + CU_C1, f], s[r, cu + CU_D2, f]
+                            step_moments[4] = fast_rate
+                            u_step = _step_surprise(
+                                s, r, f, cu, e, s[r, cu + CU_FAST, f], s[r, cu + CU_SLOW, f], step_moments,
+                                step_shift, fast_rate, cusum_steps, tolerance, min_relation, cusum_clip, step_cap,
+                                s[r, resolution, f] * math.sqrt(max(cov[r, PREC, f, f], 1e-12)) / sd,
+                            )  # fmt: skip
+                        # (one resolution, a quantized sensor's smallest step, in the same units: no evidence)
+                        cus[f] = max(cus[f], u_step)
+                    elif step_cusum:  # (a feature the others predict: a step breaks its relations) no step open
+                        s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = (
+                            ld[f] if step_level else s[r, cu + CU_SLOW, f]
+                        )
+                        s[r, cu + CU_STEP_HI, f] = s[r, cu + CU_STEP_LO, f] = 0.0
         # ---- evaluate (CompactNovelty._evaluate)
         in_alarm_now = alarms and not history and hold_alarm and dev[r, ALARM] != 0.0
         for f in range(features):
