@@ -308,6 +308,15 @@ class RelationalNovelty(AnomalyDetector):
             warm) identical but seed 7 cold: a 1,089-reading false alarm after a setpoint (machine-0030) becomes 30
             readings, alarms still active 2 minutes after a change 5 -> 4 (the 4 left, on every fleet, are fault
             alarms clearing after their fault: see docs/architecture.md); SKAB and NAB identical.
+        smooth_extremes: how an extreme-summary shape scale reduces a block (0, default: the extreme farthest from
+            the block's mean). With a power ``p`` > 0 the block value is ``mean + (a^p - b^p) / (a^(p-1) + b^(p-1))``
+            (``a``, ``b``: the upper and lower extremes' departures from the mean): continuous where the two
+            departures are about equal. The farthest-extreme rule flips there from one extreme to the other, so
+            on a clean oscillation whose phase drifts across the blocks (a sine of a period incommensurate with
+            the block) one block now and then gives a shingle ~40 % of the range from every one in the (recency)
+            memory: an alarm, then held because the protected feature's frozen context no longer continues the
+            signal (noise-free two-sensor sine: 740 of 1,500 readings abnormal). Off by default: NAB loses
+            (docs/architecture.md).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -397,6 +406,7 @@ class RelationalNovelty(AnomalyDetector):
         profile_chi_square: bool = False,
         move_attribution: bool = True,
         unfollowed_core: bool = True,
+        smooth_extremes: float = 0.0,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -445,6 +455,7 @@ class RelationalNovelty(AnomalyDetector):
         self.profile_chi_square = profile_chi_square
         self.move_attribution = move_attribution
         self.unfollowed_core = unfollowed_core
+        self.smooth_extremes = smooth_extremes
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -487,7 +498,7 @@ class RelationalNovelty(AnomalyDetector):
              float(self.profile_along), float(self.unfollowed_steps), float(self.centered_spread),
              float(self.level_warmup), float(self.level_from_mean), float(self.level_scales),
              float(self.rearm_on_return), float(self.relation_chi_square), float(self.profile_chi_square),
-             float(self.move_attribution), float(self.unfollowed_core)],
+             float(self.move_attribution), float(self.unfollowed_core), self.smooth_extremes],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
