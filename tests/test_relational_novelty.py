@@ -1235,6 +1235,26 @@ def test_smooth_extremes_keeps_a_spike_block_near_its_height():
     assert summary(3.0, 1.0, 2.0, 8.0) == 3.0  # an exact tie (quantized readings): the upper extreme, as before
 
 
+def test_smooth_extremes_keeps_a_quantized_feature_on_its_levels():
+    """On a whole-number feature a near-tie block is valued at one of the levels it can show: the block values
+    of a repeating integer pattern are the same with smooth_extremes as without (no new intermediate shapes)."""
+    from edgewatch.online_models import compact_novelty_kernel as kernel
+
+    pattern = [20.0, 21.0, 23.0, 22.0, 20.0, 22.0, 25.0, 21.0]  # near-tie blocks: departures 1.5 / 1.5, 2.5 / 2
+    rows = [{"humidity": pattern[i % len(pattern)] + (i // 400)} for i in range(1200)]
+    fields = kernel.FEATURE_FIELDS
+    rings = {}
+    for power in (0.0, 32.0):
+        model = RelationalNovelty(smooth_extremes=power)
+        for i, x in enumerate(rows):
+            model.learn_one(x, float(i))
+        blocks = model._layout.by_field(model._rows[("humidity",)])
+        span = blocks["n"][0][fields.index("hi"), 0] - blocks["n"][0][fields.index("lo"), 0]
+        rings[power] = blocks["s0_ring"][0, 0, 0] * span  # the extreme scale's recent block values, in units
+    assert np.allclose(rings[32.0], np.round(rings[32.0]))  # whole-number levels
+    assert np.allclose(rings[0.0], np.round(rings[0.0]))
+
+
 def test_a_model_saved_before_smooth_extremes_loads_with_it_off(tmp_path):
     """No state field is added: a model saved without the parameter loads with today's default (off)."""
     fitted = artifact.train(spec(), stream([machine(i) for i in range(800)]))
