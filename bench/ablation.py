@@ -239,6 +239,10 @@ VARIANTS = (
     Variant("step-cusum-level", "(adds, off by default) step-cusum judging a feature the others do not predict "
             "by its own level (its standardized deviation and the level channel's moments), not its regression "
             "residual", {"step_cusum": True, "step_level": True}),
+    Variant("smooth-extremes", "(adds, off by default) an extreme shape block valued continuously, mean + (a^p - b^p) "
+            "/ (a^(p-1) + b^(p-1)) of its extremes' departures a, b, p = 32 (an exact tie: the upper one), not by the "
+            "farther extreme (which flips on a drifting oscillation)", {"smooth_extremes": 32.0}),
+    Variant("smooth-extremes-8", "(adds, off by default) smooth-extremes with p = 8", {"smooth_extremes": 8.0}),
     Variant("cold-start", "the warm start on NAB/SKAB history (simulator: see default's cold columns)", warm=False),
     Variant("no-profile", "CompactNovelty's weekly profile channel", novelty={"profile": False}),
     Variant("no-shapes", "CompactNovelty's shape (shingle) channels", novelty={"min_blocks": 10**9}),

@@ -371,7 +371,7 @@ ALARM_PARAMS = (
     "shape_resolution", "residual_cusum", "cusum_steps", "profile_along", "unfollowed_steps",
     "centered_spread", "level_warmup", "level_from_mean", "level_scales", "rearm_on_return",
     "relation_chi_square", "profile_chi_square", "move_attribution", "unfollowed_core", "step_cusum",
-    "step_level",
+    "step_level", "smooth_extremes",
 )  # fmt: skip
 #: switches of the alarm layer's parts (1 on, 0 off; all on by default, off only to measure what each adds:
 #: bench/ablation.py), appended to ``alarm_params`` and read by name
@@ -1040,6 +1040,27 @@ def _attribute_relations(
             shares[f] = max(own[f], pooled * log_weights[f] / total)
 
 
+@njit(cache=True, inline="always")
+def _extreme_summary(hi: float, lo: float, mean: float, power: float) -> float:
+    """An extreme block's value: the extreme farthest from the block's mean (the upper one at a tie). With
+    ``power`` p > 0 (``smooth_extremes``) the two departures ``a = hi - mean`` and ``b = mean - lo``
+    weighted by their (p - 1)-th powers, ``mean + (a^p - b^p) / (a^(p-1) + b^(p-1))``: the farther
+    extreme still dominates (a lone spike's block keeps most of its height), but a block whose extremes
+    are about equally far (a smooth oscillation whose phase drifts across the blocks) moves continuously
+    from one to the other instead of flipping, which makes a shingle of a clean periodic signal a new
+    shape. An exact tie (a quantized feature's, its rounding made them equal) keeps the upper extreme."""
+    a = hi - mean
+    b = mean - lo
+    if power <= 0.0 or a == b:
+        return hi if a >= b else lo
+    # (in ratios t <= 1: no overflow or underflow of the powers)
+    if a > b:
+        t = b / a
+        return mean + a * (1.0 - t**power) / (1.0 + t ** (power - 1.0))
+    t = a / b
+    return mean - b * (1.0 - t**power) / (1.0 + t ** (power - 1.0))
+
+
 @njit(cache=True)
 def detect(
     s,
@@ -1111,6 +1132,7 @@ def detect(
     step_level = alarm_params[42] > 0.0
     # (the residual's slow level is cusum_steps'; the feature's own is the level channel's)
     step_cusum = alarm_params[41] > 0.0 and (level_rate > 0.0 if step_level else cusum_steps > 0.0)
+    smooth_extremes = alarm_params[43]
     relation_score, hold_alarm = alarm_params[RELATION_SCORE] > 0.0, alarm_params[HOLD_ALARM] > 0.0
     protected_learning = alarm_params[PROTECTED_LEARNING] > 0.0
     extremes_along_relations = alarm_params[EXTREMES_ALONG_RELATIONS] > 0.0
@@ -1361,7 +1383,13 @@ def detect(
                 if extreme[k]:
                     hi = max(s[r, _scale_index(k, ACC_MAX), f], z)
                     lo = min(s[r, _scale_index(k, ACC_MIN), f], z)
-                    y = hi if hi - mean >= mean - lo else lo
+                    y = _extreme_summary(hi, lo, mean, smooth_extremes)
+                    grid = s[r, resolution, f] / span if span > 0 else s[r, resolution, f]
+                    if smooth_extremes > 0.0 and grid > 0.0:
+                        # (``smooth_extremes``) on a quantized feature's grid of levels (its readings' smallest
+                        # step; the normalization starts at one of its readings): near-ties valued between two
+                        # extremes would be levels it cannot show, new shapes to its memory
+                        y = round(y / grid) * grid
                 else:
                     y = mean
                 ys[f, k] = y

@@ -384,6 +384,16 @@ class RelationalNovelty(AnomalyDetector):
             others' moves through chance coefficients). Off by default (measured, with step_cusum): simulator
             identical to the default on all 26 fleet runs, NAB identical, SKAB F1 0.84, FAR 9.03, MAR 21.22,
             changepoint 35.51 (docs/architecture.md).
+        smooth_extremes: how an extreme-summary shape scale reduces a block (0, default: the extreme farthest from
+            the block's mean). With a power ``p`` > 0 the block value is ``mean + (a^p - b^p) / (a^(p-1) + b^(p-1))``
+            (``a``, ``b``: the upper and lower extremes' departures from the mean): continuous where the two
+            departures are about equal, where the farthest-extreme rule flips from one extreme to the other (on
+            a quantized feature the value is put on its grid of levels, its ``resolution``). So, with the rule,
+            on a clean oscillation whose phase drifts across the blocks (a sine of a period incommensurate with
+            the block) one block now and then gives a shingle ~40 % of the range from every one in the (recency)
+            memory: an alarm, then held because the protected feature's frozen context no longer continues the
+            signal (noise-free two-sensor sine: 740 of 1,500 readings abnormal; p = 32: 10). Off by default
+            (measured: docs/architecture.md).
         novelty: the per-feature channels' parameters.
         relation_score: whether the relations' surprise enters the score and the explanations (off,
             they still judge consistent shifts and new extremes).
@@ -476,6 +486,7 @@ class RelationalNovelty(AnomalyDetector):
         unfollowed_core: bool = True,
         step_cusum: bool = False,
         step_level: bool = False,
+        smooth_extremes: float = 0.0,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
         hold_alarm: bool = True,
@@ -527,6 +538,7 @@ class RelationalNovelty(AnomalyDetector):
         self.unfollowed_core = unfollowed_core
         self.step_cusum = step_cusum
         self.step_level = step_level
+        self.smooth_extremes = smooth_extremes
         self.novelty = CompactNovelty() if novelty is None else novelty
         self.relation_score = relation_score
         self.hold_alarm = hold_alarm
@@ -570,7 +582,7 @@ class RelationalNovelty(AnomalyDetector):
              float(self.level_warmup), float(self.level_from_mean), float(self.level_scales),
              float(self.rearm_on_return), float(self.relation_chi_square), float(self.profile_chi_square),
              float(self.move_attribution), float(self.unfollowed_core),
-             float(self.step_cusum), float(self.step_level)],
+             float(self.step_cusum), float(self.step_level), self.smooth_extremes],
             dtype=np.float64,
         )  # fmt: skip
         return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
