@@ -200,9 +200,9 @@ VARIANTS = (
             "reading (multi-feature devices)", {"profile_along": False}),
     Variant("history-fill-0", "(adds, off by default) a warm start calibrating on all of its history, as a cold "
             "start over it would (default: the first half fills memories and profile only)", {"history_fill": 0.0}),
-    Variant("history-effective", "(adds, off by default) a warm start's calibrations widened by the Student-t "
-            "predictive of their history values' effective sample size (autocorrelation) over the one of their "
-            "count", {"history_effective": True}),
+    Variant("no-history-effective", "a warm start's calibrations widened by the Student-t predictive of their "
+            "history values' effective sample size (autocorrelation) over the one of their count",
+            {"history_effective": False}),
     Variant("no-unfollowed-steps", "a shift of features moving along their own relations that the alarm's cause, "
             "normal by itself, did not follow accepted as a consistent shift (their cross-relations learned anew)",
             {"unfollowed_steps": False}),
@@ -233,12 +233,11 @@ VARIANTS = (
     Variant("no-unfollowed-core", "unfollowed-steps judging the step on the departed features' largest "
             "departures: a smaller departure of a feature normal by itself (an exogenous slow wander) is dropped "
             "from the step, down to two, instead of vetoing it", {"unfollowed_core": False}),
-    Variant("step-cusum", "(adds, off by default) a step of a feature's relation residual also judged against the "
-            "level it left (held while the step lasts) and its short-run noise, not only against the relations' "
-            "mean and its long-run deviation", {"step_cusum": True}),
-    Variant("step-cusum-level", "(adds, off by default) step-cusum judging a feature the others do not predict "
-            "by its own level (its standardized deviation and the level channel's moments), not its regression "
-            "residual", {"step_cusum": True, "step_level": True}),
+    Variant("no-step-cusum", "a step of a feature the others do not predict also judged against the level it "
+            "left (held while the step lasts) and its short-run noise, not only against the relations' mean and its "
+            "long-run deviation", {"step_cusum": False}),
+    Variant("step-residual", "(adds, off by default) step-cusum judging the feature's regression residual, not its "
+            "own level (its standardized deviation and the level channel's moments)", {"step_level": False}),
     Variant("smooth-extremes", "(adds, off by default) an extreme shape block valued continuously, mean + (a^p - b^p) "
             "/ (a^(p-1) + b^(p-1)) of its extremes' departures a, b, p = 32 (an exact tie: the upper one), not by the "
             "farther extreme (which flips on a drifting oscillation)", {"smooth_extremes": 32.0}),

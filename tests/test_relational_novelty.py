@@ -108,9 +108,11 @@ def test_a_setpoint_step_that_keeps_relations_is_a_new_normal_within_seconds():
     assert {d.reason for d in drift} <= {"consistent-shift"}
     # without those explanations (the shift's, the predicted readings' for the profile, and the shapes judged
     # around their own mean once the level is where the relations put it) every channel finds the new level
-    # new: abnormal until accepted as a shift
+    # new: abnormal until accepted as a shift (calibrated on the history's count: ``history_effective``'s
+    # wider calibrations hide most of it)
     events, alarms, drift = run(
-        warm_bank(explain_along=0.0, profile_along=False, centered_spread=False), stream(rows, start=800)
+        warm_bank(explain_along=0.0, profile_along=False, centered_spread=False, history_effective=False),
+        stream(rows, start=800),
     )
     assert sum(e.is_anomaly for e in events) >= 30
     assert drift and {d.reason for d in drift} == {"consistent-shift"}
@@ -656,8 +658,9 @@ def _with_humidity(i: int, level: int = 0) -> dict[str, float]:
 def test_shape_resolution_a_quantized_sensors_next_level_is_no_new_shape(resolution):
     """An integer humidity moving one level up (an ambient cycle) makes shingles one resolution away from
     the known ones: a new shape without ``shape_resolution``, none with it; a break of the relations on
-    the same device still alarms."""
-    detector_spec = spec(shape_resolution=resolution)
+    the same device still alarms. (Calibrated on the history's count: ``history_effective``'s wider shape
+    calibrations hide the one-level shingles too.)"""
+    detector_spec = spec(shape_resolution=resolution, history_effective=False)
     fitted = artifact.train(detector_spec, stream([_with_humidity(i) for i in range(800)]))
     bank = VectorBank(detector_spec, artifact=fitted)
     live = [_with_humidity(i, level=1 if i >= 1000 else 0) for i in range(800, 1400)]
@@ -916,13 +919,13 @@ def test_history_fill_sets_where_a_warm_start_starts_calibrating(tmp_path):
 def test_history_effective_widens_a_warm_starts_calibrations_by_their_effective_samples(tmp_path):
     """``history_effective``: a warm start's Gaussian calibrations (shapes per scale, profile, relations) keep
     their counts and means and their memories, and each variance is widened by the Student-t predictive of
-    its history values' effective sample size; off by default, and older models load with it off."""
+    its history values' effective sample size; on by default, and older models load with today's default."""
     from edgewatch.online_models import compact_novelty_kernel as kernel
     from edgewatch.online_models.relational_novelty import effective_samples, predictive_inflation
 
     history = stream([machine(i) for i in range(800)])
-    plain = artifact.train(spec(), history).models["m1"]
-    widened = artifact.train(spec(history_effective=True), history).models["m1"]
+    plain = artifact.train(spec(history_effective=False), history).models["m1"]
+    widened = artifact.train(spec(), history).models["m1"]
     features = ("ambient", "pressure", "temp")
     a, b = plain.export_arrays(features), widened.export_arrays(features)
     for name in ("s0_mem", "s1_mem", "profile_n", "profile_mu", "s0_g_n", "s0_g_mu", "s1_g_n", "rg_n", "rg_mu"):
@@ -951,9 +954,9 @@ def test_history_effective_widens_a_warm_starts_calibrations_by_their_effective_
     cold = [run(VectorBank(spec(history_effective=on)), readings)[0] for on in (False, True)]
     assert [e.score for e in cold[0]] == [e.score for e in cold[1]]
 
-    assert RelationalNovelty().history_effective is False
+    assert RelationalNovelty().history_effective is True
     older = saved_without(artifact.train(spec(), history), tmp_path / "model", (), parameters=("history_effective",))
-    assert older.models["m1"].history_effective is False
+    assert older.models["m1"].history_effective is True
 
 
 def test_history_effective_warm_start_has_fewer_false_alarms_and_the_same_recall():

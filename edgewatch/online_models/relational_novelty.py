@@ -264,7 +264,8 @@ class RelationalNovelty(AnomalyDetector):
             alarm's threshold: only the history's overcount is corrected (the threshold is set on
             calibrations scored at their counts, cold or warm). One settled session's values are few
             independent draws of what a new session shows; the stream's own values then dilute the widening
-            as they are learned. Off by default (measured: docs/architecture.md, "Warm start").
+            as they are learned. On by default, with ``step_cusum`` and ``step_level`` (measured:
+            docs/architecture.md, "Warm start" and "Defaults chosen together").
         profile_along: the profile novelty of a feature the others explain (R² at least ``explained``) whose
             reading they predict (its regression residual no surprise of ``relation_tolerance`` decades) is
             the device moving along its relations, not evidence of a fault: the extremes check's rule
@@ -375,15 +376,16 @@ class RelationalNovelty(AnomalyDetector):
             the slow level's rate). Only features the others do not predict (R² < ``explained``: for the others a step
             breaks their relations); a move of one resolution (a whole-number sensor) is no evidence; a departure
             beyond the alarm's standard score is left to the other channels and the level it settles at is the
-            next anchor. Off by default (measured, off -> on): SKAB F1 0.83 -> 0.86, FAR 6.81 -> 10.00, MAR 25.30
-            -> 17.28, changepoint 36.07 -> 36.54 (valve1/1 and valve1/2 found; valve1/14 and 15 held after their
-            faults); NAB identical; simulator recall unchanged, precision >= 0.957, false alarms +1 to +4 on 10 of
-            26 fleet runs (docs/architecture.md).
+            next anchor. On by default with ``step_level`` (measured alone on the regression residual, off -> on:
+            SKAB F1 0.83 -> 0.86, FAR 6.81 -> 10.00, MAR 25.30 -> 17.28, changepoint 36.07 -> 36.54 (valve1/1 and
+            valve1/2 found; valve1/14 and 15 held after their faults); NAB identical; simulator recall unchanged,
+            precision >= 0.957, false alarms +1 to +4 on 10 of 26 fleet runs: docs/architecture.md).
         step_level: with ``step_cusum``, a feature the others do not predict judged by its own standardized
             deviation and the level channel's moments instead of its regression residual (which carries the
-            others' moves through chance coefficients). Off by default (measured, with step_cusum): simulator
-            identical to the default on all 26 fleet runs, NAB identical, SKAB F1 0.84, FAR 9.03, MAR 21.22,
-            changepoint 35.51 (docs/architecture.md).
+            others' moves through chance coefficients). On by default (measured, with step_cusum, against both
+            off): simulator identical on all 26 fleet runs, NAB identical, SKAB F1 0.84, FAR 9.03, MAR 21.22,
+            changepoint 35.51; with ``history_effective`` too: SKAB 0.86 / 5.03 / 21.33 / 38.63
+            (docs/architecture.md).
         smooth_extremes: how an extreme-summary shape scale reduces a block (0, default: the extreme farthest from
             the block's mean). With a power ``p`` > 0 the block value is ``mean + (a^p - b^p) / (a^(p-1) + b^(p-1))``
             (``a``, ``b``: the upper and lower extremes' departures from the mean): continuous where the two
@@ -472,7 +474,7 @@ class RelationalNovelty(AnomalyDetector):
         residual_cusum: float = 2.0,
         cusum_steps: float = 0.05,
         history_fill: float = 0.5,
-        history_effective: bool = False,
+        history_effective: bool = True,
         profile_along: bool = True,
         unfollowed_steps: bool = True,
         centered_spread: bool = True,
@@ -484,8 +486,8 @@ class RelationalNovelty(AnomalyDetector):
         profile_chi_square: bool = False,
         move_attribution: bool = True,
         unfollowed_core: bool = True,
-        step_cusum: bool = False,
-        step_level: bool = False,
+        step_cusum: bool = True,
+        step_level: bool = True,
         smooth_extremes: float = 0.0,
         novelty: CompactNovelty | None = None,
         relation_score: bool = True,
