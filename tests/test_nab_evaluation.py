@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from edgewatch.cli import app
 from edgewatch.evaluation import nab, nab_replay
 from edgewatch.online_models.registry import BUILTIN
-from tests.support.cli import said
+from tests.support.cli import assert_refused, evaluate, said
 from tests.support.images import assert_report
 
 runner = CliRunner()
@@ -145,9 +145,8 @@ def small_nab_root(tmp_path, data_row: str | None = None, labels: str | None = N
 )
 def test_a_corrupted_file_is_named_with_its_line(tmp_path, data_row, labels, expected):
     root = small_nab_root(tmp_path, data_row, labels)
-    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2, result.output
-    assert expected in said(result), said(result)
+    result = evaluate("nab", root, tmp_path / "out")
+    assert_refused(result, expected)
 
 
 @pytest.mark.parametrize(
@@ -159,9 +158,8 @@ def test_a_corrupted_file_is_named_with_its_line(tmp_path, data_row, labels, exp
 )
 def test_profiles_nab_scores_by_are_checked(tmp_path, profiles, expected):
     root = small_nab_root(tmp_path, profiles=profiles)
-    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2, result.output
-    assert expected in said(result), said(result)
+    result = evaluate("nab", root, tmp_path / "out")
+    assert_refused(result, expected)
 
 
 def test_the_error_names_the_file_and_line(tmp_path):
@@ -171,13 +169,13 @@ def test_the_error_names_the_file_and_line(tmp_path):
 
 def test_a_small_corpus_is_scored(tmp_path):
     root = small_nab_root(tmp_path)
-    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
+    result = evaluate("nab", root, tmp_path / "out")
     assert result.exit_code == 0 and "files=1" in result.output, result.output
 
 
 def test_an_unwritable_results_folder_is_refused_before_the_replay(tmp_path):
     (tmp_path / "a-file").write_text("")
     root = small_nab_root(tmp_path)
-    result = runner.invoke(app, ["evaluate", "nab", "--data-dir", str(root), "--out", str(tmp_path / "a-file" / "out")])
-    assert result.exit_code == 2, result.output
-    assert "cannot write results to" in said(result) and "Not a directory" in said(result)
+    result = evaluate("nab", root, tmp_path / "a-file" / "out")
+    assert_refused(result, "cannot write results to")
+    assert "Not a directory" in said(result)

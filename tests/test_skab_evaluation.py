@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from edgewatch.cli import app
 from edgewatch.config import data_dir
 from edgewatch.evaluation import skab
-from tests.support.cli import said
+from tests.support.cli import assert_refused, evaluate, said
 from tests.support.images import assert_report
 
 runner = CliRunner()
@@ -146,9 +146,8 @@ def small_skab_root(tmp_path, row: str | None = None, rows: int = 450):
 )
 def test_a_corrupted_file_is_named_with_its_line(tmp_path, row, rows, expected):
     root = small_skab_root(tmp_path, row, rows)
-    result = runner.invoke(app, ["evaluate", "skab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2, result.output
-    assert expected in said(result), said(result)
+    result = evaluate("skab", root, tmp_path / "out")
+    assert_refused(result, expected)
 
 
 def test_the_error_names_the_file_and_line(tmp_path):
@@ -158,18 +157,16 @@ def test_the_error_names_the_file_and_line(tmp_path):
 
 def test_a_small_experiment_is_scored(tmp_path):
     root = small_skab_root(tmp_path)
-    result = runner.invoke(app, ["evaluate", "skab", "--data-dir", str(root), "--out", str(tmp_path / "out")])
+    result = evaluate("skab", root, tmp_path / "out")
     assert result.exit_code == 0 and "files=1" in result.output, result.output
 
 
 def test_an_unwritable_results_folder_is_refused_before_the_replay(tmp_path):
     (tmp_path / "a-file").write_text("")
     root = small_skab_root(tmp_path)
-    result = runner.invoke(
-        app, ["evaluate", "skab", "--data-dir", str(root), "--out", str(tmp_path / "a-file" / "out")]
-    )
-    assert result.exit_code == 2, result.output
-    assert "cannot write results to" in said(result) and "Not a directory" in said(result)
+    result = evaluate("skab", root, tmp_path / "a-file" / "out")
+    assert_refused(result, "cannot write results to")
+    assert "Not a directory" in said(result)
 
 
 @pytest.mark.parametrize("level", [False, True])
