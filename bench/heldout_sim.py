@@ -1,13 +1,14 @@
 """Simulator fleets a detector change was not tuned on: other seeds and a smaller fleet, cold and warm.
 
     python bench/heldout_sim.py [--variants default,no-relation-cube-root] [--fleets 3:40,4:40,5:40,0:16]
-    python bench/heldout_sim.py --set step_cusum=true --set smooth_extremes=32
+    python bench/heldout_sim.py --set smooth_extremes=32 --set history_effective=false
 
 Each fleet is ``seed:devices`` (3000 ticks after 600 fault-free ones, as ``bench/ablation.py``); each
 variant is one of ``bench/ablation.py``'s, or ``--set NAME=VALUE`` (repeatable) the default detector
-with those parameters changed. Prints per fleet and start the episode precision P, recall R
-and ``active_after_change`` (aac) from ``faults.score_fleet``, the false alarms (episodes overlapping
-no fault) and ``fpr``, messages labeled anomalous outside faults per 1,000 normal messages.
+with those parameters changed. Prints per fleet and start, from ``faults.score_fleet``: the episode
+precision P, recall R, ``active_after_change`` (aac; ``aac_change``: those whose alarm overlaps no
+fault, the change's own), the false alarms (episodes overlapping no fault) and ``fpr``, messages
+labeled anomalous outside faults per 1,000 normal messages.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                 score = score_fleet(spec, devices=devices, ticks=args.ticks, seed=seed, warm=warm)
                 print(f"{name} seed={seed} devices={devices} {'warm' if warm else 'cold'} "
                       f"P={score.episode_precision:.3f} R={score.recall:.3f} aac={score.active_after_change} "
+                      f"aac_change={score.change_alarms_after_change} "
                       f"faults={score.faults} alarms={score.alarms} false={score.false_alarms} "
                       f"fpr={score.false_alarm_rate:.2f}", flush=True)  # fmt: skip
 

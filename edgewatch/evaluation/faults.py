@@ -169,6 +169,20 @@ class FaultScore:
             for start in starts
         )
 
+    @property
+    def change_alarms_after_change(self) -> int:
+        """``active_after_change`` without fault alarms: changes after which the device is still labeled
+        anomalous SETTLED_AFTER messages later by an alarm that overlaps no fault (a fault that began
+        after the change and whose alarm is clearing then is not the change's)."""
+        false_runs = defaultdict(list)
+        for device, start, end in self._false_runs():
+            false_runs[device].append((start, end))
+        return sum(
+            any(start <= settled <= end for start, end in false_runs.get(device, ()))
+            for device, starts in self._changes.items()
+            for settled in (s + SETTLED_AFTER for s in starts)
+        )
+
     def line(self) -> str:
         return (
             f"faults={self.faults} detected={self.detected} recall={self.recall:.3f} alarms={self.alarms} "
