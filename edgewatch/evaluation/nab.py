@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgewatch.evaluation import datafiles
+
 __all__ = [
     "NO_DETECTION_THRESHOLD",
     "PROBATION_PERCENT",
@@ -616,25 +618,15 @@ def _read_data_csv(path: Path) -> tuple[list[str], np.ndarray]:
                     timestamps.append(timestamp)
                     values.append(value)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+        raise datafiles.unreadable(path, exc) from None
     return timestamps, np.asarray(values, dtype=np.float64)
 
 
 def _row(path: Path, line: int, row: list[str], width: int, t_col: int, v_col: int) -> tuple[str, float]:
     """One data row's timestamp and value, or a ``ValueError`` that says which line and why."""
-    if len(row) != width:
-        raise ValueError(f"{path} line {line}: {len(row)} fields, the header has {width}")
-    try:
-        np.datetime64(row[t_col].strip(), "us")
-    except ValueError:
-        raise ValueError(f"{path} line {line}: {row[t_col]!r} is not a time (YYYY-MM-DD HH:MM:SS)") from None
-    try:
-        value = float(row[v_col])
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ValueError(f"{path} line {line}: value {row[v_col]!r} is not a finite number")
-    return row[t_col], value
+    datafiles.check_width(path, line, row, width)
+    datafiles.time(path, line, row[t_col], "us")
+    return row[t_col], datafiles.number(path, line, row[v_col], what="value ")
 
 
 def _read_json(path: Path):
@@ -643,7 +635,7 @@ def _read_json(path: Path):
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+        raise datafiles.unreadable(path, exc) from None
 
 
 def _to_datetime64(timestamps: Sequence[str]) -> np.ndarray:

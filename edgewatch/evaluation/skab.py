@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgewatch.evaluation import datafiles
 from edgewatch.online_models import artifact
 from edgewatch.online_models.bank import new_bank
 from edgewatch.online_models.registry import DetectorSpec
@@ -71,7 +72,7 @@ def read_file(path: Path) -> SkabFile:
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+        raise datafiles.unreadable(path, exc) from None
     header = lines[0].strip().split(";") if lines else []
     if not header or header[0] != "datetime" or "anomaly" not in header:
         raise ValueError(f"{path} is not a SKAB file (expected datetime;...;anomaly;changepoint)")
@@ -100,22 +101,8 @@ def read_file(path: Path) -> SkabFile:
 
 def _row(path: Path, number: int, fields: list[str], width: int) -> tuple[np.datetime64, list[float]]:
     """One row's time and numbers, or a ``ValueError`` that says which line and why."""
-    if len(fields) != width:
-        raise ValueError(f"{path} line {number}: {len(fields)} fields, the header has {width}")
-    try:
-        stamp = np.datetime64(fields[0].replace(" ", "T"), "s")
-    except ValueError:
-        raise ValueError(f"{path} line {number}: {fields[0]!r} is not a time (YYYY-MM-DD HH:MM:SS)") from None
-    values = []
-    for text in fields[1:]:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise ValueError(f"{path} line {number}: {text!r} is not a finite number")
-        values.append(value)
-    return stamp, values
+    datafiles.check_width(path, number, fields, width)
+    return datafiles.time(path, number, fields[0], "s"), [datafiles.number(path, number, text) for text in fields[1:]]
 
 
 def load(root: Path, subsets: Sequence[str] = ("valve1",)) -> list[SkabFile]:
