@@ -13,7 +13,6 @@ rules read, and a message id that names the input message.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -31,7 +30,7 @@ from edgewatch.schema import (
     labeled_event_json,
 )
 from edgewatch.store_forward import BufferPolicy, Envelope, ForwardingSink, Sender, source_message_id
-from edgewatch.store_forward.queue import MAX_MESSAGE_ID
+from edgewatch.store_forward.queue import bounded_message_id
 
 SendMode = Literal["anomalies", "all"]
 SEND_MODES: tuple[SendMode, ...] = ("anomalies", "all")
@@ -137,8 +136,7 @@ def _event_message_id(raw: RawMessage | None, device_id: str, when: float, kind:
     """The input position of the reading an event came with (else its device and time), and its kind:
     the same on every resend; hashed beyond Azure's 128 characters."""
     position = source_message_id(raw.topic, raw.partition, raw.offset) if raw is not None else f"{device_id}:{when}"
-    message_id = f"{position}:{kind}"
-    return message_id if len(message_id) <= MAX_MESSAGE_ID else hashlib.sha256(message_id.encode()).hexdigest()
+    return bounded_message_id(f"{position}:{kind}")
 
 
 def alarm_selection(event: AlarmEvent, send: SendMode) -> Envelope | None:

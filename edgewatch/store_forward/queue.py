@@ -79,10 +79,12 @@ class Envelope:
 
 def source_message_id(topic: str, partition: int, offset: int) -> str:
     """A message id that names the input message: the same on every resend and replay."""
-    message_id = f"{topic}:{partition}:{offset}"
-    if len(message_id) > MAX_MESSAGE_ID:
-        message_id = hashlib.sha256(message_id.encode()).hexdigest()
-    return message_id
+    return bounded_message_id(f"{topic}:{partition}:{offset}")
+
+
+def bounded_message_id(message_id: str) -> str:
+    """``message_id`` as it is, or hashed (sha256, hex) if longer than Azure's limit of 128 characters."""
+    return message_id if len(message_id) <= MAX_MESSAGE_ID else hashlib.sha256(message_id.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
