@@ -638,7 +638,7 @@ def _level_deviate(
     a, b = rate, fast_rate
     inflation, gap_inflation = _level_scales(lv, r, f, a, b, white, var, scales)
     back = (d - now) if d > 0.0 else (now - d)
-    spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * gap_inflation
+    spread = _ew_gap_variance(a, b) * gap_inflation
     tt_now = _fast_tt(now, b, inflation, n_eff)
     if not hold and tt_now < quiet2:
         lv[r, f, LV_STEP] = 0.0
@@ -701,6 +701,32 @@ def _level_learn(lv, r: int, f: int, u: float, d: float, rate: float) -> None:  
     lv[r, f, LV_PREV] = u
 
 
+@njit(cache=True, inline="always")
+def _ew_gap_variance(a: float, b: float) -> float:
+    """The variance of the gap between two EW means (rates ``a`` and ``b``) of the same white readings,
+    in the readings' variance."""
+    return a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)
+
+
+@njit(cache=True, inline="always")
+def _persistence(c1: float, m2: float, d2: float, rate: float, n: float) -> tuple[float, float]:
+    """A residual's short-run factor (its lag-1 AR factor (1 + rho) / (1 - rho), from the lag-1 product
+    ``c1`` and the mean square ``m2``) and its long-run factor: at least the short-run one, and the variance
+    ratio measured on an EW level at ``rate`` of its readings (``d2``), taken one standard error higher (it
+    comes from only n rate / (2 - rate) independent levels; the lag-1 one from n residuals is far more
+    precise)."""
+    rho = min(max(c1 / m2, 0.0), 0.999)
+    short = (1.0 + rho) / (1.0 - rho)
+    measured = d2 / (rate / (2.0 - rate) * m2)
+    return short, max(short, measured * (1.0 + math.sqrt(2.0 * (2.0 - rate) / (rate * n))))
+
+
+@njit(cache=True, inline="always")
+def _cusum_tail(top: float, shift: float) -> float:
+    """The surprise (decades) of a CUSUM at ``top`` with design shift ``shift``: its stationary null tail."""
+    return max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0)
+
+
 @njit(cache=True)
 def _cusum_surprise(
     s,
@@ -754,12 +780,7 @@ def _cusum_surprise(
     if n < min_n or m2 <= 0.0:
         s[r, j + CU_HI, f] = s[r, j + CU_LO, f] = 0.0
         return 0.0
-    rho = min(max(s[r, j + CU_C1, f] / m2, 0.0), 0.999)
-    factor = (1.0 + rho) / (1.0 - rho)
-    # the batch-means factor is measured from only n b / (2 - b) independent recent levels: taken one
-    # standard error of a variance higher (the lag-1 one, from n residuals, is far more precise)
-    measured = s[r, j + CU_D2, f] / (b / (2.0 - b) * m2)
-    factor = max(factor, measured * (1.0 + math.sqrt(2.0 * (2.0 - b) / (b * n))))
+    factor = _persistence(s[r, j + CU_C1, f], m2, s[r, j + CU_D2, f], b, n)[1]  # (the long-run one)
     v = min(max(e / math.sqrt(m2 * factor), -clip), clip)
     k = 0.5 * shift + math.sqrt(factor / n)
     hi = min(max(s[r, j + CU_HI, f] + v - k, 0.0), cap)
@@ -778,7 +799,7 @@ def _cusum_surprise(
         # not (yet) a step: -(readings the departure has lasted); a step shows within the slow level's memory
         # (1 / slow_rate readings) of the onset, later the slow level has caught up and a chance gap is noise
         a = slow_rate
-        spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * m2 * factor
+        spread = _ew_gap_variance(a, b) * m2 * factor
         away = abs(s[r, j + CU_FAST, f] - s[r, j + CU_SLOW, f]) / math.sqrt(spread)
         if -s[r, j + CU_STEP, f] < 1.0 / a and gaussian_surprise(away) >= tolerance:
             s[r, j + CU_STEP, f] = 1.0
@@ -787,7 +808,7 @@ def _cusum_surprise(
             return 0.0
     if top <= 0.0:
         return 0.0
-    return max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0)
+    return _cusum_tail(top, shift)
 
 
 @njit(cache=True)
@@ -840,11 +861,7 @@ def _step_surprise(
         s[r, j + CU_STEP_HI, f] = s[r, j + CU_STEP_LO, f] = 0.0
         s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = fast
         return 0.0
-    rho = min(max(c1 / m2, 0.0), 0.999)
-    short = (1.0 + rho) / (1.0 - rho)
-    # (the variance ratio measured on an EW level of the normal readings at rate c, one standard error higher)
-    measured = d2 / (c / (2.0 - c) * m2)
-    long_run = max(short, measured * (1.0 + math.sqrt(2.0 * (2.0 - c) / (c * n))))
+    short, long_run = _persistence(c1, m2, d2, c, n)  # (the level's variance ratio at rate c)
     if abs(e - s[r, j + CU_BEFORE, f]) >= clip * math.sqrt(m2 * short):
         # a reading off the anchor by what alone raises an alarm: a departure the other channels judge by
         # themselves, its end too (``clear_on_return``); the level the readings settle at after it is where the
@@ -854,7 +871,7 @@ def _step_surprise(
         return 0.0
     if s[r, j + CU_BEFORE, f] != s[r, j + CU_BEFORE, f]:
         # pending: anchored once the recent level has settled (no longer departs from the slow one)
-        spread = (a / (2.0 - a) + b / (2.0 - b) - 2.0 * a * b / (a + b - a * b)) * m2 * short
+        spread = _ew_gap_variance(a, b) * m2 * short
         if gaussian_surprise(abs(fast - slow) / math.sqrt(spread)) >= tolerance:
             return 0.0
         s[r, j + CU_ANCHOR, f] = s[r, j + CU_BEFORE, f] = fast
@@ -868,7 +885,7 @@ def _step_surprise(
     lo = min(max(s[r, j + CU_STEP_LO, f] - v - k, 0.0), cap)
     s[r, j + CU_STEP_HI, f], s[r, j + CU_STEP_LO, f] = hi, lo
     top = max(hi, lo)
-    u = max(shift * (top + CUSUM_OVERSHOOT) / math.log(10.0) - math.log10(2.0), 0.0) if top > 0.0 else 0.0
+    u = _cusum_tail(top, shift) if top > 0.0 else 0.0
     if u < tolerance:  # no departure: the anchor follows the readings
         s[r, j + CU_ANCHOR, f] = anchor + a * (e - anchor)
         if top <= 0.0:  # no excursion open: the level a next one leaves
