@@ -1401,12 +1401,13 @@ def detect(
                     hi = max(s[r, _scale_index(k, ACC_MAX), f], z)
                     lo = min(s[r, _scale_index(k, ACC_MIN), f], z)
                     y = _extreme_summary(hi, lo, mean, smooth_extremes)
-                    grid = s[r, resolution, f] / span if span > 0 else s[r, resolution, f]
-                    if smooth_extremes > 0.0 and grid > 0.0:
+                    if smooth_extremes > 0.0:
                         # (``smooth_extremes``) on a quantized feature's grid of levels (its readings' smallest
                         # step; the normalization starts at one of its readings): near-ties valued between two
                         # extremes would be levels it cannot show, new shapes to its memory
-                        y = round(y / grid) * grid
+                        grid = s[r, resolution, f] / span if span > 0 else s[r, resolution, f]
+                        if grid > 0.0:
+                            y = round(y / grid) * grid
                 else:
                     y = mean
                 ys[f, k] = y

@@ -571,23 +571,12 @@ class RelationalNovelty(AnomalyDetector):
         return fields
 
     def _alarm_params(self, threshold: float | None) -> np.ndarray:
-        params = np.array(
-            [1.0, self.threshold if threshold is None else threshold, self.clear_after, self.accept_readings,
-             self.accept_after, self.relation_rate, self.relation_smoothing, self.relation_tolerance,
-             self.min_relation, self.ridge, self.fast_rate, self.explained, self.along_relations,
-             self.explain_along, self.extreme_steps,
-             float(self.hold_related), float(self.relation_warmup), self.gap_spread, self.interval_rate,
-             float(self.relation_cube_root), float(self.shape_effective), self.level_rate, float(self.level_hold),
-             float(self.level_steps), float(self.residual_clip), float(self.clear_on_return),
-             float(self.resolution_spread), self.shape_resolution, self.residual_cusum, self.cusum_steps,
-             float(self.profile_along), float(self.unfollowed_steps), float(self.centered_spread),
-             float(self.level_warmup), float(self.level_from_mean), float(self.level_scales),
-             float(self.rearm_on_return), float(self.relation_chi_square), float(self.profile_chi_square),
-             float(self.move_attribution), float(self.unfollowed_core),
-             float(self.step_cusum), float(self.step_level), self.smooth_extremes],
+        """The kernel's alarm parameters, by name in ``kernel.ALARM_PARAMS``' order (the switches last)."""
+        given = {"enabled": 1.0, "threshold": self.threshold if threshold is None else threshold}
+        return np.array(
+            [given[name] if name in given else float(getattr(self, name)) for name in kernel.ALARM_PARAMS],
             dtype=np.float64,
-        )  # fmt: skip
-        return np.append(params, [float(getattr(self, name)) for name in kernel.ALARM_SWITCHES])
+        )
 
     def score_learn_rows(
         self,
