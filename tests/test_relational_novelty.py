@@ -1282,7 +1282,7 @@ def test_step_cusum_a_step_is_judged_against_the_level_it_left_which_it_never_te
             fast, slow_level = s[0, kernel.CU_FAST, 0], s[0, kernel.CU_SLOW, 0]
             out.append(
                 kernel._step_surprise(
-                    s, 0, 0, 0, e, fast, slow_level, moments, shift, rate, slow, tolerance, 200.0, clip, 30.0, quantum
+                    s, 0, 0, 0, e, fast, slow_level, *moments, shift, rate, slow, tolerance, 200.0, clip, 30.0, quantum
                 )
             )
         return np.array(out)

@@ -820,7 +820,11 @@ def _step_surprise(
     e: float,
     fast: float,
     slow: float,
-    moments,
+    n: float,
+    m2: float,
+    c1: float,
+    d2: float,
+    c: float,
     shift: float,
     fast_rate: float,
     slow_rate: float,
@@ -832,6 +836,8 @@ def _step_surprise(
 ) -> float:  # pragma: no cover - compiled
     """The anchored step CUSUM of feature ``f`` (``step_cusum``): a step of its residual ``e`` judged against
     the level it left and the short-run noise, in decades (two-sided; before the features' Bonferroni).
+    ``fast``, ``slow``: the residual's recent and slow levels; ``n``, ``m2``, ``c1``: its moments (count, mean
+    square, lag-1 product), ``d2`` the mean square of its EW level at rate ``c``.
 
     The residual CUSUM judges a departure from the relations' mean with the residual's long-run deviation
     (its persistence measured at the recent level's scale): a feature whose level wanders between sessions
@@ -855,7 +861,6 @@ def _step_surprise(
     the other channels judge by themselves, its end too (``clear_on_return``): the sums are dropped and the
     anchor is set anew (pending: NaN) once the readings have settled (the recent level no longer departs from
     the slow one by ``tolerance`` decades) — the level a big fault returns to is where the next step starts."""
-    n, m2, c1, d2, c = moments[0], moments[1], moments[2], moments[3], moments[4]
     b, a = fast_rate, slow_rate
     if n < min_n or m2 <= 0.0:
         s[r, j + CU_STEP_HI, f] = s[r, j + CU_STEP_LO, f] = 0.0
@@ -1180,7 +1185,6 @@ def detect(
     cu = cusum_at
     cusum = relations and cusum_shift > 0.0 and cu >= 0 and cu + len(CUSUM_FIELDS) <= s.shape[1]
     cus = np.zeros(features)  # each feature's residual CUSUM surprise (decades, before the features' Bonferroni)
-    step_moments = np.zeros(5)  # (step_cusum) count, mean square, lag-1 product, level's mean square, its rate
     cusum_clip = cusum_cap = step_shift = step_cap = 0.0
     if cusum:
         # a step at most the standard score that alone raises an alarm; a sum at most what readings back to
@@ -1335,8 +1339,11 @@ def detect(
                 # a move the others predict is the device's operating point moving along its relations: no evidence
                 e = 0.0 if (moved[f] and explains[f] >= explained) else es[f]
                 _cusum_follow(s, r, f, cu, e, fast_rate, cusum_steps)
+                # (step_cusum) the slow level a step is judged from when none is open: the feature's own
+                # (``step_level``) or its residual's
+                at_rest = ld[f] if step_level else s[r, cu + CU_SLOW, f]
                 if step_cusum and history:  # (a history's readings are normal: the anchor is their slow level)
-                    s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = ld[f] if step_level else s[r, cu + CU_SLOW, f]
+                    s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = at_rest
                 if not history:
                     cus[f] = _cusum_surprise(
                         s, r, f, cu, e, cusum_shift, fast_rate, tolerance, min_relation, cusum_clip, cusum_cap,
@@ -1348,29 +1355,23 @@ def detect(
                             # (``step_level``) a feature the others do not predict carries a level, not a relation:
                             # its own standardized deviation (its regression residual carries the others' moves
                             # through chance coefficients), its recent and slow levels, the level channel's moments
-                            step_moments[0], step_moments[1] = lv[r, f, LV_N], lv[r, f, LV_M2]
-                            step_moments[2], step_moments[3] = lv[r, f, LV_C1], lv[r, f, LV_D2]
-                            step_moments[4] = level_rate
                             u_step = _step_surprise(
-                                s, r, f, cu, lu[f], (rel[r, f, FAST] - rel[r, f, MU]) / sd, ld[f], step_moments,
+                                s, r, f, cu, lu[f], (rel[r, f, FAST] - rel[r, f, MU]) / sd, at_rest,
+                                lv[r, f, LV_N], lv[r, f, LV_M2], lv[r, f, LV_C1], lv[r, f, LV_D2], level_rate,
                                 step_shift, fast_rate, level_rate, tolerance, min_relation, cusum_clip, step_cap,
                                 s[r, resolution, f] / sd,
                             )  # fmt: skip
                         else:  # its regression residual, its recent and slow levels, the residual CUSUM's moments
-                            step_moments[0], step_moments[1] = s[r, cu + CU_N, f], s[r, cu + CU_M2, f]
-                            step_moments[2], step_moments[3] = s[r, cu + CU_C1, f], s[r, cu + CU_D2, f]
-                            step_moments[4] = fast_rate
                             u_step = _step_surprise(
-                                s, r, f, cu, e, s[r, cu + CU_FAST, f], s[r, cu + CU_SLOW, f], step_moments,
-                                step_shift, fast_rate, cusum_steps, tolerance, min_relation, cusum_clip, step_cap,
-                                s[r, resolution, f] * math.sqrt(max(cov[r, PREC, f, f], 1e-12)) / sd,
+                                s, r, f, cu, e, s[r, cu + CU_FAST, f], at_rest,
+                                s[r, cu + CU_N, f], s[r, cu + CU_M2, f], s[r, cu + CU_C1, f], s[r, cu + CU_D2, f],
+                                fast_rate, step_shift, fast_rate, cusum_steps, tolerance, min_relation, cusum_clip,
+                                step_cap, s[r, resolution, f] * math.sqrt(max(cov[r, PREC, f, f], 1e-12)) / sd,
                             )  # fmt: skip
                         # (one resolution, a quantized sensor's smallest step, in the same units: no evidence)
                         cus[f] = max(cus[f], u_step)
                     elif step_cusum:  # (a feature the others predict: a step breaks its relations) no step open
-                        s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = (
-                            ld[f] if step_level else s[r, cu + CU_SLOW, f]
-                        )
+                        s[r, cu + CU_ANCHOR, f] = s[r, cu + CU_BEFORE, f] = at_rest
                         s[r, cu + CU_STEP_HI, f] = s[r, cu + CU_STEP_LO, f] = 0.0
         # ---- evaluate (CompactNovelty._evaluate)
         in_alarm_now = alarms and not history and hold_alarm and dev[r, ALARM] != 0.0
