@@ -702,6 +702,12 @@ def _level_learn(lv, r: int, f: int, u: float, d: float, rate: float) -> None:  
 
 
 @njit(cache=True, inline="always")
+def _capped(u: float) -> float:
+    """A surprise at most MAX_SURPRISE: an overflow (inf, or NaN from inf - inf) is the largest one."""
+    return u if u <= MAX_SURPRISE else MAX_SURPRISE
+
+
+@njit(cache=True, inline="always")
 def _ew_gap_variance(a: float, b: float) -> float:
     """The variance of the gap between two EW means (rates ``a`` and ``b``) of the same white readings,
     in the readings' variance."""
@@ -1517,8 +1523,7 @@ def detect(
         if cusum:
             for f in range(features):
                 total = max(total, cus[f] - bonferroni)
-        if not total <= MAX_SURPRISE:  # an overflow (inf, or NaN from inf - inf): the largest surprise, raw 1.0
-            total = MAX_SURPRISE
+        total = _capped(total)  # (an overflow: raw 1.0)
         raw = total / (total + surprise_scale)
         surprises[i] = raw
         score = raw
@@ -1536,14 +1541,13 @@ def detect(
                 top = 0.0
                 for f in range(features):
                     own[f] = max(ufeat[f], gaussian_surprise(zfeat[f]) - bonferroni, 0.0)
-                    if not own[f] <= MAX_SURPRISE:  # (an overflow: finite shares)
-                        own[f] = MAX_SURPRISE
+                    own[f] = _capped(own[f])  # (finite shares)
                     # its own channels' (``own``), then its relation residual's: the CUSUM's and its share of
                     # the relation break
                     c = max(own[f], cus[f] - bonferroni)
                     if rel_ready and ss > 0.0 and relation_score:
                         c = max(c, rel_surprise * breaks[f] / ss)
-                    evidence[f] = c if c <= MAX_SURPRISE else MAX_SURPRISE  # (an overflow: finite shares)
+                    evidence[f] = _capped(c)  # (finite shares)
                     top = max(top, c)
             if not in_alarm:
                 if score >= threshold:
@@ -1630,8 +1634,7 @@ def detect(
                     )  # fmt: skip
                 total_c = 0.0
                 for f in range(features):
-                    if not shares[f] <= MAX_SURPRISE:  # (an overflow: finite shares summing to 1)
-                        shares[f] = MAX_SURPRISE
+                    shares[f] = _capped(shares[f])  # (finite shares summing to 1)
                     total_c += shares[f]
                 # a held reading without evidence of its own (no feature at the alarm's level) is abnormal for
                 # the alarm's cause: its explanation is the alarm's (its peak's shares), not its noise's
